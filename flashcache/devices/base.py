@@ -1,0 +1,212 @@
+"""What every flashcache device shares: bounds and alignment checks, counters, streams,
+the placement and WAF answers of a device without FDP, and use-after-close protection.
+
+Subclasses implement ``_read``/``_write``/``_trim`` (and may override the batched forms);
+they never re-check arguments. The surprise: a device without FDP still hands out streams,
+but each says ``placement = "off: <reason>"`` and ``pid = None``, so nobody can mistake
+it for placement.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from ..errors import ClosedError, FlashCacheError
+
+log = logging.getLogger("flashcache.devices")
+
+
+class WafUnavailableError(FlashCacheError):
+    """The device cannot report media writes; ``reason`` says why."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: device WAF unavailable: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class WafSnapshot:
+    """FDP Statistics (LID 0x22) counters, in bytes: host and media bytes with metadata
+    written, media bytes erased. WAF over a window is d(mbmw) / d(hbmw)."""
+
+    hbmw: int
+    mbmw: int
+    mbe: int
+
+    def waf_since(self, earlier: "WafSnapshot") -> float | None:
+        dh = self.hbmw - earlier.hbmw
+        return (self.mbmw - earlier.mbmw) / dh if dh > 0 else None
+
+
+@dataclass(slots=True)
+class PlacementStream:
+    """A placement stream handed out by ``Device.open_stream``.
+
+    ``pid`` is the placement identifier writes are tagged with (None when off),
+    ``handle`` the index into the device's RUH Status list, ``placement`` is "on" or
+    "off: <reason>".
+    """
+
+    name: str
+    pid: int | None = None
+    handle: int | None = None
+    placement: str = "off: device has no FDP"
+
+
+@dataclass(slots=True)
+class DeviceCounters:
+    reads: int = 0
+    bytes_read: int = 0
+    writes: int = 0
+    bytes_written: int = 0
+    trims: int = 0
+    bytes_trimmed: int = 0
+    errors: int = 0
+    per_stream_bytes_written: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "reads": self.reads, "bytes_read": self.bytes_read,
+            "writes": self.writes, "bytes_written": self.bytes_written,
+            "trims": self.trims, "bytes_trimmed": self.bytes_trimmed,
+            "errors": self.errors,
+            "bytes_written_by_stream": dict(self.per_stream_bytes_written),
+        }
+
+
+class BaseDevice:
+    """Shared checks and bookkeeping; see the module docstring."""
+
+    kind = "base"
+
+    def __init__(self, path: str, size: int, block_size: int, max_io: int):
+        self.path = path
+        self.size = size
+        self.block_size = block_size
+        self.max_io = max_io
+        self.counters = DeviceCounters()
+        self._count_lock = threading.Lock()
+        self._closed = False
+        self._streams: dict[str, PlacementStream] = {}
+
+    # -- checks ---------------------------------------------------------------------
+    def _check(self, what: str, offset: int, length: int) -> None:
+        if self._closed:
+            raise ClosedError(self.path, f"{what} after close()")
+        bs = self.block_size
+        if offset < 0 or length < 0 or offset % bs or length % bs:
+            raise ValueError(
+                f"{self.path}: {what} at offset {offset} length {length} is not aligned to "
+                f"the device block size {bs}; engines must issue block-aligned I/O")
+        if offset + length > self.size:
+            raise ValueError(
+                f"{self.path}: {what} at offset {offset} length {length} ends past the "
+                f"device size {self.size}")
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise ClosedError(self.path, f"{what} after close()")
+
+    def _count(self, kind: str, nbytes: int, stream: PlacementStream | None = None) -> None:
+        with self._count_lock:
+            c = self.counters
+            if kind == "r":
+                c.reads += 1
+                c.bytes_read += nbytes
+            elif kind == "w":
+                c.writes += 1
+                c.bytes_written += nbytes
+                name = stream.name if stream is not None else "default"
+                c.per_stream_bytes_written[name] = c.per_stream_bytes_written.get(name, 0) + nbytes
+            else:
+                c.trims += 1
+                c.bytes_trimmed += nbytes
+
+    # -- the Device protocol -----------------------------------------------------------
+    def read(self, offset: int, length: int) -> bytes:
+        self._check("read", offset, length)
+        data = self._read(offset, length)
+        self._count("r", length)
+        return data
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview, stream: PlacementStream | None = None) -> None:
+        n = len(data) if not isinstance(data, memoryview) else data.nbytes
+        self._check("write", offset, n)
+        self._write(offset, data, stream)
+        self._count("w", n, stream)
+
+    def trim(self, offset: int, length: int) -> None:
+        self._check("trim", offset, length)
+        if length:
+            self._trim(offset, length)
+        self._count("t", length)
+
+    def read_many(self, reqs: Sequence[tuple[int, int]]) -> list[bytes]:
+        return [self.read(off, ln) for off, ln in reqs]
+
+    def write_many(self, reqs: Sequence[tuple[int, Any, PlacementStream | None]]) -> None:
+        for off, data, stream in reqs:
+            self.write(off, data, stream)
+
+    def open_stream(self, name: str) -> PlacementStream:
+        """A stream for one writer (an engine). Without FDP it says why placement is off."""
+        self._check_open("open_stream")
+        if name not in self._streams:
+            s = PlacementStream(name=name, placement=f"off: {self.placement_off_reason()}")
+            log.warning("%s: placement for stream %r is off: %s", self.path, name,
+                        self.placement_off_reason())
+            self._streams[name] = s
+        return self._streams[name]
+
+    @property
+    def streams(self) -> dict[str, PlacementStream]:
+        return dict(self._streams)
+
+    def placement_off_reason(self) -> str:
+        return f"{self.kind} device has no FDP placement"
+
+    def waf_unavailable_reason(self) -> str | None:
+        """None when ``waf_snapshot()`` works, else why it cannot."""
+        return f"{self.kind} device cannot report media writes (no FDP statistics log)"
+
+    def waf_snapshot(self) -> WafSnapshot:
+        raise WafUnavailableError(self.path, self.waf_unavailable_reason() or "unknown")
+
+    def flush(self) -> None:
+        self._check_open("flush")
+
+    def close(self) -> None:
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "path": self.path, "size_bytes": self.size,
+            "block_size": self.block_size, "max_io": self.max_io,
+            **self.counters.as_dict(),
+            "placement": {name: s.placement for name, s in self._streams.items()},
+            "waf": "available" if self.waf_unavailable_reason() is None
+                   else f"unavailable: {self.waf_unavailable_reason()}",
+        }
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- for subclasses ---------------------------------------------------------------
+    def _read(self, offset: int, length: int) -> bytes:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _write(self, offset: int, data, stream) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _trim(self, offset: int, length: int) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,7 @@
+# The cffi modules are compiled by the package's own build (cffi API mode) against the
+# kernel's uapi headers; pyproject.toml holds everything else.
+from setuptools import setup
+
+setup(cffi_modules=[
+    "flashcache/uring/_build.py:ffibuilder",
+])
