@@ -1,0 +1,29 @@
+"""Devices: where flashcache's bytes go. One protocol (engines.device.Device), several kinds.
+
+Owns choosing and opening a device from config; each module owns one kind. Only this
+package and flashcache.uring do I/O.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import BaseDevice, PlacementStream, WafSnapshot, WafUnavailableError
+from .file import FileDevice
+
+if TYPE_CHECKING:
+    from ..config import DeviceConfig
+
+__all__ = ["BaseDevice", "FileDevice", "PlacementStream", "WafSnapshot", "WafUnavailableError",
+           "open_device"]
+
+
+def open_device(cfg: "DeviceConfig") -> BaseDevice:
+    """Open the device a [device] config table describes."""
+    if cfg.kind == "file":
+        if cfg.engine == "uring":
+            from .uring import UringDevice
+            return UringDevice(cfg.path, cfg.size or None, block_size=cfg.block_size,
+                               direct=cfg.direct, format=cfg.format, queue_depth=cfg.queue_depth)
+        return FileDevice(cfg.path, cfg.size or None, block_size=cfg.block_size,
+                          direct=cfg.direct, format=cfg.format)
+    raise NotImplementedError(f"device.kind = {cfg.kind!r} is validated by config but has no opener")

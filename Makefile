@@ -1,0 +1,37 @@
+# flashcache: `make run` starts the main job on config/default.toml, `make test` runs the tests.
+# Both set up .venv (Debian packages via apt when missing, the cffi build) on first use.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+CONFIG ?= config/default.toml
+SRC    := pyproject.toml setup.py $(wildcard flashcache/*/_build.py flashcache/*/*.c flashcache/*/*.h)
+
+.PHONY: run test test-slow test-vm test-all bench clean setup
+
+setup: $(STAMP)
+
+$(STAMP): $(SRC) tools/bootstrap.sh
+	@tools/bootstrap.sh
+
+run: $(STAMP)
+	$(VENV)/bin/flashcache run --config $(CONFIG)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# Experiments and long property runs (marked slow).
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+# NVMe passthrough tests inside a throwaway VM with an emulated FDP SSD (tools/nvme-vm).
+test-vm: $(STAMP)
+	tools/run-vm-tests
+
+test-all: test test-slow test-vm
+
+bench: $(STAMP)
+	@tools/bootstrap.sh fio
+	$(PY) tools/bench_io.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info flashcache/*/_*_c.*.so flashcache/*/_*_c.c var

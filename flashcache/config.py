@@ -1,0 +1,217 @@
+"""TOML configuration into typed, frozen dataclasses, validated with errors that help.
+
+Owns the schema (the dataclasses below, one per TOML table) and the loader; it opens no
+device and starts nothing. Every error names the key (``device.size``), the bad value and
+what is allowed; unknown keys get a did-you-mean. The surprise: sizes are strings with
+binary units ("1GiB", "512MiB", "4KiB") or plain integers of bytes; decimal units such as
+"1GB" are refused, because "GB" vs "GiB" is the classic 7 % capacity mistake.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .errors import ConfigError
+
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)(B|KiB|MiB|GiB|TiB)?$")
+_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+
+
+def parse_size(key: str, value: Any) -> int:
+    """``"1GiB"`` -> 1073741824. Integers are bytes."""
+    if isinstance(value, bool):
+        raise ConfigError(f'{key} = {value!r}: use a size like "1GiB" or "512MiB"')
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{key} = {value}: a size cannot be negative")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            n = float(m.group(1)) * _UNITS[m.group(2)]
+            if n != int(n):
+                raise ConfigError(f'{key} = "{value}": not a whole number of bytes')
+            return int(n)
+    raise ConfigError(f'{key} = {_show(value)}: use a size like "1GiB" or "512MiB"')
+
+
+def parse_duration(key: str, value: Any) -> float:
+    """``"30s"``, ``"5m"``, ``"2h"``, ``"1d"``, ``"250ms"`` or a number of seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise ConfigError(f"{key} = {value}: a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = re.match(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$", value)
+        if m:
+            return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    raise ConfigError(f'{key} = {_show(value)}: use a duration like "30s", "5m", "2h" or a number of seconds')
+
+
+def _show(v: Any) -> str:
+    return f'"{v}"' if isinstance(v, str) else repr(v)
+
+
+def opt(doc: str, *, kind: str | None = None, choices: tuple | None = None,
+        min: float | None = None, max: float | None = None, power_of_two: bool = False,
+        check: Callable[[str, Any], None] | None = None) -> dict:
+    """Field metadata: the doc line, and how to validate the value."""
+    return {"doc": doc, "kind": kind, "choices": choices, "min": min, "max": max,
+            "pow2": power_of_two, "check": check}
+
+
+def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
+    md = f.metadata
+    kind = md.get("kind")
+    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if kind == "size":
+        v: Any = parse_size(key, value)
+    elif kind == "duration":
+        v = parse_duration(key, value)
+    elif t.startswith("bool"):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} = {_show(value)}: use true or false")
+        v = value
+    elif t.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} = {_show(value)}: use a whole number")
+        v = value
+    elif t.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} = {_show(value)}: use a number")
+        v = float(value)
+    elif t.startswith("str"):
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} = {_show(value)}: use a string in quotes")
+        v = value
+    else:  # pragma: no cover - schema bug
+        raise TypeError(f"config field {key} has unsupported type {t}")
+    choices = md.get("choices")
+    if choices and v not in choices:
+        near = difflib.get_close_matches(str(v), [str(c) for c in choices], n=1)
+        hint = f' (did you mean "{near[0]}"?)' if near else ""
+        raise ConfigError(f"{key} = {_show(value)}: must be one of "
+                          + ", ".join(_show(c) for c in choices) + hint)
+    lo, hi = md.get("min"), md.get("max")
+    if lo is not None and v < lo:
+        raise ConfigError(f"{key} = {_show(value)}: must be at least {lo}")
+    if hi is not None and v > hi:
+        raise ConfigError(f"{key} = {_show(value)}: must be at most {hi}")
+    if md.get("pow2") and (v <= 0 or v & (v - 1)):
+        raise ConfigError(f"{key} = {_show(value)}: must be a power of two (e.g. 512, 4096)")
+    if md.get("check"):
+        md["check"](key, v)
+    return v
+
+
+def build(cls: type, table: Mapping[str, Any], prefix: str) -> Any:
+    """Build dataclass ``cls`` from a TOML table, validating every key."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{prefix} = {_show(table)}: must be a table ([{prefix}])")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    for k in table:
+        if k not in fields:
+            near = difflib.get_close_matches(k, list(fields), n=1)
+            hint = f'; did you mean "{near[0]}"?' if near else ""
+            where = f"{prefix}.{k}" if prefix else k
+            raise ConfigError(f"{where}: unknown key{hint} (known keys here: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in table:
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        sub = f.metadata.get("section")
+        kwargs[name] = build(sub, table[name], key) if sub else _coerce(key, f, table[name])
+    obj = cls(**kwargs)
+    post = getattr(obj, "validate", None)
+    if post:
+        post(prefix)
+    return obj
+
+
+def section(cls: type, doc: str) -> Any:
+    return field(default_factory=cls, metadata={"section": cls, "doc": doc})
+
+
+# --- the schema -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    kind: str = field(default="file", metadata=opt(
+        "which device: file (a regular file or a block device)",
+        choices=("file",)))
+    path: str = field(default="var/flashcache.img", metadata=opt(
+        "file, block device or NVMe generic char device (relative paths start at the working directory)"))
+    size: int = field(default=0, metadata=opt(
+        'bytes the cache may use ("1GiB"); 0 = the whole block device or existing file', kind="size"))
+    engine: str = field(default="uring", metadata=opt(
+        "I/O engine for kind = file: uring (io_uring, batched) or psync (pread/pwrite)",
+        choices=("uring", "psync")))
+    direct: bool = field(default=False, metadata=opt("open with O_DIRECT (bypass the page cache)"))
+    block_size: int = field(default=4096, metadata=opt(
+        "device block size in bytes; all I/O is aligned to it", min=512, max=65536, power_of_two=True))
+    format: bool = field(default=False, metadata=opt(
+        "allow overwriting a target that holds something else (a filesystem, a partition table, foreign data)"))
+    queue_depth: int = field(default=64, metadata=opt("io_uring ring entries", min=1, max=32768))
+
+    def validate(self, prefix: str) -> None:
+        if not self.path:
+            raise ConfigError(f'{prefix}.path = "": give a file or device path')
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = field(default="info", metadata=opt(
+        "log level", choices=("debug", "info", "warning", "error")))
+
+
+@dataclass(frozen=True)
+class Config:
+    device: DeviceConfig = section(DeviceConfig, "the storage device")
+    log: LogConfig = section(LogConfig, "logging")
+    source: str = field(default="<defaults>", compare=False, metadata=opt("where this config came from"))
+
+
+def loads(text: str, source: str = "<string>") -> Config:
+    """Parse TOML text into a Config (see ``load``)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    try:
+        cfg = build(Config, data, "")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return dataclasses.replace(cfg, source=source)
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a TOML config file; errors name the file and the key."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found; the examples are in config/ (config/default.toml)") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config file: {e.strerror}") from None
+    return loads(text, str(p))
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, doc) for every option: the reference for docs and `flashcache config`."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.name == "source":
+            continue
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        sub = f.metadata.get("section")
+        if sub:
+            rows += describe(sub, key)
+        else:
+            rows.append((key, repr(f.default), f.metadata.get("doc", "")))
+    return rows

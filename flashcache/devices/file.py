@@ -1,0 +1,257 @@
+"""The psync device: pread/pwrite on a regular file or a block device.
+
+Owns opening a target (create, size discovery, format safety, O_DIRECT), trim (hole
+punching on files, BLKDISCARD on block devices) and the blocking I/O path. The uring
+device subclasses it and replaces only the I/O. The surprise: with ``direct=True`` every
+buffer handed to the kernel must be page aligned, so data is staged through mmap'd
+buffers (Python bytes objects are not aligned).
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import logging
+import mmap
+import os
+import stat
+import struct
+import threading
+from typing import Any, Sequence
+
+from ..errors import DeviceError, FormatError
+from .base import BaseDevice, PlacementStream
+from .safety import probe_fd
+
+log = logging.getLogger("flashcache.devices")
+
+BLKGETSIZE64 = 0x80081272
+BLKSSZGET = 0x1268
+BLKDISCARD = 0x1277
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+DEFAULT_MAX_IO = 8 << 20
+
+
+def _hint_for(err: int, path: str) -> str:
+    if err in (errno.EACCES, errno.EPERM):
+        return "check the file's permissions, or run as a user that may open it for write"
+    if err == errno.ENOSPC:
+        return f"the filesystem holding {path} is full: free space or choose a smaller device.size"
+    if err == errno.EINVAL:
+        return "O_DIRECT needs block-aligned offsets, lengths and buffers (is block_size below the device's logical block size?)"
+    if err == errno.ENOENT:
+        return "check the path; its parent directory must exist"
+    return ""
+
+
+def open_target(path: str, size: int | None, *, direct: bool, fmt: bool,
+                block_size: int) -> tuple[int, int, bool]:
+    """Open (creating if needed) a file or block device for the cache.
+
+    Returns (fd, size, is_block). Refuses foreign data unless ``fmt``.
+    """
+    flags = os.O_RDWR | os.O_CLOEXEC
+    created = False
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISCHR(st.st_mode):
+        raise DeviceError(path, "is a character device", None,
+                          'for an NVMe generic device (/dev/ngXnY) use device.kind = "nvme"')
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise DeviceError(path, "is a directory", errno.EISDIR,
+                          "device.path must name a file (it is created if missing) or a block device")
+    if st is None:
+        if not size:
+            raise DeviceError(path, "does not exist and no device.size was given to create it", errno.ENOENT,
+                              'set device.size (e.g. "1GiB") or point device.path at an existing file')
+        flags |= os.O_CREAT | os.O_EXCL
+        created = True
+    try:
+        fd = os.open(path, flags | (os.O_DIRECT if direct else 0), 0o644)
+    except OSError as e:
+        if direct and e.errno == errno.EINVAL:
+            raise DeviceError(path, "open with O_DIRECT failed", e.errno,
+                              "this filesystem does not support O_DIRECT (tmpfs does not); set device.direct = false") from None
+        raise DeviceError(path, "open for read/write failed", e.errno, _hint_for(e.errno, path)) from None
+    try:
+        st = os.fstat(fd)
+        is_block = stat.S_ISBLK(st.st_mode)
+        if is_block:
+            buf = fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8)
+            devsize = struct.unpack("<Q", buf)[0]
+            lbs = struct.unpack("<i", fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4))[0]
+            if block_size < lbs:
+                raise DeviceError(path, f"block_size {block_size} is below the device's logical block size {lbs}",
+                                  None, f"set device.block_size = {lbs} or larger")
+            if size and size > devsize:
+                raise DeviceError(path, f"device.size {size} is larger than the block device ({devsize} bytes)",
+                                  None, "lower device.size or leave it out to use the whole device")
+            use = size or devsize
+        else:
+            use = size or st.st_size
+            if not use:
+                raise DeviceError(path, "is an empty file and no device.size was given", None,
+                                  'set device.size (e.g. "1GiB")')
+        use -= use % block_size
+        if not created:
+            verdict = _probe(fd, path, st.st_size if not is_block else use, direct)
+            if verdict.kind == "foreign" and not fmt:
+                raise FormatError(
+                    f"{path}: holds {verdict.what}; flashcache will not overwrite it. "
+                    f"If you really want to use it as a cache, set device.format = true "
+                    f"(or pass --format); all of its data will be lost")
+            if verdict.kind == "foreign":
+                log.warning("%s: held %s; overwriting it because format = true", path, verdict.what)
+        if not is_block and st.st_size != use:
+            try:
+                os.ftruncate(fd, use)
+            except OSError as e:
+                raise DeviceError(path, f"resizing the file to {use} bytes failed", e.errno,
+                                  _hint_for(e.errno, path)) from None
+        return fd, use, is_block
+    except BaseException:
+        os.close(fd)
+        if created:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        raise
+
+
+def _probe(fd: int, path: str, size: int, direct: bool):
+    if not direct:
+        return probe_fd(fd, size)
+    # O_DIRECT fds need aligned buffers: probe through a second, buffered descriptor.
+    fd2 = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return probe_fd(fd2, size)
+    finally:
+        os.close(fd2)
+
+
+class _AlignedPool:
+    """Per-thread page-aligned staging buffers for O_DIRECT."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def get(self, n: int) -> mmap.mmap:
+        m = getattr(self._local, "buf", None)
+        if m is None or len(m) < n:
+            if m is not None:
+                m.close()
+            m = mmap.mmap(-1, max(n, 1 << 16))
+            self._local.buf = m
+        return m
+
+
+class FileDevice(BaseDevice):
+    """A cache device on a regular file or a block device, with pread/pwrite (psync).
+
+    >>> dev = FileDevice("/tmp/fc.img", size=64 << 20)      # doctest: +SKIP
+    >>> dev.write(0, b"x" * 4096); dev.read(0, 4096)[:1]    # doctest: +SKIP
+    """
+
+    kind = "file"
+    engine = "psync"
+
+    def __init__(self, path: str, size: int | None = None, *, block_size: int = 4096,
+                 direct: bool = False, format: bool = False, max_io: int = DEFAULT_MAX_IO):
+        if block_size < 512 or block_size & (block_size - 1):
+            raise ValueError(f"{path}: block_size {block_size} must be a power of two >= 512")
+        self.direct = direct
+        self.fd, real_size, self.is_block = open_target(path, size, direct=direct, fmt=format,
+                                                        block_size=block_size)
+        super().__init__(path, real_size, block_size, max_io)
+        self._pool = _AlignedPool()
+
+    def placement_off_reason(self) -> str:
+        what = "block device" if self.is_block else "regular file"
+        return f"{self.engine} {what} device has no FDP placement (use an nvme or emulated device)"
+
+    def waf_unavailable_reason(self) -> str | None:
+        return f"{self.engine} device on a {'block device' if self.is_block else 'regular file'} cannot report media writes (no FDP statistics log)"
+
+    def _err(self, what: str, e: OSError, offset: int, length: int) -> DeviceError:
+        self.counters.errors += 1
+        return DeviceError(self.path, f"{what} of {length} bytes at offset {offset} failed", e.errno,
+                           _hint_for(e.errno or 0, self.path))
+
+    def _read(self, offset: int, length: int) -> bytes:
+        out = bytearray(length)
+        view = memoryview(out)
+        done = 0
+        while done < length:
+            n = min(length - done, self.max_io)
+            try:
+                if self.direct:
+                    m = self._pool.get(n)
+                    got = os.preadv(self.fd, [memoryview(m)[:n]], offset + done)
+                    view[done:done + got] = memoryview(m)[:got]
+                else:
+                    got = os.preadv(self.fd, [view[done:done + n]], offset + done)
+            except OSError as e:
+                raise self._err("read", e, offset + done, n) from None
+            if got == 0:
+                raise DeviceError(self.path, f"read at offset {offset + done} hit end of file "
+                                  f"({length - done} bytes short)", errno.EIO,
+                                  "the file was truncated behind flashcache's back")
+            done += got
+        return bytes(out)
+
+    def _write(self, offset: int, data, stream: PlacementStream | None) -> None:
+        view = memoryview(data).cast("B")
+        length = view.nbytes
+        done = 0
+        while done < length:
+            n = min(length - done, self.max_io)
+            try:
+                if self.direct:
+                    m = self._pool.get(n)
+                    m[:n] = view[done:done + n]
+                    put = os.pwritev(self.fd, [memoryview(m)[:n]], offset + done)
+                else:
+                    put = os.pwritev(self.fd, [view[done:done + n]], offset + done)
+            except OSError as e:
+                raise self._err("write", e, offset + done, n) from None
+            if put == 0:
+                raise DeviceError(self.path, f"write at offset {offset + done} wrote nothing", errno.ENOSPC,
+                                  _hint_for(errno.ENOSPC, self.path))
+            done += put
+
+    def _trim(self, offset: int, length: int) -> None:
+        if self.is_block:
+            try:
+                fcntl.ioctl(self.fd, BLKDISCARD, struct.pack("<QQ", offset, length))
+            except OSError as e:
+                raise DeviceError(self.path, f"BLKDISCARD of {length} bytes at {offset} failed", e.errno,
+                                  "the device does not support discard: set trim_regions = false") from None
+            return
+        if _libc.fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+            err = ctypes.get_errno()
+            raise DeviceError(self.path, f"punching a hole of {length} bytes at {offset} failed", err,
+                              "this filesystem cannot punch holes: set trim_regions = false")
+
+    def flush(self) -> None:
+        self._check_open("flush")
+        try:
+            os.fdatasync(self.fd)
+        except OSError as e:
+            raise DeviceError(self.path, "fdatasync failed", e.errno) from None
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self.fd)
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "engine": self.engine, "direct": self.direct,
+                "target": "block device" if self.is_block else "regular file"}

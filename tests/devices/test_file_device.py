@@ -1,0 +1,166 @@
+"""The psync file device: sizes, alignment, O_DIRECT, trim, counters, format safety."""
+import errno
+import os
+
+import pytest
+
+from engines.device import SUPERBLOCK_MAGIC
+from flashcache.devices.file import FileDevice
+from flashcache.errors import ClosedError, DeviceError, FormatError
+
+
+@pytest.fixture
+def img(tmp_path):
+    return str(tmp_path / "dev.img")
+
+
+def test_create_sparse_and_roundtrip(img):
+    with FileDevice(img, 4 << 20) as d:
+        assert d.size == 4 << 20 and os.path.getsize(img) == 4 << 20
+        assert os.stat(img).st_blocks == 0  # sparse
+        data = os.urandom(3 * 4096)
+        d.write(8192, data)
+        assert d.read(8192, len(data)) == data
+        assert d.read(0, 4096) == bytes(4096)
+        s = d.stats()
+        assert (s["writes"], s["bytes_written"], s["reads"], s["bytes_read"]) == (1, 12288, 2, 16384)
+
+
+def test_batched_forms(img):
+    with FileDevice(img, 1 << 20) as d:
+        s = d.open_stream("x")
+        d.write_many([(i * 4096, bytes([i]) * 4096, s) for i in range(10)])
+        got = d.read_many([(i * 4096, 4096) for i in reversed(range(10))])
+        assert got == [bytes([i]) * 4096 for i in reversed(range(10))]
+        assert d.stats()["bytes_written_by_stream"] == {"x": 40960}
+
+
+def test_large_io_is_split(img):
+    with FileDevice(img, 1 << 20, max_io=16384) as d:
+        data = os.urandom(200 * 1024 - 200 * 1024 % 4096)
+        d.write(4096, data)
+        assert d.read(4096, len(data)) == data
+
+
+@pytest.mark.parametrize("off, ln", [(1, 4096), (4096, 100), (-4096, 4096)])
+def test_misaligned_rejected(img, off, ln):
+    with FileDevice(img, 1 << 20) as d, pytest.raises(ValueError, match="not aligned to the device block size 4096"):
+        d.read(off, ln)
+
+
+def test_past_end_rejected(img):
+    with FileDevice(img, 1 << 20) as d, pytest.raises(ValueError, match="ends past the device size 1048576"):
+        d.write((1 << 20) - 4096, bytes(8192))
+
+
+def test_direct_io(img):
+    with FileDevice(img, 1 << 20, direct=True) as d:
+        data = os.urandom(16384)
+        d.write(0, SUPERBLOCK_MAGIC + bytes(4096 - len(SUPERBLOCK_MAGIC)))
+        d.write(4096, data)
+        assert d.read(4096, 16384) == data
+        with pytest.raises(ValueError, match="not aligned"):
+            d.write(100, data)
+    with FileDevice(img, direct=False) as d:   # a buffered reopen sees the same bytes
+        assert d.read(4096, 16384) == data
+
+
+def test_trim_punches_hole(img):
+    with FileDevice(img, 1 << 20) as d:
+        d.write(0, b"\xff" * (1 << 20))
+        before = os.stat(img).st_blocks
+        d.trim(65536, 262144)
+        assert d.read(65536, 262144) == bytes(262144)
+        assert d.read(0, 4096) == b"\xff" * 4096
+        assert os.stat(img).st_blocks < before
+        assert d.stats()["bytes_trimmed"] == 262144
+
+
+def test_use_after_close(img):
+    d = FileDevice(img, 1 << 20)
+    d.close()
+    d.close()  # idempotent
+    for call in (lambda: d.read(0, 4096), lambda: d.write(0, bytes(4096)), lambda: d.trim(0, 4096),
+                 d.flush, lambda: d.open_stream("x")):
+        with pytest.raises(ClosedError, match="after close"):
+            call()
+
+
+def test_missing_without_size(img):
+    with pytest.raises(DeviceError, match="does not exist and no device.size was given") as ei:
+        FileDevice(img)
+    assert ei.value.errno == errno.ENOENT
+
+
+def test_directory_and_parent_missing(tmp_path):
+    with pytest.raises(DeviceError, match="is a directory"):
+        FileDevice(str(tmp_path), 1 << 20)
+    with pytest.raises(DeviceError, match="No such file or directory.*check the path"):
+        FileDevice(str(tmp_path / "no" / "dev.img"), 1 << 20)
+
+
+def test_ext4_signature_refused(img):
+    with open(img, "wb") as f:
+        f.truncate(1 << 20)
+        f.seek(0x438)
+        f.write(b"\x53\xef")
+    with pytest.raises(FormatError) as ei:
+        FileDevice(img)
+    assert str(ei.value) == (f"{img}: holds an ext2/3/4 filesystem (signature at byte 0x438); flashcache will "
+                             "not overwrite it. If you really want to use it as a cache, set device.format = true "
+                             "(or pass --format); all of its data will be lost")
+    with open(img, "rb") as f:  # nothing was written
+        f.seek(0x438)
+        assert f.read(2) == b"\x53\xef"
+    with FileDevice(img, format=True) as d:
+        assert d.size == 1 << 20
+
+
+def test_foreign_data_refused_and_kept(img):
+    blob = b"my precious database " * 1000
+    with open(img, "wb") as f:
+        f.write(blob)
+    with pytest.raises(FormatError, match="non-zero data that is not a flashcache device"):
+        FileDevice(img, 1 << 20)
+    assert open(img, "rb").read() == blob   # untouched, not even resized
+
+
+def test_own_superblock_and_zero_file_accepted(img):
+    with open(img, "wb") as f:
+        f.write(SUPERBLOCK_MAGIC + bytes(4096 - len(SUPERBLOCK_MAGIC)))
+        f.truncate(1 << 20)
+    with FileDevice(img) as d:
+        assert d.read(0, 4096).startswith(SUPERBLOCK_MAGIC)
+    z = img + ".zero"
+    with open(z, "wb") as f:
+        f.truncate(1 << 20)
+    FileDevice(z).close()
+
+
+def test_placement_and_waf_say_off(img):
+    with FileDevice(img, 1 << 20) as d:
+        s = d.open_stream("bighash")
+        assert s.pid is None and s.placement.startswith("off: psync regular file device has no FDP")
+        assert d.waf_unavailable_reason().startswith("psync device on a regular file cannot report")
+        from flashcache.devices import WafUnavailableError
+        with pytest.raises(WafUnavailableError, match="device WAF unavailable"):
+            d.waf_snapshot()
+
+
+def test_full_disk_is_a_clear_error(tmp_path):
+    # A 64 KiB tmpfs would be ideal; without mount rights use RLIMIT_FSIZE in a child.
+    import subprocess
+    import sys
+    code = f"""
+import resource, signal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+from flashcache.devices.file import FileDevice
+d = FileDevice({str(tmp_path / 'full.img')!r}, 1 << 20)
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+try:
+    d.write(65536, bytes(8192))
+except Exception as e:
+    print(type(e).__name__, e)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "DeviceError" in out.stdout and "write of 8192 bytes at offset 65536 failed" in out.stdout, out
