@@ -1,0 +1,369 @@
+/* flashcache's io_uring ring (see ring.h). Raw syscalls and the kernel's uapi header only.
+ * Memory ordering: the SQ tail and CQ head are published with release stores, the kernel's
+ * SQ head and CQ tail read with acquire loads, as liburing does. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#include <linux/io_uring.h>
+
+#ifndef __NR_io_uring_setup
+#define __NR_io_uring_setup 425
+#endif
+#ifndef __NR_io_uring_enter
+#define __NR_io_uring_enter 426
+#endif
+#ifndef __NR_io_uring_register
+#define __NR_io_uring_register 427
+#endif
+#ifndef IORING_SETUP_SQE128
+#define IORING_SETUP_SQE128 (1U << 10)
+#endif
+#ifndef IORING_SETUP_CQE32
+#define IORING_SETUP_CQE32 (1U << 11)
+#endif
+#ifndef IORING_URING_CMD_FIXED
+#define IORING_URING_CMD_FIXED (1U << 0)
+#endif
+#define FC_OP_URING_CMD 46
+
+#include "ring.h"
+
+static int sys_setup(unsigned entries, struct io_uring_params *p)
+{
+    int fd = (int)syscall(__NR_io_uring_setup, entries, p);
+    return fd < 0 ? -errno : fd;
+}
+
+static int sys_enter(int fd, unsigned to_submit, unsigned min_complete, unsigned flags)
+{
+    int ret = (int)syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags, NULL, 0);
+    return ret < 0 ? -errno : ret;
+}
+
+static int sys_register(int fd, unsigned opcode, const void *arg, unsigned nr)
+{
+    int ret = (int)syscall(__NR_io_uring_register, fd, opcode, arg, nr);
+    return ret < 0 ? -errno : ret;
+}
+
+int fc_ring_init(struct fc_ring *r, unsigned entries, unsigned flags)
+{
+    struct io_uring_params p;
+    memset(r, 0, sizeof(*r));
+    memset(&p, 0, sizeof(p));
+    p.flags = flags;
+    int fd = sys_setup(entries, &p);
+    if (fd < 0)
+        return fd;
+    r->fd = fd;
+    r->setup_flags = flags;
+    r->features = p.features;
+    r->sq_entries = p.sq_entries;
+    r->cq_entries = p.cq_entries;
+    r->sqe_size = (flags & IORING_SETUP_SQE128) ? 128 : 64;
+    r->cqe_size = (flags & IORING_SETUP_CQE32) ? 32 : 16;
+    r->sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    r->cq_len = p.cq_off.cqes + (size_t)p.cq_entries * r->cqe_size;
+    if (p.features & IORING_FEAT_SINGLE_MMAP) {
+        if (r->cq_len > r->sq_len)
+            r->sq_len = r->cq_len;
+        r->cq_len = r->sq_len;
+    }
+    r->sq_ptr = mmap(0, r->sq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQ_RING);
+    if (r->sq_ptr == MAP_FAILED) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    if (p.features & IORING_FEAT_SINGLE_MMAP) {
+        r->cq_ptr = r->sq_ptr;
+    } else {
+        r->cq_ptr = mmap(0, r->cq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_CQ_RING);
+        if (r->cq_ptr == MAP_FAILED) {
+            int e = -errno;
+            munmap(r->sq_ptr, r->sq_len);
+            close(fd);
+            return e;
+        }
+    }
+    r->sqes_len = (size_t)p.sq_entries * r->sqe_size;
+    r->sqes = mmap(0, r->sqes_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQES);
+    if (r->sqes == MAP_FAILED) {
+        int e = -errno;
+        if (r->cq_ptr != r->sq_ptr)
+            munmap(r->cq_ptr, r->cq_len);
+        munmap(r->sq_ptr, r->sq_len);
+        close(fd);
+        return e;
+    }
+    char *sq = r->sq_ptr, *cq = r->cq_ptr;
+    r->sq_head = (unsigned *)(sq + p.sq_off.head);
+    r->sq_tail = (unsigned *)(sq + p.sq_off.tail);
+    r->sq_mask = (unsigned *)(sq + p.sq_off.ring_mask);
+    r->sq_array = (unsigned *)(sq + p.sq_off.array);
+    r->sq_flags = (unsigned *)(sq + p.sq_off.flags);
+    r->cq_head = (unsigned *)(cq + p.cq_off.head);
+    r->cq_tail = (unsigned *)(cq + p.cq_off.tail);
+    r->cq_mask = (unsigned *)(cq + p.cq_off.ring_mask);
+    r->cqes = (unsigned char *)(cq + p.cq_off.cqes);
+    r->sqe_tail = r->sqe_head = *r->sq_tail;
+    return 0;
+}
+
+void fc_ring_exit(struct fc_ring *r)
+{
+    if (r->fd <= 0)
+        return;
+    munmap(r->sqes, r->sqes_len);
+    if (r->cq_ptr != r->sq_ptr)
+        munmap(r->cq_ptr, r->cq_len);
+    munmap(r->sq_ptr, r->sq_len);
+    close(r->fd);
+    r->fd = -1;
+}
+
+unsigned fc_sq_space(struct fc_ring *r)
+{
+    unsigned head = __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
+    return r->sq_entries - (r->sqe_tail - head);
+}
+
+unsigned fc_sq_pending(struct fc_ring *r)
+{
+    return r->sqe_tail - r->sqe_head;
+}
+
+unsigned fc_cq_ready(struct fc_ring *r)
+{
+    return __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE) - *r->cq_head;
+}
+
+static struct io_uring_sqe *get_sqe(struct fc_ring *r)
+{
+    if (fc_sq_space(r) == 0)
+        return NULL;
+    unsigned idx = r->sqe_tail & *r->sq_mask;
+    struct io_uring_sqe *sqe = (struct io_uring_sqe *)((char *)r->sqes + (size_t)idx * r->sqe_size);
+    memset(sqe, 0, r->sqe_size);
+    r->sq_array[idx] = idx;
+    r->sqe_tail++;
+    return sqe;
+}
+
+int fc_prep_rw(struct fc_ring *r, int opcode, int fd, void *addr, unsigned len,
+               unsigned long long off, unsigned long long user_data, int buf_index)
+{
+    struct io_uring_sqe *sqe = get_sqe(r);
+    if (!sqe)
+        return -EBUSY;
+    sqe->opcode = (unsigned char)opcode;
+    sqe->fd = fd;
+    sqe->addr = (unsigned long long)(uintptr_t)addr;
+    sqe->len = len;
+    sqe->off = off;
+    sqe->user_data = user_data;
+    if (buf_index >= 0)
+        sqe->buf_index = (unsigned short)buf_index;
+    return 0;
+}
+
+int fc_prep_nop(struct fc_ring *r, unsigned long long user_data)
+{
+    struct io_uring_sqe *sqe = get_sqe(r);
+    if (!sqe)
+        return -EBUSY;
+    sqe->opcode = IORING_OP_NOP;
+    sqe->user_data = user_data;
+    return 0;
+}
+
+int fc_prep_uring_cmd(struct fc_ring *r, int fd, unsigned cmd_op, const void *cmd, unsigned cmd_len,
+                      unsigned long long user_data, int buf_index)
+{
+    unsigned room = r->sqe_size - 48;
+    if (cmd_len > room)
+        return -EINVAL;
+    struct io_uring_sqe *sqe = get_sqe(r);
+    if (!sqe)
+        return -EBUSY;
+    unsigned char *raw = (unsigned char *)sqe;
+    raw[0] = FC_OP_URING_CMD;
+    memcpy(raw + 4, &fd, 4);
+    memcpy(raw + 8, &cmd_op, 4);          /* cmd_op @8, __pad1 @12 stays 0 */
+    memcpy(raw + 32, &user_data, 8);
+    if (buf_index >= 0) {
+        unsigned flags = IORING_URING_CMD_FIXED;
+        unsigned short bi = (unsigned short)buf_index;
+        memcpy(raw + 28, &flags, 4);      /* uring_cmd_flags */
+        memcpy(raw + 40, &bi, 2);         /* buf_index */
+    }
+    memcpy(raw + 48, cmd, cmd_len);       /* the command area */
+    return 0;
+}
+
+int fc_last_sqe(struct fc_ring *r, void *out, unsigned out_len)
+{
+    if (r->sqe_tail == r->sqe_head)
+        return -ENOENT;
+    unsigned idx = (r->sqe_tail - 1) & *r->sq_mask;
+    unsigned n = out_len < r->sqe_size ? out_len : r->sqe_size;
+    memcpy(out, (char *)r->sqes + (size_t)idx * r->sqe_size, n);
+    return (int)n;
+}
+
+int fc_submit(struct fc_ring *r, unsigned wait_nr)
+{
+    unsigned pending = r->sqe_tail - r->sqe_head;
+    __atomic_store_n(r->sq_tail, r->sqe_tail, __ATOMIC_RELEASE);
+    if (pending == 0 && wait_nr == 0)
+        return 0;
+    int ret;
+    do {
+        ret = sys_enter(r->fd, pending, wait_nr, wait_nr ? IORING_ENTER_GETEVENTS : 0);
+    } while (ret == -EINTR);
+    if (ret >= 0)
+        r->sqe_head += (unsigned)ret;
+    return ret;
+}
+
+int fc_wait(struct fc_ring *r, unsigned min_complete)
+{
+    int ret;
+    while (fc_cq_ready(r) < min_complete) {
+        ret = sys_enter(r->fd, 0, min_complete, IORING_ENTER_GETEVENTS);
+        if (ret < 0 && ret != -EINTR)
+            return ret;
+    }
+    return (int)fc_cq_ready(r);
+}
+
+int fc_reap(struct fc_ring *r, struct fc_cqe *out, unsigned max)
+{
+    unsigned head = *r->cq_head;
+    unsigned tail = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+    unsigned n = 0;
+    while (head != tail && n < max) {
+        unsigned char *c = r->cqes + (size_t)(head & *r->cq_mask) * r->cqe_size;
+        memcpy(&out[n].user_data, c, 8);
+        memcpy(&out[n].res, c + 8, 4);
+        memcpy(&out[n].flags, c + 12, 4);
+        if (r->cqe_size == 32)
+            memcpy(&out[n].big0, c + 16, 8);
+        else
+            out[n].big0 = 0;
+        head++;
+        n++;
+    }
+    __atomic_store_n(r->cq_head, head, __ATOMIC_RELEASE);
+    return (int)n;
+}
+
+int fc_register_buffers(struct fc_ring *r, void **addrs, size_t *lens, unsigned n)
+{
+    struct iovec iov[n ? n : 1];
+    for (unsigned i = 0; i < n; i++) {
+        iov[i].iov_base = addrs[i];
+        iov[i].iov_len = lens[i];
+    }
+    return sys_register(r->fd, IORING_REGISTER_BUFFERS, iov, n);
+}
+
+int fc_unregister_buffers(struct fc_ring *r)
+{
+    return sys_register(r->fd, IORING_UNREGISTER_BUFFERS, NULL, 0);
+}
+
+int fc_register_eventfd(struct fc_ring *r, int efd)
+{
+    return sys_register(r->fd, IORING_REGISTER_EVENTFD, &efd, 1);
+}
+
+int fc_unregister_eventfd(struct fc_ring *r)
+{
+    return sys_register(r->fd, IORING_UNREGISTER_EVENTFD, NULL, 0);
+}
+
+/* Submit what is prepared, wait for at least `want` completions, store them by user_data
+ * (an index into res/dw0). Completions for other user_data (>= n) are not expected here:
+ * the batch functions own the ring while they run. Returns how many were reaped. */
+static int drain(struct fc_ring *r, unsigned want, unsigned base, unsigned n, int *res, unsigned long long *dw0)
+{
+    struct fc_cqe cqes[64];
+    unsigned got = 0;
+    while (got < want) {
+        int ret;
+        if (fc_sq_pending(r)) {
+            ret = fc_submit(r, 1);
+            if (ret < 0 && ret != -EBUSY && ret != -EAGAIN)
+                return ret;
+        } else if (fc_cq_ready(r) == 0) {
+            ret = fc_wait(r, 1);
+            if (ret < 0)
+                return ret;
+        }
+        int k = fc_reap(r, cqes, 64);
+        for (int i = 0; i < k; i++) {
+            unsigned long long ud = cqes[i].user_data - base;
+            if (ud < n) {
+                res[ud] = cqes[i].res;
+                if (dw0)
+                    dw0[ud] = cqes[i].big0;
+            }
+        }
+        got += (unsigned)k;
+    }
+    return (int)got;
+}
+
+#define FC_BATCH_BASE 0x10000000ULL
+
+int fc_rw_batch(struct fc_ring *r, int opcode, int fd, unsigned n, void **addrs,
+                const unsigned *lens, const unsigned long long *offs, const int *buf_index,
+                int *res_out)
+{
+    unsigned i = 0, inflight = 0;
+    while (i < n) {
+        while (i < n && fc_sq_space(r) > 0 && inflight < r->cq_entries) {
+            int ret = fc_prep_rw(r, opcode, fd, addrs[i], lens[i], offs[i], FC_BATCH_BASE + i,
+                                 buf_index ? buf_index[i] : -1);
+            if (ret < 0)
+                break;
+            i++;
+            inflight++;
+        }
+        /* ring full: complete at least part of what is in flight before adding more */
+        unsigned want = (i < n) ? 1 : inflight;
+        int ret = drain(r, want, (unsigned)FC_BATCH_BASE, n, res_out, NULL);
+        if (ret < 0)
+            return ret;
+        inflight -= (unsigned)ret;
+    }
+    return 0;
+}
+
+int fc_uring_cmd_batch(struct fc_ring *r, int fd, unsigned cmd_op, unsigned n, const void *cmds,
+                       int *res_out, unsigned long long *dw0_out)
+{
+    unsigned i = 0, inflight = 0;
+    while (i < n) {
+        while (i < n && fc_sq_space(r) > 0 && inflight < r->cq_entries) {
+            int ret = fc_prep_uring_cmd(r, fd, cmd_op, (const char *)cmds + (size_t)i * 72, 72,
+                                        FC_BATCH_BASE + i, -1);
+            if (ret < 0)
+                return ret;
+            i++;
+            inflight++;
+        }
+        unsigned want = (i < n) ? 1 : inflight;
+        int ret = drain(r, want, (unsigned)FC_BATCH_BASE, n, res_out, dw0_out);
+        if (ret < 0)
+            return ret;
+        inflight -= (unsigned)ret;
+    }
+    return 0;
+}

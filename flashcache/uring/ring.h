@@ -1,0 +1,73 @@
+/* flashcache's io_uring ring: small primitives in the style of liburing, no liburing needed.
+ * Every function returns >= 0 on success or a negative errno; none allocates on the I/O path.
+ * Also the declarations cffi reads (keep this file plain C that cffi's parser accepts). */
+
+struct fc_ring {
+    int fd;
+    unsigned setup_flags;
+    unsigned features;
+    unsigned sq_entries;
+    unsigned cq_entries;
+    unsigned sqe_size;
+    unsigned cqe_size;
+    void *sq_ptr;
+    size_t sq_len;
+    void *cq_ptr;
+    size_t cq_len;
+    void *sqes;
+    size_t sqes_len;
+    unsigned *sq_head;
+    unsigned *sq_tail;
+    unsigned *sq_mask;
+    unsigned *sq_array;
+    unsigned *sq_flags;
+    unsigned *cq_head;
+    unsigned *cq_tail;
+    unsigned *cq_mask;
+    unsigned char *cqes;
+    unsigned sqe_tail;   /* SQEs prepared locally, published on submit */
+    unsigned sqe_head;   /* SQEs already handed to the kernel */
+};
+
+struct fc_cqe {
+    unsigned long long user_data;
+    int res;
+    unsigned flags;
+    unsigned long long big0;   /* big_cqe[0] with CQE32 (NVMe completion DW0/DW1), else 0 */
+};
+
+int fc_ring_init(struct fc_ring *r, unsigned entries, unsigned flags);
+void fc_ring_exit(struct fc_ring *r);
+unsigned fc_sq_space(struct fc_ring *r);
+unsigned fc_sq_pending(struct fc_ring *r);
+unsigned fc_cq_ready(struct fc_ring *r);
+
+int fc_prep_rw(struct fc_ring *r, int opcode, int fd, void *addr, unsigned len,
+               unsigned long long off, unsigned long long user_data, int buf_index);
+int fc_prep_nop(struct fc_ring *r, unsigned long long user_data);
+int fc_prep_uring_cmd(struct fc_ring *r, int fd, unsigned cmd_op, const void *cmd, unsigned cmd_len,
+                      unsigned long long user_data, int buf_index);
+/* A copy of the raw SQE most recently prepared (for tests of the byte layout). */
+int fc_last_sqe(struct fc_ring *r, void *out, unsigned out_len);
+
+int fc_submit(struct fc_ring *r, unsigned wait_nr);
+int fc_wait(struct fc_ring *r, unsigned min_complete);
+int fc_reap(struct fc_ring *r, struct fc_cqe *out, unsigned max);
+
+int fc_register_buffers(struct fc_ring *r, void **addrs, size_t *lens, unsigned n);
+int fc_unregister_buffers(struct fc_ring *r);
+int fc_register_eventfd(struct fc_ring *r, int efd);
+int fc_unregister_eventfd(struct fc_ring *r);
+
+/* Prepare n reads or writes from arrays, submit, and wait for all n: res_out[i] gets the
+ * result of request i (bytes or -errno), matched by user_data whatever the completion
+ * order. buf_index may be NULL (no fixed buffers) or hold -1 for non-fixed entries.
+ * Returns 0, or -errno if submission itself failed (then res_out is not meaningful). */
+int fc_rw_batch(struct fc_ring *r, int opcode, int fd, unsigned n, void **addrs,
+                const unsigned *lens, const unsigned long long *offs, const int *buf_index,
+                int *res_out);
+
+/* Same for NVMe passthrough: n 72-byte struct nvme_uring_cmd in cmds (already holding
+ * their data addresses); res_out[i] = cqe.res, dw0_out[i] = big_cqe[0]. */
+int fc_uring_cmd_batch(struct fc_ring *r, int fd, unsigned cmd_op, unsigned n, const void *cmds,
+                       int *res_out, unsigned long long *dw0_out);

@@ -1,0 +1,313 @@
+"""The io_uring ring from Python: a thin class over flashcache's C ring (ring.c).
+
+Owns one ring: its setup, prepared SQEs, batch submit/reap (in C, one Python call per
+batch), registered buffers and the eventfd. It knows no devices. A Ring is not
+thread-safe: one thread at a time (devices wrap it with a lock). The GIL is released
+inside every C call (cffi API mode), so a thread waiting in the kernel does not stop the
+others. The surprise: a completion's ``res`` is bytes or ``-errno`` for plain I/O, but
+for NVMe passthrough a positive ``res`` is an NVMe status, not a byte count.
+"""
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ..errors import ClosedError, DeviceError, UringUnavailableError
+
+try:
+    from ._uring_c import ffi, lib
+except ImportError as _e:  # the package was installed without its C module
+    ffi = lib = None
+    _IMPORT_ERROR: str | None = str(_e)
+else:
+    _IMPORT_ERROR = None
+
+# io_uring constants (linux/io_uring.h)
+IORING_SETUP_SQE128 = 1 << 10
+IORING_SETUP_CQE32 = 1 << 11
+IORING_FEAT_SINGLE_MMAP = 1 << 0
+IORING_FEAT_NODROP = 1 << 1
+OP_NOP, OP_READ_FIXED, OP_WRITE_FIXED, OP_READ, OP_WRITE, OP_URING_CMD = 0, 4, 5, 22, 23, 46
+_FEATURES = {0: "SINGLE_MMAP", 1: "NODROP", 2: "SUBMIT_STABLE", 3: "RW_CUR_POS", 4: "CUR_PERSONALITY",
+             5: "FAST_POLL", 6: "POLL_32BITS", 7: "SQPOLL_NONFIXED", 8: "EXT_ARG", 9: "NATIVE_WORKERS",
+             10: "RSRC_TAGS", 11: "CQE_SKIP", 12: "LINKED_FILE", 13: "REG_REG_RING"}
+
+_PSYNC_HINT = 'use the psync engine instead: engine = "psync" in the [device] table'
+
+
+def io_uring_disabled_sysctl() -> int | None:
+    """kernel.io_uring_disabled (0, 1 or 2), or None where the kernel has no such sysctl."""
+    try:
+        with open("/proc/sys/kernel/io_uring_disabled") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _unavailable(err: int) -> UringUnavailableError:
+    """Name why io_uring_setup failed, from errno and the sysctl where it exists."""
+    sysctl = io_uring_disabled_sysctl()
+    if err == errno.ENOSYS:
+        what = "io_uring is not available: this kernel has no io_uring (CONFIG_IO_URING off, or older than 5.1)"
+    elif err in (errno.EPERM, errno.EACCES) and sysctl == 2:
+        what = "io_uring is disabled on this machine (sysctl kernel.io_uring_disabled = 2)"
+    elif err in (errno.EPERM, errno.EACCES) and sysctl == 1:
+        what = ("io_uring is restricted to privileged users and the kernel.io_uring_group group "
+                "(sysctl kernel.io_uring_disabled = 1)")
+    elif err in (errno.EPERM, errno.EACCES):
+        what = "io_uring is forbidden here (a seccomp filter or container policy blocks io_uring_setup)"
+    elif err == errno.EINVAL:
+        what = "io_uring_setup rejected the ring flags (SQE128/CQE32 need Linux 5.19 or newer)"
+    elif err == errno.ENOMEM:
+        what = "io_uring_setup could not allocate the ring (locked-memory limit, see ulimit -l)"
+    else:
+        what = "io_uring_setup failed"
+    return UringUnavailableError(None, what, err, _PSYNC_HINT)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    user_data: int
+    res: int
+    flags: int
+    big0: int = 0   # big_cqe[0] with CQE32: NVMe completion DW0 (low) and DW1 (high)
+
+
+class Ring:
+    """One io_uring instance.
+
+    >>> r = Ring(64)                                  # doctest: +SKIP
+    >>> r.prep_read(fd, addr, 4096, 0, user_data=7)   # doctest: +SKIP
+    >>> r.submit(wait_nr=1); r.reap()                 # doctest: +SKIP
+    [Completion(user_data=7, res=4096, flags=0, big0=0)]
+    """
+
+    def __init__(self, entries: int = 64, *, sqe128: bool = False, cqe32: bool = False):
+        if lib is None:
+            raise UringUnavailableError(None, f"flashcache's io_uring C module is not built ({_IMPORT_ERROR})",
+                                        None, "reinstall with `make setup`, or " + _PSYNC_HINT)
+        if entries < 1 or entries > 32768:
+            raise ValueError(f"ring entries {entries} must be between 1 and 32768")
+        self._r = ffi.new("struct fc_ring *")
+        flags = (IORING_SETUP_SQE128 if sqe128 else 0) | (IORING_SETUP_CQE32 if cqe32 else 0)
+        ret = lib.fc_ring_init(self._r, entries, flags)
+        if ret < 0:
+            raise _unavailable(-ret)
+        self.sqe128, self.cqe32 = sqe128, cqe32
+        self.entries = self._r.sq_entries
+        self.cq_entries = self._r.cq_entries
+        self.features = self._r.features
+        self.fd = self._r.fd
+        self._cqes = ffi.new("struct fc_cqe[]", max(64, self.cq_entries))
+        self._buffers: list[mmap.mmap] = []
+        self._buffer_addrs: list[int] = []
+        self._views: list[memoryview] = []
+        self.eventfd: int | None = None
+        self._closed = False
+
+    # -- facts -------------------------------------------------------------------------
+    def feature_names(self) -> list[str]:
+        return [name for bit, name in _FEATURES.items() if self.features & (1 << bit)]
+
+    def info(self) -> dict[str, Any]:
+        return {"sq_entries": self.entries, "cq_entries": self.cq_entries,
+                "sqe_bytes": 128 if self.sqe128 else 64, "cqe_bytes": 32 if self.cqe32 else 16,
+                "single_mmap": bool(self.features & IORING_FEAT_SINGLE_MMAP),
+                "fixed_buffers": len(self._buffers), "eventfd": self.eventfd is not None,
+                "features": " ".join(self.feature_names())}
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError("io_uring", "ring used after close()")
+
+    # -- preparing ---------------------------------------------------------------------
+    def _prep_ret(self, ret: int) -> None:
+        if ret == -errno.EBUSY:
+            raise DeviceError(None, f"submission queue full ({self.entries} entries)", errno.EBUSY,
+                              "submit() before preparing more")
+        if ret < 0:
+            raise DeviceError(None, "preparing an SQE failed", -ret)
+
+    def prep_read(self, fd: int, addr: int, length: int, offset: int, user_data: int, buf_index: int = -1) -> None:
+        """READ (or READ_FIXED when ``buf_index`` >= 0, addr inside that registered buffer)."""
+        self._check()
+        op = OP_READ_FIXED if buf_index >= 0 else OP_READ
+        self._prep_ret(lib.fc_prep_rw(self._r, op, fd, ffi.cast("void *", addr), length, offset, user_data, buf_index))
+
+    def prep_write(self, fd: int, addr: int, length: int, offset: int, user_data: int, buf_index: int = -1) -> None:
+        self._check()
+        op = OP_WRITE_FIXED if buf_index >= 0 else OP_WRITE
+        self._prep_ret(lib.fc_prep_rw(self._r, op, fd, ffi.cast("void *", addr), length, offset, user_data, buf_index))
+
+    def prep_nop(self, user_data: int) -> None:
+        self._check()
+        self._prep_ret(lib.fc_prep_nop(self._r, user_data))
+
+    def prep_uring_cmd(self, fd: int, cmd_op: int, cmd: bytes, user_data: int, buf_index: int = -1) -> None:
+        """URING_CMD: ``cmd`` goes into the SQE's command area (16 B, or 80 B with SQE128)."""
+        self._check()
+        room = (128 if self.sqe128 else 64) - 48
+        if len(cmd) > room:
+            raise ValueError(f"uring_cmd payload of {len(cmd)} bytes does not fit the {room}-byte command area"
+                             + ("" if self.sqe128 else "; NVMe passthrough needs Ring(sqe128=True, cqe32=True)"))
+        self._prep_ret(lib.fc_prep_uring_cmd(self._r, fd, cmd_op, cmd, len(cmd), user_data, buf_index))
+
+    def last_sqe(self) -> bytes:
+        """The raw bytes of the SQE prepared last (not yet submitted): for layout tests."""
+        self._check()
+        n = 128 if self.sqe128 else 64
+        out = ffi.new("unsigned char[]", n)
+        ret = lib.fc_last_sqe(self._r, out, n)
+        if ret < 0:
+            raise DeviceError(None, "no SQE is prepared", -ret)
+        return bytes(ffi.buffer(out, ret))
+
+    @property
+    def space(self) -> int:
+        return lib.fc_sq_space(self._r)
+
+    @property
+    def pending(self) -> int:
+        return lib.fc_sq_pending(self._r)
+
+    # -- submitting and reaping ----------------------------------------------------------
+    def submit(self, wait_nr: int = 0) -> int:
+        """Publish prepared SQEs and enter the kernel (waiting for ``wait_nr`` completions)."""
+        self._check()
+        ret = lib.fc_submit(self._r, wait_nr)
+        if ret < 0 and ret not in (-errno.EBUSY, -errno.EAGAIN):
+            raise DeviceError(None, "io_uring_enter failed", -ret)
+        return max(ret, 0)
+
+    def wait(self, min_complete: int = 1) -> int:
+        self._check()
+        ret = lib.fc_wait(self._r, min_complete)
+        if ret < 0:
+            raise DeviceError(None, "io_uring_enter (wait) failed", -ret)
+        return ret
+
+    def reap(self, max_n: int | None = None) -> list[Completion]:
+        """Every completion ready now (up to ``max_n``), in completion order."""
+        self._check()
+        n = lib.fc_reap(self._r, self._cqes, min(max_n or len(self._cqes), len(self._cqes)))
+        c = self._cqes
+        return [Completion(c[i].user_data, c[i].res, c[i].flags, c[i].big0) for i in range(n)]
+
+    # -- batches (one C call each) --------------------------------------------------------
+    def rw_batch(self, write: bool, fd: int, addrs: Sequence[int], lens: Sequence[int],
+                 offsets: Sequence[int], buf_index: Sequence[int] | None = None) -> list[int]:
+        """Run n reads or writes, all submitted together; returns each one's result (bytes
+        done or -errno), in request order whatever order they completed in."""
+        self._check()
+        n = len(addrs)
+        if not n:
+            return []
+        if self.pending:
+            raise DeviceError(None, "rw_batch with SQEs prepared and not submitted", errno.EBUSY,
+                              "submit() them first: a batch owns the ring while it runs")
+        fixed = buf_index is not None
+        op = (OP_WRITE_FIXED if fixed else OP_WRITE) if write else (OP_READ_FIXED if fixed else OP_READ)
+        c_addrs = ffi.new("void *[]", [ffi.cast("void *", a) for a in addrs])
+        c_lens = ffi.new("unsigned[]", list(lens))
+        c_offs = ffi.new("unsigned long long[]", list(offsets))
+        c_bi = ffi.new("int[]", list(buf_index)) if fixed else ffi.NULL
+        res = ffi.new("int[]", n)
+        ret = lib.fc_rw_batch(self._r, op, fd, n, c_addrs, c_lens, c_offs, c_bi, res)
+        if ret < 0:
+            raise DeviceError(None, "io_uring batch submission failed", -ret)
+        return list(res)
+
+    def uring_cmd_batch(self, fd: int, cmd_op: int, cmds: bytes, n: int) -> tuple[list[int], list[int]]:
+        """Run n 72-byte NVMe passthrough commands (``cmds`` back to back); returns
+        (res list, big_cqe[0] list) in request order."""
+        self._check()
+        if not (self.sqe128 and self.cqe32):
+            raise ValueError("NVMe passthrough needs Ring(sqe128=True, cqe32=True)")
+        if len(cmds) != 72 * n:
+            raise ValueError(f"uring_cmd_batch: {len(cmds)} bytes is not {n} commands of 72 bytes")
+        if self.pending:
+            raise DeviceError(None, "uring_cmd_batch with SQEs prepared and not submitted", errno.EBUSY,
+                              "submit() them first")
+        res = ffi.new("int[]", n)
+        dw0 = ffi.new("unsigned long long[]", n)
+        ret = lib.fc_uring_cmd_batch(self._r, fd, cmd_op, n, cmds, res, dw0)
+        if ret < 0:
+            raise DeviceError(None, "io_uring passthrough batch submission failed", -ret)
+        return list(res), list(dw0)
+
+    # -- registered buffers and eventfd ----------------------------------------------------
+    def register_buffers(self, count: int, size: int) -> list[memoryview]:
+        """Allocate ``count`` page-aligned buffers of ``size`` bytes and register them as
+        fixed buffers 0..count-1. Returns writable memoryviews over them."""
+        self._check()
+        if self._buffers:
+            raise DeviceError(None, "fixed buffers are already registered on this ring", errno.EBUSY)
+        bufs = [mmap.mmap(-1, size) for _ in range(count)]
+        addrs = [ffi.cast("uintptr_t", ffi.from_buffer(b)) for b in bufs]
+        c_addrs = ffi.new("void *[]", [ffi.cast("void *", a) for a in addrs])
+        c_lens = ffi.new("size_t[]", [size] * count)
+        ret = lib.fc_register_buffers(self._r, c_addrs, c_lens, count)
+        if ret < 0:
+            for b in bufs:
+                b.close()
+            raise DeviceError(None, f"registering {count} fixed buffers of {size} bytes failed", -ret,
+                              "raise the locked-memory limit (ulimit -l) or use fewer/smaller buffers"
+                              if ret == -errno.ENOMEM else "")
+        self._buffers = bufs
+        self._buffer_addrs = [int(a) for a in addrs]
+        self._views = [memoryview(b) for b in bufs]
+        return list(self._views)
+
+    def buffer_addr(self, index: int) -> int:
+        return self._buffer_addrs[index]
+
+    @property
+    def buffers(self) -> list[memoryview]:
+        return list(self._views)
+
+    def register_eventfd(self) -> int:
+        """Create an eventfd the kernel signals on every completion; returns its fd (for
+        ``loop.add_reader``). Read it (8 bytes) to clear it, then ``reap()``."""
+        self._check()
+        if self.eventfd is None:
+            efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            ret = lib.fc_register_eventfd(self._r, efd)
+            if ret < 0:
+                os.close(efd)
+                raise DeviceError(None, "registering the eventfd failed", -ret)
+            self.eventfd = efd
+        return self.eventfd
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        lib.fc_ring_exit(self._r)
+        for v in self._views:
+            v.release()
+        for b in self._buffers:
+            b.close()
+        self._views, self._buffers = [], []
+        if self.eventfd is not None:
+            os.close(self.eventfd)
+            self.eventfd = None
+
+    def __enter__(self) -> "Ring":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def address_of(buf: Any) -> int:
+    """The address of a writable buffer (bytearray, mmap, writable memoryview)."""
+    return int(ffi.cast("uintptr_t", ffi.from_buffer(buf, require_writable=True)))

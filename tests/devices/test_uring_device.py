@@ -1,0 +1,101 @@
+"""The uring device: the file device's contract, through io_uring batches."""
+import errno
+import os
+
+import pytest
+
+from engines.device import SUPERBLOCK_MAGIC
+from flashcache.devices.uring import UringDevice
+from flashcache.errors import ClosedError, DeviceError
+
+
+@pytest.fixture
+def img(tmp_path):
+    return str(tmp_path / "u.img")
+
+
+def test_roundtrip_and_counters(img):
+    with UringDevice(img, 8 << 20, queue_depth=8) as d:
+        data = os.urandom(12288)
+        d.write(4096, data)
+        assert d.read(4096, 12288) == data
+        st = d.stats()
+        assert st["engine"] == "uring" and st["ring"]["fixed_buffers"] == "on"
+        assert (st["writes"], st["bytes_written"], st["reads"], st["bytes_read"]) == (1, 12288, 1, 12288)
+
+
+def test_batches_larger_than_the_ring_and_slots(img):
+    with UringDevice(img, 16 << 20, queue_depth=4) as d:
+        s = d.open_stream("x")
+        n = 300
+        d.write_many([(i * 8192, bytes([i % 251]) * 8192, s) for i in range(n)])
+        got = d.read_many([(i * 8192, 8192) for i in reversed(range(n))])
+        assert got == [bytes([i % 251]) * 8192 for i in reversed(range(n))]
+        big = os.urandom(1 << 20)            # 16 slots of 64 KiB, 4 waves
+        d.write(4 << 20, big)
+        assert d.read(4 << 20, 1 << 20) == big
+        assert d.stats()["bytes_written_by_stream"]["x"] == n * 8192
+
+
+def test_direct_io_through_the_ring(img):
+    with UringDevice(img, 4 << 20, direct=True) as d:
+        data = SUPERBLOCK_MAGIC + os.urandom(65536 - len(SUPERBLOCK_MAGIC))
+        d.write(0, data)
+        assert d.read(0, 65536) == data
+        assert d.read_many([(4096, 4096), (0, 4096)]) == [data[4096:8192], data[:4096]]
+
+
+def test_misaligned_direct_io_rejected_before_the_kernel(img):
+    with UringDevice(img, 4 << 20, direct=True) as d:
+        with pytest.raises(ValueError, match=r"read at offset 512 length 4096 is not aligned to the device block size 4096"):
+            d.read(512, 4096)
+        with pytest.raises(ValueError, match="not aligned"):
+            d.write_many([(0, bytes(4096), None), (4096, bytes(100), None)])
+        assert d.stats()["writes"] == 0   # nothing of the bad batch was written
+
+
+def test_error_names_request(img):
+    with UringDevice(img, 4 << 20) as d:
+        os.close(d.fd)
+        try:
+            with pytest.raises(DeviceError, match=r"read of 4096 bytes at offset 8192 failed: Bad file descriptor") as ei:
+                d.read(8192, 4096)
+            assert ei.value.errno == errno.EBADF and d.stats()["errors"] == 1
+        finally:
+            d.fd = os.open(img, os.O_RDWR)
+
+
+def test_truncated_file_is_reported(img):
+    with UringDevice(img, 4 << 20) as d:
+        os.truncate(img, 8192)
+        with pytest.raises(DeviceError, match="truncated behind flashcache's back"):
+            d.read(1 << 20, 4096)
+
+
+def test_use_after_close(img):
+    d = UringDevice(img, 1 << 20)
+    d.close()
+    with pytest.raises(ClosedError):
+        d.read_many([(0, 4096)])
+    with pytest.raises(ClosedError):
+        d.write(0, bytes(4096))
+
+
+def test_threads_share_one_device(img):
+    import threading
+    with UringDevice(img, 8 << 20, queue_depth=8) as d:
+        errors = []
+
+        def work(t):
+            try:
+                for i in range(50):
+                    off = (t * 50 + i) * 4096
+                    d.write(off, bytes([t]) * 4096)
+                    assert d.read(off, 4096) == bytes([t]) * 4096
+            except Exception as e:   # reported below
+                errors.append(e)
+
+        ts = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        assert not errors

@@ -1,0 +1,245 @@
+"""The io_uring ring: batches, ordering, errors on the right request, buffers, eventfd."""
+import errno
+import mmap
+import os
+import select
+import threading
+import time
+
+import pytest
+
+from flashcache.errors import ClosedError, DeviceError, UringUnavailableError
+from flashcache.uring import Ring, address_of
+from flashcache.uring import ring as ring_mod
+
+
+@pytest.fixture
+def datafile(tmp_path):
+    p = tmp_path / "data.bin"
+    blob = bytes(range(256)) * 16 * 256   # 1 MiB, block i starts with byte i % 256... pattern by offset
+    p.write_bytes(blob)
+    fd = os.open(p, os.O_RDWR)
+    yield fd, blob
+    os.close(fd)
+
+
+def test_setup_reports_geometry_and_features():
+    with Ring(8) as r:
+        assert r.entries == 8 and r.cq_entries >= 8
+        info = r.info()
+        assert info["sqe_bytes"] == 64 and "SINGLE_MMAP" in info["features"]
+    with Ring(4, sqe128=True, cqe32=True) as r:
+        assert r.info()["sqe_bytes"] == 128 and r.info()["cqe_bytes"] == 32
+
+
+def test_many_in_flight_more_than_ring_depth(datafile):
+    fd, blob = datafile
+    with Ring(8) as r:
+        n = 600
+        buf = bytearray(n * 512)
+        base = address_of(buf)
+        offs = [(i * 7919 % 2048) * 512 for i in range(n)]
+        res = r.rw_batch(False, fd, [base + i * 512 for i in range(n)], [512] * n, offs)
+        assert res == [512] * n
+        for i, off in enumerate(offs):
+            assert buf[i * 512:(i + 1) * 512] == blob[off:off + 512]
+
+
+def test_async_prep_submit_reap_beyond_depth(datafile):
+    fd, blob = datafile
+    with Ring(4) as r:
+        buf = bytearray(100 * 4096)
+        base = address_of(buf)
+        done = {}
+        nxt = 0
+        while len(done) < 100:
+            while nxt < 100 and r.space:
+                r.prep_read(fd, base + nxt * 4096, 4096, nxt * 4096, user_data=1000 + nxt)
+                nxt += 1
+            r.submit(wait_nr=1)
+            for c in r.reap():
+                done[c.user_data] = c.res
+        assert sorted(done) == list(range(1000, 1100)) and set(done.values()) == {4096}
+        assert bytes(buf) == blob[:100 * 4096]
+
+
+def test_sq_full_is_a_clear_error():
+    with Ring(2) as r:
+        r.prep_nop(1)
+        r.prep_nop(2)
+        with pytest.raises(DeviceError, match=r"submission queue full \(2 entries\).*submit\(\) before"):
+            r.prep_nop(3)
+        r.submit(wait_nr=2)
+        assert sorted(c.user_data for c in r.reap()) == [1, 2]
+
+
+def test_completions_out_of_order_matched_by_user_data(datafile):
+    fd, blob = datafile
+    rfd, wfd = os.pipe()
+    try:
+        with Ring(16) as r:
+            slow = bytearray(5)
+            fast = bytearray(4096 * 4)
+            r.prep_read(rfd, address_of(slow), 5, 0, user_data=1)        # waits for the pipe
+            for i in range(4):
+                r.prep_read(fd, address_of(fast) + i * 4096, 4096, i * 4096, user_data=10 + i)
+            r.submit(wait_nr=4)
+            first = r.reap()
+            assert sorted(c.user_data for c in first) == [10, 11, 12, 13]   # the later SQEs finished first
+            os.write(wfd, b"hello")
+            r.wait(1)
+            (last,) = r.reap()
+            assert (last.user_data, last.res, bytes(slow)) == (1, 5, b"hello")
+            assert bytes(fast) == blob[:4 * 4096]
+    finally:
+        os.close(rfd)
+        os.close(wfd)
+
+
+def test_error_cqes_land_on_the_right_request(datafile, tmp_path):
+    fd, blob = datafile
+    bad = 1 << 20   # far above any open descriptor
+    with Ring(8) as r:
+        buf = bytearray(3 * 4096)
+        a = address_of(buf)
+        r.prep_read(fd, a, 4096, 0, user_data=1)
+        r.prep_read(bad, a + 4096, 4096, 0, user_data=2)
+        r.prep_read(fd, a + 8192, 4096, 4096, user_data=3)
+        r.submit(wait_nr=3)
+        res = {c.user_data: c.res for c in r.reap()}
+        assert res == {1: 4096, 2: -errno.EBADF, 3: 4096}
+        assert bytes(buf[8192:]) == blob[4096:8192]
+
+
+def test_einval_from_misaligned_direct_read_at_ring_level(tmp_path):
+    p = tmp_path / "d.bin"
+    p.write_bytes(b"x" * 65536)
+    fd = os.open(p, os.O_RDONLY | os.O_DIRECT)
+    try:
+        with Ring(4) as r:
+            m = mmap.mmap(-1, 8192)
+            a = address_of(m)
+            res = r.rw_batch(False, fd, [a + 1, a], [4096, 4096], [0, 4096])
+            assert res == [-errno.EINVAL, 4096]
+    finally:
+        os.close(fd)
+
+
+def test_short_read_at_end_of_file(tmp_path):
+    p = tmp_path / "short.bin"
+    p.write_bytes(b"z" * 6000)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        with Ring(4) as r:
+            buf = bytearray(8192)
+            assert r.rw_batch(False, fd, [address_of(buf)], [8192], [0]) == [6000]
+            assert r.rw_batch(False, fd, [address_of(buf)], [4096], [8192]) == [0]
+    finally:
+        os.close(fd)
+
+
+def test_fixed_buffers_read_and_write(datafile):
+    fd, blob = datafile
+    with Ring(8) as r:
+        (buf,) = r.register_buffers(1, 16384)
+        buf[:4096] = b"\xee" * 4096
+        assert r.rw_batch(True, fd, [r.buffer_addr(0)], [4096], [8192], [0]) == [4096]
+        assert os.pread(fd, 4096, 8192) == b"\xee" * 4096
+        assert r.rw_batch(False, fd, [r.buffer_addr(0) + 4096], [4096], [0], [0]) == [4096]
+        assert bytes(buf[4096:8192]) == blob[:4096]
+        r.prep_read(fd, r.buffer_addr(0), 4096, 0, user_data=5, buf_index=0)
+        assert r.last_sqe()[0] == ring_mod.OP_READ_FIXED
+        r.submit(1)
+        assert r.reap()[0].res == 4096
+        with pytest.raises(DeviceError, match="already registered"):
+            r.register_buffers(1, 4096)
+
+
+def test_uring_cmd_sqe_layout_and_kernel_answer(datafile):
+    fd, _ = datafile
+    with Ring(4, sqe128=True, cqe32=True) as r:
+        cmd = bytes(range(72))
+        r.prep_uring_cmd(fd, 0xC0484E80, cmd, user_data=0xABCDEF, buf_index=3)
+        sqe = r.last_sqe()
+        assert len(sqe) == 128
+        assert sqe[0] == 46                                     # IORING_OP_URING_CMD
+        assert int.from_bytes(sqe[4:8], "little") == fd
+        assert int.from_bytes(sqe[8:12], "little") == 0xC0484E80  # cmd_op
+        assert sqe[12:16] == bytes(4)                            # __pad1 must be 0
+        assert int.from_bytes(sqe[28:32], "little") == 1          # IORING_URING_CMD_FIXED
+        assert int.from_bytes(sqe[32:40], "little") == 0xABCDEF
+        assert int.from_bytes(sqe[40:42], "little") == 3          # buf_index
+        assert sqe[48:120] == cmd
+        r.submit(1)
+        (c,) = r.reap()
+        # a regular file has no uring_cmd handler: the kernel says EOPNOTSUPP
+        assert (c.user_data, c.res) == (0xABCDEF, -errno.EOPNOTSUPP)
+    with Ring(4) as r, pytest.raises(ValueError, match="needs Ring\\(sqe128=True, cqe32=True\\)"):
+        r.prep_uring_cmd(fd, 0xC0484E80, bytes(72), 1)
+
+
+def test_eventfd_is_signalled_on_completion():
+    with Ring(4) as r:
+        efd = r.register_eventfd()
+        assert select.select([efd], [], [], 0)[0] == []
+        r.prep_nop(9)
+        r.submit()
+        assert select.select([efd], [], [], 5)[0] == [efd]
+        assert int.from_bytes(os.read(efd, 8), "little") >= 1
+        assert [c.user_data for c in r.reap()] == [9]
+
+
+def test_gil_released_while_waiting():
+    rfd, wfd = os.pipe()
+    try:
+        with Ring(4) as r:
+            buf = bytearray(1)
+            r.prep_read(rfd, address_of(buf), 1, 0, user_data=1)
+            r.submit()
+            ticks = []
+            t = threading.Thread(target=lambda: r.wait(1))
+            t.start()
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 0.3:     # this loop needs the GIL
+                ticks.append(1)
+            os.write(wfd, b"!")
+            t.join(5)
+            assert not t.is_alive() and len(ticks) > 1000
+            assert r.reap()[0].res == 1
+    finally:
+        os.close(rfd)
+        os.close(wfd)
+
+
+def test_use_after_close():
+    r = Ring(4)
+    r.close()
+    r.close()
+    for call in (lambda: r.prep_nop(1), lambda: r.submit(), r.reap, lambda: r.wait(1), r.register_eventfd,
+                 lambda: r.rw_batch(False, 0, [0], [1], [0])):
+        with pytest.raises(ClosedError, match="ring used after close"):
+            call()
+
+
+class _FakeLib:
+    def __init__(self, err):
+        self.err = err
+
+    def fc_ring_init(self, r, entries, flags):
+        return -self.err
+
+
+@pytest.mark.parametrize("err, sysctl, message", [
+    (errno.ENOSYS, None, "this kernel has no io_uring"),
+    (errno.EPERM, 2, "disabled on this machine (sysctl kernel.io_uring_disabled = 2)"),
+    (errno.EPERM, 1, "restricted to privileged users and the kernel.io_uring_group group"),
+    (errno.EPERM, 0, "a seccomp filter or container policy blocks io_uring_setup"),
+])
+def test_unavailable_names_the_cause_and_points_to_psync(monkeypatch, err, sysctl, message):
+    monkeypatch.setattr(ring_mod, "lib", _FakeLib(err))
+    monkeypatch.setattr(ring_mod, "io_uring_disabled_sysctl", lambda: sysctl)
+    with pytest.raises(UringUnavailableError) as ei:
+        Ring(8)
+    assert message in str(ei.value)
+    assert 'engine = "psync"' in str(ei.value)
+    assert ei.value.errno == err
