@@ -86,6 +86,7 @@ class BaseDevice:
         self.path = path
         self.size = size
         self.block_size = block_size
+        self._bs_mask = block_size - 1
         self.max_io = max_io
         self.counters = DeviceCounters()
         self._count_lock = threading.Lock()
@@ -125,16 +126,29 @@ class BaseDevice:
                 c.trims += 1
                 c.bytes_trimmed += nbytes
 
+    def _count_many(self, kind: str, lengths) -> None:
+        with self._count_lock:
+            c = self.counters
+            if kind == "r":
+                c.reads += len(lengths)
+                c.bytes_read += sum(lengths)
+
     # -- the Device protocol -----------------------------------------------------------
     def read(self, offset: int, length: int) -> bytes:
-        self._check("read", offset, length)
+        if (self._closed or offset < 0 or length < 0 or (offset | length) & self._bs_mask
+                or offset + length > self.size):
+            self._check("read", offset, length)      # raises, naming what is wrong
         data = self._read(offset, length)
-        self._count("r", length)
+        with self._count_lock:
+            c = self.counters
+            c.reads += 1
+            c.bytes_read += length
         return data
 
     def write(self, offset: int, data: bytes | bytearray | memoryview, stream: PlacementStream | None = None) -> None:
         n = len(data) if not isinstance(data, memoryview) else data.nbytes
-        self._check("write", offset, n)
+        if (self._closed or offset < 0 or (offset | n) & self._bs_mask or offset + n > self.size):
+            self._check("write", offset, n)
         self._write(offset, data, stream)
         self._count("w", n, stream)
 

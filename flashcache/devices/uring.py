@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from ..errors import DeviceError
 from ..uring import Ring
-from .base import PlacementStream
+from .base import BaseDevice, PlacementStream
 from .file import DEFAULT_MAX_IO, FileDevice, _hint_for
 
 log = logging.getLogger("flashcache.devices")
@@ -56,6 +56,24 @@ class UringDevice(FileDevice):
             self._bufs = [memoryview(self._plain)]
             self._base = address_of(self._plain)
         self._stage = self._bufs[0]
+        self._fixed_index = 0 if self.fixed == "on" else -1
+        self._mm = self.ring.buffer_mmap(0) if self.fixed == "on" else self._plain
+        self._count_lock = self._ring_lock   # one lock per I/O: the ring's also guards counters
+        self._rw_one = self.ring.rw_one
+
+    def read(self, offset: int, length: int) -> bytes:
+        # The hot path, flattened (see FileDevice.read): one lock, one C call, one copy.
+        if (self._closed or offset < 0 or length < 0 or (offset | length) & self._bs_mask
+                or offset + length > self.size or length > self.slot_bytes):
+            return BaseDevice.read(self, offset, length)   # not FileDevice's pread fast path
+        with self._ring_lock:
+            r = self._rw_one(False, self.fd, self._base, length, offset, self._fixed_index)
+            if r != length:
+                self._finish_short(False, 0, r, offset, length)
+            c = self.counters
+            c.reads += 1
+            c.bytes_read += length
+            return self._mm[:length]
 
     def ring_info(self) -> dict[str, Any]:
         return {**self.ring.info(), "staging": f"{self.slots} x {self.slot_bytes // 1024} KiB",
@@ -78,18 +96,15 @@ class UringDevice(FileDevice):
         """Run pieces in waves of at most ``slots``; each wave is one batch in C."""
         stage = self._stage
         sb = self.slot_bytes
-        fixed = self.fixed == "on"
         with self._ring_lock:
             for w in range(0, len(pieces), self.slots):
                 wave = pieces[w:w + self.slots]
                 if write:
                     for k, (i, _off, pos, n) in enumerate(wave):
                         stage[k * sb:k * sb + n] = datas[i][pos:pos + n]
-                addrs = [self._base + k * sb for k in range(len(wave))]
                 lens = [p[3] for p in wave]
                 offs = [p[1] for p in wave]
-                res = self.ring.rw_batch(write, self.fd, addrs, lens, offs,
-                                         [0] * len(wave) if fixed else None)
+                res = self.ring.rw_strided(write, self.fd, self._base, sb, lens, offs, self._fixed_index)
                 for k, (r, (i, off, pos, n)) in enumerate(zip(res, wave)):
                     if r != n:
                         r = self._finish_short(write, k, r, off, n)
@@ -117,36 +132,75 @@ class UringDevice(FileDevice):
             if done >= n:
                 return n
             addr = self._base + k * self.slot_bytes + done
-            (r,) = self.ring.rw_batch(write, self.fd, [addr], [n - done], [off + done],
-                                      [0] if self.fixed == "on" else None)
+            r = self.ring.rw_one(write, self.fd, addr, n - done, off + done, self._fixed_index)
 
     def _read(self, offset: int, length: int) -> bytes:
+        if length <= self.slot_bytes:               # the common case: one SQE, one C call
+            with self._ring_lock:
+                r = self.ring.rw_one(False, self.fd, self._base, length, offset, self._fixed_index)
+                if r != length:
+                    self._finish_short(False, 0, r, offset, length)
+                return bytes(self._stage[:length])
         out = bytearray(length)
         self._run(False, self._pieces([(offset, length)]), outs=[memoryview(out)])
         return bytes(out)
 
     def _write(self, offset: int, data, stream: PlacementStream | None) -> None:
         v = memoryview(data).cast("B")
-        self._run(True, self._pieces([(offset, v.nbytes)]), datas=[v])
+        n = v.nbytes
+        if n <= self.slot_bytes:
+            with self._ring_lock:
+                self._stage[:n] = v
+                r = self.ring.rw_one(True, self.fd, self._base, n, offset, self._fixed_index)
+                if r != n:
+                    self._finish_short(True, 0, r, offset, n)
+            return
+        self._run(True, self._pieces([(offset, n)]), datas=[v])
+
+    def _small(self, lens) -> bool:
+        return len(lens) <= self.slots and max(lens, default=0) <= self.slot_bytes
 
     def read_many(self, reqs: Sequence[tuple[int, int]]) -> list[bytes]:
+        offs = [o for o, _ in reqs]
+        lens = [n for _, n in reqs]
         for off, ln in reqs:
             self._check("read", off, ln)
-        outs = [bytearray(ln) for _, ln in reqs]
-        self._run(False, self._pieces(reqs), outs=[memoryview(o) for o in outs])
-        for _, ln in reqs:
-            self._count("r", ln)
-        return [bytes(o) for o in outs]
+        if self._small(lens):
+            sb = self.slot_bytes
+            stage = self._stage
+            with self._ring_lock:
+                res = self.ring.rw_strided(False, self.fd, self._base, sb, lens, offs, self._fixed_index)
+                for k, (r, off, ln) in enumerate(zip(res, offs, lens)):
+                    if r != ln:
+                        self._finish_short(False, k, r, off, ln)
+                out = [bytes(stage[k * sb:k * sb + ln]) for k, ln in enumerate(lens)]
+        else:
+            bufs = [bytearray(ln) for ln in lens]
+            self._run(False, self._pieces(reqs), outs=[memoryview(b) for b in bufs])
+            out = [bytes(b) for b in bufs]
+        self._count_many("r", lens)
+        return out
 
     def write_many(self, reqs: Sequence[tuple[int, Any, PlacementStream | None]]) -> None:
-        views = []
-        for off, data, _s in reqs:
-            v = memoryview(data).cast("B")
-            self._check("write", off, v.nbytes)
-            views.append(v)
-        self._run(True, self._pieces([(off, v.nbytes) for (off, _, _), v in zip(reqs, views)]), datas=views)
-        for (off, _, s), v in zip(reqs, views):
-            self._count("w", v.nbytes, s)
+        views = [memoryview(d).cast("B") for _, d, _ in reqs]
+        offs = [o for o, _, _ in reqs]
+        lens = [v.nbytes for v in views]
+        for off, ln in zip(offs, lens):
+            self._check("write", off, ln)
+        if self._small(lens):
+            sb = self.slot_bytes
+            stage = self._stage
+            with self._ring_lock:
+                for k, (v, ln) in enumerate(zip(views, lens)):
+                    stage[k * sb:k * sb + ln] = v
+                res = self.ring.rw_strided(True, self.fd, self._base, sb, lens, offs, self._fixed_index)
+                for k, (r, off, ln) in enumerate(zip(res, offs, lens)):
+                    if r != ln:
+                        self._finish_short(True, k, r, off, ln)
+        else:
+            self._run(True, self._pieces(list(zip(offs, lens))), datas=views)
+        for (off, _, s), ln in zip(reqs, lens):
+            self._count("w", ln, s)
 
     def close(self) -> None:
         if not self._closed:

@@ -367,3 +367,39 @@ int fc_uring_cmd_batch(struct fc_ring *r, int fd, unsigned cmd_op, unsigned n, c
     }
     return 0;
 }
+
+int fc_rw_one(struct fc_ring *r, int opcode, int fd, void *addr, unsigned len,
+              unsigned long long off, int buf_index)
+{
+    int res = 0;
+    int ret = fc_prep_rw(r, opcode, fd, addr, len, off, FC_BATCH_BASE, buf_index);
+    if (ret < 0)
+        return ret;
+    ret = drain(r, 1, (unsigned)FC_BATCH_BASE, 1, &res, NULL);
+    if (ret < 0)
+        return ret;
+    return res;
+}
+
+int fc_rw_batch_strided(struct fc_ring *r, int opcode, int fd, unsigned n, char *base,
+                        unsigned stride, const unsigned *lens, const unsigned long long *offs,
+                        int buf_index, int *res_out)
+{
+    unsigned i = 0, inflight = 0;
+    while (i < n) {
+        while (i < n && fc_sq_space(r) > 0 && inflight < r->cq_entries) {
+            int ret = fc_prep_rw(r, opcode, fd, base + (size_t)i * stride, lens[i], offs[i],
+                                 FC_BATCH_BASE + i, buf_index);
+            if (ret < 0)
+                break;
+            i++;
+            inflight++;
+        }
+        unsigned want = (i < n) ? 1 : inflight;
+        int ret = drain(r, want, (unsigned)FC_BATCH_BASE, n, res_out, NULL);
+        if (ret < 0)
+            return ret;
+        inflight -= (unsigned)ret;
+    }
+    return 0;
+}

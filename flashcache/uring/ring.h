@@ -67,6 +67,17 @@ int fc_rw_batch(struct fc_ring *r, int opcode, int fd, unsigned n, void **addrs,
                 const unsigned *lens, const unsigned long long *offs, const int *buf_index,
                 int *res_out);
 
+/* fc_rw_batch where request i uses the buffer at base + i*stride (all in registered
+ * buffer buf_index, or none if -1): the staging-slot layout of the uring device. */
+int fc_rw_batch_strided(struct fc_ring *r, int opcode, int fd, unsigned n, char *base,
+                        unsigned stride, const unsigned *lens, const unsigned long long *offs,
+                        int buf_index, int *res_out);
+
+/* One read or write, submitted and waited for: returns bytes done or -errno (the result
+ * of the I/O; a failure to submit is also a -errno). */
+int fc_rw_one(struct fc_ring *r, int opcode, int fd, void *addr, unsigned len,
+              unsigned long long off, int buf_index);
+
 /* Same for NVMe passthrough: n 72-byte struct nvme_uring_cmd in cmds (already holding
  * their data addresses); res_out[i] = cqe.res, dw0_out[i] = big_cqe[0]. */
 int fc_uring_cmd_batch(struct fc_ring *r, int fd, unsigned cmd_op, unsigned n, const void *cmds,

@@ -102,6 +102,13 @@ class Ring:
         self.features = self._r.features
         self.fd = self._r.fd
         self._cqes = ffi.new("struct fc_cqe[]", max(64, self.cq_entries))
+        # batch argument arrays, reused by every rw_batch of up to `entries` requests
+        n = self.entries
+        self._b_addrs = ffi.new("void *[]", n)
+        self._b_lens = ffi.new("unsigned[]", n)
+        self._b_offs = ffi.new("unsigned long long[]", n)
+        self._b_bi = ffi.new("int[]", n)
+        self._b_res = ffi.new("int[]", n)
         self._buffers: list[mmap.mmap] = []
         self._buffer_addrs: list[int] = []
         self._views: list[memoryview] = []
@@ -210,15 +217,58 @@ class Ring:
                               "submit() them first: a batch owns the ring while it runs")
         fixed = buf_index is not None
         op = (OP_WRITE_FIXED if fixed else OP_WRITE) if write else (OP_READ_FIXED if fixed else OP_READ)
-        c_addrs = ffi.new("void *[]", [ffi.cast("void *", a) for a in addrs])
-        c_lens = ffi.new("unsigned[]", list(lens))
-        c_offs = ffi.new("unsigned long long[]", list(offsets))
-        c_bi = ffi.new("int[]", list(buf_index)) if fixed else ffi.NULL
-        res = ffi.new("int[]", n)
+        if n == 1:
+            r = lib.fc_rw_one(self._r, op, fd, ffi.cast("void *", addrs[0]), lens[0], offsets[0],
+                              buf_index[0] if fixed else -1)
+            return [r]
+        if n <= self.entries:
+            c_addrs, c_lens, c_offs, res = self._b_addrs, self._b_lens, self._b_offs, self._b_res
+            c_addrs[0:n] = [ffi.cast("void *", a) for a in addrs]
+            c_lens[0:n] = lens
+            c_offs[0:n] = offsets
+            c_bi = ffi.NULL
+            if fixed:
+                c_bi = self._b_bi
+                c_bi[0:n] = buf_index
+        else:
+            c_addrs = ffi.new("void *[]", [ffi.cast("void *", a) for a in addrs])
+            c_lens = ffi.new("unsigned[]", list(lens))
+            c_offs = ffi.new("unsigned long long[]", list(offsets))
+            c_bi = ffi.new("int[]", list(buf_index)) if fixed else ffi.NULL
+            res = ffi.new("int[]", n)
         ret = lib.fc_rw_batch(self._r, op, fd, n, c_addrs, c_lens, c_offs, c_bi, res)
         if ret < 0:
             raise DeviceError(None, "io_uring batch submission failed", -ret)
-        return list(res)
+        return list(res[0:n])
+
+    def rw_one(self, write: bool, fd: int, addr: int, length: int, offset: int, buf_index: int = -1) -> int:
+        """One read or write, submitted and waited for: bytes done or -errno."""
+        if self._closed:
+            self._check()
+        op = (OP_WRITE_FIXED if buf_index >= 0 else OP_WRITE) if write else \
+            (OP_READ_FIXED if buf_index >= 0 else OP_READ)
+        return lib.fc_rw_one(self._r, op, fd, ffi.cast("void *", addr), length, offset, buf_index)
+
+    def rw_strided(self, write: bool, fd: int, base: int, stride: int, lens: Sequence[int],
+                   offsets: Sequence[int], buf_index: int = -1) -> list[int]:
+        """n reads or writes where request i uses the buffer at base + i * stride (n at
+        most ``entries``); results in request order, bytes done or -errno."""
+        self._check()
+        n = len(lens)
+        if n > self.entries:
+            raise ValueError(f"rw_strided takes at most {self.entries} requests, got {n}")
+        if self.pending:
+            raise DeviceError(None, "rw_strided with SQEs prepared and not submitted", errno.EBUSY,
+                              "submit() them first: a batch owns the ring while it runs")
+        op = (OP_WRITE_FIXED if buf_index >= 0 else OP_WRITE) if write else \
+            (OP_READ_FIXED if buf_index >= 0 else OP_READ)
+        self._b_lens[0:n] = lens
+        self._b_offs[0:n] = offsets
+        ret = lib.fc_rw_batch_strided(self._r, op, fd, n, ffi.cast("char *", base), stride,
+                                      self._b_lens, self._b_offs, buf_index, self._b_res)
+        if ret < 0:
+            raise DeviceError(None, "io_uring batch submission failed", -ret)
+        return self._b_res[0:n]
 
     def uring_cmd_batch(self, fd: int, cmd_op: int, cmds: bytes, n: int) -> tuple[list[int], list[int]]:
         """Run n 72-byte NVMe passthrough commands (``cmds`` back to back); returns
@@ -260,6 +310,10 @@ class Ring:
         self._buffer_addrs = [int(a) for a in addrs]
         self._views = [memoryview(b) for b in bufs]
         return list(self._views)
+
+    def buffer_mmap(self, index: int) -> mmap.mmap:
+        """The mmap behind registered buffer ``index`` (slicing it gives bytes directly)."""
+        return self._buffers[index]
 
     def buffer_addr(self, index: int) -> int:
         return self._buffer_addrs[index]
