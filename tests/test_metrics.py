@@ -1,0 +1,57 @@
+"""Metrics: names, labels, and that placement-off and WAF-unavailable carry their reason."""
+import math
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from flashcache.metrics import CacheMetrics
+
+
+def stats(placement_off=False, waf=None):
+    return {
+        "gets": 10, "sets": 4, "deletes": 1, "hits": {"dram": 5, "flash": 3}, "misses": 2,
+        "items": {"dram": 7, "flash": None}, "bytes": {"dram": 700, "flash": None},
+        "item_bytes_set": 4000, "device_bytes_written": {"bighash": 8192, "blockcache": 0},
+        "app_write_amplification": 2.048,
+        "device_waf": waf or {"status": "unavailable: uring device on a regular file cannot report media writes",
+                              "window": None, "since_open": None},
+        "placement": {"bighash": {"state": "off", "reason": "device has no FDP"} if placement_off
+                      else {"state": "on", "pid": 1},
+                      "blockcache": {"state": "on", "pid": 2}},
+    }
+
+
+def sample(reg, name, **labels):
+    v = reg.get_sample_value(name, labels)
+    assert v is not None, (name, labels, generate_latest(reg).decode())
+    return v
+
+
+def test_counters_and_gauges():
+    reg = CollectorRegistry()
+    m = CacheMetrics(lambda: stats(), reg, name="t")
+    assert sample(reg, "flashcache_gets_total", cache="t") == 10
+    assert sample(reg, "flashcache_hits_total", cache="t", tier="flash") == 3
+    assert sample(reg, "flashcache_items", cache="t", tier="dram") == 7
+    assert reg.get_sample_value("flashcache_items", {"cache": "t", "tier": "flash"}) is None
+    assert sample(reg, "flashcache_device_written_bytes_total", cache="t", writer="bighash") == 8192
+    assert sample(reg, "flashcache_app_write_amplification", cache="t") == 2.048
+    m.get_seconds.observe(3e-6)
+    assert sample(reg, "flashcache_get_latency_seconds_count", cache="t") == 1
+
+
+def test_placement_off_and_waf_unavailable_have_reasons():
+    reg = CollectorRegistry()
+    CacheMetrics(lambda: stats(placement_off=True), reg, name="t")
+    assert sample(reg, "flashcache_placement_enabled", cache="t", engine="bighash", pid="",
+                  reason="device has no FDP") == 0
+    assert sample(reg, "flashcache_placement_enabled", cache="t", engine="blockcache", pid="2", reason="") == 1
+    assert sample(reg, "flashcache_device_waf_available", cache="t",
+                  reason="uring device on a regular file cannot report media writes") == 0
+    assert math.isnan(sample(reg, "flashcache_device_write_amplification", cache="t", window="window"))
+
+
+def test_waf_available():
+    reg = CollectorRegistry()
+    CacheMetrics(lambda: stats(waf={"status": "available", "window": 1.04, "since_open": 1.2}), reg, name="t")
+    assert sample(reg, "flashcache_device_waf_available", cache="t", reason="") == 1
+    assert sample(reg, "flashcache_device_write_amplification", cache="t", window="since_open") == 1.2
