@@ -1,0 +1,182 @@
+"""The passthrough transport: NVMe commands to a real drive through the Linux driver.
+
+Owns the file descriptors of /dev/ngXnY (I/O) and /dev/nvmeX (admin), the synchronous
+passthrough ioctls, and the SQE128/CQE32 io_uring ring that carries batched reads and
+writes as IORING_OP_URING_CMD. It does not interpret commands (flashcache.nvme builds
+and parses them; devices.nvme decides what to send). The surprise: the kernel decides
+what an unprivileged caller may send (nvme_cmd_allowed): reads and writes need only
+write access to the node, but Get Log Page and Get Features need CAP_SYS_ADMIN.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import threading
+from typing import Any, Sequence
+
+from .. import nvme
+from ..errors import DeviceError, NvmeError
+from .nvme_paths import NvmeNodes, resolve
+
+log = logging.getLogger("flashcache.devices.nvme")
+
+
+def _addr(buf: Any) -> tuple[int, Any]:
+    """(address, keep-alive) of a writable buffer; read-only data is copied first."""
+    if buf is None:
+        return 0, None
+    mv = memoryview(buf)
+    if mv.readonly:
+        mv = memoryview(bytearray(mv))
+    n = mv.nbytes
+    if n == 0:
+        return 0, None
+    c = (ctypes.c_char * n).from_buffer(mv)
+    return ctypes.addressof(c), (c, mv)
+
+
+def _hint(err: int, path: str, admin: bool) -> str:
+    if err in (errno.EACCES, errno.EPERM):
+        if admin:
+            return "this admin command needs CAP_SYS_ADMIN (run as root)"
+        return f"give the user read/write access to {path} (udev rule or group) or run as root"
+    if err == errno.ENOTTY:
+        return "the node does not take NVMe passthrough ioctls: is it an NVMe device?"
+    return ""
+
+
+class PassthroughTransport:
+    """NVMe commands on a real device: admin through /dev/nvmeX, I/O through /dev/ngXnY."""
+
+    def __init__(self, path: str, *, queue_depth: int = 64, sysfs: str = "/sys", use_ring: bool = True,
+                 need_namespace: bool = True):
+        self.nodes: NvmeNodes = resolve(path, sysfs)
+        self._sysfs = sysfs
+        self.fd: int | None = None
+        self.admin_fd: int | None = None
+        self.ring = None
+        self.nsid = 0
+        self._lock = threading.Lock()
+        if self.nodes.ns is None:
+            if need_namespace:
+                raise DeviceError(path, "is a controller; the cache needs a namespace", None,
+                                  "give /dev/ngXnY or /dev/nvmeXnY")
+            self.path = self.admin_path = self.nodes.controller
+            try:
+                self.admin_fd = os.open(self.nodes.controller, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise DeviceError(self.path, "open failed", e.errno, _hint(e.errno, self.path, True)) from None
+            return
+        self.path = self.nodes.ns
+        try:
+            self.fd = os.open(self.nodes.ns, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise DeviceError(self.nodes.ns, "open for read/write failed", e.errno,
+                              _hint(e.errno, self.nodes.ns, False)) from None
+        self.admin_path = self.nodes.controller
+        try:
+            self.admin_fd = os.open(self.nodes.controller, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            # The namespace node routes admin ioctls to its controller too; only who may
+            # send what differs, and that the kernel decides per command either way.
+            log.info("%s: cannot open %s (%s); sending admin commands through %s",
+                     self.path, self.nodes.controller, os.strerror(e.errno), self.nodes.ns)
+            self.admin_fd, self.admin_path = self.fd, self.nodes.ns
+        try:
+            self.nsid = fcntl.ioctl(self.fd, nvme.NVME_IOCTL_ID)
+        except OSError as e:
+            self.close()
+            raise DeviceError(self.path, "NVME_IOCTL_ID failed", e.errno, _hint(e.errno, self.path, False)) from None
+        if use_ring:
+            try:
+                self._open_ring(queue_depth)
+            except BaseException:
+                self.close()
+                raise
+
+    def _open_ring(self, depth: int) -> None:
+        try:
+            from ..uring import Ring
+        except ImportError:  # the cffi module was not built
+            raise DeviceError(self.path, "cannot load flashcache's io_uring module", None,
+                              "reinstall flashcache (make setup) so the cffi module is built") from None
+        self.ring = Ring(depth, sqe128=True, cqe32=True)
+
+    # -- synchronous ioctls ----------------------------------------------------------------
+    def _ioctl(self, fd: int, req: int, cmd: "nvme.NvmeCommand", buf: Any, path: str, admin: bool) -> int:
+        addr, keep = _addr(buf)
+        n = memoryview(buf).nbytes if buf is not None else 0
+        raw = bytearray(cmd.with_buffer(addr, n).pack_passthru())
+        try:
+            status = fcntl.ioctl(fd, req, raw, True)
+        except OSError as e:
+            raise DeviceError(path, f"{nvme.describe(cmd)} failed", e.errno, _hint(e.errno, path, admin)) from None
+        del keep  # writable buffers were passed in place; read-only ones were copies of data-out
+        if status:
+            nvme.check_status(status, path, nvme.describe(cmd))
+        return nvme.NvmeCommand.parse_passthru(bytes(raw)).result
+
+    def admin(self, cmd: "nvme.NvmeCommand", buf: Any = None) -> int:
+        return self._ioctl(self.admin_fd, nvme.NVME_IOCTL_ADMIN_CMD, cmd, buf, self.admin_path, True)
+
+    def io(self, cmd: "nvme.NvmeCommand", buf: Any = None) -> int:
+        if self.fd is None:
+            raise DeviceError(self.path, f"{nvme.describe(cmd)} needs a namespace", None,
+                              "give /dev/nvmeXnY or /dev/ngXnY")
+        if self.ring is not None:
+            return self.io_many([(cmd, buf)])[0]
+        return self._ioctl(self.fd, nvme.NVME_IOCTL_IO_CMD, cmd, buf, self.path, False)
+
+    def io_many(self, items: Sequence[tuple["nvme.NvmeCommand", Any]]) -> list[int]:
+        if self.ring is None:
+            return [self._ioctl(self.fd, nvme.NVME_IOCTL_IO_CMD, c, b, self.path, False) for c, b in items]
+        keep = []
+        cmds = bytearray()
+        for cmd, buf in items:
+            addr, k = _addr(buf)
+            keep.append(k)
+            n = memoryview(buf).nbytes if buf is not None else 0
+            cmds += cmd.with_buffer(addr, n).pack_uring()
+        with self._lock:
+            res, dw0 = self.ring.uring_cmd_batch(self.fd, nvme.NVME_URING_CMD_IO, bytes(cmds), len(items))
+        del keep
+        for (cmd, _), r in zip(items, res):
+            if r < 0:
+                raise DeviceError(self.path, f"{nvme.describe(cmd)} failed", -r, _hint(-r, self.path, False))
+            if r > 0:
+                nvme.check_status(r, self.path, nvme.describe(cmd))
+        return [d & 0xFFFFFFFF for d in dw0]
+
+    def max_transfer_bytes(self, id_ctrl: Any) -> int:
+        blk = os.path.basename(self.nodes.block or "")
+        try:
+            with open(os.path.join(self._sysfs, "block", blk, "queue", "max_hw_sectors_kb")) as f:
+                return int(f.read()) * 1024
+        except (OSError, ValueError):
+            return id_ctrl.max_transfer_bytes() or (1 << 20)
+
+    def close(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+        if self.admin_fd is not None and self.admin_fd != self.fd:
+            os.close(self.admin_fd)
+        self.admin_fd = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def open_nvme_device(path: str, *, size: int | None = None, queue_depth: int = 64,
+                     placement: bool = True):
+    """Open a real NVMe namespace (or a partition of one) as a cache device."""
+    from .nvme import NvmeDevice
+
+    t = PassthroughTransport(path, queue_depth=queue_depth)
+    psize = t.nodes.partition_size_bytes
+    if psize is not None and (size is None or size > psize):
+        size = psize
+    return NvmeDevice(t, size=size, start_bytes=t.nodes.partition_start_bytes, placement=placement)
