@@ -146,6 +146,7 @@ class NvmeDevice(BaseDevice):
             transport.close()
             raise
         self.lba_size = self.id_ns.lba_size
+        self._lba_shift = self.lba_size.bit_length() - 1
         ns_bytes = self.id_ns.nsze * self.lba_size
         if start_bytes % self.lba_size:
             transport.close()
@@ -310,35 +311,80 @@ class NvmeDevice(BaseDevice):
             out.append((cmd, view[pos:pos + n]))
         return out
 
+    # The fast path: a transport with ``rw`` takes up to ``slots`` pieces of up to
+    # ``slot_bytes`` as raw numbers (no command objects per I/O); anything else goes
+    # through NvmeCommand encoders one command at a time.
+    def _fast_ops(self, reqs, write: bool):
+        t = self.transport
+        rw = getattr(t, "rw", None)
+        if rw is None or getattr(t, "ring", None) is None:
+            return None
+        limit = min(t.slot_bytes, self.max_io)
+        ops = []
+        for off, n, stream in reqs:
+            pid = stream.pid if (write and stream is not None and stream.pid is not None) else -1
+            pos = 0
+            while pos < n:
+                k = min(limit, n - pos)
+                ops.append(((self.start_bytes + off + pos) // self.lba_size, k, pid))
+                pos += k
+        return ops if len(ops) <= t.slots else None
+
     def _read(self, offset: int, length: int) -> bytes:
+        ops = self._fast_ops([(offset, length, None)], False)
+        if ops is not None:
+            parts = self.transport.rw(False, ops, self._lba_shift)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
         buf = bytearray(length)
         self._run(self._rw_cmds(offset, memoryview(buf), False, None), "read", offset)
         return bytes(buf)
 
     def _write(self, offset: int, data, stream: PlacementStream | None) -> None:
-        self._run(self._rw_cmds(offset, memoryview(data).cast("B"), True, stream), "write", offset)
+        v = memoryview(data).cast("B")
+        ops = self._fast_ops([(offset, v.nbytes, stream)], True)
+        if ops is not None:
+            self.transport.rw(True, ops, self._lba_shift, self._slices(v, ops))
+            return
+        self._run(self._rw_cmds(offset, v, True, stream), "write", offset)
+
+    @staticmethod
+    def _slices(v: memoryview, ops) -> list[memoryview]:
+        out, pos = [], 0
+        for _, n, _ in ops:
+            out.append(v[pos:pos + n])
+            pos += n
+        return out
 
     def read_many(self, reqs: Sequence[tuple[int, int]]) -> list[bytes]:
         for off, ln in reqs:
             self._check("read", off, ln)
-        bufs = [bytearray(ln) for _, ln in reqs]
-        items = []
-        for (off, _), b in zip(reqs, bufs):
-            items += self._rw_cmds(off, memoryview(b), False, None)
-        self._run(items, "read", reqs[0][0] if reqs else 0)
-        for _, ln in reqs:
-            self._count("r", ln)
-        return [bytes(b) for b in bufs]
+        ops = self._fast_ops([(o, n, None) for o, n in reqs], False)
+        if ops is not None and len(ops) == len(reqs):
+            out = self.transport.rw(False, ops, self._lba_shift)
+        else:
+            bufs = [bytearray(ln) for _, ln in reqs]
+            items = []
+            for (off, _), b in zip(reqs, bufs):
+                items += self._rw_cmds(off, memoryview(b), False, None)
+            self._run(items, "read", reqs[0][0] if reqs else 0)
+            out = [bytes(b) for b in bufs]
+        self._count_many("r", [ln for _, ln in reqs])
+        return out
 
     def write_many(self, reqs) -> None:
-        items = []
-        for off, data, stream in reqs:
-            v = memoryview(data).cast("B")
+        views = [memoryview(d).cast("B") for _, d, _ in reqs]
+        for (off, _, _), v in zip(reqs, views):
             self._check("write", off, v.nbytes)
-            items += self._rw_cmds(off, v, True, stream)
-        self._run(items, "write", reqs[0][0] if reqs else 0)
-        for off, data, stream in reqs:
-            self._count("w", memoryview(data).nbytes, stream)
+        ops = self._fast_ops([(off, v.nbytes, s) for (off, _, s), v in zip(reqs, views)], True)
+        if ops is not None and len(ops) == len(reqs):
+            self.transport.rw(True, ops, self._lba_shift, views)
+        else:
+            items = []
+            for (off, _, stream), v in zip(reqs, views):
+                items += self._rw_cmds(off, v, True, stream)
+            self._run(items, "write", reqs[0][0] if reqs else 0)
+        for (off, _, s), v in zip(reqs, views):
+            self._count("w", v.nbytes, s)
 
     def _run(self, items, what: str, offset: int) -> None:
         if not items:

@@ -347,13 +347,13 @@ int fc_rw_batch(struct fc_ring *r, int opcode, int fd, unsigned n, void **addrs,
 }
 
 int fc_uring_cmd_batch(struct fc_ring *r, int fd, unsigned cmd_op, unsigned n, const void *cmds,
-                       int *res_out, unsigned long long *dw0_out)
+                       int buf_index, int *res_out, unsigned long long *dw0_out)
 {
     unsigned i = 0, inflight = 0;
     while (i < n) {
         while (i < n && fc_sq_space(r) > 0 && inflight < r->cq_entries) {
             int ret = fc_prep_uring_cmd(r, fd, cmd_op, (const char *)cmds + (size_t)i * 72, 72,
-                                        FC_BATCH_BASE + i, -1);
+                                        FC_BATCH_BASE + i, buf_index);
             if (ret < 0)
                 return ret;
             i++;

@@ -79,6 +79,7 @@ int fc_rw_one(struct fc_ring *r, int opcode, int fd, void *addr, unsigned len,
               unsigned long long off, int buf_index);
 
 /* Same for NVMe passthrough: n 72-byte struct nvme_uring_cmd in cmds (already holding
- * their data addresses); res_out[i] = cqe.res, dw0_out[i] = big_cqe[0]. */
+ * their data addresses, inside registered buffer buf_index unless it is -1);
+ * res_out[i] = cqe.res, dw0_out[i] = big_cqe[0]. */
 int fc_uring_cmd_batch(struct fc_ring *r, int fd, unsigned cmd_op, unsigned n, const void *cmds,
-                       int *res_out, unsigned long long *dw0_out);
+                       int buf_index, int *res_out, unsigned long long *dw0_out);

@@ -270,8 +270,10 @@ class Ring:
             raise DeviceError(None, "io_uring batch submission failed", -ret)
         return self._b_res[0:n]
 
-    def uring_cmd_batch(self, fd: int, cmd_op: int, cmds: bytes, n: int) -> tuple[list[int], list[int]]:
-        """Run n 72-byte NVMe passthrough commands (``cmds`` back to back); returns
+    def uring_cmd_batch(self, fd: int, cmd_op: int, cmds: bytes, n: int,
+                        buf_index: int = -1) -> tuple[list[int], list[int]]:
+        """Run n 72-byte NVMe passthrough commands (``cmds`` back to back; with
+        ``buf_index`` >= 0 their data lies in that registered buffer); returns
         (res list, big_cqe[0] list) in request order."""
         self._check()
         if not (self.sqe128 and self.cqe32):
@@ -283,7 +285,7 @@ class Ring:
                               "submit() them first")
         res = ffi.new("int[]", n)
         dw0 = ffi.new("unsigned long long[]", n)
-        ret = lib.fc_uring_cmd_batch(self._r, fd, cmd_op, n, cmds, res, dw0)
+        ret = lib.fc_uring_cmd_batch(self._r, fd, cmd_op, n, ffi.from_buffer(cmds), buf_index, res, dw0)
         if ret < 0:
             raise DeviceError(None, "io_uring passthrough batch submission failed", -ret)
         return list(res), list(dw0)
