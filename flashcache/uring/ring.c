@@ -322,23 +322,45 @@ static int drain(struct fc_ring *r, unsigned want, unsigned base, unsigned n, in
 
 #define FC_BATCH_BASE 0x10000000ULL
 
-int fc_rw_batch(struct fc_ring *r, int opcode, int fd, unsigned n, void **addrs,
-                const unsigned *lens, const unsigned long long *offs, const int *buf_index,
-                int *res_out)
+/* What one batch prepares: request i of a batch, with user_data FC_BATCH_BASE + i. */
+struct batch {
+    int opcode, fd, buf_index;
+    unsigned cmd_op, stride;
+    void **addrs;
+    char *base;
+    const unsigned *lens;
+    const unsigned long long *offs;
+    const int *buf_indexes;
+    const char *cmds;
+};
+
+static int prep_one(struct fc_ring *r, const struct batch *b, unsigned i)
+{
+    unsigned long long ud = FC_BATCH_BASE + i;
+    if (b->cmds)
+        return fc_prep_uring_cmd(r, b->fd, b->cmd_op, b->cmds + (size_t)i * 72, 72, ud, b->buf_index);
+    void *addr = b->addrs ? b->addrs[i] : b->base + (size_t)i * b->stride;
+    int bi = b->buf_indexes ? b->buf_indexes[i] : b->buf_index;
+    return fc_prep_rw(r, b->opcode, b->fd, addr, b->lens[i], b->offs[i], ud, bi);
+}
+
+/* Keep the ring as full as it allows until all n requests completed. */
+static int run_batch(struct fc_ring *r, const struct batch *b, unsigned n, int *res, unsigned long long *dw0)
 {
     unsigned i = 0, inflight = 0;
-    while (i < n) {
+    while (i < n || inflight) {
         while (i < n && fc_sq_space(r) > 0 && inflight < r->cq_entries) {
-            int ret = fc_prep_rw(r, opcode, fd, addrs[i], lens[i], offs[i], FC_BATCH_BASE + i,
-                                 buf_index ? buf_index[i] : -1);
-            if (ret < 0)
+            int ret = prep_one(r, b, i);
+            if (ret == -EBUSY)
                 break;
+            if (ret < 0)
+                return ret;
             i++;
             inflight++;
         }
         /* ring full: complete at least part of what is in flight before adding more */
         unsigned want = (i < n) ? 1 : inflight;
-        int ret = drain(r, want, (unsigned)FC_BATCH_BASE, n, res_out, NULL);
+        int ret = drain(r, want, (unsigned)FC_BATCH_BASE, n, res, dw0);
         if (ret < 0)
             return ret;
         inflight -= (unsigned)ret;
@@ -346,26 +368,29 @@ int fc_rw_batch(struct fc_ring *r, int opcode, int fd, unsigned n, void **addrs,
     return 0;
 }
 
+int fc_rw_batch(struct fc_ring *r, int opcode, int fd, unsigned n, void **addrs,
+                const unsigned *lens, const unsigned long long *offs, const int *buf_index,
+                int *res_out)
+{
+    struct batch b = {.opcode = opcode, .fd = fd, .buf_index = -1, .addrs = addrs, .lens = lens,
+                      .offs = offs, .buf_indexes = buf_index};
+    return run_batch(r, &b, n, res_out, NULL);
+}
+
+int fc_rw_batch_strided(struct fc_ring *r, int opcode, int fd, unsigned n, char *base,
+                        unsigned stride, const unsigned *lens, const unsigned long long *offs,
+                        int buf_index, int *res_out)
+{
+    struct batch b = {.opcode = opcode, .fd = fd, .buf_index = buf_index, .base = base, .stride = stride,
+                      .lens = lens, .offs = offs};
+    return run_batch(r, &b, n, res_out, NULL);
+}
+
 int fc_uring_cmd_batch(struct fc_ring *r, int fd, unsigned cmd_op, unsigned n, const void *cmds,
                        int buf_index, int *res_out, unsigned long long *dw0_out)
 {
-    unsigned i = 0, inflight = 0;
-    while (i < n) {
-        while (i < n && fc_sq_space(r) > 0 && inflight < r->cq_entries) {
-            int ret = fc_prep_uring_cmd(r, fd, cmd_op, (const char *)cmds + (size_t)i * 72, 72,
-                                        FC_BATCH_BASE + i, buf_index);
-            if (ret < 0)
-                return ret;
-            i++;
-            inflight++;
-        }
-        unsigned want = (i < n) ? 1 : inflight;
-        int ret = drain(r, want, (unsigned)FC_BATCH_BASE, n, res_out, dw0_out);
-        if (ret < 0)
-            return ret;
-        inflight -= (unsigned)ret;
-    }
-    return 0;
+    struct batch b = {.fd = fd, .cmd_op = cmd_op, .buf_index = buf_index, .cmds = cmds};
+    return run_batch(r, &b, n, res_out, dw0_out);
 }
 
 int fc_rw_one(struct fc_ring *r, int opcode, int fd, void *addr, unsigned len,
@@ -381,25 +406,3 @@ int fc_rw_one(struct fc_ring *r, int opcode, int fd, void *addr, unsigned len,
     return res;
 }
 
-int fc_rw_batch_strided(struct fc_ring *r, int opcode, int fd, unsigned n, char *base,
-                        unsigned stride, const unsigned *lens, const unsigned long long *offs,
-                        int buf_index, int *res_out)
-{
-    unsigned i = 0, inflight = 0;
-    while (i < n) {
-        while (i < n && fc_sq_space(r) > 0 && inflight < r->cq_entries) {
-            int ret = fc_prep_rw(r, opcode, fd, base + (size_t)i * stride, lens[i], offs[i],
-                                 FC_BATCH_BASE + i, buf_index);
-            if (ret < 0)
-                break;
-            i++;
-            inflight++;
-        }
-        unsigned want = (i < n) ? 1 : inflight;
-        int ret = drain(r, want, (unsigned)FC_BATCH_BASE, n, res_out, NULL);
-        if (ret < 0)
-            return ret;
-        inflight -= (unsigned)ret;
-    }
-    return 0;
-}
