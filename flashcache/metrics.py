@@ -91,6 +91,42 @@ class CacheCollector(Collector):
         yield pl
 
 
+class DeviceCollector(Collector):
+    """A device's own metrics: bytes per placement stream, placement state with its
+    reason, and whether device WAF can be read (and why not). For tools and servers that
+    run a device without a cache; a cache's collector covers the same through stats()."""
+
+    def __init__(self, device: Any, name: str = "default"):
+        self._dev = device
+        self._name = name
+
+    def collect(self) -> Iterable:
+        st = self._dev.stats()
+        lab = ["device", "path"]
+        base = [self._name, st["path"]]
+        w = CounterMetricFamily("flashcache_device_stream_written_bytes", "bytes written, by placement stream",
+                                labels=lab + ["stream"])
+        for stream, v in st["bytes_written_by_stream"].items():
+            w.add_metric(base + [stream], v)
+        yield w
+        r = CounterMetricFamily("flashcache_device_read_bytes", "bytes read from the device", labels=lab)
+        r.add_metric(base, st["bytes_read"])
+        yield r
+        pl = GaugeMetricFamily("flashcache_device_placement_enabled",
+                               "1 when a stream's writes carry an FDP placement identifier",
+                               labels=lab + ["stream", "pid", "reason"])
+        for name, s in self._dev.streams.items():
+            on = s.pid is not None
+            pl.add_metric(base + [name, str(s.pid) if on else "", "" if on else s.placement.removeprefix("off: ")],
+                          1.0 if on else 0.0)
+        yield pl
+        reason = self._dev.waf_unavailable_reason()
+        a = GaugeMetricFamily("flashcache_device_waf_available",
+                              "1 when the device reports media writes; reason says why not", labels=lab + ["reason"])
+        a.add_metric(base + [reason or ""], 0.0 if reason else 1.0)
+        yield a
+
+
 class CacheMetrics:
     """The metrics of one cache: the scrape-time collector and the latency histograms."""
 

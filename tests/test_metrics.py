@@ -55,3 +55,22 @@ def test_waf_available():
     CacheMetrics(lambda: stats(waf={"status": "available", "window": 1.04, "since_open": 1.2}), reg, name="t")
     assert sample(reg, "flashcache_device_waf_available", cache="t", reason="") == 1
     assert sample(reg, "flashcache_device_write_amplification", cache="t", window="since_open") == 1.2
+
+
+def test_device_collector_says_why_placement_is_off(tmp_path):
+    from flashcache.devices.file import FileDevice
+    from flashcache.metrics import DeviceCollector
+    reg = CollectorRegistry()
+    with FileDevice(str(tmp_path / "d.img"), 1 << 20) as d:
+        s = d.open_stream("bighash")
+        d.write(0, bytes(4096), s)
+        reg.register(DeviceCollector(d, "t"))
+        path = str(tmp_path / "d.img")
+        assert sample(reg, "flashcache_device_stream_written_bytes_total", device="t", path=path,
+                      stream="bighash") == 4096
+        reason = s.placement.removeprefix("off: ")
+        assert reason.startswith("psync regular file device has no FDP placement")
+        assert sample(reg, "flashcache_device_placement_enabled", device="t", path=path, stream="bighash",
+                      pid="", reason=reason) == 0
+        assert sample(reg, "flashcache_device_waf_available", device="t", path=path,
+                      reason=d.waf_unavailable_reason()) == 0
