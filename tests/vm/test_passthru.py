@@ -157,6 +157,13 @@ def test_no_fdp_placement_off_with_reason_and_io_still_correct(dev):
     data = os.urandom(dev.block_size * 8)
     dev.write(0, data, s)
     assert dev.read(0, len(data)) == data
+    from prometheus_client import CollectorRegistry
+    from flashcache.metrics import DeviceCollector
+    reg = CollectorRegistry()
+    reg.register(DeviceCollector(dev, "vm"))
+    assert reg.get_sample_value("flashcache_device_placement_enabled", {
+        "device": "vm", "path": NS, "stream": "bighash", "pid": "",
+        "reason": "the controller does not support FDP (Identify Controller CTRATT bit 19 is 0)"}) == 0
 
 
 def _without_privilege(code: str) -> subprocess.CompletedProcess:
