@@ -312,79 +312,65 @@ class NvmeDevice(BaseDevice):
         return out
 
     # The fast path: a transport with ``rw`` takes up to ``slots`` pieces of up to
-    # ``slot_bytes`` as raw numbers (no command objects per I/O); anything else goes
-    # through NvmeCommand encoders one command at a time.
-    def _fast_ops(self, reqs, write: bool):
+    # ``slot_bytes`` as plain numbers (no command objects per I/O); anything larger goes
+    # through the NvmeCommand encoders one command at a time.
+    def _fast(self, lens) -> bool:
         t = self.transport
-        rw = getattr(t, "rw", None)
-        if rw is None or getattr(t, "ring", None) is None:
-            return None
-        limit = min(t.slot_bytes, self.max_io)
-        ops = []
-        for off, n, stream in reqs:
-            pid = stream.pid if (write and stream is not None and stream.pid is not None) else -1
-            pos = 0
-            while pos < n:
-                k = min(limit, n - pos)
-                ops.append(((self.start_bytes + off + pos) // self.lba_size, k, pid))
-                pos += k
-        return ops if len(ops) <= t.slots else None
+        return (getattr(t, "rw", None) is not None and getattr(t, "ring", None) is not None
+                and len(lens) <= t.slots and max(lens, default=0) <= min(t.slot_bytes, self.max_io))
+
+    def _slbas(self, offs):
+        start, shift = self.start_bytes, self._lba_shift
+        return [(start + o) >> shift for o in offs]
 
     def _read(self, offset: int, length: int) -> bytes:
-        ops = self._fast_ops([(offset, length, None)], False)
-        if ops is not None:
-            parts = self.transport.rw(False, ops, self._lba_shift)
-            return parts[0] if len(parts) == 1 else b"".join(parts)
+        if self._fast((length,)):
+            return self.transport.rw(False, self._slbas((offset,)), (length,), (-1,), self._lba_shift)[0]
         buf = bytearray(length)
         self._run(self._rw_cmds(offset, memoryview(buf), False, None), "read", offset)
         return bytes(buf)
 
     def _write(self, offset: int, data, stream: PlacementStream | None) -> None:
         v = memoryview(data).cast("B")
-        ops = self._fast_ops([(offset, v.nbytes, stream)], True)
-        if ops is not None:
-            self.transport.rw(True, ops, self._lba_shift, self._slices(v, ops))
+        if self._fast((v.nbytes,)):
+            pid = stream.pid if stream is not None and stream.pid is not None else -1
+            self.transport.rw(True, self._slbas((offset,)), (v.nbytes,), (pid,), self._lba_shift, (v,))
             return
         self._run(self._rw_cmds(offset, v, True, stream), "write", offset)
 
-    @staticmethod
-    def _slices(v: memoryview, ops) -> list[memoryview]:
-        out, pos = [], 0
-        for _, n, _ in ops:
-            out.append(v[pos:pos + n])
-            pos += n
-        return out
-
     def read_many(self, reqs: Sequence[tuple[int, int]]) -> list[bytes]:
+        offs = [o for o, _ in reqs]
+        lens = [n for _, n in reqs]
         for off, ln in reqs:
             self._check("read", off, ln)
-        ops = self._fast_ops([(o, n, None) for o, n in reqs], False)
-        if ops is not None and len(ops) == len(reqs):
-            out = self.transport.rw(False, ops, self._lba_shift)
+        if self._fast(lens):
+            out = self.transport.rw(False, self._slbas(offs), lens, [-1] * len(lens), self._lba_shift)
         else:
-            bufs = [bytearray(ln) for _, ln in reqs]
+            bufs = [bytearray(ln) for ln in lens]
             items = []
-            for (off, _), b in zip(reqs, bufs):
+            for off, b in zip(offs, bufs):
                 items += self._rw_cmds(off, memoryview(b), False, None)
-            self._run(items, "read", reqs[0][0] if reqs else 0)
+            self._run(items, "read", offs[0] if offs else 0)
             out = [bytes(b) for b in bufs]
-        self._count_many("r", [ln for _, ln in reqs])
+        self._count_many("r", lens)
         return out
 
     def write_many(self, reqs) -> None:
         views = [memoryview(d).cast("B") for _, d, _ in reqs]
-        for (off, _, _), v in zip(reqs, views):
-            self._check("write", off, v.nbytes)
-        ops = self._fast_ops([(off, v.nbytes, s) for (off, _, s), v in zip(reqs, views)], True)
-        if ops is not None and len(ops) == len(reqs):
-            self.transport.rw(True, ops, self._lba_shift, views)
+        offs = [o for o, _, _ in reqs]
+        lens = [v.nbytes for v in views]
+        for off, ln in zip(offs, lens):
+            self._check("write", off, ln)
+        if self._fast(lens):
+            pids = [s.pid if s is not None and s.pid is not None else -1 for _, _, s in reqs]
+            self.transport.rw(True, self._slbas(offs), lens, pids, self._lba_shift, views)
         else:
             items = []
             for (off, _, stream), v in zip(reqs, views):
                 items += self._rw_cmds(off, v, True, stream)
-            self._run(items, "write", reqs[0][0] if reqs else 0)
-        for (off, _, s), v in zip(reqs, views):
-            self._count("w", v.nbytes, s)
+            self._run(items, "write", offs[0] if offs else 0)
+        for (_, _, s), ln in zip(reqs, lens):
+            self._count("w", ln, s)
 
     def _run(self, items, what: str, offset: int) -> None:
         if not items:

@@ -14,7 +14,6 @@ import errno
 import fcntl
 import logging
 import os
-import struct
 import threading
 from typing import Any, Sequence
 
@@ -24,9 +23,6 @@ from .nvme_paths import NvmeNodes, resolve
 
 log = logging.getLogger("flashcache.devices.nvme")
 
-# struct nvme_uring_cmd: opcode flags rsvd1 nsid cdw2 cdw3 metadata addr metadata_len data_len
-# cdw10..15 timeout_ms rsvd2 (the same layout flashcache.nvme packs; precompiled for the hot path)
-_URING_CMD = struct.Struct("<BBHIIIQQII6III")
 SLOT_BYTES = 128 << 10
 
 
@@ -123,7 +119,6 @@ class PassthroughTransport:
             raise DeviceError(self.path, f"registering {self.slots} x {self.slot_bytes // 1024} KiB io_uring "
                               f"buffers failed: {e.msg}", e.errno,
                               "raise the locked-memory limit (ulimit -l) or lower device.queue_depth") from None
-        self._cmds = bytearray(72 * self.slots)
 
     # -- synchronous ioctls ----------------------------------------------------------------
     def _ioctl(self, fd: int, req: int, cmd: "nvme.NvmeCommand", buf: Any, path: str, admin: bool) -> int:
@@ -170,42 +165,31 @@ class PassthroughTransport:
                 nvme.check_status(r, self.path, nvme.describe(cmd))
         return [d & 0xFFFFFFFF for d in dw0]
 
-    def rw(self, write: bool, ops: Sequence[tuple[int, int, int]], lba_shift: int, datas=None) -> list[bytes] | None:
+    def rw(self, write: bool, slbas: Sequence[int], nbytes: Sequence[int], pids: Sequence[int],
+           lba_shift: int, datas=None) -> list[bytes] | None:
         """Reads or writes of at most ``slots`` pieces of at most ``slot_bytes`` each, staged
-        through the registered buffer (URING_CMD with IORING_URING_CMD_FIXED): ops are
-        (slba, nbytes, pid or -1). Returns the data read, or None for writes."""
-        n = len(ops)
+        through the registered buffer (URING_CMD with IORING_URING_CMD_FIXED; the commands
+        are built in C). A write with pids[i] >= 0 goes to that placement identifier.
+        Returns the data read, or None for writes."""
         sb = self.slot_bytes
-        stage = self._stage
-        cmds = self._cmds
-        pack = _URING_CMD.pack_into
-        opc = 0x01 if write else 0x02
-        nsid = self.nsid
-        base = self._base
         with self._lock:
-            for k, (slba, nbytes, pid) in enumerate(ops):
-                if write:
-                    stage[k * sb:k * sb + nbytes] = datas[k]
-                cdw12 = (nbytes >> lba_shift) - 1
-                cdw13 = 0
-                if pid >= 0:
-                    cdw12 |= 2 << 20           # DTYPE 2: data placement
-                    cdw13 = pid << 16          # DSPEC: the placement identifier
-                pack(cmds, 72 * k, opc, 0, 0, nsid, 0, 0, 0, base + k * sb, 0, nbytes,
-                     slba & 0xFFFFFFFF, slba >> 32, cdw12, cdw13, 0, 0, 0, 0)
-            res, _ = self.ring.uring_cmd_batch(self.fd, nvme.NVME_URING_CMD_IO, memoryview(cmds)[:72 * n], n, 0)
-            for k, r in enumerate(res):
-                if r:
-                    slba, nbytes, pid = ops[k]
-                    what = (f"{'Write' if write else 'Read'} of {nbytes >> lba_shift} blocks at LBA {slba}"
-                            + (f" (placement identifier {pid})" if pid >= 0 else ""))
-                    if r < 0:
-                        raise DeviceError(self.path, f"{what} failed", -r, _hint(-r, self.path, False))
-                    nvme.check_status(r, self.path, what)
+            if write:
+                stage = self._stage
+                for k, d in enumerate(datas):
+                    stage[k * sb:k * sb + len(d)] = d
+            res = self.ring.nvme_rw(write, self.fd, self.nsid, self._base, sb, slbas, nbytes, pids, lba_shift, 0)
+            if any(res):
+                for k, r in enumerate(res):
+                    if r:
+                        what = (f"{'Write' if write else 'Read'} of {nbytes[k] >> lba_shift} blocks at LBA "
+                                f"{slbas[k]}" + (f" (placement identifier {pids[k]})" if pids[k] >= 0 else ""))
+                        if r < 0:
+                            raise DeviceError(self.path, f"{what} failed", -r, _hint(-r, self.path, False))
+                        nvme.check_status(r, self.path, what)
             if write:
                 return None
             mm = self._stage_mm
-            return [mm[k * sb:k * sb + nbytes] for k, (_, nbytes, _) in enumerate(ops)]
+            return [mm[k * sb:k * sb + n] for k, n in enumerate(nbytes)]
 
     def max_transfer_bytes(self, id_ctrl: Any) -> int:
         blk = os.path.basename(self.nodes.block or "")

@@ -406,3 +406,29 @@ int fc_rw_one(struct fc_ring *r, int opcode, int fd, void *addr, unsigned len,
     return res;
 }
 
+
+int fc_nvme_rw_batch(struct fc_ring *r, int fd, unsigned nsid, int write, unsigned n, char *base,
+                     unsigned stride, const unsigned long long *slbas, const unsigned *nbytes,
+                     const int *pids, unsigned lba_shift, int buf_index, void *cmds, int *res_out)
+{
+    unsigned char *c = cmds;
+    for (unsigned i = 0; i < n; i++, c += 72) {
+        unsigned cdw12 = (nbytes[i] >> lba_shift) - 1, cdw13 = 0;
+        unsigned long long addr = (unsigned long long)(uintptr_t)(base + (size_t)i * stride);
+        unsigned lo = (unsigned)slbas[i], hi = (unsigned)(slbas[i] >> 32);
+        memset(c, 0, 72);
+        c[0] = write ? 0x01 : 0x02;                 /* opcode */
+        memcpy(c + 4, &nsid, 4);
+        memcpy(c + 24, &addr, 8);                   /* addr */
+        memcpy(c + 36, &nbytes[i], 4);              /* data_len */
+        memcpy(c + 40, &lo, 4);                     /* cdw10: SLBA low */
+        memcpy(c + 44, &hi, 4);                     /* cdw11: SLBA high */
+        if (write && pids[i] >= 0) {
+            cdw12 |= 2u << 20;                      /* DTYPE 2: data placement */
+            cdw13 = (unsigned)pids[i] << 16;        /* DSPEC: placement identifier */
+        }
+        memcpy(c + 48, &cdw12, 4);
+        memcpy(c + 52, &cdw13, 4);
+    }
+    return fc_uring_cmd_batch(r, fd, 0xC0484E80u /* NVME_URING_CMD_IO */, n, cmds, buf_index, res_out, NULL);
+}

@@ -83,3 +83,10 @@ int fc_rw_one(struct fc_ring *r, int opcode, int fd, void *addr, unsigned len,
  * res_out[i] = cqe.res, dw0_out[i] = big_cqe[0]. */
 int fc_uring_cmd_batch(struct fc_ring *r, int fd, unsigned cmd_op, unsigned n, const void *cmds,
                        int buf_index, int *res_out, unsigned long long *dw0_out);
+
+/* n NVMe Reads or Writes (NVME_URING_CMD_IO) of nbytes[i] at slbas[i], data at
+ * base + i*stride (in registered buffer buf_index, or -1); a write with pids[i] >= 0 is
+ * tagged DTYPE 2 / DSPEC pids[i]. The 72-byte commands are built in cmds (n*72 bytes). */
+int fc_nvme_rw_batch(struct fc_ring *r, int fd, unsigned nsid, int write, unsigned n, char *base,
+                     unsigned stride, const unsigned long long *slbas, const unsigned *nbytes,
+                     const int *pids, unsigned lba_shift, int buf_index, void *cmds, int *res_out);
