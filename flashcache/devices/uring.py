@@ -107,11 +107,11 @@ class UringDevice(FileDevice):
                 res = self.ring.rw_strided(write, self.fd, self._base, sb, lens, offs, self._fixed_index)
                 for k, (r, (i, off, pos, n)) in enumerate(zip(res, wave)):
                     if r != n:
-                        r = self._finish_short(write, k, r, off, n)
+                        r = self._finish_short(write, self._base + k * sb, r, off, n)
                     if not write:
                         outs[i][pos:pos + n] = stage[k * sb:k * sb + n]
 
-    def _finish_short(self, write: bool, k: int, r: int, off: int, n: int) -> int:
+    def _finish_short(self, write: bool, addr0: int, r: int, off: int, n: int) -> int:
         """A piece that completed short or with an error: retry the remainder once per
         short completion (the kernel may split), or raise with the errno."""
         what = "write" if write else "read"
@@ -131,15 +131,14 @@ class UringDevice(FileDevice):
             done += r
             if done >= n:
                 return n
-            addr = self._base + k * self.slot_bytes + done
-            r = self.ring.rw_one(write, self.fd, addr, n - done, off + done, self._fixed_index)
+            r = self.ring.rw_one(write, self.fd, addr0 + done, n - done, off + done, self._fixed_index)
 
     def _read(self, offset: int, length: int) -> bytes:
         if length <= self.slot_bytes:               # the common case: one SQE, one C call
             with self._ring_lock:
                 r = self.ring.rw_one(False, self.fd, self._base, length, offset, self._fixed_index)
                 if r != length:
-                    self._finish_short(False, 0, r, offset, length)
+                    self._finish_short(False, self._base, r, offset, length)
                 return bytes(self._stage[:length])
         out = bytearray(length)
         self._run(False, self._pieces([(offset, length)]), outs=[memoryview(out)])
@@ -153,27 +152,41 @@ class UringDevice(FileDevice):
                 self._stage[:n] = v
                 r = self.ring.rw_one(True, self.fd, self._base, n, offset, self._fixed_index)
                 if r != n:
-                    self._finish_short(True, 0, r, offset, n)
+                    self._finish_short(True, self._base, r, offset, n)
             return
         self._run(True, self._pieces([(offset, n)]), datas=[v])
 
-    def _small(self, lens) -> bool:
-        return len(lens) <= self.slots and max(lens, default=0) <= self.slot_bytes
+    def _packed(self, lens) -> list[int] | None:
+        """Staging addresses for requests packed back to back in the registered buffer, or
+        None when they do not all fit. Many small requests then run as one C batch that
+        keeps the ring full, refilling it as each completes (a true queue depth, not
+        submit-all-then-wait-all)."""
+        if sum(lens) > self.slots * self.slot_bytes:
+            return None
+        addrs, a = [], self._base
+        for n in lens:
+            addrs.append(a)
+            a += n
+        return addrs
+
+    def _batch(self, write: bool, addrs, lens, offs) -> None:
+        fixed = self._fixed_index
+        res = self.ring.rw_batch(write, self.fd, addrs, lens, offs, [fixed] * len(lens) if fixed >= 0 else None)
+        for r, a, off, ln in zip(res, addrs, offs, lens):
+            if r != ln:
+                self._finish_short(write, a, r, off, ln)
 
     def read_many(self, reqs: Sequence[tuple[int, int]]) -> list[bytes]:
         offs = [o for o, _ in reqs]
         lens = [n for _, n in reqs]
         for off, ln in reqs:
             self._check("read", off, ln)
-        if self._small(lens):
-            sb = self.slot_bytes
-            stage = self._stage
+        addrs = self._packed(lens)
+        if addrs is not None:
+            mm, base = self._mm, self._base
             with self._ring_lock:
-                res = self.ring.rw_strided(False, self.fd, self._base, sb, lens, offs, self._fixed_index)
-                for k, (r, off, ln) in enumerate(zip(res, offs, lens)):
-                    if r != ln:
-                        self._finish_short(False, k, r, off, ln)
-                out = [bytes(stage[k * sb:k * sb + ln]) for k, ln in enumerate(lens)]
+                self._batch(False, addrs, lens, offs)
+                out = [mm[a - base:a - base + ln] for a, ln in zip(addrs, lens)]
         else:
             bufs = [bytearray(ln) for ln in lens]
             self._run(False, self._pieces(reqs), outs=[memoryview(b) for b in bufs])
@@ -187,16 +200,13 @@ class UringDevice(FileDevice):
         lens = [v.nbytes for v in views]
         for off, ln in zip(offs, lens):
             self._check("write", off, ln)
-        if self._small(lens):
-            sb = self.slot_bytes
-            stage = self._stage
+        addrs = self._packed(lens)
+        if addrs is not None:
+            stage, base = self._stage, self._base
             with self._ring_lock:
-                for k, (v, ln) in enumerate(zip(views, lens)):
-                    stage[k * sb:k * sb + ln] = v
-                res = self.ring.rw_strided(True, self.fd, self._base, sb, lens, offs, self._fixed_index)
-                for k, (r, off, ln) in enumerate(zip(res, offs, lens)):
-                    if r != ln:
-                        self._finish_short(True, k, r, off, ln)
+                for a, v, ln in zip(addrs, views, lens):
+                    stage[a - base:a - base + ln] = v
+                self._batch(True, addrs, lens, offs)
         else:
             self._run(True, self._pieces(list(zip(offs, lens))), datas=views)
         for (off, _, s), ln in zip(reqs, lens):

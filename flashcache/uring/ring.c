@@ -349,7 +349,7 @@ static int run_batch(struct fc_ring *r, const struct batch *b, unsigned n, int *
 {
     unsigned i = 0, inflight = 0;
     while (i < n || inflight) {
-        while (i < n && fc_sq_space(r) > 0 && inflight < r->cq_entries) {
+        while (i < n && fc_sq_space(r) > 0 && inflight < r->sq_entries) {
             int ret = prep_one(r, b, i);
             if (ret == -EBUSY)
                 break;
@@ -358,7 +358,7 @@ static int run_batch(struct fc_ring *r, const struct batch *b, unsigned n, int *
             i++;
             inflight++;
         }
-        /* ring full: complete at least part of what is in flight before adding more */
+        /* queue depth reached (at most sq_entries in flight): complete some before adding more */
         unsigned want = (i < n) ? 1 : inflight;
         int ret = drain(r, want, (unsigned)FC_BATCH_BASE, n, res, dw0);
         if (ret < 0)
