@@ -317,7 +317,7 @@ class NvmeDevice(BaseDevice):
     def _fast(self, lens) -> bool:
         t = self.transport
         return (getattr(t, "rw", None) is not None and getattr(t, "ring", None) is not None
-                and len(lens) <= t.slots and max(lens, default=0) <= min(t.slot_bytes, self.max_io))
+                and max(lens, default=0) <= self.max_io and t.fits(lens))
 
     def _slbas(self, offs):
         start, shift = self.start_bytes, self._lba_shift

@@ -165,13 +165,19 @@ class PassthroughTransport:
                 nvme.check_status(r, self.path, nvme.describe(cmd))
         return [d & 0xFFFFFFFF for d in dw0]
 
+    def fits(self, nbytes: Sequence[int]) -> bool:
+        """Whether ``rw`` can stage these pieces: each at most ``slot_bytes``, all of them
+        at the largest one's stride within the registered buffer."""
+        return bool(nbytes) and max(nbytes) * len(nbytes) <= self.slots * self.slot_bytes \
+            and max(nbytes) <= self.slot_bytes
+
     def rw(self, write: bool, slbas: Sequence[int], nbytes: Sequence[int], pids: Sequence[int],
            lba_shift: int, datas=None) -> list[bytes] | None:
-        """Reads or writes of at most ``slots`` pieces of at most ``slot_bytes`` each, staged
-        through the registered buffer (URING_CMD with IORING_URING_CMD_FIXED; the commands
-        are built in C). A write with pids[i] >= 0 goes to that placement identifier.
-        Returns the data read, or None for writes."""
-        sb = self.slot_bytes
+        """Reads or writes staged through the registered buffer at the largest piece's
+        stride (URING_CMD with IORING_URING_CMD_FIXED; commands built in C, the ring kept
+        full). A write with pids[i] >= 0 goes to that placement identifier. Returns the data
+        read, or None for writes. Callers check ``fits`` first."""
+        sb = max(nbytes)
         with self._lock:
             if write:
                 stage = self._stage

@@ -109,7 +109,7 @@ class Ring:
         self._b_offs = ffi.new("unsigned long long[]", n)
         self._b_bi = ffi.new("int[]", n)
         self._b_res = ffi.new("int[]", n)
-        self._nv_cmds = None
+        self._nv_cap = 0
         self._buffers: list[mmap.mmap] = []
         self._buffer_addrs: list[int] = []
         self._views: list[memoryview] = []
@@ -273,27 +273,29 @@ class Ring:
 
     def nvme_rw(self, write: bool, fd: int, nsid: int, base: int, stride: int, slbas: Sequence[int],
                 nbytes: Sequence[int], pids: Sequence[int], lba_shift: int, buf_index: int = -1) -> list[int]:
-        """n NVMe Reads or Writes built in C (request i's data at base + i * stride);
-        returns each completion's res: 0, an NVMe status (> 0) or -errno."""
+        """n NVMe Reads or Writes built in C (request i's data at base + i * stride), with
+        at most ``entries`` in flight and the ring refilled as each completes; returns each
+        completion's res: 0, an NVMe status (> 0) or -errno."""
         self._check()
         n = len(slbas)
-        if n > self.entries:
-            raise ValueError(f"nvme_rw takes at most {self.entries} requests, got {n}")
         if not (self.sqe128 and self.cqe32):
             raise ValueError("NVMe passthrough needs Ring(sqe128=True, cqe32=True)")
-        if self._nv_cmds is None:
-            self._nv_cmds = ffi.new("unsigned char[]", 72 * self.entries)
-            self._nv_slbas = ffi.new("unsigned long long[]", self.entries)
-            self._nv_pids = ffi.new("int[]", self.entries)
+        if self._nv_cap < n:                     # grown once, reused by later batches
+            self._nv_cap = max(n, self.entries)
+            self._nv_cmds = ffi.new("unsigned char[]", 72 * self._nv_cap)
+            self._nv_slbas = ffi.new("unsigned long long[]", self._nv_cap)
+            self._nv_pids = ffi.new("int[]", self._nv_cap)
+            self._nv_lens = ffi.new("unsigned[]", self._nv_cap)
+            self._nv_res = ffi.new("int[]", self._nv_cap)
         self._nv_slbas[0:n] = slbas
-        self._b_lens[0:n] = nbytes
+        self._nv_lens[0:n] = nbytes
         self._nv_pids[0:n] = pids
         ret = lib.fc_nvme_rw_batch(self._r, fd, nsid, int(write), n, ffi.cast("char *", base), stride,
-                                   self._nv_slbas, self._b_lens, self._nv_pids, lba_shift, buf_index,
-                                   self._nv_cmds, self._b_res)
+                                   self._nv_slbas, self._nv_lens, self._nv_pids, lba_shift, buf_index,
+                                   self._nv_cmds, self._nv_res)
         if ret < 0:
             raise DeviceError(None, "io_uring passthrough batch submission failed", -ret)
-        return self._b_res[0:n]
+        return self._nv_res[0:n]
 
     def uring_cmd_batch(self, fd: int, cmd_op: int, cmds: bytes, n: int,
                         buf_index: int = -1) -> tuple[list[int], list[int]]:
