@@ -13,12 +13,14 @@ import ctypes
 import errno
 import fcntl
 import logging
+import mmap
 import os
 import threading
 from typing import Any, Sequence
 
 from .. import nvme
 from ..errors import DeviceError, NvmeError
+from ..uring import address_of
 from .nvme_paths import NvmeNodes, resolve
 
 log = logging.getLogger("flashcache.devices.nvme")
@@ -148,21 +150,34 @@ class PassthroughTransport:
     def io_many(self, items: Sequence[tuple["nvme.NvmeCommand", Any]]) -> list[int]:
         if self.ring is None:
             return [self._ioctl(self.fd, nvme.NVME_IOCTL_IO_CMD, c, b, self.path, False) for c, b in items]
-        keep = []
+        # Bounce through one page-aligned mapping: a user buffer that is not page aligned
+        # spans one page more than its length, which can push a full MDTS-sized transfer
+        # past the queue's segment limit (the kernel answers EINVAL).
+        offs, total = [], 0
+        for _, buf in items:
+            offs.append(total)
+            total += -(-(memoryview(buf).nbytes if buf is not None else 0) // 4096) * 4096
+        bounce = mmap.mmap(-1, max(total, 4096))
+        base = address_of(bounce)
         cmds = bytearray()
-        for cmd, buf in items:
-            addr, k = _addr(buf)
-            keep.append(k)
+        for (cmd, buf), off in zip(items, offs):
             n = memoryview(buf).nbytes if buf is not None else 0
-            cmds += cmd.with_buffer(addr, n).pack_uring()
+            if n:
+                bounce[off:off + n] = memoryview(buf).cast("B")
+            cmds += cmd.with_buffer(base + off if n else 0, n).pack_uring()
         with self._lock:
             res, dw0 = self.ring.uring_cmd_batch(self.fd, nvme.NVME_URING_CMD_IO, bytes(cmds), len(items))
-        del keep
-        for (cmd, _), r in zip(items, res):
+        for (cmd, buf), off, r in zip(items, offs, res):
             if r < 0:
+                bounce.close()
                 raise DeviceError(self.path, f"{nvme.describe(cmd)} failed", -r, _hint(-r, self.path, False))
             if r > 0:
+                bounce.close()
                 nvme.check_status(r, self.path, nvme.describe(cmd))
+            n = memoryview(buf).nbytes if buf is not None else 0
+            if n and cmd.opcode & 0x2:           # opcode bits 1:0 = 10b: controller-to-host data
+                memoryview(buf).cast("B")[:] = bounce[off:off + n]
+        bounce.close()
         return [d & 0xFFFFFFFF for d in dw0]
 
     def fits(self, nbytes: Sequence[int]) -> bool:
