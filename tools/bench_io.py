@@ -86,45 +86,30 @@ def ours_iops(dev, rw: str, qd: int, seconds: float, nblocks: int) -> float:
     i = 0
     t0 = time.perf_counter()
     deadline = t0 + seconds
+    reading = rw == "randread"
     if qd == 1:
-        if rw == "randread":
-            read = dev.read
-            while True:
-                for _ in range(256):
-                    read(offs[i & mask], BS)
-                    i += 1
-                n += 256
-                if time.perf_counter() >= deadline:
-                    break
-        else:
-            write = dev.write
-            while True:
-                for _ in range(256):
-                    write(offs[i & mask], data)
-                    i += 1
-                n += 256
-                if time.perf_counter() >= deadline:
-                    break
+        # read(off, BS) and write(off, data) have the same shape: one loop serves both
+        op, arg = (dev.read, BS) if reading else (dev.write, data)
+        while True:
+            for _ in range(256):
+                op(offs[i & mask], arg)
+                i += 1
+            n += 256
+            if time.perf_counter() >= deadline:
+                break
     else:
         per = 8 * qd    # requests per call; the ring (qd entries) bounds what is in flight
         batches = [[(offs[(k * per + j) & mask], BS) for j in range(per)] for k in range(len(offs) // per)]
-        wbatches = [[(o, data, None) for o, _ in b] for b in batches]
+        if not reading:
+            batches = [[(o, data, None) for o, _ in b] for b in batches]
+        op = dev.read_many if reading else dev.write_many
         nb = len(batches)
         k = 0
-        if rw == "randread":
-            rm = dev.read_many
-            while time.perf_counter() < deadline:
-                for _ in range(4):
-                    rm(batches[k % nb])
-                    k += 1
-                n += 4 * per
-        else:
-            wm = dev.write_many
-            while time.perf_counter() < deadline:
-                for _ in range(4):
-                    wm(wbatches[k % nb])
-                    k += 1
-                n += 4 * per
+        while time.perf_counter() < deadline:
+            for _ in range(4):
+                op(batches[k % nb])
+                k += 1
+            n += 4 * per
     return n / (time.perf_counter() - t0)
 
 
