@@ -126,6 +126,25 @@ class BaseDevice:
                 c.trims += 1
                 c.bytes_trimmed += nbytes
 
+    def _check_many(self, what: str, offs, lens) -> None:
+        """_check for a batch: one pass, and the per-item method call only for a bad item."""
+        if self._closed:
+            raise ClosedError(self.path, f"{what} after close()")
+        mask, size = self._bs_mask, self.size
+        for off, ln in zip(offs, lens):
+            if off < 0 or ln < 0 or (off | ln) & mask or off + ln > size:
+                self._check(what, off, ln)
+
+    def _count_writes(self, lens, streams) -> None:
+        with self._count_lock:
+            c = self.counters
+            c.writes += len(lens)
+            c.bytes_written += sum(lens)
+            per = c.per_stream_bytes_written
+            for ln, s in zip(lens, streams):
+                name = s.name if s is not None else "default"
+                per[name] = per.get(name, 0) + ln
+
     def _count_many(self, kind: str, lengths) -> None:
         with self._count_lock:
             c = self.counters

@@ -341,8 +341,7 @@ class NvmeDevice(BaseDevice):
     def read_many(self, reqs: Sequence[tuple[int, int]]) -> list[bytes]:
         offs = [o for o, _ in reqs]
         lens = [n for _, n in reqs]
-        for off, ln in reqs:
-            self._check("read", off, ln)
+        self._check_many("read", offs, lens)
         if self._fast(lens):
             out = self.transport.rw(False, self._slbas(offs), lens, [-1] * len(lens), self._lba_shift)
         else:
@@ -359,8 +358,7 @@ class NvmeDevice(BaseDevice):
         views = [memoryview(d).cast("B") for _, d, _ in reqs]
         offs = [o for o, _, _ in reqs]
         lens = [v.nbytes for v in views]
-        for off, ln in zip(offs, lens):
-            self._check("write", off, ln)
+        self._check_many("write", offs, lens)
         if self._fast(lens):
             pids = [s.pid if s is not None and s.pid is not None else -1 for _, _, s in reqs]
             self.transport.rw(True, self._slbas(offs), lens, pids, self._lba_shift, views)
@@ -369,8 +367,7 @@ class NvmeDevice(BaseDevice):
             for (off, _, stream), v in zip(reqs, views):
                 items += self._rw_cmds(off, v, True, stream)
             self._run(items, "write", offs[0] if offs else 0)
-        for (_, _, s), ln in zip(reqs, lens):
-            self._count("w", ln, s)
+        self._count_writes(lens, [s for _, _, s in reqs])
 
     def _run(self, items, what: str, offset: int) -> None:
         if not items:

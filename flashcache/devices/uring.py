@@ -185,8 +185,7 @@ class UringDevice(FileDevice):
     def read_many(self, reqs: Sequence[tuple[int, int]]) -> list[bytes]:
         offs = [o for o, _ in reqs]
         lens = [n for _, n in reqs]
-        for off, ln in reqs:
-            self._check("read", off, ln)
+        self._check_many("read", offs, lens)
         addrs = self._packed(lens)
         if addrs is not None:
             mm, base = self._mm, self._base
@@ -204,8 +203,7 @@ class UringDevice(FileDevice):
         views = [memoryview(d).cast("B") for _, d, _ in reqs]
         offs = [o for o, _, _ in reqs]
         lens = [v.nbytes for v in views]
-        for off, ln in zip(offs, lens):
-            self._check("write", off, ln)
+        self._check_many("write", offs, lens)
         addrs = self._packed(lens)
         if addrs is not None:
             stage, base = self._stage, self._base
@@ -215,8 +213,7 @@ class UringDevice(FileDevice):
                 self._batch(True, addrs, lens, offs)
         else:
             self._run(True, self._pieces(list(zip(offs, lens))), datas=views)
-        for (off, _, s), ln in zip(reqs, lens):
-            self._count("w", ln, s)
+        self._count_writes(lens, [s for _, _, s in reqs])
 
     def close(self) -> None:
         if not self._closed:
