@@ -1,6 +1,10 @@
 """The emulated FDP SSD as a device: an NVMe controller model over the emulator's FTL, with
 the data in a sparse backing file.
 
+STATUS: not wired and never run. It waits for the FTL of issue 4 (flashcache.emulator),
+which does not exist yet; nothing imports this module and no test covers it. It is kept
+as the design of the controller side, written against the ``Ftl`` protocol below.
+
 Owns the controller side of the NVMe command set (Identify, Get Log Page 0x20-0x23, Get/Set
 Features 0x1D/0x1E, Read, Write with DTYPE/DSPEC, Dataset Management, Flush, I/O Management
 Receive/Send) built from flashcache.nvme's parsers and packers, so the cache reaches it
