@@ -1,0 +1,489 @@
+"""BigHash: the small-item engine, a fixed array of buckets on one extent of the device.
+
+Owns its extent and a bloom filter per bucket in DRAM; no DRAM index. The key hash picks
+the bucket; every insert or remove reads the whole bucket and writes it back, FIFO inside
+the bucket. Operations are sans-I/O generators (see ``engines.device``): they yield
+``Read``/``Write`` and never touch a device. The surprise: a bucket that fails its checksum
+reads as *empty* (counted, logged), and a cold engine still serves old buckets from flash.
+
+On-flash layout (little-endian), one bucket of ``bucket_size`` bytes::
+
+    bucket header, 32 B (BUCKET_HEADER)
+      0  magic        4s   b"FCBH"
+      4  version      u16  FORMAT_VERSION (1)
+      6  header_size  u16  32
+      8  checksum     u64  xxh3_64 of bytes [16, 32 + used_bytes), seeded with
+                           CHECKSUM_SEED ^ bucket index (a misplaced bucket fails too)
+     16  generation   u64  the engine's generation when written; any other reads as empty
+     24  item_count   u32
+     28  used_bytes   u32  bytes of entries after the header
+    entries, oldest first, packed back to back, then zeros to the end of the bucket
+      entry header, 22 B (ENTRY_HEADER)
+      0  key_hash     u64  xxh3_64(key, KEY_SEED): picks the bucket, feeds the bloom
+                           filter, and is the key's checksum (checked on every match)
+      8  value_sum    u32  low 32 bits of xxh3_64(value, KEY_SEED), checked on every hit
+     12  expiry       u32  absolute time in whole seconds of ``clock``; 0 = never
+     16  value_len    u32
+     20  key_len      u16
+     22  key bytes, then value bytes
+
+A never-written bucket (all zeros, e.g. after a trim) is empty and is not a failure.
+The bucket is ``key_hash % nbuckets``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import struct
+import time
+from typing import Any, Callable, NamedTuple
+
+import xxhash
+
+from engines.bloom import BloomFilters
+from engines.device import Op, Read, Write
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"FCBH"
+FORMAT_VERSION = 1
+KEY_SEED = 0x6A09E667F3BCC908
+CHECKSUM_SEED = 0xBB67AE8584CAA73B
+BUCKET_HEADER = struct.Struct("<4sHHQQII")  # magic, version, header_size, checksum, generation, count, used
+ENTRY_HEADER = struct.Struct("<QIIIH")  # key_hash, value_sum, expiry, value_len, key_len
+MIN_BUCKET_SIZE = 512
+MAX_BUCKET_SIZE = 1 << 20
+MAX_KEY_LEN = 0xFFFF
+MAX_EXPIRY = 0xFFFFFFFF
+_M64 = (1 << 64) - 1
+_HSIZE = BUCKET_HEADER.size
+_ESIZE = ENTRY_HEADER.size
+
+_hash = xxhash.xxh3_64_intdigest
+
+_COUNTERS = (
+    "lookups", "hits", "misses", "bloom_rejects", "bloom_false_positives", "expired_misses",
+    "inserts", "replaced", "evictions", "expired_dropped", "inserted_bytes",
+    "removes", "removed", "checksum_failures", "stale_buckets",
+    "bucket_reads", "bucket_writes", "bytes_read", "bytes_written",
+)
+
+
+def key_hash(key: bytes | bytearray | memoryview) -> int:
+    """The 64-bit hash BigHash stores for ``key`` (xxh3_64 with KEY_SEED)."""
+    return _hash(key, KEY_SEED)
+
+
+def _check_bytes(what: str, x: object) -> None:
+    if not isinstance(x, (bytes, bytearray, memoryview)):
+        raise TypeError(f"BigHash: {what} must be bytes, bytearray or memoryview, got {type(x).__name__}")
+
+
+class InsertResult(NamedTuple):
+    """What an insert did to its bucket. Always truthy (a non-empty tuple)."""
+
+    replaced: bool  # an older entry of the same key was dropped
+    evicted: int  # live entries dropped (oldest first) to make room
+    expired: int  # expired entries dropped on the way
+
+
+class BigHash:
+    """The small-item engine over ``[offset, offset + size)`` of a device.
+
+    ``bucket_size`` bytes per bucket (a multiple of 512); ``offset`` and ``size`` multiples
+    of it. ``bloom_bytes_per_bucket`` (0 disables the filters) and ``bloom_hashes`` shape
+    the DRAM filters. ``stream`` is passed back on every Write. ``clock`` gives the time
+    in seconds that ``expiry`` is measured in. ``generation`` must match the one the
+    buckets were written with; pass the value ``persist()`` saved (the default 0 fits an
+    engine that was never ``reset()``).
+
+    Operations on one bucket must not interleave with an insert or remove on that bucket
+    (the driver serialises them, e.g. a lock per bucket); lookups may interleave freely.
+
+    Example, with any ``engines.device.Device`` as ``dev``::
+
+        bh = BigHash(offset=0, size=64 * 4096)
+        run(bh.insert(b"k", b"v"), dev)
+        run(bh.lookup(b"k"), dev)   # -> b"v"
+    """
+
+    def __init__(
+        self,
+        offset: int,
+        size: int,
+        bucket_size: int = 4096,
+        bloom_bytes_per_bucket: int = 8,
+        stream: Any = None,
+        clock: Callable[[], float] = time.time,
+        *,
+        bloom_hashes: int = 4,
+        generation: int = 0,
+    ) -> None:
+        if not isinstance(bucket_size, int) or not (
+            MIN_BUCKET_SIZE <= bucket_size <= MAX_BUCKET_SIZE and bucket_size % MIN_BUCKET_SIZE == 0
+        ):
+            raise ValueError(
+                f"BigHash: bucket_size = {bucket_size!r}: use a multiple of {MIN_BUCKET_SIZE} "
+                f"from {MIN_BUCKET_SIZE} to {MAX_BUCKET_SIZE} bytes (4096 is the usual)"
+            )
+        if not isinstance(offset, int) or offset < 0 or offset % bucket_size:
+            raise ValueError(
+                f"BigHash: offset = {offset!r}: use a non-negative multiple of bucket_size ({bucket_size})"
+            )
+        if not isinstance(size, int) or size <= 0 or size % bucket_size:
+            raise ValueError(
+                f"BigHash: size = {size!r}: use a positive multiple of bucket_size ({bucket_size})"
+            )
+        if size // bucket_size >= 1 << 32:
+            raise ValueError(
+                f"BigHash: size = {size} makes {size // bucket_size} buckets: at most 2**32 - 1; "
+                "use a larger bucket_size or a smaller size"
+            )
+        if not isinstance(bloom_bytes_per_bucket, int) or not 0 <= bloom_bytes_per_bucket <= 4096:
+            raise ValueError(
+                f"BigHash: bloom_bytes_per_bucket = {bloom_bytes_per_bucket!r}: "
+                "use an int from 0 (no bloom filters) to 4096 (8 is the usual)"
+            )
+        if not isinstance(bloom_hashes, int) or not 1 <= bloom_hashes <= 32:
+            raise ValueError(f"BigHash: bloom_hashes = {bloom_hashes!r}: use an int from 1 to 32 (4 is the usual)")
+        if not isinstance(generation, int) or not 0 <= generation <= _M64:
+            raise ValueError(f"BigHash: generation = {generation!r}: use an int from 0 to 2**64 - 1")
+        if not callable(clock):
+            raise ValueError(f"BigHash: clock = {clock!r}: use a callable returning seconds, like time.time")
+        self.offset = offset
+        self.size = size
+        self.bucket_size = bucket_size
+        self.nbuckets = size // bucket_size
+        self.stream = stream
+        self.clock = clock
+        self.generation = generation
+        self.max_item_size = bucket_size - _HSIZE
+        """Largest key + value + entry header (22 B) that fits in one bucket."""
+        self.bloom = BloomFilters(self.nbuckets, bloom_bytes_per_bucket, bloom_hashes)
+        self._counters = dict.fromkeys(_COUNTERS, 0)
+        self._zero = bytes(bucket_size)
+        # Bumped by every completed bucket write: a lookup refreshes a bucket's filter from
+        # what it read only if no write landed while its Read was in flight.
+        self._write_epoch = 0
+
+    # ------------------------------------------------------------------ geometry
+
+    def bucket_of(self, keyhash: int) -> int:
+        """The bucket index a key hash maps to."""
+        return keyhash % self.nbuckets
+
+    def bucket_offset(self, bucket: int) -> int:
+        """Device offset of ``bucket``."""
+        return self.offset + bucket * self.bucket_size
+
+    # ------------------------------------------------------------------ on-flash format
+
+    def _entries(self, data: bytes | bytearray | memoryview, bucket: int) -> list[tuple[int, int, int, int, int, int]] | None:
+        """The entries of a bucket image as (key_hash, value_sum, expiry, start, key_len, value_len),
+        oldest first; [] for an empty, never-written or stale bucket; None if it is corrupt.
+        ``start`` is the entry header's offset in ``data``."""
+        c = self._counters
+        if len(data) != self.bucket_size:
+            raise ValueError(f"BigHash: bucket {bucket} read returned {len(data)} bytes, expected {self.bucket_size}")
+        magic, version, hsize, checksum, generation, count, used = BUCKET_HEADER.unpack_from(data)
+        if magic != MAGIC:
+            if data == self._zero:
+                return []
+            return self._corrupt(bucket, f"bad magic {bytes(magic)!r}")
+        if version != FORMAT_VERSION or hsize != _HSIZE:
+            return self._corrupt(bucket, f"format version {version} header {hsize} B, this code reads {FORMAT_VERSION}")
+        if used > self.bucket_size - _HSIZE:
+            return self._corrupt(bucket, f"used_bytes {used} > {self.bucket_size - _HSIZE}")
+        mv = memoryview(data)
+        if _hash(mv[16:_HSIZE + used], CHECKSUM_SEED ^ bucket) != checksum:
+            return self._corrupt(bucket, "checksum mismatch")
+        if generation != self.generation:
+            c["stale_buckets"] += 1
+            return []
+        out = []
+        pos, end = _HSIZE, _HSIZE + used
+        unpack = ENTRY_HEADER.unpack_from
+        for _ in range(count):
+            if pos + _ESIZE > end:
+                return self._corrupt(bucket, "entries overrun used_bytes")
+            kh, vsum, expiry, vlen, klen = unpack(data, pos)
+            nxt = pos + _ESIZE + klen + vlen
+            if nxt > end:
+                return self._corrupt(bucket, "entries overrun used_bytes")
+            out.append((kh, vsum, expiry, pos, klen, vlen))
+            pos = nxt
+        if pos != end:
+            return self._corrupt(bucket, f"{count} entries end at {pos - _HSIZE}, used_bytes says {used}")
+        return out
+
+    def _corrupt(self, bucket: int, why: str) -> None:
+        self._counters["checksum_failures"] += 1
+        log.warning("BigHash: bucket %d at offset %d is corrupt (%s); reading it as empty",
+                    bucket, self.bucket_offset(bucket), why)
+        return None
+
+    def _build(self, bucket: int, parts: list, count: int, used: int) -> bytearray:
+        """A full bucket image holding ``parts`` (entry byte strings, oldest first)."""
+        buf = bytearray(self.bucket_size)
+        buf[_HSIZE:_HSIZE + used] = b"".join(parts)
+        BUCKET_HEADER.pack_into(buf, 0, MAGIC, FORMAT_VERSION, _HSIZE, 0, self.generation, count, used)
+        checksum = _hash(memoryview(buf)[16:_HSIZE + used], CHECKSUM_SEED ^ bucket)
+        struct.pack_into("<Q", buf, 8, checksum)
+        return buf
+
+    def _expired(self, expiry: int, now: float) -> bool:
+        return expiry != 0 and expiry <= now
+
+    # ------------------------------------------------------------------ operations
+
+    def lookup(self, key: bytes | bytearray | memoryview) -> Op[bytes | None]:
+        """The value stored for ``key``, or None (missing, expired, evicted, or corrupt).
+
+        A negative bloom answer returns at once, yielding no I/O at all.
+        """
+        _check_bytes("key", key)
+        c = self._counters
+        c["lookups"] += 1
+        kh = _hash(key, KEY_SEED)
+        b = kh % self.nbuckets
+        if not self.bloom.may_contain(b, kh):
+            c["bloom_rejects"] += 1
+            c["misses"] += 1
+            return None
+        epoch = self._write_epoch
+        data = yield Read(self.offset + b * self.bucket_size, self.bucket_size)
+        c["bucket_reads"] += 1
+        c["bytes_read"] += self.bucket_size
+        entries = self._entries(data, b)
+        if epoch == self._write_epoch:
+            # We now know this bucket's keys exactly: warm its filter (a cold engine learns
+            # its filters from lookups as well as from writes).
+            self.bloom.rebuild(b, [e[0] for e in entries] if entries else ())
+        found = None
+        for e in entries or ():
+            if e[0] == kh:
+                start = e[3] + _ESIZE
+                if data[start:start + e[4]] == key:
+                    found = e
+        if found is None:
+            c["misses"] += 1
+            if entries is not None:
+                c["bloom_false_positives"] += self.bloom.enabled
+            return None
+        _, vsum, expiry, start, klen, vlen = found
+        if self._expired(expiry, self.clock()):
+            c["expired_misses"] += 1
+            c["misses"] += 1
+            return None
+        vstart = start + _ESIZE + klen
+        value = bytes(data[vstart:vstart + vlen])
+        if _hash(value, KEY_SEED) & 0xFFFFFFFF != vsum:
+            self._corrupt(b, f"value checksum mismatch for a key of {klen} B")
+            c["misses"] += 1
+            return None
+        c["hits"] += 1
+        return value
+
+    def insert(self, key: bytes | bytearray | memoryview, value: bytes | bytearray | memoryview,
+               expiry: float = 0) -> Op[InsertResult]:
+        """Store ``value`` under ``key``: one bucket read, one bucket write.
+
+        Replaces an entry of the same key; drops expired entries, then the oldest entries
+        of the bucket (FIFO) until the new one fits. ``expiry`` is an absolute time in
+        seconds of ``clock`` (0 = never), rounded up to a whole second. ValueError if the
+        item can never fit in a bucket (see ``max_item_size``).
+        """
+        _check_bytes("key", key)
+        _check_bytes("value", value)
+        klen, vlen = len(key), len(value)
+        if klen > MAX_KEY_LEN:
+            raise ValueError(f"BigHash: key of {klen} bytes: keys are at most {MAX_KEY_LEN} bytes")
+        need = _ESIZE + klen + vlen
+        if need > self.max_item_size:
+            raise ValueError(
+                f"BigHash: item of {need} bytes (key {klen} + value {vlen} + entry header {_ESIZE}) "
+                f"exceeds max_item_size {self.max_item_size} for bucket_size {self.bucket_size}; "
+                "store it in BlockCache or use a larger bucket_size"
+            )
+        if expiry:
+            if not 0 <= expiry <= MAX_EXPIRY:
+                raise ValueError(f"BigHash: expiry = {expiry!r}: use 0 (never) or an absolute time in seconds below 2**32")
+            expiry = math.ceil(expiry)
+        else:
+            expiry = 0
+        return self._insert(key, value, klen, vlen, expiry)
+
+    def _insert(self, key, value, klen: int, vlen: int, expiry: int) -> Op[InsertResult]:
+        c = self._counters
+        kh = _hash(key, KEY_SEED)
+        b = kh % self.nbuckets
+        off = self.offset + b * self.bucket_size
+        data = yield Read(off, self.bucket_size)
+        c["bucket_reads"] += 1
+        c["bytes_read"] += self.bucket_size
+        entries = self._entries(data, b) or []
+        now = self.clock()
+        mv = memoryview(data)
+        kept: list[tuple[int, int, int]] = []  # (key_hash, start, end)
+        replaced = False
+        expired = 0
+        for ekh, _, eexp, start, eklen, evlen in entries:
+            end = start + _ESIZE + eklen + evlen
+            if ekh == kh and eklen == klen and mv[start + _ESIZE:start + _ESIZE + eklen] == key:
+                replaced = True
+            elif self._expired(eexp, now):
+                expired += 1
+            else:
+                kept.append((ekh, start, end))
+        need = _ESIZE + klen + vlen
+        used = sum(e[2] - e[1] for e in kept)
+        evicted = 0
+        room = self.max_item_size - need
+        while used > room:  # FIFO: the oldest entries go first
+            used -= kept[evicted][2] - kept[evicted][1]
+            evicted += 1
+        kept = kept[evicted:]
+        parts = [mv[s:e] for _, s, e in kept]
+        parts.append(ENTRY_HEADER.pack(kh, _hash(value, KEY_SEED) & 0xFFFFFFFF, expiry, vlen, klen))
+        parts.append(key)
+        parts.append(value)
+        buf = self._build(b, parts, len(kept) + 1, used + need)
+        yield from self._write_bucket(b, buf, [e[0] for e in kept] + [kh])
+        c["inserts"] += 1
+        c["inserted_bytes"] += klen + vlen
+        c["replaced"] += replaced
+        c["evictions"] += evicted
+        c["expired_dropped"] += expired
+        return InsertResult(replaced, evicted, expired)
+
+    def remove(self, key: bytes | bytearray | memoryview) -> Op[bool]:
+        """Drop ``key``: one read, and one write only if a live entry was there.
+        True if a live (unexpired) entry was removed."""
+        _check_bytes("key", key)
+        c = self._counters
+        c["removes"] += 1
+        kh = _hash(key, KEY_SEED)
+        b = kh % self.nbuckets
+        if not self.bloom.may_contain(b, kh):
+            c["bloom_rejects"] += 1
+            return False
+        data = yield Read(self.offset + b * self.bucket_size, self.bucket_size)
+        c["bucket_reads"] += 1
+        c["bytes_read"] += self.bucket_size
+        entries = self._entries(data, b)
+        if not entries:
+            return False
+        now = self.clock()
+        mv = memoryview(data)
+        hit = None
+        kept = []
+        for e in entries:
+            ekh, _, eexp, start, eklen, evlen = e
+            if ekh == kh and eklen == len(key) and mv[start + _ESIZE:start + _ESIZE + eklen] == key:
+                hit = e
+            else:
+                kept.append(e)
+        if hit is None or self._expired(hit[2], now):
+            return False
+        parts = [mv[s:s + _ESIZE + kl + vl] for _, _, _, s, kl, vl in kept]
+        used = sum(len(p) for p in parts)
+        buf = self._build(b, parts, len(kept), used)
+        yield from self._write_bucket(b, buf, [e[0] for e in kept])
+        c["removed"] += 1
+        return True
+
+    def _write_bucket(self, b: int, buf: bytearray, keyhashes: list[int]) -> Op[None]:
+        try:
+            yield Write(self.offset + b * self.bucket_size, buf, self.stream)
+        except BaseException:
+            # The bucket on flash may now be old, new or torn: its filter must not lie.
+            self.bloom.invalidate(b)
+            self._write_epoch += 1
+            raise
+        self._write_epoch += 1
+        self._counters["bucket_writes"] += 1
+        self._counters["bytes_written"] += self.bucket_size
+        self.bloom.rebuild(b, keyhashes)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def flush(self) -> None:
+        """Nothing to do: every insert and remove has written its bucket when it returns."""
+
+    def reset(self) -> None:
+        """Empty the engine without I/O: bump the generation so every bucket reads as empty.
+
+        The new ``generation`` must be made durable by the owner (``persist()`` or its
+        superblock) and passed back on construction; a cold engine built with the old
+        generation would see the old buckets again.
+        """
+        self.generation = (self.generation + 1) & _M64
+        self.bloom.clear_all()
+        self._write_epoch += 1
+
+    def persist(self) -> dict:
+        """The DRAM state as msgpack-friendly plain types (geometry, generation, counters,
+        bloom filters), for ``recover()`` after a clean restart."""
+        return {
+            "engine": "bighash",
+            "format_version": FORMAT_VERSION,
+            "offset": self.offset,
+            "size": self.size,
+            "bucket_size": self.bucket_size,
+            "bloom_bytes_per_bucket": self.bloom.nbytes,
+            "bloom_hashes": self.bloom.num_hashes,
+            "generation": self.generation,
+            "counters": dict(self._counters),
+            "bloom": self.bloom.to_bytes(),
+        }
+
+    def recover(self, state: dict) -> bool:
+        """Restore what ``persist()`` saved. False (and nothing changed) if the state is
+        malformed or was saved with a different geometry or format; the engine then stays
+        cold, which is safe: its filters read every bucket until rewritten."""
+        try:
+            if not isinstance(state, dict) or state.get("engine") != "bighash":
+                return False
+            same = (
+                state["format_version"] == FORMAT_VERSION
+                and state["offset"] == self.offset
+                and state["size"] == self.size
+                and state["bucket_size"] == self.bucket_size
+                and state["bloom_bytes_per_bucket"] == self.bloom.nbytes
+                and state["bloom_hashes"] == self.bloom.num_hashes
+            )
+            if not same:
+                log.info("BigHash: saved state has another geometry or format; starting cold")
+                return False
+            generation = state["generation"]
+            if not isinstance(generation, int) or not 0 <= generation <= _M64:
+                return False
+            bloom = BloomFilters.from_bytes(state["bloom"])
+            if (bloom.nbuckets, bloom.nbytes, bloom.num_hashes) != (self.nbuckets, self.bloom.nbytes, self.bloom.num_hashes):
+                return False
+            counters = state.get("counters") or {}
+            restored = {k: int(counters.get(k, 0)) for k in _COUNTERS}
+        except (KeyError, TypeError, ValueError) as exc:
+            log.info("BigHash: saved state unreadable (%s); starting cold", exc)
+            return False
+        self.generation = generation
+        self.bloom = bloom
+        self._counters = restored
+        self._write_epoch += 1
+        return True
+
+    def stats(self) -> dict:
+        """Counters since creation (kept across ``recover``), plus geometry and DRAM use."""
+        s: dict[str, Any] = dict(self._counters)
+        s.update(
+            nbuckets=self.nbuckets,
+            bucket_size=self.bucket_size,
+            max_item_size=self.max_item_size,
+            generation=self.generation,
+            bloom_dram_bytes=self.bloom.dram_bytes,
+        )
+        return s
+
+    def __repr__(self) -> str:
+        return (f"BigHash(offset={self.offset}, size={self.size}, bucket_size={self.bucket_size}, "
+                f"nbuckets={self.nbuckets}, bloom_bytes_per_bucket={self.bloom.nbytes})")
