@@ -4,4 +4,5 @@ from setuptools import setup
 
 setup(cffi_modules=[
     "flashcache/uring/_build.py:ffibuilder",
+    "flashcache/emulator/_build.py:ffibuilder",
 ])

@@ -1,0 +1,284 @@
+"""The emulated SSD's FTL against the analytical WAF of docs/waf-model.md, and its invariants."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from flashcache.emulator import Ftl, FtlError, Geometry, model, preset
+from flashcache.errors import FormatError
+
+PAGE = 4096
+
+
+def conventional(pages: int, op: float, ru_pages: int, policy: str = "greedy") -> Geometry:
+    return Geometry(capacity_bytes=pages * PAGE, op=op, ru_bytes=ru_pages * PAGE, fdp=False,
+                    gc_policy=policy)
+
+
+def random_window_waf(ftl: Ftl, span: int, warm: int, window: int, seed: int) -> float:
+    """Fill ``span`` pages, warm up with ``warm`` device writes of uniform random single-page
+    overwrites, then measure WAF over ``window`` more, as the FDP Statistics log would."""
+    rng = np.random.default_rng(seed)
+    ftl.write(0, span)
+    for _ in range(warm):
+        ftl.write_pages(rng.integers(0, span, span, dtype=np.uint32))
+    h0, m0, _ = ftl.counters()
+    for _ in range(window):
+        ftl.write_pages(rng.integers(0, span, span, dtype=np.uint32))
+    h1, m1, _ = ftl.counters()
+    return (m1 - m0) / (h1 - h0)
+
+
+def expected(g: Geometry, span: int, formula) -> float:
+    # Idle spare: the free-RU reserve GC keeps, and on average half of each of the two
+    # open frontiers (host and GC) is still unwritten: gc_reserve_rus + 1 RUs hold no data.
+    a = model.effective_alpha(g.physical_pages, span, g.ru_pages, g.gc_reserve_rus + 1)
+    return formula(a)
+
+
+def test_sequential_overwrite_gives_waf_exactly_one():
+    g = conventional(1 << 14, 0.07, 64)
+    ftl = Ftl(g, debug=True)
+    for _ in range(5):
+        ftl.write(0, g.exported_pages)
+    h, m, e = ftl.counters()
+    assert h == 5 * g.exported_pages * PAGE
+    assert m == h                      # not one GC copy
+    assert e > 0                       # and yet RUs were reclaimed
+
+
+@pytest.mark.parametrize("op", [0.07, 0.12, 0.28, 0.50])
+@pytest.mark.parametrize("ru_pages", [64, 256])
+def test_greedy_uniform_random_matches_desnoyers(op, ru_pages):
+    pages = 1 << 18
+    g = conventional(pages, op, ru_pages)
+    waf = random_window_waf(Ftl(g), pages, warm=8, window=4, seed=7)
+    want = expected(g, pages, lambda a: model.waf_greedy(a, ru_pages))
+    assert waf == pytest.approx(want, rel=0.02), (waf, want)
+
+
+@pytest.mark.parametrize("op", [0.10, 0.28])
+def test_fifo_matches_its_formula(op):
+    pages = 1 << 18
+    g = conventional(pages, op, 256, policy="fifo")
+    waf = random_window_waf(Ftl(g), pages, warm=8, window=4, seed=3)
+    want = expected(g, pages, model.waf_fifo)
+    assert waf == pytest.approx(want, rel=0.02), (waf, want)
+    # and FIFO is worse than greedy on the same device, as the formulas say
+    assert waf > expected(g, pages, lambda a: model.waf_greedy(a, 256))
+
+
+@pytest.mark.parametrize("trimmed", [0.10, 0.25])
+def test_trim_lowers_waf_as_effective_op_predicts(trimmed):
+    pages = 1 << 18
+    g = conventional(pages, 0.07, 64)
+    ftl = Ftl(g)
+    ftl.write(0, pages)
+    live = int(pages * (1 - trimmed))
+    ftl.trim(live, pages - live)                  # the tail is deallocated for good
+    assert ftl.mapped_pages == live
+    waf = random_window_waf(ftl, live, warm=8, window=4, seed=11)
+    want = expected(g, live, lambda a: model.waf_greedy(a, 64))
+    assert waf == pytest.approx(want, rel=0.02), (waf, want)
+    assert waf < expected(g, pages, lambda a: model.waf_greedy(a, 64)) * 0.8
+
+
+def test_cost_benefit_runs_and_keeps_invariants():
+    g = conventional(1 << 13, 0.12, 32, policy="cost-benefit")
+    ftl = Ftl(g, debug=True)
+    waf = random_window_waf(ftl, 1 << 13, warm=3, window=2, seed=5)
+    ftl.check()
+    assert 1.0 < waf < model.waf_fifo(g.physical_pages / g.exported_pages) * 1.1
+
+
+def test_counters_add_up_per_handle():
+    g = Geometry(capacity_bytes=(1 << 13) * PAGE, op=0.2, ru_bytes=32 * PAGE, handles=("II", "II", "PI"))
+    ftl = Ftl(g, debug=True)
+    rng = np.random.default_rng(1)
+    for i in range(30):
+        ftl.write_pages(rng.integers(0, 1 << 13, 1000, dtype=np.uint32), ruh=i % 3)
+    h, m, e = ftl.counters()
+    hc = ftl.handle_counters()
+    assert sum(x["hbmw"] for x in hc) == h == 30_000 * PAGE
+    assert sum(x["mbmw"] for x in hc) == m > h         # MBMW = HBMW + GC copies
+    assert all(x["hbmw"] == 10_000 * PAGE for x in hc)
+    assert e % g.ru_bytes == 0 and e > 0
+    ftl.check()
+
+
+def ru_handles(ftl: Ftl) -> list[set[int]]:
+    """For each RU, the handles whose live data it holds."""
+    g = ftl.geometry
+    p2l = ftl.arrays["p2l"].reshape(g.nru, g.ru_pages)
+    pr = ftl.arrays["p_ruh"].reshape(g.nru, g.ru_pages)
+    return [set(pr[r][p2l[r] != 0xFFFFFFFF].tolist()) for r in range(g.nru)]
+
+
+@pytest.mark.parametrize("kind,mixes", [("PI", False), ("II", True)])
+def test_pi_gc_keeps_each_handles_data_apart_ii_mixes_it(kind, mixes):
+    g = Geometry(capacity_bytes=(1 << 13) * PAGE, op=0.25, ru_bytes=32 * PAGE, handles=(kind, kind))
+    ftl = Ftl(g, debug=True)
+    rng = np.random.default_rng(2)
+    half = 1 << 12
+    for _ in range(40):      # each handle overwrites its own half of the space at random
+        ftl.write_pages(rng.integers(0, half, 500, dtype=np.uint32), ruh=0)
+        ftl.write_pages(rng.integers(half, 2 * half, 500, dtype=np.uint32), ruh=1)
+    assert ftl.counters()[1] > ftl.counters()[0]       # GC did run
+    mixed = any(len(s) > 1 for s in ru_handles(ftl))
+    assert mixed is mixes
+
+
+def test_fdp_separates_a_log_from_random_rewrites():
+    """The paper's point in miniature: a sequential log (BlockCache-like) and random
+    rewrites of a small range (BigHash-like) on one drive. Through separate handles the
+    log's RUs die whole and only the small range is ever copied (Allison et al. 2025,
+    Theorem 1); through one handle the log's live pages get copied too."""
+    pages, soc = 1 << 15, 1 << 12
+
+    def run(fdp: bool) -> float:
+        g = Geometry(capacity_bytes=pages * PAGE, op=0.07, ru_bytes=64 * PAGE, handles=("II", "II"), fdp=fdp)
+        ftl = Ftl(g)
+        rng = np.random.default_rng(9)
+        log_pos, log_span = 0, pages - soc
+        ftl.write(0, pages, ruh=0)
+        h0 = m0 = 0
+        for step in range(400):
+            if step == 200:
+                h0, m0, _ = ftl.counters()
+            loc = (log_pos + np.arange(256, dtype=np.uint32)) % log_span
+            log_pos = (log_pos + 256) % log_span
+            socw = rng.integers(log_span, pages, 256, dtype=np.uint32)
+            if fdp:
+                ftl.write_pages(loc, ruh=0)
+                ftl.write_pages(socw, ruh=1)
+            else:       # one stream: the two kinds of write interleave page by page
+                ftl.write_pages(np.column_stack([loc, socw]).ravel(), ruh=0)
+        h1, m1, _ = ftl.counters()
+        return (m1 - m0) / (h1 - h0)
+
+    with_fdp, without = run(True), run(False)
+    assert without > 3 * with_fdp
+    # The SOC gets all the spare: alpha = (SOC + spare) / SOC, and half the host writes
+    # are SOC. Idle: the reserve and half of each of three open frontiers (two host, one GC).
+    g = Geometry(capacity_bytes=pages * PAGE, op=0.07, ru_bytes=64 * PAGE, handles=("II", "II"))
+    spare = g.physical_pages - pages - (g.gc_reserve_rus + 1.5) * g.ru_pages
+    want = model.waf_segregated(0.5, (soc + spare) / soc, ru_pages=64)
+    assert with_fdp == pytest.approx(want, rel=0.02), (with_fdp, want)
+
+
+def test_ruh_update_closes_the_open_unit():
+    g = Geometry(capacity_bytes=(1 << 12) * PAGE, op=0.2, ru_bytes=64 * PAGE, handles=("II", "II"))
+    ftl = Ftl(g, debug=True)
+    assert ftl.ru_remaining(1) == 64
+    assert ftl.ruh_update(1) == 0                      # nothing written: nothing to close
+    ftl.write(0, 10, ruh=1)
+    assert ftl.ru_remaining(1) == 54
+    assert ftl.ruh_update(1) == 54
+    assert ftl.ru_remaining(1) == 64
+    ftl.write(10, 1, ruh=1)
+    assert ftl.ru_remaining(1) == 63
+    ftl.check()
+
+
+def test_relocations_are_logged_for_events():
+    g = conventional(1 << 12, 0.2, 16)
+    ftl = Ftl(g, relocation_log=1 << 16)
+    random_window_waf(ftl, 1 << 12, warm=2, window=1, seed=4)
+    runs = ftl.take_relocations()
+    h, m, _ = ftl.counters()
+    assert sum(n for _, n in runs) == (m - h) // PAGE
+    assert ftl.take_relocations() == []
+
+
+def test_errors_name_the_problem():
+    g = conventional(1 << 12, 0.2, 16)
+    ftl = Ftl(g)
+    with pytest.raises(FtlError, match="beyond the 4096 exported pages"):
+        ftl.write(4090, 10)
+    with pytest.raises(FtlError, match="beyond"):
+        ftl.write_pages(np.array([1, 4096], dtype=np.uint32))
+    assert ftl.counters()[0] == 0                      # a bad batch writes nothing
+    with pytest.raises(FtlError, match="handle 3 or reclaim group 0 out of range"):
+        ftl.write(0, 1, ruh=3)
+    with pytest.raises(FtlError, match="beyond"):
+        ftl.trim(4000, 200)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(op=0.0), "over-provisioning"),
+    (dict(ru_bytes=1000), "multiple of 4096"),
+    (dict(lba_size=1024), "use 512 or 4096"),
+    (dict(handles=("XX",)), "handle type"),
+    (dict(gc_policy="lru"), "greedy, fifo, cost-benefit"),
+    (dict(op=0.01, ru_bytes=1 << 20), "spare reclaim units"),
+])
+def test_geometry_errors(kw, msg):
+    base = dict(capacity_bytes=64 << 20, op=0.12, ru_bytes=1 << 20)
+    base.update(kw)
+    with pytest.raises(ValueError, match=msg):
+        Geometry(**base)
+
+
+def test_presets_are_valid_and_report_their_shape():
+    for name in ("paper-1.88tb-scaled", "qemu-like", "small-test"):
+        g = preset(name)
+        assert g.op_actual >= g.op
+        assert name and g.describe()
+    p = preset("paper-1.88tb-scaled")
+    assert p.handles == ("II",) * 8 and p.nrg == 1 and 300 <= p.nru <= 400
+    with pytest.raises(ValueError, match="use one of"):
+        preset("nope")
+
+
+def test_state_persists_across_save_and_load(tmp_path):
+    g = Geometry(capacity_bytes=(1 << 12) * PAGE, op=0.2, ru_bytes=16 * PAGE, handles=("II", "PI"))
+    ftl = Ftl(g)
+    rng = np.random.default_rng(6)
+    for i in range(20):
+        ftl.write_pages(rng.integers(0, 1 << 12, 500, dtype=np.uint32), ruh=i % 2)
+    ftl.trim(100, 50)
+    path = str(tmp_path / "ftl.npz")
+    ftl.save(path)
+    back = Ftl.load(path, g)
+    assert back.counters() == ftl.counters()
+    assert back.stats() == ftl.stats()
+    for k in ftl.arrays:
+        if k != "reloc":
+            assert np.array_equal(back.arrays[k], ftl.arrays[k]), k
+    # the reloaded FTL goes on exactly as the original would
+    more = rng.integers(0, 1 << 12, 3000, dtype=np.uint32)
+    ftl.write_pages(more, ruh=1)
+    back.write_pages(more, ruh=1)
+    assert back.counters() == ftl.counters()
+    back.check()
+    other = Geometry(capacity_bytes=(1 << 12) * PAGE, op=0.3, ru_bytes=16 * PAGE, handles=("II", "PI"))
+    with pytest.raises(FormatError, match="another emulated SSD geometry"):
+        Ftl.load(path, other)
+    (tmp_path / "junk.npz").write_bytes(b"not a state")
+    with pytest.raises(FormatError, match="not a readable emulated-SSD state file"):
+        Ftl.load(str(tmp_path / "junk.npz"), g)
+
+
+ops = st.lists(st.tuples(st.sampled_from(["w", "t", "u"]), st.integers(0, 1023), st.integers(1, 40),
+                         st.integers(0, 2)), max_size=300)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops, st.sampled_from(["greedy", "fifo", "cost-benefit"]))
+def test_invariants_hold_after_every_gc(seq, policy):
+    g = Geometry(capacity_bytes=1024 * PAGE, op=0.3, ru_bytes=8 * PAGE, handles=("II", "PI", "II"),
+                 gc_policy=policy)
+    ftl = Ftl(g, debug=True)      # debug: every invariant is checked inside each GC
+    for kind, lpn, n, h in seq:
+        n = min(n, 1024 - lpn)
+        if kind == "w":
+            ftl.write(lpn, n, ruh=h)
+            ftl.write(lpn, n, ruh=h)          # overwrite: force invalidations
+        elif kind == "t":
+            ftl.trim(lpn, n)
+        else:
+            ftl.ruh_update(h)
+    ftl.check()
+    h_, m_, _ = ftl.counters()
+    assert m_ >= h_
