@@ -1,0 +1,565 @@
+"""Tests for engines/bighash.py, driven through engines.device.run over an in-memory device."""
+from __future__ import annotations
+
+import struct
+
+import msgpack
+import xxhash
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from engines.bighash import (
+    BUCKET_HEADER,
+    CHECKSUM_SEED,
+    ENTRY_HEADER,
+    FORMAT_VERSION,
+    MAGIC,
+    BigHash,
+    InsertResult,
+    key_hash,
+)
+from engines.device import Read, Write, run, run_many
+from tests.engines.conftest import MemDevice
+
+BS = 512
+
+
+class FakeClock:
+    def __init__(self, t: float = 1_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make(nbuckets=8, bucket_size=BS, offset=0, **kw):
+    """An engine over buckets [offset, offset + nbuckets * bucket_size) of a fresh device
+    with one spare bucket either side (to catch writes outside the extent)."""
+    dev = MemDevice(offset + (nbuckets + 1) * bucket_size)
+    bh = BigHash(offset, nbuckets * bucket_size, bucket_size, **kw)
+    return bh, dev
+
+
+def keys_in_bucket(bh: BigHash, bucket: int, n: int, prefix=b"k") -> list[bytes]:
+    out, i = [], 0
+    while len(out) < n:
+        k = prefix + str(i).encode()
+        if bh.bucket_of(key_hash(k)) == bucket:
+            out.append(k)
+        i += 1
+    return out
+
+
+def get(bh, dev, key):
+    return run(bh.lookup(key), dev)
+
+
+def put(bh, dev, key, value, expiry=0):
+    return run(bh.insert(key, value, expiry), dev)
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def test_round_trip_many_keys():
+    bh, dev = make(nbuckets=64, bucket_size=4096)
+    items = {f"key-{i}".encode(): bytes([i % 251]) * (i % 90) for i in range(200)}
+    for k, v in items.items():
+        put(bh, dev, k, v)
+    for k, v in items.items():
+        assert get(bh, dev, k) == v
+    assert get(bh, dev, b"absent") is None
+    s = bh.stats()
+    assert s["hits"] == 200 and s["inserts"] == 200 and s["evictions"] == 0
+
+
+def test_overwrite_returns_the_latest_and_keeps_one_entry():
+    bh, dev = make()
+    assert put(bh, dev, b"k", b"one") == InsertResult(False, 0, 0)
+    assert put(bh, dev, b"k", b"two-two") == InsertResult(True, 0, 0)
+    assert get(bh, dev, b"k") == b"two-two"
+    off = bh.bucket_offset(bh.bucket_of(key_hash(b"k")))
+    count = BUCKET_HEADER.unpack_from(dev.buf, off)[5]
+    assert count == 1
+    assert bh.stats()["replaced"] == 1
+
+
+def test_remove_then_lookup_misses_and_second_remove_is_false():
+    bh, dev = make()
+    put(bh, dev, b"a", b"1")
+    put(bh, dev, b"b", b"2")
+    assert run(bh.remove(b"a"), dev) is True
+    assert get(bh, dev, b"a") is None
+    assert get(bh, dev, b"b") == b"2"
+    assert run(bh.remove(b"a"), dev) is False
+    assert bh.stats()["removed"] == 1
+
+
+def test_insert_is_one_bucket_read_and_one_bucket_write_on_its_stream():
+    stream = object()
+    bh, dev = make(offset=3 * BS, stream=stream)
+    b = bh.bucket_of(key_hash(b"k"))
+    run(bh.insert(b"k", b"v"), dev)
+    off = 3 * BS + b * BS
+    assert dev.log == [("read", off, BS), ("write", off, BS)]
+    assert dev.streams == [stream]
+    assert bh.stats()["bytes_written"] == BS
+
+
+def test_remove_writes_only_when_the_key_was_present():
+    bh, dev = make(bloom_bytes_per_bucket=0)  # no filter: the absent remove must read
+    run(bh.remove(b"k"), dev)
+    assert [op for op, _, _ in dev.log] == ["read"]
+    put(bh, dev, b"k", b"v")
+    dev.log.clear()
+    assert run(bh.remove(b"k"), dev)
+    assert [op for op, _, _ in dev.log] == ["read", "write"]
+
+
+def test_extent_is_respected():
+    # Buckets live at [offset, offset + size): nothing is written before or after.
+    bh, dev = make(nbuckets=4, offset=2 * BS)
+    for i in range(40):
+        put(bh, dev, b"x%d" % i, b"y" * 30)
+    assert not any(dev.buf[: 2 * BS]) and not any(dev.buf[6 * BS:])
+    assert {o for _, o, _ in dev.log} <= {2 * BS + i * BS for i in range(4)}
+
+
+def test_on_flash_layout_matches_the_docstring():
+    bh, dev = make(nbuckets=1, generation=7)
+    put(bh, dev, b"key", b"value", expiry=2_000_000)
+    magic, version, hsize, _checksum, gen, count, used = BUCKET_HEADER.unpack_from(dev.buf, 0)
+    assert (magic, version, hsize, gen, count) == (MAGIC, FORMAT_VERSION, 32, 7, 1)
+    assert used == ENTRY_HEADER.size + 3 + 5 == 30
+    kh, _vsum, expiry, vlen, klen = ENTRY_HEADER.unpack_from(dev.buf, 32)
+    assert (kh, expiry, vlen, klen) == (key_hash(b"key"), 2_000_000, 5, 3)
+    assert dev.buf[32 + 22:32 + 30] == b"keyvalue"
+    assert not any(dev.buf[32 + 30:BS])
+
+
+def test_run_many_batches_lookups():
+    bh, dev = make(nbuckets=16)
+    for i in range(20):
+        put(bh, dev, b"k%d" % i, b"v%d" % i)
+    got = run_many([bh.lookup(b"k%d" % i) for i in range(20)] + [bh.lookup(b"zz")], dev)
+    assert got == [b"v%d" % i for i in range(20)] + [None]
+
+
+# --------------------------------------------------------------------------- expiry
+
+
+def test_expiry_with_a_fake_clock():
+    clock = FakeClock(1000)
+    bh, dev = make(clock=clock)
+    put(bh, dev, b"t", b"ttl", expiry=1010)
+    put(bh, dev, b"p", b"forever")
+    clock.t = 1009.5
+    assert get(bh, dev, b"t") == b"ttl"
+    clock.t = 1010
+    assert get(bh, dev, b"t") is None
+    assert get(bh, dev, b"p") == b"forever"
+    assert bh.stats()["expired_misses"] == 1
+    assert run(bh.remove(b"t"), dev) is False  # an expired entry is not "present"
+
+
+def test_expired_entries_are_dropped_first_on_insert():
+    clock = FakeClock(1000)
+    bh, dev = make(nbuckets=1, clock=clock)
+    a, b, c = b"a", b"b", b"c"
+    put(bh, dev, a, b"x" * 100)
+    put(bh, dev, b, b"x" * 100, expiry=1005)
+    put(bh, dev, c, b"x" * 100)
+    clock.t = 2000
+    r = put(bh, dev, b"d", b"x" * 100)  # 3 x 125 B fit in 480 B; the expired one makes room
+    assert r == InsertResult(False, 0, 1)
+    assert get(bh, dev, a) == b"x" * 100 and get(bh, dev, c) == b"x" * 100
+    assert bh.stats()["expired_dropped"] == 1 and bh.stats()["evictions"] == 0
+
+
+def test_bad_expiry_is_rejected():
+    bh, _ = make()
+    with pytest.raises(ValueError, match="expiry = -5"):
+        bh.insert(b"k", b"v", expiry=-5)
+    with pytest.raises(ValueError, match="expiry = 4294967296"):
+        bh.insert(b"k", b"v", expiry=2**32)
+
+
+# --------------------------------------------------------------------------- eviction and limits
+
+
+def test_fifo_eviction_drops_the_oldest_first():
+    bh, dev = make(nbuckets=1)  # every key in one 512 B bucket: 480 B of entries
+    v = b"v" * 100  # 22 + 2 + 100 = 124 B per entry: three fit
+    keys = [b"k%d" % i for i in range(6)]
+    for k in keys[:3]:
+        assert put(bh, dev, k, v).evicted == 0
+    assert put(bh, dev, keys[3], v) == InsertResult(False, 1, 0)
+    assert get(bh, dev, keys[0]) is None
+    assert [get(bh, dev, k) for k in keys[1:4]] == [v, v, v]
+    put(bh, dev, keys[1], v)  # overwriting k1 makes it the newest
+    put(bh, dev, keys[4], v)  # so k2 is now the oldest
+    assert get(bh, dev, keys[2]) is None
+    assert [get(bh, dev, k) for k in (keys[1], keys[3], keys[4])] == [v, v, v]
+    assert bh.stats()["evictions"] == 2
+
+
+def test_a_big_item_evicts_as_many_as_needed():
+    bh, dev = make(nbuckets=1)
+    for i in range(4):
+        put(bh, dev, b"k%d" % i, b"v" * 80)  # 104 B each, 416 B used
+    r = put(bh, dev, b"big", b"B" * 300)  # needs 325 B: three must go
+    assert r.evicted == 3
+    assert get(bh, dev, b"k3") == b"v" * 80 and get(bh, dev, b"big") == b"B" * 300
+
+
+def test_too_big_item_names_the_size_and_the_limit():
+    bh, dev = make()
+    assert bh.max_item_size == BS - 32 == 480
+    put(bh, dev, b"k", b"x" * (480 - 22 - 1))  # exactly max_item_size fits
+    assert get(bh, dev, b"k") == b"x" * 457
+    with pytest.raises(ValueError) as e:
+        bh.insert(b"k", b"x" * 458)
+    msg = str(e.value)
+    assert "item of 481 bytes" in msg and "max_item_size 480" in msg and "bucket_size 512" in msg
+    assert get(bh, dev, b"k") == b"x" * 457  # the failed insert changed nothing
+
+
+def test_keys_and_values_must_be_bytes():
+    bh, dev = make()
+    with pytest.raises(TypeError, match="key must be bytes"):
+        bh.insert("str", b"v")
+    with pytest.raises(TypeError, match="value must be bytes"):
+        bh.insert(b"k", 5)
+    with pytest.raises(TypeError, match="key must be bytes"):
+        get(bh, dev, "str")
+
+
+def test_memoryview_and_bytearray_keys_work():
+    bh, dev = make()
+    put(bh, dev, bytearray(b"k1"), memoryview(b"v1"))
+    assert get(bh, dev, memoryview(b"k1")) == b"v1"
+    assert run(bh.remove(bytearray(b"k1")), dev)
+
+
+# --------------------------------------------------------------------------- corruption
+
+
+def test_flipped_byte_in_a_bucket_is_a_miss_and_counted():
+    bh, dev = make(nbuckets=1)
+    put(bh, dev, b"key", b"value")
+    dev.buf[32 + 22 + 3] ^= 0x01  # first byte of the value
+    assert get(bh, dev, b"key") is None
+    assert bh.stats()["checksum_failures"] == 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(pos=st.integers(0, BS - 1), mask=st.integers(1, 255))
+def test_any_flip_never_returns_wrong_bytes(pos, mask):
+    bh, dev = make(nbuckets=1)
+    put(bh, dev, b"a", b"A" * 50)
+    put(bh, dev, b"bb", b"B" * 60)
+    used = BUCKET_HEADER.unpack_from(dev.buf, 0)[6]
+    dev.buf[pos] ^= mask
+    bh2 = BigHash(0, BS, BS)  # a cold engine: the flip is the only thing it sees
+    got = [get(bh2, dev, b"a"), get(bh2, dev, b"bb")]
+    if pos < 32 + used:
+        assert got == [None, None]
+        assert bh2.stats()["checksum_failures"] == 1
+    else:  # the zero padding after the entries carries no data
+        assert got == [b"A" * 50, b"B" * 60]
+
+
+def test_entry_value_checksum_is_checked_even_if_the_bucket_checksum_passes():
+    # Defence in depth: a value that changed under a (recomputed) valid bucket checksum.
+    bh, dev = make(nbuckets=1)
+    put(bh, dev, b"key", b"value")
+    dev.buf[32 + 22 + 3] ^= 0x01
+    used = BUCKET_HEADER.unpack_from(dev.buf, 0)[6]
+    struct.pack_into("<Q", dev.buf, 8, xxhash.xxh3_64_intdigest(bytes(dev.buf[16:32 + used]), CHECKSUM_SEED ^ 0))
+    assert get(bh, dev, b"key") is None
+    assert bh.stats()["checksum_failures"] == 1
+
+
+def test_corrupt_bucket_is_rewritten_clean_by_the_next_insert():
+    bh, dev = make(nbuckets=1)
+    put(bh, dev, b"old", b"1")
+    dev.buf[20] ^= 0xFF  # the generation
+    r = put(bh, dev, b"new", b"2")
+    assert r == InsertResult(False, 0, 0)
+    assert get(bh, dev, b"new") == b"2" and get(bh, dev, b"old") is None
+    assert bh.stats()["checksum_failures"] == 1
+
+
+def test_never_written_and_trimmed_buckets_are_empty_not_failures():
+    bh, dev = make(nbuckets=2)
+    assert get(bh, dev, b"anything") is None
+    put(bh, dev, b"k", b"v")
+    off = bh.bucket_offset(bh.bucket_of(key_hash(b"k")))
+    dev.trim(off, BS)
+    bh2 = BigHash(0, 2 * BS, BS)
+    assert get(bh2, dev, b"k") is None
+    assert bh.stats()["checksum_failures"] == 0 and bh2.stats()["checksum_failures"] == 0
+
+
+def test_a_bucket_moved_to_another_slot_fails_its_checksum():
+    bh, dev = make(nbuckets=2)
+    k = keys_in_bucket(bh, 0, 1)[0]
+    put(bh, dev, k, b"v")
+    dev.buf[BS:2 * BS] = dev.buf[0:BS]  # bucket 0's image written to bucket 1
+    assert get(bh, dev, keys_in_bucket(bh, 1, 1)[0]) is None
+    assert bh.stats()["checksum_failures"] == 1
+
+
+def test_stale_generation_reads_as_empty_without_a_failure():
+    bh, dev = make(nbuckets=1)
+    put(bh, dev, b"k", b"v")
+    newer = BigHash(0, BS, BS, generation=1)
+    assert get(newer, dev, b"k") is None
+    s = newer.stats()
+    assert s["stale_buckets"] == 1 and s["checksum_failures"] == 0
+
+
+def test_failed_write_makes_the_bucket_filter_unknown():
+    bh, dev = make(nbuckets=1)
+    bh.reset()  # filters known empty
+    op = bh.insert(b"k", b"v")
+    assert isinstance(next(op), Read)
+    assert isinstance(op.send(bytes(BS)), Write)
+    with pytest.raises(OSError):
+        op.throw(OSError(5, "EIO"))
+    assert bh.bloom.may_contain(0, key_hash(b"anything"))
+
+
+# --------------------------------------------------------------------------- bloom filters
+
+
+def test_miss_on_an_empty_engine_does_no_io():
+    bh, _ = make()
+    bh.reset()  # what a router does on a fresh (formatted) extent: filters known empty
+    op = bh.lookup(b"nope")
+    with pytest.raises(StopIteration) as stop:
+        next(op)
+    assert stop.value.value is None
+    op = bh.remove(b"nope")
+    with pytest.raises(StopIteration) as stop:
+        next(op)
+    assert stop.value.value is False
+    assert bh.stats()["bloom_rejects"] == 2
+
+
+def test_cold_engine_reads_old_buckets_and_learns_their_filters():
+    bh, dev = make(nbuckets=1)
+    put(bh, dev, b"k", b"v")
+    cold = BigHash(0, BS, BS)  # no recover: filters unknown
+    assert get(cold, dev, b"k") == b"v"
+    warm = BigHash(0, BS, BS)
+    warm.bloom.clear_all()
+    warm.bloom.rebuild(0, [key_hash(b"k")])
+    assert (cold.bloom.bits == warm.bloom.bits).all()  # the read taught it the bucket's keys
+
+
+def test_lookup_learns_nothing_if_a_write_landed_while_it_read():
+    bh, dev = make(nbuckets=1)
+    look = bh.lookup(b"x")
+    req = next(look)  # the lookup's read is in flight ...
+    old = dev.read(req.offset, req.length)
+    put(bh, dev, b"new", b"1")  # ... when an insert rewrites the bucket
+    with pytest.raises(StopIteration):
+        look.send(old)
+    assert get(bh, dev, b"new") == b"1"  # the stale read must not have hidden "new"
+    assert bh.stats()["bloom_rejects"] == 0
+
+
+def test_writes_keep_the_filter_exact():
+    bh, dev = make(nbuckets=1)
+    bh.reset()
+    put(bh, dev, b"a", b"1")
+    put(bh, dev, b"b", b"2")
+    run(bh.remove(b"a"), dev)
+    expect = BigHash(0, BS, BS)
+    expect.bloom.rebuild(0, [key_hash(b"b")])
+    assert (bh.bloom.bits == expect.bloom.bits).all()
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=12), min_size=1, max_size=40, unique=True))
+def test_bloom_never_hides_a_stored_key(keys):
+    bh, dev = make(nbuckets=4, bucket_size=4096)
+    bh.reset()
+    for k in keys:
+        put(bh, dev, k, k)
+    for k in keys:
+        assert bh.bloom.may_contain(bh.bucket_of(key_hash(k)), key_hash(k))
+        assert get(bh, dev, k) == k
+
+
+def test_bloom_disabled_reads_every_time():
+    bh, dev = make(bloom_bytes_per_bucket=0)
+    bh.reset()
+    assert get(bh, dev, b"k") is None
+    assert get(bh, dev, b"k") is None
+    assert len(dev.log) == 2 and bh.stats()["bloom_dram_bytes"] == 0
+
+
+# --------------------------------------------------------------------------- persist / recover
+
+
+def test_persist_recover_round_trip_through_msgpack():
+    bh, dev = make(nbuckets=8)
+    bh.reset()
+    for i in range(30):
+        put(bh, dev, b"k%d" % i, b"v%d" % i)
+    get(bh, dev, b"k1")
+    state = msgpack.unpackb(msgpack.packb(bh.persist()))
+    new = BigHash(0, 8 * BS, BS)
+    assert new.recover(state) is True
+    assert new.generation == bh.generation == 1
+    assert (new.bloom.bits == bh.bloom.bits).all()
+    assert new.stats()["inserts"] == 30 and new.stats()["hits"] == 1
+    present = [k for k in (b"k%d" % i for i in range(30)) if get(bh, dev, k) is not None]
+    assert present and all(get(new, dev, k) == get(bh, dev, k) for k in present)
+    # a key the saved filters reject costs the recovered engine no I/O either
+    rejected = next(b"z%d" % i for i in range(10_000)
+                    if not bh.bloom.may_contain(bh.bucket_of(key_hash(b"z%d" % i)), key_hash(b"z%d" % i)))
+    dev.log.clear()
+    assert get(new, dev, rejected) is None and dev.log == []
+
+
+def test_recover_refuses_another_geometry_or_garbage():
+    bh, dev = make(nbuckets=8)
+    bh.reset()
+    state = bh.persist()
+    before = BigHash(0, 16 * BS, BS)
+    assert before.recover(state) is False
+    assert before.generation == 0 and before.bloom.may_contain(0, 1)  # unchanged, cold
+    for bad in (None, {}, {"engine": "blockcache"}, {**state, "bloom": b"junk"}, {**state, "generation": -1},
+                {**state, "format_version": 99}, {k: v for k, v in state.items() if k != "size"}):
+        assert BigHash(0, 8 * BS, BS).recover(bad) is False
+
+
+def test_reset_empties_the_engine_without_io():
+    bh, dev = make()
+    put(bh, dev, b"k", b"v")
+    n = len(dev.log)
+    bh.reset()
+    assert len(dev.log) == n
+    assert get(bh, dev, b"k") is None
+    put(bh, dev, b"k2", b"v2")
+    assert get(bh, dev, b"k2") == b"v2"
+
+
+def test_stats_has_the_named_counters():
+    bh, dev = make()
+    s = bh.stats()
+    for name in ("lookups", "hits", "inserts", "removes", "evictions", "bloom_rejects",
+                 "checksum_failures", "bytes_written", "bloom_dram_bytes"):
+        assert name in s
+    assert s["bloom_dram_bytes"] == 8 * 8
+    bh.flush()
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(offset=0, size=4096, bucket_size=1000), "bucket_size = 1000: use a multiple of 512"),
+        (dict(offset=0, size=4096, bucket_size=256), "bucket_size = 256"),
+        (dict(offset=100, size=4096), "offset = 100: use a non-negative multiple of bucket_size"),
+        (dict(offset=-4096, size=4096), "offset = -4096"),
+        (dict(offset=0, size=0), "size = 0: use a positive multiple of bucket_size"),
+        (dict(offset=0, size=6000), "size = 6000"),
+        (dict(offset=0, size=4096, bloom_bytes_per_bucket=-1), "bloom_bytes_per_bucket = -1"),
+        (dict(offset=0, size=4096, bloom_hashes=0), "bloom_hashes = 0"),
+        (dict(offset=0, size=4096, generation=-1), "generation = -1"),
+        (dict(offset=0, size=4096, clock=5), "clock = 5"),
+    ],
+)
+def test_bad_arguments_name_the_value_and_what_is_allowed(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BigHash(**kwargs)
+
+
+# --------------------------------------------------------------------------- stateful model
+
+
+KEYS = [b"k%d" % i for i in range(24)]
+
+
+class BigHashVsDict(RuleBasedStateMachine):
+    """BigHash against a dict: a lookup may miss (eviction, corruption) but never returns
+    anything other than the model's latest live value; a removed key never comes back."""
+
+    def __init__(self):
+        super().__init__()
+        self.clock = FakeClock(1000)
+        self.dev = MemDevice(8 * BS)
+        self.bh = BigHash(0, 8 * BS, BS, clock=self.clock)
+        self.model: dict[bytes, tuple[bytes, int]] = {}
+
+    def _live(self, key):
+        v = self.model.get(key)
+        if v is None or (v[1] and v[1] <= self.clock.t):
+            return None
+        return v[0]
+
+    @rule(key=st.sampled_from(KEYS), value=st.binary(max_size=150),
+          ttl=st.sampled_from([0, 0, 0, 1, 5, 30]))
+    def insert(self, key, value, ttl):
+        expiry = self.clock.t + ttl if ttl else 0
+        run(self.bh.insert(key, value, expiry), self.dev)
+        self.model[key] = (value, expiry)
+        if not ttl:
+            assert run(self.bh.lookup(key), self.dev) == value  # just written: must hit
+
+    @rule(key=st.sampled_from(KEYS))
+    def lookup(self, key):
+        got = run(self.bh.lookup(key), self.dev)
+        if got is not None:
+            assert got == self._live(key)
+
+    @rule(key=st.sampled_from(KEYS))
+    def remove(self, key):
+        was = self._live(key)
+        removed = run(self.bh.remove(key), self.dev)
+        if removed:
+            assert was is not None
+        self.model.pop(key, None)
+        assert run(self.bh.lookup(key), self.dev) is None
+
+    @rule(dt=st.integers(1, 10))
+    def tick(self, dt):
+        self.clock.t += dt
+
+    @rule()
+    def warm_restart(self):
+        state = msgpack.unpackb(msgpack.packb(self.bh.persist()))
+        self.bh = BigHash(0, 8 * BS, BS, clock=self.clock)
+        assert self.bh.recover(state)
+
+    @rule()
+    def cold_restart(self):
+        self.bh = BigHash(0, 8 * BS, BS, clock=self.clock, generation=self.bh.generation)
+
+    @rule(pos=st.integers(0, 8 * BS - 1), mask=st.integers(1, 255))
+    def corrupt(self, pos, mask):
+        self.dev.buf[pos] ^= mask
+
+    @precondition(lambda self: len(self.model) > 0)
+    @rule()
+    def reset(self):
+        self.bh.reset()
+        self.model.clear()
+
+    @invariant()
+    def no_key_outside_the_model(self):
+        for key in KEYS:
+            if key not in self.model:
+                assert run(self.bh.lookup(key), self.dev) is None
+
+
+BigHashVsDict.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+TestBigHashVsDict = BigHashVsDict.TestCase
