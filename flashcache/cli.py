@@ -31,7 +31,7 @@ def selfcheck(cfg: config_mod.Config, out=sys.stdout) -> int:
 
     dcfg = cfg.device
     path_dir = os.path.dirname(dcfg.path)
-    if path_dir and dcfg.kind == "file":
+    if path_dir and dcfg.kind in ("file", "emulated"):
         os.makedirs(path_dir, exist_ok=True)
     t0 = time.perf_counter()
     dev = open_device(dcfg)

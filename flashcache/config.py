@@ -140,28 +140,103 @@ def section(cls: type, doc: str) -> Any:
 
 # --- the schema -------------------------------------------------------------------------
 
+def _check_handle_types(key: str, v: str) -> None:
+    if v and v not in ("II", "PI"):
+        raise ConfigError(f'{key} = "{v}": use "II" (initially isolated), "PI" (persistently isolated) '
+                          'or "" for the preset\'s')
+
+
+def _presets() -> tuple[str, ...]:
+    from .emulator.geometry import PRESETS
+    return tuple(PRESETS)
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """[device.emulator]: the emulated FDP SSD's shape (a preset, with overrides)."""
+
+    preset: str = field(default="qemu-like", metadata=opt(
+        "geometry preset: paper-1.88tb-scaled (8 II handles, 1 RG, 24 MiB RUs, 7 % OP), "
+        "qemu-like (8 II handles, 8 MiB RUs, 12 % OP), small-test (4 handles, 1 MiB RUs)",
+        choices=_presets()))
+    fdp: bool = field(default=True, metadata=opt(
+        "FDP enabled; false emulates a conventional SSD (one write frontier, the baseline of every comparison)"))
+    op: float = field(default=0.0, metadata=opt(
+        "over-provisioning as (physical - exported) / exported, e.g. 0.07; 0 = the preset's", min=0.0, max=10.0))
+    ru_size: int = field(default=0, metadata=opt(
+        'reclaim unit size ("24MiB"), the GC unit; 0 = the preset\'s', kind="size"))
+    handles: int = field(default=0, metadata=opt(
+        "reclaim unit handles (placement handles); 0 = the preset's", min=0, max=128))
+    handle_type: str = field(default="", metadata=opt(
+        'type of every handle: "II" initially or "PI" persistently isolated; "" = the preset\'s',
+        check=_check_handle_types))
+    reclaim_groups: int = field(default=0, metadata=opt("reclaim groups; 0 = the preset's", min=0, max=256))
+    lba_size: int = field(default=0, metadata=opt(
+        "logical block size, 512 or 4096; 0 = the preset's", choices=(0, 512, 4096)))
+    gc_policy: str = field(default="", metadata=opt(
+        'victim selection: "greedy", "fifo" or "cost-benefit"; "" = the preset\'s',
+        choices=("", "greedy", "fifo", "cost-benefit")))
+    gc_reserve: int = field(default=0, metadata=opt(
+        "free reclaim units GC keeps in reserve per group; 0 = the preset's", min=0, max=1024))
+
+    def geometry(self, capacity_bytes: int, key: str = "device.emulator"):
+        """The Geometry this table describes, for an exported capacity (0 = the preset's)."""
+        from .emulator.geometry import preset
+        over: dict[str, Any] = {"fdp": self.fdp}
+        if capacity_bytes:
+            over["capacity_bytes"] = capacity_bytes
+        if self.op:
+            over["op"] = self.op
+        if self.ru_size:
+            over["ru_bytes"] = self.ru_size
+        if self.handles or self.handle_type:
+            base = preset(self.preset)
+            over["handles"] = (self.handle_type or base.handles[0],) * (self.handles or len(base.handles))
+        if self.reclaim_groups:
+            over["nrg"] = self.reclaim_groups
+        if self.lba_size:
+            over["lba_size"] = self.lba_size
+        if self.gc_policy:
+            over["gc_policy"] = self.gc_policy
+        if self.gc_reserve:
+            over["gc_reserve_rus"] = self.gc_reserve
+        try:
+            return preset(self.preset, **over)
+        except ValueError as e:
+            raise ConfigError(f"[{key}] with device.size = {capacity_bytes or 'the preset capacity'}: {e}") from None
+
+
 @dataclass(frozen=True)
 class DeviceConfig:
-    kind: str = field(default="file", metadata=opt(
-        "which device: file (a regular file or a block device)",
-        choices=("file",)))
+    kind: str = field(default="emulated", metadata=opt(
+        "which device: emulated (the built-in emulated FDP SSD, data in a sparse file), "
+        "file (a regular file or a block device), nvme (an NVMe namespace through io_uring passthrough)",
+        choices=("emulated", "file", "nvme")))
     path: str = field(default="var/flashcache.img", metadata=opt(
-        "file, block device or NVMe generic char device (relative paths start at the working directory)"))
+        "file or block device (file), backing file (emulated; its FTL state goes to PATH.ftl), "
+        "or NVMe device (nvme: /dev/ngXnY, /dev/nvmeXnY or a partition); relative paths start at the working directory"))
     size: int = field(default=0, metadata=opt(
-        'bytes the cache may use ("1GiB"); 0 = the whole block device or existing file', kind="size"))
+        'bytes the cache may use ("1GiB"); 0 = the whole device, existing file or emulator preset', kind="size"))
     engine: str = field(default="uring", metadata=opt(
         "I/O engine for kind = file: uring (io_uring, batched) or psync (pread/pwrite)",
         choices=("uring", "psync")))
-    direct: bool = field(default=False, metadata=opt("open with O_DIRECT (bypass the page cache)"))
+    direct: bool = field(default=False, metadata=opt("kind = file: open with O_DIRECT (bypass the page cache)"))
     block_size: int = field(default=4096, metadata=opt(
-        "device block size in bytes; all I/O is aligned to it", min=512, max=65536, power_of_two=True))
+        "kind = file: device block size in bytes; all I/O is aligned to it (nvme and emulated use the LBA size)",
+        min=512, max=65536, power_of_two=True))
     format: bool = field(default=False, metadata=opt(
         "allow overwriting a target that holds something else (a filesystem, a partition table, foreign data)"))
     queue_depth: int = field(default=64, metadata=opt("io_uring ring entries", min=1, max=32768))
+    placement: bool = field(default=True, metadata=opt(
+        "nvme and emulated: tag each engine's writes with its own FDP placement identifier; "
+        "false sends no directives (placement is then reported off, with this reason)"))
+    emulator: EmulatorConfig = section(EmulatorConfig, "the emulated FDP SSD (device.kind = \"emulated\")")
 
     def validate(self, prefix: str) -> None:
         if not self.path:
             raise ConfigError(f'{prefix}.path = "": give a file or device path')
+        if self.kind == "emulated":
+            self.emulator.geometry(self.size, f"{prefix}.emulator")
 
 
 @dataclass(frozen=True)

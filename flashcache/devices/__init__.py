@@ -5,6 +5,7 @@ package and flashcache.uring do I/O.
 """
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from .base import BaseDevice, PlacementStream, WafSnapshot, WafUnavailableError
@@ -26,4 +27,15 @@ def open_device(cfg: "DeviceConfig") -> BaseDevice:
                                direct=cfg.direct, format=cfg.format, queue_depth=cfg.queue_depth)
         return FileDevice(cfg.path, cfg.size or None, block_size=cfg.block_size,
                           direct=cfg.direct, format=cfg.format)
+    if cfg.kind == "emulated":
+        from .emulated import open_emulated
+        d = os.path.dirname(cfg.path)
+        if d:
+            os.makedirs(d, exist_ok=True)
+        return open_emulated(cfg.path, cfg.emulator.geometry(cfg.size), format=cfg.format,
+                             placement=cfg.placement)
+    if cfg.kind == "nvme":
+        from .nvme_passthru import open_nvme_device
+        return open_nvme_device(cfg.path, size=cfg.size or None, queue_depth=cfg.queue_depth,
+                                placement=cfg.placement)
     raise NotImplementedError(f"device.kind = {cfg.kind!r} is validated by config but has no opener")

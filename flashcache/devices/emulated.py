@@ -1,49 +1,33 @@
 """The emulated FDP SSD as a device: an NVMe controller model over the emulator's FTL, with
 the data in a sparse backing file.
 
-STATUS: not wired and never run. It waits for the FTL of issue 4 (flashcache.emulator),
-which does not exist yet; nothing imports this module and no test covers it. It is kept
-as the design of the controller side, written against the ``Ftl`` protocol below.
-
 Owns the controller side of the NVMe command set (Identify, Get Log Page 0x20-0x23, Get/Set
 Features 0x1D/0x1E, Read, Write with DTYPE/DSPEC, Dataset Management, Flush, I/O Management
 Receive/Send) built from flashcache.nvme's parsers and packers, so the cache reaches it
 through the same NvmeDevice code as a real drive and cannot tell the two apart except by
 name. The FTL (flashcache.emulator) only accounts where bytes would sit in NAND; the bytes
-themselves live in the backing file. The surprise: an invalid placement identifier is not
-an error: as the spec describes, the write lands on handle 0 and an "Invalid Placement
-Identifier" event is logged.
+themselves live in the backing file, and the FTL's state in ``<file>.ftl`` beside it. The
+surprise: an invalid placement identifier is not an error: as the spec describes, the
+write lands on handle 0 and an "Invalid Placement Identifier" event is logged.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 from .. import nvme
+from ..emulator import Ftl, FtlError, Geometry
 from ..errors import DeviceError
 from ..nvme.status import SCT_COMMAND_SPECIFIC, SCT_GENERIC
+from .base import WafSnapshot
 from .file import open_target
+from .nvme import NvmeDevice
 
-
-class Ftl(Protocol):
-    """What the controller needs from the emulator's FTL (pages of ``page_bytes``)."""
-
-    page_bytes: int
-    exported_pages: int
-    ru_pages: int
-    nruh: int
-    nrg: int
-
-    def write(self, lpn: int, npages: int, ruh: int) -> None: ...
-    def trim(self, lpn: int, npages: int) -> None: ...
-    def ruh_update(self, ruh: int) -> int: ...            # pages left unwritten in the closed RU
-    def ru_remaining(self, ruh: int) -> int: ...          # pages left in the handle's open RU
-    def counters(self) -> tuple[int, int, int]: ...       # hbmw, mbmw, mbe in bytes
-    def handle_types(self) -> list[int]: ...              # 1 initially, 2 persistently isolated
-    def take_relocations(self) -> list[tuple[int, int]]: ...  # (lpn, npages) moved by GC since last call
-    def save(self, path: str) -> None: ...
+log = logging.getLogger("flashcache.devices.emulated")
+RELOCATION_LOG = 1 << 14      # GC relocations kept for "media reallocated" events
 
 
 class _Status(Exception):
@@ -56,38 +40,51 @@ def _bad(sc: int, sct: int = SCT_GENERIC) -> _Status:
 
 
 INVALID_OPCODE, INVALID_FIELD, LBA_OUT_OF_RANGE, CMD_SEQ_ERROR = 0x01, 0x02, 0x80, 0x0C
-INVALID_LOG_PAGE = 0x09
+INVALID_LOG_PAGE, CAPACITY_EXCEEDED, INVALID_NS = 0x09, 0x81, 0x0B
+FDP_DISABLED, INVALID_PH_LIST = 0x29, 0x2A
 
 
 class EmulatedController:
     """An NVMe controller with one namespace (NSID 1) in endurance group 1 (a Transport)."""
 
-    def __init__(self, data_path: str, ftl: Ftl, *, lba_size: int = 4096, fdp: bool = True,
-                 format: bool = False, state_path: str | None = None, model: str = "flashcache emulated FDP SSD",
-                 mdts: int = 8, clock=time.time):
-        if lba_size not in (512, 4096):
-            raise ValueError(f"emulated SSD LBA size {lba_size} must be 512 or 4096")
-        if ftl.page_bytes % lba_size:
-            raise ValueError(f"FTL page of {ftl.page_bytes} bytes is not a multiple of the LBA size {lba_size}")
+    def __init__(self, data_path: str, ftl: Ftl, *, format: bool = False, state_path: str | None = None,
+                 known: bool = False,
+                 model: str = "flashcache emulated FDP SSD", mdts: int = 8, clock=time.time):
+        g = ftl.geometry
         self.path = f"emulated:{data_path}"
+        self.data_path = data_path
         self.nsid = 1
         self.ftl = ftl
-        self.lba_size = lba_size
-        self.lba_shift = lba_size.bit_length() - 1
-        self.lbas_per_page = ftl.page_bytes // lba_size
+        self.lba_size = g.lba_size
+        self.lba_shift = g.lba_size.bit_length() - 1
+        self.lbas_per_page = ftl.page_bytes // g.lba_size
         self.nsze = ftl.exported_pages * self.lbas_per_page
-        self.fdp = fdp
+        self.fdp = g.fdp
         self.state_path = state_path
         self._clock = clock
         self._lock = threading.Lock()
-        self.fd, _, _ = open_target(data_path, self.nsze * lba_size, direct=False, fmt=format, block_size=lba_size)
+        # ``known``: the file is this emulated SSD's own (its FTL state was loaded), so
+        # whatever it holds is the drive's content, not foreign data to protect
+        self.fd, _, _ = open_target(data_path, self.nsze * self.lba_size, direct=False, fmt=format,
+                                    block_size=self.lba_size, probe=not known)
+        # CTRATT says FDP is supported either way; a conventional drive is one whose
+        # endurance group has FDP disabled (Get Features 0x1D: FDPE = 0).
         self.id_ctrl = nvme.IdentifyController(
             vid=0x1b36, ssvid=0x1af4, sn="FCEMU0001", mn=model, fr="1.0", mdts=mdts, ver=0x20000,
-            ctratt=nvme.IdentifyController.CTRATT_FDPS if fdp else 0, oacs=0, lpa=0x20, endgidmax=1, nn=1, oncs=0x4)
+            ctratt=nvme.IdentifyController.CTRATT_FDPS, oacs=0, lpa=0x20, endgidmax=1, nn=1, oncs=0x4)
         self.id_ns = nvme.IdentifyNamespace(
             nsze=self.nsze, ncap=self.nsze, nuse=self.nsze, nlbaf=0, flbas=0, dlfeat=1, endgid=1,
             lbafs=(nvme.LbaFormat(0, self.lba_shift, 0),))
-        self.pids = list(range(ftl.nruh)) if fdp else []
+        # Placement identifiers, PH-major as QEMU lists them: pid = rg << (16 - rgif) | ph
+        self.rgif = max(0, (ftl.nrg - 1).bit_length())
+        self.pids: list[int] = []
+        self._pid_to: dict[int, tuple[int, int]] = {}
+        if self.fdp:
+            for ph in range(ftl.nruh):
+                for rg in range(ftl.nrg):
+                    pid = (rg << (16 - self.rgif)) | ph if self.rgif else ph
+                    self.pids.append(pid)
+                    self._pid_to[pid] = (rg, ph)
         self._events_enabled: dict[int, set[int]] = {}
         self._host_events: list[nvme.FdpEvent] = []
         self._ctrl_events: list[nvme.FdpEvent] = []
@@ -131,7 +128,7 @@ class EmulatedController:
                 return self._out(buf, self.id_ctrl.pack())
             if cns == nvme.CNS_NAMESPACE:
                 if cmd.nsid != self.nsid:
-                    raise _bad(0x0B)   # Invalid Namespace or Format
+                    raise _bad(INVALID_NS)
                 return self._out(buf, self.id_ns.pack())
             raise _bad(INVALID_FIELD)
         if op == nvme.NVME_ADMIN_GET_LOG_PAGE:
@@ -159,11 +156,11 @@ class EmulatedController:
                 raise _bad(CMD_SEQ_ERROR)   # FDP is fixed at format time, as on QEMU
             if f.fid == nvme.FID_FDP_EVENTS:
                 if not self.fdp:
-                    raise _bad(0x29)         # FDP Disabled
+                    raise _bad(FDP_DISABLED)
                 ph = f.cdw11 & 0xFFFF
                 noet = (f.cdw11 >> 16) & 0xFF
-                if ph >= len(self.pids):
-                    raise _bad(0x2A)         # Invalid Placement Handle List
+                if ph >= self.ftl.nruh:
+                    raise _bad(INVALID_PH_LIST)
                 types = set(bytes(buf[:noet])) if buf is not None else set()
                 cur = self._events_enabled.setdefault(ph, set())
                 if f.cdw12 & 1:
@@ -177,18 +174,19 @@ class EmulatedController:
     def _log(self, req) -> bytes:
         if req.lid in (nvme.LID_FDP_CONFIGS, nvme.LID_RUH_USAGE, nvme.LID_FDP_STATS, nvme.LID_FDP_EVENTS):
             if not self.fdp:
-                raise _bad(0x29)             # FDP Disabled
+                raise _bad(FDP_DISABLED)
             if req.lsi != 1:
                 raise _bad(INVALID_FIELD)
         if req.lid == nvme.LID_FDP_CONFIGS:
             ruhs = tuple(nvme.FdpRuhDescriptor(t) for t in self.ftl.handle_types())
-            cfg = nvme.FdpConfigDescriptor(fdpa=nvme.encode_fdpa(rgif=max(0, (self.ftl.nrg - 1).bit_length())),
+            cfg = nvme.FdpConfigDescriptor(fdpa=nvme.encode_fdpa(rgif=self.rgif),
                                            nrg=self.ftl.nrg, maxpids=len(self.pids) - 1, nnss=1,
                                            runs=self.ftl.ru_pages * self.ftl.page_bytes, erutl=0, ruhs=ruhs,
                                            vendor=b"")
             return nvme.FdpConfigsLog((cfg,)).pack()
         if req.lid == nvme.LID_RUH_USAGE:
-            return nvme.RuhUsageLog(tuple(nvme.RuhUsageDescriptor(1) for _ in self.pids)).pack()
+            # RUHA: 1 = the handle is used by a namespace (ours, through all its handles)
+            return nvme.RuhUsageLog(tuple(nvme.RuhUsageDescriptor(1) for _ in range(self.ftl.nruh))).pack()
         if req.lid == nvme.LID_FDP_STATS:
             h, m, e = self.ftl.counters()
             return nvme.FdpStatsLog(h, m, e).pack()
@@ -202,7 +200,7 @@ class EmulatedController:
     def _io(self, cmd, buf) -> int:
         op = cmd.opcode
         if cmd.nsid != self.nsid:
-            raise _bad(0x0B)
+            raise _bad(INVALID_NS)
         if op in (nvme.NVME_CMD_READ, nvme.NVME_CMD_WRITE):
             slba, nlb = cmd.slba, cmd.nlb
             if slba + nlb > self.nsze:
@@ -216,11 +214,15 @@ class EmulatedController:
                 if got != n:
                     buf[got:] = bytes(n - got)
                 return 0
-            ruh = self._handle_for(cmd)
-            os.pwrite(self.fd, buf, off)
+            rg, ph = self._handle_for(cmd)
             first = slba // self.lbas_per_page
             last = (slba + nlb - 1) // self.lbas_per_page
-            self.ftl.write(first, last - first + 1, ruh)
+            try:
+                self.ftl.write(first, last - first + 1, ph, rg)
+            except FtlError as e:
+                log.error("%s: %s", self.path, e)
+                raise _bad(CAPACITY_EXCEEDED) from None
+            os.pwrite(self.fd, buf, off)
             return 0
         if op == nvme.NVME_CMD_DSM:
             nr = (cmd.cdw10 & 0xFF) + 1
@@ -245,44 +247,49 @@ class EmulatedController:
             if req.mo != nvme.IO_MGMT_RECV_MO_RUH_STATUS:
                 raise _bad(INVALID_FIELD)
             if not self.fdp:
-                raise _bad(0x29)
+                raise _bad(FDP_DISABLED)
             per_page = self.lbas_per_page
-            st = nvme.RuhStatus(tuple(nvme.RuhStatusDescriptor(pid, pid, 0, self.ftl.ru_remaining(pid) * per_page)
-                                      for pid in self.pids))
+            st = nvme.RuhStatus(tuple(
+                nvme.RuhStatusDescriptor(pid, ph, 0, self.ftl.ru_remaining(ph, rg) * per_page)
+                for pid, (rg, ph) in self._pid_to.items()))
             return self._out(buf, st.pack(buf.nbytes))
         if op == nvme.NVME_CMD_IO_MGMT_SEND:
             req = nvme.decode_io_mgmt(cmd)
             if req.mo != nvme.IO_MGMT_SEND_MO_RUH_UPDATE:
                 raise _bad(INVALID_FIELD)
             if not self.fdp:
-                raise _bad(0x29)
+                raise _bad(FDP_DISABLED)
             pids = nvme.parse_ruh_update_pids(bytes(buf), req.npids)
-            if any(p >= len(self.pids) for p in pids):
-                raise _bad(0x2A)
+            if any(p not in self._pid_to for p in pids):
+                raise _bad(INVALID_PH_LIST)
             for p in pids:
-                left = self.ftl.ruh_update(p)
-                if left and nvme.FDP_EVENT_RU_NOT_FULLY_WRITTEN in self._events_enabled.get(p, ()):
-                    self._event(True, nvme.FDP_EVENT_RU_NOT_FULLY_WRITTEN, p)
+                rg, ph = self._pid_to[p]
+                left = self.ftl.ruh_update(ph, rg)
+                if left and nvme.FDP_EVENT_RU_NOT_FULLY_WRITTEN in self._events_enabled.get(ph, ()):
+                    self._event(True, nvme.FDP_EVENT_RU_NOT_FULLY_WRITTEN, p, rg=rg, ruhid=ph)
             return 0
         raise _bad(INVALID_OPCODE)
 
-    def _handle_for(self, cmd) -> int:
+    def _handle_for(self, cmd) -> tuple[int, int]:
+        """(reclaim group, placement handle) of a write."""
         if not self.fdp or cmd.dtype != nvme.DTYPE_DATA_PLACEMENT:
-            return 0
-        pid = cmd.dspec
-        if pid < len(self.pids):
-            return pid
+            return 0, 0
+        to = self._pid_to.get(cmd.dspec)
+        if to is not None:
+            return to
         # spec: an invalid placement identifier falls back to the default handle, with an event
         if nvme.FDP_EVENT_INVALID_PID in self._events_enabled.get(0, ()):
-            self._event(True, nvme.FDP_EVENT_INVALID_PID, pid)
-        return 0
+            self._event(True, nvme.FDP_EVENT_INVALID_PID, cmd.dspec)
+        return 0, 0
 
-    def _event(self, host: bool, typ: int, pid: int, type_specific: bytes = bytes(16)) -> None:
-        ev = nvme.FdpEvent(type=typ, flags=0b011, pid=pid, timestamp_ms=int(self._clock() * 1000),
-                           timestamp_attr=0, nsid=self.nsid, type_specific=type_specific, rgid=0, ruhid=0,
-                           vendor=bytes(24))
-        (self._host_events if host else self._ctrl_events).append(ev)
-        del (self._host_events if host else self._ctrl_events)[:-nvme.FDP_EVENTS_MAX]
+    def _event(self, host: bool, typ: int, pid: int, type_specific: bytes = bytes(16), *,
+               rg: int = 0, ruhid: int = 0) -> None:
+        ev = nvme.FdpEvent(type=typ, flags=nvme.FdpEvent.PIV | nvme.FdpEvent.NSIDV, pid=pid,
+                           timestamp_ms=int(self._clock() * 1000), timestamp_attr=0, nsid=self.nsid,
+                           type_specific=type_specific, rgid=rg, ruhid=ruhid, vendor=bytes(24))
+        evs = self._host_events if host else self._ctrl_events
+        evs.append(ev)
+        del evs[:-nvme.FDP_EVENTS_MAX]
 
     def _collect_relocations(self) -> None:
         moved = self.ftl.take_relocations()
@@ -303,3 +310,75 @@ class EmulatedController:
 def _punch(fd: int, offset: int, length: int) -> None:
     from .file import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, _libc
     _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
+
+
+class EmulatedDevice(NvmeDevice):
+    """The emulated FDP SSD as a Device: NvmeDevice over an EmulatedController.
+
+    Everything goes through NVMe commands, as on a real drive; two things are added for
+    experiments: ``ftl`` (the emulator's FTL, for per-handle counters) and, when FDP is
+    disabled (a conventional SSD), WAF read straight from the FTL, since a drive in that
+    state has no FDP Statistics log to read it from.
+    """
+
+    kind = "emulated"
+
+    def __init__(self, controller: EmulatedController, *, placement: bool = True):
+        self.controller = controller
+        self.ftl = controller.ftl
+        super().__init__(controller, placement=placement, kind="emulated")
+
+    def _probe_waf(self) -> str | None:
+        if not self.controller.fdp:
+            return None          # the FTL's own counters (see waf_snapshot)
+        return super()._probe_waf()
+
+    def waf_source(self) -> str:
+        return ("FDP Statistics log (LID 0x22)" if self.controller.fdp
+                else "emulator FTL counters (FDP disabled: a real drive would have no FDP log)")
+
+    def waf_snapshot(self) -> WafSnapshot:
+        if self.controller.fdp:
+            return super().waf_snapshot()
+        self._check_open("waf_snapshot")
+        h, m, e = self.ftl.counters()
+        return WafSnapshot(hbmw=h, mbmw=m, mbe=e)
+
+    def info(self) -> dict[str, Any]:
+        d = super().info()
+        d["emulator"] = self.ftl.geometry.describe()
+        d["waf_source"] = self.waf_source()
+        return d
+
+    def stats(self) -> dict[str, Any]:
+        st = super().stats()
+        st["emulator"] = self.ftl.stats()
+        return st
+
+
+def state_path_for(data_path: str) -> str:
+    return data_path + ".ftl"
+
+
+def open_emulated(path: str, geometry: Geometry, *, format: bool = False, placement: bool = True,
+                  debug: bool = False) -> EmulatedDevice:
+    """Open (creating if needed) an emulated FDP SSD whose data lives in sparse file ``path``
+    and whose FTL state persists in ``path + ".ftl"`` across close and open."""
+    state = state_path_for(path)
+    existed = os.path.exists(path)
+    ftl = None
+    known = False
+    if existed and not format and os.path.exists(state):
+        ftl = Ftl.load(state, geometry, debug=debug, relocation_log=RELOCATION_LOG)
+        known = True
+        log.info("%s: emulated SSD history restored from %s (%d bytes written by the host so far)",
+                 path, state, ftl.counters()[0])
+    elif existed and not format:
+        log.warning("%s: no emulated-SSD state at %s; the FTL starts empty (its write history is lost, "
+                    "the data is kept)", path, state)
+    if ftl is None:
+        ftl = Ftl(geometry, debug=debug, relocation_log=RELOCATION_LOG)
+        if os.path.exists(state):
+            os.unlink(state)
+    ctrl = EmulatedController(path, ftl, format=format, state_path=state, known=known)
+    return EmulatedDevice(ctrl, placement=placement)

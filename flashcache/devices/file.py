@@ -56,10 +56,12 @@ def _hint_for(err: int, path: str) -> str:
 
 
 def open_target(path: str, size: int | None, *, direct: bool, fmt: bool,
-                block_size: int) -> tuple[int, int, bool]:
+                block_size: int, probe: bool = True) -> tuple[int, int, bool]:
     """Open (creating if needed) a file or block device for the cache.
 
-    Returns (fd, size, is_block). Refuses foreign data unless ``fmt``.
+    Returns (fd, size, is_block). Refuses foreign data unless ``fmt``; ``probe=False``
+    skips that check, for a caller that already knows the target is its own (the
+    emulated SSD's backing file, recognised by its FTL state).
     """
     flags = os.O_RDWR | os.O_CLOEXEC
     created = False
@@ -106,7 +108,7 @@ def open_target(path: str, size: int | None, *, direct: bool, fmt: bool,
                 raise DeviceError(path, "is an empty file and no device.size was given", None,
                                   'set device.size (e.g. "1GiB")')
         use -= use % block_size
-        if not created:
+        if not created and probe:
             verdict = _probe(fd, path, st.st_size if not is_block else use, direct)
             if verdict.kind == "foreign" and not fmt:
                 raise FormatError(
