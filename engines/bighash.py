@@ -28,7 +28,8 @@ On-flash layout (little-endian), one bucket of ``bucket_size`` bytes::
      22  key bytes, then value bytes
 
 A never-written bucket (all zeros, e.g. after a trim) is empty and is not a failure.
-The bucket is ``key_hash % nbuckets``.
+The bucket is ``(key_hash >> 32) * nbuckets >> 32`` (the high 32 bits); the bloom
+filters use the low 32 bits.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ _ESIZE = ENTRY_HEADER.size
 _hash = xxhash.xxh3_64_intdigest
 
 _COUNTERS = (
-    "lookups", "hits", "misses", "bloom_rejects", "bloom_false_positives", "expired_misses",
+    "lookups", "hits", "misses", "bloom_rejects", "flash_misses", "expired_misses",
     "inserts", "replaced", "evictions", "expired_dropped", "inserted_bytes",
     "removes", "removed", "checksum_failures", "stale_buckets",
     "bucket_reads", "bucket_writes", "bytes_read", "bytes_written",
@@ -74,9 +75,13 @@ def key_hash(key: bytes | bytearray | memoryview) -> int:
     return _hash(key, KEY_SEED)
 
 
-def _check_bytes(what: str, x: object) -> None:
-    if not isinstance(x, (bytes, bytearray, memoryview)):
-        raise TypeError(f"BigHash: {what} must be bytes, bytearray or memoryview, got {type(x).__name__}")
+def _check_bytes(what: str, x: object):
+    """``x`` as a bytes-like object whose len() counts bytes; TypeError for anything else."""
+    if isinstance(x, (bytes, bytearray)):
+        return x
+    if isinstance(x, memoryview):
+        return x if x.format == "B" and x.ndim == 1 else x.cast("B")
+    raise TypeError(f"BigHash: {what} must be bytes, bytearray or memoryview, got {type(x).__name__}")
 
 
 class InsertResult(NamedTuple):
@@ -170,7 +175,7 @@ class BigHash:
 
     def bucket_of(self, keyhash: int) -> int:
         """The bucket index a key hash maps to."""
-        return keyhash % self.nbuckets
+        return (keyhash >> 32) * self.nbuckets >> 32
 
     def bucket_offset(self, bucket: int) -> int:
         """Device offset of ``bucket``."""
@@ -241,11 +246,11 @@ class BigHash:
 
         A negative bloom answer returns at once, yielding no I/O at all.
         """
-        _check_bytes("key", key)
+        key = _check_bytes("key", key)
         c = self._counters
         c["lookups"] += 1
         kh = _hash(key, KEY_SEED)
-        b = kh % self.nbuckets
+        b = (kh >> 32) * self.nbuckets >> 32
         if not self.bloom.may_contain(b, kh):
             c["bloom_rejects"] += 1
             c["misses"] += 1
@@ -255,7 +260,7 @@ class BigHash:
         c["bucket_reads"] += 1
         c["bytes_read"] += self.bucket_size
         entries = self._entries(data, b)
-        if epoch == self._write_epoch:
+        if epoch == self._write_epoch and self.bloom.is_unknown(b):
             # We now know this bucket's keys exactly: warm its filter (a cold engine learns
             # its filters from lookups as well as from writes).
             self.bloom.rebuild(b, [e[0] for e in entries] if entries else ())
@@ -267,8 +272,7 @@ class BigHash:
                     found = e
         if found is None:
             c["misses"] += 1
-            if entries is not None:
-                c["bloom_false_positives"] += self.bloom.enabled
+            c["flash_misses"] += 1
             return None
         _, vsum, expiry, start, klen, vlen = found
         if self._expired(expiry, self.clock()):
@@ -293,8 +297,8 @@ class BigHash:
         seconds of ``clock`` (0 = never), rounded up to a whole second. ValueError if the
         item can never fit in a bucket (see ``max_item_size``).
         """
-        _check_bytes("key", key)
-        _check_bytes("value", value)
+        key = _check_bytes("key", key)
+        value = _check_bytes("value", value)
         klen, vlen = len(key), len(value)
         if klen > MAX_KEY_LEN:
             raise ValueError(f"BigHash: key of {klen} bytes: keys are at most {MAX_KEY_LEN} bytes")
@@ -316,7 +320,7 @@ class BigHash:
     def _insert(self, key, value, klen: int, vlen: int, expiry: int) -> Op[InsertResult]:
         c = self._counters
         kh = _hash(key, KEY_SEED)
-        b = kh % self.nbuckets
+        b = (kh >> 32) * self.nbuckets >> 32
         off = self.offset + b * self.bucket_size
         data = yield Read(off, self.bucket_size)
         c["bucket_reads"] += 1
@@ -359,18 +363,21 @@ class BigHash:
     def remove(self, key: bytes | bytearray | memoryview) -> Op[bool]:
         """Drop ``key``: one read, and one write only if a live entry was there.
         True if a live (unexpired) entry was removed."""
-        _check_bytes("key", key)
+        key = _check_bytes("key", key)
         c = self._counters
         c["removes"] += 1
         kh = _hash(key, KEY_SEED)
-        b = kh % self.nbuckets
+        b = (kh >> 32) * self.nbuckets >> 32
         if not self.bloom.may_contain(b, kh):
             c["bloom_rejects"] += 1
             return False
+        epoch = self._write_epoch
         data = yield Read(self.offset + b * self.bucket_size, self.bucket_size)
         c["bucket_reads"] += 1
         c["bytes_read"] += self.bucket_size
         entries = self._entries(data, b)
+        if epoch == self._write_epoch and self.bloom.is_unknown(b):
+            self.bloom.rebuild(b, [e[0] for e in entries] if entries else ())
         if not entries:
             return False
         now = self.clock()

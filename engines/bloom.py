@@ -6,9 +6,9 @@ written. No I/O here. The surprise: a filter starts *all bits set* ("unknown"), 
 so a cold engine over old data still reads every bucket until it has seen or rewritten it;
 ``clear()`` is the "known empty" state.
 
-Bit positions come from the 64-bit key hash by double hashing over a remix (murmur3's
-fmix64) of it: the engine picks the bucket from the same hash, so the keys of one bucket
-share low bits, and the remix keeps the filter's positions independent of them.
+Bit positions come from the *low 32 bits* of the 64-bit key hash by double hashing
+(h1 = bits 0-15, h2 = bits 16-31, position i = (h1 + i*h2) mod nbits); the engine picks
+the bucket from the high 32 bits, so the keys of one bucket do not share filter bits.
 """
 from __future__ import annotations
 
@@ -16,22 +16,19 @@ import struct
 
 import numpy as np
 
-_M64 = (1 << 64) - 1
 _HEADER = struct.Struct("<4sHIHB")  # magic, version, nbuckets, nbytes, num_hashes
 _MAGIC = b"FCBF"
 _VERSION = 1
 
 
-def _positions(keyhash: int, nbits: int, k: int) -> list[int]:
+_NUMPY_MIN_KEYS = 12  # below this a Python loop beats numpy's per-call overhead
+_I = np.arange(32, dtype=np.uint64)
+
+
+def positions(keyhash: int, nbits: int, k: int) -> list[int]:
     """The k bit positions of ``keyhash`` in a filter of ``nbits`` bits."""
-    h = keyhash & _M64
-    h ^= h >> 33
-    h = (h * 0xFF51AFD7ED558CCD) & _M64
-    h ^= h >> 33
-    h = (h * 0xC4CEB9FE1A85EC53) & _M64
-    h ^= h >> 33
-    h1 = h & 0xFFFFFFFF
-    h2 = (h >> 32) | 1
+    h1 = keyhash & 0xFFFF
+    h2 = (keyhash >> 16) & 0xFFFF | 1
     return [(h1 + i * h2) % nbits for i in range(k)]
 
 
@@ -83,10 +80,14 @@ class BloomFilters:
         if not self.nbits:
             return True
         self._check(bucket)
-        flat, base = self._flat, bucket * self.nbytes
-        for p in _positions(keyhash, self.nbits, self.num_hashes):
-            if not flat[base + (p >> 3)] & (1 << (p & 7)):
+        flat, base, nbits = self._flat, bucket * self.nbytes, self.nbits
+        p = keyhash & 0xFFFF
+        h2 = (keyhash >> 16) & 0xFFFF | 1
+        for _ in range(self.num_hashes):
+            q = p % nbits
+            if not flat[base + (q >> 3)] & (1 << (q & 7)):
                 return False
+            p += h2
         return True
 
     def rebuild(self, bucket: int, keyhashes) -> None:
@@ -94,13 +95,34 @@ class BloomFilters:
         if not self.nbits:
             return
         self._check(bucket)
-        mask = 0
-        nbits, k = self.nbits, self.num_hashes
-        for kh in keyhashes:
-            for p in _positions(kh, nbits, k):
-                mask |= 1 << p
+        nbits, k, base = self.nbits, self.num_hashes, bucket * self.nbytes
+        if not isinstance(keyhashes, (list, tuple)):
+            keyhashes = list(keyhashes)
+        if len(keyhashes) < _NUMPY_MIN_KEYS:
+            mask = 0
+            for kh in keyhashes:
+                p = kh & 0xFFFF
+                h2 = (kh >> 16) & 0xFFFF | 1
+                for _ in range(k):
+                    mask |= 1 << (p % nbits)
+                    p += h2
+            self._flat[base:base + self.nbytes] = mask.to_bytes(self.nbytes, "little")
+            return
+        h = np.array(keyhashes, dtype=np.uint64)
+        h1 = h & np.uint64(0xFFFF)
+        h2 = ((h >> np.uint64(16)) & np.uint64(0xFFFF)) | np.uint64(1)
+        pos = (h1[:, None] + _I[None, :k] * h2[:, None]) % np.uint64(nbits)
+        bits = np.zeros(nbits, dtype=np.uint8)
+        bits[pos.ravel()] = 1
+        self.bits[bucket] = np.packbits(bits, bitorder="little")
+
+    def is_unknown(self, bucket: int) -> bool:
+        """True if ``bucket``'s filter is all set: never built (a cold engine) or saturated."""
+        if not self.nbits:
+            return True
+        self._check(bucket)
         base = bucket * self.nbytes
-        self._flat[base:base + self.nbytes] = mask.to_bytes(self.nbytes, "little")
+        return self._flat[base:base + self.nbytes] == self._full
 
     def clear(self, bucket: int) -> None:
         """Mark ``bucket`` known empty: every lookup in it is rejected."""

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engines.bloom import BloomFilters
+from engines.bloom import BloomFilters, positions
 
 u64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
 
@@ -55,16 +55,16 @@ def test_rebuild_replaces_the_old_contents_and_touches_one_bucket():
     assert not bf.may_contain(1, 11)
 
 
-@pytest.mark.parametrize("shared_low_bits", [False, True])
-def test_false_positive_rate_is_low(shared_low_bits):
-    # 8 bytes, 4 hashes, 5 keys: theory says ~0.5 %. Keys of one bucket share their low
-    # bits (the bucket is key_hash % nbuckets), so the filter must not rely on them.
+@pytest.mark.parametrize("shared_high_bits", [False, True])
+def test_false_positive_rate_is_low(shared_high_bits):
+    # 8 bytes, 4 hashes, 5 keys: theory says ~0.5 %. The keys of one bucket share their
+    # high 32 bits (the engine picks the bucket from them), so the filter must not use them.
     rng = random.Random(3)
     bf = BloomFilters(1, 8, 4)
-    low = rng.getrandbits(32)
+    high = rng.getrandbits(32)
 
     def h():
-        return (rng.getrandbits(32) << 32 | low) if shared_low_bits else rng.getrandbits(64)
+        return (high << 32 | rng.getrandbits(32)) if shared_high_bits else rng.getrandbits(64)
 
     fp = 0
     trials = 200
@@ -73,6 +73,21 @@ def test_false_positive_rate_is_low(shared_low_bits):
         bf.rebuild(0, [h() for _ in range(5)])
         fp += sum(bf.may_contain(0, h()) for _ in range(probes_per))
     assert fp / (trials * probes_per) < 0.03
+
+
+@settings(max_examples=100, deadline=None)
+@given(nbytes=st.integers(1, 64), k=st.integers(1, 8), keyhashes=st.lists(u64, max_size=40))
+def test_rebuild_sets_exactly_the_documented_positions(nbytes, k, keyhashes):
+    # Short lists take a Python path, long ones numpy: both must match `positions`.
+    bf = BloomFilters(2, nbytes, k)
+    bf.rebuild(1, keyhashes)
+    mask = 0
+    for kh in keyhashes:
+        for p in positions(kh, nbytes * 8, k):
+            mask |= 1 << p
+    assert bf.bits[1].tobytes() == mask.to_bytes(nbytes, "little")
+    assert bf.bits[0].all()  # untouched: still unknown
+    assert bf.is_unknown(0) and (bf.is_unknown(1) == (mask == (1 << nbytes * 8) - 1))
 
 
 def test_disabled_filters_always_say_maybe_and_use_no_dram():
