@@ -102,6 +102,11 @@ class BigHash:
     buckets were written with; pass the value ``persist()`` saved (the default 0 fits an
     engine that was never ``reset()``).
 
+    Bloom filters start *unknown* (all bits set, see ``engines.bloom``): a cold engine
+    reads each bucket once and learns its filter from that read or from its next write.
+    On a freshly formatted extent call ``reset()``: the filters become known empty and a
+    miss costs no I/O.
+
     Operations on one bucket must not interleave with an insert or remove on that bucket
     (the driver serialises them, e.g. a lock per bucket); lookups may interleave freely.
 
