@@ -89,12 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     p_cfg = sub.add_parser("config", help="validate a config file, or list every option")
     p_cfg.add_argument("-c", "--config", help="the file to validate (omit to list all options)")
     p_cfg.add_argument("-o", "--output", choices=("normal", "json"), default="normal")
-    from . import cli_nvme
+    from . import cli_nvme, cli_waf
     cli_nvme.add_parser(sub)
+    cli_waf.add_parser(sub)
     args = ap.parse_args(argv)
     try:
         if args.cmd == "nvme":
             return cli_nvme.run(args)
+        if args.cmd == "waf":
+            return cli_waf.run(args)
         if args.cmd in ("run", "selfcheck"):
             cfg = config_mod.load(args.config)
             _setup_logging(cfg.log.level)

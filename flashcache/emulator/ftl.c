@@ -179,11 +179,11 @@ static int gc_one(fc_ftl *f, uint32_t rg)
     if (victim < 0)
         return victim;
     uint32_t v = (uint32_t)victim;
-    if (f->ru_valid[v] >= f->ru_pages) {
-        /* every page is live: reclaiming it gains nothing, the device has no spare left */
+    if (f->ru_valid[v] >= f->ru_pages && f->policy != POL_FIFO) {
+        /* the emptiest RU is full: every page is live, the device has no spare left */
         close_ru(f, v);
         return -ENOSPC;
-    }
+    }   /* FIFO copies a full RU as it comes (no gain; alloc_host_ru bounds the stalls) */
     uint32_t owner = f->ru_owner[v];
     uint32_t slot = (owner != SHARED && f->ruh_pi[owner]) ? owner : f->nruh;
     int32_t *dst = &f->gc_open[(size_t)rg * (f->nruh + 1) + slot];
@@ -228,10 +228,16 @@ static int gc_one(fc_ftl *f, uint32_t rg)
 
 static int32_t alloc_host_ru(fc_ftl *f, uint32_t rg)
 {
+    uint32_t stalls = 0;
     while (f->free_count[rg] <= f->gc_low) {
+        uint32_t before = f->free_count[rg];
         int r = gc_one(f, rg);
         if (r < 0)
             return r;
+        if (f->free_count[rg] > before)
+            stalls = 0;
+        else if (++stalls > f->ru_per_rg)
+            return -ENOSPC;     /* a whole lap of victims and not one RU gained */
     }
     return pop_free(f, rg);
 }

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from flashcache.emulator import Ftl, FtlError, Geometry, model, preset
+from flashcache.emulator.validate import grid, idle_rus, uniform_random_waf
 from flashcache.errors import FormatError
 
 PAGE = 4096
@@ -17,24 +18,12 @@ def conventional(pages: int, op: float, ru_pages: int, policy: str = "greedy") -
 
 
 def random_window_waf(ftl: Ftl, span: int, warm: int, window: int, seed: int) -> float:
-    """Fill ``span`` pages, warm up with ``warm`` device writes of uniform random single-page
-    overwrites, then measure WAF over ``window`` more, as the FDP Statistics log would."""
-    rng = np.random.default_rng(seed)
-    ftl.write(0, span)
-    for _ in range(warm):
-        ftl.write_pages(rng.integers(0, span, span, dtype=np.uint32))
-    h0, m0, _ = ftl.counters()
-    for _ in range(window):
-        ftl.write_pages(rng.integers(0, span, span, dtype=np.uint32))
-    h1, m1, _ = ftl.counters()
-    return (m1 - m0) / (h1 - h0)
+    return uniform_random_waf(ftl, span, warm=warm, window=window, seed=seed)
 
 
 def expected(g: Geometry, span: int, formula) -> float:
-    # Idle spare: the free-RU reserve GC keeps, and on average half of each of the two
-    # open frontiers (host and GC) is still unwritten: gc_reserve_rus + 1 RUs hold no data.
-    a = model.effective_alpha(g.physical_pages, span, g.ru_pages, g.gc_reserve_rus + 1)
-    return formula(a)
+    # the formula under test, at alpha corrected for the spare that holds no data
+    return formula(model.effective_alpha(g.physical_pages, span, g.ru_pages, idle_rus(g)))
 
 
 def test_sequential_overwrite_gives_waf_exactly_one():
@@ -282,3 +271,33 @@ def test_invariants_hold_after_every_gc(seq, policy):
     ftl.check()
     h_, m_, _ = ftl.counters()
     assert m_ >= h_
+
+
+def test_validation_grid_reports_each_point_within_two_percent():
+    rows = list(grid(pages=1 << 16, ops=(0.12,), ru_pages=(64,), policies=("greedy", "fifo"), warm=6, window=3))
+    assert [(r.policy, r.ru_pages) for r in rows] == [("greedy", 64), ("fifo", 64)]
+    for r in rows:
+        assert abs(r.error) < 0.02, r
+        assert r.textbook < r.measured        # the uncorrected formula undershoots
+
+
+def test_fifo_copies_a_full_victim_instead_of_giving_up():
+    # at 7 % OP with small RUs, FIFO's oldest RU is sometimes still fully valid
+    g = conventional(1 << 14, 0.07, 16, policy="fifo")
+    ftl = Ftl(g, debug=True)
+    random_window_waf(ftl, 1 << 14, warm=3, window=1, seed=1)
+    ftl.check()
+
+
+def test_waf_validate_cli(capsys):
+    from flashcache.cli import main
+    rc = main(["waf", "validate", "--pages", "16384", "--op", "0.28", "--ru-pages", "32", "--warm", "4",
+               "--window", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "greedy" in out and "fifo" in out and "2/2 points within 2 %" in out
+    rc = main(["waf", "validate", "--pages", "16384", "--op", "0.28", "--ru-pages", "32", "--warm", "0",
+               "--window", "1", "--tolerance", "0.0001", "-o", "json"])
+    import json
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 1 and not all(r["ok"] for r in doc["rows"])      # no warm-up: far from steady state
