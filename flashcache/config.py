@@ -178,6 +178,8 @@ class EmulatorConfig:
         choices=("", "greedy", "fifo", "cost-benefit")))
     gc_reserve: int = field(default=0, metadata=opt(
         "free reclaim units GC keeps in reserve per group; 0 = the preset's", min=0, max=1024))
+    check_invariants: bool = field(default=False, metadata=opt(
+        "debug: check every FTL invariant after each GC (slow: a full scan per GC)"))
 
     def geometry(self, capacity_bytes: int, key: str = "device.emulator"):
         """The Geometry this table describes, for an exported capacity (0 = the preset's)."""

@@ -33,7 +33,7 @@ def open_device(cfg: "DeviceConfig") -> BaseDevice:
         if d:
             os.makedirs(d, exist_ok=True)
         return open_emulated(cfg.path, cfg.emulator.geometry(cfg.size), format=cfg.format,
-                             placement=cfg.placement)
+                             placement=cfg.placement, debug=cfg.emulator.check_invariants)
     if cfg.kind == "nvme":
         from .nvme_passthru import open_nvme_device
         return open_nvme_device(cfg.path, size=cfg.size or None, queue_depth=cfg.queue_depth,
