@@ -187,3 +187,22 @@ def test_512_byte_lbas(tmp_path):
         assert d.ftl.handle_counters()[1]["hbmw"] == 4096       # one 4 KiB mapping unit programmed
     finally:
         d.close()
+
+
+def test_two_reclaim_groups_encode_the_group_in_the_pid(tmp_path):
+    g = Geometry(capacity_bytes=32 << 20, op=0.25, ru_bytes=256 << 10, nrg=2, handles=("II",) * 2)
+    d = open_emulated(str(tmp_path / "rg.img"), g)
+    try:
+        info = d.info()
+        assert info["reclaim_groups"] == 2
+        # RGIF = 1: the group is the PID's top bit; PH-major order as QEMU lists them
+        assert info["placement_identifiers"] == [0, 0x8000, 1, 0x8001]
+        t = d.transport
+        t.io(nvme.write_cmd(1, 0, 2, dtype=nvme.DTYPE_DATA_PLACEMENT, dspec=0x8001), bytearray(8192))
+        free = [d.ftl.free_rus(0), d.ftl.free_rus(1)]
+        assert free[1] == free[0] - 1                 # group 1 opened a reclaim unit, group 0 did not
+        assert d.ftl.handle_counters()[1]["hbmw"] == 8192
+        st = {x.pid: x for x in d.ruh_status().descriptors}
+        assert st[0x8001].ruamw == g.ru_pages - 2 and st[1].ruamw == g.ru_pages
+    finally:
+        d.close()
