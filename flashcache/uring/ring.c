@@ -344,26 +344,92 @@ static int prep_one(struct fc_ring *r, const struct batch *b, unsigned i)
     return fc_prep_rw(r, b->opcode, b->fd, addr, b->lens[i], b->offs[i], ud, bi);
 }
 
-/* Keep the ring as full as it allows until all n requests completed. */
+/* Store the completions ready now by user_data (see drain); returns how many. */
+static unsigned reap_into(struct fc_ring *r, unsigned base, unsigned n, int *res, unsigned long long *dw0)
+{
+    struct fc_cqe cqes[64];
+    unsigned got = 0;
+    int k;
+    while ((k = fc_reap(r, cqes, 64)) > 0) {
+        for (int i = 0; i < k; i++) {
+            unsigned long long ud = cqes[i].user_data - base;
+            if (ud < n) {
+                res[ud] = cqes[i].res;
+                if (dw0)
+                    dw0[ud] = cqes[i].big0;
+            }
+        }
+        got += (unsigned)k;
+    }
+    return got;
+}
+
+/* Hand the prepared SQEs to the kernel (waiting for one completion if wait). Returns 1 if
+ * all of them completed inside the call (page-cache hits), 0 if not, or -errno. Busy
+ * (-EBUSY/-EAGAIN: the kernel is short of room) counts as "not yet": the SQEs stay
+ * prepared and the caller reaps before trying again. */
+static int submit_some(struct fc_ring *r, int wait)
+{
+    unsigned before = fc_cq_ready(r);
+    int ret = fc_submit(r, wait ? 1 : 0);
+    if (ret == -EBUSY || ret == -EAGAIN)
+        return 0;
+    if (ret < 0)
+        return ret;
+    return !wait && ret > 0 && fc_cq_ready(r) - before >= (unsigned)ret;
+}
+
+/* Keep the ring as full as it allows until all n requests completed: reap whatever is
+ * ready, refill at once, sleep (min_complete 1) only when nothing is ready.
+ *
+ * How many SQEs go into one io_uring_enter adapts. I/O that completes asynchronously
+ * (O_DIRECT, page-cache misses) is submitted one SQE per enter, as fio does with its
+ * default iodepth_batch_submit=1: each request reaches the device as soon as it is
+ * prepared. Handing it 32 at a time (one plug, one doorbell) turns the queue into waves
+ * that start and finish together, ~10-20% fewer IOPS on a virtio disk at QD32. I/O that
+ * completes inside the enter (page-cache hits) is submitted a ring at a time, where the
+ * syscall itself is the cost. */
 static int run_batch(struct fc_ring *r, const struct batch *b, unsigned n, int *res, unsigned long long *dw0)
 {
-    unsigned i = 0, inflight = 0;
-    while (i < n || inflight) {
-        while (i < n && fc_sq_space(r) > 0 && inflight < r->sq_entries) {
-            int ret = prep_one(r, b, i);
+    const unsigned base = (unsigned)FC_BATCH_BASE;
+    unsigned i = 0, inflight = 0, done = 0;
+    unsigned chunk = 1;    /* SQEs per enter: 1 while I/O completes asynchronously, else the ring */
+    while (done < n) {
+        int ret;
+        while (i < n && inflight < r->sq_entries) {
+            ret = prep_one(r, b, i);
             if (ret == -EBUSY)
                 break;
             if (ret < 0)
                 return ret;
             i++;
             inflight++;
+            if (fc_sq_pending(r) >= chunk) {
+                ret = submit_some(r, 0);
+                if (ret < 0)
+                    return ret;
+                chunk = ret ? r->sq_entries : 1;
+            }
         }
-        /* queue depth reached (at most sq_entries in flight): complete some before adding more */
-        unsigned want = (i < n) ? 1 : inflight;
-        int ret = drain(r, want, (unsigned)FC_BATCH_BASE, n, res, dw0);
-        if (ret < 0)
-            return ret;
-        inflight -= (unsigned)ret;
+        unsigned got = reap_into(r, base, n, res, dw0);
+        if (!got) {
+            if (fc_sq_pending(r)) {          /* hand over the rest and wait in the same enter */
+                ret = submit_some(r, 1);
+                if (ret < 0)
+                    return ret;
+            } else {
+                ret = fc_wait(r, 1);
+                if (ret < 0)
+                    return ret;
+            }
+            got = reap_into(r, base, n, res, dw0);
+        } else if (fc_sq_pending(r)) {
+            ret = submit_some(r, 0);
+            if (ret < 0)
+                return ret;
+        }
+        inflight -= got;
+        done += got;
     }
     return 0;
 }
