@@ -57,6 +57,7 @@ class UringDevice(FileDevice):
             self._bufs = [memoryview(self._plain)]
             self._base = address_of(self._plain)
         self._stage = self._bufs[0]
+        self._stage_bytes = self.slots * self.slot_bytes
         self._fixed_index = 0 if self.fixed == "on" else -1
         self._mm = self.ring.buffer_mmap(0) if self.fixed == "on" else self._plain
         self._count_lock = self._ring_lock   # one lock per I/O: the ring's also guards counters
@@ -162,36 +163,36 @@ class UringDevice(FileDevice):
             return
         self._run(True, self._pieces([(offset, n)]), datas=[v])
 
-    def _packed(self, lens) -> list[int] | None:
-        """Staging addresses for requests packed back to back in the registered buffer, or
-        None when they do not all fit. Many small requests then run as one C batch that
-        keeps the ring full, refilling it as each completes (a true queue depth, not
-        submit-all-then-wait-all)."""
-        if sum(lens) > self.slots * self.slot_bytes:
-            return None
-        addrs, a = [], self._base
-        for n in lens:
-            addrs.append(a)
-            a += n
-        return addrs
+    def _fits_packed(self, lens) -> bool:
+        """Whether requests packed back to back fit the registered staging buffer. Many
+        small requests then run as one C batch that keeps the ring full, refilling it as
+        each completes (a true queue depth, not submit-all-then-wait-all); C computes each
+        request's staging address (base + the lengths before it)."""
+        return sum(lens) <= self._stage_bytes
 
-    def _batch(self, write: bool, addrs, lens, offs) -> None:
-        fixed = self._fixed_index
-        res = self.ring.rw_batch(write, self.fd, addrs, lens, offs, [fixed] * len(lens) if fixed >= 0 else None)
-        for r, a, off, ln in zip(res, addrs, offs, lens):
-            if r != ln:
-                self._finish_short(write, a, r, off, ln)
+    def _batch(self, write: bool, lens, offs) -> None:
+        res = self.ring.rw_packed(write, self.fd, self._base, lens, offs, self._fixed_index)
+        if res != lens:                              # a short or failed request: in order, as before
+            a = self._base
+            for r, off, ln in zip(res, offs, lens):
+                if r != ln:
+                    self._finish_short(write, a, r, off, ln)
+                a += ln
 
     def read_many(self, reqs: Sequence[tuple[int, int]]) -> list[bytes]:
         offs = [o for o, _ in reqs]
         lens = [n for _, n in reqs]
         self._check_many("read", offs, lens)
-        addrs = self._packed(lens)
-        if addrs is not None:
-            mm, base = self._mm, self._base
+        if self._fits_packed(lens):
+            mm = self._mm
+            out = []
+            append = out.append
+            a = 0
             with self._ring_lock:
-                self._batch(False, addrs, lens, offs)
-                out = [mm[a - base:a - base + ln] for a, ln in zip(addrs, lens)]
+                self._batch(False, lens, offs)
+                for ln in lens:
+                    append(mm[a:a + ln])
+                    a += ln
         else:
             bufs = [bytearray(ln) for ln in lens]
             self._run(False, self._pieces(reqs), outs=[memoryview(b) for b in bufs])
@@ -200,19 +201,22 @@ class UringDevice(FileDevice):
         return out
 
     def write_many(self, reqs: Sequence[tuple[int, Any, PlacementStream | None]]) -> None:
-        views = [memoryview(d).cast("B") for _, d, _ in reqs]
+        # bytes and bytearray are flat bytes already (len is nbytes); anything else is cast
+        views = [d if type(d) is bytes or type(d) is bytearray else memoryview(d).cast("B")
+                 for _, d, _ in reqs]
         offs = [o for o, _, _ in reqs]
-        lens = [v.nbytes for v in views]
+        lens = [len(v) for v in views]
         self._check_many("write", offs, lens)
-        addrs = self._packed(lens)
-        if addrs is not None:
-            stage, base = self._stage, self._base
+        if self._fits_packed(lens):
+            stage = self._stage
+            a = 0
             with self._ring_lock:
-                for a, v, ln in zip(addrs, views, lens):
-                    stage[a - base:a - base + ln] = v
-                self._batch(True, addrs, lens, offs)
+                for v, ln in zip(views, lens):
+                    stage[a:a + ln] = v
+                    a += ln
+                self._batch(True, lens, offs)
         else:
-            self._run(True, self._pieces(list(zip(offs, lens))), datas=views)
+            self._run(True, self._pieces(list(zip(offs, lens))), datas=[memoryview(v) for v in views])
         self._count_writes(lens, [s for _, _, s in reqs])
 
     def close(self) -> None:

@@ -73,6 +73,13 @@ int fc_rw_batch_strided(struct fc_ring *r, int opcode, int fd, unsigned n, char 
                         unsigned stride, const unsigned *lens, const unsigned long long *offs,
                         int buf_index, int *res_out);
 
+/* fc_rw_batch where the n buffers lie back to back from base (request i at base plus
+ * the lengths of requests 0..i-1), all in registered buffer buf_index or none if -1: the
+ * uring device's packed small requests. n is not bounded by the ring's size. */
+int fc_rw_batch_packed(struct fc_ring *r, int opcode, int fd, unsigned n, char *base,
+                       const unsigned *lens, const unsigned long long *offs, int buf_index,
+                       int *res_out);
+
 /* One read or write, submitted and waited for: returns bytes done or -errno (the result
  * of the I/O; a failure to submit is also a -errno). */
 int fc_rw_one(struct fc_ring *r, int opcode, int fd, void *addr, unsigned len,

@@ -110,6 +110,7 @@ class Ring:
         self._b_bi = ffi.new("int[]", n)
         self._b_res = ffi.new("int[]", n)
         self._nv_cap = 0
+        self._pk_cap = 0
         self._buffers: list[mmap.mmap] = []
         self._buffer_addrs: list[int] = []
         self._views: list[memoryview] = []
@@ -241,6 +242,35 @@ class Ring:
         if ret < 0:
             raise DeviceError(None, "io_uring batch submission failed", -ret)
         return list(res[0:n])
+
+    def rw_packed(self, write: bool, fd: int, base: int, lens: Sequence[int], offsets: Sequence[int],
+                  buf_index: int = -1) -> list[int]:
+        """n reads or writes whose buffers lie back to back from ``base`` (request i at
+        base + sum(lens[:i]), all inside registered buffer ``buf_index`` unless it is -1),
+        with at most ``entries`` in flight and the ring refilled as each completes; results
+        in request order, bytes done or -errno. Python passes only the two int lists: no
+        address list, no per-call C arrays."""
+        self._check()
+        n = len(lens)
+        if not n:
+            return []
+        if self.pending:
+            raise DeviceError(None, "rw_packed with SQEs prepared and not submitted", errno.EBUSY,
+                              "submit() them first: a batch owns the ring while it runs")
+        if self._pk_cap < n:                     # grown once, reused by later batches
+            self._pk_cap = max(n, self.entries)
+            self._pk_lens = ffi.new("unsigned[]", self._pk_cap)
+            self._pk_offs = ffi.new("unsigned long long[]", self._pk_cap)
+            self._pk_res = ffi.new("int[]", self._pk_cap)
+        self._pk_lens[0:n] = lens
+        self._pk_offs[0:n] = offsets
+        op = (OP_WRITE_FIXED if buf_index >= 0 else OP_WRITE) if write else \
+            (OP_READ_FIXED if buf_index >= 0 else OP_READ)
+        ret = lib.fc_rw_batch_packed(self._r, op, fd, n, ffi.cast("char *", base), self._pk_lens,
+                                     self._pk_offs, buf_index, self._pk_res)
+        if ret < 0:
+            raise DeviceError(None, "io_uring batch submission failed", -ret)
+        return ffi.unpack(self._pk_res, n)
 
     def rw_one(self, write: bool, fd: int, addr: int, length: int, offset: int, buf_index: int = -1) -> int:
         """One read or write, submitted and waited for: bytes done or -errno."""

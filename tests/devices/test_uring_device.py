@@ -99,3 +99,19 @@ def test_threads_share_one_device(img):
         [t.start() for t in ts]
         [t.join() for t in ts]
         assert not errors
+
+
+def test_packed_batch_reports_the_short_request_and_accepts_any_buffer(img):
+    """A packed batch (many small requests, one C call) checks each result: the request
+    past a truncated end is named; bytes, bytearray and memoryview data all write."""
+    with UringDevice(img, 4 << 20, queue_depth=4) as d:
+        d.write_many([(0, bytes([1]) * 4096, None), (4096, bytearray([2]) * 8192, None),
+                      (16384, memoryview(bytes([3]) * 4096), None),
+                      (20480, memoryview(bytearray(4096 * 2)).cast("B", (2, 4096)), None)])
+        assert d.read_many([(16384, 4096), (0, 4096), (4096, 8192), (20480, 8192)]) == \
+            [bytes([3]) * 4096, bytes([1]) * 4096, bytes([2]) * 8192, bytes(8192)]
+        st = d.stats()
+        assert (st["writes"], st["bytes_written"], st["reads"], st["bytes_read"]) == (4, 24576, 4, 24576)
+        os.truncate(img, 1 << 20)
+        with pytest.raises(DeviceError, match=r"read at offset 2097152 made no progress"):
+            d.read_many([(0, 4096)] * 9 + [(2 << 20, 4096)] + [(4096, 4096)] * 9)

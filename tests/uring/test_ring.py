@@ -243,3 +243,28 @@ def test_unavailable_names_the_cause_and_points_to_psync(monkeypatch, err, sysct
     assert message in str(ei.value)
     assert 'engine = "psync"' in str(ei.value)
     assert ei.value.errno == err
+
+
+def test_rw_packed_places_requests_back_to_back_beyond_ring_depth(datafile):
+    """Request i lands at base + the lengths before it; more requests than the ring holds;
+    a read past the end completes short in its own slot, the others are untouched."""
+    fd, blob = datafile
+    with Ring(4) as r:
+        (buf,) = r.register_buffers(1, 1 << 20)
+        lens = [512 * (1 + i % 3) for i in range(40)]
+        offs = [(i * 7919 % 1500) * 512 for i in range(40)]
+        offs[7] = len(blob) - 256                   # 256 bytes left in the file
+        res = r.rw_packed(False, fd, r.buffer_addr(0), lens, offs, 0)
+        assert res == [256 if i == 7 else ln for i, ln in enumerate(lens)]
+        a = 0
+        for i, (off, ln) in enumerate(zip(offs, lens)):
+            got = bytes(buf[a:a + res[i]])
+            assert got == blob[off:off + res[i]], i
+            a += ln
+        # writes, non-fixed buffer: back to back from a plain address
+        src = bytearray(b"".join(bytes([i]) * 512 for i in range(6)))
+        assert r.rw_packed(True, fd, address_of(src), [1024, 512, 1536], [0, 8192, 65536]) == [1024, 512, 1536]
+        assert os.pread(fd, 1024, 0) == bytes(src[:1024])
+        assert os.pread(fd, 512, 8192) == bytes(src[1024:1536])
+        assert os.pread(fd, 1536, 65536) == bytes(src[1536:3072])
+        assert r.rw_packed(False, fd, address_of(src), [], []) == []
