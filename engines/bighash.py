@@ -251,6 +251,12 @@ class BigHash:
 
         A negative bloom answer returns at once, yielding no I/O at all.
         """
+        item = yield from self.lookup_item(key)
+        return None if item is None else item[0]
+
+    def lookup_item(self, key: bytes | bytearray | memoryview) -> Op[tuple[bytes, float] | None]:
+        """Like ``lookup``, but returns ``(value, expiry)`` (expiry 0 = never), so a cache
+        that promotes the item to DRAM keeps its time to live."""
         key = _check_bytes("key", key)
         c = self._counters
         c["lookups"] += 1
@@ -291,7 +297,7 @@ class BigHash:
             c["misses"] += 1
             return None
         c["hits"] += 1
-        return value
+        return value, float(expiry)
 
     def insert(self, key: bytes | bytearray | memoryview, value: bytes | bytearray | memoryview,
                expiry: float = 0) -> Op[InsertResult]:

@@ -242,6 +242,73 @@ class DeviceConfig:
 
 
 @dataclass(frozen=True)
+class AdmissionConfig:
+    """[cache.admission]: which items evicted from DRAM are written to flash."""
+
+    policy: str = field(default="accept-all", metadata=opt(
+        "accept-all; random (with probability); dynamic-random (holds target_write_rate); "
+        "reject-first (admit a key on its second eviction within a window)",
+        choices=("accept-all", "random", "dynamic-random", "reject-first")))
+    probability: float = field(default=1.0, metadata=opt("policy = random: admission probability", min=0.0, max=1.0))
+    target_write_rate: int = field(default=0, metadata=opt(
+        'policy = dynamic-random: device bytes per second to hold ("50MiB")', kind="size"))
+    window_keys: int = field(default=1 << 20, metadata=opt(
+        "policy = reject-first: keys remembered per window", min=1, max=1 << 30))
+
+    def validate(self, prefix: str) -> None:
+        if self.policy == "dynamic-random" and not self.target_write_rate:
+            raise ConfigError(f'{prefix}.target_write_rate = 0: policy "dynamic-random" needs a rate, '
+                              'e.g. target_write_rate = "50MiB" (bytes per second)')
+
+
+@dataclass(frozen=True)
+class FlashConfig:
+    """[cache.flash]: the flash engines and their layout on the device."""
+
+    small_item_max: int = field(default=2048, metadata=opt(
+        'key + value bytes up to which an item goes to BigHash ("2KiB"); larger ones to BlockCache',
+        kind="size"))
+    bighash_fraction: float = field(default=0.1, metadata=opt(
+        "share of the flash space for BigHash (0: none, 1: no BlockCache)", min=0.0, max=1.0))
+    bucket_size: int = field(default=4096, metadata=opt(
+        "BigHash bucket size in bytes", min=512, max=1 << 20, power_of_two=True))
+    bloom_bytes_per_bucket: int = field(default=8, metadata=opt(
+        "BigHash bloom filter bytes per bucket (0: no filters)", min=0, max=4096))
+    region_size: int = field(default=16 << 20, metadata=opt(
+        'BlockCache region size ("16MiB"): the unit of its writes and evictions', kind="size"))
+    alignment: int = field(default=512, metadata=opt(
+        "BlockCache entry alignment in bytes", min=512, max=4096, power_of_two=True))
+    clean_regions: int = field(default=1, metadata=opt("BlockCache regions kept clean and ready", min=1, max=1024))
+    eviction: str = field(default="fifo", metadata=opt(
+        "BlockCache region eviction: fifo, lru or sfifo (segmented FIFO)", choices=("fifo", "lru", "sfifo")))
+    reinsertion_hits: int = field(default=0, metadata=opt(
+        "re-append items read at least this often when their region is evicted (0: off)", min=0, max=1 << 16))
+    reinsertion_percent: int = field(default=0, metadata=opt(
+        "re-append this percentage of an evicted region's items (0: off)", min=0, max=100))
+    trim_on_reclaim: bool = field(default=False, metadata=opt("deallocate (TRIM) each BlockCache region before reuse"))
+    metadata_fraction: float = field(default=0.01, metadata=opt(
+        "share of the device kept for warm-restart metadata (at least 1 MiB)", min=0.001, max=0.4))
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """[cache]: the DRAM tier and what goes to flash."""
+
+    dram_size: int = field(default=64 << 20, metadata=opt(
+        'DRAM item tier budget ("64MiB"); every item is charged key + value + ~200 B of overhead',
+        kind="size"))
+    write_through: bool = field(default=False, metadata=opt(
+        "write every set to flash at once (default: on DRAM eviction, as CacheLib's hybrid cache does)"))
+    default_ttl: float = field(default=0.0, metadata=opt(
+        'time to live when set() gives none ("1h"); 0 = items never expire', kind="duration"))
+    max_key_size: int = field(default=4096, metadata=opt("largest key in bytes", min=1, max=65535))
+    waf_window: float = field(default=60.0, metadata=opt(
+        'device WAF is reported over this sliding window ("60s") and since open', kind="duration"))
+    flash: FlashConfig = section(FlashConfig, "the flash engines")
+    admission: AdmissionConfig = section(AdmissionConfig, "flash admission")
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = field(default="info", metadata=opt(
         "log level", choices=("debug", "info", "warning", "error")))
@@ -250,6 +317,7 @@ class LogConfig:
 @dataclass(frozen=True)
 class Config:
     device: DeviceConfig = section(DeviceConfig, "the storage device")
+    cache: CacheConfig = section(CacheConfig, "the cache: DRAM tier, flash engines, admission")
     log: LogConfig = section(LogConfig, "logging")
     source: str = field(default="<defaults>", compare=False, metadata=opt("where this config came from"))
 

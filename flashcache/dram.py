@@ -24,6 +24,7 @@ class Evicted:
     key: bytes
     value: bytes
     expiry: float  # absolute, seconds since the epoch; 0 = never
+    clean: bool = False  # flash already holds this very item (it was promoted from there)
 
 
 def item_charge(key: bytes, value: bytes) -> int:
@@ -43,7 +44,7 @@ class DramTier:
             raise ValueError(f"DRAM tier capacity {capacity_bytes} must be >= 0")
         self.capacity = capacity_bytes
         self._clock = clock
-        self._items: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
+        self._items: OrderedDict[bytes, tuple[bytes, float, bool]] = OrderedDict()  # value, expiry, clean
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
@@ -64,7 +65,7 @@ class DramTier:
             if ent is None:
                 self.misses += 1
                 return None
-            value, expiry = ent
+            value, expiry, _ = ent
             if expiry and expiry <= self._clock():
                 self._drop(key, value)
                 self.expired += 1
@@ -79,30 +80,45 @@ class DramTier:
             ent = self._items.get(key)
             return None if ent is None else ent[1]
 
-    def set(self, key: bytes, value: bytes, expiry: float) -> list[Evicted]:
+    def set(self, key: bytes, value: bytes, expiry: float, clean: bool = False) -> list[Evicted]:
+        """Store an item (replacing any), most recent. ``clean``: flash holds this very
+        item already, so evicting it needs no flash write. Returns what the budget pushed
+        out, oldest first (an item too big for the whole budget comes straight back)."""
         charge = item_charge(key, value)
-        out: list[Evicted] = []
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
                 self._bytes -= item_charge(key, old[0])
-            if charge > self.capacity:
-                # Too big for DRAM at all: hand it straight to flash.
-                out.append(Evicted(key, value, expiry))
-                return out
-            self._items[key] = (value, expiry)
-            self._bytes += charge
-            now = None
-            while self._bytes > self.capacity:
-                k, (v, e) = self._items.popitem(last=False)
-                self._bytes -= item_charge(k, v)
-                if e:
-                    now = self._clock() if now is None else now
-                    if e <= now:
-                        self.expired += 1
-                        continue
-                self.evictions += 1
-                out.append(Evicted(k, v, e))
+            return self._put(key, value, expiry, clean, charge)
+
+    def add(self, key: bytes, value: bytes, expiry: float, clean: bool = True) -> tuple[bool, list[Evicted]]:
+        """Store an item only if the key is absent (a promotion from flash must not
+        overwrite a newer set that raced it). Returns (added, evicted)."""
+        charge = item_charge(key, value)
+        with self._lock:
+            if key in self._items:
+                return False, []
+            return True, self._put(key, value, expiry, clean, charge)
+
+    def _put(self, key: bytes, value: bytes, expiry: float, clean: bool, charge: int) -> list[Evicted]:
+        out: list[Evicted] = []
+        if charge > self.capacity:
+            # Too big for DRAM at all: hand it straight to flash.
+            out.append(Evicted(key, value, expiry, clean))
+            return out
+        self._items[key] = (value, expiry, clean)
+        self._bytes += charge
+        now = None
+        while self._bytes > self.capacity:
+            k, (v, e, cl) = self._items.popitem(last=False)
+            self._bytes -= item_charge(k, v)
+            if e:
+                now = self._clock() if now is None else now
+                if e <= now:
+                    self.expired += 1
+                    continue
+            self.evictions += 1
+            out.append(Evicted(k, v, e, cl))
         return out
 
     def delete(self, key: bytes) -> bool:
@@ -118,7 +134,7 @@ class DramTier:
             ent = self._items.get(key)
             if ent is None or (ent[1] and ent[1] <= self._clock()):
                 return False
-            self._items[key] = (ent[0], expiry)
+            self._items[key] = (ent[0], expiry, False)   # flash's copy has the old expiry
             self._items.move_to_end(key)
             return True
 
@@ -127,9 +143,9 @@ class DramTier:
         with self._lock:
             items, self._items, self._bytes = self._items, OrderedDict(), 0
         now = self._clock()
-        for k, (v, e) in items.items():
+        for k, (v, e, cl) in items.items():
             if not e or e > now:
-                yield Evicted(k, v, e)
+                yield Evicted(k, v, e, cl)
 
     def _drop(self, key: bytes, value: bytes) -> None:
         del self._items[key]

@@ -90,4 +90,20 @@ def test_threads_keep_budget():
     [t.start() for t in ts]
     [t.join() for t in ts]
     assert d.used_bytes <= d.capacity
-    assert d.used_bytes == sum(item_charge(k, v) for k, (v, _) in d._items.items())
+    assert d.used_bytes == sum(item_charge(k, v) for k, (v, _, _) in d._items.items())
+
+
+def test_add_never_overwrites_and_clean_travels_with_eviction():
+    c = Clock()
+    per = item_charge(b"k0", b"x" * 100)
+    d = DramTier(per * 2, c)
+    d.set(b"k0", b"x" * 100, 0)
+    added, out = d.add(b"k0", b"y" * 100, 0)          # a racing promotion of an older value
+    assert not added and out == [] and d.get(b"k0") == b"x" * 100
+    assert d.add(b"k1", b"z" * 100, 0, clean=True) == (True, [])
+    out = d.set(b"k2", b"w" * 100, 0)
+    assert [(e.key, e.clean) for e in out] == [(b"k0", False)]
+    out = d.set(b"k3", b"w" * 100, 0)
+    assert [(e.key, e.clean) for e in out] == [(b"k1", True)]
+    d.touch(b"k2", c.t + 100)                           # new expiry: flash's copy is stale now
+    assert [(e.key, e.clean) for e in d.drain()] == [(b"k3", False), (b"k2", False)]
