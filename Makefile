@@ -16,7 +16,9 @@ $(STAMP): $(SRC) tools/bootstrap.sh
 run: $(STAMP)
 	$(VENV)/bin/flashcache run --config $(CONFIG)
 
+# nvme-cli: the nvme-cli JSON/text golden tests re-run Debian's nvme-cli against captures
 test: $(STAMP)
+	@tools/bootstrap.sh nvme-cli
 	$(PY) -m pytest -q
 
 # Experiments and long property runs (marked slow).
