@@ -102,6 +102,49 @@ class EmulatedController:
     def io_many(self, items: Sequence[tuple["nvme.NvmeCommand", Any]]) -> list[int]:
         return [self.io(c, b) for c, b in items]
 
+    # -- the fast path (NvmeDevice uses it for plain reads and writes) -----------------------
+    def fits(self, nbytes: Sequence[int]) -> bool:
+        return self.fd is not None and bool(nbytes)
+
+    def rw(self, write: bool, slbas: Sequence[int], nbytes: Sequence[int], pids: Sequence[int],
+           lba_shift: int, datas=None) -> list[bytes] | None:
+        """Reads or writes as numbers instead of command objects: the same checks, FTL
+        accounting, statuses and events as Read/Write commands (DTYPE 2 with DSPEC = pid
+        when pid >= 0), without building an NvmeCommand per I/O."""
+        out: list[bytes] | None = None if write else []
+        with self._lock:
+            if self.fd is None:
+                raise DeviceError(self.path, "emulated SSD used after close()")
+            for k, (slba, n) in enumerate(zip(slbas, nbytes)):
+                nlb = n >> self.lba_shift
+                what = f"{'Write' if write else 'Read'} of {nlb} blocks at LBA {slba}"
+                if n & (self.lba_size - 1) or not nlb or slba + nlb > self.nsze:
+                    st = _bad(INVALID_FIELD if (n & (self.lba_size - 1) or not nlb) else LBA_OUT_OF_RANGE)
+                    nvme.check_status(st.status, self.path, what)
+                off = slba << self.lba_shift
+                if not write:
+                    data = os.pread(self.fd, n, off)
+                    out.append(data if len(data) == n else data + bytes(n - len(data)))
+                    continue
+                pid = pids[k]
+                rg, ph = (0, 0)
+                if pid >= 0 and self.fdp:
+                    to = self._pid_to.get(pid)
+                    if to is None:
+                        if nvme.FDP_EVENT_INVALID_PID in self._events_enabled.get(0, ()):
+                            self._event(True, nvme.FDP_EVENT_INVALID_PID, pid)
+                    else:
+                        rg, ph = to
+                first = slba // self.lbas_per_page
+                last = (slba + nlb - 1) // self.lbas_per_page
+                try:
+                    self.ftl.write(first, last - first + 1, ph, rg)
+                except FtlError as e:
+                    log.error("%s: %s", self.path, e)
+                    nvme.check_status(_bad(CAPACITY_EXCEEDED).status, self.path, what)
+                os.pwrite(self.fd, datas[k], off)
+        return out
+
     def close(self) -> None:
         if self.fd is not None:
             if self.state_path:

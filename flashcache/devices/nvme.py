@@ -311,13 +311,13 @@ class NvmeDevice(BaseDevice):
             out.append((cmd, view[pos:pos + n]))
         return out
 
-    # The fast path: a transport with ``rw`` takes up to ``slots`` pieces of up to
-    # ``slot_bytes`` as plain numbers (no command objects per I/O); anything larger goes
-    # through the NvmeCommand encoders one command at a time.
+    # The fast path: a transport with ``rw`` takes pieces as plain numbers (no command
+    # objects per I/O) when ``fits`` says so (the passthrough transport: up to ``slots``
+    # pieces of up to ``slot_bytes``); anything else goes through the NvmeCommand encoders
+    # one command at a time.
     def _fast(self, lens) -> bool:
         t = self.transport
-        return (getattr(t, "rw", None) is not None and getattr(t, "ring", None) is not None
-                and max(lens, default=0) <= self.max_io and t.fits(lens))
+        return getattr(t, "rw", None) is not None and max(lens, default=0) <= self.max_io and t.fits(lens)
 
     def _slbas(self, offs):
         start, shift = self.start_bytes, self._lba_shift

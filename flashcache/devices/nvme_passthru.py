@@ -183,8 +183,8 @@ class PassthroughTransport:
     def fits(self, nbytes: Sequence[int]) -> bool:
         """Whether ``rw`` can stage these pieces: each at most ``slot_bytes``, all of them
         at the largest one's stride within the registered buffer."""
-        return bool(nbytes) and max(nbytes) * len(nbytes) <= self.slots * self.slot_bytes \
-            and max(nbytes) <= self.slot_bytes
+        return self.ring is not None and bool(nbytes) \
+            and max(nbytes) * len(nbytes) <= self.slots * self.slot_bytes and max(nbytes) <= self.slot_bytes
 
     def rw(self, write: bool, slbas: Sequence[int], nbytes: Sequence[int], pids: Sequence[int],
            lba_shift: int, datas=None) -> list[bytes] | None:
