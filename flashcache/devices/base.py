@@ -208,6 +208,21 @@ class BaseDevice:
     def waf_snapshot(self) -> WafSnapshot:
         raise WafUnavailableError(self.path, self.waf_unavailable_reason() or "unknown")
 
+    def async_reader(self, depth: int = 128):
+        """A RingReader (flashcache.devices.async_io) for reads an event loop completes, or
+        None when this device has none (``async_unavailable_reason`` says why)."""
+        return None
+
+    def async_unavailable_reason(self) -> str | None:
+        return f"{self.kind} device ({getattr(self, 'engine', 'psync')}) has no io_uring ring for asynchronous reads"
+
+    def _ring_reader(self, fd: int, depth: int, direct: bool = False):
+        from .async_io import RingReader
+        self._check_open("async_reader")
+        return RingReader(fd, path=self.path, depth=depth, direct=direct,
+                          check=lambda offs, lens: self._check_many("read", offs, lens),
+                          count=lambda lens: self._count_many("r", lens))
+
     def flush(self) -> None:
         self._check_open("flush")
 

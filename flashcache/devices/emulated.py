@@ -387,6 +387,14 @@ class EmulatedDevice(NvmeDevice):
         h, m, e = self.ftl.counters()
         return WafSnapshot(hbmw=h, mbmw=m, mbe=e)
 
+    def async_reader(self, depth: int = 128):
+        """Reads need no FTL accounting, so they go straight to the backing file through a
+        ring of their own (the controller's checks: the device's bounds and alignment)."""
+        return self._ring_reader(self.controller.fd, depth)
+
+    def async_unavailable_reason(self) -> str | None:
+        return None
+
     def info(self) -> dict[str, Any]:
         d = super().info()
         d["emulator"] = self.ftl.geometry.describe()

@@ -280,6 +280,10 @@ class NvmeDevice(BaseDevice):
     def waf_unavailable_reason(self) -> str | None:
         return self._waf_reason
 
+    def async_unavailable_reason(self) -> str | None:
+        return ("asynchronous NVMe passthrough reads are not built yet: reads complete synchronously "
+                "(batched) on the caller's thread")
+
     def waf_snapshot(self) -> WafSnapshot:
         if self._waf_reason:
             raise WafUnavailableError(self.path, self._waf_reason)

@@ -68,6 +68,12 @@ class UringDevice(FileDevice):
             lib.fc_rw_one, self.ring._r, OP_READ_FIXED if self._fixed_index >= 0 else OP_READ, self.fd,
             ffi.cast("void *", self._base))
 
+    def async_reader(self, depth: int = 128):
+        return self._ring_reader(self.fd, depth, direct=self.direct)
+
+    def async_unavailable_reason(self) -> str | None:
+        return None
+
     def read(self, offset: int, length: int) -> bytes:
         # The hot path, flattened (see FileDevice.read): one lock, one C call, one copy.
         if (self._closed or offset < 0 or length < 0 or (offset | length) & self._bs_mask
