@@ -1,0 +1,565 @@
+"""BlockCache: the large-item engine, a log of equal regions with a DRAM index.
+
+Owns its extent, the index (``index.py``), the regions and their buffer (``regions.py``),
+the eviction order (``eviction.py``) and reinsertion (``reinsertion.py``); the entry
+format is in ``entry.py``. Operations are sans-I/O generators (see ``engines.device``).
+The surprise: an insert is acknowledged from DRAM. Items are appended to the open
+region's buffer and reach flash only when the buffer fills (one whole-region Write) or on
+``flush()``; until then lookups are served from the buffer with no I/O.
+
+Reclaiming: after each region write the next clean region opens; when fewer than
+``clean_regions`` are left clean, the eviction policy picks a sealed region, its index
+entries are found by one vectorised scan of the index (no per-region key lists, no I/O),
+the items reinsertion keeps are read back (one whole-region Read, only if any qualify)
+and appended to the fresh buffer, the rest are dropped from the index, and the region is
+optionally trimmed and joins the clean pool.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Callable, NamedTuple, Sequence
+
+from . import eviction as eviction_mod
+from .entry import (FORMAT_VERSION, HEADER_SIZE, MAX_EXPIRY, MAX_KEY_LEN, CorruptEntry, decode, encode_into,
+                    key_hash)
+from .index import MAX_ADDR, SLOT_BYTES, Index
+from .regions import OPEN, SEALED, Regions
+from .reinsertion import MAX_HITS_THRESHOLD, Reinsertion
+from ..device import Op, Read, Trim, Write
+
+log = logging.getLogger(__name__)
+
+MIN_ALIGNMENT = 512
+MAX_ALIGNMENT = 4096
+MIN_REGION_UNITS = 8
+MAX_REGION_SIZE = 256 << 20
+MAX_SEGMENTS = 8
+_M64 = (1 << 64) - 1
+
+_COUNTERS = (
+    "lookups", "hits", "misses", "buffer_hits", "collision_misses", "expired_misses", "stale_misses",
+    "checksum_failures", "inserts", "replaced", "inserted_bytes", "removes", "removed",
+    "evicted_regions", "evicted_items", "reinsertions", "reinsertion_reads", "reinsertion_dropped",
+    "region_writes", "flushes", "bytes_written", "entry_reads", "bytes_read", "trims",
+)
+
+
+def _check_bytes(what: str, x: object):
+    """``x`` as a bytes-like object whose len() counts bytes; TypeError for anything else."""
+    if isinstance(x, (bytes, bytearray)):
+        return x
+    if isinstance(x, memoryview):
+        return x if x.format == "B" and x.ndim == 1 else x.cast("B")
+    raise TypeError(f"BlockCache: {what} must be bytes, bytearray or memoryview, got {type(x).__name__}")
+
+
+class InsertResult(NamedTuple):
+    """What an insert did. Always truthy (a non-empty tuple)."""
+
+    replaced: bool  # the key's tag already had an index entry (now garbage on flash)
+    evicted: int  # items dropped from the index by region reclaims this insert caused
+    reinserted: int  # items those reclaims re-appended instead
+
+
+class BlockCache:
+    """The large-item engine over ``[offset, offset + size)`` of a device.
+
+    ``region_size``: bytes per region, the unit of writes and evictions (16 MiB default,
+    up to 256 MiB, a multiple of ``alignment``). ``alignment``: entries start on these
+    boundaries (a power of two from 512 to 4096, and a multiple of the device's block
+    size). ``offset`` and ``size`` are multiples of ``region_size``, with at least
+    ``clean_regions + 2`` regions. ``clean_regions``: regions kept clean and ready.
+    ``eviction``: "fifo", "lru" or "sfifo" (segments sized by ``segment_ratio``, lowest
+    first; see ``engines.blockcache.eviction``). ``reinsertion_hits`` (0 = off) and
+    ``reinsertion_percent`` (0 to 100) choose items of an evicted region to re-append
+    (``reinsertion_seed`` seeds the percentage draw). ``trim_on_reclaim``: TRIM each
+    reclaimed region. ``stream`` is passed back on every Write; ``clock`` gives the time
+    in seconds that ``expiry`` is measured in; ``generation`` is the one the entries were
+    written with (what ``persist()`` saved; 0 for an engine never ``reset()``).
+
+    Inserts (and ``flush``) must not interleave with each other (the driver serialises
+    them); lookups and removes may interleave with anything.
+
+    Example, with any ``engines.device.Device`` as ``dev``::
+
+        bc = BlockCache(offset=0, size=64 << 20, region_size=4 << 20)
+        run(bc.insert(b"k", b"v" * 100_000), dev)
+        run(bc.lookup(b"k"), dev)   # -> the value, from the DRAM buffer
+        run(bc.flush(), dev)        # the buffer's region is on flash
+    """
+
+    def __init__(
+        self,
+        offset: int,
+        size: int,
+        region_size: int = 16 << 20,
+        alignment: int = 512,
+        clean_regions: int = 1,
+        eviction: str = "fifo",
+        reinsertion_hits: int = 0,
+        reinsertion_percent: float = 0,
+        trim_on_reclaim: bool = False,
+        stream: Any = None,
+        clock: Callable[[], float] = time.time,
+        *,
+        generation: int = 0,
+        segment_ratio: Sequence[int] = (1, 1),
+        reinsertion_seed: int = 0,
+    ) -> None:
+        if not isinstance(alignment, int) or not (
+            MIN_ALIGNMENT <= alignment <= MAX_ALIGNMENT and alignment & (alignment - 1) == 0
+        ):
+            raise ValueError(
+                f"BlockCache: alignment = {alignment!r}: use a power of two from {MIN_ALIGNMENT} to "
+                f"{MAX_ALIGNMENT} bytes (512 is the usual; at least the device's block size)"
+            )
+        if not isinstance(region_size, int) or not (
+            MIN_REGION_UNITS * alignment <= region_size <= MAX_REGION_SIZE and region_size % alignment == 0
+        ):
+            raise ValueError(
+                f"BlockCache: region_size = {region_size!r}: use a multiple of alignment ({alignment}) "
+                f"from {MIN_REGION_UNITS * alignment} to {MAX_REGION_SIZE} bytes (16 MiB is the usual)"
+            )
+        if not isinstance(offset, int) or offset < 0 or offset % region_size:
+            raise ValueError(
+                f"BlockCache: offset = {offset!r}: use a non-negative multiple of region_size ({region_size})"
+            )
+        if not isinstance(clean_regions, int) or clean_regions < 1:
+            raise ValueError(f"BlockCache: clean_regions = {clean_regions!r}: use an int of at least 1 (1 is the usual)")
+        if not isinstance(size, int) or size <= 0 or size % region_size:
+            raise ValueError(f"BlockCache: size = {size!r}: use a positive multiple of region_size ({region_size})")
+        nregions = size // region_size
+        if nregions < clean_regions + 2:
+            raise ValueError(
+                f"BlockCache: size = {size} holds {nregions} regions of {region_size} bytes: need at least "
+                f"clean_regions + 2 = {clean_regions + 2} (one open, {clean_regions} clean, one to evict); "
+                "use a larger size, a smaller region_size or fewer clean_regions"
+            )
+        if size // alignment > MAX_ADDR:
+            raise ValueError(
+                f"BlockCache: size = {size} is {size // alignment} alignment units: the index addresses at most "
+                f"{MAX_ADDR}; use a larger alignment or a smaller size"
+            )
+        if eviction not in eviction_mod.POLICIES:
+            raise ValueError(f"BlockCache: eviction = {eviction!r}: use one of {', '.join(map(repr, eviction_mod.POLICIES))}")
+        ratio = tuple(segment_ratio) if isinstance(segment_ratio, (list, tuple)) else None
+        if not ratio or not 1 <= len(ratio) <= MAX_SEGMENTS or not all(
+            isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in ratio
+        ):
+            raise ValueError(
+                f"BlockCache: segment_ratio = {segment_ratio!r}: use 1 to {MAX_SEGMENTS} positive ints, "
+                "lowest segment first, like (1, 1)"
+            )
+        if not isinstance(reinsertion_hits, int) or isinstance(reinsertion_hits, bool) or not (
+            0 <= reinsertion_hits <= MAX_HITS_THRESHOLD
+        ):
+            raise ValueError(
+                f"BlockCache: reinsertion_hits = {reinsertion_hits!r}: use an int from 0 (off) to {MAX_HITS_THRESHOLD}"
+            )
+        if not isinstance(reinsertion_percent, (int, float)) or isinstance(reinsertion_percent, bool) or not (
+            0 <= reinsertion_percent <= 100
+        ):
+            raise ValueError(
+                f"BlockCache: reinsertion_percent = {reinsertion_percent!r}: use a number from 0 (off) to 100"
+            )
+        if not isinstance(reinsertion_seed, int) or reinsertion_seed < 0:
+            raise ValueError(f"BlockCache: reinsertion_seed = {reinsertion_seed!r}: use a non-negative int")
+        if not isinstance(trim_on_reclaim, bool):
+            raise ValueError(f"BlockCache: trim_on_reclaim = {trim_on_reclaim!r}: use True or False")
+        if not isinstance(generation, int) or not 0 <= generation <= _M64:
+            raise ValueError(f"BlockCache: generation = {generation!r}: use an int from 0 to 2**64 - 1")
+        if not callable(clock):
+            raise ValueError(f"BlockCache: clock = {clock!r}: use a callable returning seconds, like time.time")
+        self.offset = offset
+        self.size = size
+        self.region_size = region_size
+        self.alignment = alignment
+        self.nregions = nregions
+        self.clean_regions = clean_regions
+        self.eviction_name = eviction
+        self.segment_ratio = ratio
+        self.trim_on_reclaim = trim_on_reclaim
+        self.stream = stream
+        self.clock = clock
+        self.generation = generation
+        self.max_item_size = region_size - HEADER_SIZE
+        """Largest key + value (bytes) one entry can hold: a region minus the entry header."""
+        self._upr = region_size // alignment  # alignment units per region
+        self.regions = Regions(nregions, region_size, alignment)
+        self.index = Index()
+        self.eviction = eviction_mod.make(eviction, nregions, ratio)
+        self.reinsertion = Reinsertion(reinsertion_hits, reinsertion_percent, reinsertion_seed)
+        self._counters = dict.fromkeys(_COUNTERS, 0)
+
+    # ------------------------------------------------------------------ geometry
+
+    def region_offset(self, region: int) -> int:
+        """Device offset of ``region``."""
+        return self.offset + region * self.region_size
+
+    def region_of(self, key: bytes) -> int | None:
+        """The region the index places ``key``'s entry in, or None (for tests and tools)."""
+        slot = self.index.find(key_hash(key) >> 32)
+        return None if slot < 0 else self.index.addr_of(slot) // self._upr
+
+    # ------------------------------------------------------------------ operations
+
+    def lookup(self, key: bytes | bytearray | memoryview) -> Op[bytes | None]:
+        """The value stored for ``key``, or None (missing, evicted, expired, another key with
+        the same tag, or corrupt). An index miss or an item in the buffer costs no I/O;
+        otherwise one Read of the entry's aligned extent."""
+        item = yield from self.lookup_item(key)
+        return None if item is None else item[0]
+
+    def lookup_item(self, key: bytes | bytearray | memoryview) -> Op[tuple[bytes, int] | None]:
+        """Like ``lookup``, but returns ``(value, expiry)`` (expiry 0 = never), so a cache
+        that promotes the item to DRAM keeps its time to live."""
+        key = _check_bytes("key", key)
+        return self._lookup(key)
+
+    def _lookup(self, key) -> Op[tuple[bytes, int] | None]:
+        c = self._counters
+        c["lookups"] += 1
+        kh = key_hash(key)
+        tag = kh >> 32
+        idx = self.index
+        slot = idx.find(tag)
+        if slot < 0:
+            c["misses"] += 1
+            return None
+        addr, units, _ = idx.get(slot)
+        region, unit = divmod(addr, self._upr)
+        regions = self.regions
+        if region == regions.open:
+            data: Any = regions.view
+            pos = unit * self.alignment
+            end = regions.fill * self.alignment
+            verify = False  # DRAM: nothing can have rotted
+            from_buffer = True
+        else:
+            length = min(units, self._upr - unit) * self.alignment
+            data = yield Read(self.offset + addr * self.alignment, length)
+            c["entry_reads"] += 1
+            c["bytes_read"] += length
+            pos, end, verify, from_buffer = 0, len(data), True, False
+        try:
+            h = decode(data, pos, end, verify)
+        except CorruptEntry as exc:
+            c["checksum_failures"] += 1
+            c["misses"] += 1
+            log.warning("BlockCache: entry at offset %d (region %d) is corrupt (%s); a miss",
+                        self.offset + addr * self.alignment, region, exc)
+            self._forget(tag, addr)
+            return None
+        if h.generation != self.generation:
+            c["stale_misses"] += 1
+            c["misses"] += 1
+            self._forget(tag, addr)
+            return None
+        kstart = pos + HEADER_SIZE
+        if h.key_hash != kh or h.key_len != len(key) or data[kstart:kstart + h.key_len] != key:
+            c["collision_misses"] += 1  # the slot belongs to another key with the same tag
+            c["misses"] += 1
+            return None
+        if h.expiry and h.expiry <= self.clock():
+            c["expired_misses"] += 1
+            c["misses"] += 1
+            self._forget(tag, addr)
+            return None
+        vstart = kstart + h.key_len
+        value = bytes(data[vstart:vstart + h.value_len])
+        c["hits"] += 1
+        if from_buffer:
+            c["buffer_hits"] += 1
+        slot = idx.find(tag)
+        if slot >= 0 and idx.addr_of(slot) == addr:
+            idx.hit(slot)
+            self.eviction.touch(region)
+        return value, h.expiry
+
+    def _forget(self, tag: int, addr: int) -> None:
+        """Drop ``tag``'s index entry if it still points at ``addr``."""
+        slot = self.index.find(tag)
+        if slot >= 0 and self.index.addr_of(slot) == addr:
+            self.index.delete(slot)
+
+    def insert(self, key: bytes | bytearray | memoryview, value: bytes | bytearray | memoryview,
+               expiry: float = 0) -> Op[InsertResult]:
+        """Store ``value`` under ``key``: appended to the region buffer, replacing any index
+        entry of the key. Yields I/O only when the buffer is full: one whole-region Write,
+        then, if the clean pool ran low, a reclaim (a region Read if reinsertion keeps
+        something, a Trim with ``trim_on_reclaim``). ``expiry`` is an absolute time in
+        seconds of ``clock`` (0 = never), rounded up to a whole second. ValueError if the
+        item is larger than ``max_item_size``."""
+        key = _check_bytes("key", key)
+        value = _check_bytes("value", value)
+        klen, vlen = len(key), len(value)
+        if klen > MAX_KEY_LEN:
+            raise ValueError(f"BlockCache: key of {klen} bytes: keys are at most {MAX_KEY_LEN} bytes")
+        if klen + vlen > self.max_item_size:
+            raise ValueError(
+                f"BlockCache: item of {klen + vlen} bytes (key {klen} + value {vlen}) exceeds max_item_size "
+                f"{self.max_item_size} (region_size {self.region_size} - entry header {HEADER_SIZE}); "
+                "use a larger region_size"
+            )
+        if expiry:
+            if not 0 <= expiry <= MAX_EXPIRY:
+                raise ValueError(f"BlockCache: expiry = {expiry!r}: use 0 (never) or an absolute time in seconds below 2**32")
+            expiry = math.ceil(expiry)
+        else:
+            expiry = 0
+        return self._insert(key, value, expiry)
+
+    def _insert(self, key, value, expiry: int) -> Op[InsertResult]:
+        c = self._counters
+        evicted0, reinserted0 = c["evicted_items"], c["reinsertions"]
+        klen, vlen = len(key), len(value)
+        units = -(-(HEADER_SIZE + klen + vlen) // self.alignment)
+        regions = self.regions
+        if regions.room() < units:
+            yield from self._seal(reserve=units)
+        kh = key_hash(key)
+        unit = regions.take(units)
+        encode_into(regions.buf, unit * self.alignment, kh, self.generation, expiry, key, value)
+        old = self.index.put(kh >> 32, regions.open * self._upr + unit, units)
+        c["inserts"] += 1
+        c["inserted_bytes"] += klen + vlen
+        c["replaced"] += old is not None
+        return InsertResult(old is not None, c["evicted_items"] - evicted0, c["reinsertions"] - reinserted0)
+
+    def _write_open(self) -> Op[None]:
+        regions = self.regions
+        fill = regions.fill
+        yield Write(self.region_offset(regions.open), regions.buf, self.stream)
+        regions.flushed = fill
+        self._counters["region_writes"] += 1
+        self._counters["bytes_written"] += self.region_size
+
+    def _seal(self, reserve: int = 0) -> Op[None]:
+        """Write the open region (unless flush() already did), open the next clean one,
+        and reclaim regions until ``clean_regions`` are clean again."""
+        regions = self.regions
+        if regions.dirty:
+            yield from self._write_open()
+        sealed = regions.seal_open()
+        self.eviction.track(sealed)
+        while len(regions.pool) < self.clean_regions:
+            yield from self._reclaim(reserve)
+
+    def _reclaim(self, reserve: int = 0) -> Op[None]:
+        """Evict one sealed region: reinsert what qualifies, drop the rest, trim, release."""
+        c = self._counters
+        idx, regions, align = self.index, self.regions, self.alignment
+        victim = self.eviction.victim()
+        self.eviction.forget(victim)
+        lo = victim * self._upr
+        hi = lo + self._upr
+        if self.reinsertion.enabled:
+            slots = idx.slots_in(lo, hi)
+            chosen = slots[self.reinsertion.select(idx.hits[slots])] if len(slots) else slots
+            if len(chosen):
+                tags = idx.tag[chosen].tolist()
+                addrs = idx.addr[chosen].tolist()
+                data = yield Read(self.region_offset(victim), self.region_size)
+                c["reinsertion_reads"] += 1
+                c["bytes_read"] += self.region_size
+                self._reinsert(victim, data, tags, addrs, reserve)
+        slots = idx.slots_in(lo, hi)  # again: the index may have changed during the Read
+        idx.drop(slots)
+        c["evicted_items"] += len(slots)
+        c["evicted_regions"] += 1
+        if self.trim_on_reclaim:
+            yield Trim(self.region_offset(victim), self.region_size)
+            c["trims"] += 1
+        regions.release(victim)
+
+    def _reinsert(self, victim: int, data: bytes, tags: list[int], addrs: list[int], reserve: int) -> None:
+        """Append the chosen entries, verbatim, to the buffer, keeping ``reserve`` units
+        free (for the insert that caused the reclaim)."""
+        c = self._counters
+        idx, regions, align = self.index, self.regions, self.alignment
+        mv = memoryview(data)
+        lo = victim * self._upr
+        now = self.clock()
+        for tag, addr in zip(tags, addrs):
+            slot = idx.find(tag)
+            if slot < 0 or idx.addr_of(slot) != addr:
+                continue  # removed or overwritten while the region was read
+            pos = (addr - lo) * align
+            try:
+                h = decode(mv, pos, self.region_size)
+            except CorruptEntry as exc:
+                c["checksum_failures"] += 1
+                log.warning("BlockCache: entry at offset %d (region %d) is corrupt (%s); not reinserted",
+                            self.offset + addr * align, victim, exc)
+                continue
+            if h.generation != self.generation or h.key_hash >> 32 != tag or (h.expiry and h.expiry <= now):
+                continue
+            units = -(-h.length // align)
+            if regions.room() - reserve < units:
+                c["reinsertion_dropped"] += 1
+                continue
+            unit = regions.take(units)
+            start = unit * align
+            regions.view[start:start + h.length] = mv[pos:pos + h.length]
+            idx.move(slot, regions.open * self._upr + unit)
+            c["reinsertions"] += 1
+
+    def remove(self, key: bytes | bytearray | memoryview) -> Op[bool]:
+        """Drop ``key`` from the index (no I/O; its bytes become garbage). True if an index
+        entry with the key's tag was there (it may have been another key's: dropping it is
+        always safe)."""
+        key = _check_bytes("key", key)
+        return self._remove(key)
+
+    def _remove(self, key) -> Op[bool]:
+        yield from ()
+        c = self._counters
+        c["removes"] += 1
+        slot = self.index.find(key_hash(key) >> 32)
+        if slot < 0:
+            return False
+        self.index.delete(slot)
+        c["removed"] += 1
+        return True
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def flush(self) -> Op[bool]:
+        """Write the open region's buffer (the whole region) if it holds anything not yet
+        on flash, so a clean shutdown loses nothing. True if it wrote. Later inserts keep
+        filling the same region, which is written again when full."""
+        return self._flush()
+
+    def _flush(self) -> Op[bool]:
+        if not self.regions.dirty:
+            return False
+        yield from self._write_open()
+        self._counters["flushes"] += 1
+        return True
+
+    def reset(self) -> None:
+        """Empty the engine without I/O: an empty index, every region clean, and a new
+        generation so that nothing written before can be read back as current.
+
+        The new ``generation`` must be made durable by the owner (``persist()`` or its
+        superblock) and passed back on construction.
+        """
+        self.generation = (self.generation + 1) & _M64
+        self.index.clear()
+        self.regions.reset()
+        self.eviction = eviction_mod.make(self.eviction_name, self.nregions, self.segment_ratio)
+
+    def persist(self) -> dict:
+        """The DRAM state as msgpack-friendly plain types (geometry, generation, counters,
+        index arrays, region states and eviction order), for ``recover()`` after a clean
+        restart. Call ``flush()`` first: items still only in the buffer are left out."""
+        regions = self.regions
+        exclude = None
+        if regions.dirty:  # entries past what flush() wrote are not on flash
+            lo = regions.open * self._upr
+            exclude = (lo + regions.flushed, lo + self._upr)
+        return {
+            "engine": "blockcache",
+            "format_version": FORMAT_VERSION,
+            "offset": self.offset,
+            "size": self.size,
+            "region_size": self.region_size,
+            "alignment": self.alignment,
+            "generation": self.generation,
+            "counters": dict(self._counters),
+            "index": self.index.to_state(exclude),
+            "regions": regions.to_state(),
+            "eviction": self.eviction.to_state(),
+        }
+
+    def recover(self, state: dict | None) -> bool:
+        """Restore what ``persist()`` saved. False (and nothing changed) if the state is
+        missing, malformed, or saved with another geometry or format.
+
+        The buffer's bytes are not in the state: the region that was open becomes sealed
+        (if it held anything) and the next clean region opens."""
+        try:
+            if not isinstance(state, dict) or state.get("engine") != "blockcache":
+                return False
+            same = (
+                state["format_version"] == FORMAT_VERSION
+                and state["offset"] == self.offset
+                and state["size"] == self.size
+                and state["region_size"] == self.region_size
+                and state["alignment"] == self.alignment
+            )
+            if not same:
+                log.info("BlockCache: saved state has another geometry or format; starting cold")
+                return False
+            generation = state["generation"]
+            if not isinstance(generation, int) or not 0 <= generation <= _M64:
+                return False
+            index = Index.from_state(state["index"], self.nregions * self._upr)
+            parsed = self.regions.parse_state(state["regions"])
+            rstates = parsed[0]
+            eviction = eviction_mod.make(self.eviction_name, self.nregions, self.segment_ratio)
+            eviction.load_state(state["eviction"])
+            # Every indexed entry must sit in a sealed region (the old open one included).
+            _, addr, _, _ = index.entries()
+            if len(addr) and (rstates[addr // self._upr] != SEALED).any():
+                raise ValueError("index points into a region that is not sealed")
+            if (eviction.tracked & (rstates != SEALED)).any():
+                raise ValueError("eviction order holds a region that is not sealed")
+            counters = state.get("counters") or {}
+            restored = {k: int(counters.get(k, 0)) for k in _COUNTERS}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.info("BlockCache: saved state unreadable (%s); starting cold", exc)
+            return False
+        self.regions.load_state(parsed)
+        for r in range(self.nregions):  # the old open region, now sealed, joins the order
+            if self.regions.state[r] == SEALED and not eviction.tracked[r]:
+                eviction.track(r)
+        self.generation = generation
+        self.index = index
+        self.eviction = eviction
+        self._counters = restored
+        while not self.regions.pool:  # the next seal needs a clean region: evict, no I/O
+            self._drop_region(self.eviction.victim())
+        return True
+
+    def _drop_region(self, victim: int) -> None:
+        self.eviction.forget(victim)
+        slots = self.index.slots_in(victim * self._upr, (victim + 1) * self._upr)
+        self.index.drop(slots)
+        self._counters["evicted_items"] += len(slots)
+        self._counters["evicted_regions"] += 1
+        self.regions.release(victim)
+
+    def stats(self) -> dict:
+        """Counters since creation (kept across ``recover``), plus geometry, items, the
+        index's DRAM use and regions by state."""
+        s: dict[str, Any] = dict(self._counters)
+        items = len(self.index)
+        dram = self.index.dram_bytes
+        st = self.regions.state
+        s.update(
+            evictions=self._counters["evicted_items"],
+            items=items,
+            index_dram_bytes=dram,
+            index_bytes_per_item=dram / items if items else None,
+            index_capacity=self.index.capacity,
+            index_load=items / self.index.capacity,
+            index_slot_bytes=SLOT_BYTES,
+            nregions=self.nregions,
+            clean=int((st == 0).sum()),
+            sealed=int((st == SEALED).sum()),
+            buffer_bytes=self.regions.fill * self.alignment,
+            region_size=self.region_size,
+            alignment=self.alignment,
+            max_item_size=self.max_item_size,
+            eviction=self.eviction_name,
+            generation=self.generation,
+        )
+        return s
+
+    def __repr__(self) -> str:
+        return (f"BlockCache(offset={self.offset}, size={self.size}, region_size={self.region_size}, "
+                f"alignment={self.alignment}, nregions={self.nregions}, eviction={self.eviction_name!r})")

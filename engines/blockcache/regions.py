@@ -1,0 +1,128 @@
+"""BlockCache's regions: geometry, life cycle and the one DRAM buffer being filled.
+
+Owns which region is clean, open or sealed, the pool of clean regions (oldest-released
+first) and the open region's buffer (a zeroed bytearray of ``region_size`` and its fill
+mark); does no I/O and knows nothing of items. The surprise: the open region's bytes
+live only in DRAM until the engine writes the whole buffer (when it is full, or on
+``flush()``); until then its items are served from the buffer.
+
+Life cycle: CLEAN (in the pool) -> OPEN (the buffer's target) -> SEALED (written, in the
+eviction order) -> reclaimed by the engine -> CLEAN again.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+CLEAN, OPEN, SEALED = 0, 1, 2
+STATE_NAMES = ("clean", "open", "sealed")
+
+
+class Regions:
+    def __init__(self, nregions: int, region_size: int, alignment: int) -> None:
+        self.nregions = nregions
+        self.region_size = region_size
+        self.alignment = alignment
+        self.units = region_size // alignment  # alignment units per region
+        self.buf = bytearray(region_size)
+        self.view = memoryview(self.buf)
+        self.state = np.zeros(nregions, np.int8)
+        self.pool: deque[int] = deque()
+        self.open = 0
+        self.fill = 0  # units of the buffer in use
+        self.flushed = 0  # units of the buffer already on flash
+        self.reset()
+
+    def reset(self) -> None:
+        """All regions clean; region 0 open with an empty buffer, the rest in the pool."""
+        self.state[:] = CLEAN
+        self.pool = deque(range(1, self.nregions))
+        self.open = 0
+        self.state[0] = OPEN
+        self._clear_buffer()
+
+    def _clear_buffer(self) -> None:
+        used = self.fill * self.alignment
+        if used:
+            self.view[:used] = bytes(used)
+        self.fill = self.flushed = 0
+
+    # ------------------------------------------------------------------ the buffer
+
+    def room(self) -> int:
+        """Free alignment units left in the buffer."""
+        return self.units - self.fill
+
+    def take(self, units: int) -> int:
+        """Reserve ``units`` of the buffer; returns the unit offset in the region."""
+        at = self.fill
+        self.fill = at + units
+        return at
+
+    @property
+    def dirty(self) -> bool:
+        """The buffer holds units not yet written."""
+        return self.fill > self.flushed
+
+    # ------------------------------------------------------------------ life cycle
+
+    def seal_open(self) -> int:
+        """The open region was written: mark it sealed and open the oldest clean region
+        with an empty buffer. Returns the sealed region. ValueError if none is clean."""
+        if not self.pool:
+            raise ValueError("regions: no clean region to open")
+        old = self.open
+        self.state[old] = SEALED
+        self.open = self.pool.popleft()
+        self.state[self.open] = OPEN
+        self._clear_buffer()
+        return old
+
+    def release(self, region: int) -> None:
+        """A sealed region was reclaimed: it joins the clean pool."""
+        if self.state[region] != SEALED:
+            raise ValueError(f"regions: releasing region {region}, which is {STATE_NAMES[self.state[region]]}")
+        self.state[region] = CLEAN
+        self.pool.append(region)
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_state(self) -> dict:
+        return {"state": self.state.astype(np.int8).tobytes(), "pool": list(self.pool), "open": self.open,
+                "fill": self.fill, "flushed": self.flushed}
+
+    def parse_state(self, state: dict) -> tuple[np.ndarray, list[int], int]:
+        """Check ``to_state()`` output without changing anything. Returns what
+        ``load_state`` installs: the region states as they will be (the open region,
+        whose bytes are gone with the DRAM, sealed if anything was in it), the clean pool
+        and the region to open. ValueError if it is malformed."""
+        st = np.frombuffer(state["state"], np.int8).astype(np.int8)
+        pool = state["pool"]
+        opened, fill, flushed = state["open"], state["fill"], state["flushed"]
+        n = self.nregions
+        if len(st) != n or st.min(initial=0) < CLEAN or st.max(initial=0) > SEALED:
+            raise ValueError(f"regions: state is not for {n} regions")
+        if not isinstance(pool, list) or not all(isinstance(r, int) and 0 <= r < n for r in pool):
+            raise ValueError("regions: bad clean pool")
+        if len(set(pool)) != len(pool) or sorted(pool) != [int(r) for r in np.flatnonzero(st == CLEAN)]:
+            raise ValueError("regions: clean pool does not match the clean regions")
+        if not isinstance(opened, int) or not 0 <= opened < n or st[opened] != OPEN or int((st == OPEN).sum()) != 1:
+            raise ValueError("regions: bad open region")
+        if not (isinstance(fill, int) and isinstance(flushed, int) and 0 <= flushed <= fill <= self.units):
+            raise ValueError("regions: bad buffer fill")
+        pool = list(pool)
+        if fill:
+            if not pool:
+                raise ValueError("regions: no clean region to open")
+            st[opened] = SEALED
+            opened = pool.pop(0)
+            st[opened] = OPEN
+        return st, pool, opened
+
+    def load_state(self, parsed: tuple[np.ndarray, list[int], int]) -> None:
+        """Install what ``parse_state`` returned, with an empty buffer."""
+        self.state, pool, self.open = parsed
+        self.pool = deque(pool)
+        self.view[:self.fill * self.alignment] = bytes(self.fill * self.alignment)
+        self.fill = self.flushed = 0
