@@ -232,7 +232,7 @@ class BlockCache:
         addr, units, _ = idx.get(slot)
         region, unit = divmod(addr, self._upr)
         regions = self.regions
-        if region == regions.open:
+        if region == regions.open and regions.loaded:
             data: Any = regions.view
             pos = unit * self.alignment
             end = regions.fill * self.alignment
@@ -290,7 +290,8 @@ class BlockCache:
         """Store ``value`` under ``key``: appended to the region buffer, replacing any index
         entry of the key. Yields I/O only when the buffer is full: one whole-region Write,
         then, if the clean pool ran low, a reclaim (a region Read if reinsertion keeps
-        something, a Trim with ``trim_on_reclaim``). ``expiry`` is an absolute time in
+        something, a Trim with ``trim_on_reclaim``); and once after ``recover()``, a Read
+        of the open region to bring back what ``flush()`` wrote of it. ``expiry`` is an absolute time in
         seconds of ``clock`` (0 = never), rounded up to a whole second. ValueError if the
         item is larger than ``max_item_size``."""
         key = _check_bytes("key", key)
@@ -318,6 +319,11 @@ class BlockCache:
         klen, vlen = len(key), len(value)
         units = -(-(HEADER_SIZE + klen + vlen) // self.alignment)
         regions = self.regions
+        if not regions.loaded:  # after recover(): what flush() wrote of the open region
+            data = yield Read(self.region_offset(regions.open), self.region_size)
+            self._counters["bytes_read"] += self.region_size
+            if not regions.loaded:
+                regions.load_buffer(data)
         if regions.room() < units:
             yield from self._seal(reserve=units)
         kh = key_hash(key)
@@ -479,8 +485,8 @@ class BlockCache:
         """Restore what ``persist()`` saved. False (and nothing changed) if the state is
         missing, malformed, or saved with another geometry or format.
 
-        The buffer's bytes are not in the state: the region that was open becomes sealed
-        (if it held anything) and the next clean region opens."""
+        The buffer's bytes are not in the state: the open region stays open with what
+        ``flush()`` wrote of it, served from flash until the next insert reads it back."""
         try:
             if not isinstance(state, dict) or state.get("engine") != "blockcache":
                 return False
@@ -499,39 +505,28 @@ class BlockCache:
                 return False
             index = Index.from_state(state["index"], self.nregions * self._upr)
             parsed = self.regions.parse_state(state["regions"])
-            rstates = parsed[0]
             eviction = eviction_mod.make(self.eviction_name, self.nregions, self.segment_ratio)
             eviction.load_state(state["eviction"])
-            # Every indexed entry must sit in a sealed region (the old open one included).
+            # Every indexed entry sits in a sealed region or in the flushed part of the open one.
+            rstates, _, opened, flushed = parsed
             _, addr, _, _ = index.entries()
-            if len(addr) and (rstates[addr // self._upr] != SEALED).any():
-                raise ValueError("index points into a region that is not sealed")
-            if (eviction.tracked & (rstates != SEALED)).any():
-                raise ValueError("eviction order holds a region that is not sealed")
+            regs = addr // self._upr
+            bad = (rstates[regs] != SEALED) & ((regs != opened) | (addr >= opened * self._upr + flushed))
+            if bad.any():
+                raise ValueError("index points outside the sealed regions and the flushed buffer")
+            if (eviction.tracked != (rstates == SEALED)).any():
+                raise ValueError("eviction order does not match the sealed regions")
             counters = state.get("counters") or {}
             restored = {k: int(counters.get(k, 0)) for k in _COUNTERS}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             log.info("BlockCache: saved state unreadable (%s); starting cold", exc)
             return False
         self.regions.load_state(parsed)
-        for r in range(self.nregions):  # the old open region, now sealed, joins the order
-            if self.regions.state[r] == SEALED and not eviction.tracked[r]:
-                eviction.track(r)
         self.generation = generation
         self.index = index
         self.eviction = eviction
         self._counters = restored
-        while not self.regions.pool:  # the next seal needs a clean region: evict, no I/O
-            self._drop_region(self.eviction.victim())
         return True
-
-    def _drop_region(self, victim: int) -> None:
-        self.eviction.forget(victim)
-        slots = self.index.slots_in(victim * self._upr, (victim + 1) * self._upr)
-        self.index.drop(slots)
-        self._counters["evicted_items"] += len(slots)
-        self._counters["evicted_regions"] += 1
-        self.regions.release(victim)
 
     def stats(self) -> dict:
         """Counters since creation (kept across ``recover``), plus geometry, items, the

@@ -4,7 +4,8 @@ Owns which region is clean, open or sealed, the pool of clean regions (oldest-re
 first) and the open region's buffer (a zeroed bytearray of ``region_size`` and its fill
 mark); does no I/O and knows nothing of items. The surprise: the open region's bytes
 live only in DRAM until the engine writes the whole buffer (when it is full, or on
-``flush()``); until then its items are served from the buffer.
+``flush()``); until then its items are served from the buffer. After a recovery the
+open region stays open, and the engine reads its flushed part back before appending.
 
 Life cycle: CLEAN (in the pool) -> OPEN (the buffer's target) -> SEALED (written, in the
 eviction order) -> reclaimed by the engine -> CLEAN again.
@@ -32,6 +33,7 @@ class Regions:
         self.open = 0
         self.fill = 0  # units of the buffer in use
         self.flushed = 0  # units of the buffer already on flash
+        self.loaded = True  # False after load_state until the buffer is read back
         self.reset()
 
     def reset(self) -> None:
@@ -41,12 +43,14 @@ class Regions:
         self.open = 0
         self.state[0] = OPEN
         self._clear_buffer()
+        self.loaded = True
 
     def _clear_buffer(self) -> None:
         used = self.fill * self.alignment
         if used:
             self.view[:used] = bytes(used)
         self.fill = self.flushed = 0
+        self.loaded = True
 
     # ------------------------------------------------------------------ the buffer
 
@@ -92,11 +96,9 @@ class Regions:
         return {"state": self.state.astype(np.int8).tobytes(), "pool": list(self.pool), "open": self.open,
                 "fill": self.fill, "flushed": self.flushed}
 
-    def parse_state(self, state: dict) -> tuple[np.ndarray, list[int], int]:
-        """Check ``to_state()`` output without changing anything. Returns what
-        ``load_state`` installs: the region states as they will be (the open region,
-        whose bytes are gone with the DRAM, sealed if anything was in it), the clean pool
-        and the region to open. ValueError if it is malformed."""
+    def parse_state(self, state: dict) -> tuple[np.ndarray, list[int], int, int]:
+        """Check ``to_state()`` output without changing anything; returns what
+        ``load_state`` installs. ValueError if it is malformed."""
         st = np.frombuffer(state["state"], np.int8).astype(np.int8)
         pool = state["pool"]
         opened, fill, flushed = state["open"], state["fill"], state["flushed"]
@@ -107,22 +109,27 @@ class Regions:
             raise ValueError("regions: bad clean pool")
         if len(set(pool)) != len(pool) or sorted(pool) != [int(r) for r in np.flatnonzero(st == CLEAN)]:
             raise ValueError("regions: clean pool does not match the clean regions")
+        if not pool:
+            raise ValueError("regions: no clean region for the next buffer")
         if not isinstance(opened, int) or not 0 <= opened < n or st[opened] != OPEN or int((st == OPEN).sum()) != 1:
             raise ValueError("regions: bad open region")
         if not (isinstance(fill, int) and isinstance(flushed, int) and 0 <= flushed <= fill <= self.units):
             raise ValueError("regions: bad buffer fill")
-        pool = list(pool)
-        if fill:
-            if not pool:
-                raise ValueError("regions: no clean region to open")
-            st[opened] = SEALED
-            opened = pool.pop(0)
-            st[opened] = OPEN
-        return st, pool, opened
+        return st, list(pool), opened, flushed
 
-    def load_state(self, parsed: tuple[np.ndarray, list[int], int]) -> None:
-        """Install what ``parse_state`` returned, with an empty buffer."""
-        self.state, pool, self.open = parsed
-        self.pool = deque(pool)
+    def load_state(self, parsed: tuple[np.ndarray, list[int], int, int]) -> None:
+        """Install what ``parse_state`` returned. The buffer's bytes are gone with the
+        DRAM: the open region stays open with what ``flush()`` wrote of it (anything after
+        that is dropped), to be read back into the buffer by the next append
+        (``loaded`` is False until then)."""
         self.view[:self.fill * self.alignment] = bytes(self.fill * self.alignment)
-        self.fill = self.flushed = 0
+        self.state, pool, self.open, flushed = parsed
+        self.pool = deque(pool)
+        self.fill = self.flushed = flushed
+        self.loaded = flushed == 0
+
+    def load_buffer(self, data: bytes | bytearray | memoryview) -> None:
+        """The open region as read from flash: its flushed part becomes the buffer."""
+        n = self.flushed * self.alignment
+        self.view[:n] = memoryview(data)[:n]
+        self.loaded = True
