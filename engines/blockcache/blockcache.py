@@ -68,8 +68,7 @@ class BlockCache:
 
     ``region_size``: bytes per region, the unit of writes and evictions (16 MiB default,
     up to 256 MiB, a multiple of ``alignment``). ``alignment``: entries start on these
-    boundaries (a power of two from 512 to 4096, and a multiple of the device's block
-    size). ``offset`` and ``size`` are multiples of ``region_size``, with at least
+    boundaries (a power of two from 512 to 4096). ``offset`` and ``size`` are multiples of ``region_size``, with at least
     ``clean_regions + 2`` regions. ``clean_regions``: regions kept clean and ready.
     ``eviction``: "fifo", "lru" or "sfifo" (segments sized by ``segment_ratio``, lowest
     first; see ``engines.blockcache.eviction``). ``reinsertion_hits`` (0 = off) and
@@ -78,6 +77,8 @@ class BlockCache:
     reclaimed region. ``stream`` is passed back on every Write; ``clock`` gives the time
     in seconds that ``expiry`` is measured in; ``generation`` is the one the entries were
     written with (what ``persist()`` saved; 0 for an engine never ``reset()``).
+    ``io_alignment``: the device's block size when it is larger than ``alignment``; entry
+    reads are widened to whole blocks (default: ``alignment``).
 
     Inserts (and ``flush``) must not interleave with each other (the driver serialises
     them); lookups and removes may interleave with anything.
@@ -107,6 +108,7 @@ class BlockCache:
         generation: int = 0,
         segment_ratio: Sequence[int] = (1, 1),
         reinsertion_seed: int = 0,
+        io_alignment: int | None = None,
     ) -> None:
         if not isinstance(alignment, int) or not (
             MIN_ALIGNMENT <= alignment <= MAX_ALIGNMENT and alignment & (alignment - 1) == 0
@@ -121,6 +123,16 @@ class BlockCache:
             raise ValueError(
                 f"BlockCache: region_size = {region_size!r}: use a multiple of alignment ({alignment}) "
                 f"from {MIN_REGION_UNITS * alignment} to {MAX_REGION_SIZE} bytes (16 MiB is the usual)"
+            )
+        if io_alignment is None:
+            io_alignment = alignment
+        if not isinstance(io_alignment, int) or not (
+            MIN_ALIGNMENT <= io_alignment <= region_size and io_alignment & (io_alignment - 1) == 0
+            and region_size % io_alignment == 0
+        ):
+            raise ValueError(
+                f"BlockCache: io_alignment = {io_alignment!r}: use the device's block size, a power of two "
+                f"from {MIN_ALIGNMENT} that divides region_size ({region_size})"
             )
         if not isinstance(offset, int) or offset < 0 or offset % region_size:
             raise ValueError(
@@ -176,6 +188,7 @@ class BlockCache:
         self.size = size
         self.region_size = region_size
         self.alignment = alignment
+        self.io_alignment = io_alignment
         self.nregions = nregions
         self.clean_regions = clean_regions
         self.eviction_name = eviction
@@ -239,11 +252,19 @@ class BlockCache:
             verify = False  # DRAM: nothing can have rotted
             from_buffer = True
         else:
-            length = min(units, self._upr - unit) * self.alignment
-            data = yield Read(self.offset + addr * self.alignment, length)
+            start = self.offset + addr * self.alignment
+            end = start + min(units, self._upr - unit) * self.alignment
+            io = self.io_alignment
+            if io > self.alignment:  # widen to the device's blocks (regions are whole blocks)
+                pos = start % io
+                start -= pos
+                end = -(-end // io) * io
+            else:
+                pos = 0
+            data = yield Read(start, end - start)
             c["entry_reads"] += 1
-            c["bytes_read"] += length
-            pos, end, verify, from_buffer = 0, len(data), True, False
+            c["bytes_read"] += end - start
+            end, verify, from_buffer = len(data), True, False
         try:
             h = decode(data, pos, end, verify)
         except CorruptEntry as exc:

@@ -174,6 +174,20 @@ def test_lookup_reads_the_aligned_extent_only():
     assert dev.log[n:] == [("read", bc.region_offset(0), 6 * A)]
 
 
+def test_io_alignment_widens_entry_reads_to_device_blocks():
+    dev = MemDevice(8 * R, block_size=4096)
+    bc = BlockCache(R, 6 * R, region_size=R, io_alignment=4096)
+    put(bc, dev, b"a", b"a" * 100)  # units 0
+    put(bc, dev, b"k", b"x" * 3000)  # units 1..6: bytes 512..3584
+    put(bc, dev, b"fill", value_for(b"fill", R - 7 * A))
+    put(bc, dev, b"seal", b"s")
+    n = len(dev.log)
+    assert get(bc, dev, b"k") == b"x" * 3000 and get(bc, dev, b"a") == b"a" * 100
+    assert dev.log[n:] == [("read", bc.region_offset(0), 4096)] * 2
+    with pytest.raises(ValueError, match="io_alignment = 1000"):
+        BlockCache(0, 6 * R, region_size=R, io_alignment=1000)
+
+
 def test_flush_writes_the_partial_buffer_once():
     bc, dev = make()
     assert run(bc.flush(), dev) is False and dev.log == []
