@@ -751,14 +751,15 @@ class BlockCacheVsDict(RuleBasedStateMachine):
     def setup(self, policy, hits, percent, trim, clean):
         self.kw = dict(region_size=SMALL_R, eviction=policy, reinsertion_hits=hits, reinsertion_percent=percent,
                        trim_on_reclaim=trim, clean_regions=clean)
-        self.dev = MemDevice(7 * SMALL_R)
-        self.bc = BlockCache(SMALL_R, 5 * SMALL_R, **self.kw)
+        self.dev = MemDevice(8 * SMALL_R)
+        self.bc = BlockCache(SMALL_R, 6 * SMALL_R, **self.kw)
         self.model: dict[bytes, bytes] = {}
         self.version = 0
 
-    keys = st.sampled_from([b"k%d" % i for i in range(12)])
+    keys = st.sampled_from([b"k%d" % i for i in range(8)])
+    sizes = st.sampled_from([0, 10, 100, 200, 400, 500, 1500, SMALL_R - HEADER_SIZE - 3])
 
-    @rule(key=keys, size=st.sampled_from([0, 10, 500, 1500, 3000, SMALL_R - HEADER_SIZE - 3]))
+    @rule(key=keys, size=sizes)
     def insert(self, key, size):
         self.version += 1
         value = (b"%d:" % self.version + key * size)[:size] if size > 8 else bytes([self.version % 256]) * size
@@ -766,10 +767,19 @@ class BlockCacheVsDict(RuleBasedStateMachine):
         run(self.bc.insert(key, value), self.dev)
         self.model[key] = value
 
+    @rule(key=keys, size=sizes)
+    def insert_again(self, key, size):  # inserts twice as often as the other rules
+        self.insert(key, size)
+
     @rule(key=keys)
     def lookup(self, key):
         got = run(self.bc.lookup(key), self.dev)
         assert got is None or got == self.model.get(key), (key, got[:20], self.model.get(key, b"")[:20])
+
+    @rule(keys=st.lists(keys, min_size=1, max_size=4))
+    def lookup_many(self, keys):
+        got = run_many([self.bc.lookup(k) for k in keys], self.dev)
+        assert all(g is None or g == self.model.get(k) for k, g in zip(keys, got))
 
     @rule(key=keys)
     def remove(self, key):
@@ -785,7 +795,7 @@ class BlockCacheVsDict(RuleBasedStateMachine):
         if flush:
             run(self.bc.flush(), self.dev)
         state = msgpack.unpackb(msgpack.packb(self.bc.persist(), use_bin_type=True), raw=False)
-        self.bc = BlockCache(SMALL_R, 5 * SMALL_R, generation=state["generation"], **self.kw)
+        self.bc = BlockCache(SMALL_R, 6 * SMALL_R, generation=state["generation"], **self.kw)
         assert self.bc.recover(state)
 
     @rule()
@@ -805,5 +815,49 @@ class BlockCacheVsDict(RuleBasedStateMachine):
         assert bc.eviction.tracked.sum() == (bc.regions.state == SEALED).sum()
 
 
-BlockCacheVsDict.TestCase.settings = settings(max_examples=60, stateful_step_count=50, deadline=None)
+BlockCacheVsDict.TestCase.settings = settings(max_examples=100, stateful_step_count=60, deadline=None)
 TestBlockCacheVsDict = BlockCacheVsDict.TestCase
+
+
+@pytest.mark.parametrize("kw", [
+    {"eviction": "fifo"},
+    {"eviction": "lru", "reinsertion_hits": 1},
+    {"eviction": "sfifo", "reinsertion_percent": 50, "trim_on_reclaim": True},
+    {"eviction": "sfifo", "segment_ratio": (1, 2, 1), "reinsertion_hits": 2, "clean_regions": 2},
+])
+def test_long_random_workload_against_a_dict(kw):
+    """A longer seeded run than the state machine: hits must come back, never wrong."""
+    import random
+
+    rnd = random.Random(7)
+    dev = MemDevice(8 * SMALL_R)
+    bc = BlockCache(SMALL_R, 6 * SMALL_R, region_size=SMALL_R, **kw)
+    model: dict[bytes, bytes] = {}
+    hits = misses = 0
+    for step in range(3000):
+        k = b"k%d" % rnd.randrange(10)
+        op = rnd.random()
+        if op < 0.45:
+            size = rnd.choice([0, 10, 100, 400, 1500, SMALL_R - HEADER_SIZE - 3])
+            v = (b"%d." % step * size)[:size]
+            run(bc.insert(k, v), dev)
+            model[k] = v
+        elif op < 0.95:
+            got = run(bc.lookup(k), dev)
+            assert got is None or got == model.get(k)
+            if k in model:
+                hits += got is not None
+                misses += got is None
+        elif op < 0.98:
+            run(bc.remove(k), dev)
+            model.pop(k, None)
+        else:
+            run(bc.flush(), dev)
+            state = msgpack.unpackb(msgpack.packb(bc.persist(), use_bin_type=True), raw=False)
+            bc = BlockCache(SMALL_R, 6 * SMALL_R, region_size=SMALL_R, **kw)
+            assert bc.recover(state)
+    assert hits > misses
+    s = bc.stats()
+    assert s["evicted_regions"] > 50 and s["checksum_failures"] == 0
+    if kw.get("reinsertion_hits") or kw.get("reinsertion_percent"):
+        assert s["reinsertions"] > 0
