@@ -1,0 +1,399 @@
+"""The Navy-style router: one device, a superblock, BlockCache for large items, BigHash
+for small ones, admission in front, warm restart behind.
+
+Owns the device layout ``| superblock | metadata | BlockCache regions | BigHash buckets |``,
+routing by size, admission, placement streams (one per engine, from the device), and the
+clean-shutdown metadata. Item operations are sans-I/O generators (see ``engines.device``);
+opening and closing do blocking I/O on the device they were given. The surprise: the
+metadata is invalidated right after a successful recovery, so a crash later starts cold
+instead of trusting a stale index; BigHash's buckets survive that (their generation is in
+the superblock), BlockCache's regions do not (its index was in DRAM).
+
+Superblock, block 0 (little-endian)::
+
+    0  magic        8s   engines.device.SUPERBLOCK_MAGIC (b"FLCACHE\\x01")
+    8  version      u16  FORMAT_VERSION
+   10  header_size  u16  SUPERBLOCK.size
+   12  flags        u32  0
+   16  fingerprint  u64  xxh64 of the layout (below): any change resets the cache
+   24  bh_gen       u64  BigHash generation
+   32  bc_gen       u64  BlockCache generation
+   40  meta_len     u64  bytes of valid metadata after block 0; 0 = none (crash or recovered)
+   48  meta_sum     u64  xxh64 of those bytes
+   56  layout_len   u32  bytes of the layout (msgpack) that follow the header
+   60  layout       ...  the layout, so a mismatch can say what changed
+   ..  checksum     u64  xxh64 of everything before it
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import struct
+import threading
+import time
+from typing import Any, Callable
+
+import msgpack
+import xxhash
+
+from .admission import AcceptAll, Admission
+from .bighash import BigHash, key_hash
+from .blockcache import BlockCache
+from .device import SUPERBLOCK_MAGIC, Device, Op, Read, Write, run
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SUPERBLOCK = struct.Struct("<8sHHIQQQQQI")
+SEED = 0x3C6EF372FE94F82B
+_M64 = (1 << 64) - 1
+
+_COUNTERS = ("lookups", "hits", "misses", "inserts", "admission_rejects", "too_large", "removes",
+             "removed")
+
+
+def _xxh(data) -> int:
+    return xxhash.xxh64_intdigest(data, SEED)
+
+
+def _round_up(x: int, unit: int) -> int:
+    return -(-x // unit) * unit
+
+
+class Navy:
+    """Both engines on one device (see the module docstring).
+
+    ``small_item_max``: key + value bytes up to which an item goes to BigHash.
+    ``bighash_fraction``: share of the space after the metadata for BigHash (0: none,
+    1: no BlockCache). ``metadata_fraction``: share of the device kept for clean-shutdown
+    metadata (at least 1 MiB). ``blockcache_options`` go to BlockCache as they are
+    (eviction, reinsertion, trim_on_reclaim, ...).
+
+    After construction ``start`` says how the cache came up: ``"warm"``, or
+    ``"cold: <why>"`` / ``"formatted: <why>"``.
+    """
+
+    def __init__(self, device: Device, *, small_item_max: int = 2048, bighash_fraction: float = 0.1,
+                 bucket_size: int = 4096, bloom_bytes_per_bucket: int = 8, region_size: int = 16 << 20,
+                 alignment: int = 512, clean_regions: int = 1, metadata_fraction: float = 0.01,
+                 blockcache_options: dict[str, Any] | None = None, admission: Admission | None = None,
+                 clock: Callable[[], float] = time.time):
+        if not 0.0 <= bighash_fraction <= 1.0:
+            raise ValueError(f"navy: bighash_fraction = {bighash_fraction!r}: use a share from 0 to 1")
+        if not 0.0 < metadata_fraction < 0.5:
+            raise ValueError(f"navy: metadata_fraction = {metadata_fraction!r}: use a share above 0, below 0.5")
+        if small_item_max < 1:
+            raise ValueError(f"navy: small_item_max = {small_item_max!r}: use a positive number of bytes")
+        self.device = device
+        self.clock = clock
+        self.admission = admission or AcceptAll()
+        self.small_item_max = small_item_max
+        bs = device.block_size
+        self.block = max(bs, 4096)
+        unit = region_size if bighash_fraction < 1.0 else bucket_size
+        meta_want = max(1 << 20, int(device.size * metadata_fraction))
+        self.meta_end = _round_up(self.block + meta_want, max(unit, bs))
+        rest = device.size - self.meta_end
+        if rest <= 0:
+            raise ValueError(f"navy: device of {device.size} bytes leaves no room after {self.meta_end} bytes "
+                             "of superblock and metadata; use a larger device or a smaller region_size")
+        bh_want = int(rest * bighash_fraction) // bucket_size * bucket_size
+        bc_size = (rest - bh_want) // region_size * region_size if bighash_fraction < 1.0 else 0
+        bh_off = self.meta_end + bc_size
+        bh_size = (device.size - bh_off) // bucket_size * bucket_size if bighash_fraction > 0.0 else 0
+        opts = dict(blockcache_options or {})
+        self.layout = {
+            "version": FORMAT_VERSION, "device_size": device.size, "block": self.block,
+            "meta_end": self.meta_end, "small_item_max": small_item_max,
+            "bc_offset": self.meta_end, "bc_size": bc_size, "region_size": region_size, "alignment": alignment,
+            "bh_offset": bh_off, "bh_size": bh_size, "bucket_size": bucket_size,
+            "bloom_bytes_per_bucket": bloom_bytes_per_bucket,
+        }
+        self.fingerprint = _xxh(msgpack.packb(self.layout, use_bin_type=True))
+        self.streams = {}
+        self.bighash: BigHash | None = None
+        self.blockcache: BlockCache | None = None
+        if bh_size:
+            self.streams["bighash"] = device.open_stream("bighash")
+            self.bighash = BigHash(bh_off, bh_size, bucket_size, bloom_bytes_per_bucket,
+                                   stream=self.streams["bighash"], clock=clock)
+        if bc_size:
+            self.streams["blockcache"] = device.open_stream("blockcache")
+            self.blockcache = BlockCache(self.meta_end, bc_size, region_size=region_size, alignment=alignment,
+                                         clean_regions=clean_regions, stream=self.streams["blockcache"],
+                                         clock=clock, io_alignment=max(alignment, bs), **opts)
+        if self.bighash is None and self.blockcache is None:
+            raise ValueError(f"navy: a {device.size}-byte device has room for neither engine; use a larger device")
+        self.small_item_max = min(small_item_max, self.bighash.max_item_size) if self.bighash else 0
+        self._counters = dict.fromkeys(_COUNTERS, 0)
+        self._hits = {"bighash": 0, "blockcache": 0}
+        self._inserts = {"bighash": 0, "blockcache": 0}
+        self._written = {"bighash": 0, "blockcache": 0}
+        self._closed = False
+        # Thread safety: BlockCache's state is one structure, so its operations hold one
+        # lock (across their I/O); BigHash serialises inserts and removes per bucket
+        # (striped locks), and its lookups need none. Locks are re-entrant so one thread
+        # may drive several lookups together (get_many). Single-threaded drivers (asyncio)
+        # must serialise mutations themselves: see ``mutation_key``.
+        self._bc_lock = threading.RLock()
+        self._bh_locks = [threading.RLock() for _ in range(64)]
+        self.start = self._open()
+        log.info("%s: flash cache %s", device.path, self.start)
+
+    # -- superblock and metadata ----------------------------------------------------------
+    def _read_superblock(self) -> tuple[dict | None, str]:
+        raw = self.device.read(0, self.block)
+        if raw[:8] != SUPERBLOCK_MAGIC:
+            return None, ("new device" if not any(raw) else "no flashcache superblock (block 0 holds other data)")
+        try:
+            (magic, version, hsize, flags, fp, bh_gen, bc_gen, meta_len, meta_sum,
+             layout_len) = SUPERBLOCK.unpack_from(raw, 0)
+            end = SUPERBLOCK.size + layout_len
+            if end + 8 > len(raw):
+                return None, "superblock corrupt (layout length out of range)"
+            (stored,) = struct.unpack_from("<Q", raw, end)
+            if stored != _xxh(raw[:end]):
+                return None, "superblock corrupt (checksum mismatch)"
+            layout = msgpack.unpackb(raw[SUPERBLOCK.size:end], raw=False)
+        except (struct.error, ValueError, msgpack.UnpackException) as e:
+            return None, f"superblock corrupt ({e})"
+        return {"version": version, "fingerprint": fp, "bh_gen": bh_gen, "bc_gen": bc_gen,
+                "meta_len": meta_len, "meta_sum": meta_sum, "layout": layout}, ""
+
+    def _write_superblock(self, meta_len: int = 0, meta_sum: int = 0) -> None:
+        lay = msgpack.packb(self.layout, use_bin_type=True)
+        head = SUPERBLOCK.pack(SUPERBLOCK_MAGIC, FORMAT_VERSION, SUPERBLOCK.size, 0, self.fingerprint,
+                               self.bighash.generation if self.bighash else 0,
+                               self.blockcache.generation if self.blockcache else 0,
+                               meta_len, meta_sum, len(lay)) + lay
+        body = head + struct.pack("<Q", _xxh(head))
+        if len(body) > self.block:
+            raise ValueError(f"navy: superblock of {len(body)} bytes does not fit in {self.block}")
+        self.device.write(0, body.ljust(self.block, b"\0"))
+        self.device.flush()
+
+    def _format(self, why: str) -> str:
+        gen = int.from_bytes(os.urandom(8), "little")
+        if self.bighash:
+            self.bighash.generation = gen
+            self.bighash.reset()
+        if self.blockcache:
+            self.blockcache.generation = gen
+            self.blockcache.reset()
+        self._write_superblock()
+        return f"formatted: {why}"
+
+    def _open(self) -> str:
+        sb, why = self._read_superblock()
+        if sb is None:
+            return self._format(why)
+        if sb["version"] != FORMAT_VERSION or sb["fingerprint"] != self.fingerprint:
+            old = sb["layout"] if isinstance(sb["layout"], dict) else {}
+            diff = {k: (old.get(k), v) for k, v in self.layout.items() if old.get(k) != v}
+            return self._format("layout changed, the cache was reset (was -> now: "
+                                + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items()) + ")")
+        if self.bighash:
+            self.bighash.generation = sb["bh_gen"]
+        if self.blockcache:
+            self.blockcache.generation = sb["bc_gen"]
+        state, why = self._read_metadata(sb)
+        warm_bh = warm_bc = False
+        if state is not None:
+            warm_bh = self.bighash is None or self.bighash.recover(state.get("bighash"))
+            warm_bc = self.blockcache is None or self.blockcache.recover(state.get("blockcache"))
+            counters = state.get("router") or {}
+            for name, table in (("counters", self._counters), ("hits", self._hits),
+                                ("inserts", self._inserts), ("written", self._written)):
+                for k in table:
+                    table[k] = int((counters.get(name) or {}).get(k, 0))
+        if self.blockcache and not warm_bc:
+            # its index is gone: the regions' contents cannot be found, start them clean
+            self.blockcache.generation = sb["bc_gen"]
+            self.blockcache.reset()
+        # invalidate the metadata at once: a crash from here on must not resurrect it
+        self._write_superblock()
+        if state is not None and warm_bh and warm_bc:
+            return "warm"
+        if state is not None:
+            lost = [n for n, ok in (("BigHash", warm_bh), ("BlockCache", warm_bc)) if not ok]
+            return f"cold: saved state of {' and '.join(lost)} did not match; BigHash buckets kept"
+        return f"cold: {why}; BigHash buckets kept, BlockCache starts empty"
+
+    def _read_metadata(self, sb: dict) -> tuple[dict | None, str]:
+        n = sb["meta_len"]
+        if not n:
+            return None, "no clean-shutdown metadata (the last run did not close cleanly)"
+        if self.block + n > self.meta_end:
+            return None, "metadata length out of range"
+        raw = self.device.read(self.block, _round_up(n, self.device.block_size))[:n]
+        if _xxh(raw) != sb["meta_sum"]:
+            return None, "metadata checksum mismatch"
+        try:
+            state = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        except (ValueError, msgpack.UnpackException) as e:
+            return None, f"metadata unreadable ({e})"
+        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
+            return None, "metadata from another layout"
+        return state, ""
+
+    def close(self) -> str:
+        """Flush BlockCache's buffer and write the warm-restart metadata. Returns what was
+        saved, or why not. The device stays open (its owner closes it)."""
+        if self._closed:
+            return "already closed"
+        self._closed = True
+        if self.blockcache:
+            self.drive(self._bc(self.blockcache.flush()))
+        state = {"fingerprint": self.fingerprint,
+                 "bighash": self.bighash.persist() if self.bighash else None,
+                 "blockcache": self.blockcache.persist() if self.blockcache else None,
+                 "router": {"counters": self._counters, "hits": self._hits, "inserts": self._inserts,
+                            "written": self._written}}
+        blob = msgpack.packb(state, use_bin_type=True)
+        room = self.meta_end - self.block
+        if len(blob) > room:
+            log.warning("%s: warm-restart metadata of %d bytes does not fit the %d-byte area; the next start "
+                        "will be cold (raise metadata_fraction)", self.device.path, len(blob), room)
+            self._write_superblock()
+            return f"not saved: {len(blob)} bytes of metadata, {room} bytes of room"
+        padded = blob.ljust(_round_up(len(blob), self.device.block_size), b"\0")
+        self.device.write(self.block, padded)
+        self.device.flush()
+        self._write_superblock(len(blob), _xxh(blob))
+        return f"saved {len(blob)} bytes of metadata"
+
+    def drive(self, op: Op[Any]) -> Any:
+        """Run one operation to completion with blocking device calls."""
+        return run(op, self.device)
+
+    # -- item operations (sans-I/O) -----------------------------------------------------
+    def _through(self, op: Any, engine: str) -> Op[Any]:
+        """Pass an engine's requests through, counting the bytes it writes."""
+        if not inspect.isgenerator(op):
+            return op
+        res = None
+        try:
+            while True:
+                req = op.send(res)
+                if type(req) is Write:
+                    n = len(req.data)
+                    self._written[engine] += n
+                    self.admission.record_write(n)
+                res = yield req
+        except StopIteration as stop:
+            return stop.value
+
+    def mutation_key(self, key: bytes) -> tuple[str, int]:
+        """What an insert or remove of ``key`` must not overlap with: BigHash's bucket
+        (BlockCache is one structure: the same token for every key)."""
+        return ("bighash", self.bighash.bucket_of(key_hash(key))) if self.bighash else ("none", 0)
+
+    def _bh_lock(self, key: bytes) -> threading.RLock:
+        return self._bh_locks[self.bighash.bucket_of(key_hash(key)) % len(self._bh_locks)]
+
+    def _bc(self, op: Any) -> Op[Any]:
+        with self._bc_lock:
+            return (yield from self._through(op, "blockcache"))
+
+    def _bh_mutate(self, key: bytes, op: Any) -> Op[Any]:
+        with self._bh_lock(key):
+            return (yield from self._through(op, "bighash"))
+
+    def lookup(self, key: bytes) -> Op[bytes | None]:
+        """The value for ``key`` from flash, or None."""
+        item = yield from self.lookup_item(key)
+        return None if item is None else item[0]
+
+    def lookup_item(self, key: bytes) -> Op[tuple[bytes, float] | None]:
+        """``(value, expiry)`` for ``key``, or None. BlockCache first (its index is in DRAM:
+        a miss there costs no I/O), then BigHash (its bloom filter usually answers a miss
+        without I/O)."""
+        self._counters["lookups"] += 1
+        if self.blockcache:
+            item = yield from self._bc(self.blockcache.lookup_item(key))
+            if item is not None:
+                self._hits["blockcache"] += 1
+                self._counters["hits"] += 1
+                return item
+        if self.bighash:
+            item = yield from self._through(self.bighash.lookup_item(key), "bighash")
+            if item is not None:
+                self._hits["bighash"] += 1
+                self._counters["hits"] += 1
+                return item
+        self._counters["misses"] += 1
+        return None
+
+    def engine_for(self, key_len: int, value_len: int) -> str | None:
+        """The engine an item of this size goes to, or None when it fits neither."""
+        size = key_len + value_len
+        if self.bighash and size <= self.small_item_max:
+            return "bighash"
+        if self.blockcache and size <= self.blockcache.max_item_size:
+            return "blockcache"
+        return None
+
+    @property
+    def max_item_size(self) -> int:
+        return max(self.blockcache.max_item_size if self.blockcache else 0, self.small_item_max)
+
+    def insert(self, key: bytes, value: bytes, expiry: float = 0) -> Op[bool]:
+        """Offer an item to flash: admission decides, then the size routes it. Returns
+        whether it was written. The key is removed from the other engine either way."""
+        engine = self.engine_for(len(key), len(value))
+        if engine is None:
+            self._counters["too_large"] += 1
+            raise ValueError(f"navy: an item of {len(key) + len(value)} bytes (key + value) is larger than "
+                             f"the largest the flash engines take ({self.max_item_size} bytes)")
+        self._counters["inserts"] += 1
+        if not self.admission.accept(xxhash.xxh3_64_intdigest(key), len(key) + len(value)):
+            self._counters["admission_rejects"] += 1
+            yield from self._remove_from_all(key)
+            return False
+        if engine == "bighash":
+            yield from self._bh_mutate(key, self.bighash.insert(key, value, expiry))
+            if self.blockcache:
+                yield from self._bc(self.blockcache.remove(key))
+        else:
+            yield from self._bc(self.blockcache.insert(key, value, expiry))
+            if self.bighash:
+                yield from self._bh_mutate(key, self.bighash.remove(key))
+        self._inserts[engine] += 1
+        return True
+
+    def _remove_from_all(self, key: bytes) -> Op[bool]:
+        found = False
+        if self.blockcache:
+            found = bool((yield from self._bc(self.blockcache.remove(key))))
+        if self.bighash:
+            found = bool((yield from self._bh_mutate(key, self.bighash.remove(key)))) or found
+        return found
+
+    def remove(self, key: bytes) -> Op[bool]:
+        """Delete from both engines; True if either held the key."""
+        self._counters["removes"] += 1
+        found = yield from self._remove_from_all(key)
+        self._counters["removed"] += found
+        return found
+
+    # -- reporting ------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Router counters, and per engine its own stats plus hits, inserts, bytes written and
+        placement (the placement identifier, or why placement is off)."""
+        s: dict[str, Any] = dict(self._counters)
+        s["start"] = self.start
+        s["admission"] = self.admission.stats()
+        s["layout"] = dict(self.layout)
+        for name, eng in (("bighash", self.bighash), ("blockcache", self.blockcache)):
+            if eng is None:
+                s[name] = None
+                continue
+            st = eng.stats()
+            stream = self.streams[name]
+            st.update(router_hits=self._hits[name], router_inserts=self._inserts[name],
+                      device_bytes_written=self._written[name],
+                      placement={"state": "on", "pid": stream.pid} if stream.pid is not None else
+                      {"state": "off", "reason": str(stream.placement).removeprefix("off: ")})
+            s[name] = st
+        return s
