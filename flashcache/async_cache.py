@@ -1,0 +1,238 @@
+"""flashcache.AsyncCache: the Cache API with ``await``, flash reads completed by io_uring
+on the running asyncio loop.
+
+Owns the event-loop side only: it wraps a ``Cache`` (same config, tiers, stats) and
+drives flash lookups itself. Every ``get`` that misses DRAM parks its lookup (an engine
+generator); once per loop iteration all parked lookups advance together and their reads
+go to the device's async reader in one submission; the reader's eventfd wakes the loop
+when completions arrive (``loop.add_reader``), with no thread per request. The surprise:
+``set``/``delete`` are not awaited on I/O: they complete on the loop thread at once (a
+DRAM write plus short flash writes of evicted items), which also keeps every engine
+mutation serial, as the engines require.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from engines.device import Read, Trim, Write, run
+
+from . import config as config_mod
+from .cache import _MISSING, Cache
+
+log = logging.getLogger("flashcache.async")
+
+
+class AsyncCache:
+    """``Cache`` for asyncio (see the module docstring)::
+
+        async with flashcache.AsyncCache("config/default.toml") as cache:
+            await cache.set("k", b"v")
+            await cache.get("k")
+
+    Concurrent ``get``s from many tasks coalesce into batched submissions. Without an
+    async-capable device (a psync file, NVMe passthrough for now) lookups still coalesce
+    but their reads run synchronously on the loop; ``stats()["async_io"]`` says which.
+    """
+
+    def __init__(self, config: "config_mod.Config | str | Path | None" = None, **kw: Any):
+        self.cache = Cache(config, **kw)
+        self._reader = None
+        self._reader_error: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._parked: deque = deque()             # (op, future, pending request result)
+        self._kick_scheduled = False
+        self._waiting: dict[int, tuple[Any, asyncio.Future]] = {}   # token -> (op, future)
+        self._backlog: deque = deque()            # (op, future, Read) waiting for ring room
+        self.batches = 0
+        self.batched_reads = 0
+
+    # -- the loop side ---------------------------------------------------------------------
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            reason = self.cache.device.async_unavailable_reason()
+            if reason is None:
+                try:
+                    self._reader = self.cache.device.async_reader()
+                except Exception as e:            # noqa: BLE001 - reported, then synchronous
+                    self._reader_error = f"async reader failed: {e}"
+                    log.warning("%s: %s; flash reads run synchronously on the loop", self.cache.device.path,
+                                self._reader_error)
+                else:
+                    loop.add_reader(self._reader.eventfd, self._on_completions)
+            else:
+                self._reader_error = reason
+                log.warning("%s: %s", self.cache.device.path, reason)
+        elif loop is not self._loop:
+            raise RuntimeError("flashcache.AsyncCache is bound to the event loop that first used it")
+        return loop
+
+    def _lookup(self, key: bytes) -> "asyncio.Future":
+        loop = self._bind()
+        fut = loop.create_future()
+        self._parked.append((self.cache.navy.lookup_item(key), fut, None))
+        if not self._kick_scheduled:
+            self._kick_scheduled = True
+            loop.call_soon(self._kick)
+        return fut
+
+    def _advance(self, op, fut, send: Any, reads: list) -> None:
+        """Run ``op`` until it needs a read (collected into ``reads``) or finishes."""
+        dev = self.cache.device
+        try:
+            while True:
+                if isinstance(send, BaseException):
+                    req = op.throw(send)
+                else:
+                    req = op.send(send)
+                if isinstance(req, Read):
+                    reads.append((op, fut, req))
+                    return
+                if isinstance(req, Write):        # lookups do not write; be correct if one does
+                    dev.write(req.offset, req.data, req.stream)
+                elif isinstance(req, Trim):
+                    dev.trim(req.offset, req.length)
+                send = None
+        except StopIteration as stop:
+            if not fut.done():
+                fut.set_result(stop.value)
+        except BaseException as e:               # noqa: BLE001 - goes to the awaiting task
+            if not fut.done():
+                fut.set_exception(e)
+
+    def _kick(self) -> None:
+        self._kick_scheduled = False
+        reads: list = []
+        while self._parked:
+            op, fut, send = self._parked.popleft()
+            self._advance(op, fut, send, reads)
+        self._submit(reads)
+
+    def _submit(self, reads: list) -> None:
+        self._backlog.extend(reads)
+        if not self._backlog:
+            return
+        if self._reader is None:
+            # no ring: one synchronous batched read per round, still coalesced
+            while self._backlog:
+                batch = list(self._backlog)
+                self._backlog.clear()
+                self.batches += 1
+                self.batched_reads += len(batch)
+                try:
+                    got = self.cache.device.read_many([(r.offset, r.length) for _, _, r in batch])
+                except BaseException as e:       # noqa: BLE001
+                    got = [e] * len(batch)
+                more: list = []
+                for (op, fut, _), data in zip(batch, got):
+                    self._advance(op, fut, data, more)
+                self._backlog.extend(more)
+            return
+        n = min(self._reader.free, len(self._backlog))
+        if not n:
+            return
+        batch = [self._backlog.popleft() for _ in range(n)]
+        try:
+            tokens = self._reader.submit([(r.offset, r.length) for _, _, r in batch])
+        except BaseException as e:               # noqa: BLE001 - a bad request fails its lookups only
+            for op, fut, _ in batch:
+                self._advance(op, fut, e, [])
+            return
+        self.batches += 1
+        self.batched_reads += n
+        for tok, (op, fut, _) in zip(tokens, batch):
+            self._waiting[tok] = (op, fut)
+
+    def _on_completions(self) -> None:
+        reads: list = []
+        for tok, data in self._reader.reap():
+            op, fut = self._waiting.pop(tok)
+            self._advance(op, fut, data, reads)
+        self._submit(reads)
+
+    # -- the API -----------------------------------------------------------------------------
+    async def get(self, key: Any, default: Any = None) -> Any:
+        """The value for ``key``, or ``default``; a DRAM miss awaits the flash lookup."""
+        self._bind()
+        c = self.cache
+        c._check_open("get")
+        k = c._key(key)
+        v = c.dram.get(k)
+        if v is not None:
+            c._count(gets=1, hits_dram=1)
+            return c._decode(v)
+        item = await self._lookup(k)
+        if item is None or (item[1] and item[1] <= c._clock()):
+            c._count(gets=1, misses=1)
+            return default
+        c._count(gets=1, hits_flash=1)
+        c._promote(k, item[0], item[1])
+        return c._decode(item[0])
+
+    async def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
+        """{key: value} for the keys held; all flash lookups in one submission."""
+        keys = list(keys)
+        vals = await asyncio.gather(*(self.get(k, _MISSING) for k in keys))
+        return {k: v for k, v in zip(keys, vals) if v is not _MISSING}
+
+    async def contains(self, key: Any) -> bool:
+        return (await self.get(key, _MISSING)) is not _MISSING
+
+    async def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
+        self._bind()
+        self.cache.set(key, value, ttl)
+
+    async def set_many(self, mapping: Mapping[Any, Any], ttl: float | None = None) -> None:
+        self._bind()
+        self.cache.set_many(mapping, ttl)
+
+    async def delete(self, key: Any) -> bool:
+        self._bind()
+        return self.cache.delete(key)
+
+    async def touch(self, key: Any, ttl: float | None) -> bool:
+        self._bind()
+        c = self.cache
+        k = c._key(key)
+        exp = c._expiry(ttl)
+        c._count(touches=1)
+        if c.dram.touch(k, exp):
+            run(c.navy.remove(k), c.device)             # flash's copy has the old expiry
+            return True
+        item = await self._lookup(k)
+        if item is None or (item[1] and item[1] <= c._clock()):
+            return False
+        run(c.navy.remove(k), c.device)
+        c._demote(c.dram.set(k, item[0], exp))
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        """``Cache.stats()`` plus ``async_io``: "io_uring eventfd" or why reads are synchronous,
+        and how many read batches were submitted."""
+        st = self.cache.stats()
+        st["async_io"] = {"mode": "io_uring eventfd" if self._reader is not None else
+                          f"synchronous: {self._reader_error or self.cache.device.async_unavailable_reason()}",
+                          "batches": self.batches, "reads": self.batched_reads}
+        return st
+
+    async def aclose(self) -> None:
+        """Wait for reads in flight, then close the cache (warm-restart metadata)."""
+        while self._waiting or self._parked or self._backlog:
+            await asyncio.sleep(0.001)
+        if self._reader is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._reader.eventfd)
+            self._reader.close()
+            self._reader = None
+        self.cache.close()
+
+    async def __aenter__(self) -> "AsyncCache":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
