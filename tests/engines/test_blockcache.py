@@ -861,3 +861,78 @@ def test_long_random_workload_against_a_dict(kw):
     assert s["evicted_regions"] > 50 and s["checksum_failures"] == 0
     if kw.get("reinsertion_hits") or kw.get("reinsertion_percent"):
         assert s["reinsertions"] > 0
+
+
+def test_unflushed_buffer_items_are_not_saved_so_an_old_copy_cannot_come_back():
+    bc, dev = make(nregions=3)
+    put(bc, dev, b"K", b"old")  # region 0, unit 0
+    fill_regions(bc, dev, 3)  # regions 0, 1, 2 written; 0 is evicted and opens again
+    assert bc.regions.open == 0 and bc.regions.fill > 0
+    bc.reset()  # region 0 opens again with an empty buffer...
+    bc.generation = 0  # ...under the old generation (as if nothing had changed)
+    put(bc, dev, b"K", b"new")  # unit 0 of region 0 again, only in DRAM
+    assert dev.buf[bc.region_offset(0) + HEADER_SIZE:bc.region_offset(0) + HEADER_SIZE + 4] == b"Kold"
+    bc2 = BlockCache(R, 3 * R, region_size=R)
+    assert bc2.recover(bc.persist())
+    assert get(bc2, dev, b"K") is None  # never b"old"
+
+
+def test_an_overwrite_restarts_the_hit_count():
+    bc, dev = make(nregions=6, reinsertion_hits=2)
+    put(bc, dev, b"hot", b"old")
+    get(bc, dev, b"hot")
+    get(bc, dev, b"hot")  # buffer hits count too
+    assert bc.index.get(bc.index.find(key_hash(b"hot") >> 32))[2] == 2
+    put(bc, dev, b"hot", b"new")  # the hits belonged to the old value
+    assert bc.index.get(bc.index.find(key_hash(b"hot") >> 32))[2] == 0
+    fill_regions(bc, dev, 5)  # region 0 is evicted
+    assert bc.stats()["evicted_regions"] == 1
+    assert get(bc, dev, b"hot") is None and bc.stats()["reinsertions"] == 0
+
+
+def test_a_remove_during_the_reinsertion_read_is_not_undone():
+    bc, dev = make(nregions=6, reinsertion_percent=100)
+    regions = fill_regions(bc, dev, 5)
+    op = bc.insert(b"x", b"x")
+    req = next(op)
+    assert isinstance(req, Write)
+    dev.write(req.offset, req.data, req.stream)
+    req = op.send(None)
+    assert req == Read(bc.region_offset(0), R)  # region 0 is read back for reinsertion
+    gone, changed = regions[0][2], regions[0][5]
+    assert run(bc.remove(gone), dev) is True  # interleaves with the insert
+    # (inserts are not meant to interleave; if one does, the newer value still wins)
+    assert not run(bc.insert(changed, b"newer"), dev).evicted
+    with pytest.raises(StopIteration) as stop:
+        op.send(dev.read(req.offset, req.length))
+    assert stop.value.value.reinserted == PER_REGION - 2
+    assert get(bc, dev, gone) is None
+    assert get(bc, dev, changed) == b"newer"
+    assert all(get(bc, dev, k) == value_for(k) for k in regions[0] if k not in (gone, changed))
+
+
+def test_index_purges_tombstones_in_place_before_growing():
+    import random
+
+    from engines.blockcache.index import Index
+
+    idx = Index(64)
+    events = []
+    rebuild = idx.rebuild
+
+    def spy(capacity):
+        events.append((idx.capacity, capacity, len(idx)))
+        rebuild(capacity)
+
+    idx.rebuild = spy
+    rnd = random.Random(5)
+    addr = 0
+    for _ in range(20_000):
+        addr += 1
+        idx.put(rnd.getrandbits(32), addr, 1)
+        if addr % 50 == 0:  # an eviction: the 50 addresses before the last 50 go
+            idx.drop(idx.slots_in(addr - 100, addr - 50))
+    assert any(old == new for old, new, _ in events)  # tombstones purged in place
+    grew = [(old, live) for old, new, live in events if new > old]
+    assert grew and all(live + 1 > 0.6 * old for old, live in grew)
+    assert len(idx) <= 100 and idx.capacity <= 256  # no growth for tombstones
