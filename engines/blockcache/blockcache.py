@@ -25,7 +25,7 @@ from . import eviction as eviction_mod
 from .entry import (FORMAT_VERSION, HEADER_SIZE, MAX_EXPIRY, MAX_KEY_LEN, CorruptEntry, decode, encode_into,
                     key_hash)
 from .index import MAX_ADDR, SLOT_BYTES, Index
-from .regions import OPEN, SEALED, Regions
+from .regions import SEALED, Regions
 from .reinsertion import MAX_HITS_THRESHOLD, Reinsertion
 from ..device import Op, Read, Trim, Write
 
@@ -378,7 +378,7 @@ class BlockCache:
     def _reclaim(self, reserve: int = 0) -> Op[None]:
         """Evict one sealed region: reinsert what qualifies, drop the rest, trim, release."""
         c = self._counters
-        idx, regions, align = self.index, self.regions, self.alignment
+        idx, regions = self.index, self.regions
         victim = self.eviction.victim()
         self.eviction.forget(victim)
         lo = victim * self._upr

@@ -1,8 +1,6 @@
 """Tests for engines/blockcache/, driven through engines.device.run over an in-memory device."""
 from __future__ import annotations
 
-import struct
-
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -13,7 +11,7 @@ import engines.blockcache.blockcache as bcmod
 from engines.blockcache import ENTRY_HEADER, FORMAT_VERSION, HEADER_SIZE, MAGIC, BlockCache, InsertResult, key_hash
 from engines.blockcache.entry import CHECKSUM_SEED
 from engines.blockcache.regions import CLEAN, OPEN, SEALED
-from engines.device import Read, Trim, Write, run, run_many
+from engines.device import Read, Write, run, run_many
 from tests.engines.conftest import MemDevice, MemStream
 
 A = 512
