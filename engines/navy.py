@@ -39,6 +39,7 @@ import xxhash
 
 from .admission import AcceptAll, Admission
 from .bighash import BigHash, key_hash
+from .blockcache.entry import key_hash as bc_key_hash
 from .blockcache import BlockCache
 from .device import SUPERBLOCK_MAGIC, Device, Op, Read, Write, run
 
@@ -288,6 +289,16 @@ class Navy:
         """What an insert or remove of ``key`` must not overlap with: BigHash's bucket
         (BlockCache is one structure: the same token for every key)."""
         return ("bighash", self.bighash.bucket_of(key_hash(key))) if self.bighash else ("none", 0)
+
+    def may_hold(self, key: bytes) -> bool:
+        """False when neither engine can hold ``key``, decided in DRAM alone (BlockCache's
+        index, BigHash's bloom filter): a caller can then skip a remove entirely."""
+        if self.blockcache is not None and self.blockcache.index.find(bc_key_hash(key) >> 32) >= 0:
+            return True
+        if self.bighash is not None:
+            kh = key_hash(key)
+            return self.bighash.bloom.may_contain(self.bighash.bucket_of(kh), kh)
+        return False
 
     def _bh_lock(self, key: bytes) -> threading.RLock:
         return self._bh_locks[self.bighash.bucket_of(key_hash(key)) % len(self._bh_locks)]

@@ -33,6 +33,7 @@ from .errors import ClosedError
 from .metrics import CacheMetrics
 
 log = logging.getLogger("flashcache.cache")
+_now = time.perf_counter
 
 _MISSING = object()
 CODECS = (None, "msgpack")
@@ -105,7 +106,6 @@ class Cache:
         self._counters = {"gets": 0, "sets": 0, "deletes": 0, "touches": 0, "misses": 0, "hits_dram": 0,
                           "hits_flash": 0, "item_bytes_set": 0, "demotions": 0, "demotions_skipped_clean": 0,
                           "promotions": 0}
-        self._count_lock = threading.Lock()
         self._closed = False
         self._waf_lock = threading.Lock()
         self._waf_window = c.waf_window
@@ -115,6 +115,10 @@ class Cache:
         if self._waf_open is not None:
             self._waf_samples.append((time.monotonic(), self._waf_open))
         self.metrics = CacheMetrics(self.stats, registry, name)
+        self._get_hist = self.metrics.get_seconds
+        self._set_hist = self.metrics.set_seconds
+        # items up to this size fit an engine whatever the key: set() checks no further
+        self._small_max = max(self.navy.small_item_max, 1)
         log.info("cache on %s: %s; DRAM %d MiB; placement %s", self.device.path, self.navy.start,
                  c.dram_size >> 20, {k: v["state"] for k, v in self._placement().items()})
 
@@ -174,9 +178,11 @@ class Cache:
                              f"({self.navy.max_item_size} bytes); raise cache.flash.region_size")
 
     def _count(self, **kw: int) -> None:
-        with self._count_lock:
-            for k, v in kw.items():
-                self._counters[k] += v
+        # Unlocked, like the hot paths below: counters are statistics (a lost increment
+        # under heavy threading is possible and harmless), never state.
+        c = self._counters
+        for k, v in kw.items():
+            c[k] += v
 
     # -- flash ------------------------------------------------------------------------------
     def _demote(self, evicted: Iterable[Evicted]) -> None:
@@ -196,23 +202,26 @@ class Cache:
     # -- the API ----------------------------------------------------------------------------
     def get(self, key: Any, default: Any = None) -> Any:
         """The value for ``key``, or ``default``. Expired items are never returned."""
-        self._check_open("get")
-        t0 = time.perf_counter()
-        k = self._key(key)
+        if self._closed:
+            self._check_open("get")
+        t0 = _now()
+        k = key if type(key) is bytes and 0 < len(key) <= self.max_key_size else self._key(key)
+        c = self._counters
+        c["gets"] += 1
         v = self.dram.get(k)
         if v is not None:
-            self._count(gets=1, hits_dram=1)
+            c["hits_dram"] += 1
         else:
             item = run(self.navy.lookup_item(k), self.device)
             if item is None or (item[1] and item[1] <= self._clock()):
-                self._count(gets=1, misses=1)
-                self.metrics.get_seconds.observe(time.perf_counter() - t0)
+                c["misses"] += 1
+                self._get_hist.observe(_now() - t0)
                 return default
             v = item[0]
-            self._count(gets=1, hits_flash=1)
+            c["hits_flash"] += 1
             self._promote(k, v, item[1])
-        self.metrics.get_seconds.observe(time.perf_counter() - t0)
-        return self._decode(v)
+        self._get_hist.observe(_now() - t0)
+        return v if self.codec is None else self._decode(v)
 
     def __contains__(self, key: Any) -> bool:
         """Whether ``key`` is held (counts as a get; a flash hit is promoted)."""
@@ -221,21 +230,27 @@ class Cache:
     def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
         """Store ``value`` under ``key`` for ``ttl`` seconds (None: the default TTL, 0: no
         expiry). DRAM first; flash when DRAM evicts it (or at once with write_through)."""
-        self._check_open("set")
-        t0 = time.perf_counter()
-        k = self._key(key)
-        v = self._encode(value)
-        self._check_size(k, v)
-        exp = self._expiry(ttl)
-        self._count(sets=1, item_bytes_set=len(k) + len(v))
+        if self._closed:
+            self._check_open("set")
+        t0 = _now()
+        k = key if type(key) is bytes and 0 < len(key) <= self.max_key_size else self._key(key)
+        v = value if type(value) is bytes and self.codec is None else self._encode(value)
+        if len(k) + len(v) > self._small_max:
+            self._check_size(k, v)
+        exp = self._expiry(ttl) if ttl is not None or self.default_ttl else 0.0
+        c = self._counters
+        c["sets"] += 1
+        c["item_bytes_set"] += len(k) + len(v)
         if self.write_through:
             run(self.navy.insert(k, v, exp), self.device)
             out = self.dram.set(k, v, exp, clean=True)
         else:
-            run(self.navy.remove(k), self.device)     # no stale copy may outlive this set
+            if self.navy.may_hold(k):                 # no stale copy may outlive this set
+                run(self.navy.remove(k), self.device)
             out = self.dram.set(k, v, exp)
-        self._demote(out)
-        self.metrics.set_seconds.observe(time.perf_counter() - t0)
+        if out:
+            self._demote(out)
+        self._set_hist.observe(_now() - t0)
 
     def delete(self, key: Any) -> bool:
         """Remove ``key`` from every tier; True if it was held."""
@@ -243,7 +258,7 @@ class Cache:
         k = self._key(key)
         self._count(deletes=1)
         in_dram = self.dram.delete(k)
-        on_flash = run(self.navy.remove(k), self.device)
+        on_flash = run(self.navy.remove(k), self.device) if self.navy.may_hold(k) else False
         return in_dram or on_flash
 
     def touch(self, key: Any, ttl: float | None) -> bool:
@@ -350,8 +365,7 @@ class Cache:
         * ``start`` (how the flash cache came up: warm, cold or formatted, and why), and
           ``dram``, ``flash`` and ``device``: each layer's own stats.
         """
-        with self._count_lock:
-            c = dict(self._counters)
+        c = dict(self._counters)
         fl = self.navy.stats()
         dr = self.dram.stats()
         hits = c["hits_dram"] + c["hits_flash"]

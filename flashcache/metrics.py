@@ -9,10 +9,11 @@ in a log.
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any, Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3,
@@ -127,6 +128,43 @@ class DeviceCollector(Collector):
         yield a
 
 
+class LatencyHistogram:
+    """A histogram for the hot path: ``observe`` is one bisect and two additions (~0.2 us,
+    against ~1.4 us for prometheus_client's locked Histogram). Under many threads an
+    observation can very rarely be lost to a race; the counts are statistics, not state."""
+
+    def __init__(self, bounds: Iterable[float] = LATENCY_BUCKETS):
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    def family(self, name: str, doc: str, cache: str) -> HistogramMetricFamily:
+        m = HistogramMetricFamily(name, doc, labels=["cache"])
+        acc = 0
+        buckets = []
+        for bound, n in zip(self.bounds, self.counts):
+            acc += n
+            buckets.append((repr(float(bound)), acc))
+        acc += self.counts[-1]
+        buckets.append(("+Inf", acc))
+        m.add_metric([cache], buckets, self.sum)
+        return m
+
+
+class _LatencyCollector(Collector):
+    def __init__(self, hists: dict[str, tuple[LatencyHistogram, str]], name: str):
+        self._hists = hists
+        self._name = name
+
+    def collect(self) -> Iterable:
+        for metric, (h, doc) in self._hists.items():
+            yield h.family(metric, doc, self._name)
+
+
 class CacheMetrics:
     """The metrics of one cache: the scrape-time collector and the latency histograms."""
 
@@ -135,13 +173,16 @@ class CacheMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.collector = CacheCollector(stats, name)
         self.registry.register(self.collector)
-        self.get_seconds = Histogram("flashcache_get_latency_seconds", "get latency", ["cache"],
-                                     buckets=LATENCY_BUCKETS, registry=self.registry).labels(name)
-        self.set_seconds = Histogram("flashcache_set_latency_seconds", "set latency", ["cache"],
-                                     buckets=LATENCY_BUCKETS, registry=self.registry).labels(name)
+        self.get_seconds = LatencyHistogram()
+        self.set_seconds = LatencyHistogram()
+        self.latency = _LatencyCollector({"flashcache_get_latency_seconds": (self.get_seconds, "get latency"),
+                                          "flashcache_set_latency_seconds": (self.set_seconds, "set latency")},
+                                         name)
+        self.registry.register(self.latency)
 
     def close(self) -> None:
-        try:
-            self.registry.unregister(self.collector)
-        except KeyError:
-            pass
+        for c in (self.collector, self.latency):
+            try:
+                self.registry.unregister(c)
+            except KeyError:
+                pass

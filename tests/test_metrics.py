@@ -1,4 +1,5 @@
 """Metrics: names, labels, and that placement-off and WAF-unavailable carry their reason."""
+import pytest
 import math
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -74,3 +75,15 @@ def test_device_collector_says_why_placement_is_off(tmp_path):
                       pid="", reason=reason) == 0
         assert sample(reg, "flashcache_device_waf_available", device="t", path=path,
                       reason=d.waf_unavailable_reason()) == 0
+
+
+def test_latency_histogram_buckets_are_cumulative():
+    reg = CollectorRegistry()
+    m = CacheMetrics(lambda: stats(), reg, name="t")
+    for v in (2e-6, 2e-6, 3e-4, 5.0):
+        m.set_seconds.observe(v)
+    get = lambda le: reg.get_sample_value("flashcache_set_latency_seconds_bucket", {"cache": "t", "le": le})
+    assert get("2.5e-06") == 2 and get("0.0005") == 3 and get("1.0") == 3 and get("+Inf") == 4
+    assert reg.get_sample_value("flashcache_set_latency_seconds_sum", {"cache": "t"}) == pytest.approx(5.000304)
+    m.close()
+    assert reg.get_sample_value("flashcache_set_latency_seconds_count", {"cache": "t"}) is None

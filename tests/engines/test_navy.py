@@ -307,3 +307,13 @@ def test_corruption_gives_misses_and_counts_never_wrong_bytes():
         fails = st["bighash"]["checksum_failures"] + st["blockcache"]["checksum_failures"]
         hits = st["hits"]
         assert hits > 0 and (fails > 0 or n2.start.startswith("cold"))
+
+
+def test_may_hold_is_never_false_for_a_held_key(dev):
+    n = navy(dev)
+    assert not n.may_hold(b"never")                    # a fresh cache: known empty everywhere
+    for i in range(200):
+        run(n.insert(b"m%d" % i, b"x" * (100 if i % 2 else 5000)), dev)
+    assert all(n.may_hold(b"m%d" % i) for i in range(200))
+    run(n.remove(b"m3"), dev)
+    assert not n.may_hold(b"m3") or run(n.lookup(b"m3"), dev) is None
