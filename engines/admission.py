@@ -66,6 +66,7 @@ class DynamicRandomAdmission:
     """
 
     name = "dynamic-random"
+    wants_writes = True        # the router reports every device write to record_write
 
     def __init__(self, target_bytes_per_s: float, *, window_s: float = 60.0, max_step: float = 0.25,
                  base_size: int = 4096, size_bias: float = 0.5, seed: int | None = None,

@@ -130,8 +130,8 @@ class Navy:
         self._counters = dict.fromkeys(_COUNTERS, 0)
         self._hits = {"bighash": 0, "blockcache": 0}
         self._inserts = {"bighash": 0, "blockcache": 0}
-        self._written = {"bighash": 0, "blockcache": 0}
         self._closed = False
+        self._feed_admission = bool(getattr(self.admission, "wants_writes", False))
         # Thread safety: BlockCache's state is one structure, so its operations hold one
         # lock (across their I/O); BigHash serialises inserts and removes per bucket
         # (striped locks), and its lookups need none. Locks are re-entrant so one thread
@@ -205,7 +205,7 @@ class Navy:
             warm_bc = self.blockcache is None or self.blockcache.recover(state.get("blockcache"))
             counters = state.get("router") or {}
             for name, table in (("counters", self._counters), ("hits", self._hits),
-                                ("inserts", self._inserts), ("written", self._written)):
+                                ("inserts", self._inserts)):
                 for k in table:
                     table[k] = int((counters.get(name) or {}).get(k, 0))
         if self.blockcache and not warm_bc:
@@ -250,7 +250,7 @@ class Navy:
                  "bighash": self.bighash.persist() if self.bighash else None,
                  "blockcache": self.blockcache.persist() if self.blockcache else None,
                  "router": {"counters": self._counters, "hits": self._hits, "inserts": self._inserts,
-                            "written": self._written}}
+                            }}
         blob = msgpack.packb(state, use_bin_type=True)
         room = self.meta_end - self.block
         if len(blob) > room:
@@ -270,17 +270,18 @@ class Navy:
 
     # -- item operations (sans-I/O) -----------------------------------------------------
     def _through(self, op: Any, engine: str) -> Op[Any]:
-        """Pass an engine's requests through, counting the bytes it writes."""
+        """Pass an engine's requests through; when the admission policy steers by write
+        rate, tell it the bytes each Write carries."""
         if not inspect.isgenerator(op):
             return op
+        if not self._feed_admission:
+            return (yield from op)
         res = None
         try:
             while True:
                 req = op.send(res)
                 if type(req) is Write:
-                    n = len(req.data)
-                    self._written[engine] += n
-                    self.admission.record_write(n)
+                    self.admission.record_write(len(req.data))
                 res = yield req
         except StopIteration as stop:
             return stop.value
@@ -293,12 +294,15 @@ class Navy:
     def may_hold(self, key: bytes) -> bool:
         """False when neither engine can hold ``key``, decided in DRAM alone (BlockCache's
         index, BigHash's bloom filter): a caller can then skip a remove entirely."""
-        if self.blockcache is not None and self.blockcache.index.find(bc_key_hash(key) >> 32) >= 0:
-            return True
-        if self.bighash is not None:
-            kh = key_hash(key)
-            return self.bighash.bloom.may_contain(self.bighash.bucket_of(kh), kh)
-        return False
+        return (self.blockcache is not None and self._bc_may_hold(key)) or \
+            (self.bighash is not None and self._bh_may_hold(key))
+
+    def _bc_may_hold(self, key: bytes) -> bool:
+        return self.blockcache.index.find(bc_key_hash(key) >> 32) >= 0
+
+    def _bh_may_hold(self, key: bytes) -> bool:
+        kh = key_hash(key)
+        return self.bighash.bloom.may_contain(self.bighash.bucket_of(kh), kh)
 
     def _bh_lock(self, key: bytes) -> threading.RLock:
         return self._bh_locks[self.bighash.bucket_of(key_hash(key)) % len(self._bh_locks)]
@@ -321,7 +325,7 @@ class Navy:
         a miss there costs no I/O), then BigHash (its bloom filter usually answers a miss
         without I/O)."""
         self._counters["lookups"] += 1
-        if self.blockcache:
+        if self.blockcache and self._bc_may_hold(key):
             item = yield from self._bc(self.blockcache.lookup_item(key))
             if item is not None:
                 self._hits["blockcache"] += 1
@@ -364,20 +368,20 @@ class Navy:
             return False
         if engine == "bighash":
             yield from self._bh_mutate(key, self.bighash.insert(key, value, expiry))
-            if self.blockcache:
+            if self.blockcache and self._bc_may_hold(key):
                 yield from self._bc(self.blockcache.remove(key))
         else:
             yield from self._bc(self.blockcache.insert(key, value, expiry))
-            if self.bighash:
+            if self.bighash and self._bh_may_hold(key):
                 yield from self._bh_mutate(key, self.bighash.remove(key))
         self._inserts[engine] += 1
         return True
 
     def _remove_from_all(self, key: bytes) -> Op[bool]:
         found = False
-        if self.blockcache:
+        if self.blockcache and self._bc_may_hold(key):
             found = bool((yield from self._bc(self.blockcache.remove(key))))
-        if self.bighash:
+        if self.bighash and self._bh_may_hold(key):
             found = bool((yield from self._bh_mutate(key, self.bighash.remove(key)))) or found
         return found
 
@@ -403,7 +407,7 @@ class Navy:
             st = eng.stats()
             stream = self.streams[name]
             st.update(router_hits=self._hits[name], router_inserts=self._inserts[name],
-                      device_bytes_written=self._written[name],
+                      device_bytes_written=st["bytes_written"],
                       placement={"state": "on", "pid": stream.pid} if stream.pid is not None else
                       {"state": "off", "reason": str(stream.placement).removeprefix("off: ")})
             s[name] = st

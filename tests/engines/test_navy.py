@@ -317,3 +317,17 @@ def test_may_hold_is_never_false_for_a_held_key(dev):
     assert all(n.may_hold(b"m%d" % i) for i in range(200))
     run(n.remove(b"m3"), dev)
     assert not n.may_hold(b"m3") or run(n.lookup(b"m3"), dev) is None
+
+
+def test_dynamic_admission_hears_the_device_writes(dev):
+    now = [0.0]
+    adm = admission.DynamicRandomAdmission(1000.0, window_s=1.0, seed=1, clock=lambda: now[0])
+    n = navy(dev, admission=adm)
+    for i in range(50):
+        run(n.insert(b"d%d" % i, b"x" * 100), dev)          # 50 bucket writes: ~200 KiB in a second
+    now[0] += 1.0
+    run(n.insert(b"last", b"x"), dev)
+    assert adm.last_rate and adm.last_rate >= 50 * 4096
+    assert adm.probability == pytest.approx(0.75)           # down by the 25 % step limit
+    st = n.stats()
+    assert st["bighash"]["device_bytes_written"] == st["bighash"]["bytes_written"] >= 50 * 4096
