@@ -18,7 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from engines.device import Read, Trim, Write, run
+from engines.device import Read, Trim, Write
 
 from . import config as config_mod
 from .cache import _MISSING, Cache
@@ -201,15 +201,9 @@ class AsyncCache:
         k = c._key(key)
         exp = c._expiry(ttl)
         c._count(touches=1)
-        if c.dram.touch(k, exp):
-            run(c.navy.remove(k), c.device)             # flash's copy has the old expiry
+        if c._touch_dram(k, exp):
             return True
-        item = await self._lookup(k)
-        if item is None or (item[1] and item[1] <= c._clock()):
-            return False
-        run(c.navy.remove(k), c.device)
-        c._demote(c.dram.set(k, item[0], exp))
-        return True
+        return c._touch_flash(k, await self._lookup(k), exp)
 
     def stats(self) -> dict[str, Any]:
         """``Cache.stats()`` plus ``async_io``: "io_uring eventfd" or why reads are synchronous,

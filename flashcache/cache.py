@@ -267,10 +267,20 @@ class Cache:
         k = self._key(key)
         exp = self._expiry(ttl)
         self._count(touches=1)
-        if self.dram.touch(k, exp):
-            run(self.navy.remove(k), self.device)      # flash's copy has the old expiry
+        if self._touch_dram(k, exp):
             return True
-        item = run(self.navy.lookup_item(k), self.device)
+        return self._touch_flash(k, run(self.navy.lookup_item(k), self.device), exp)
+
+    def _touch_dram(self, k: bytes, exp: float) -> bool:
+        if not self.dram.touch(k, exp):
+            return False
+        if self.navy.may_hold(k):
+            run(self.navy.remove(k), self.device)      # flash's copy has the old expiry
+        return True
+
+    def _touch_flash(self, k: bytes, item: tuple[bytes, float] | None, exp: float) -> bool:
+        """Give a flash-resident item (as looked up) a new expiry: it moves to DRAM, dirty,
+        and flash's copy (with the old expiry) goes."""
         if item is None or (item[1] and item[1] <= self._clock()):
             return False
         run(self.navy.remove(k), self.device)

@@ -127,21 +127,11 @@ class EmulatedController:
                     out.append(data if len(data) == n else data + bytes(n - len(data)))
                     continue
                 pid = pids[k]
-                rg, ph = (0, 0)
-                if pid >= 0 and self.fdp:
-                    to = self._pid_to.get(pid)
-                    if to is None:
-                        if nvme.FDP_EVENT_INVALID_PID in self._events_enabled.get(0, ()):
-                            self._event(True, nvme.FDP_EVENT_INVALID_PID, pid)
-                    else:
-                        rg, ph = to
-                first = slba // self.lbas_per_page
-                last = (slba + nlb - 1) // self.lbas_per_page
+                rg, ph = self._resolve_pid(pid) if pid >= 0 and self.fdp else (0, 0)
                 try:
-                    self.ftl.write(first, last - first + 1, ph, rg)
-                except FtlError as e:
-                    log.error("%s: %s", self.path, e)
-                    nvme.check_status(_bad(CAPACITY_EXCEEDED).status, self.path, what)
+                    self._program(slba, nlb, rg, ph)
+                except _Status as st:
+                    nvme.check_status(st.status, self.path, what)
                 os.pwrite(self.fd, datas[k], off)
         return out
 
@@ -258,13 +248,7 @@ class EmulatedController:
                     buf[got:] = bytes(n - got)
                 return 0
             rg, ph = self._handle_for(cmd)
-            first = slba // self.lbas_per_page
-            last = (slba + nlb - 1) // self.lbas_per_page
-            try:
-                self.ftl.write(first, last - first + 1, ph, rg)
-            except FtlError as e:
-                log.error("%s: %s", self.path, e)
-                raise _bad(CAPACITY_EXCEEDED) from None
+            self._program(slba, nlb, rg, ph)
             os.pwrite(self.fd, buf, off)
             return 0
         if op == nvme.NVME_CMD_DSM:
@@ -317,13 +301,26 @@ class EmulatedController:
         """(reclaim group, placement handle) of a write."""
         if not self.fdp or cmd.dtype != nvme.DTYPE_DATA_PLACEMENT:
             return 0, 0
-        to = self._pid_to.get(cmd.dspec)
+        return self._resolve_pid(cmd.dspec)
+
+    def _resolve_pid(self, pid: int) -> tuple[int, int]:
+        to = self._pid_to.get(pid)
         if to is not None:
             return to
         # spec: an invalid placement identifier falls back to the default handle, with an event
         if nvme.FDP_EVENT_INVALID_PID in self._events_enabled.get(0, ()):
-            self._event(True, nvme.FDP_EVENT_INVALID_PID, cmd.dspec)
+            self._event(True, nvme.FDP_EVENT_INVALID_PID, pid)
         return 0, 0
+
+    def _program(self, slba: int, nlb: int, rg: int, ph: int) -> None:
+        """Account a write of ``nlb`` blocks at ``slba`` in the FTL (whole mapping units)."""
+        first = slba // self.lbas_per_page
+        last = (slba + nlb - 1) // self.lbas_per_page
+        try:
+            self.ftl.write(first, last - first + 1, ph, rg)
+        except FtlError as e:
+            log.error("%s: %s", self.path, e)
+            raise _bad(CAPACITY_EXCEEDED) from None
 
     def _event(self, host: bool, typ: int, pid: int, type_specific: bytes = bytes(16), *,
                rg: int = 0, ruhid: int = 0) -> None:
