@@ -130,6 +130,7 @@ class Navy:
         self._counters = dict.fromkeys(_COUNTERS, 0)
         self._hits = {"bighash": 0, "blockcache": 0}
         self._inserts = {"bighash": 0, "blockcache": 0}
+        self._rejects = {"bighash": 0, "blockcache": 0}
         self._closed = False
         self._feed_admission = bool(getattr(self.admission, "wants_writes", False))
         # Thread safety: BlockCache's state is one structure, so its operations hold one
@@ -205,7 +206,7 @@ class Navy:
             warm_bc = self.blockcache is None or self.blockcache.recover(state.get("blockcache"))
             counters = state.get("router") or {}
             for name, table in (("counters", self._counters), ("hits", self._hits),
-                                ("inserts", self._inserts)):
+                                ("inserts", self._inserts), ("rejects", self._rejects)):
                 for k in table:
                     table[k] = int((counters.get(name) or {}).get(k, 0))
         if self.blockcache and not warm_bc:
@@ -250,7 +251,7 @@ class Navy:
                  "bighash": self.bighash.persist() if self.bighash else None,
                  "blockcache": self.blockcache.persist() if self.blockcache else None,
                  "router": {"counters": self._counters, "hits": self._hits, "inserts": self._inserts,
-                            }}
+                            "rejects": self._rejects}}
         blob = msgpack.packb(state, use_bin_type=True)
         room = self.meta_end - self.block
         if len(blob) > room:
@@ -364,6 +365,7 @@ class Navy:
         self._counters["inserts"] += 1
         if not self.admission.accept(xxhash.xxh3_64_intdigest(key), len(key) + len(value)):
             self._counters["admission_rejects"] += 1
+            self._rejects[engine] += 1
             yield from self._remove_from_all(key)
             return False
         if engine == "bighash":
@@ -407,6 +409,7 @@ class Navy:
             st = eng.stats()
             stream = self.streams[name]
             st.update(router_hits=self._hits[name], router_inserts=self._inserts[name],
+                      admission_rejects=self._rejects[name],
                       device_bytes_written=st["bytes_written"],
                       placement={"state": "on", "pid": stream.pid} if stream.pid is not None else
                       {"state": "off", "reason": str(stream.placement).removeprefix("off: ")})

@@ -95,6 +95,7 @@ def test_admission_rejects_are_counted_and_write_nothing(dev):
     before = len(dev.log)
     assert run(n.insert(b"k", b"v" * 100), dev) is False
     assert n.stats()["admission_rejects"] == 1
+    assert n.stats()["bighash"]["admission_rejects"] == 1 and n.stats()["blockcache"]["admission_rejects"] == 0
     assert not [x for x in dev.log[before:] if x[0] == "write"]
     assert run(n.lookup(b"k"), dev) is None
 
