@@ -23,12 +23,13 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def selfcheck(cfg: config_mod.Config, out=sys.stdout) -> int:
+def selfcheck(cfg: config_mod.Config, out=None) -> int:
     """An honest I/O self-check of the configured device: open it (with format safety),
     report what it is, then write a pattern over a few blocks, read it back, compare, and
     restore what was there. Returns 0 when every check passed."""
     from .devices import open_device
 
+    out = out or sys.stdout
     dcfg = cfg.device
     path_dir = os.path.dirname(dcfg.path)
     if path_dir and dcfg.kind in ("file", "emulated"):
@@ -79,10 +80,46 @@ def selfcheck(cfg: config_mod.Config, out=sys.stdout) -> int:
     return 0 if ok else 1
 
 
+def cache_check(cfg: config_mod.Config, out=None, items: int = 2000) -> int:
+    """The cache on the configured device: set items of every size class, read them back,
+    delete them, and report tiers, placement and device WAF as stats() gives them."""
+    import dataclasses
+
+    from .cache import Cache
+
+    out = out or sys.stdout
+    t0 = time.perf_counter()
+    # a 1 MiB DRAM tier, so that most of the items go through flash and come back from it
+    small = dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, dram_size=1 << 20))
+    with Cache(small) as c:
+        print(f"cache      {c.stats()['start']}", file=out)
+        vals = {f"selfcheck:{i}".encode(): bytes([i % 256]) * (100 if i % 10 else 20_000) for i in range(items)}
+        c.set_many(vals)
+        got = c.get_many(list(vals))
+        wrong = [k for k, v in got.items() if v != vals[k]]
+        st = c.stats()
+        for k in vals:
+            c.delete(k)
+    print(f"items      set {items}, read back {len(got)} (hits: DRAM {st['hits']['dram']}, flash "
+          f"{st['hits']['flash']}), wrong {len(wrong)}", file=out)
+    for eng, p in st["placement"].items():
+        print(f"placement  {eng}: " + (f"on, placement identifier {p['pid']}" if p["state"] == "on"
+                                       else f"off: {p['reason']}"), file=out)
+    w = st["device_waf"]
+    if w["status"] == "available" and w["since_open"] is not None:
+        print(f"device WAF {w['since_open']:.3f} since open (host {w['hbmw']:,} B, media {w['mbmw']:,} B); "
+              f"app write amplification {st['app_write_amplification']:.2f}", file=out)
+    else:
+        print(f"device WAF {w['status']}", file=out)
+    ok = not wrong
+    print(f"cachecheck {'passed' if ok else 'FAILED'} in {time.perf_counter() - t0:.2f} s", file=out)
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="flashcache", description="A flash cache with NVMe FDP placement.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p_run = sub.add_parser("run", help="run the main job on a config (today: the device self-check)")
+    p_run = sub.add_parser("run", help="run the main job on a config (today: the device and cache self-check)")
     p_run.add_argument("-c", "--config", default="config/default.toml")
     p_sc = sub.add_parser("selfcheck", help="check the configured device: open, write, read back, restore")
     p_sc.add_argument("-c", "--config", default="config/default.toml")
@@ -101,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd in ("run", "selfcheck"):
             cfg = config_mod.load(args.config)
             _setup_logging(cfg.log.level)
-            return selfcheck(cfg)
+            rc = selfcheck(cfg)
+            return rc or cache_check(cfg)
         if args.cmd == "config":
             if args.config:
                 cfg = config_mod.load(args.config)
