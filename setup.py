@@ -5,4 +5,5 @@ from setuptools import setup
 setup(cffi_modules=[
     "flashcache/uring/_build.py:ffibuilder",
     "flashcache/emulator/_build.py:ffibuilder",
+    "engines/_bucket_build.py:ffibuilder",
 ])

@@ -30,6 +30,11 @@ On-flash layout (little-endian), one bucket of ``bucket_size`` bytes::
 A never-written bucket (all zeros, e.g. after a trim) is empty and is not a failure.
 The bucket is ``(key_hash >> 32) * nbuckets >> 32`` (the high 32 bits); the bloom
 filters use the low 32 bits.
+
+The per-bucket work (validating an image, finding a key, building the image an insert or a
+remove writes, the bloom filters) runs in C: ``engines/_bucket.c``, built by cffi at
+install time with xxHash's header. This module keeps the I/O generators, the counters and
+the log messages; the C functions are called between yields and keep no state.
 """
 from __future__ import annotations
 
@@ -43,6 +48,14 @@ import xxhash
 
 from engines.bloom import BloomFilters
 from engines.device import Op, Read, Write
+
+try:
+    from engines._bucket_c import ffi as _ffi, lib as _lib
+except ImportError as exc:  # pragma: no cover - only without the build
+    raise ImportError(
+        "engines._bucket_c (the C core of BigHash and its bloom filters) is not built: "
+        "run `make setup` (or `.venv/bin/pip install -e .`)"
+    ) from exc
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +74,28 @@ _HSIZE = BUCKET_HEADER.size
 _ESIZE = ENTRY_HEADER.size
 
 _hash = xxhash.xxh3_64_intdigest
+_from_buffer = _ffi.from_buffer
+_c_lookup = _lib.fc_bucket_lookup
+_c_insert = _lib.fc_bucket_insert
+_c_remove = _lib.fc_bucket_remove
+_c_bloom_image = _lib.fc_bloom_rebuild_image
+_c_may_contain = _lib.fc_bloom_may_contain
+_NULL = _ffi.NULL
+_new_tuple = tuple.__new__
+_LEN_MASK = _lib.FC_LEN_MASK
+_VLEN_SHIFT = _lib.FC_VLEN_SHIFT
+_KLEN_SHIFT = _lib.FC_KLEN_SHIFT
+_SUM_OK = _lib.FC_SUM_OK
+_HAS_EXPIRY = _lib.FC_HAS_EXPIRY
+_U32 = struct.Struct("<I").unpack_from
+_REASON_MASK = _lib.FC_REASON_MASK
+_CHANGED = _lib.FC_REPLACED  # == FC_REMOVED
+_EVICTED_SHIFT = _lib.FC_EVICTED_SHIFT
+_EXPIRED_SHIFT = _lib.FC_EXPIRED_SHIFT
+_COUNT_MASK = _lib.FC_COUNT_MASK
+_FC_STALE = _lib.FC_STALE
+if (_lib.fc_key_seed, _lib.fc_checksum_seed) != (KEY_SEED, CHECKSUM_SEED):  # pragma: no cover
+    raise ImportError("engines._bucket_c was built from another engines/_bucket.c (its seeds differ): run `make setup`")
 
 _COUNTERS = (
     "lookups", "hits", "misses", "bloom_rejects", "flash_misses", "expired_misses",
@@ -171,7 +206,6 @@ class BigHash:
         """Largest key + value + entry header (22 B) that fits in one bucket."""
         self.bloom = BloomFilters(self.nbuckets, bloom_bytes_per_bucket, bloom_hashes)
         self._counters = dict.fromkeys(_COUNTERS, 0)
-        self._zero = bytes(bucket_size)
         # Bumped by every completed bucket write: a lookup refreshes a bucket's filter from
         # what it read only if no write landed while its Read was in flight.
         self._write_epoch = 0
@@ -188,43 +222,28 @@ class BigHash:
 
     # ------------------------------------------------------------------ on-flash format
 
-    def _entries(self, data: bytes | bytearray | memoryview, bucket: int) -> list[tuple[int, int, int, int, int, int]] | None:
-        """The entries of a bucket image as (key_hash, value_sum, expiry, start, key_len, value_len),
-        oldest first; [] for an empty, never-written or stale bucket; None if it is corrupt.
-        ``start`` is the entry header's offset in ``data``."""
-        c = self._counters
-        if len(data) != self.bucket_size:
-            raise ValueError(f"BigHash: bucket {bucket} read returned {len(data)} bytes, expected {self.bucket_size}")
-        magic, version, hsize, checksum, generation, count, used = BUCKET_HEADER.unpack_from(data)
-        if magic != MAGIC:
-            if data == self._zero:
-                return []
-            return self._corrupt(bucket, f"bad magic {bytes(magic)!r}")
-        if version != FORMAT_VERSION or hsize != _HSIZE:
-            return self._corrupt(bucket, f"format version {version} header {hsize} B, this code reads {FORMAT_VERSION}")
-        if used > self.bucket_size - _HSIZE:
-            return self._corrupt(bucket, f"used_bytes {used} > {self.bucket_size - _HSIZE}")
-        mv = memoryview(data)
-        if _hash(mv[16:_HSIZE + used], CHECKSUM_SEED ^ bucket) != checksum:
-            return self._corrupt(bucket, "checksum mismatch")
-        if generation != self.generation:
-            c["stale_buckets"] += 1
-            return []
-        out = []
-        pos, end = _HSIZE, _HSIZE + used
-        unpack = ENTRY_HEADER.unpack_from
-        for _ in range(count):
-            if pos + _ESIZE > end:
-                return self._corrupt(bucket, "entries overrun used_bytes")
-            kh, vsum, expiry, vlen, klen = unpack(data, pos)
-            nxt = pos + _ESIZE + klen + vlen
-            if nxt > end:
-                return self._corrupt(bucket, "entries overrun used_bytes")
-            out.append((kh, vsum, expiry, pos, klen, vlen))
-            pos = nxt
-        if pos != end:
-            return self._corrupt(bucket, f"{count} entries end at {pos - _HSIZE}, used_bytes says {used}")
-        return out
+    def _unreadable(self, bucket: int, reason: int, data: bytes | bytearray | memoryview) -> None:
+        """Count (and log, if it is corruption) why the C core read bucket image ``data``
+        as empty: ``reason`` is one of the FC_* codes of ``engines/_bucket.h``."""
+        if reason == _FC_STALE:
+            self._counters["stale_buckets"] += 1
+            return
+        magic, version, hsize, _, _, count, used = BUCKET_HEADER.unpack_from(data)
+        if reason == _lib.FC_BAD_MAGIC:
+            why = f"bad magic {bytes(magic)!r}"
+        elif reason == _lib.FC_BAD_VERSION:
+            why = f"format version {version} header {hsize} B, this code reads {FORMAT_VERSION}"
+        elif reason == _lib.FC_BAD_USED:
+            why = f"used_bytes {used} > {self.bucket_size - _HSIZE}"
+        elif reason == _lib.FC_BAD_CHECKSUM:
+            why = "checksum mismatch"
+        elif reason == _lib.FC_OVERRUN:
+            why = "entries overrun used_bytes"
+        else:  # FC_BAD_END: ask where the entries end (under the image's own generation)
+            end = _ffi.new("uint32_t *")
+            _lib.fc_bucket_check(_from_buffer(data), self.bucket_size, bucket, BUCKET_HEADER.unpack_from(data)[4], end)
+            why = f"{count} entries end at {end[0]}, used_bytes says {used}"
+        self._corrupt(bucket, why)
 
     def _corrupt(self, bucket: int, why: str) -> None:
         self._counters["checksum_failures"] += 1
@@ -232,17 +251,9 @@ class BigHash:
                     bucket, self.bucket_offset(bucket), why)
         return None
 
-    def _build(self, bucket: int, parts: list, count: int, used: int) -> bytearray:
-        """A full bucket image holding ``parts`` (entry byte strings, oldest first)."""
-        buf = bytearray(self.bucket_size)
-        buf[_HSIZE:_HSIZE + used] = b"".join(parts)
-        BUCKET_HEADER.pack_into(buf, 0, MAGIC, FORMAT_VERSION, _HSIZE, 0, self.generation, count, used)
-        checksum = _hash(memoryview(buf)[16:_HSIZE + used], CHECKSUM_SEED ^ bucket)
-        struct.pack_into("<Q", buf, 8, checksum)
-        return buf
-
-    def _expired(self, expiry: int, now: float) -> bool:
-        return expiry != 0 and expiry <= now
+    def _check_read(self, bucket: int, data) -> None:
+        if len(data) != self.bucket_size:
+            raise ValueError(f"BigHash: bucket {bucket} read returned {len(data)} bytes, expected {self.bucket_size}")
 
     # ------------------------------------------------------------------ operations
 
@@ -251,53 +262,65 @@ class BigHash:
 
         A negative bloom answer returns at once, yielding no I/O at all.
         """
-        item = yield from self.lookup_item(key)
-        return None if item is None else item[0]
+        return self._lookup(key, False)
 
     def lookup_item(self, key: bytes | bytearray | memoryview) -> Op[tuple[bytes, float] | None]:
         """Like ``lookup``, but returns ``(value, expiry)`` (expiry 0 = never), so a cache
         that promotes the item to DRAM keeps its time to live."""
-        key = _check_bytes("key", key)
+        return self._lookup(key, True)
+
+    def _lookup(self, key, with_expiry: bool) -> Op[bytes | tuple[bytes, float] | None]:
+        # One generator for both (no ``yield from`` on the hot path).
+        if key.__class__ is bytes:
+            ckey = key
+        else:
+            key = _check_bytes("key", key)
+            ckey = _from_buffer(key)
         c = self._counters
         c["lookups"] += 1
         kh = _hash(key, KEY_SEED)
         b = (kh >> 32) * self.nbuckets >> 32
-        if not self.bloom.may_contain(b, kh):
+        bloom = self.bloom
+        if not _c_may_contain(bloom.c, b, kh):  # always 1 with the filters off
             c["bloom_rejects"] += 1
             c["misses"] += 1
             return None
         epoch = self._write_epoch
-        data = yield Read(self.offset + b * self.bucket_size, self.bucket_size)
+        size = self.bucket_size
+        data = yield Read(self.offset + b * size, size)
         c["bucket_reads"] += 1
-        c["bytes_read"] += self.bucket_size
-        entries = self._entries(data, b)
-        if epoch == self._write_epoch and self.bloom.is_unknown(b):
-            # We now know this bucket's keys exactly: warm its filter (a cold engine learns
-            # its filters from lookups as well as from writes).
-            self.bloom.rebuild(b, [e[0] for e in entries] if entries else ())
-        found = None
-        for e in entries or ():
-            if e[0] == kh:
-                start = e[3] + _ESIZE
-                if data[start:start + e[4]] == key:
-                    found = e
-        if found is None:
+        c["bytes_read"] += size
+        if len(data) != size:
+            self._check_read(b, data)
+        # If no write landed while we read, we now know this bucket's keys exactly: the C
+        # core warms its filter if unknown (a cold engine learns its filters from lookups
+        # as well as from writes).
+        r = _c_lookup(data if data.__class__ is bytes else _from_buffer(data), size, b, self.generation, kh,
+                      ckey, len(key), bloom.c if epoch == self._write_epoch else _NULL)
+        if r < 0:
+            self._unreadable(b, -r, data)
+        if r <= 0:
             c["misses"] += 1
             c["flash_misses"] += 1
             return None
-        _, vsum, expiry, start, klen, vlen = found
-        if self._expired(expiry, self.clock()):
-            c["expired_misses"] += 1
+        vstart = r & _LEN_MASK
+        if r & _HAS_EXPIRY:
+            expiry = _U32(data, vstart - (r >> _KLEN_SHIFT & 0xFFFF) - 10)[0]  # the entry's bytes 12-16
+            if expiry <= self.clock():
+                c["expired_misses"] += 1
+                c["misses"] += 1
+                return None
+        else:
+            expiry = 0
+        if not r & _SUM_OK:
+            self._corrupt(b, f"value checksum mismatch for a key of {r >> _KLEN_SHIFT & 0xFFFF} B")
             c["misses"] += 1
             return None
-        vstart = start + _ESIZE + klen
-        value = bytes(data[vstart:vstart + vlen])
-        if _hash(value, KEY_SEED) & 0xFFFFFFFF != vsum:
-            self._corrupt(b, f"value checksum mismatch for a key of {klen} B")
-            c["misses"] += 1
-            return None
+        value = data[vstart:vstart + (r >> _VLEN_SHIFT & _LEN_MASK)]
+        if value.__class__ is not bytes:
+            value = bytes(value)
         c["hits"] += 1
-        return value, float(expiry)
+        return (value, float(expiry)) if with_expiry else value
 
     def insert(self, key: bytes | bytearray | memoryview, value: bytes | bytearray | memoryview,
                expiry: float = 0) -> Op[InsertResult]:
@@ -308,8 +331,10 @@ class BigHash:
         seconds of ``clock`` (0 = never), rounded up to a whole second. ValueError if the
         item can never fit in a bucket (see ``max_item_size``).
         """
-        key = _check_bytes("key", key)
-        value = _check_bytes("value", value)
+        if key.__class__ is not bytes:
+            key = _check_bytes("key", key)
+        if value.__class__ is not bytes:
+            value = _check_bytes("value", value)
         klen, vlen = len(key), len(value)
         if klen > MAX_KEY_LEN:
             raise ValueError(f"BigHash: key of {klen} bytes: keys are at most {MAX_KEY_LEN} bytes")
@@ -331,86 +356,84 @@ class BigHash:
     def _insert(self, key, value, klen: int, vlen: int, expiry: int) -> Op[InsertResult]:
         c = self._counters
         kh = _hash(key, KEY_SEED)
+        size = self.bucket_size
         b = (kh >> 32) * self.nbuckets >> 32
-        off = self.offset + b * self.bucket_size
-        data = yield Read(off, self.bucket_size)
+        off = self.offset + b * size
+        data = yield Read(off, size)
         c["bucket_reads"] += 1
-        c["bytes_read"] += self.bucket_size
-        entries = self._entries(data, b) or []
-        now = self.clock()
-        mv = memoryview(data)
-        kept: list[tuple[int, int, int]] = []  # (key_hash, start, end)
-        replaced = False
-        expired = 0
-        for ekh, _, eexp, start, eklen, evlen in entries:
-            end = start + _ESIZE + eklen + evlen
-            if ekh == kh and eklen == klen and mv[start + _ESIZE:start + _ESIZE + eklen] == key:
-                replaced = True
-            elif self._expired(eexp, now):
-                expired += 1
-            else:
-                kept.append((ekh, start, end))
-        need = _ESIZE + klen + vlen
-        used = sum(e[2] - e[1] for e in kept)
-        evicted = 0
-        room = self.max_item_size - need
-        while used > room:  # FIFO: the oldest entries go first
-            used -= kept[evicted][2] - kept[evicted][1]
-            evicted += 1
-        kept = kept[evicted:]
-        parts = [mv[s:e] for _, s, e in kept]
-        parts.append(ENTRY_HEADER.pack(kh, _hash(value, KEY_SEED) & 0xFFFFFFFF, expiry, vlen, klen))
-        parts.append(key)
-        parts.append(value)
-        buf = self._build(b, parts, len(kept) + 1, used + need)
-        yield from self._write_bucket(b, buf, [e[0] for e in kept] + [kh])
+        c["bytes_read"] += size
+        if len(data) != size:
+            self._check_read(b, data)
+        buf = bytearray(size)
+        cbuf = _from_buffer(buf)
+        r = _c_insert(data if data.__class__ is bytes else _from_buffer(data), cbuf, size, b, self.generation,
+                      self.clock(), kh, key if key.__class__ is bytes else _from_buffer(key), klen,
+                      value if value.__class__ is bytes else _from_buffer(value), vlen, expiry)
+        if r < 0:  # pragma: no cover - insert() checked the sizes
+            raise RuntimeError(f"BigHash: the C core refused an item of {klen} + {vlen} B")
+        if r & _REASON_MASK:
+            self._unreadable(b, r & _REASON_MASK, data)
+        # _write_bucket inlined (one generator less on the hot path): keep the two in step.
+        try:
+            yield Write(off, buf, self.stream)
+        except BaseException:
+            self.bloom.invalidate(b)
+            self._write_epoch += 1
+            raise
+        self._write_epoch += 1
+        c["bucket_writes"] += 1
+        c["bytes_written"] += size
+        if self.bloom.nbits:
+            _c_bloom_image(self.bloom.c, b, cbuf, size)
+        replaced = bool(r & _CHANGED)
+        evicted = (r >> _EVICTED_SHIFT) & _COUNT_MASK
+        expired = (r >> _EXPIRED_SHIFT) & _COUNT_MASK
         c["inserts"] += 1
         c["inserted_bytes"] += klen + vlen
         c["replaced"] += replaced
         c["evictions"] += evicted
         c["expired_dropped"] += expired
-        return InsertResult(replaced, evicted, expired)
+        return _new_tuple(InsertResult, (replaced, evicted, expired))  # InsertResult(...), faster
 
     def remove(self, key: bytes | bytearray | memoryview) -> Op[bool]:
         """Drop ``key``: one read, and one write only if a live entry was there.
         True if a live (unexpired) entry was removed."""
-        key = _check_bytes("key", key)
+        if key.__class__ is bytes:
+            ckey = key
+        else:
+            key = _check_bytes("key", key)
+            ckey = _from_buffer(key)
         c = self._counters
         c["removes"] += 1
         kh = _hash(key, KEY_SEED)
         b = (kh >> 32) * self.nbuckets >> 32
-        if not self.bloom.may_contain(b, kh):
+        bloom = self.bloom
+        if not _c_may_contain(bloom.c, b, kh):
             c["bloom_rejects"] += 1
             return False
         epoch = self._write_epoch
-        data = yield Read(self.offset + b * self.bucket_size, self.bucket_size)
+        size = self.bucket_size
+        data = yield Read(self.offset + b * size, size)
         c["bucket_reads"] += 1
-        c["bytes_read"] += self.bucket_size
-        entries = self._entries(data, b)
-        if epoch == self._write_epoch and self.bloom.is_unknown(b):
-            self.bloom.rebuild(b, [e[0] for e in entries] if entries else ())
-        if not entries:
+        c["bytes_read"] += size
+        if len(data) != size:
+            self._check_read(b, data)
+        buf = bytearray(size)
+        cbuf = _from_buffer(buf)
+        r = _c_remove(data if data.__class__ is bytes else _from_buffer(data), cbuf, size, b, self.generation,
+                      self.clock(), kh, ckey, len(key),
+                      bloom.c if epoch == self._write_epoch else _NULL)
+        if r & _REASON_MASK:
+            self._unreadable(b, r & _REASON_MASK, data)
+        if not r & _CHANGED:
             return False
-        now = self.clock()
-        mv = memoryview(data)
-        hit = None
-        kept = []
-        for e in entries:
-            ekh, _, eexp, start, eklen, evlen = e
-            if ekh == kh and eklen == len(key) and mv[start + _ESIZE:start + _ESIZE + eklen] == key:
-                hit = e
-            else:
-                kept.append(e)
-        if hit is None or self._expired(hit[2], now):
-            return False
-        parts = [mv[s:s + _ESIZE + kl + vl] for _, _, _, s, kl, vl in kept]
-        used = sum(len(p) for p in parts)
-        buf = self._build(b, parts, len(kept), used)
-        yield from self._write_bucket(b, buf, [e[0] for e in kept])
+        yield from self._write_bucket(b, buf, cbuf)
         c["removed"] += 1
         return True
 
-    def _write_bucket(self, b: int, buf: bytearray, keyhashes: list[int]) -> Op[None]:
+    def _write_bucket(self, b: int, buf: bytearray, cbuf) -> Op[None]:
+        """Write the image ``buf`` (``cbuf``: its C view) to bucket ``b``; then its filter
+        holds exactly the image's keys."""
         try:
             yield Write(self.offset + b * self.bucket_size, buf, self.stream)
         except BaseException:
@@ -421,7 +444,8 @@ class BigHash:
         self._write_epoch += 1
         self._counters["bucket_writes"] += 1
         self._counters["bytes_written"] += self.bucket_size
-        self.bloom.rebuild(b, keyhashes)
+        if self.bloom.nbits:
+            _c_bloom_image(self.bloom.c, b, cbuf, self.bucket_size)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -9,6 +9,10 @@ so a cold engine over old data still reads every bucket until it has seen or rew
 Bit positions come from the *low 32 bits* of the 64-bit key hash by double hashing
 (h1 = bits 0-15, h2 = bits 16-31, position i = (h1 + i*h2) mod nbits); the engine picks
 the bucket from the high 32 bits, so the keys of one bucket do not share filter bits.
+
+The bit work (may_contain, is_unknown, rebuild) runs in C (``engines/_bucket.c``, built by
+cffi at install time) directly on the numpy array's memory; ``c`` is that filter set as a
+C ``fc_bloom *`` for other C callers (BigHash rebuilds a filter from a bucket image).
 """
 from __future__ import annotations
 
@@ -16,13 +20,17 @@ import struct
 
 import numpy as np
 
+try:
+    from engines._bucket_c import ffi as _ffi, lib as _lib
+except ImportError as exc:  # pragma: no cover - only without the build
+    raise ImportError(
+        "engines._bucket_c (the C core of BigHash and its bloom filters) is not built: "
+        "run `make setup` (or `.venv/bin/pip install -e .`)"
+    ) from exc
+
 _HEADER = struct.Struct("<4sHIHB")  # magic, version, nbuckets, nbytes, num_hashes
 _MAGIC = b"FCBF"
 _VERSION = 1
-
-
-_NUMPY_MIN_KEYS = 12  # below this a Python loop beats numpy's per-call overhead
-_I = np.arange(32, dtype=np.uint64)
 
 
 def positions(keyhash: int, nbits: int, k: int) -> list[int]:
@@ -60,6 +68,11 @@ class BloomFilters:
         self._flat = memoryview(self.bits).cast("B") if nbytes else memoryview(b"")
         self._full = b"\xff" * nbytes
         self._empty = bytes(nbytes)
+        # The C view of ``bits`` (the array is only ever changed in place, never replaced).
+        self._cbits = _ffi.from_buffer("uint8_t[]", self.bits) if nbytes else _ffi.NULL
+        self.c = _ffi.new("fc_bloom *", {"bits": self._cbits, "nbuckets": nbuckets, "nbytes": nbytes,
+                                        "k": num_hashes})
+        """This filter set as a C ``fc_bloom *`` (see ``engines/_bucket.h``)."""
 
     @property
     def enabled(self) -> bool:
@@ -79,50 +92,27 @@ class BloomFilters:
         """False only if the key with this hash is surely not in ``bucket``."""
         if not self.nbits:
             return True
-        self._check(bucket)
-        flat, base, nbits = self._flat, bucket * self.nbytes, self.nbits
-        p = keyhash & 0xFFFF
-        h2 = (keyhash >> 16) & 0xFFFF | 1
-        for _ in range(self.num_hashes):
-            q = p % nbits
-            if not flat[base + (q >> 3)] & (1 << (q & 7)):
-                return False
-            p += h2
-        return True
+        if not 0 <= bucket < self.nbuckets:
+            self._check(bucket)
+        return _lib.fc_bloom_may_contain(self.c, bucket, keyhash) != 0
 
     def rebuild(self, bucket: int, keyhashes) -> None:
         """Replace ``bucket``'s filter by one holding exactly ``keyhashes``."""
         if not self.nbits:
             return
         self._check(bucket)
-        nbits, k, base = self.nbits, self.num_hashes, bucket * self.nbytes
         if not isinstance(keyhashes, (list, tuple)):
             keyhashes = list(keyhashes)
-        if len(keyhashes) < _NUMPY_MIN_KEYS:
-            mask = 0
-            for kh in keyhashes:
-                p = kh & 0xFFFF
-                h2 = (kh >> 16) & 0xFFFF | 1
-                for _ in range(k):
-                    mask |= 1 << (p % nbits)
-                    p += h2
-            self._flat[base:base + self.nbytes] = mask.to_bytes(self.nbytes, "little")
-            return
-        h = np.array(keyhashes, dtype=np.uint64)
-        h1 = h & np.uint64(0xFFFF)
-        h2 = ((h >> np.uint64(16)) & np.uint64(0xFFFF)) | np.uint64(1)
-        pos = (h1[:, None] + _I[None, :k] * h2[:, None]) % np.uint64(nbits)
-        bits = np.zeros(nbits, dtype=np.uint8)
-        bits[pos.ravel()] = 1
-        self.bits[bucket] = np.packbits(bits, bitorder="little")
+        _lib.fc_bloom_rebuild(self.c, bucket, _ffi.new("uint64_t[]", keyhashes) if keyhashes else _ffi.NULL,
+                              len(keyhashes))
 
     def is_unknown(self, bucket: int) -> bool:
         """True if ``bucket``'s filter is all set: never built (a cold engine) or saturated."""
         if not self.nbits:
             return True
-        self._check(bucket)
-        base = bucket * self.nbytes
-        return self._flat[base:base + self.nbytes] == self._full
+        if not 0 <= bucket < self.nbuckets:
+            self._check(bucket)
+        return _lib.fc_bloom_is_unknown(self.c, bucket) != 0
 
     def clear(self, bucket: int) -> None:
         """Mark ``bucket`` known empty: every lookup in it is rejected."""

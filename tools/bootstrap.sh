@@ -10,6 +10,7 @@ need=()
 command -v "$PY" >/dev/null || need+=(python3)
 command -v gcc >/dev/null || need+=(gcc)
 [ -e /usr/include/linux/io_uring.h ] || need+=(linux-libc-dev)
+[ -e /usr/include/xxhash.h ] || need+=(libxxhash-dev)
 if command -v "$PY" >/dev/null; then
   "$PY" -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
   inc=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')

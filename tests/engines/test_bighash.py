@@ -580,3 +580,190 @@ class BigHashVsDict(RuleBasedStateMachine):
 
 BigHashVsDict.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
 TestBigHashVsDict = BigHashVsDict.TestCase
+
+
+# --------------------------------------------------------------------------- the C core
+# engines/_bucket.c does the per-bucket work; these pin it to the pure-Python reference
+# below (the code it replaced), byte for byte, and to python-xxhash.
+
+from engines.bighash import KEY_SEED  # noqa: E402
+from engines._bucket_c import ffi as c_ffi, lib as c_lib  # noqa: E402
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 8, 9, 16, 17, 128, 129, 240, 241, 300, 1024, 4096, 4097, 70000])
+def test_c_xxh3_64_equals_python_xxhash(n):
+    data = bytes((i * 131 + n) & 0xFF for i in range(n))
+    for seed in (0, 1, KEY_SEED, CHECKSUM_SEED ^ 7, (1 << 64) - 1):
+        assert c_lib.fc_xxh3_64(data, n, seed) == xxhash.xxh3_64_intdigest(data, seed)
+    assert (c_lib.fc_key_seed, c_lib.fc_checksum_seed) == (KEY_SEED, CHECKSUM_SEED)
+
+
+def _ref_entries(data, size, bucket, generation):
+    """The pre-C parser: [(key_hash, value_sum, expiry, start, klen, vlen)], or None (corrupt)."""
+    magic, version, hsize, checksum, gen, count, used = BUCKET_HEADER.unpack_from(data)
+    if magic != MAGIC:
+        return [] if not any(data) else None
+    if version != FORMAT_VERSION or hsize != 32 or used > size - 32:
+        return None
+    if xxhash.xxh3_64_intdigest(bytes(data[16:32 + used]), CHECKSUM_SEED ^ bucket) != checksum:
+        return None
+    if gen != generation:
+        return []
+    out, pos, end = [], 32, 32 + used
+    for _ in range(count):
+        if pos + 22 > end:
+            return None
+        kh, vsum, exp, vlen, klen = ENTRY_HEADER.unpack_from(data, pos)
+        if pos + 22 + klen + vlen > end:
+            return None
+        out.append((kh, vsum, exp, pos, klen, vlen))
+        pos += 22 + klen + vlen
+    return out if pos == end else None
+
+
+def _ref_image(parts, size, bucket, generation):
+    body = b"".join(parts)
+    buf = bytearray(size)
+    buf[32:32 + len(body)] = body
+    BUCKET_HEADER.pack_into(buf, 0, MAGIC, FORMAT_VERSION, 32, 0, generation, len(parts), len(body))
+    struct.pack_into("<Q", buf, 8, xxhash.xxh3_64_intdigest(bytes(buf[16:32 + len(body)]), CHECKSUM_SEED ^ bucket))
+    return bytes(buf)
+
+
+def _ref_insert(data, size, bucket, generation, now, key, value, expiry):
+    entries = _ref_entries(data, size, bucket, generation) or []
+    kh = key_hash(key)
+    kept, replaced, expired = [], False, 0
+    for ekh, _, eexp, start, eklen, evlen in entries:
+        if ekh == kh and data[start + 22:start + 22 + eklen] == key:
+            replaced = True
+        elif eexp and eexp <= now:
+            expired += 1
+        else:
+            kept.append(bytes(data[start:start + 22 + eklen + evlen]))
+    need = 22 + len(key) + len(value)
+    evicted = 0
+    while sum(map(len, kept[evicted:])) > size - 32 - need:
+        evicted += 1
+    new = ENTRY_HEADER.pack(kh, xxhash.xxh3_64_intdigest(value, KEY_SEED) & 0xFFFFFFFF, expiry, len(value), len(key))
+    image = _ref_image(kept[evicted:] + [new + key + value], size, bucket, generation)
+    return image, InsertResult(replaced, evicted, expired)
+
+
+def _ref_remove(data, size, bucket, generation, now, key):
+    entries = _ref_entries(data, size, bucket, generation)
+    if not entries:
+        return None
+    kh = key_hash(key)
+    hits = [e for e in entries if e[0] == kh and data[e[3] + 22:e[3] + 22 + e[4]] == key]
+    if not hits or (hits[-1][2] and hits[-1][2] <= now):
+        return None
+    parts = [bytes(data[s:s + 22 + kl + vl]) for h, _, _, s, kl, vl in entries
+             if not (h == kh and data[s + 22:s + 22 + kl] == key)]
+    return _ref_image(parts, size, bucket, generation)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["insert", "insert", "insert", "remove", "tick", "flip"]),
+                          st.integers(0, 15), st.integers(0, 400), st.sampled_from([0, 0, 0, 1, 3, 60]),
+                          st.integers(0, BS - 1)), max_size=60),
+       st.sampled_from([0, 8]))
+def test_c_core_writes_exactly_what_the_python_reference_wrote(ops, bloom_bytes):
+    clock = FakeClock(1000)
+    bh, dev = make(nbuckets=1, clock=clock, generation=3, bloom_bytes_per_bucket=bloom_bytes)
+    for op, k, vlen, ttl, pos in ops:
+        key, value = b"k%d" % k, bytes([k]) * vlen
+        before = bytes(dev.buf[:BS])
+        if op == "insert":
+            expiry = clock.t + ttl if ttl else 0
+            want, want_r = _ref_insert(before, BS, 0, 3, clock.t, key, value, expiry)
+            assert put(bh, dev, key, value, expiry) == want_r
+            assert bytes(dev.buf[:BS]) == want
+        elif op == "remove":
+            want = _ref_remove(before, BS, 0, 3, clock.t, key)
+            assert run(bh.remove(key), dev) is (want is not None)
+            assert bytes(dev.buf[:BS]) == (before if want is None else want)
+        elif op == "tick":
+            clock.t += ttl
+        else:
+            dev.buf[pos] ^= 1 + k
+        for kk in range(16):  # every lookup agrees with the reference parser
+            key = b"k%d" % kk
+            entries = _ref_entries(bytes(dev.buf[:BS]), BS, 0, 3) or []
+            hits = [e for e in entries if e[0] == key_hash(key) and dev.buf[e[3] + 22:e[3] + 22 + e[4]] == key]
+            want = None
+            if hits:
+                _, vsum, exp, s, kl, vl = hits[-1]
+                v = bytes(dev.buf[s + 22 + kl:s + 22 + kl + vl])
+                if not (exp and exp <= clock.t) and xxhash.xxh3_64_intdigest(v, KEY_SEED) & 0xFFFFFFFF == vsum:
+                    want = (v, float(exp))
+            assert run(bh.lookup_item(key), dev) == want
+
+
+def _image_with(mutate, bucket=0, generation=0, fix_checksum=True):
+    """A one-entry bucket image, changed by ``mutate`` and (optionally) re-checksummed."""
+    bh, dev = make(nbuckets=1, generation=generation)
+    put(bh, dev, b"key", b"value")
+    buf = bytearray(dev.buf[:BS])
+    mutate(buf)
+    if fix_checksum:
+        used = min(BUCKET_HEADER.unpack_from(buf)[6], BS - 32)
+        struct.pack_into("<Q", buf, 8, xxhash.xxh3_64_intdigest(bytes(buf[16:32 + used]), CHECKSUM_SEED ^ bucket))
+    return buf
+
+
+@pytest.mark.parametrize("mutate, fix, why", [
+    (lambda b: b.__setitem__(slice(0, 4), b"XXXX"), True, "bad magic b'XXXX'"),
+    (lambda b: struct.pack_into("<H", b, 4, 9), True, "format version 9 header 32 B, this code reads 1"),
+    (lambda b: struct.pack_into("<H", b, 6, 40), True, "format version 1 header 40 B, this code reads 1"),
+    (lambda b: struct.pack_into("<I", b, 28, 5000), False, "used_bytes 5000 > 480"),
+    (lambda b: b.__setitem__(40, b[40] ^ 1), False, "checksum mismatch"),
+    (lambda b: struct.pack_into("<I", b, 24, 2), True, "entries overrun used_bytes"),
+    (lambda b: struct.pack_into("<I", b, 32 + 16, 6), True, "entries overrun used_bytes"),
+    (lambda b: struct.pack_into("<I", b, 24, 0), True, "0 entries end at 0, used_bytes says 30"),
+])
+def test_each_corruption_is_logged_with_its_reason(mutate, fix, why, caplog):
+    image = _image_with(mutate, fix_checksum=fix)
+    bh, dev = make(nbuckets=1)
+    dev.buf[:BS] = image
+    with caplog.at_level("WARNING", logger="engines.bighash"):
+        assert get(bh, dev, b"key") is None
+    assert f"bucket 0 at offset 0 is corrupt ({why}); reading it as empty" in caplog.text
+    s = bh.stats()
+    assert s["checksum_failures"] == 1 and s["flash_misses"] == 1
+    assert bh.bloom.may_contain(0, key_hash(b"key")) is False  # learned: reads as empty
+    assert put(bh, dev, b"other", b"1") == InsertResult(False, 0, 0)  # rewritten clean
+    assert bh.stats()["checksum_failures"] == 2 and get(bh, dev, b"other") == b"1"
+
+
+class _ViewDevice(MemDevice):
+    """Reads come back as bytearray or memoryview, as ring and mmap devices may return."""
+
+    def __init__(self, size, kind):
+        super().__init__(size)
+        self.kind = kind
+
+    def read(self, offset, length):
+        data = super().read(offset, length)
+        return bytearray(data) if self.kind == "bytearray" else memoryview(bytearray(data))
+
+
+@pytest.mark.parametrize("kind", ["bytearray", "memoryview"])
+def test_reads_as_bytearray_or_memoryview_work(kind):
+    dev = _ViewDevice(4 * BS, kind)
+    bh = BigHash(0, 4 * BS, BS)
+    for i in range(30):
+        put(bh, dev, b"k%d" % i, memoryview(b"v%d" % i))
+    cold = BigHash(0, 4 * BS, BS)
+    hits = {i for i in range(30) if get(cold, dev, bytearray(b"k%d" % i)) == b"v%d" % i}
+    assert hits and all(type(get(cold, dev, b"k%d" % i)) is bytes for i in hits)
+    assert all(run(bh.remove(memoryview(b"k%d" % i)), dev) for i in hits)
+    assert all(get(bh, dev, b"k%d" % i) is None for i in range(30))
+
+
+def test_a_missing_c_module_names_make_setup():
+    import subprocess
+    import sys
+    code = "import sys; sys.modules['engines._bucket_c'] = None; import engines.bighash"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode != 0 and "make setup" in r.stderr and "ImportError" in r.stderr

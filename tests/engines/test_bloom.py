@@ -78,7 +78,7 @@ def test_false_positive_rate_is_low(shared_high_bits):
 @settings(max_examples=100, deadline=None)
 @given(nbytes=st.integers(1, 64), k=st.integers(1, 8), keyhashes=st.lists(u64, max_size=40))
 def test_rebuild_sets_exactly_the_documented_positions(nbytes, k, keyhashes):
-    # Short lists take a Python path, long ones numpy: both must match `positions`.
+    # The C rebuild (engines/_bucket.c) must set exactly the bits `positions` documents.
     bf = BloomFilters(2, nbytes, k)
     bf.rebuild(1, keyhashes)
     mask = 0
@@ -160,3 +160,29 @@ def test_bucket_out_of_range_raises():
     bf = BloomFilters(2, 8)
     with pytest.raises(IndexError, match="bucket 2 out of range"):
         bf.may_contain(2, 1)
+
+
+def test_c_works_on_the_numpy_array_itself():
+    # may_contain / is_unknown read the array's memory (no copy): numpy writes show up,
+    # and rebuild writes land in the array, also after from_bytes and for a tuple/iterator.
+    bf = BloomFilters(3, 8, 4)
+    bf.bits[1] = 0
+    assert not bf.may_contain(1, 0x1234) and not bf.is_unknown(1) and bf.is_unknown(2)
+    bf.rebuild(1, (h for h in [0x1234]))
+    assert bf.may_contain(1, 0x1234) and bf.bits[1].any() and bf.bits[0].all() and bf.bits[2].all()
+    again = BloomFilters.from_bytes(bf.to_bytes())
+    assert again.may_contain(1, 0x1234) and not again.may_contain(1, 0x99990000)
+    again.rebuild(1, ())
+    assert not again.bits[1].any() and not again.may_contain(1, 0x1234)
+    again.bits.fill(0xFF)
+    assert again.is_unknown(1) and again.may_contain(1, 0x99990000)
+
+
+@settings(max_examples=100, deadline=None)
+@given(nbytes=st.integers(1, 4096).filter(lambda n: n < 40 or n % 512 == 0), k=st.integers(1, 32), keyhashes=st.lists(u64, max_size=30), probe=u64)
+def test_c_may_contain_is_the_documented_bit_test(nbytes, k, keyhashes, probe):
+    bf = BloomFilters(1, nbytes, k)
+    bf.rebuild(0, keyhashes)
+    bits = int.from_bytes(bf.bits[0].tobytes(), "little")
+    assert bf.may_contain(0, probe) == all(bits >> p & 1 for p in positions(probe, nbytes * 8, k))
+    assert all(bf.may_contain(0, kh) for kh in keyhashes)

@@ -1,0 +1,369 @@
+/* BigHash's bucket and bloom filter hot paths (see _bucket.h and bighash.py's docstring).
+ * Every function works only on the buffers it is handed: no state, no allocation. The
+ * cffi module keeps the GIL during calls (see _bucket_build.py), so each call is atomic
+ * to other Python threads, as the Python code it replaced was. */
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "_bucket.h"
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the bucket layout is little-endian; this code assumes a little-endian host"
+#endif
+
+/* xxh3_64: the AVX2 build (_bucket_avx2.c) for long inputs when the CPU has it. Inputs up
+ * to 240 bytes take no vector code, so they stay inline here. */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+uint64_t fc_xxh3_64_avx2(const void *data, size_t len, uint64_t seed);
+static int have_avx2 = -1;
+static inline uint64_t hash(const void *p, size_t n, uint64_t seed)
+{
+    if (n > 240) {
+        if (have_avx2 < 0)
+            have_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;  /* a benign race: same value */
+        if (have_avx2)
+            return fc_xxh3_64_avx2(p, n, seed);
+    }
+    return XXH3_64bits_withSeed(p, n, seed);
+}
+#else
+#define hash XXH3_64bits_withSeed
+#endif
+
+const uint64_t fc_key_seed = 0x6A09E667F3BCC908ull;
+const uint64_t fc_checksum_seed = 0xBB67AE8584CAA73Bull;
+
+#define HSIZE 32u
+#define ESIZE 22u
+#define VERSION 1u
+static const uint8_t MAGIC[4] = {'F', 'C', 'B', 'H'};
+
+static inline uint16_t ld16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline uint32_t ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint64_t ld64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static inline void st16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
+static inline void st32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+static inline void st64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+
+/* One entry's header, decoded. */
+typedef struct {
+    uint64_t kh;
+    uint32_t vsum, expiry, vlen, klen;
+} entry;
+
+static inline void ld_entry(const uint8_t *p, entry *e)
+{
+    e->kh = ld64(p);
+    e->vsum = ld32(p + 8);
+    e->expiry = ld32(p + 12);
+    e->vlen = ld32(p + 16);
+    e->klen = ld16(p + 20);
+}
+
+static int all_zero(const uint8_t *p, uint32_t n)
+{
+    /* size is a multiple of 512: compare in 8-byte words */
+    uint64_t acc = 0;
+    for (uint32_t i = 0; i + 8 <= n; i += 8)
+        acc |= ld64(p + i);
+    for (uint32_t i = n & ~7u; i < n; i++)
+        acc |= p[i];
+    return acc == 0;
+}
+
+/* Validate the image; FC_OK with *count / *used (0 / 0 for an all-zero image) or a reason. */
+static int check(const uint8_t *d, uint32_t size, uint32_t bucket, uint64_t generation,
+                 uint32_t *count, uint32_t *used, uint32_t *aux)
+{
+    *count = 0;
+    *used = 0;
+    if (size < HSIZE)
+        return FC_BAD_USED;
+    if (memcmp(d, MAGIC, 4) != 0)
+        return all_zero(d, size) ? FC_OK : FC_BAD_MAGIC;
+    if (ld16(d + 4) != VERSION || ld16(d + 6) != HSIZE)
+        return FC_BAD_VERSION;
+    uint32_t n = ld32(d + 24), u = ld32(d + 28);
+    if (u > size - HSIZE)
+        return FC_BAD_USED;
+    if (hash(d + 16, 16 + (size_t)u, fc_checksum_seed ^ bucket) != ld64(d + 8))
+        return FC_BAD_CHECKSUM;
+    if (ld64(d + 16) != generation)
+        return FC_STALE;
+    uint64_t pos = HSIZE, end = HSIZE + (uint64_t)u;
+    for (uint32_t i = 0; i < n; i++) {
+        if (pos + ESIZE > end)
+            return FC_OVERRUN;
+        uint64_t nxt = pos + ESIZE + ld16(d + pos + 20) + (uint64_t)ld32(d + pos + 16);
+        if (nxt > end)
+            return FC_OVERRUN;
+        pos = nxt;
+    }
+    if (pos != end) {
+        *aux = (uint32_t)(pos - HSIZE);
+        return FC_BAD_END;
+    }
+    *count = n;
+    *used = u;
+    return FC_OK;
+}
+
+static void learn_image(fc_bloom *bf, uint32_t bucket, const uint8_t *d, uint32_t size, int valid);
+
+int fc_bucket_check(const char *data, uint32_t size, uint32_t bucket, uint64_t generation, uint32_t *aux)
+{
+    uint32_t n, u;
+    *aux = 0;
+    return check((const uint8_t *)data, size, bucket, generation, &n, &u, aux);
+}
+
+uint64_t fc_xxh3_64(const char *data, size_t len, uint64_t seed)
+{
+    return hash(data, len, seed);
+}
+
+static inline int key_matches(const uint8_t *d, uint32_t pos, const entry *e, uint64_t kh,
+                              const uint8_t *key, uint32_t klen)
+{
+    return e->kh == kh && e->klen == klen && memcmp(d + pos + ESIZE, key, klen) == 0;
+}
+
+static inline int expired(uint32_t expiry, double now)
+{
+    return expiry != 0 && (double)expiry <= now;
+}
+
+int64_t fc_bucket_lookup(const char *data, uint32_t size, uint32_t bucket, uint64_t generation,
+                         uint64_t kh, const char *key, uint32_t klen, fc_bloom *learn)
+{
+    const uint8_t *d = (const uint8_t *)data;
+    uint32_t n, used, aux;
+    int why = check(d, size, bucket, generation, &n, &used, &aux);
+    if (learn)
+        learn_image(learn, bucket, d, size, why == FC_OK);
+    if (why != FC_OK)
+        return -why;
+    uint32_t pos = HSIZE, hit = 0;
+    entry e;
+    for (uint32_t i = 0; i < n; i++) {
+        ld_entry(d + pos, &e);
+        if (key_matches(d, pos, &e, kh, (const uint8_t *)key, klen))
+            hit = pos;
+        pos += ESIZE + e.klen + e.vlen;
+    }
+    if (!hit)
+        return 0;
+    ld_entry(d + hit, &e);
+    uint64_t vsum = hash(d + hit + ESIZE + e.klen, e.vlen, fc_key_seed) & 0xFFFFFFFFu;
+    return (int64_t)(hit + ESIZE + e.klen) | ((int64_t)e.vlen << FC_VLEN_SHIFT) | ((int64_t)e.klen << FC_KLEN_SHIFT)
+           | FC_FOUND | (vsum == e.vsum ? FC_SUM_OK : 0) | (e.expiry ? FC_HAS_EXPIRY : 0);
+}
+
+/* Header + zero tail + checksum of an image whose entries fill [32, 32 + used). */
+static void finish(uint8_t *o, uint32_t size, uint32_t bucket, uint64_t generation, uint32_t count, uint32_t used)
+{
+    memcpy(o, MAGIC, 4);
+    st16(o + 4, VERSION);
+    st16(o + 6, HSIZE);
+    st64(o + 16, generation);
+    st32(o + 24, count);
+    st32(o + 28, used);
+    memset(o + HSIZE + used, 0, size - HSIZE - used);
+    st64(o + 8, hash(o + 16, 16 + (size_t)used, fc_checksum_seed ^ bucket));
+}
+
+int64_t fc_bucket_insert(const char *old, char *out, uint32_t size, uint32_t bucket, uint64_t generation,
+                         double now, uint64_t kh, const char *key, uint32_t klen,
+                         const char *value, uint32_t vlen, uint32_t expiry)
+{
+    const uint8_t *d = (const uint8_t *)old;
+    uint8_t *o = (uint8_t *)out;
+    uint64_t need = ESIZE + (uint64_t)klen + vlen;
+    if (size < HSIZE || klen > 0xFFFF || need > size - HSIZE)
+        return -1;
+    uint32_t n, used, aux;
+    int why = check(d, size, bucket, generation, &n, &used, &aux);
+    if (why != FC_OK)
+        n = 0;
+    /* pass 1: what survives the key's own and the expired entries */
+    uint64_t kept_used = 0;
+    uint32_t replaced = 0, nexpired = 0, evicted = 0, count = 0;
+    uint32_t pos = HSIZE;
+    entry e;
+    for (uint32_t i = 0; i < n; i++) {
+        ld_entry(d + pos, &e);
+        uint32_t len = ESIZE + e.klen + e.vlen;
+        if (key_matches(d, pos, &e, kh, (const uint8_t *)key, klen))
+            replaced = 1;
+        else if (expired(e.expiry, now))
+            nexpired++;
+        else
+            kept_used += len;
+        pos += len;
+    }
+    /* pass 2: FIFO, the oldest survivors go until the new entry fits; copy the rest */
+    uint64_t room = size - HSIZE - need;
+    uint32_t w = HSIZE;
+    pos = HSIZE;
+    for (uint32_t i = 0; i < n; i++) {
+        ld_entry(d + pos, &e);
+        uint32_t len = ESIZE + e.klen + e.vlen;
+        if (!key_matches(d, pos, &e, kh, (const uint8_t *)key, klen) && !expired(e.expiry, now)) {
+            if (kept_used > room) {
+                kept_used -= len;
+                evicted++;
+            } else {
+                memcpy(o + w, d + pos, len);
+                w += len;
+                count++;
+            }
+        }
+        pos += len;
+    }
+    st64(o + w, kh);
+    st32(o + w + 8, (uint32_t)(hash(value, vlen, fc_key_seed) & 0xFFFFFFFFu));
+    st32(o + w + 12, expiry);
+    st32(o + w + 16, vlen);
+    st16(o + w + 20, (uint16_t)klen);
+    memcpy(o + w + ESIZE, key, klen);
+    memcpy(o + w + ESIZE + klen, value, vlen);
+    w += (uint32_t)need;
+    finish(o, size, bucket, generation, count + 1, w - HSIZE);
+    return (int64_t)why | (replaced ? FC_REPLACED : 0) | ((int64_t)evicted << FC_EVICTED_SHIFT)
+           | ((int64_t)nexpired << FC_EXPIRED_SHIFT);
+}
+
+int64_t fc_bucket_remove(const char *old, char *out, uint32_t size, uint32_t bucket, uint64_t generation,
+                         double now, uint64_t kh, const char *key, uint32_t klen, fc_bloom *learn)
+{
+    const uint8_t *d = (const uint8_t *)old;
+    uint8_t *o = (uint8_t *)out;
+    uint32_t n, used, aux;
+    int why = check(d, size, bucket, generation, &n, &used, &aux);
+    if (learn)
+        learn_image(learn, bucket, d, size, why == FC_OK);
+    if (why != FC_OK || n == 0)
+        return why;
+    /* the last entry of the key decides (as a lookup would find it) */
+    uint32_t pos = HSIZE, hit = 0;
+    entry e;
+    for (uint32_t i = 0; i < n; i++) {
+        ld_entry(d + pos, &e);
+        if (key_matches(d, pos, &e, kh, (const uint8_t *)key, klen))
+            hit = pos;
+        pos += ESIZE + e.klen + e.vlen;
+    }
+    if (!hit)
+        return why;
+    ld_entry(d + hit, &e);
+    if (expired(e.expiry, now))
+        return why;
+    uint32_t w = HSIZE, count = 0;
+    pos = HSIZE;
+    for (uint32_t i = 0; i < n; i++) {
+        ld_entry(d + pos, &e);
+        uint32_t len = ESIZE + e.klen + e.vlen;
+        if (!key_matches(d, pos, &e, kh, (const uint8_t *)key, klen)) {
+            memcpy(o + w, d + pos, len);
+            w += len;
+            count++;
+        }
+        pos += len;
+    }
+    finish(o, size, bucket, generation, count, w - HSIZE);
+    return why | FC_REMOVED;
+}
+
+/* ------------------------------------------------------------------ bloom filters */
+
+static inline void set_bits(uint8_t *row, uint32_t nbits, uint32_t k, uint64_t kh)
+{
+    uint32_t p = (uint32_t)(kh & 0xFFFF), h2 = (uint32_t)((kh >> 16) & 0xFFFF) | 1;
+    for (uint32_t i = 0; i < k; i++, p += h2) {
+        uint32_t q = p % nbits;
+        row[q >> 3] |= (uint8_t)(1u << (q & 7));
+    }
+}
+
+int fc_bloom_may_contain(const fc_bloom *bf, uint64_t bucket, uint64_t kh)
+{
+    if (bucket >= bf->nbuckets)
+        return -1;
+    if (bf->nbytes == 0)
+        return 1;
+    const uint8_t *row = bf->bits + bucket * bf->nbytes;
+    uint32_t nbits = bf->nbytes * 8;
+    uint32_t p = (uint32_t)(kh & 0xFFFF), h2 = (uint32_t)((kh >> 16) & 0xFFFF) | 1;
+    for (uint32_t i = 0; i < bf->k; i++, p += h2) {
+        uint32_t q = p % nbits;
+        if (!(row[q >> 3] & (1u << (q & 7))))
+            return 0;
+    }
+    return 1;
+}
+
+int fc_bloom_is_unknown(const fc_bloom *bf, uint64_t bucket)
+{
+    if (bucket >= bf->nbuckets)
+        return -1;
+    const uint8_t *row = bf->bits + bucket * bf->nbytes;
+    for (uint32_t i = 0; i < bf->nbytes; i++)
+        if (row[i] != 0xFF)
+            return 0;
+    return 1;
+}
+
+/* Build in a private row, then copy (never a cleared filter in between, should a
+ * caller ever run these without the GIL). */
+int fc_bloom_rebuild(fc_bloom *bf, uint64_t bucket, const uint64_t *kh, size_t n)
+{
+    uint8_t row[4096];
+    if (bucket >= bf->nbuckets || bf->nbytes == 0 || bf->nbytes > sizeof row)
+        return -1;
+    memset(row, 0, bf->nbytes);
+    for (size_t i = 0; i < n; i++)
+        set_bits(row, bf->nbytes * 8, bf->k, kh[i]);
+    memcpy(bf->bits + bucket * bf->nbytes, row, bf->nbytes);
+    return 0;
+}
+
+int fc_bloom_rebuild_image(fc_bloom *bf, uint64_t bucket, const char *image, uint32_t size)
+{
+    const uint8_t *d = (const uint8_t *)image;
+    uint8_t row[4096];
+    if (bucket >= bf->nbuckets || bf->nbytes == 0 || bf->nbytes > sizeof row)
+        return -1;
+    memset(row, 0, bf->nbytes);
+    if (size >= HSIZE && memcmp(d, MAGIC, 4) == 0) {
+        uint32_t n = ld32(d + 24), used = ld32(d + 28);
+        uint64_t pos = HSIZE, end = HSIZE + (uint64_t)used;
+        if (end > size)
+            n = 0, memset(row, 0xFF, bf->nbytes);
+        for (uint32_t i = 0; i < n; i++) {
+            if (pos + ESIZE > end) {
+                memset(row, 0xFF, bf->nbytes);
+                break;
+            }
+            set_bits(row, bf->nbytes * 8, bf->k, ld64(d + pos));
+            pos += ESIZE + ld16(d + pos + 20) + (uint64_t)ld32(d + pos + 16);
+        }
+    } else if (!(size >= HSIZE && all_zero(d, size))) {
+        memset(row, 0xFF, bf->nbytes);
+    }
+    memcpy(bf->bits + bucket * bf->nbytes, row, bf->nbytes);
+    return 0;
+}
+
+static void learn_image(fc_bloom *bf, uint32_t bucket, const uint8_t *d, uint32_t size, int valid)
+{
+    if (bf->nbytes == 0 || fc_bloom_is_unknown(bf, bucket) != 1)
+        return;
+    if (valid)
+        fc_bloom_rebuild_image(bf, bucket, (const char *)d, size);
+    else
+        fc_bloom_rebuild(bf, bucket, NULL, 0);
+}
