@@ -13,12 +13,13 @@ import errno
 import functools
 import logging
 import threading
+import time
 from typing import Any, Sequence
 
-from ..errors import DeviceError
+from ..errors import ClosedError, DeviceError
 from ..uring import Ring
 from .base import BaseDevice, PlacementStream
-from .file import DEFAULT_MAX_IO, FileDevice, _hint_for
+from .file import DEFAULT_MAX_IO, GIL_GUARDS_COUNTERS, FileDevice, _hint_for
 
 log = logging.getLogger("flashcache.devices")
 
@@ -61,6 +62,13 @@ class UringDevice(FileDevice):
         self._fixed_index = 0 if self.fixed == "on" else -1
         self._mm = self.ring.buffer_mmap(0) if self.fixed == "on" else self._plain
         self._count_lock = self._ring_lock   # one lock per I/O: the ring's also guards counters
+        self._tls = threading.local()
+        self._busy = 0
+        self._closing = False
+        self._thread_rings: list[Ring] = []
+        self._thread_ring_error: str | None = None
+        if GIL_GUARDS_COUNTERS:
+            self._thread_reader()               # the opening thread's, made now (the usual reader)
         # The single-read hot path calls the C function with everything but the length and
         # offset bound in advance (the ring's own wrapper costs a third of a QD1 read).
         from ..uring.ring import OP_READ, OP_READ_FIXED, ffi, lib
@@ -79,7 +87,34 @@ class UringDevice(FileDevice):
         if (self._closed or offset < 0 or length < 0 or (offset | length) & self._bs_mask
                 or offset + length > self.size or length > self.slot_bytes):
             return BaseDevice.read(self, offset, length)   # not FileDevice's pread fast path
+        if not GIL_GUARDS_COUNTERS:
+            return self._read_shared(offset, length)
+        try:
+            read_one, mm = self._tls.reader
+        except AttributeError:
+            read_one, mm = self._thread_reader()
+            if read_one is None:
+                return self._read_shared(offset, length)
+        # One small ring per thread for single reads: no lock between threads (a ring is
+        # single-issuer), the GIL released in the kernel as everywhere. ``_busy`` (an int
+        # the GIL keeps exact) lets close() wait for reads in flight before unmapping.
+        self._busy += 1
+        try:
+            if self._closing:
+                return self._read_shared(offset, length)          # the lock orders it after close
+            if read_one(length, offset, 0) != length:
+                return self._read_shared(offset, length)   # short or failed: the careful path
+        finally:
+            self._busy -= 1
+        c = self.counters
+        c.reads += 1
+        c.bytes_read += length
+        return mm[:length]
+
+    def _read_shared(self, offset: int, length: int) -> bytes:
         with self._ring_lock:
+            if self._closing or self._closed:
+                raise ClosedError(self.path, "read after close()")
             r = self._read_one(length, offset, self._fixed_index)
             if r != length:
                 self._finish_short(False, 0, r, offset, length)
@@ -87,6 +122,29 @@ class UringDevice(FileDevice):
             c.reads += 1
             c.bytes_read += length
             return self._mm[:length]
+
+    def _thread_reader(self):
+        """This thread's single-read ring (2 entries, one registered slot), made on first use;
+        (None, None) when it cannot be made (e.g. the locked-memory limit), said once."""
+        from ..uring.ring import OP_READ_FIXED, ffi, lib
+        with self._ring_lock:
+            if self._closed:
+                return None, None
+            try:
+                ring = Ring(2)
+                ring.register_buffers(1, self.slot_bytes)
+            except (DeviceError, OSError) as e:
+                if not self._thread_ring_error:
+                    self._thread_ring_error = str(e)
+                    log.warning("%s: per-thread read rings unavailable (%s); single reads share the "
+                                "device ring under its lock", self.path, e)
+                self._tls.reader = (None, None)
+                return None, None
+            self._thread_rings.append(ring)
+        read_one = functools.partial(lib.fc_rw_one, ring._r, OP_READ_FIXED, self.fd,
+                                     ffi.cast("void *", ring.buffer_addr(0)))
+        self._tls.reader = (read_one, ring.buffer_mmap(0))
+        return self._tls.reader
 
     def ring_info(self) -> dict[str, Any]:
         return {**self.ring.info(), "staging": f"{self.slots} x {self.slot_bytes // 1024} KiB",
@@ -227,9 +285,16 @@ class UringDevice(FileDevice):
 
     def close(self) -> None:
         if not self._closed:
+            self._closing = True                # new single reads take the locked path...
+            while self._busy:                   # ...and those in flight finish first
+                time.sleep(0.0001)
             with self._ring_lock:
                 self._stage.release() if hasattr(self, "_plain") else None
                 self.ring.close()
+                for r in self._thread_rings:
+                    r.close()
+                self._thread_rings = []
+                self._tls = threading.local()
             super().close()
 
     def stats(self) -> dict[str, Any]:

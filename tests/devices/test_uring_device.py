@@ -115,3 +115,29 @@ def test_packed_batch_reports_the_short_request_and_accepts_any_buffer(img):
         os.truncate(img, 1 << 20)
         with pytest.raises(DeviceError, match=r"read at offset 2097152 made no progress"):
             d.read_many([(0, 4096)] * 9 + [(2 << 20, 4096)] + [(4096, 4096)] * 9)
+
+
+def test_single_reads_from_many_threads_use_their_own_rings(img):
+    import random
+    import threading
+    d = UringDevice(img, 4 << 20)
+    blocks = [bytes([i]) * 4096 for i in range(256)]
+    d.write_many([(i * 4096, b, None) for i, b in enumerate(blocks)])
+    bad = []
+
+    def work(seed):
+        rnd = random.Random(seed)
+        for _ in range(3000):
+            i = rnd.randrange(256)
+            if d.read(i * 4096, 4096) != blocks[i]:
+                bad.append(i)
+
+    ts = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert not bad
+    assert len(d._thread_rings) == 5                  # the opener's and one per reader thread
+    assert d.stats()["reads"] == 12000
+    d.close()
+    with pytest.raises(ClosedError):
+        d.read(0, 4096)
