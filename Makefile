@@ -36,4 +36,4 @@ bench: $(STAMP)
 	$(PY) tools/bench_io.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info flashcache/*/_*_c.*.so flashcache/*/_*_c.c var
+	rm -rf $(VENV) build *.egg-info flashcache/*/_*_c.*.so flashcache/*/_*_c.c engines/_*_c.*.so engines/_*_c.c var
