@@ -132,7 +132,7 @@ class Navy:
         self._inserts = {"bighash": 0, "blockcache": 0}
         self._rejects = {"bighash": 0, "blockcache": 0}
         self._closed = False
-        self._feed_admission = bool(getattr(self.admission, "wants_writes", False))
+
         # Thread safety: BlockCache's state is one structure, so its operations hold one
         # lock (across their I/O); BigHash serialises inserts and removes per bucket
         # (striped locks), and its lookups need none. Locks are re-entrant so one thread
@@ -287,6 +287,16 @@ class Navy:
         except StopIteration as stop:
             return stop.value
 
+    @property
+    def admission(self) -> Admission:
+        return self._admission
+
+    @admission.setter
+    def admission(self, policy: Admission) -> None:
+        self._admission = policy
+        self._feed_admission = bool(getattr(policy, "wants_writes", False))
+        self._accept_all = isinstance(policy, AcceptAll)
+
     def mutation_key(self, key: bytes) -> tuple[str, int]:
         """What an insert or remove of ``key`` must not overlap with: BigHash's bucket
         (BlockCache is one structure: the same token for every key)."""
@@ -363,7 +373,7 @@ class Navy:
             raise ValueError(f"navy: an item of {len(key) + len(value)} bytes (key + value) is larger than "
                              f"the largest the flash engines take ({self.max_item_size} bytes)")
         self._counters["inserts"] += 1
-        if not self.admission.accept(xxhash.xxh3_64_intdigest(key), len(key) + len(value)):
+        if not self._accept_all and not self.admission.accept(xxhash.xxh3_64_intdigest(key), len(key) + len(value)):
             self._counters["admission_rejects"] += 1
             self._rejects[engine] += 1
             yield from self._remove_from_all(key)
