@@ -46,16 +46,9 @@ from typing import Any, Callable, NamedTuple
 
 import xxhash
 
-from engines.bloom import BloomFilters
-from engines.device import Op, Read, Write
+from engines.bloom import BloomFilters, _ffi, _lib  # _ffi, _lib: the C core, imported once, there
+from engines.device import Op, Read, Write, as_bytes
 
-try:
-    from engines._bucket_c import ffi as _ffi, lib as _lib
-except ImportError as exc:  # pragma: no cover - only without the build
-    raise ImportError(
-        "engines._bucket_c (the C core of BigHash and its bloom filters) is not built: "
-        "run `make setup` (or `.venv/bin/pip install -e .`)"
-    ) from exc
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +104,7 @@ def key_hash(key: bytes | bytearray | memoryview) -> int:
 
 
 def _check_bytes(what: str, x: object):
-    """``x`` as a bytes-like object whose len() counts bytes; TypeError for anything else."""
-    if isinstance(x, (bytes, bytearray)):
-        return x
-    if isinstance(x, memoryview):
-        return x if x.format == "B" and x.ndim == 1 else x.cast("B")
-    raise TypeError(f"BigHash: {what} must be bytes, bytearray or memoryview, got {type(x).__name__}")
+    return as_bytes("BigHash", what, x)
 
 
 class InsertResult(NamedTuple):

@@ -49,6 +49,16 @@ class Device(Protocol):
     def close(self) -> None: ...
 
 
+def as_bytes(owner: str, what: str, x: object):
+    """``x`` as a bytes-like object whose len() counts bytes (a memoryview is cast to
+    unsigned bytes); TypeError naming ``owner`` and ``what`` for anything else."""
+    if isinstance(x, (bytes, bytearray)):
+        return x
+    if isinstance(x, memoryview):
+        return x if x.format == "B" and x.ndim == 1 else x.cast("B")
+    raise TypeError(f"{owner}: {what} must be bytes, bytearray or memoryview, got {type(x).__name__}")
+
+
 @dataclass(frozen=True, slots=True)
 class Read:
     offset: int

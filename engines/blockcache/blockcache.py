@@ -27,7 +27,7 @@ from .entry import (FORMAT_VERSION, HEADER_SIZE, MAX_EXPIRY, MAX_KEY_LEN, Corrup
 from .index import MAX_ADDR, SLOT_BYTES, Index
 from .regions import SEALED, Regions
 from .reinsertion import MAX_HITS_THRESHOLD, Reinsertion
-from ..device import Op, Read, Trim, Write
+from ..device import Op, Read, Trim, Write, as_bytes
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,7 @@ _COUNTERS = (
 
 
 def _check_bytes(what: str, x: object):
-    """``x`` as a bytes-like object whose len() counts bytes; TypeError for anything else."""
-    if isinstance(x, (bytes, bytearray)):
-        return x
-    if isinstance(x, memoryview):
-        return x if x.format == "B" and x.ndim == 1 else x.cast("B")
-    raise TypeError(f"BlockCache: {what} must be bytes, bytearray or memoryview, got {type(x).__name__}")
+    return as_bytes("BlockCache", what, x)
 
 
 class InsertResult(NamedTuple):
