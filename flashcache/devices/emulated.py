@@ -85,6 +85,7 @@ class EmulatedController:
                     pid = (rg << (16 - self.rgif)) | ph if self.rgif else ph
                     self.pids.append(pid)
                     self._pid_to[pid] = (rg, ph)
+        self._ring = None          # made on the first batched read (False: io_uring unavailable)
         self._events_enabled: dict[int, set[int]] = {}
         self._host_events: list[nvme.FdpEvent] = []
         self._ctrl_events: list[nvme.FdpEvent] = []
@@ -115,16 +116,15 @@ class EmulatedController:
         with self._lock:
             if self.fd is None:
                 raise DeviceError(self.path, "emulated SSD used after close()")
+            if not write and len(slbas) > 1 and self._ring is not False:
+                return self._read_batch(slbas, nbytes)
             for k, (slba, n) in enumerate(zip(slbas, nbytes)):
                 nlb = n >> self.lba_shift
                 what = f"{'Write' if write else 'Read'} of {nlb} blocks at LBA {slba}"
-                if n & (self.lba_size - 1) or not nlb or slba + nlb > self.nsze:
-                    st = _bad(INVALID_FIELD if (n & (self.lba_size - 1) or not nlb) else LBA_OUT_OF_RANGE)
-                    nvme.check_status(st.status, self.path, what)
+                self._check_range(slba, n, what)
                 off = slba << self.lba_shift
                 if not write:
-                    data = os.pread(self.fd, n, off)
-                    out.append(data if len(data) == n else data + bytes(n - len(data)))
+                    out.append(self._pread(off, n))
                     continue
                 pid = pids[k]
                 rg, ph = self._resolve_pid(pid) if pid >= 0 and self.fdp else (0, 0)
@@ -135,7 +135,46 @@ class EmulatedController:
                 os.pwrite(self.fd, datas[k], off)
         return out
 
+    def _check_range(self, slba: int, n: int, what: str) -> None:
+        nlb = n >> self.lba_shift
+        if n & (self.lba_size - 1) or not nlb or slba + nlb > self.nsze:
+            st = _bad(INVALID_FIELD if (n & (self.lba_size - 1) or not nlb) else LBA_OUT_OF_RANGE)
+            nvme.check_status(st.status, self.path, what)
+
+    def _read_batch(self, slbas: Sequence[int], nbytes: Sequence[int]) -> list[bytes]:
+        """Several reads of the backing file in one io_uring submission (the caller holds
+        the lock). Without a ring (io_uring unavailable here) ``_ring`` becomes False and
+        reads go one pread at a time, as said once in the log."""
+        for slba, n in zip(slbas, nbytes):
+            self._check_range(slba, n, f"Read of {n >> self.lba_shift} blocks at LBA {slba}")
+        if self._ring is None:
+            from ..errors import UringUnavailableError
+            from ..uring import Ring
+            try:
+                self._ring = Ring(64)
+            except UringUnavailableError as e:
+                log.warning("%s: batched reads without io_uring (%s): one pread each", self.path, e)
+                self._ring = False
+                return [self._pread(slba << self.lba_shift, n) for slba, n in zip(slbas, nbytes)]
+        from ..uring import address_of
+        bufs = [bytearray(n) for n in nbytes]
+        res = self._ring.rw_batch(False, self.fd, [address_of(b) for b in bufs], list(nbytes),
+                                  [slba << self.lba_shift for slba in slbas])
+        out = []
+        for b, r, slba, n in zip(bufs, res, slbas, nbytes):
+            if r < 0:
+                raise DeviceError(self.path, f"reading the backing file at {slba << self.lba_shift} failed", -r)
+            out.append(bytes(b) if r == n else bytes(b[:r]) + self._pread((slba << self.lba_shift) + r, n - r))
+        return out
+
+    def _pread(self, off: int, n: int) -> bytes:
+        data = os.pread(self.fd, n, off)
+        return data if len(data) == n else data + bytes(n - len(data))   # sparse tail: zeros
+
     def close(self) -> None:
+        if self._ring:
+            self._ring.close()
+        self._ring = None
         if self.fd is not None:
             if self.state_path:
                 self.ftl.save(self.state_path)

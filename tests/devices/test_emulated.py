@@ -232,3 +232,15 @@ def test_fast_path_and_command_path_agree(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_batched_reads_go_out_in_one_ring_submission(dev):
+    s = dev.open_stream("a")
+    blobs = [os.urandom(4096 * (1 + i % 3)) for i in range(20)]
+    offs = [i * 65536 for i in range(20)]
+    dev.write_many([(o, b, s) for o, b in zip(offs, blobs)])
+    assert dev.read_many([(o, len(b)) for o, b in zip(offs, blobs)]) == blobs
+    from flashcache.uring import Ring
+    assert isinstance(dev.controller._ring, Ring)                  # a ring served the batch
+    with pytest.raises(NvmeError, match="LBA Out of Range"):
+        dev.transport.rw(False, [0, SMALL.exported_pages], [4096, 4096], [-1, -1], 12)
