@@ -13,6 +13,10 @@ from typing import Callable, Protocol
 
 
 class Admission(Protocol):
+    """What the router needs of an admission policy: ``accept`` decides for an item of
+    ``size`` bytes with this key hash, ``record_write`` hears each device write (only when
+    the policy sets ``wants_writes``), ``stats`` describes it."""
+
     name: str
 
     def accept(self, key_hash: int, size: int) -> bool: ...

@@ -289,6 +289,7 @@ class Navy:
 
     @property
     def admission(self) -> Admission:
+        """The admission policy (settable at run time)."""
         return self._admission
 
     @admission.setter
@@ -362,6 +363,7 @@ class Navy:
 
     @property
     def max_item_size(self) -> int:
+        """The largest key + value either engine takes."""
         return max(self.blockcache.max_item_size if self.blockcache else 0, self.small_item_max)
 
     def insert(self, key: bytes, value: bytes, expiry: float = 0) -> Op[bool]:

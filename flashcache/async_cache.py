@@ -181,21 +181,26 @@ class AsyncCache:
         return {k: v for k, v in zip(keys, vals) if v is not _MISSING}
 
     async def contains(self, key: Any) -> bool:
+        """Whether ``key`` is held (awaits a flash lookup on a DRAM miss; a hit is promoted)."""
         return (await self.get(key, _MISSING)) is not _MISSING
 
     async def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
+        """``Cache.set``: completes on the loop thread at once (DRAM, plus short flash writes of evicted items)."""
         self._bind()
         self.cache.set(key, value, ttl)
 
     async def set_many(self, mapping: Mapping[Any, Any], ttl: float | None = None) -> None:
+        """``set`` each item of ``mapping`` with the same ``ttl``."""
         self._bind()
         self.cache.set_many(mapping, ttl)
 
     async def delete(self, key: Any) -> bool:
+        """Remove ``key`` from every tier; True if it was held."""
         self._bind()
         return self.cache.delete(key)
 
     async def touch(self, key: Any, ttl: float | None) -> bool:
+        """Give ``key`` a new time to live; False if it is not held (a flash item is looked up asynchronously)."""
         self._bind()
         c = self.cache
         k = c._key(key)

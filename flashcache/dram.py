@@ -57,9 +57,11 @@ class DramTier:
 
     @property
     def used_bytes(self) -> int:
+        """Bytes charged for the items held (never above ``capacity``)."""
         return self._bytes
 
     def get(self, key: bytes) -> bytes | None:
+        """The value, most recent now; None if absent or expired (an expired item is dropped)."""
         with self._lock:
             ent = self._items.get(key)
             if ent is None:
@@ -76,6 +78,7 @@ class DramTier:
             return value
 
     def peek_expiry(self, key: bytes) -> float | None:
+        """The item's absolute expiry (0 = never) without touching recency; None if absent."""
         with self._lock:
             ent = self._items.get(key)
             return None if ent is None else ent[1]
@@ -122,6 +125,7 @@ class DramTier:
         return out
 
     def delete(self, key: bytes) -> bool:
+        """Drop ``key``; True if it was held."""
         with self._lock:
             ent = self._items.pop(key, None)
             if ent is None:
@@ -130,6 +134,7 @@ class DramTier:
             return True
 
     def touch(self, key: bytes, expiry: float) -> bool:
+        """Give a live item a new expiry (it becomes dirty: flash's copy has the old one); False if absent."""
         with self._lock:
             ent = self._items.get(key)
             if ent is None or (ent[1] and ent[1] <= self._clock()):
@@ -152,6 +157,7 @@ class DramTier:
         self._bytes -= item_charge(key, value)
 
     def stats(self) -> dict:
+        """items, bytes, capacity_bytes, hits, misses, evictions, expired."""
         with self._lock:
             return {"items": len(self._items), "bytes": self._bytes, "capacity_bytes": self.capacity,
                     "hits": self.hits, "misses": self.misses, "evictions": self.evictions,

@@ -139,10 +139,12 @@ class LatencyHistogram:
         self.sum = 0.0
 
     def observe(self, seconds: float) -> None:
+        """Count one latency of ``seconds``."""
         self.counts[bisect_left(self.bounds, seconds)] += 1
         self.sum += seconds
 
     def family(self, name: str, doc: str, cache: str) -> HistogramMetricFamily:
+        """The histogram as a Prometheus metric family (cumulative buckets, sum, count)."""
         m = HistogramMetricFamily(name, doc, labels=["cache"])
         acc = 0
         buckets = []
@@ -181,6 +183,7 @@ class CacheMetrics:
         self.registry.register(self.latency)
 
     def close(self) -> None:
+        """Unregister this cache's collectors from the registry."""
         for c in (self.collector, self.latency):
             try:
                 self.registry.unregister(c)
