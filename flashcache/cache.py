@@ -186,18 +186,20 @@ class Cache:
 
     # -- flash ------------------------------------------------------------------------------
     def _demote(self, evicted: Iterable[Evicted]) -> None:
+        c = self._counters
         for e in evicted:
             if e.clean:
-                self._count(demotions_skipped_clean=1)
+                c["demotions_skipped_clean"] += 1
                 continue
-            self._count(demotions=1)
+            c["demotions"] += 1
             run(self.navy.insert(e.key, e.value, e.expiry), self.device)
 
     def _promote(self, key: bytes, value: bytes, expiry: float) -> None:
-        added, out = self.dram.add(key, value, expiry, clean=True)
+        added, out = self.dram.add(key, value, expiry, True)
         if added:
-            self._count(promotions=1)
-        self._demote(out)
+            self._counters["promotions"] += 1
+        if out:
+            self._demote(out)
 
     # -- the API ----------------------------------------------------------------------------
     def get(self, key: Any, default: Any = None) -> Any:
