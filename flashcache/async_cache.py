@@ -133,6 +133,24 @@ class AsyncCache:
                     self._advance(op, fut, data, more)
                 self._backlog.extend(more)
             return
+        limit = getattr(self._reader, "max_io", None)
+        if limit is not None and any(r.length > limit for _, _, r in self._backlog):
+            # larger than one passthrough command: read those synchronously (the device splits)
+            keep: deque = deque()
+            more: list = []
+            for op, fut, r in self._backlog:
+                if r.length <= limit:
+                    keep.append((op, fut, r))
+                    continue
+                try:
+                    data: Any = self.cache.device.read(r.offset, r.length)
+                except BaseException as e:       # noqa: BLE001 - goes to that lookup only
+                    data = e
+                self._advance(op, fut, data, more)
+            self._backlog = keep
+            self._backlog.extend(more)
+            if more:
+                return self._submit([])
         n = min(self._reader.free, len(self._backlog))
         if not n:
             return

@@ -5,6 +5,7 @@ package and flashcache.uring do I/O.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,8 @@ from .file import FileDevice
 
 if TYPE_CHECKING:
     from ..config import DeviceConfig
+
+log = logging.getLogger("flashcache.devices")
 
 __all__ = ["BaseDevice", "FileDevice", "PlacementStream", "WafSnapshot", "WafUnavailableError",
            "open_device"]
@@ -36,6 +39,13 @@ def open_device(cfg: "DeviceConfig") -> BaseDevice:
                              placement=cfg.placement, debug=cfg.emulator.check_invariants)
     if cfg.kind == "nvme":
         from .nvme_passthru import open_nvme_device
-        return open_nvme_device(cfg.path, size=cfg.size or None, queue_depth=cfg.queue_depth,
-                                placement=cfg.placement)
+        from .safety import check_device
+        dev = open_nvme_device(cfg.path, size=cfg.size or None, queue_depth=cfg.queue_depth,
+                               placement=cfg.placement)
+        try:
+            check_device(dev, cfg.format, log)          # the namespace may hold a filesystem
+        except BaseException:
+            dev.close()
+            raise
+        return dev
     raise NotImplementedError(f"device.kind = {cfg.kind!r} is validated by config but has no opener")

@@ -37,8 +37,8 @@ class RingReader:
 
     def __init__(self, fd: int, *, path: str, depth: int = 128, direct: bool = False, base: int = 0,
                  check: Callable[[Sequence[int], Sequence[int]], None] | None = None,
-                 count: Callable[[Sequence[int]], None] | None = None):
-        self.ring = Ring(depth)
+                 count: Callable[[Sequence[int]], None] | None = None, ring: Ring | None = None):
+        self.ring = ring if ring is not None else Ring(depth)
         try:
             self.eventfd = self.ring.register_eventfd()
         except BaseException:
@@ -70,12 +70,22 @@ class RingReader:
             buf = mmap.mmap(-1, max(n, 1)) if self.direct else bytearray(n)
             tok = self._next
             self._next += 1
-            self.ring.prep_read(self.fd, address_of(buf), n, self.base + off, user_data=tok)
+            self._prep(address_of(buf), n, off, tok)
             self._inflight[tok] = _Inflight(tok, buf, n, off)
             tokens.append(tok)
         if tokens:
             self.ring.submit(0)
         return tokens
+
+    def _prep(self, addr: int, n: int, off: int, tok: int) -> None:
+        self.ring.prep_read(self.fd, addr, n, self.base + off, user_data=tok)
+
+    def _result(self, inf: _Inflight, res: int) -> bytes | BaseException:
+        """A completion's data, or the error it carries."""
+        if res < 0:
+            return DeviceError(self.path, f"read of {inf.length} bytes at offset {inf.offset} failed", -res)
+        data = bytes(inf.buf[:res])
+        return data + bytes(inf.length - res) if res < inf.length else data
 
     def reap(self) -> list[tuple[int, bytes | BaseException]]:
         """Completions ready now: (token, data) or (token, the error)."""
@@ -89,15 +99,10 @@ class RingReader:
             inf = self._inflight.pop(c.user_data, None)
             if inf is None:
                 continue
-            if c.res < 0:
-                out.append((inf.token, DeviceError(self.path, f"read of {inf.length} bytes at offset {inf.offset} "
-                                                              "failed", -c.res)))
-                continue
-            data = bytes(inf.buf[:c.res])
-            if c.res < inf.length:
-                data += bytes(inf.length - c.res)
-            out.append((inf.token, data))
-            done.append(inf.length)
+            got = self._result(inf, c.res)
+            out.append((inf.token, got))
+            if not isinstance(got, BaseException):
+                done.append(inf.length)
             if self.direct:
                 inf.buf.close()
         if done and self._count is not None:
@@ -120,3 +125,42 @@ class RingReader:
                 if e.errno != errno.EINTR:
                     raise
         self.ring.close()
+
+
+class NvmeRingReader(RingReader):
+    """Asynchronous NVMe Reads through io_uring passthrough (URING_CMD on /dev/ngXnY, a
+    SQE128/CQE32 ring of its own). Each request is one Read command of at most the
+    device's transfer size (callers split larger ones), into a page-aligned buffer (an
+    unaligned one can push a full-size transfer past the queue's segment limit)."""
+
+    def __init__(self, fd: int, *, path: str, nsid: int, lba_shift: int, base: int, max_io: int,
+                 depth: int = 128, check=None, count=None):
+        super().__init__(fd, path=path, depth=depth, direct=True, base=base, check=check, count=count,
+                         ring=Ring(depth, sqe128=True, cqe32=True))
+        self.nsid = nsid
+        self.lba_shift = lba_shift
+        self.max_io = max_io
+
+    def submit(self, reqs: Sequence[tuple[int, int]]) -> list[int]:
+        big = [n for _, n in reqs if n > self.max_io]
+        if big:
+            raise ValueError(f"{self.path}: an asynchronous read of {big[0]} bytes is larger than the "
+                             f"device's transfer size ({self.max_io}); read it synchronously")
+        return super().submit(reqs)
+
+    def _prep(self, addr: int, n: int, off: int, tok: int) -> None:
+        from .. import nvme
+        slba = (self.base + off) >> self.lba_shift
+        cmd = nvme.read_cmd(self.nsid, slba, n >> self.lba_shift).with_buffer(addr, n)
+        self.ring.prep_uring_cmd(self.fd, nvme.NVME_URING_CMD_IO, cmd.pack_uring(), tok)
+
+    def _result(self, inf: _Inflight, res: int) -> bytes | BaseException:
+        from .. import nvme
+        if res < 0:
+            return DeviceError(self.path, f"read of {inf.length} bytes at offset {inf.offset} failed", -res)
+        if res > 0:
+            try:
+                nvme.check_status(res, self.path, f"Read of {inf.length} bytes at offset {inf.offset}")
+            except DeviceError as e:
+                return e
+        return bytes(inf.buf[:inf.length])

@@ -20,9 +20,9 @@ import sys
 import threading
 from typing import Any, Sequence
 
-from ..errors import DeviceError, FormatError
+from ..errors import DeviceError
 from .base import BaseDevice, PlacementStream
-from .safety import probe_fd
+from .safety import probe_fd, refuse_foreign
 
 log = logging.getLogger("flashcache.devices")
 
@@ -110,13 +110,7 @@ def open_target(path: str, size: int | None, *, direct: bool, fmt: bool,
         use -= use % block_size
         if not created and probe:
             verdict = _probe(fd, path, st.st_size if not is_block else use, direct)
-            if verdict.kind == "foreign" and not fmt:
-                raise FormatError(
-                    f"{path}: holds {verdict.what}; flashcache will not overwrite it. "
-                    f"If you really want to use it as a cache, set device.format = true "
-                    f"(or pass --format); all of its data will be lost")
-            if verdict.kind == "foreign":
-                log.warning("%s: held %s; overwriting it because format = true", path, verdict.what)
+            refuse_foreign(path, verdict, fmt, log)
         if not is_block and st.st_size != use:
             try:
                 os.ftruncate(fd, use)

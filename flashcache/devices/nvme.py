@@ -281,8 +281,22 @@ class NvmeDevice(BaseDevice):
         return self._waf_reason
 
     def async_unavailable_reason(self) -> str | None:
-        return ("asynchronous NVMe passthrough reads are not built yet: reads complete synchronously "
-                "(batched) on the caller's thread")
+        if getattr(self.transport, "ring", None) is None or getattr(self.transport, "fd", None) is None:
+            return (f"{self.kind} device has no io_uring passthrough ring (the transport answers "
+                    "synchronously): reads complete on the caller's thread")
+        return None
+
+    def async_reader(self, depth: int = 128):
+        """NVMe Reads completed through a ring's eventfd (an NvmeRingReader), or None."""
+        if self.async_unavailable_reason() is not None:
+            return None
+        from .async_io import NvmeRingReader
+        self._check_open("async_reader")
+        t = self.transport
+        return NvmeRingReader(t.fd, path=self.path, nsid=t.nsid, lba_shift=self._lba_shift,
+                              base=self.start_bytes, max_io=self.max_io, depth=depth,
+                              check=lambda offs, lens: self._check_many("read", offs, lens),
+                              count=lambda lens: self._count_many("r", lens))
 
     def waf_snapshot(self) -> WafSnapshot:
         if self._waf_reason:

@@ -56,3 +56,23 @@ def probe_fd(fd: int, size: int) -> Verdict:
     n = min(size, PROBE_BYTES)
     buf = os.pread(fd, n, 0) if n else b""
     return classify(buf)
+
+
+def refuse_foreign(path: str, verdict: Verdict, fmt: bool, log) -> None:
+    """Raise FormatError for a target holding something else unless ``fmt``; log if so."""
+    from ..errors import FormatError
+    if verdict.kind == "foreign" and not fmt:
+        raise FormatError(
+            f"{path}: holds {verdict.what}; flashcache will not overwrite it. "
+            f"If you really want to use it as a cache, set device.format = true "
+            f"(or pass --format); all of its data will be lost")
+    if verdict.kind == "foreign":
+        log.warning("%s: held %s; overwriting it because format = true", path, verdict.what)
+
+
+def check_device(dev, fmt: bool, log) -> None:
+    """The same check through an open device's own reads (NVMe namespaces, which have no
+    file descriptor to pread before the device exists)."""
+    n = min(dev.size, PROBE_BYTES)
+    n -= n % dev.block_size
+    refuse_foreign(dev.path, classify(dev.read(0, n) if n else b""), fmt, log)

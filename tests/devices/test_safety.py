@@ -30,3 +30,24 @@ def test_empty_ours_and_other():
     assert classify(SUPERBLOCK_MAGIC + bytes(100)).kind == "flashcache"
     v = classify(bytes(300) + b"x")
     assert v.kind == "foreign" and "first at byte 0x12c" in v.what
+
+
+def test_check_device_reads_through_the_device(tmp_path):
+    """Devices without a file to probe (NVMe namespaces) are checked through their reads."""
+    import logging
+    from flashcache.devices.file import FileDevice
+    from flashcache.devices.safety import check_device
+    from flashcache.errors import FormatError
+    p = tmp_path / "ns.img"
+    p.write_bytes(bytes(0x438) + b"\x53\xef" + bytes((1 << 20) - 0x43A))   # an ext4 superblock magic
+    dev = FileDevice(str(p), 1 << 20, format=True)
+    try:
+        log = logging.getLogger("t")
+        import pytest
+        with pytest.raises(FormatError, match="holds an ext2/3/4 filesystem .* set device.format = true"):
+            check_device(dev, False, log)
+        check_device(dev, True, log)                      # allowed: said in the log
+        dev.write(0, bytes(dev.size))
+        check_device(dev, False, log)                     # all zero: empty
+    finally:
+        dev.close()

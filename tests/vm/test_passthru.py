@@ -262,3 +262,46 @@ def test_cli_waf_interval_reports_each_window():
     assert len(rows) == 2, out
     for r in rows:
         assert float(r[1]) > 0 and 1.0 <= float(r[3]) < 1.01, out
+
+
+def test_cache_refuses_foreign_data_then_runs_async_on_the_namespace():
+    """The cache on the namespace through config: foreign data is refused without
+    `format = true`; then AsyncCache's flash reads go through its own passthrough ring."""
+    import asyncio
+
+    from flashcache import config
+    from flashcache.async_cache import AsyncCache
+    from flashcache.errors import FormatError
+
+    def conf(fmt: bool):
+        return config.loads(f"""
+[device]
+kind = "nvme"
+path = "{NS}"
+format = {"true" if fmt else "false"}
+[cache]
+dram_size = "64KiB"
+[cache.flash]
+region_size = "4MiB"
+""", "vm.toml")
+
+    d = open_nvme_device(NS)
+    try:
+        d.write(0, b"not a cache".ljust(d.block_size, b"!"))
+    finally:
+        d.close()
+    with pytest.raises(FormatError, match="will not overwrite it"):
+        AsyncCache(conf(False))
+
+    async def main():
+        async with AsyncCache(conf(True)) as c:
+            vals = {b"k%d" % i: bytes([i % 256]) * (300 if i % 5 else 40_000) for i in range(400)}
+            await c.set_many(vals)
+            got = await asyncio.gather(*(c.get(k) for k in vals))
+            st = c.stats()
+            a = st["async_io"]
+            assert a["mode"] == "io_uring eventfd", a
+            assert a["reads"] > 100 and a["batches"] < a["reads"]
+            assert all(g in (vals[k], None) for k, g in zip(vals, got))
+            assert sum(g == vals[k] for k, g in zip(vals, got)) > 350
+    asyncio.run(main())
