@@ -39,7 +39,6 @@ the log messages; the C functions are called between yields and keep no state.
 from __future__ import annotations
 
 import logging
-import math
 import struct
 import time
 from typing import Any, Callable, NamedTuple
@@ -47,7 +46,7 @@ from typing import Any, Callable, NamedTuple
 import xxhash
 
 from engines.bloom import BloomFilters, _ffi, _lib  # _ffi, _lib: the C core, imported once, there
-from engines.device import Op, Read, Write, as_bytes
+from engines.device import Op, Read, Write, as_bytes, expiry_seconds
 
 
 log = logging.getLogger(__name__)
@@ -61,7 +60,6 @@ ENTRY_HEADER = struct.Struct("<QIIIH")  # key_hash, value_sum, expiry, value_len
 MIN_BUCKET_SIZE = 512
 MAX_BUCKET_SIZE = 1 << 20
 MAX_KEY_LEN = 0xFFFF
-MAX_EXPIRY = 0xFFFFFFFF
 _M64 = (1 << 64) - 1
 _HSIZE = BUCKET_HEADER.size
 _ESIZE = ENTRY_HEADER.size
@@ -333,12 +331,7 @@ class BigHash:
                 f"exceeds max_item_size {self.max_item_size} for bucket_size {self.bucket_size}; "
                 "store it in BlockCache or use a larger bucket_size"
             )
-        if expiry:
-            if not 0 <= expiry <= MAX_EXPIRY:
-                raise ValueError(f"BigHash: expiry = {expiry!r}: use 0 (never) or an absolute time in seconds below 2**32")
-            expiry = math.ceil(expiry)
-        else:
-            expiry = 0
+        expiry = expiry_seconds("BigHash", expiry)
         return self._insert(key, value, klen, vlen, expiry)
 
     def _insert(self, key, value, klen: int, vlen: int, expiry: int) -> Op[InsertResult]:

@@ -8,6 +8,7 @@ with no device at all.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Generator, Protocol, Sequence, TypeVar, runtime_checkable
 
@@ -57,6 +58,16 @@ def as_bytes(owner: str, what: str, x: object):
     if isinstance(x, memoryview):
         return x if x.format == "B" and x.ndim == 1 else x.cast("B")
     raise TypeError(f"{owner}: {what} must be bytes, bytearray or memoryview, got {type(x).__name__}")
+
+
+def expiry_seconds(owner: str, expiry: float) -> int:
+    """An absolute expiry as the engines store it: whole seconds (rounded up), 0 = never;
+    ValueError naming ``owner`` outside 0 .. 2**32 - 1."""
+    if not expiry:
+        return 0
+    if not 0 <= expiry <= 0xFFFFFFFF:
+        raise ValueError(f"{owner}: expiry = {expiry!r}: use 0 (never) or an absolute time in seconds below 2**32")
+    return math.ceil(expiry)
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs 0.2 us more per request; treat as immutable

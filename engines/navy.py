@@ -41,7 +41,7 @@ from .admission import AcceptAll, Admission
 from .bighash import BigHash, key_hash
 from .blockcache.entry import key_hash as bc_key_hash
 from .blockcache import BlockCache
-from .device import SUPERBLOCK_MAGIC, Device, Op, Read, Write, run
+from .device import SUPERBLOCK_MAGIC, Device, Op, Write, run
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,6 @@ class Navy:
             raise ValueError(f"navy: a {device.size}-byte device has room for neither engine; use a larger device")
         self.small_item_max = min(small_item_max, self.bighash.max_item_size) if self.bighash else 0
         self._counters = dict.fromkeys(_COUNTERS, 0)
-        self._hits = {"bighash": 0, "blockcache": 0}
-        self._inserts = {"bighash": 0, "blockcache": 0}
         self._rejects = {"bighash": 0, "blockcache": 0}
         self._closed = False
 
@@ -205,8 +203,7 @@ class Navy:
             warm_bh = self.bighash is None or self.bighash.recover(state.get("bighash"))
             warm_bc = self.blockcache is None or self.blockcache.recover(state.get("blockcache"))
             counters = state.get("router") or {}
-            for name, table in (("counters", self._counters), ("hits", self._hits),
-                                ("inserts", self._inserts), ("rejects", self._rejects)):
+            for name, table in (("counters", self._counters), ("rejects", self._rejects)):
                 for k in table:
                     table[k] = int((counters.get(name) or {}).get(k, 0))
         if self.blockcache and not warm_bc:
@@ -250,8 +247,7 @@ class Navy:
         state = {"fingerprint": self.fingerprint,
                  "bighash": self.bighash.persist() if self.bighash else None,
                  "blockcache": self.blockcache.persist() if self.blockcache else None,
-                 "router": {"counters": self._counters, "hits": self._hits, "inserts": self._inserts,
-                            "rejects": self._rejects}}
+                 "router": {"counters": self._counters, "rejects": self._rejects}}
         blob = msgpack.packb(state, use_bin_type=True)
         room = self.meta_end - self.block
         if len(blob) > room:
@@ -340,13 +336,11 @@ class Navy:
         if self.blockcache and self._bc_may_hold(key):
             item = yield from self._bc(self.blockcache.lookup_item(key))
             if item is not None:
-                self._hits["blockcache"] += 1
                 self._counters["hits"] += 1
                 return item
         if self.bighash:
             item = yield from self._through(self.bighash.lookup_item(key), "bighash")
             if item is not None:
-                self._hits["bighash"] += 1
                 self._counters["hits"] += 1
                 return item
         self._counters["misses"] += 1
@@ -388,7 +382,6 @@ class Navy:
             yield from self._bc(self.blockcache.insert(key, value, expiry))
             if self.bighash and self._bh_may_hold(key):
                 yield from self._bh_mutate(key, self.bighash.remove(key))
-        self._inserts[engine] += 1
         return True
 
     def _remove_from_all(self, key: bytes) -> Op[bool]:
@@ -420,8 +413,7 @@ class Navy:
                 continue
             st = eng.stats()
             stream = self.streams[name]
-            st.update(router_hits=self._hits[name], router_inserts=self._inserts[name],
-                      admission_rejects=self._rejects[name],
+            st.update(admission_rejects=self._rejects[name],
                       device_bytes_written=st["bytes_written"],
                       placement={"state": "on", "pid": stream.pid} if stream.pid is not None else
                       {"state": "off", "reason": str(stream.placement).removeprefix("off: ")})

@@ -29,7 +29,6 @@ class CacheCollector(Collector):
 
     def collect(self) -> Iterable:
         s = self._stats()
-        c = {"cache": self._name}
         lab = ["cache"]
 
         def counter(name, doc, value, **extra):

@@ -17,17 +17,16 @@ optionally trimmed and joins the clean pool.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
 from . import eviction as eviction_mod
-from .entry import (FORMAT_VERSION, HEADER_SIZE, MAX_EXPIRY, MAX_KEY_LEN, CorruptEntry, decode, encode_into,
+from .entry import (FORMAT_VERSION, HEADER_SIZE, MAX_KEY_LEN, CorruptEntry, decode, encode_into,
                     key_hash)
 from .index import MAX_ADDR, SLOT_BYTES, Index
 from .regions import SEALED, Regions
 from .reinsertion import MAX_HITS_THRESHOLD, Reinsertion
-from ..device import Op, Read, Trim, Write, as_bytes
+from ..device import Op, Read, Trim, Write, as_bytes, expiry_seconds
 
 log = logging.getLogger(__name__)
 
@@ -321,12 +320,7 @@ class BlockCache:
                 f"{self.max_item_size} (region_size {self.region_size} - entry header {HEADER_SIZE}); "
                 "use a larger region_size"
             )
-        if expiry:
-            if not 0 <= expiry <= MAX_EXPIRY:
-                raise ValueError(f"BlockCache: expiry = {expiry!r}: use 0 (never) or an absolute time in seconds below 2**32")
-            expiry = math.ceil(expiry)
-        else:
-            expiry = 0
+        expiry = expiry_seconds("BlockCache", expiry)
         return self._insert(key, value, expiry)
 
     def _insert(self, key, value, expiry: int) -> Op[InsertResult]:

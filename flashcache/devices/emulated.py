@@ -12,15 +12,18 @@ write lands on handle 0 and an "Invalid Placement Identifier" event is logged.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 import time
 from typing import Any, Sequence
 
+import numpy as np
+
 from .. import nvme
 from ..emulator import Ftl, FtlError, Geometry
-from ..errors import DeviceError
+from ..errors import DeviceError, FormatError
 from ..nvme.status import SCT_COMMAND_SPECIFIC, SCT_GENERIC
 from .base import WafSnapshot
 from .file import open_target
@@ -177,7 +180,7 @@ class EmulatedController:
         self._ring = None
         if self.fd is not None:
             if self.state_path:
-                self.ftl.save(self.state_path)
+                save_ftl(self.ftl, self.state_path)
             os.close(self.fd)
             self.fd = None
 
@@ -443,7 +446,31 @@ class EmulatedDevice(NvmeDevice):
         return st
 
 
+def save_ftl(ftl: Ftl, path: str) -> None:
+    """Write the FTL's state to ``path`` atomically (a temporary file, fsync, rename)."""
+    meta, arrays = ftl.state()
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_ftl(path: str, geometry: Geometry, **kw: Any) -> Ftl:
+    """The FTL saved at ``path`` (see ``save_ftl``); FormatError when it cannot continue."""
+    try:
+        with np.load(path) as z:
+            meta = json.loads(bytes(z["meta"]).decode())
+            arrays = {k: z[k] for k in z.files if k != "meta"}
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        raise FormatError(f"{path}: not a readable emulated-SSD state file ({e}); "
+                          "delete it to start the emulated SSD's history afresh") from None
+    return Ftl.restore(meta, arrays, geometry, where=path, **kw)
+
+
 def state_path_for(data_path: str) -> str:
+    """Where the emulated SSD whose data is in ``data_path`` keeps its FTL state."""
     return data_path + ".ftl"
 
 
@@ -456,7 +483,7 @@ def open_emulated(path: str, geometry: Geometry, *, format: bool = False, placem
     ftl = None
     known = False
     if existed and not format and os.path.exists(state):
-        ftl = Ftl.load(state, geometry, debug=debug, relocation_log=RELOCATION_LOG)
+        ftl = load_ftl(state, geometry, debug=debug, relocation_log=RELOCATION_LOG)
         known = True
         log.info("%s: emulated SSD history restored from %s (%d bytes written by the host so far)",
                  path, state, ftl.counters()[0])

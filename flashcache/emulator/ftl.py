@@ -1,7 +1,7 @@
 """The FTL of the emulated FDP SSD: where the bytes would sit in NAND, and what GC costs.
 
 Owns the mapping state (numpy arrays shared with the C core in ftl.c), the FDP counters
-(HBMW, MBMW, MBE, also per handle) and their persistence; it stores no user data (the
+(HBMW, MBMW, MBE, also per handle) and their state as arrays (the device writes the file); it stores no user data (the
 emulated device keeps that in a sparse file). The surprise: a write to a handle never
 fails for lack of space as long as the geometry is valid, because GC runs inside the
 write that needs a fresh reclaim unit, exactly as on a drive; that is where the media
@@ -10,8 +10,6 @@ writes beyond the host's come from.
 from __future__ import annotations
 
 import errno
-import json
-import os
 from typing import Any
 
 import numpy as np
@@ -197,41 +195,31 @@ class Ftl:
         if r:
             raise FtlError(f"emulated FTL invariant broken: {_CHECKS[r]}")
 
-    # -- persistence ------------------------------------------------------------------------
-    def save(self, path: str) -> None:
-        """Write the whole state (atomically: a temporary file, then rename)."""
+    # -- persistence (the bytes; the file is the device's: devices/emulated.py) ---------
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Everything needed to continue later: (meta, arrays). meta carries the format
+        version and the geometry fingerprint the state belongs to."""
         meta = {"version": STATE_VERSION, "geometry": self.geometry.fingerprint(),
                 "scalars": {k: int(getattr(self._c, k)) for k in _SCALARS}}
-        tmp = f"{path}.tmp"
-        with open(tmp, "wb") as f:
-            np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-                     **{k: v for k, v in self.arrays.items() if k != "reloc"})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        return meta, {k: v for k, v in self.arrays.items() if k != "reloc"}
 
     @classmethod
-    def load(cls, path: str, geometry: Geometry, **kw: Any) -> "Ftl":
-        """Reload a saved state; the geometry must be the one it was saved with."""
-        try:
-            with np.load(path) as z:
-                meta = json.loads(bytes(z["meta"]).decode())
-                arrays = {k: z[k] for k in z.files if k != "meta"}
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-            raise FormatError(f"{path}: not a readable emulated-SSD state file ({e}); "
-                              "delete it to start the emulated SSD's history afresh") from None
+    def restore(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray], geometry: Geometry,
+                where: str = "saved state", **kw: Any) -> "Ftl":
+        """An FTL continuing from ``state()``; FormatError naming ``where`` when the state is
+        of another version or geometry, or malformed."""
         if meta.get("version") != STATE_VERSION:
-            raise FormatError(f"{path}: emulated-SSD state version {meta.get('version')}, "
+            raise FormatError(f"{where}: emulated-SSD state version {meta.get('version')}, "
                               f"this flashcache reads {STATE_VERSION}; delete it to start afresh")
-        if meta["geometry"] != geometry.fingerprint():
-            diff = {k: (v, geometry.fingerprint().get(k)) for k, v in meta["geometry"].items()
-                    if geometry.fingerprint().get(k) != v}
-            raise FormatError(f"{path}: saved for another emulated SSD geometry "
+        fp = geometry.fingerprint()
+        if meta.get("geometry") != fp:
+            diff = {k: (v, fp.get(k)) for k, v in (meta.get("geometry") or {}).items() if fp.get(k) != v}
+            raise FormatError(f"{where}: saved for another emulated SSD geometry "
                               f"(saved vs configured: {diff}); use the old settings or format the device")
         ftl = cls(geometry, **kw)
         for k, v in arrays.items():
             if k not in ftl.arrays or ftl.arrays[k].shape != v.shape:
-                raise FormatError(f"{path}: array {k} has shape {v.shape}, expected "
+                raise FormatError(f"{where}: array {k} has shape {v.shape}, expected "
                                   f"{ftl.arrays[k].shape if k in ftl.arrays else 'none'}; delete it to start afresh")
             ftl.arrays[k][:] = v
         for k, v in meta["scalars"].items():
@@ -239,4 +227,3 @@ class Ftl:
         ftl._reloc_taken = ftl._c.reloc_n
         ftl.check()
         return ftl
-

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from flashcache.emulator import Ftl, FtlError, Geometry, model, preset
+from flashcache.devices.emulated import load_ftl, save_ftl
 from flashcache.emulator.validate import grid, idle_rus, uniform_random_waf
 from flashcache.errors import FormatError
 
@@ -228,8 +229,8 @@ def test_state_persists_across_save_and_load(tmp_path):
         ftl.write_pages(rng.integers(0, 1 << 12, 500, dtype=np.uint32), ruh=i % 2)
     ftl.trim(100, 50)
     path = str(tmp_path / "ftl.npz")
-    ftl.save(path)
-    back = Ftl.load(path, g)
+    save_ftl(ftl, path)
+    back = load_ftl(path, g)
     assert back.counters() == ftl.counters()
     assert back.stats() == ftl.stats()
     for k in ftl.arrays:
@@ -243,10 +244,10 @@ def test_state_persists_across_save_and_load(tmp_path):
     back.check()
     other = Geometry(capacity_bytes=(1 << 12) * PAGE, op=0.3, ru_bytes=16 * PAGE, handles=("II", "PI"))
     with pytest.raises(FormatError, match="another emulated SSD geometry"):
-        Ftl.load(path, other)
+        load_ftl(path, other)
     (tmp_path / "junk.npz").write_bytes(b"not a state")
     with pytest.raises(FormatError, match="not a readable emulated-SSD state file"):
-        Ftl.load(str(tmp_path / "junk.npz"), g)
+        load_ftl(str(tmp_path / "junk.npz"), g)
 
 
 ops = st.lists(st.tuples(st.sampled_from(["w", "t", "u"]), st.integers(0, 1023), st.integers(1, 40),

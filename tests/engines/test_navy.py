@@ -60,7 +60,7 @@ def test_items_route_by_size_and_move_between_engines(dev):
     assert run(n.lookup(b"small"), dev) == b"s" * 100
     assert run(n.lookup(b"large"), dev) == b"L" * 50_000
     st = n.stats()
-    assert st["bighash"]["router_inserts"] == 1 and st["blockcache"]["router_inserts"] == 1
+    assert st["bighash"]["inserts"] == 1 and st["blockcache"]["inserts"] == 1
     # writes carry each engine's own stream
     bh_writes = [s for (op, off, _), s in zip([x for x in dev.log if x[0] == "write"], dev.streams)
                  if off >= n.layout["bh_offset"]]
