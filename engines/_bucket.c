@@ -132,6 +132,21 @@ static inline int key_matches(const uint8_t *d, uint32_t pos, const entry *e, ui
     return e->kh == kh && e->klen == klen && memcmp(d + pos + ESIZE, key, klen) == 0;
 }
 
+/* The offset of the last entry of ``key`` in a validated bucket of ``n`` entries (the last
+ * one decides, as a lookup finds it), or 0 when it is not there. */
+static uint32_t find_key(const uint8_t *d, uint32_t n, uint64_t kh, const uint8_t *key, uint32_t klen)
+{
+    uint32_t pos = HSIZE, hit = 0;
+    entry e;
+    for (uint32_t i = 0; i < n; i++) {
+        ld_entry(d + pos, &e);
+        if (key_matches(d, pos, &e, kh, key, klen))
+            hit = pos;
+        pos += ESIZE + e.klen + e.vlen;
+    }
+    return hit;
+}
+
 static inline int expired(uint32_t expiry, double now)
 {
     return expiry != 0 && (double)expiry <= now;
@@ -147,14 +162,8 @@ int64_t fc_bucket_lookup(const char *data, uint32_t size, uint32_t bucket, uint6
         learn_image(learn, bucket, d, size, why == FC_OK);
     if (why != FC_OK)
         return -why;
-    uint32_t pos = HSIZE, hit = 0;
+    uint32_t hit = find_key(d, n, kh, (const uint8_t *)key, klen);
     entry e;
-    for (uint32_t i = 0; i < n; i++) {
-        ld_entry(d + pos, &e);
-        if (key_matches(d, pos, &e, kh, (const uint8_t *)key, klen))
-            hit = pos;
-        pos += ESIZE + e.klen + e.vlen;
-    }
     if (!hit)
         return 0;
     ld_entry(d + hit, &e);
@@ -249,21 +258,15 @@ int64_t fc_bucket_remove(const char *old, char *out, uint32_t size, uint32_t buc
     if (why != FC_OK || n == 0)
         return why;
     /* the last entry of the key decides (as a lookup would find it) */
-    uint32_t pos = HSIZE, hit = 0;
+    uint32_t hit = find_key(d, n, kh, (const uint8_t *)key, klen);
     entry e;
-    for (uint32_t i = 0; i < n; i++) {
-        ld_entry(d + pos, &e);
-        if (key_matches(d, pos, &e, kh, (const uint8_t *)key, klen))
-            hit = pos;
-        pos += ESIZE + e.klen + e.vlen;
-    }
     if (!hit)
         return why;
     ld_entry(d + hit, &e);
     if (expired(e.expiry, now))
         return why;
     uint32_t w = HSIZE, count = 0;
-    pos = HSIZE;
+    uint32_t pos = HSIZE;
     for (uint32_t i = 0; i < n; i++) {
         ld_entry(d + pos, &e);
         uint32_t len = ESIZE + e.klen + e.vlen;
