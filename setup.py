@@ -1,9 +1,16 @@
 # The cffi modules are compiled by the package's own build (cffi API mode) against the
 # kernel's uapi headers; pyproject.toml holds everything else.
-from setuptools import setup
+from setuptools import Extension, setup
 
-setup(cffi_modules=[
-    "flashcache/uring/_build.py:ffibuilder",
-    "flashcache/emulator/_build.py:ffibuilder",
-    "engines/_bucket_build.py:ffibuilder",
-])
+setup(
+    # A plain CPython extension beside them (flashcache/uring/results.c): the bytes objects
+    # reads return, made in C (a batch's filled as each request completes).
+    # ring.c is compiled in as well: its single-read path makes the bytes object itself.
+    ext_modules=[Extension("flashcache.uring._results_c", ["flashcache/uring/results.c", "flashcache/uring/ring.c"],
+                           include_dirs=["flashcache/uring"], extra_compile_args=["-O2", "-std=gnu11", "-Wall"])],
+    cffi_modules=[
+        "flashcache/uring/_build.py:ffibuilder",
+        "flashcache/emulator/_build.py:ffibuilder",
+        "engines/_bucket_build.py:ffibuilder",
+    ],
+)

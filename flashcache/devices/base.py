@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..errors import ClosedError, FlashCacheError
+from .heap import keep_freed
 
 log = logging.getLogger("flashcache.devices")
+
+BATCH_HEAP_BYTES = 4 << 20   # what one batch of results may total, for heap.keep_freed
 
 
 class WafUnavailableError(FlashCacheError):
@@ -92,6 +95,7 @@ class BaseDevice:
         self._count_lock = threading.Lock()
         self._closed = False
         self._streams: dict[str, PlacementStream] = {}
+        keep_freed(BATCH_HEAP_BYTES)     # batched results reuse freed heap (see heap.py)
 
     # -- checks ---------------------------------------------------------------------
     def _check(self, what: str, offset: int, length: int) -> None:

@@ -20,6 +20,8 @@ from ..errors import ClosedError, DeviceError
 from ..uring import Ring
 from .base import BaseDevice, PlacementStream
 from .file import DEFAULT_MAX_IO, GIL_GUARDS_COUNTERS, FileDevice, _hint_for
+from .heap import keep_freed
+from ..uring.ring import ffi, new_bytes
 
 log = logging.getLogger("flashcache.devices")
 
@@ -59,6 +61,7 @@ class UringDevice(FileDevice):
             self._base = address_of(self._plain)
         self._stage = self._bufs[0]
         self._stage_bytes = self.slots * self.slot_bytes
+        keep_freed(self._stage_bytes)            # read_many's results: freed heap kept (heap.py)
         self._fixed_index = 0 if self.fixed == "on" else -1
         self._mm = self.ring.buffer_mmap(0) if self.fixed == "on" else self._plain
         self._count_lock = self._ring_lock   # one lock per I/O: the ring's also guards counters
@@ -90,26 +93,28 @@ class UringDevice(FileDevice):
         if not GIL_GUARDS_COUNTERS:
             return self._read_shared(offset, length)
         try:
-            read_one, mm = self._tls.reader
+            read_one = self._tls.reader
         except AttributeError:
-            read_one, mm = self._thread_reader()
-            if read_one is None:
-                return self._read_shared(offset, length)
+            read_one = self._thread_reader()
+        if read_one is None:
+            return self._read_shared(offset, length)
         # One small ring per thread for single reads: no lock between threads (a ring is
-        # single-issuer), the GIL released in the kernel as everywhere. ``_busy`` (an int
-        # the GIL keeps exact) lets close() wait for reads in flight before unmapping.
+        # single-issuer), the GIL released in the kernel as everywhere, the bytes object
+        # made in C. ``_busy`` (an int the GIL keeps exact) lets close() wait for reads in
+        # flight before unmapping.
         self._busy += 1
         try:
             if self._closing:
                 return self._read_shared(offset, length)          # the lock orders it after close
-            if read_one(length, offset, 0) != length:
-                return self._read_shared(offset, length)   # short or failed: the careful path
+            data = read_one(length, offset)
         finally:
             self._busy -= 1
+        if type(data) is int:
+            return self._read_shared(offset, length)   # short or failed: the careful path
         c = self.counters
         c.reads += 1
         c.bytes_read += length
-        return mm[:length]
+        return data
 
     def _read_shared(self, offset: int, length: int) -> bytes:
         with self._ring_lock:
@@ -124,27 +129,25 @@ class UringDevice(FileDevice):
             return self._mm[:length]
 
     def _thread_reader(self):
-        """This thread's single-read ring (2 entries, one registered slot), made on first use;
-        (None, None) when it cannot be made (e.g. the locked-memory limit), said once."""
-        from ..uring.ring import OP_READ_FIXED, ffi, lib
+        """This thread's single-read ring (2 entries, one registered slot), made on first
+        use; None when it cannot be made (e.g. the locked-memory limit), said once."""
         with self._ring_lock:
             if self._closed:
-                return None, None
+                return None
             try:
                 ring = Ring(2)
                 ring.register_buffers(1, self.slot_bytes)
+                reader = ring.reader(self.fd)
             except (DeviceError, OSError) as e:
                 if not self._thread_ring_error:
                     self._thread_ring_error = str(e)
                     log.warning("%s: per-thread read rings unavailable (%s); single reads share the "
                                 "device ring under its lock", self.path, e)
-                self._tls.reader = (None, None)
-                return None, None
+                self._tls.reader = None
+                return None
             self._thread_rings.append(ring)
-        read_one = functools.partial(lib.fc_rw_one, ring._r, OP_READ_FIXED, self.fd,
-                                     ffi.cast("void *", ring.buffer_addr(0)))
-        self._tls.reader = (read_one, ring.buffer_mmap(0))
-        return self._tls.reader
+        self._tls.reader = reader
+        return reader
 
     def ring_info(self) -> dict[str, Any]:
         return {**self.ring.info(), "staging": f"{self.slots} x {self.slot_bytes // 1024} KiB",
@@ -248,15 +251,18 @@ class UringDevice(FileDevice):
         lens = [n for _, n in reqs]
         self._check_many("read", offs, lens)
         if self._fits_packed(lens):
-            mm = self._mm
-            out = []
-            append = out.append
-            a = 0
+            # The results exist before the I/O: the C loop copies each request on into its
+            # bytes object as it completes, while the others are still in flight.
+            out, dst = new_bytes(lens)
             with self._ring_lock:
-                self._batch(False, lens, offs)
-                for ln in lens:
-                    append(mm[a:a + ln])
-                    a += ln
+                res = self.ring.read_packed_into(self.fd, self._base, lens, offs, self._fixed_index, dst)
+                if res != lens:                      # finish the short ones, then copy them on
+                    a = self._base
+                    for i, (r, off, ln) in enumerate(zip(res, offs, lens)):
+                        if r != ln:
+                            self._finish_short(False, a, r, off, ln)
+                            ffi.memmove(ffi.cast("char **", ffi.from_buffer(dst))[i], ffi.cast("char *", a), ln)
+                        a += ln
         else:
             bufs = [bytearray(ln) for ln in lens]
             self._run(False, self._pieces(reqs), outs=[memoryview(b) for b in bufs])

@@ -333,6 +333,10 @@ struct batch {
     const int *buf_indexes;
     const char *cmds;
     char *packed;          /* packed batches: the next request's buffer (lens[i] bytes on) */
+    char **dst;            /* reads into results: request i's bytes go on to dst[i]... */
+    char **src;            /* ...from its buffer, noted here when it is prepared */
+    unsigned *ready;       /* completed requests whose bytes are not yet copied */
+    unsigned nready;
 };
 
 static int prep_one(struct fc_ring *r, struct batch *b, unsigned i)
@@ -345,11 +349,28 @@ static int prep_one(struct fc_ring *r, struct batch *b, unsigned i)
     int ret = fc_prep_rw(r, b->opcode, b->fd, addr, b->lens[i], b->offs[i], ud, bi);
     if (ret == 0 && b->packed)
         b->packed += b->lens[i];
+    if (ret == 0 && b->dst)
+        b->src[i] = addr;
     return ret;
 }
 
+/* Copy the completed requests' bytes on to their results (what completed, short or not;
+ * a short one is finished by the caller). Called with the ring refilled, so the copying
+ * overlaps the I/O still in flight. */
+static void copy_ready(struct batch *b, const int *res)
+{
+    for (unsigned k = 0; k < b->nready; k++) {
+        unsigned i = b->ready[k];
+        int got = res[i];
+        if (got > 0)
+            memcpy(b->dst[i], b->src[i], (unsigned)got < b->lens[i] ? (unsigned)got : b->lens[i]);
+    }
+    b->nready = 0;
+}
+
 /* Store the completions ready now by user_data (see drain); returns how many. */
-static unsigned reap_into(struct fc_ring *r, unsigned base, unsigned n, int *res, unsigned long long *dw0)
+static unsigned reap_into(struct fc_ring *r, unsigned base, unsigned n, int *res, unsigned long long *dw0,
+                          struct batch *b)
 {
     struct fc_cqe cqes[64];
     unsigned got = 0;
@@ -361,6 +382,8 @@ static unsigned reap_into(struct fc_ring *r, unsigned base, unsigned n, int *res
                 res[ud] = cqes[i].res;
                 if (dw0)
                     dw0[ud] = cqes[i].big0;
+                if (b->dst)
+                    b->ready[b->nready++] = (unsigned)ud;
             }
         }
         got += (unsigned)k;
@@ -415,7 +438,15 @@ static int run_batch(struct fc_ring *r, struct batch *b, unsigned n, int *res, u
                 chunk = ret ? r->sq_entries : 1;
             }
         }
-        unsigned got = reap_into(r, base, n, res, dw0);
+        if (b->nready) {                     /* the ring is full again: copy while it works */
+            if (fc_sq_pending(r)) {
+                ret = submit_some(r, 0);
+                if (ret < 0)
+                    return ret;
+            }
+            copy_ready(b, res);
+        }
+        unsigned got = reap_into(r, base, n, res, dw0, b);
         if (!got) {
             if (fc_sq_pending(r)) {          /* hand over the rest and wait in the same enter */
                 ret = submit_some(r, 1);
@@ -426,7 +457,7 @@ static int run_batch(struct fc_ring *r, struct batch *b, unsigned n, int *res, u
                 if (ret < 0)
                     return ret;
             }
-            got = reap_into(r, base, n, res, dw0);
+            got = reap_into(r, base, n, res, dw0, b);
         } else if (fc_sq_pending(r)) {
             ret = submit_some(r, 0);
             if (ret < 0)
@@ -435,6 +466,8 @@ static int run_batch(struct fc_ring *r, struct batch *b, unsigned n, int *res, u
         inflight -= got;
         done += got;
     }
+    if (b->nready)
+        copy_ready(b, res);
     return 0;
 }
 
@@ -461,6 +494,16 @@ int fc_rw_batch_packed(struct fc_ring *r, int opcode, int fd, unsigned n, char *
 {
     struct batch b = {.opcode = opcode, .fd = fd, .buf_index = buf_index, .packed = base,
                       .lens = lens, .offs = offs};
+    return run_batch(r, &b, n, res_out, NULL);
+}
+
+int fc_rw_batch_packed_into(struct fc_ring *r, int opcode, int fd, unsigned n, char *base,
+                            const unsigned *lens, const unsigned long long *offs, int buf_index,
+                            int *res_out, char **dst, char **src_scratch, unsigned *ready_scratch)
+{
+    struct batch b = {.opcode = opcode, .fd = fd, .buf_index = buf_index, .packed = base,
+                      .lens = lens, .offs = offs, .dst = dst, .src = src_scratch,
+                      .ready = ready_scratch};
     return run_batch(r, &b, n, res_out, NULL);
 }
 

@@ -80,6 +80,14 @@ int fc_rw_batch_packed(struct fc_ring *r, int opcode, int fd, unsigned n, char *
                        const unsigned *lens, const unsigned long long *offs, int buf_index,
                        int *res_out);
 
+/* fc_rw_batch_packed for reads whose bytes go on to dst[i] (len lens[i]; fewer if the
+ * request completed short, res_out says): each request is copied as it completes, with
+ * the ring refilled first, so the copying overlaps the I/O still in flight. src_scratch
+ * and ready_scratch hold n entries each (the function's working space). */
+int fc_rw_batch_packed_into(struct fc_ring *r, int opcode, int fd, unsigned n, char *base,
+                            const unsigned *lens, const unsigned long long *offs, int buf_index,
+                            int *res_out, char **dst, char **src_scratch, unsigned *ready_scratch);
+
 /* One read or write, submitted and waited for: returns bytes done or -errno (the result
  * of the I/O; a failure to submit is also a -errno). */
 int fc_rw_one(struct fc_ring *r, int opcode, int fd, void *addr, unsigned len,

@@ -10,6 +10,7 @@ for NVMe passthrough a positive ``res`` is an NVMe status, not a byte count.
 from __future__ import annotations
 
 import errno
+import functools
 import mmap
 import os
 from dataclasses import dataclass
@@ -18,9 +19,10 @@ from typing import Any, Sequence
 from ..errors import ClosedError, DeviceError, UringUnavailableError
 
 try:
+    from ._results_c import new_bytes, read_one   # bytes made in C for reads (results.c)
     from ._uring_c import ffi, lib
-except ImportError as _e:  # the package was installed without its C module
-    ffi = lib = None
+except ImportError as _e:  # the package was installed without its C modules
+    ffi = lib = new_bytes = read_one = None
     _IMPORT_ERROR: str | None = str(_e)
 else:
     _IMPORT_ERROR = None
@@ -257,11 +259,7 @@ class Ring:
         if self.pending:
             raise DeviceError(None, "rw_packed with SQEs prepared and not submitted", errno.EBUSY,
                               "submit() them first: a batch owns the ring while it runs")
-        if self._pk_cap < n:                     # grown once, reused by later batches
-            self._pk_cap = max(n, self.entries)
-            self._pk_lens = ffi.new("unsigned[]", self._pk_cap)
-            self._pk_offs = ffi.new("unsigned long long[]", self._pk_cap)
-            self._pk_res = ffi.new("int[]", self._pk_cap)
+        self._grow_packed(n)
         self._pk_lens[0:n] = lens
         self._pk_offs[0:n] = offsets
         op = (OP_WRITE_FIXED if buf_index >= 0 else OP_WRITE) if write else \
@@ -271,6 +269,52 @@ class Ring:
         if ret < 0:
             raise DeviceError(None, "io_uring batch submission failed", -ret)
         return ffi.unpack(self._pk_res, n)
+
+    def read_packed_into(self, fd: int, base: int, lens: Sequence[int], offsets: Sequence[int],
+                         buf_index: int, dst) -> list[int]:
+        """rw_packed for reads that also copy each request's bytes on to ``dst[i]`` (a
+        buffer of pointers, one per request, e.g. from ``_results_c.new_bytes``) as it
+        completes, while the rest are in flight. Results as rw_packed: a request that
+        completed short had only its first ``res`` bytes copied."""
+        self._check()
+        n = len(lens)
+        if not n:
+            return []
+        if self.pending:
+            raise DeviceError(None, "read_packed_into with SQEs prepared and not submitted", errno.EBUSY,
+                              "submit() them first: a batch owns the ring while it runs")
+        if len(dst) < n * ffi.sizeof("char *"):
+            raise ValueError(f"read_packed_into: {n} requests but room for {len(dst) // ffi.sizeof('char *')} destinations")
+        self._grow_packed(n)
+        self._pk_lens[0:n] = lens
+        self._pk_offs[0:n] = offsets
+        op = OP_READ_FIXED if buf_index >= 0 else OP_READ
+        ret = lib.fc_rw_batch_packed_into(self._r, op, fd, n, ffi.cast("char *", base), self._pk_lens,
+                                          self._pk_offs, buf_index, self._pk_res,
+                                          ffi.from_buffer("char *[]", dst), self._pk_src, self._pk_ready)
+        if ret < 0:
+            raise DeviceError(None, "io_uring batch submission failed", -ret)
+        return ffi.unpack(self._pk_res, n)
+
+    def _grow_packed(self, n: int) -> None:
+        if self._pk_cap < n:                     # grown once, reused by later batches
+            self._pk_cap = max(n, self.entries)
+            self._pk_lens = ffi.new("unsigned[]", self._pk_cap)
+            self._pk_offs = ffi.new("unsigned long long[]", self._pk_cap)
+            self._pk_res = ffi.new("int[]", self._pk_cap)
+            self._pk_src = ffi.new("char *[]", self._pk_cap)
+            self._pk_ready = ffi.new("unsigned[]", self._pk_cap)
+
+    def reader(self, fd: int):
+        """``f(length, offset) -> bytes | int``: one read on this ring into registered
+        buffer 0 (register it first; ``length`` at most its size), returned as a new bytes
+        object made in C, or the int result (-errno or a short count) when it did not
+        complete whole. The ring must be this thread's alone, with nothing else in flight."""
+        self._check()
+        if not self._buffers:
+            raise DeviceError(None, "Ring.reader needs a registered buffer to read into", errno.EINVAL,
+                              "call register_buffers(1, size) first")
+        return functools.partial(read_one, int(ffi.cast("uintptr_t", self._r)), fd, self.buffer_addr(0))
 
     def rw_one(self, write: bool, fd: int, addr: int, length: int, offset: int, buf_index: int = -1) -> int:
         """One read or write, submitted and waited for: bytes done or -errno."""

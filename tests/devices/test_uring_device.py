@@ -6,6 +6,7 @@ import pytest
 
 from engines.device import SUPERBLOCK_MAGIC
 from flashcache.devices.uring import UringDevice
+from flashcache.uring.ring import ffi
 from flashcache.errors import ClosedError, DeviceError
 
 
@@ -141,3 +142,24 @@ def test_single_reads_from_many_threads_use_their_own_rings(img):
     d.close()
     with pytest.raises(ClosedError):
         d.read(0, 4096)
+
+
+def test_packed_read_finishes_a_request_the_kernel_split(img, monkeypatch):
+    """A request that completes short (the kernel may split) is read to its end and its
+    result holds all of it, although the C loop copied only the first part on."""
+    with UringDevice(img, 4 << 20, queue_depth=4) as d:
+        blocks = [bytes([i + 1]) * 8192 for i in range(6)]
+        d.write_many([(i * 8192, b, None) for i, b in enumerate(blocks)])
+        real = d.ring.read_packed_into
+
+        def split_third(fd, base, lens, offs, buf_index, dst):
+            res = real(fd, base, lens, offs, buf_index, dst)
+            # as if request 2 had stopped after 1 KiB: its result and staging past that are stale
+            ptr = ffi.cast("char **", ffi.from_buffer(dst))[2]
+            ffi.memmove(ptr + 1024, b"\0" * 7168, 7168)
+            ffi.memmove(ffi.cast("char *", base) + 2 * 8192 + 1024, b"\xee" * 7168, 7168)
+            res[2] = 1024
+            return res
+
+        monkeypatch.setattr(d.ring, "read_packed_into", split_third)
+        assert d.read_many([(i * 8192, 8192) for i in range(6)]) == blocks

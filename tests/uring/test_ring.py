@@ -268,3 +268,61 @@ def test_rw_packed_places_requests_back_to_back_beyond_ring_depth(datafile):
         assert os.pread(fd, 512, 8192) == bytes(src[1024:1536])
         assert os.pread(fd, 1536, 65536) == bytes(src[1536:3072])
         assert r.rw_packed(False, fd, address_of(src), [], []) == []
+
+
+def test_read_packed_into_fills_each_result_as_it_completes(datafile):
+    """More requests than the ring holds, each copied on into its own bytes object from
+    new_bytes; a request past the end copies only what it read (res says how much)."""
+    fd, blob = datafile
+    with Ring(4) as r:
+        r.register_buffers(1, 1 << 20)
+        lens = [512 * (1 + i % 3) for i in range(40)]
+        offs = [(i * 7919 % 1500) * 512 for i in range(40)]
+        offs[7] = len(blob) - 256                   # 256 bytes left in the file
+        out, dst = ring_mod.new_bytes(lens)
+        assert [len(b) for b in out] == lens and len(dst) == 40 * 8
+        res = r.read_packed_into(fd, r.buffer_addr(0), lens, offs, 0, dst)
+        assert res == [256 if i == 7 else ln for i, ln in enumerate(lens)]
+        for i, (off, ln) in enumerate(zip(offs, lens)):
+            assert out[i][:res[i]] == blob[off:off + res[i]], i
+        # a plain (unregistered) staging buffer works the same way
+        stage = bytearray(8192)
+        out, dst = ring_mod.new_bytes([512, 1024])
+        assert r.read_packed_into(fd, address_of(stage), [512, 1024], [4096, 0], -1, dst) == [512, 1024]
+        assert out == [blob[4096:4608], blob[:1024]]
+        assert r.read_packed_into(fd, address_of(stage), [], [], -1, b"") == []
+        with pytest.raises(ValueError, match="3 requests but room for 2 destinations"):
+            r.read_packed_into(fd, address_of(stage), [512] * 3, [0] * 3, -1, dst)
+
+
+def test_new_bytes_checks_its_lengths():
+    out, dst = ring_mod.new_bytes([])
+    assert out == [] and dst == b""
+    out, _ = ring_mod.new_bytes([0, 1, 4096])
+    assert [len(b) for b in out] == [0, 1, 4096] and out[1] is not out[2]
+    with pytest.raises(ValueError, match="length -1 at index 1 is negative"):
+        ring_mod.new_bytes([4, -1])
+    with pytest.raises(TypeError):
+        ring_mod.new_bytes([4, "x"])
+    with pytest.raises(TypeError, match="sequence of lengths"):
+        ring_mod.new_bytes(7)
+
+
+def test_reader_returns_bytes_or_the_result_that_was_not_whole(datafile, tmp_path):
+    fd, blob = datafile
+    with Ring(2) as r:
+        r.register_buffers(1, 65536)
+        read = r.reader(fd)
+        assert read(4096, 8192) == blob[8192:12288]
+        assert type(read(4096, 0)) is bytes and read(0, 0) == b""
+        assert read(4096, len(blob) - 1024) == 1024           # short at the end: the count
+        assert read(4096, len(blob)) == 0                     # at the end: nothing read
+        wo = os.open(tmp_path / "wo.bin", os.O_WRONLY | os.O_CREAT)
+        try:
+            assert r.reader(wo)(4096, 0) == -errno.EBADF      # failed: -errno, no exception
+        finally:
+            os.close(wo)
+        with pytest.raises(ValueError, match="length -1 out of range"):
+            read(-1, 0)
+    with Ring(2) as r, pytest.raises(DeviceError, match="needs a registered buffer"):
+        r.reader(fd)                                          # no registered buffer to read into
