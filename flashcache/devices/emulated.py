@@ -154,7 +154,7 @@ class EmulatedController:
             from ..errors import UringUnavailableError
             from ..uring import Ring
             try:
-                self._ring = Ring(64)
+                self._ring = Ring(64, coop_taskrun=True)
             except UringUnavailableError as e:
                 log.warning("%s: batched reads without io_uring (%s): one pread each", self.path, e)
                 self._ring = False

@@ -107,7 +107,7 @@ class PassthroughTransport:
         except ImportError:  # the cffi module was not built
             raise DeviceError(self.path, "cannot load flashcache's io_uring module", None,
                               "reinstall flashcache (make setup) so the cffi module is built") from None
-        self.ring = Ring(depth, sqe128=True, cqe32=True)
+        self.ring = Ring(depth, sqe128=True, cqe32=True, coop_taskrun=True)
         self.slots = self.ring.entries
         self.slot_bytes = SLOT_BYTES
         try:

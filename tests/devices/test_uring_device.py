@@ -163,3 +163,22 @@ def test_packed_read_finishes_a_request_the_kernel_split(img, monkeypatch):
 
         monkeypatch.setattr(d.ring, "read_packed_into", split_third)
         assert d.read_many([(i * 8192, 8192) for i in range(6)]) == blocks
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_every_uring_io_goes_through_the_ring(img, monkeypatch, direct):
+    """A uring device never takes the psync syscalls, single or batched, buffered or direct."""
+    import flashcache.devices.file as file_mod
+
+    def refuse(*a, **k):
+        raise AssertionError("a uring device called a psync syscall")
+
+    with UringDevice(img, 4 << 20, direct=direct, queue_depth=4) as d:
+        for name in ("pread", "pwrite", "preadv", "pwritev"):
+            monkeypatch.setattr(file_mod.os, name, refuse)
+        d.write(8192, b"a" * 4096)
+        d.write(65536, bytearray(b"b" * (256 << 10)))       # larger than a slot
+        d.write_many([(0, b"c" * 4096, None), (4096, b"d" * 4096, None)])
+        assert d.read(8192, 4096) == b"a" * 4096
+        assert d.read(65536, 256 << 10) == b"b" * (256 << 10)
+        assert d.read_many([(0, 4096), (4096, 4096)]) == [b"c" * 4096, b"d" * 4096]

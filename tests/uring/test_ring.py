@@ -326,3 +326,24 @@ def test_reader_returns_bytes_or_the_result_that_was_not_whole(datafile, tmp_pat
             read(-1, 0)
     with Ring(2) as r, pytest.raises(DeviceError, match="needs a registered buffer"):
         r.reader(fd)                                          # no registered buffer to read into
+
+
+def test_coop_taskrun_ring_and_the_kernel_without_it(datafile, monkeypatch):
+    fd, blob = datafile
+    with Ring(4, coop_taskrun=True) as r:
+        assert r.info()["coop_taskrun"] is True
+        r.register_buffers(1, 8192)
+        assert r.reader(fd)(4096, 4096) == blob[4096:8192]
+    assert Ring(4).info()["coop_taskrun"] is False
+    real = ring_mod.lib
+
+    class Old:                          # a kernel before 5.19: EINVAL for the flag
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def fc_ring_init(self, r, entries, flags):
+            return -errno.EINVAL if flags & ring_mod.IORING_SETUP_COOP_TASKRUN else real.fc_ring_init(r, entries, flags)
+
+    monkeypatch.setattr(ring_mod, "lib", Old())
+    with Ring(4, coop_taskrun=True) as r:
+        assert r.info()["coop_taskrun"] is False
