@@ -370,3 +370,59 @@ static void learn_image(fc_bloom *bf, uint32_t bucket, const uint8_t *d, uint32_
     else
         fc_bloom_rebuild(bf, bucket, NULL, 0);
 }
+
+/* ---- BlockCache's index probes (see _bucket.h) ---------------------------------------- */
+
+#define FC_IDX_EMPTY 0xFFFFFFFFu
+#define FC_IDX_TOMB 0xFFFFFFFEu
+
+int64_t fc_index_find(const uint32_t *tag, const uint32_t *addr, uint64_t cap, uint32_t t)
+{
+    uint64_t i = ((uint64_t)t * cap) >> 32;
+    for (uint64_t n = 0; n < cap; n++) {
+        uint32_t x = addr[i];
+        if (x == FC_IDX_EMPTY)
+            return -1;
+        if (x != FC_IDX_TOMB && tag[i] == t)
+            return (int64_t)i;
+        if (++i == cap)
+            i = 0;
+    }
+    return -1;   /* a table with no empty slot (never at the index's load limits) */
+}
+
+int64_t fc_index_put(uint32_t *tag, uint32_t *addr, uint16_t *size, uint16_t *hits, uint64_t cap,
+                     uint32_t t, uint32_t a, uint16_t code, int allow_new)
+{
+    uint64_t i = ((uint64_t)t * cap) >> 32;
+    int64_t tomb = -1;
+    uint64_t n;
+    for (n = 0; n < cap; n++) {
+        uint32_t x = addr[i];
+        if (x == FC_IDX_EMPTY)
+            break;
+        if (x == FC_IDX_TOMB) {
+            if (tomb < 0)
+                tomb = (int64_t)i;
+        } else if (tag[i] == t) {
+            addr[i] = a;
+            size[i] = code;
+            hits[i] = 0;
+            return x;
+        }
+        if (++i == cap)
+            i = 0;
+    }
+    int64_t ret = -2;
+    if (tomb >= 0)
+        i = (uint64_t)tomb;
+    else if (!allow_new || n == cap)
+        return -3;
+    else
+        ret = -1;
+    tag[i] = t;
+    addr[i] = a;
+    size[i] = code;
+    hits[i] = 0;
+    return ret;
+}

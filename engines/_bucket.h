@@ -84,3 +84,13 @@ int fc_bloom_rebuild(fc_bloom *bf, uint64_t bucket, const uint64_t *key_hashes, 
  * gives an empty filter; an image that is not "FCBH" or whose entries do not fit its
  * used_bytes (never the case for those) gives an unknown one (all bits set). */
 int fc_bloom_rebuild_image(fc_bloom *bf, uint64_t bucket, const char *image, uint32_t size);
+
+/* BlockCache's DRAM index (engines/blockcache/index.py): linear probing over parallel
+ * arrays, home slot tag * cap >> 32, addr 0xFFFFFFFF empty, 0xFFFFFFFE tombstone. */
+/* The slot holding tag t, or -1. */
+int64_t fc_index_find(const uint32_t *tag, const uint32_t *addr, uint64_t cap, uint32_t t);
+/* Point tag t at address a (size code, hits 0). Returns the address it replaced (>= 0);
+ * -1 when it took an empty slot; -2 when it took a tombstone; -3 when it would need an
+ * empty slot and allow_new is 0 (nothing written: the caller grows the table first). */
+int64_t fc_index_put(uint32_t *tag, uint32_t *addr, uint16_t *size, uint16_t *hits, uint64_t cap,
+                     uint32_t t, uint32_t a, uint16_t code, int allow_new);
