@@ -13,6 +13,8 @@
  * two calls. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
+#include <unistd.h>
 #include <linux/io_uring.h>
 #include "ring.h"
 
@@ -86,6 +88,126 @@ static PyObject *read_one(PyObject *self, PyObject *const *args, Py_ssize_t narg
     return PyBytes_FromStringAndSize(stage, len);
 }
 
+/* Pread: a psync device's single buffered read in one C call (FileDevice.read's fast
+ * path): the bounds and alignment checks, one pread into a new bytes object with the GIL
+ * released, and the read counters. Anything else (closed, out of range, misaligned, too
+ * long, short or failed) goes to the Python `fallback(offset, length)`, which does it the
+ * careful way and raises the error the device names. */
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    int closed;
+    unsigned long long size, mask, max_io;
+    unsigned long long reads, bytes_read;
+    PyObject *fallback;
+} Pread;
+
+static int Pread_init(Pread *self, PyObject *args, PyObject *kw)
+{
+    PyObject *fallback;
+    (void)kw;
+    if (!PyArg_ParseTuple(args, "iKKKO:Pread", &self->fd, &self->size, &self->mask, &self->max_io, &fallback))
+        return -1;
+    if (!PyCallable_Check(fallback)) {
+        PyErr_SetString(PyExc_TypeError, "Pread: fallback must be callable");
+        return -1;
+    }
+    Py_XSETREF(self->fallback, Py_NewRef(fallback));
+    self->closed = 0;
+    return 0;
+}
+
+static int Pread_traverse(Pread *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fallback);   /* the fallback is the device's method: a cycle the GC breaks */
+    return 0;
+}
+
+static int Pread_clear(Pread *self)
+{
+    Py_CLEAR(self->fallback);
+    return 0;
+}
+
+static void Pread_dealloc(Pread *self)
+{
+    PyObject_GC_UnTrack(self);
+    Pread_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Pread_read(Pread *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "read(offset, length)");
+        return NULL;
+    }
+    long long off = PyLong_AsLongLong(args[0]);
+    long long len = PyLong_AsLongLong(args[1]);
+    if ((off == -1 || len == -1) && PyErr_Occurred()) {
+        PyErr_Clear();
+        goto careful;                       /* not plain ints in range: let Python say why */
+    }
+    if (self->closed || off < 0 || len < 0 || ((unsigned long long)(off | len) & self->mask) ||
+        (unsigned long long)len > self->max_io || (unsigned long long)off + (unsigned long long)len > self->size)
+        goto careful;
+    PyObject *b = PyBytes_FromStringAndSize(NULL, len);
+    if (!b)
+        return NULL;
+    ssize_t got;
+    Py_BEGIN_ALLOW_THREADS
+    got = pread(self->fd, PyBytes_AS_STRING(b), (size_t)len, (off_t)off);
+    Py_END_ALLOW_THREADS
+    if (got != len) {
+        Py_DECREF(b);
+        goto careful;
+    }
+    self->reads++;
+    self->bytes_read += (unsigned long long)len;
+    return b;
+careful:
+    if (!self->fallback) {
+        PyErr_SetString(PyExc_ValueError, "Pread: read after the object was cleared");
+        return NULL;
+    }
+    return PyObject_Vectorcall(self->fallback, args, nargs, NULL);
+}
+
+static PyObject *Pread_close(Pread *self, PyObject *unused)
+{
+    (void)unused;
+    self->closed = 1;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Pread_methods[] = {
+    {"read", (PyCFunction)(void (*)(void))Pread_read, METH_FASTCALL,
+     "read(offset, length) -> bytes: one checked pread, or the fallback's answer."},
+    {"close", (PyCFunction)Pread_close, METH_NOARGS, "Send every later read to the fallback."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Pread_members[] = {
+    {"reads", T_ULONGLONG, offsetof(Pread, reads), READONLY, "reads done here"},
+    {"bytes_read", T_ULONGLONG, offsetof(Pread, bytes_read), READONLY, "bytes read here"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject PreadType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "flashcache.uring._results_c.Pread",
+    .tp_basicsize = sizeof(Pread),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)Pread_traverse,
+    .tp_clear = (inquiry)Pread_clear,
+    .tp_doc = "Pread(fd, size, block_mask, max_io, fallback): a psync device's checked single read.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Pread_init,
+    .tp_dealloc = (destructor)Pread_dealloc,
+    .tp_methods = Pread_methods,
+    .tp_members = Pread_members,
+};
+
 static PyMethodDef methods[] = {
     {"read_one", (PyCFunction)(void (*)(void))read_one, METH_FASTCALL,
      "read_one(ring, fd, stage, length, offset) -> bytes, or the int result of a read that "
@@ -100,5 +222,14 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_results_c", NULL, 0
 
 PyMODINIT_FUNC PyInit__results_c(void)
 {
-    return PyModule_Create(&module);
+    if (PyType_Ready(&PreadType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Pread", (PyObject *)&PreadType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -164,3 +164,38 @@ except Exception as e:
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "DeviceError" in out.stdout and "write of 8192 bytes at offset 65536 failed" in out.stdout, out
+
+
+def test_buffered_reads_take_the_c_path_and_fall_back_for_the_rest(img):
+    """A psync device's single buffered read is one C call; everything unusual falls back
+    to the Python read, which names the problem; the counters add both up."""
+    import gc
+    import weakref
+
+    from flashcache.uring._results_c import Pread
+    d = FileDevice(img, 4 << 20)
+    assert isinstance(d._pread, Pread)
+    d.write(4096, b"z" * 8192)
+    assert d.read(4096, 8192) == b"z" * 8192 and d._pread.reads == 1       # C
+    assert d.read(0, 4 << 20) == bytes(4096) + b"z" * 8192 + bytes((4 << 20) - 12288)   # C too
+    with pytest.raises(ValueError, match="not aligned to the device block size 4096"):
+        d.read(100, 4096)
+    with pytest.raises(TypeError):
+        d.read("0", 4096)
+    with pytest.raises(ValueError, match="ends past the device size"):
+        d.read(4 << 20, 4096)
+    os.truncate(img, 8192)                                                    # behind its back
+    with pytest.raises(DeviceError, match="truncated behind flashcache's back"):
+        d.read(8192, 4096)
+    os.truncate(img, 4 << 20)
+    st = d.stats()
+    assert st["reads"] == 2 and st["bytes_read"] == 8192 + (4 << 20)
+    d.close()
+    with pytest.raises(ClosedError):
+        d.read(0, 4096)
+    ref = weakref.ref(d)
+    del d
+    gc.collect()
+    assert ref() is None                       # the device <-> fallback cycle is collected
+    with FileDevice(img, 4 << 20, direct=True, format=True) as dd:
+        assert dd._pread is None               # O_DIRECT reads stay in Python (aligned buffers)

@@ -34,16 +34,16 @@ def _faults(mode: str, **env) -> int:
 
 @glibc
 def test_primed_heap_keeps_a_batch_of_results_mapped():
-    # without it glibc trims the freed 2 MiB and each batch faults ~512 pages back in
-    assert _faults("plain") > 20 * 256
-    assert _faults("prime") < 20 * 16
+    # without it glibc trims the freed 2 MiB and each batch faults hundreds of pages back in
+    assert _faults("plain") > 20 * 64
+    assert _faults("prime") < 20 * 4
 
 
 @glibc
 def test_an_owner_choice_of_thresholds_stands(monkeypatch):
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
     assert heap._dynamic() is False
-    assert _faults("prime", MALLOC_TRIM_THRESHOLD_="131072") > 20 * 256
+    assert _faults("prime", MALLOC_TRIM_THRESHOLD_="131072") > 20 * 64
 
 
 def test_keep_freed_only_grows(monkeypatch):
