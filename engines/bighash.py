@@ -46,7 +46,7 @@ from typing import Any, Callable, NamedTuple
 import xxhash
 
 from engines.bloom import BloomFilters, _ffi, _lib  # _ffi, _lib: the C core, imported once, there
-from engines.device import Op, Read, Write, as_bytes, expiry_seconds
+from engines.device import Device, Op, Read, Write, as_bytes, expiry_seconds
 
 
 log = logging.getLogger(__name__)
@@ -255,8 +255,23 @@ class BigHash:
         that promotes the item to DRAM keeps its time to live."""
         return self._lookup(key, True)
 
+    def lookup_item_now(self, device: Device, key: bytes | bytearray | memoryview) -> tuple[bytes, float] | None:
+        """``lookup_item`` done at once with a blocking ``device.read``: the same steps
+        and counters without a generator (a blocking caller's hot path, ~1/3 cheaper)."""
+        plan = self._lookup_plan(key)
+        if plan is None:
+            return None
+        return self._lookup_read(plan, device.read(plan[0], self.bucket_size), True)
+
     def _lookup(self, key, with_expiry: bool) -> Op[bytes | tuple[bytes, float] | None]:
-        # One generator for both (no ``yield from`` on the hot path).
+        plan = self._lookup_plan(key)
+        if plan is None:
+            return None
+        return self._lookup_read(plan, (yield Read(plan[0], self.bucket_size)), with_expiry)
+
+    def _lookup_plan(self, key):
+        """What a lookup reads: (offset, bucket, key hash, key, C key, write epoch), or
+        None when the bloom filter already says no."""
         if key.__class__ is bytes:
             ckey = key
         else:
@@ -266,14 +281,17 @@ class BigHash:
         c["lookups"] += 1
         kh = _hash(key, KEY_SEED)
         b = (kh >> 32) * self.nbuckets >> 32
-        bloom = self.bloom
-        if not _c_may_contain(bloom.c, b, kh):  # always 1 with the filters off
+        if not _c_may_contain(self.bloom.c, b, kh):  # always 1 with the filters off
             c["bloom_rejects"] += 1
             c["misses"] += 1
             return None
-        epoch = self._write_epoch
+        return (self.offset + b * self.bucket_size, b, kh, key, ckey, self._write_epoch)
+
+    def _lookup_read(self, plan, data, with_expiry: bool):
+        """The lookup's answer from the bucket as read."""
+        _, b, kh, key, ckey, epoch = plan
+        c = self._counters
         size = self.bucket_size
-        data = yield Read(self.offset + b * size, size)
         c["bucket_reads"] += 1
         c["bytes_read"] += size
         if len(data) != size:
@@ -282,7 +300,7 @@ class BigHash:
         # core warms its filter if unknown (a cold engine learns its filters from lookups
         # as well as from writes).
         r = _c_lookup(data if data.__class__ is bytes else _from_buffer(data), size, b, self.generation, kh,
-                      ckey, len(key), bloom.c if epoch == self._write_epoch else _NULL)
+                      ckey, len(key), self.bloom.c if epoch == self._write_epoch else _NULL)
         if r < 0:
             self._unreadable(b, -r, data)
         if r <= 0:
@@ -317,6 +335,23 @@ class BigHash:
         seconds of ``clock`` (0 = never), rounded up to a whole second. ValueError if the
         item can never fit in a bucket (see ``max_item_size``).
         """
+        return self._insert(*self._insert_args(key, value, expiry))
+
+    def insert_now(self, device: Device, key: bytes | bytearray | memoryview,
+                   value: bytes | bytearray | memoryview, expiry: float = 0) -> InsertResult:
+        """``insert`` done at once with blocking ``device.read``/``device.write``: the
+        same steps, checks and counters without a generator (a blocking caller's hot path,
+        ~1/3 cheaper). The caller holds whatever lock it holds around ``insert``."""
+        key, value, klen, vlen, expiry = self._insert_args(key, value, expiry)
+        kh = _hash(key, KEY_SEED)
+        b = (kh >> 32) * self.nbuckets >> 32
+        off = self.offset + b * self.bucket_size
+        buf, cbuf, r = self._insert_image(b, device.read(off, self.bucket_size), kh, key, klen, value, vlen, expiry)
+        self._write_now(device, b, buf, cbuf)
+        return self._inserted(r, klen, vlen)
+
+    def _insert_args(self, key, value, expiry: float):
+        """insert's checks: (key, value, key length, value length, expiry in seconds)."""
         if key.__class__ is not bytes:
             key = _check_bytes("key", key)
         if value.__class__ is not bytes:
@@ -331,16 +366,21 @@ class BigHash:
                 f"exceeds max_item_size {self.max_item_size} for bucket_size {self.bucket_size}; "
                 "store it in BlockCache or use a larger bucket_size"
             )
-        expiry = expiry_seconds("BigHash", expiry)
-        return self._insert(key, value, klen, vlen, expiry)
+        return key, value, klen, vlen, expiry_seconds("BigHash", expiry)
 
     def _insert(self, key, value, klen: int, vlen: int, expiry: int) -> Op[InsertResult]:
-        c = self._counters
         kh = _hash(key, KEY_SEED)
-        size = self.bucket_size
         b = (kh >> 32) * self.nbuckets >> 32
-        off = self.offset + b * size
-        data = yield Read(off, size)
+        off = self.offset + b * self.bucket_size
+        buf, cbuf, r = self._insert_image(b, (yield Read(off, self.bucket_size)), kh, key, klen, value, vlen, expiry)
+        yield from self._write_bucket(b, buf, cbuf)
+        return self._inserted(r, klen, vlen)
+
+    def _insert_image(self, b: int, data, kh: int, key, klen: int, value, vlen: int, expiry: int):
+        """The bucket image an insert writes, from the bucket as read: (image, its C view,
+        the C core's result)."""
+        c = self._counters
+        size = self.bucket_size
         c["bucket_reads"] += 1
         c["bytes_read"] += size
         if len(data) != size:
@@ -354,18 +394,11 @@ class BigHash:
             raise RuntimeError(f"BigHash: the C core refused an item of {klen} + {vlen} B")
         if r & _REASON_MASK:
             self._unreadable(b, r & _REASON_MASK, data)
-        # _write_bucket inlined (one generator less on the hot path): keep the two in step.
-        try:
-            yield Write(off, buf, self.stream)
-        except BaseException:
-            self.bloom.invalidate(b)
-            self._write_epoch += 1
-            raise
-        self._write_epoch += 1
-        c["bucket_writes"] += 1
-        c["bytes_written"] += size
-        if self.bloom.nbits:
-            _c_bloom_image(self.bloom.c, b, cbuf, size)
+        return buf, cbuf, r
+
+    def _inserted(self, r: int, klen: int, vlen: int) -> InsertResult:
+        """The counters and result of an insert whose bucket is written."""
+        c = self._counters
         replaced = bool(r & _CHANGED)
         evicted = (r >> _EVICTED_SHIFT) & _COUNT_MASK
         expired = (r >> _EXPIRED_SHIFT) & _COUNT_MASK
@@ -418,13 +451,29 @@ class BigHash:
         try:
             yield Write(self.offset + b * self.bucket_size, buf, self.stream)
         except BaseException:
-            # The bucket on flash may now be old, new or torn: its filter must not lie.
-            self.bloom.invalidate(b)
-            self._write_epoch += 1
+            self._write_failed(b)
             raise
+        self._written(b, cbuf)
+
+    def _write_now(self, device: Device, b: int, buf: bytearray, cbuf) -> None:
+        """_write_bucket with a blocking ``device.write``."""
+        try:
+            device.write(self.offset + b * self.bucket_size, buf, self.stream)
+        except BaseException:
+            self._write_failed(b)
+            raise
+        self._written(b, cbuf)
+
+    def _write_failed(self, b: int) -> None:
+        # The bucket on flash may now be old, new or torn: its filter must not lie.
+        self.bloom.invalidate(b)
         self._write_epoch += 1
-        self._counters["bucket_writes"] += 1
-        self._counters["bytes_written"] += self.bucket_size
+
+    def _written(self, b: int, cbuf) -> None:
+        self._write_epoch += 1
+        c = self._counters
+        c["bucket_writes"] += 1
+        c["bytes_written"] += self.bucket_size
         if self.bloom.nbits:
             _c_bloom_image(self.bloom.c, b, cbuf, self.bucket_size)
 

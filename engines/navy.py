@@ -346,6 +346,24 @@ class Navy:
         self._counters["misses"] += 1
         return None
 
+    def lookup_item_now(self, device: Device, key: bytes) -> tuple[bytes, float] | None:
+        """``lookup_item`` done at once on ``device`` with blocking calls (BigHash's part
+        without a generator: a blocking caller's hot path)."""
+        c = self._counters
+        c["lookups"] += 1
+        if self.blockcache and self._bc_may_hold(key):
+            item = run(self._bc(self.blockcache.lookup_item(key)), device)
+            if item is not None:
+                c["hits"] += 1
+                return item
+        if self.bighash:
+            item = self.bighash.lookup_item_now(device, key)   # reads take no lock (see _through)
+            if item is not None:
+                c["hits"] += 1
+                return item
+        c["misses"] += 1
+        return None
+
     def engine_for(self, key_len: int, value_len: int) -> str | None:
         """The engine an item of this size goes to, or None when it fits neither."""
         size = key_len + value_len
@@ -363,15 +381,26 @@ class Navy:
     def insert(self, key: bytes, value: bytes, expiry: float = 0) -> Op[bool]:
         """Offer an item to flash: admission decides, then the size routes it. Returns
         whether it was written. The key is removed from the other engine either way."""
-        engine = self.engine_for(len(key), len(value))
+        return (yield from self._placed(self._admit(key, value), key, value, expiry))
+
+    def insert_now(self, device: Device, key: bytes, value: bytes, expiry: float = 0) -> bool:
+        """``insert`` done at once on ``device`` with blocking calls: a small item's
+        bucket read-modify-write runs without a generator (a blocking caller's hot path:
+        the cache's demotions); the rest as ``run(insert(...))``."""
+        engine = self._admit(key, value)
+        if engine != "bighash":
+            return run(self._placed(engine, key, value, expiry), device)
+        with self._bh_lock(key):
+            self.bighash.insert_now(device, key, value, expiry)
+        if self._feed_admission:
+            self.admission.record_write(self.bighash.bucket_size)   # what _through tells it
+        if self.blockcache and self._bc_may_hold(key):
+            run(self._bc(self.blockcache.remove(key)), device)
+        return True
+
+    def _placed(self, engine: str | None, key: bytes, value: bytes, expiry: float) -> Op[bool]:
+        """insert's steps once admission has answered (engine None: rejected)."""
         if engine is None:
-            self._counters["too_large"] += 1
-            raise ValueError(f"navy: an item of {len(key) + len(value)} bytes (key + value) is larger than "
-                             f"the largest the flash engines take ({self.max_item_size} bytes)")
-        self._counters["inserts"] += 1
-        if not self._accept_all and not self.admission.accept(xxhash.xxh3_64_intdigest(key), len(key) + len(value)):
-            self._counters["admission_rejects"] += 1
-            self._rejects[engine] += 1
             yield from self._remove_from_all(key)
             return False
         if engine == "bighash":
@@ -383,6 +412,21 @@ class Navy:
             if self.bighash and self._bh_may_hold(key):
                 yield from self._bh_mutate(key, self.bighash.remove(key))
         return True
+
+    def _admit(self, key: bytes, value: bytes) -> str | None:
+        """The engine an offered item goes to, or None when admission rejects it (counted);
+        ValueError when it fits neither engine."""
+        engine = self.engine_for(len(key), len(value))
+        if engine is None:
+            self._counters["too_large"] += 1
+            raise ValueError(f"navy: an item of {len(key) + len(value)} bytes (key + value) is larger than "
+                             f"the largest the flash engines take ({self.max_item_size} bytes)")
+        self._counters["inserts"] += 1
+        if not self._accept_all and not self.admission.accept(xxhash.xxh3_64_intdigest(key), len(key) + len(value)):
+            self._counters["admission_rejects"] += 1
+            self._rejects[engine] += 1
+            return None
+        return engine
 
     def _remove_from_all(self, key: bytes) -> Op[bool]:
         found = False

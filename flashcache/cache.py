@@ -192,7 +192,7 @@ class Cache:
                 c["demotions_skipped_clean"] += 1
                 continue
             c["demotions"] += 1
-            run(self.navy.insert(e.key, e.value, e.expiry), self.device)
+            self.navy.insert_now(self.device, e.key, e.value, e.expiry)
 
     def _promote(self, key: bytes, value: bytes, expiry: float) -> None:
         added, out = self.dram.add(key, value, expiry, True)
@@ -214,7 +214,7 @@ class Cache:
         if v is not None:
             c["hits_dram"] += 1
         else:
-            item = run(self.navy.lookup_item(k), self.device)
+            item = self.navy.lookup_item_now(self.device, k)
             if item is None or (item[1] and item[1] <= self._clock()):
                 c["misses"] += 1
                 self._get_hist.observe(_now() - t0)
@@ -244,7 +244,7 @@ class Cache:
         c["sets"] += 1
         c["item_bytes_set"] += len(k) + len(v)
         if self.write_through:
-            run(self.navy.insert(k, v, exp), self.device)
+            self.navy.insert_now(self.device, k, v, exp)
             out = self.dram.set(k, v, exp, clean=True)
         else:
             if self.navy.may_hold(k):                 # no stale copy may outlive this set
@@ -271,7 +271,7 @@ class Cache:
         self._count(touches=1)
         if self._touch_dram(k, exp):
             return True
-        return self._touch_flash(k, run(self.navy.lookup_item(k), self.device), exp)
+        return self._touch_flash(k, self.navy.lookup_item_now(self.device, k), exp)
 
     def _touch_dram(self, k: bytes, exp: float) -> bool:
         if not self.dram.touch(k, exp):

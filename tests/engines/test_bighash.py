@@ -767,3 +767,47 @@ def test_a_missing_c_module_names_make_setup():
     code = "import sys; sys.modules['engines._bucket_c'] = None; import engines.bighash"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode != 0 and "make setup" in r.stderr and "ImportError" in r.stderr
+
+
+# --------------------------------------------------------------------------- blocking forms
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["put", "get", "tick"]), st.integers(0, 40),
+                          st.integers(0, 200), st.sampled_from([0, 5, 50])), max_size=120))
+def test_now_forms_do_exactly_what_the_generators_do(ops):
+    """insert_now / lookup_item_now against run(insert) / run(lookup_item) on twin engines:
+    same answers, same device bytes and I/O, same counters and filters, expiry included."""
+    clock_a, clock_b = FakeClock(), FakeClock()
+    a, da = make(nbuckets=4, bucket_size=BS, clock=clock_a)
+    b, db = make(nbuckets=4, bucket_size=BS, clock=clock_b)
+    for op, k, n, ttl in ops:
+        key = b"key%d" % k
+        if op == "put":
+            value = bytes([k]) * n
+            exp = clock_a.t + ttl if ttl else 0
+            assert run(a.insert(key, value, exp), da) == b.insert_now(db, key, value, exp)
+        elif op == "get":
+            assert run(a.lookup_item(key), da) == b.lookup_item_now(db, key)
+        else:
+            clock_a.t += 10
+            clock_b.t += 10
+    assert da.buf == db.buf and da.log == db.log
+    assert a.stats() == b.stats()
+    assert bytes(a.bloom.bits) == bytes(b.bloom.bits)
+
+
+def test_a_failed_blocking_write_leaves_no_lying_filter():
+    bh, dev = make(nbuckets=2, bucket_size=BS)
+    bh.reset()
+
+    def fail(*a, **k):
+        raise OSError(5, "I/O error")
+
+    dev.write = fail
+    with pytest.raises(OSError):
+        bh.insert_now(dev, b"k", b"v")
+    b = bh.bucket_of(key_hash(b"k"))
+    assert bh.bloom.is_unknown(b)           # as after a failed generator write
+    with pytest.raises(ValueError, match="keys are at most"):
+        bh.insert_now(dev, b"k" * 70000, b"v")
