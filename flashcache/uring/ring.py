@@ -220,6 +220,12 @@ class Ring:
         return [Completion(c[i].user_data, c[i].res, c[i].flags, c[i].big0) for i in range(n)]
 
     # -- batches (one C call each) --------------------------------------------------------
+    def _owned_by_batch(self, what: str) -> None:
+        """A batch owns the ring while it runs: refuse one while SQEs wait to be submitted."""
+        if self.pending:
+            raise DeviceError(None, f"{what} with SQEs prepared and not submitted", errno.EBUSY,
+                              "submit() them first: a batch owns the ring while it runs")
+
     def rw_batch(self, write: bool, fd: int, addrs: Sequence[int], lens: Sequence[int],
                  offsets: Sequence[int], buf_index: Sequence[int] | None = None) -> list[int]:
         """Run n reads or writes, all submitted together; returns each one's result (bytes
@@ -228,9 +234,7 @@ class Ring:
         n = len(addrs)
         if not n:
             return []
-        if self.pending:
-            raise DeviceError(None, "rw_batch with SQEs prepared and not submitted", errno.EBUSY,
-                              "submit() them first: a batch owns the ring while it runs")
+        self._owned_by_batch("rw_batch")
         fixed = buf_index is not None
         op = (OP_WRITE_FIXED if fixed else OP_WRITE) if write else (OP_READ_FIXED if fixed else OP_READ)
         if n == 1:
@@ -268,9 +272,7 @@ class Ring:
         n = len(lens)
         if not n:
             return []
-        if self.pending:
-            raise DeviceError(None, "rw_packed with SQEs prepared and not submitted", errno.EBUSY,
-                              "submit() them first: a batch owns the ring while it runs")
+        self._owned_by_batch("rw_packed")
         self._grow_packed(n)
         self._pk_lens[0:n] = lens
         self._pk_offs[0:n] = offsets
@@ -292,9 +294,7 @@ class Ring:
         n = len(lens)
         if not n:
             return []
-        if self.pending:
-            raise DeviceError(None, "read_packed_into with SQEs prepared and not submitted", errno.EBUSY,
-                              "submit() them first: a batch owns the ring while it runs")
+        self._owned_by_batch("read_packed_into")
         if len(dst) < n * ffi.sizeof("char *"):
             raise ValueError(f"read_packed_into: {n} requests but room for {len(dst) // ffi.sizeof('char *')} destinations")
         self._grow_packed(n)
@@ -344,9 +344,7 @@ class Ring:
         n = len(lens)
         if n > self.entries:
             raise ValueError(f"rw_strided takes at most {self.entries} requests, got {n}")
-        if self.pending:
-            raise DeviceError(None, "rw_strided with SQEs prepared and not submitted", errno.EBUSY,
-                              "submit() them first: a batch owns the ring while it runs")
+        self._owned_by_batch("rw_strided")
         op = (OP_WRITE_FIXED if buf_index >= 0 else OP_WRITE) if write else \
             (OP_READ_FIXED if buf_index >= 0 else OP_READ)
         self._b_lens[0:n] = lens
@@ -393,9 +391,7 @@ class Ring:
             raise ValueError("NVMe passthrough needs Ring(sqe128=True, cqe32=True)")
         if len(cmds) != 72 * n:
             raise ValueError(f"uring_cmd_batch: {len(cmds)} bytes is not {n} commands of 72 bytes")
-        if self.pending:
-            raise DeviceError(None, "uring_cmd_batch with SQEs prepared and not submitted", errno.EBUSY,
-                              "submit() them first")
+        self._owned_by_batch("uring_cmd_batch")
         res = ffi.new("int[]", n)
         dw0 = ffi.new("unsigned long long[]", n)
         ret = lib.fc_uring_cmd_batch(self._r, fd, cmd_op, n, ffi.from_buffer(cmds), buf_index, res, dw0)
