@@ -140,11 +140,19 @@ class BaseDevice:
                 self._check(what, off, ln)
 
     def _count_writes(self, lens, streams) -> None:
+        total = sum(lens)
+        first = streams[0] if streams else None
+        same = all(s is first for s in streams)         # the usual batch: one stream
         with self._count_lock:
             c = self.counters
             c.writes += len(lens)
-            c.bytes_written += sum(lens)
+            c.bytes_written += total
             per = c.per_stream_bytes_written
+            if same:
+                if lens:
+                    name = first.name if first is not None else "default"
+                    per[name] = per.get(name, 0) + total
+                return
             for ln, s in zip(lens, streams):
                 name = s.name if s is not None else "default"
                 per[name] = per.get(name, 0) + ln

@@ -21,7 +21,7 @@ from ..uring import Ring
 from .base import BaseDevice, PlacementStream
 from .file import DEFAULT_MAX_IO, GIL_GUARDS_COUNTERS, FileDevice, _hint_for
 from .heap import keep_freed
-from ..uring.ring import ffi, new_bytes
+from ..uring.ring import ffi, new_bytes, stage
 
 log = logging.getLogger("flashcache.devices")
 
@@ -281,12 +281,8 @@ class UringDevice(FileDevice):
         lens = [len(v) for v in views]
         self._check_many("write", offs, lens)
         if self._fits_packed(lens):
-            stage = self._stage
-            a = 0
             with self._ring_lock:
-                for v, ln in zip(views, lens):
-                    stage[a:a + ln] = v
-                    a += ln
+                stage(self._base, self._stage_bytes, views)      # one C call copies them all
                 self._batch(True, lens, offs)
         else:
             self._run(True, self._pieces(list(zip(offs, lens))), datas=[memoryview(v) for v in views])

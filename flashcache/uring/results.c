@@ -14,6 +14,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <string.h>
 #include <unistd.h>
 #include <linux/io_uring.h>
 #include "ring.h"
@@ -86,6 +87,58 @@ static PyObject *read_one(PyObject *self, PyObject *const *args, Py_ssize_t narg
     if (res != len)
         return PyLong_FromLong(res);
     return PyBytes_FromStringAndSize(stage, len);
+}
+
+/* stage(addr, capacity, datas) -> bytes copied: the datas (bytes-like, C-contiguous) copied
+ * back to back from addr, as a batched write stages them for the ring in one call instead
+ * of a Python slice assignment each. ValueError, copying nothing more, if they would pass
+ * capacity. */
+static PyObject *stage(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "stage(addr, capacity, datas)");
+        return NULL;
+    }
+    char *dst = PyLong_AsVoidPtr(args[0]);
+    Py_ssize_t cap = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    PyObject *seq = PySequence_Fast(args[2], "stage(): datas must be a sequence");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), at = 0;
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *o = items[i];
+        const char *src;
+        Py_ssize_t len;
+        Py_buffer view = {0};
+        if (PyBytes_CheckExact(o)) {
+            src = PyBytes_AS_STRING(o);
+            len = PyBytes_GET_SIZE(o);
+        } else {
+            if (PyObject_GetBuffer(o, &view, PyBUF_SIMPLE) < 0)
+                goto fail;
+            src = view.buf;
+            len = view.len;
+        }
+        if (len > cap - at) {
+            if (view.obj)
+                PyBuffer_Release(&view);
+            PyErr_Format(PyExc_ValueError, "stage(): item %zd passes the %zd-byte staging buffer", i, cap);
+            goto fail;
+        }
+        memcpy(dst + at, src, (size_t)len);
+        at += len;
+        if (view.obj)
+            PyBuffer_Release(&view);
+    }
+    Py_DECREF(seq);
+    return PyLong_FromSsize_t(at);
+fail:
+    Py_DECREF(seq);
+    return NULL;
 }
 
 /* Pread: a psync device's single buffered read in one C call (FileDevice.read's fast
@@ -209,6 +262,8 @@ static PyTypeObject PreadType = {
 };
 
 static PyMethodDef methods[] = {
+    {"stage", (PyCFunction)(void (*)(void))stage, METH_FASTCALL,
+     "stage(addr, capacity, datas) -> bytes copied back to back from addr."},
     {"read_one", (PyCFunction)(void (*)(void))read_one, METH_FASTCALL,
      "read_one(ring, fd, stage, length, offset) -> bytes, or the int result of a read that "
      "did not complete whole."},

@@ -19,10 +19,10 @@ from typing import Any, Sequence
 from ..errors import ClosedError, DeviceError, UringUnavailableError
 
 try:
-    from ._results_c import new_bytes, read_one   # bytes made in C for reads (results.c)
+    from ._results_c import new_bytes, read_one, stage   # reads' bytes, writes' staging (results.c)
     from ._uring_c import ffi, lib
 except ImportError as _e:  # the package was installed without its C modules
-    ffi = lib = new_bytes = read_one = None
+    ffi = lib = new_bytes = read_one = stage = None
     _IMPORT_ERROR: str | None = str(_e)
 else:
     _IMPORT_ERROR = None

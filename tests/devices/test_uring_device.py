@@ -182,3 +182,14 @@ def test_every_uring_io_goes_through_the_ring(img, monkeypatch, direct):
         assert d.read(8192, 4096) == b"a" * 4096
         assert d.read(65536, 256 << 10) == b"b" * (256 << 10)
         assert d.read_many([(0, 4096), (4096, 4096)]) == [b"c" * 4096, b"d" * 4096]
+
+
+def test_batched_writes_count_bytes_per_stream(img):
+    with UringDevice(img, 4 << 20, queue_depth=4) as d:
+        x, y = d.open_stream("x"), d.open_stream("y")
+        d.write_many([(0, b"a" * 4096, x), (4096, b"b" * 8192, x)])             # one stream
+        d.write_many([(16384, b"c" * 4096, y), (20480, b"d" * 4096, None), (24576, b"e" * 4096, x)])
+        d.write_many([])
+        st = d.stats()
+        assert st["bytes_written_by_stream"] == {"x": 16384, "y": 4096, "default": 4096}
+        assert (st["writes"], st["bytes_written"]) == (5, 24576)

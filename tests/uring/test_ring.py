@@ -347,3 +347,16 @@ def test_coop_taskrun_ring_and_the_kernel_without_it(datafile, monkeypatch):
     monkeypatch.setattr(ring_mod, "lib", Old())
     with Ring(4, coop_taskrun=True) as r:
         assert r.info()["coop_taskrun"] is False
+
+
+def test_stage_copies_any_buffers_back_to_back():
+    dst = bytearray(64)
+    at = address_of(dst)
+    two_d = memoryview(bytearray(b"cd" * 4)).cast("B", (2, 4))
+    assert ring_mod.stage(at, 64, [b"ab" * 4, bytearray(b"xy" * 2), two_d, memoryview(b"zz")]) == 8 + 4 + 8 + 2
+    assert bytes(dst[:22]) == b"abababab" + b"xyxy" + b"cdcdcdcd" + b"zz" and dst[22:] == bytes(42)
+    assert ring_mod.stage(at, 64, []) == 0
+    with pytest.raises(ValueError, match="item 1 passes the 16-byte staging buffer"):
+        ring_mod.stage(at, 16, [b"a" * 10, b"b" * 10])
+    with pytest.raises(TypeError):
+        ring_mod.stage(at, 64, [b"ok", 7])
