@@ -21,7 +21,7 @@ from ..uring import Ring
 from .base import BaseDevice, PlacementStream
 from .file import DEFAULT_MAX_IO, GIL_GUARDS_COUNTERS, FileDevice, _hint_for
 from .heap import keep_freed
-from ..uring.ring import ffi, new_bytes, stage
+from ..uring.ring import ffi, new_bytes, pin
 
 log = logging.getLogger("flashcache.devices")
 
@@ -274,18 +274,23 @@ class UringDevice(FileDevice):
         return out
 
     def write_many(self, reqs: Sequence[tuple[int, Any, PlacementStream | None]]) -> None:
-        # bytes and bytearray are flat bytes already (len is nbytes); anything else is cast
-        views = [d if type(d) is bytes or type(d) is bytearray else memoryview(d).cast("B")
-                 for _, d, _ in reqs]
+        # C reads each item's length and address (pinning any that is not bytes); the ring
+        # loop copies each into the staging buffer just before its SQE, overlapping the I/O.
+        lens, srcs, keep = pin([d for _, d, _ in reqs])
         offs = [o for o, _, _ in reqs]
-        lens = [len(v) for v in views]
         self._check_many("write", offs, lens)
         if self._fits_packed(lens):
             with self._ring_lock:
-                stage(self._base, self._stage_bytes, views)      # one C call copies them all
-                self._batch(True, lens, offs)
+                res = self.ring.write_packed_from(self.fd, self._base, lens, offs, self._fixed_index, srcs)
+                if res != lens:                          # a short or failed request: in order
+                    a = self._base
+                    for r, off, ln in zip(res, offs, lens):
+                        if r != ln:
+                            self._finish_short(True, a, r, off, ln)
+                        a += ln
         else:
-            self._run(True, self._pieces(list(zip(offs, lens))), datas=[memoryview(v) for v in views])
+            self._run(True, self._pieces(list(zip(offs, lens))), datas=[memoryview(d).cast("B") for _, d, _ in reqs])
+        del keep                                         # the pins hold until the I/O is done
         self._count_writes(lens, [s for _, _, s in reqs])
 
     def close(self) -> None:

@@ -89,55 +89,61 @@ static PyObject *read_one(PyObject *self, PyObject *const *args, Py_ssize_t narg
     return PyBytes_FromStringAndSize(stage, len);
 }
 
-/* stage(addr, capacity, datas) -> bytes copied: the datas (bytes-like, C-contiguous) copied
- * back to back from addr, as a batched write stages them for the ring in one call instead
- * of a Python slice assignment each. ValueError, copying nothing more, if they would pass
- * capacity. */
-static PyObject *stage(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* pin(datas) -> (lens, addrs, keep): for a batched write whose bytes the ring loop copies
+ * itself (ring.h, fc_rw_batch_packed_from) with the GIL released: each item's length, where
+ * its bytes lie (native pointers, packed), and what keeps them there: a memoryview of every
+ * item that is not bytes (its buffer export stops a bytearray from being resized or freed
+ * until `keep` is dropped; bytes are immutable and the caller's list keeps them alive).
+ * TypeError for an item that is not a C-contiguous bytes-like object. */
+static PyObject *pin(PyObject *self, PyObject *arg)
 {
     (void)self;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "stage(addr, capacity, datas)");
-        return NULL;
-    }
-    char *dst = PyLong_AsVoidPtr(args[0]);
-    Py_ssize_t cap = PyLong_AsSsize_t(args[1]);
-    if (PyErr_Occurred())
-        return NULL;
-    PyObject *seq = PySequence_Fast(args[2], "stage(): datas must be a sequence");
+    PyObject *seq = PySequence_Fast(arg, "pin(): datas must be a sequence");
     if (!seq)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), at = 0;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject *lens = PyList_New(n);
+    PyObject *addrs = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(char *));
+    PyObject *keep = PyList_New(0);
+    if (!lens || !addrs || !keep)
+        goto fail;
+    char **a = (char **)PyBytes_AS_STRING(addrs);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *o = items[i];
-        const char *src;
         Py_ssize_t len;
-        Py_buffer view = {0};
         if (PyBytes_CheckExact(o)) {
-            src = PyBytes_AS_STRING(o);
+            a[i] = PyBytes_AS_STRING(o);
             len = PyBytes_GET_SIZE(o);
         } else {
-            if (PyObject_GetBuffer(o, &view, PyBUF_SIMPLE) < 0)
+            PyObject *mv = PyMemoryView_FromObject(o);
+            if (!mv)
                 goto fail;
-            src = view.buf;
-            len = view.len;
+            Py_buffer *v = PyMemoryView_GET_BUFFER(mv);
+            if (!PyBuffer_IsContiguous(v, 'C')) {
+                Py_DECREF(mv);
+                PyErr_Format(PyExc_TypeError, "pin(): item %zd is not C-contiguous", i);
+                goto fail;
+            }
+            int r = PyList_Append(keep, mv);
+            Py_DECREF(mv);
+            if (r < 0)
+                goto fail;
+            a[i] = v->buf;
+            len = v->len;
         }
-        if (len > cap - at) {
-            if (view.obj)
-                PyBuffer_Release(&view);
-            PyErr_Format(PyExc_ValueError, "stage(): item %zd passes the %zd-byte staging buffer", i, cap);
+        PyObject *l = PyLong_FromSsize_t(len);
+        if (!l)
             goto fail;
-        }
-        memcpy(dst + at, src, (size_t)len);
-        at += len;
-        if (view.obj)
-            PyBuffer_Release(&view);
+        PyList_SET_ITEM(lens, i, l);
     }
     Py_DECREF(seq);
-    return PyLong_FromSsize_t(at);
+    return Py_BuildValue("(NNN)", lens, addrs, keep);
 fail:
     Py_DECREF(seq);
+    Py_XDECREF(lens);
+    Py_XDECREF(addrs);
+    Py_XDECREF(keep);
     return NULL;
 }
 
@@ -262,8 +268,8 @@ static PyTypeObject PreadType = {
 };
 
 static PyMethodDef methods[] = {
-    {"stage", (PyCFunction)(void (*)(void))stage, METH_FASTCALL,
-     "stage(addr, capacity, datas) -> bytes copied back to back from addr."},
+    {"pin", pin, METH_O,
+     "pin(datas) -> (lens, addrs, keep): a batched write's sources, held still for C."},
     {"read_one", (PyCFunction)(void (*)(void))read_one, METH_FASTCALL,
      "read_one(ring, fd, stage, length, offset) -> bytes, or the int result of a read that "
      "did not complete whole."},

@@ -337,6 +337,8 @@ struct batch {
     char **src;            /* ...from its buffer, noted here when it is prepared */
     unsigned *ready;       /* completed requests whose bytes are not yet copied */
     unsigned nready;
+    char *const *from;     /* writes from sources: request i's bytes are copied into its
+                              buffer just before it is prepared (overlapping the I/O) */
 };
 
 static int prep_one(struct fc_ring *r, struct batch *b, unsigned i)
@@ -346,6 +348,8 @@ static int prep_one(struct fc_ring *r, struct batch *b, unsigned i)
         return fc_prep_uring_cmd(r, b->fd, b->cmd_op, b->cmds + (size_t)i * 72, 72, ud, b->buf_index);
     void *addr = b->packed ? b->packed : b->addrs ? b->addrs[i] : b->base + (size_t)i * b->stride;
     int bi = b->buf_indexes ? b->buf_indexes[i] : b->buf_index;
+    if (b->from && fc_sq_space(r))
+        memcpy(addr, b->from[i], b->lens[i]);
     int ret = fc_prep_rw(r, b->opcode, b->fd, addr, b->lens[i], b->offs[i], ud, bi);
     if (ret == 0 && b->packed)
         b->packed += b->lens[i];
@@ -504,6 +508,15 @@ int fc_rw_batch_packed_into(struct fc_ring *r, int opcode, int fd, unsigned n, c
     struct batch b = {.opcode = opcode, .fd = fd, .buf_index = buf_index, .packed = base,
                       .lens = lens, .offs = offs, .dst = dst, .src = src_scratch,
                       .ready = ready_scratch};
+    return run_batch(r, &b, n, res_out, NULL);
+}
+
+int fc_rw_batch_packed_from(struct fc_ring *r, int opcode, int fd, unsigned n, char *base,
+                            const unsigned *lens, const unsigned long long *offs, int buf_index,
+                            int *res_out, char *const *from)
+{
+    struct batch b = {.opcode = opcode, .fd = fd, .buf_index = buf_index, .packed = base,
+                      .lens = lens, .offs = offs, .from = from};
     return run_batch(r, &b, n, res_out, NULL);
 }
 

@@ -88,6 +88,14 @@ int fc_rw_batch_packed_into(struct fc_ring *r, int opcode, int fd, unsigned n, c
                             const unsigned *lens, const unsigned long long *offs, int buf_index,
                             int *res_out, char **dst, char **src_scratch, unsigned *ready_scratch);
 
+/* fc_rw_batch_packed for writes whose bytes come from from[i] (lens[i] each): each is
+ * copied into its place in the packed buffer just before its SQE is prepared, so after the
+ * first ring-full the copying overlaps the I/O in flight. The sources must stay put and
+ * unresized until the call returns. */
+int fc_rw_batch_packed_from(struct fc_ring *r, int opcode, int fd, unsigned n, char *base,
+                            const unsigned *lens, const unsigned long long *offs, int buf_index,
+                            int *res_out, char *const *from);
+
 /* One read or write, submitted and waited for: returns bytes done or -errno (the result
  * of the I/O; a failure to submit is also a -errno). */
 int fc_rw_one(struct fc_ring *r, int opcode, int fd, void *addr, unsigned len,

@@ -19,10 +19,10 @@ from typing import Any, Sequence
 from ..errors import ClosedError, DeviceError, UringUnavailableError
 
 try:
-    from ._results_c import new_bytes, read_one, stage   # reads' bytes, writes' staging (results.c)
+    from ._results_c import new_bytes, pin, read_one   # reads' bytes, writes' sources (results.c)
     from ._uring_c import ffi, lib
 except ImportError as _e:  # the package was installed without its C modules
-    ffi = lib = new_bytes = read_one = stage = None
+    ffi = lib = new_bytes = pin = read_one = None
     _IMPORT_ERROR: str | None = str(_e)
 else:
     _IMPORT_ERROR = None
@@ -304,6 +304,29 @@ class Ring:
         ret = lib.fc_rw_batch_packed_into(self._r, op, fd, n, ffi.cast("char *", base), self._pk_lens,
                                           self._pk_offs, buf_index, self._pk_res,
                                           ffi.from_buffer("char *[]", dst), self._pk_src, self._pk_ready)
+        if ret < 0:
+            raise DeviceError(None, "io_uring batch submission failed", -ret)
+        return ffi.unpack(self._pk_res, n)
+
+    def write_packed_from(self, fd: int, base: int, lens: Sequence[int], offsets: Sequence[int],
+                          buf_index: int, srcs) -> list[int]:
+        """rw_packed for writes whose bytes the C loop copies from ``srcs[i]`` (a buffer of
+        pointers, e.g. from ``_results_c.pin``, whose holders stay alive and unresized
+        until this returns) into the packed buffer just before each request is prepared,
+        so the copying overlaps the I/O in flight. Results as rw_packed."""
+        self._check()
+        n = len(lens)
+        if not n:
+            return []
+        self._owned_by_batch("write_packed_from")
+        if len(srcs) < n * ffi.sizeof("char *"):
+            raise ValueError(f"write_packed_from: {n} requests but {len(srcs) // ffi.sizeof('char *')} sources")
+        self._grow_packed(n)
+        self._pk_lens[0:n] = lens
+        self._pk_offs[0:n] = offsets
+        op = OP_WRITE_FIXED if buf_index >= 0 else OP_WRITE
+        ret = lib.fc_rw_batch_packed_from(self._r, op, fd, n, ffi.cast("char *", base), self._pk_lens,
+                                          self._pk_offs, buf_index, self._pk_res, ffi.from_buffer("char *[]", srcs))
         if ret < 0:
             raise DeviceError(None, "io_uring batch submission failed", -ret)
         return ffi.unpack(self._pk_res, n)

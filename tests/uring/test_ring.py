@@ -349,14 +349,31 @@ def test_coop_taskrun_ring_and_the_kernel_without_it(datafile, monkeypatch):
         assert r.info()["coop_taskrun"] is False
 
 
-def test_stage_copies_any_buffers_back_to_back():
-    dst = bytearray(64)
-    at = address_of(dst)
+
+def test_pin_gives_lengths_addresses_and_holds_what_is_not_bytes(datafile):
+    import ctypes
+    ba = bytearray(b"xy" * 4)
     two_d = memoryview(bytearray(b"cd" * 4)).cast("B", (2, 4))
-    assert ring_mod.stage(at, 64, [b"ab" * 4, bytearray(b"xy" * 2), two_d, memoryview(b"zz")]) == 8 + 4 + 8 + 2
-    assert bytes(dst[:22]) == b"abababab" + b"xyxy" + b"cdcdcdcd" + b"zz" and dst[22:] == bytes(42)
-    assert ring_mod.stage(at, 64, []) == 0
-    with pytest.raises(ValueError, match="item 1 passes the 16-byte staging buffer"):
-        ring_mod.stage(at, 16, [b"a" * 10, b"b" * 10])
+    lens, addrs, keep = ring_mod.pin([b"ab" * 4, ba, two_d, memoryview(b"zz")])
+    assert lens == [8, 8, 8, 2] and len(addrs) == 4 * 8 and len(keep) == 3
+    ptrs = [int.from_bytes(addrs[i * 8:i * 8 + 8], "little") for i in range(4)]
+    assert [ctypes.string_at(p, n) for p, n in zip(ptrs, lens)] == [b"abababab", b"xyxyxyxy", b"cdcdcdcd", b"zz"]
+    with pytest.raises(BufferError):
+        ba.extend(b"!")                         # pinned: cannot move while C may copy it
+    del keep
+    ba.extend(b"!")
+    assert ring_mod.pin([]) == ([], b"", [])
     with pytest.raises(TypeError):
-        ring_mod.stage(at, 64, [b"ok", 7])
+        ring_mod.pin([b"ok", 7])
+    with pytest.raises(TypeError, match="not C-contiguous"):
+        ring_mod.pin([memoryview(b"abcdef")[::2]])
+    fd, blob = datafile
+    with Ring(4) as r:                          # write_packed_from: more requests than the ring
+        r.register_buffers(1, 1 << 20)
+        datas = [bytes([i]) * 512 for i in range(20)]
+        lens, srcs, keep = ring_mod.pin(datas)
+        offs = [i * 4096 for i in range(20)]
+        assert r.write_packed_from(fd, r.buffer_addr(0), lens, offs, 0, srcs) == lens
+        assert [os.pread(fd, 512, o) for o in offs] == datas
+        with pytest.raises(ValueError, match="3 requests but 2 sources"):
+            r.write_packed_from(fd, r.buffer_addr(0), [512] * 3, [0] * 3, 0, srcs[:16])
