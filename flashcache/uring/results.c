@@ -19,18 +19,33 @@
 #include <linux/io_uring.h>
 #include "ring.h"
 
+/* What new_bytes and pin start with: the argument as a sequence, a list of as many items
+ * and a bytes object with room for as many pointers. 0, or -1 with an exception set and
+ * nothing left to release. */
+static int start_lists(PyObject *arg, const char *what, PyObject **seq, PyObject **list, PyObject **addrs)
+{
+    *seq = PySequence_Fast(arg, what);
+    if (!*seq)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(*seq);
+    *list = PyList_New(n);
+    *addrs = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(char *));
+    if (*list && *addrs)
+        return 0;
+    Py_CLEAR(*seq);
+    Py_CLEAR(*list);
+    Py_CLEAR(*addrs);
+    return -1;
+}
+
 static PyObject *new_bytes(PyObject *self, PyObject *arg)
 {
     (void)self;
-    PyObject *seq = PySequence_Fast(arg, "new_bytes() wants a sequence of lengths");
-    if (!seq)
+    PyObject *seq, *list, *addrs;
+    if (start_lists(arg, "new_bytes() wants a sequence of lengths", &seq, &list, &addrs) < 0)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **items = PySequence_Fast_ITEMS(seq);
-    PyObject *list = PyList_New(n);
-    PyObject *addrs = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(char *));
-    if (!list || !addrs)
-        goto fail;
     char **a = (char **)PyBytes_AS_STRING(addrs);
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_ssize_t len = PyLong_AsSsize_t(items[i]);
@@ -98,15 +113,13 @@ static PyObject *read_one(PyObject *self, PyObject *const *args, Py_ssize_t narg
 static PyObject *pin(PyObject *self, PyObject *arg)
 {
     (void)self;
-    PyObject *seq = PySequence_Fast(arg, "pin(): datas must be a sequence");
-    if (!seq)
+    PyObject *seq, *lens, *addrs;
+    if (start_lists(arg, "pin(): datas must be a sequence", &seq, &lens, &addrs) < 0)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **items = PySequence_Fast_ITEMS(seq);
-    PyObject *lens = PyList_New(n);
-    PyObject *addrs = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(char *));
     PyObject *keep = PyList_New(0);
-    if (!lens || !addrs || !keep)
+    if (!keep)
         goto fail;
     char **a = (char **)PyBytes_AS_STRING(addrs);
     for (Py_ssize_t i = 0; i < n; i++) {

@@ -268,21 +268,9 @@ class Ring:
         with at most ``entries`` in flight and the ring refilled as each completes; results
         in request order, bytes done or -errno. Python passes only the two int lists: no
         address list, no per-call C arrays."""
-        self._check()
-        n = len(lens)
-        if not n:
-            return []
-        self._owned_by_batch("rw_packed")
-        self._grow_packed(n)
-        self._pk_lens[0:n] = lens
-        self._pk_offs[0:n] = offsets
-        op = (OP_WRITE_FIXED if buf_index >= 0 else OP_WRITE) if write else \
-            (OP_READ_FIXED if buf_index >= 0 else OP_READ)
-        ret = lib.fc_rw_batch_packed(self._r, op, fd, n, ffi.cast("char *", base), self._pk_lens,
-                                     self._pk_offs, buf_index, self._pk_res)
-        if ret < 0:
-            raise DeviceError(None, "io_uring batch submission failed", -ret)
-        return ffi.unpack(self._pk_res, n)
+        return self._packed("rw_packed", write, lens, offsets, buf_index, None, "", lambda op, n, _: (
+            lib.fc_rw_batch_packed(self._r, op, fd, n, ffi.cast("char *", base), self._pk_lens, self._pk_offs,
+                                   buf_index, self._pk_res)))
 
     def read_packed_into(self, fd: int, base: int, lens: Sequence[int], offsets: Sequence[int],
                          buf_index: int, dst) -> list[int]:
@@ -290,23 +278,10 @@ class Ring:
         buffer of pointers, one per request, e.g. from ``_results_c.new_bytes``) as it
         completes, while the rest are in flight. Results as rw_packed: a request that
         completed short had only its first ``res`` bytes copied."""
-        self._check()
-        n = len(lens)
-        if not n:
-            return []
-        self._owned_by_batch("read_packed_into")
-        if len(dst) < n * ffi.sizeof("char *"):
-            raise ValueError(f"read_packed_into: {n} requests but room for {len(dst) // ffi.sizeof('char *')} destinations")
-        self._grow_packed(n)
-        self._pk_lens[0:n] = lens
-        self._pk_offs[0:n] = offsets
-        op = OP_READ_FIXED if buf_index >= 0 else OP_READ
-        ret = lib.fc_rw_batch_packed_into(self._r, op, fd, n, ffi.cast("char *", base), self._pk_lens,
-                                          self._pk_offs, buf_index, self._pk_res,
-                                          ffi.from_buffer("char *[]", dst), self._pk_src, self._pk_ready)
-        if ret < 0:
-            raise DeviceError(None, "io_uring batch submission failed", -ret)
-        return ffi.unpack(self._pk_res, n)
+        return self._packed("read_packed_into", False, lens, offsets, buf_index, dst, "destinations",
+                            lambda op, n, ptrs: lib.fc_rw_batch_packed_into(
+                                self._r, op, fd, n, ffi.cast("char *", base), self._pk_lens, self._pk_offs,
+                                buf_index, self._pk_res, ptrs, self._pk_src, self._pk_ready))
 
     def write_packed_from(self, fd: int, base: int, lens: Sequence[int], offsets: Sequence[int],
                           buf_index: int, srcs) -> list[int]:
@@ -314,19 +289,28 @@ class Ring:
         pointers, e.g. from ``_results_c.pin``, whose holders stay alive and unresized
         until this returns) into the packed buffer just before each request is prepared,
         so the copying overlaps the I/O in flight. Results as rw_packed."""
+        return self._packed("write_packed_from", True, lens, offsets, buf_index, srcs, "sources",
+                            lambda op, n, ptrs: lib.fc_rw_batch_packed_from(
+                                self._r, op, fd, n, ffi.cast("char *", base), self._pk_lens, self._pk_offs,
+                                buf_index, self._pk_res, ptrs))
+
+    def _packed(self, what: str, write: bool, lens: Sequence[int], offsets: Sequence[int], buf_index: int,
+                ptrs, ptrs_what: str, call) -> list[int]:
+        """The packed batches' shared steps: checks, the argument arrays, ``call(opcode, n,
+        ptrs as a C pointer array)``, the results."""
         self._check()
         n = len(lens)
         if not n:
             return []
-        self._owned_by_batch("write_packed_from")
-        if len(srcs) < n * ffi.sizeof("char *"):
-            raise ValueError(f"write_packed_from: {n} requests but {len(srcs) // ffi.sizeof('char *')} sources")
+        self._owned_by_batch(what)
+        if ptrs is not None and len(ptrs) < n * ffi.sizeof("char *"):
+            raise ValueError(f"{what}: {n} requests but {len(ptrs) // ffi.sizeof('char *')} {ptrs_what}")
         self._grow_packed(n)
         self._pk_lens[0:n] = lens
         self._pk_offs[0:n] = offsets
-        op = OP_WRITE_FIXED if buf_index >= 0 else OP_WRITE
-        ret = lib.fc_rw_batch_packed_from(self._r, op, fd, n, ffi.cast("char *", base), self._pk_lens,
-                                          self._pk_offs, buf_index, self._pk_res, ffi.from_buffer("char *[]", srcs))
+        op = (OP_WRITE_FIXED if buf_index >= 0 else OP_WRITE) if write else \
+            (OP_READ_FIXED if buf_index >= 0 else OP_READ)
+        ret = call(op, n, ffi.from_buffer("char *[]", ptrs) if ptrs is not None else None)
         if ret < 0:
             raise DeviceError(None, "io_uring batch submission failed", -ret)
         return ffi.unpack(self._pk_res, n)

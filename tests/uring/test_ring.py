@@ -291,7 +291,7 @@ def test_read_packed_into_fills_each_result_as_it_completes(datafile):
         assert r.read_packed_into(fd, address_of(stage), [512, 1024], [4096, 0], -1, dst) == [512, 1024]
         assert out == [blob[4096:4608], blob[:1024]]
         assert r.read_packed_into(fd, address_of(stage), [], [], -1, b"") == []
-        with pytest.raises(ValueError, match="3 requests but room for 2 destinations"):
+        with pytest.raises(ValueError, match="3 requests but 2 destinations"):
             r.read_packed_into(fd, address_of(stage), [512] * 3, [0] * 3, -1, dst)
 
 
