@@ -180,13 +180,13 @@ class FileDevice(BaseDevice):
                                                         block_size=block_size)
         super().__init__(path, real_size, block_size, max_io)
         self._pool = _AlignedPool()
-        self._pread = None
+        self._c_reads = None
         if not direct and type(self).read is FileDevice.read and Pread is not None:
             # psync buffered reads: checks, pread and counters in one C call (the Python
             # read below is its fallback for everything unusual, and says what went wrong)
-            self._pread = Pread(self.fd, self.size, self._bs_mask, self.max_io,
+            self._c_reads = Pread(self.fd, self.size, self._bs_mask, self.max_io,
                                 types.MethodType(FileDevice.read, self))
-            self.read = self._pread.read
+            self.read = self._c_reads.read
 
     def placement_off_reason(self) -> str:
         what = "block device" if self.is_block else "regular file"
@@ -329,14 +329,14 @@ class FileDevice(BaseDevice):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            if self._pread is not None:
-                self._pread.close()             # later reads fall back, and are refused
+            if self._c_reads is not None:
+                self._c_reads.close()             # later reads fall back, and are refused
             os.close(self.fd)
 
     def stats(self) -> dict[str, Any]:
         st = {**super().stats(), "engine": self.engine, "direct": self.direct,
               "target": "block device" if self.is_block else "regular file"}
-        if self._pread is not None:             # reads the C fast path counted
-            st["reads"] += self._pread.reads
-            st["bytes_read"] += self._pread.bytes_read
+        if self._c_reads is not None:             # reads the C fast path counted
+            st["reads"] += self._c_reads.reads
+            st["bytes_read"] += self._c_reads.bytes_read
         return st

@@ -14,6 +14,7 @@ import functools
 import logging
 import threading
 import time
+import types
 from typing import Any, Sequence
 
 from ..errors import ClosedError, DeviceError
@@ -21,7 +22,7 @@ from ..uring import Ring
 from .base import BaseDevice, PlacementStream
 from .file import DEFAULT_MAX_IO, GIL_GUARDS_COUNTERS, FileDevice, _hint_for
 from .heap import keep_freed
-from ..uring.ring import ffi, new_bytes, pin
+from ..uring.ring import RingReads, ffi, new_bytes, pin
 
 log = logging.getLogger("flashcache.devices")
 
@@ -70,6 +71,14 @@ class UringDevice(FileDevice):
         self._closing = False
         self._thread_rings: list[Ring] = []
         self._thread_ring_error: str | None = None
+        self._c_reads = None
+        if GIL_GUARDS_COUNTERS and RingReads is not None:
+            # Single reads in one C call on each thread's own ring; UringDevice.read (below)
+            # is its fallback: it makes a new thread's ring (and hands it to C) and does
+            # the careful path for anything unusual.
+            self._c_reads = RingReads(self.fd, self.size, self._bs_mask, self.slot_bytes,
+                                     types.MethodType(UringDevice.read, self))
+            self.read = self._c_reads.read
         if GIL_GUARDS_COUNTERS:
             self._thread_reader()               # the opening thread's, made now (the usual reader)
         # The single-read hot path calls the C function with everything but the length and
@@ -138,6 +147,8 @@ class UringDevice(FileDevice):
                 ring = Ring(2, coop_taskrun=True)
                 ring.register_buffers(1, self.slot_bytes)
                 reader = ring.reader(self.fd)
+                if self._c_reads is not None:
+                    self._c_reads.adopt(int(ffi.cast("uintptr_t", ring._r)), ring.buffer_addr(0))
             except (DeviceError, OSError) as e:
                 if not self._thread_ring_error:
                     self._thread_ring_error = str(e)
@@ -296,8 +307,10 @@ class UringDevice(FileDevice):
     def close(self) -> None:
         if not self._closed:
             self._closing = True                # new single reads take the locked path...
-            while self._busy:                   # ...and those in flight finish first
-                time.sleep(0.0001)
+            if self._c_reads is not None:
+                self._c_reads.close()
+            while self._busy or (self._c_reads is not None and self._c_reads.busy):
+                time.sleep(0.0001)              # ...and those in flight finish first
             with self._ring_lock:
                 self._stage.release() if hasattr(self, "_plain") else None
                 self.ring.close()

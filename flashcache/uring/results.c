@@ -280,6 +280,184 @@ static PyTypeObject PreadType = {
     .tp_members = Pread_members,
 };
 
+/* RingReads: a uring device's single reads in one C call. Each thread reads on its own
+ * small ring (adopted here by that thread: thread-specific storage holds its ring and
+ * registered buffer), with the bounds checks, a fixed-buffer read with the GIL released,
+ * the bytes object and the read counters. A thread with no ring yet, a closing device, a
+ * bad request or a read that did not complete whole goes to the Python `fallback(offset,
+ * length)`, which makes the thread's ring (and adopts it) or does the careful path and
+ * names the error. `busy` counts reads inside the kernel, so close() can wait for them
+ * before the rings go; `close()` sends every later read to the fallback. Needs the GIL
+ * (the device installs it only where the GIL guards these counters). */
+struct thread_ring {
+    struct fc_ring *ring;
+    char *stage;
+};
+
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    int closed;
+    int tss_ok;
+    Py_tss_t tss;
+    unsigned long long size, mask, max_len;
+    unsigned long long reads, bytes_read, busy;
+    PyObject *fallback;
+    PyObject *owned;   /* a list of bytes objects holding the thread_ring structs */
+} RingReads;
+
+static int RingReads_init(RingReads *self, PyObject *args, PyObject *kw)
+{
+    PyObject *fallback;
+    (void)kw;
+    if (!PyArg_ParseTuple(args, "iKKKO:RingReads", &self->fd, &self->size, &self->mask, &self->max_len, &fallback))
+        return -1;
+    if (!PyCallable_Check(fallback)) {
+        PyErr_SetString(PyExc_TypeError, "RingReads: fallback must be callable");
+        return -1;
+    }
+    if (!self->tss_ok) {
+        if (PyThread_tss_create(&self->tss) != 0) {
+            PyErr_SetString(PyExc_RuntimeError, "RingReads: no thread-specific storage");
+            return -1;
+        }
+        self->tss_ok = 1;
+    }
+    Py_XSETREF(self->fallback, Py_NewRef(fallback));
+    Py_XSETREF(self->owned, PyList_New(0));
+    return self->owned ? 0 : -1;
+}
+
+static int RingReads_traverse(RingReads *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fallback);
+    Py_VISIT(self->owned);
+    return 0;
+}
+
+static int RingReads_clear(RingReads *self)
+{
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->owned);
+    return 0;
+}
+
+static void RingReads_dealloc(RingReads *self)
+{
+    PyObject_GC_UnTrack(self);
+    RingReads_clear(self);
+    if (self->tss_ok)
+        PyThread_tss_delete(&self->tss);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *RingReads_read(RingReads *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "read(offset, length)");
+        return NULL;
+    }
+    long long off = PyLong_AsLongLong(args[0]);
+    long long len = PyLong_AsLongLong(args[1]);
+    if ((off == -1 || len == -1) && PyErr_Occurred()) {
+        PyErr_Clear();
+        goto careful;
+    }
+    if (self->closed || off < 0 || len < 0 || ((unsigned long long)(off | len) & self->mask) ||
+        (unsigned long long)len > self->max_len || (unsigned long long)off + (unsigned long long)len > self->size)
+        goto careful;
+    struct thread_ring *t = PyThread_tss_get(&self->tss);
+    if (!t)
+        goto careful;                       /* this thread's ring is made by the fallback */
+    int res;
+    self->busy++;
+    Py_BEGIN_ALLOW_THREADS
+    res = fc_rw_one(t->ring, IORING_OP_READ_FIXED, self->fd, t->stage, (unsigned)len, (unsigned long long)off, 0);
+    Py_END_ALLOW_THREADS
+    self->busy--;
+    if (res != len)
+        goto careful;
+    self->reads++;
+    self->bytes_read += (unsigned long long)len;
+    return PyBytes_FromStringAndSize(t->stage, len);
+careful:
+    if (!self->fallback) {
+        PyErr_SetString(PyExc_ValueError, "RingReads: read after the object was cleared");
+        return NULL;
+    }
+    return PyObject_Vectorcall(self->fallback, args, nargs, NULL);
+}
+
+/* adopt(ring, stage): the calling thread's ring (the address of its struct fc_ring, used by
+ * no other thread) and its registered buffer 0 (at least max_len bytes). */
+static PyObject *RingReads_adopt(RingReads *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "adopt(ring, stage)");
+        return NULL;
+    }
+    void *ring = PyLong_AsVoidPtr(args[0]);
+    void *stage = PyLong_AsVoidPtr(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!ring || !stage) {
+        PyErr_SetString(PyExc_ValueError, "adopt(): no ring or no staging buffer");
+        return NULL;
+    }
+    PyObject *holder = PyBytes_FromStringAndSize(NULL, sizeof(struct thread_ring));
+    if (!holder)
+        return NULL;
+    struct thread_ring *t = (struct thread_ring *)PyBytes_AS_STRING(holder);
+    t->ring = ring;
+    t->stage = stage;
+    if (PyList_Append(self->owned, holder) < 0 || PyThread_tss_set(&self->tss, t) != 0) {
+        Py_DECREF(holder);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "adopt(): thread-specific storage refused");
+        return NULL;
+    }
+    Py_DECREF(holder);                      /* the list keeps it */
+    Py_RETURN_NONE;
+}
+
+static PyObject *RingReads_close(RingReads *self, PyObject *unused)
+{
+    (void)unused;
+    self->closed = 1;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef RingReads_methods[] = {
+    {"read", (PyCFunction)(void (*)(void))RingReads_read, METH_FASTCALL,
+     "read(offset, length) -> bytes: one checked read on this thread's ring, or the fallback's answer."},
+    {"adopt", (PyCFunction)(void (*)(void))RingReads_adopt, METH_FASTCALL,
+     "adopt(ring, stage): the calling thread's own ring and its registered buffer."},
+    {"close", (PyCFunction)RingReads_close, METH_NOARGS, "Send every later read to the fallback."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef RingReads_members[] = {
+    {"reads", T_ULONGLONG, offsetof(RingReads, reads), READONLY, "reads done here"},
+    {"bytes_read", T_ULONGLONG, offsetof(RingReads, bytes_read), READONLY, "bytes read here"},
+    {"busy", T_ULONGLONG, offsetof(RingReads, busy), READONLY, "reads inside the kernel now"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject RingReadsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "flashcache.uring._results_c.RingReads",
+    .tp_basicsize = sizeof(RingReads),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)RingReads_traverse,
+    .tp_clear = (inquiry)RingReads_clear,
+    .tp_doc = "RingReads(fd, size, block_mask, max_len, fallback): a uring device's checked single reads.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)RingReads_init,
+    .tp_dealloc = (destructor)RingReads_dealloc,
+    .tp_methods = RingReads_methods,
+    .tp_members = RingReads_members,
+};
+
 static PyMethodDef methods[] = {
     {"pin", pin, METH_O,
      "pin(datas) -> (lens, addrs, keep): a batched write's sources, held still for C."},
@@ -296,12 +474,13 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_results_c", NULL, 0
 
 PyMODINIT_FUNC PyInit__results_c(void)
 {
-    if (PyType_Ready(&PreadType) < 0)
+    if (PyType_Ready(&PreadType) < 0 || PyType_Ready(&RingReadsType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Pread", (PyObject *)&PreadType) < 0) {
+    if (PyModule_AddObjectRef(m, "Pread", (PyObject *)&PreadType) < 0 ||
+        PyModule_AddObjectRef(m, "RingReads", (PyObject *)&RingReadsType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -174,9 +174,9 @@ def test_buffered_reads_take_the_c_path_and_fall_back_for_the_rest(img):
 
     from flashcache.uring._results_c import Pread
     d = FileDevice(img, 4 << 20)
-    assert isinstance(d._pread, Pread)
+    assert isinstance(d._c_reads, Pread)
     d.write(4096, b"z" * 8192)
-    assert d.read(4096, 8192) == b"z" * 8192 and d._pread.reads == 1       # C
+    assert d.read(4096, 8192) == b"z" * 8192 and d._c_reads.reads == 1       # C
     assert d.read(0, 4 << 20) == bytes(4096) + b"z" * 8192 + bytes((4 << 20) - 12288)   # C too
     with pytest.raises(ValueError, match="not aligned to the device block size 4096"):
         d.read(100, 4096)
@@ -198,4 +198,4 @@ def test_buffered_reads_take_the_c_path_and_fall_back_for_the_rest(img):
     gc.collect()
     assert ref() is None                       # the device <-> fallback cycle is collected
     with FileDevice(img, 4 << 20, direct=True, format=True) as dd:
-        assert dd._pread is None               # O_DIRECT reads stay in Python (aligned buffers)
+        assert dd._c_reads is None               # O_DIRECT reads stay in Python (aligned buffers)

@@ -193,3 +193,38 @@ def test_batched_writes_count_bytes_per_stream(img):
         st = d.stats()
         assert st["bytes_written_by_stream"] == {"x": 16384, "y": 4096, "default": 4096}
         assert (st["writes"], st["bytes_written"]) == (5, 24576)
+
+
+def test_single_reads_run_in_c_on_each_threads_ring(img):
+    """The opening thread reads in one C call at once; another thread's first read makes
+    its ring through the Python fallback, its later reads are C too; stats add both up;
+    after close every read is refused; a dropped device is collected."""
+    import gc
+    import threading
+    import weakref
+
+    from flashcache.uring._results_c import RingReads
+    d = UringDevice(img, 4 << 20)
+    assert isinstance(d._c_reads, RingReads)
+    blocks = [bytes([i + 1]) * 4096 for i in range(8)]
+    d.write_many([(i * 4096, b, None) for i, b in enumerate(blocks)])
+    assert [d.read(i * 4096, 4096) for i in range(8)] == blocks
+    assert d._c_reads.reads == 8
+    got = []
+    t = threading.Thread(target=lambda: got.extend(d.read(i * 4096, 4096) for i in range(8)))
+    t.start()
+    t.join()
+    assert got == blocks
+    assert d._c_reads.reads == 8 + 7           # the thread's first read made its ring in Python
+    assert len(d._thread_rings) == 2
+    st = d.stats()
+    assert (st["reads"], st["bytes_read"]) == (16, 16 * 4096)
+    with pytest.raises(ValueError, match="not aligned"):
+        d.read(100, 4096)
+    d.close()
+    with pytest.raises(ClosedError):
+        d.read(0, 4096)
+    ref = weakref.ref(d)
+    del d
+    gc.collect()
+    assert ref() is None
