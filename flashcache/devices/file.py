@@ -24,9 +24,9 @@ from typing import Any, Sequence
 from ..errors import DeviceError
 
 try:
-    from ..uring._results_c import Pread   # the C single read (flashcache/uring/results.c)
-except ImportError:                         # not built: the Python read below does it all
-    Pread = None
+    from ..uring._results_c import Reader   # the C single read (flashcache/uring/results.c)
+except ImportError:                          # not built: the Python read below does it all
+    Reader = None
 from .base import BaseDevice, PlacementStream
 from .safety import probe_fd, refuse_foreign
 
@@ -181,11 +181,11 @@ class FileDevice(BaseDevice):
         super().__init__(path, real_size, block_size, max_io)
         self._pool = _AlignedPool()
         self._c_reads = None
-        if not direct and type(self).read is FileDevice.read and Pread is not None:
+        if not direct and type(self).read is FileDevice.read and Reader is not None:
             # psync buffered reads: checks, pread and counters in one C call (the Python
             # read below is its fallback for everything unusual, and says what went wrong)
-            self._c_reads = Pread(self.fd, self.size, self._bs_mask, self.max_io,
-                                types.MethodType(FileDevice.read, self))
+            self._c_reads = Reader(self.fd, self.size, self._bs_mask, self.max_io,
+                                   types.MethodType(FileDevice.read, self), False)
             self.read = self._c_reads.read
 
     def placement_off_reason(self) -> str:

@@ -22,7 +22,7 @@ from ..uring import Ring
 from .base import BaseDevice, PlacementStream
 from .file import DEFAULT_MAX_IO, GIL_GUARDS_COUNTERS, FileDevice, _hint_for
 from .heap import keep_freed
-from ..uring.ring import RingReads, ffi, new_bytes, pin
+from ..uring.ring import Reader, ffi, new_bytes, pin
 
 log = logging.getLogger("flashcache.devices")
 
@@ -72,12 +72,12 @@ class UringDevice(FileDevice):
         self._thread_rings: list[Ring] = []
         self._thread_ring_error: str | None = None
         self._c_reads = None
-        if GIL_GUARDS_COUNTERS and RingReads is not None:
+        if GIL_GUARDS_COUNTERS and Reader is not None:
             # Single reads in one C call on each thread's own ring; UringDevice.read (below)
             # is its fallback: it makes a new thread's ring (and hands it to C) and does
             # the careful path for anything unusual.
-            self._c_reads = RingReads(self.fd, self.size, self._bs_mask, self.slot_bytes,
-                                     types.MethodType(UringDevice.read, self))
+            self._c_reads = Reader(self.fd, self.size, self._bs_mask, self.slot_bytes,
+                                   types.MethodType(UringDevice.read, self), True)
             self.read = self._c_reads.read
         if GIL_GUARDS_COUNTERS:
             self._thread_reader()               # the opening thread's, made now (the usual reader)

@@ -160,55 +160,83 @@ fail:
     return NULL;
 }
 
-/* Pread: a psync device's single buffered read in one C call (FileDevice.read's fast
- * path): the bounds and alignment checks, one pread into a new bytes object with the GIL
- * released, and the read counters. Anything else (closed, out of range, misaligned, too
- * long, short or failed) goes to the Python `fallback(offset, length)`, which does it the
- * careful way and raises the error the device names. */
+/* Reader: a device's single reads in one C call, the hot path under FileDevice.read
+ * (psync: one pread into a new bytes object) and UringDevice.read (ring: a fixed-buffer
+ * read on the calling thread's own small ring, which that thread hands over with adopt();
+ * thread-specific storage holds it). Either way: the bounds and alignment checks, the I/O
+ * with the GIL released, the bytes object and the read counters. Anything unusual
+ * (closed, out of range, misaligned, too long, not an int, short or failed, or a thread
+ * with no ring yet) goes to the Python `fallback(offset, length)`, which does it the
+ * careful way, makes the thread's ring, and raises the error the device names. `busy`
+ * counts reads inside the kernel so close() can wait for them before the rings go;
+ * `close()` sends every later read to the fallback. Needs the GIL (the devices install
+ * it only where the GIL guards these counters). */
+struct thread_ring {
+    struct fc_ring *ring;
+    char *stage;
+};
+
 typedef struct {
     PyObject_HEAD
     int fd;
+    int ring_mode;
     int closed;
-    unsigned long long size, mask, max_io;
-    unsigned long long reads, bytes_read;
+    int tss_ok;
+    Py_tss_t tss;
+    unsigned long long size, mask, max_len;
+    unsigned long long reads, bytes_read, busy;
     PyObject *fallback;
-} Pread;
+    PyObject *owned;   /* ring mode: bytes objects holding the adopted thread_ring structs */
+} Reader;
 
-static int Pread_init(Pread *self, PyObject *args, PyObject *kw)
+static int Reader_init(Reader *self, PyObject *args, PyObject *kw)
 {
     PyObject *fallback;
     (void)kw;
-    if (!PyArg_ParseTuple(args, "iKKKO:Pread", &self->fd, &self->size, &self->mask, &self->max_io, &fallback))
+    if (!PyArg_ParseTuple(args, "iKKKOp:Reader", &self->fd, &self->size, &self->mask, &self->max_len, &fallback,
+                          &self->ring_mode))
         return -1;
     if (!PyCallable_Check(fallback)) {
-        PyErr_SetString(PyExc_TypeError, "Pread: fallback must be callable");
+        PyErr_SetString(PyExc_TypeError, "Reader: fallback must be callable");
         return -1;
     }
+    if (!self->tss_ok) {
+        if (PyThread_tss_create(&self->tss) != 0) {
+            PyErr_SetString(PyExc_RuntimeError, "Reader: no thread-specific storage");
+            return -1;
+        }
+        self->tss_ok = 1;
+    }
     Py_XSETREF(self->fallback, Py_NewRef(fallback));
+    Py_XSETREF(self->owned, PyList_New(0));
     self->closed = 0;
-    return 0;
+    return self->owned ? 0 : -1;
 }
 
-static int Pread_traverse(Pread *self, visitproc visit, void *arg)
+static int Reader_traverse(Reader *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->fallback);   /* the fallback is the device's method: a cycle the GC breaks */
+    Py_VISIT(self->owned);
     return 0;
 }
 
-static int Pread_clear(Pread *self)
+static int Reader_clear(Reader *self)
 {
     Py_CLEAR(self->fallback);
+    Py_CLEAR(self->owned);
     return 0;
 }
 
-static void Pread_dealloc(Pread *self)
+static void Reader_dealloc(Reader *self)
 {
     PyObject_GC_UnTrack(self);
-    Pread_clear(self);
+    Reader_clear(self);
+    if (self->tss_ok)
+        PyThread_tss_delete(&self->tss);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *Pread_read(Pread *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *Reader_read(Reader *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "read(offset, length)");
@@ -221,168 +249,44 @@ static PyObject *Pread_read(Pread *self, PyObject *const *args, Py_ssize_t nargs
         goto careful;                       /* not plain ints in range: let Python say why */
     }
     if (self->closed || off < 0 || len < 0 || ((unsigned long long)(off | len) & self->mask) ||
-        (unsigned long long)len > self->max_io || (unsigned long long)off + (unsigned long long)len > self->size)
+        (unsigned long long)len > self->max_len || (unsigned long long)off + (unsigned long long)len > self->size)
         goto careful;
-    PyObject *b = PyBytes_FromStringAndSize(NULL, len);
-    if (!b)
-        return NULL;
-    ssize_t got;
-    Py_BEGIN_ALLOW_THREADS
-    got = pread(self->fd, PyBytes_AS_STRING(b), (size_t)len, (off_t)off);
-    Py_END_ALLOW_THREADS
-    if (got != len) {
-        Py_DECREF(b);
-        goto careful;
+    PyObject *b;
+    if (self->ring_mode) {
+        struct thread_ring *t = PyThread_tss_get(&self->tss);
+        if (!t)
+            goto careful;                   /* this thread's ring is made by the fallback */
+        int res;
+        self->busy++;
+        Py_BEGIN_ALLOW_THREADS
+        res = fc_rw_one(t->ring, IORING_OP_READ_FIXED, self->fd, t->stage, (unsigned)len,
+                        (unsigned long long)off, 0);
+        Py_END_ALLOW_THREADS
+        self->busy--;
+        if (res != len)
+            goto careful;
+        b = PyBytes_FromStringAndSize(t->stage, len);
+        if (!b)
+            return NULL;
+    } else {
+        b = PyBytes_FromStringAndSize(NULL, len);
+        if (!b)
+            return NULL;
+        ssize_t got;
+        Py_BEGIN_ALLOW_THREADS
+        got = pread(self->fd, PyBytes_AS_STRING(b), (size_t)len, (off_t)off);
+        Py_END_ALLOW_THREADS
+        if (got != len) {
+            Py_DECREF(b);
+            goto careful;
+        }
     }
     self->reads++;
     self->bytes_read += (unsigned long long)len;
     return b;
 careful:
     if (!self->fallback) {
-        PyErr_SetString(PyExc_ValueError, "Pread: read after the object was cleared");
-        return NULL;
-    }
-    return PyObject_Vectorcall(self->fallback, args, nargs, NULL);
-}
-
-static PyObject *Pread_close(Pread *self, PyObject *unused)
-{
-    (void)unused;
-    self->closed = 1;
-    Py_RETURN_NONE;
-}
-
-static PyMethodDef Pread_methods[] = {
-    {"read", (PyCFunction)(void (*)(void))Pread_read, METH_FASTCALL,
-     "read(offset, length) -> bytes: one checked pread, or the fallback's answer."},
-    {"close", (PyCFunction)Pread_close, METH_NOARGS, "Send every later read to the fallback."},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyMemberDef Pread_members[] = {
-    {"reads", T_ULONGLONG, offsetof(Pread, reads), READONLY, "reads done here"},
-    {"bytes_read", T_ULONGLONG, offsetof(Pread, bytes_read), READONLY, "bytes read here"},
-    {NULL, 0, 0, 0, NULL},
-};
-
-static PyTypeObject PreadType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "flashcache.uring._results_c.Pread",
-    .tp_basicsize = sizeof(Pread),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_traverse = (traverseproc)Pread_traverse,
-    .tp_clear = (inquiry)Pread_clear,
-    .tp_doc = "Pread(fd, size, block_mask, max_io, fallback): a psync device's checked single read.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Pread_init,
-    .tp_dealloc = (destructor)Pread_dealloc,
-    .tp_methods = Pread_methods,
-    .tp_members = Pread_members,
-};
-
-/* RingReads: a uring device's single reads in one C call. Each thread reads on its own
- * small ring (adopted here by that thread: thread-specific storage holds its ring and
- * registered buffer), with the bounds checks, a fixed-buffer read with the GIL released,
- * the bytes object and the read counters. A thread with no ring yet, a closing device, a
- * bad request or a read that did not complete whole goes to the Python `fallback(offset,
- * length)`, which makes the thread's ring (and adopts it) or does the careful path and
- * names the error. `busy` counts reads inside the kernel, so close() can wait for them
- * before the rings go; `close()` sends every later read to the fallback. Needs the GIL
- * (the device installs it only where the GIL guards these counters). */
-struct thread_ring {
-    struct fc_ring *ring;
-    char *stage;
-};
-
-typedef struct {
-    PyObject_HEAD
-    int fd;
-    int closed;
-    int tss_ok;
-    Py_tss_t tss;
-    unsigned long long size, mask, max_len;
-    unsigned long long reads, bytes_read, busy;
-    PyObject *fallback;
-    PyObject *owned;   /* a list of bytes objects holding the thread_ring structs */
-} RingReads;
-
-static int RingReads_init(RingReads *self, PyObject *args, PyObject *kw)
-{
-    PyObject *fallback;
-    (void)kw;
-    if (!PyArg_ParseTuple(args, "iKKKO:RingReads", &self->fd, &self->size, &self->mask, &self->max_len, &fallback))
-        return -1;
-    if (!PyCallable_Check(fallback)) {
-        PyErr_SetString(PyExc_TypeError, "RingReads: fallback must be callable");
-        return -1;
-    }
-    if (!self->tss_ok) {
-        if (PyThread_tss_create(&self->tss) != 0) {
-            PyErr_SetString(PyExc_RuntimeError, "RingReads: no thread-specific storage");
-            return -1;
-        }
-        self->tss_ok = 1;
-    }
-    Py_XSETREF(self->fallback, Py_NewRef(fallback));
-    Py_XSETREF(self->owned, PyList_New(0));
-    return self->owned ? 0 : -1;
-}
-
-static int RingReads_traverse(RingReads *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->fallback);
-    Py_VISIT(self->owned);
-    return 0;
-}
-
-static int RingReads_clear(RingReads *self)
-{
-    Py_CLEAR(self->fallback);
-    Py_CLEAR(self->owned);
-    return 0;
-}
-
-static void RingReads_dealloc(RingReads *self)
-{
-    PyObject_GC_UnTrack(self);
-    RingReads_clear(self);
-    if (self->tss_ok)
-        PyThread_tss_delete(&self->tss);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyObject *RingReads_read(RingReads *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "read(offset, length)");
-        return NULL;
-    }
-    long long off = PyLong_AsLongLong(args[0]);
-    long long len = PyLong_AsLongLong(args[1]);
-    if ((off == -1 || len == -1) && PyErr_Occurred()) {
-        PyErr_Clear();
-        goto careful;
-    }
-    if (self->closed || off < 0 || len < 0 || ((unsigned long long)(off | len) & self->mask) ||
-        (unsigned long long)len > self->max_len || (unsigned long long)off + (unsigned long long)len > self->size)
-        goto careful;
-    struct thread_ring *t = PyThread_tss_get(&self->tss);
-    if (!t)
-        goto careful;                       /* this thread's ring is made by the fallback */
-    int res;
-    self->busy++;
-    Py_BEGIN_ALLOW_THREADS
-    res = fc_rw_one(t->ring, IORING_OP_READ_FIXED, self->fd, t->stage, (unsigned)len, (unsigned long long)off, 0);
-    Py_END_ALLOW_THREADS
-    self->busy--;
-    if (res != len)
-        goto careful;
-    self->reads++;
-    self->bytes_read += (unsigned long long)len;
-    return PyBytes_FromStringAndSize(t->stage, len);
-careful:
-    if (!self->fallback) {
-        PyErr_SetString(PyExc_ValueError, "RingReads: read after the object was cleared");
+        PyErr_SetString(PyExc_ValueError, "Reader: read after the object was cleared");
         return NULL;
     }
     return PyObject_Vectorcall(self->fallback, args, nargs, NULL);
@@ -390,7 +294,7 @@ careful:
 
 /* adopt(ring, stage): the calling thread's ring (the address of its struct fc_ring, used by
  * no other thread) and its registered buffer 0 (at least max_len bytes). */
-static PyObject *RingReads_adopt(RingReads *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *Reader_adopt(Reader *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "adopt(ring, stage)");
@@ -400,8 +304,8 @@ static PyObject *RingReads_adopt(RingReads *self, PyObject *const *args, Py_ssiz
     void *stage = PyLong_AsVoidPtr(args[1]);
     if (PyErr_Occurred())
         return NULL;
-    if (!ring || !stage) {
-        PyErr_SetString(PyExc_ValueError, "adopt(): no ring or no staging buffer");
+    if (!self->ring_mode || !ring || !stage || !self->owned) {
+        PyErr_SetString(PyExc_ValueError, "adopt(): not a ring reader, or no ring or staging buffer");
         return NULL;
     }
     PyObject *holder = PyBytes_FromStringAndSize(NULL, sizeof(struct thread_ring));
@@ -420,42 +324,42 @@ static PyObject *RingReads_adopt(RingReads *self, PyObject *const *args, Py_ssiz
     Py_RETURN_NONE;
 }
 
-static PyObject *RingReads_close(RingReads *self, PyObject *unused)
+static PyObject *Reader_close(Reader *self, PyObject *unused)
 {
     (void)unused;
     self->closed = 1;
     Py_RETURN_NONE;
 }
 
-static PyMethodDef RingReads_methods[] = {
-    {"read", (PyCFunction)(void (*)(void))RingReads_read, METH_FASTCALL,
-     "read(offset, length) -> bytes: one checked read on this thread's ring, or the fallback's answer."},
-    {"adopt", (PyCFunction)(void (*)(void))RingReads_adopt, METH_FASTCALL,
-     "adopt(ring, stage): the calling thread's own ring and its registered buffer."},
-    {"close", (PyCFunction)RingReads_close, METH_NOARGS, "Send every later read to the fallback."},
+static PyMethodDef Reader_methods[] = {
+    {"read", (PyCFunction)(void (*)(void))Reader_read, METH_FASTCALL,
+     "read(offset, length) -> bytes: one checked read, or the fallback's answer."},
+    {"adopt", (PyCFunction)(void (*)(void))Reader_adopt, METH_FASTCALL,
+     "adopt(ring, stage): the calling thread's own ring and its registered buffer (ring mode)."},
+    {"close", (PyCFunction)Reader_close, METH_NOARGS, "Send every later read to the fallback."},
     {NULL, NULL, 0, NULL},
 };
 
-static PyMemberDef RingReads_members[] = {
-    {"reads", T_ULONGLONG, offsetof(RingReads, reads), READONLY, "reads done here"},
-    {"bytes_read", T_ULONGLONG, offsetof(RingReads, bytes_read), READONLY, "bytes read here"},
-    {"busy", T_ULONGLONG, offsetof(RingReads, busy), READONLY, "reads inside the kernel now"},
+static PyMemberDef Reader_members[] = {
+    {"reads", T_ULONGLONG, offsetof(Reader, reads), READONLY, "reads done here"},
+    {"bytes_read", T_ULONGLONG, offsetof(Reader, bytes_read), READONLY, "bytes read here"},
+    {"busy", T_ULONGLONG, offsetof(Reader, busy), READONLY, "reads inside the kernel now"},
     {NULL, 0, 0, 0, NULL},
 };
 
-static PyTypeObject RingReadsType = {
+static PyTypeObject ReaderType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "flashcache.uring._results_c.RingReads",
-    .tp_basicsize = sizeof(RingReads),
+    .tp_name = "flashcache.uring._results_c.Reader",
+    .tp_basicsize = sizeof(Reader),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_traverse = (traverseproc)RingReads_traverse,
-    .tp_clear = (inquiry)RingReads_clear,
-    .tp_doc = "RingReads(fd, size, block_mask, max_len, fallback): a uring device's checked single reads.",
+    .tp_traverse = (traverseproc)Reader_traverse,
+    .tp_clear = (inquiry)Reader_clear,
+    .tp_doc = "Reader(fd, size, block_mask, max_len, fallback, ring_mode): a device's checked single reads.",
     .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)RingReads_init,
-    .tp_dealloc = (destructor)RingReads_dealloc,
-    .tp_methods = RingReads_methods,
-    .tp_members = RingReads_members,
+    .tp_init = (initproc)Reader_init,
+    .tp_dealloc = (destructor)Reader_dealloc,
+    .tp_methods = Reader_methods,
+    .tp_members = Reader_members,
 };
 
 static PyMethodDef methods[] = {
@@ -474,13 +378,12 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_results_c", NULL, 0
 
 PyMODINIT_FUNC PyInit__results_c(void)
 {
-    if (PyType_Ready(&PreadType) < 0 || PyType_Ready(&RingReadsType) < 0)
+    if (PyType_Ready(&ReaderType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Pread", (PyObject *)&PreadType) < 0 ||
-        PyModule_AddObjectRef(m, "RingReads", (PyObject *)&RingReadsType) < 0) {
+    if (PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -19,10 +19,10 @@ from typing import Any, Sequence
 from ..errors import ClosedError, DeviceError, UringUnavailableError
 
 try:
-    from ._results_c import RingReads, new_bytes, pin, read_one   # made in C (results.c)
+    from ._results_c import Reader, new_bytes, pin, read_one   # made in C (results.c)
     from ._uring_c import ffi, lib
 except ImportError as _e:  # the package was installed without its C modules
-    ffi = lib = new_bytes = pin = read_one = RingReads = None
+    ffi = lib = new_bytes = pin = read_one = Reader = None
     _IMPORT_ERROR: str | None = str(_e)
 else:
     _IMPORT_ERROR = None

@@ -7,6 +7,7 @@ import pytest
 from engines.device import SUPERBLOCK_MAGIC
 from flashcache.devices.file import FileDevice
 from flashcache.errors import ClosedError, DeviceError, FormatError
+from tests.devices.helpers import close_refusing_reads, collected
 
 
 @pytest.fixture
@@ -169,12 +170,10 @@ except Exception as e:
 def test_buffered_reads_take_the_c_path_and_fall_back_for_the_rest(img):
     """A psync device's single buffered read is one C call; everything unusual falls back
     to the Python read, which names the problem; the counters add both up."""
-    import gc
-    import weakref
 
-    from flashcache.uring._results_c import Pread
+    from flashcache.uring._results_c import Reader
     d = FileDevice(img, 4 << 20)
-    assert isinstance(d._c_reads, Pread)
+    assert isinstance(d._c_reads, Reader)
     d.write(4096, b"z" * 8192)
     assert d.read(4096, 8192) == b"z" * 8192 and d._c_reads.reads == 1       # C
     assert d.read(0, 4 << 20) == bytes(4096) + b"z" * 8192 + bytes((4 << 20) - 12288)   # C too
@@ -190,12 +189,8 @@ def test_buffered_reads_take_the_c_path_and_fall_back_for_the_rest(img):
     os.truncate(img, 4 << 20)
     st = d.stats()
     assert st["reads"] == 2 and st["bytes_read"] == 8192 + (4 << 20)
-    d.close()
-    with pytest.raises(ClosedError):
-        d.read(0, 4096)
-    ref = weakref.ref(d)
+    ref = close_refusing_reads(d)
     del d
-    gc.collect()
-    assert ref() is None                       # the device <-> fallback cycle is collected
+    assert collected(ref)
     with FileDevice(img, 4 << 20, direct=True, format=True) as dd:
         assert dd._c_reads is None               # O_DIRECT reads stay in Python (aligned buffers)

@@ -8,6 +8,7 @@ from engines.device import SUPERBLOCK_MAGIC
 from flashcache.devices.uring import UringDevice
 from flashcache.uring.ring import ffi
 from flashcache.errors import ClosedError, DeviceError
+from tests.devices.helpers import close_refusing_reads, collected
 
 
 @pytest.fixture
@@ -199,13 +200,11 @@ def test_single_reads_run_in_c_on_each_threads_ring(img):
     """The opening thread reads in one C call at once; another thread's first read makes
     its ring through the Python fallback, its later reads are C too; stats add both up;
     after close every read is refused; a dropped device is collected."""
-    import gc
     import threading
-    import weakref
 
-    from flashcache.uring._results_c import RingReads
+    from flashcache.uring._results_c import Reader
     d = UringDevice(img, 4 << 20)
-    assert isinstance(d._c_reads, RingReads)
+    assert isinstance(d._c_reads, Reader)
     blocks = [bytes([i + 1]) * 4096 for i in range(8)]
     d.write_many([(i * 4096, b, None) for i, b in enumerate(blocks)])
     assert [d.read(i * 4096, 4096) for i in range(8)] == blocks
@@ -221,10 +220,6 @@ def test_single_reads_run_in_c_on_each_threads_ring(img):
     assert (st["reads"], st["bytes_read"]) == (16, 16 * 4096)
     with pytest.raises(ValueError, match="not aligned"):
         d.read(100, 4096)
-    d.close()
-    with pytest.raises(ClosedError):
-        d.read(0, 4096)
-    ref = weakref.ref(d)
+    ref = close_refusing_reads(d)
     del d
-    gc.collect()
-    assert ref() is None
+    assert collected(ref)
