@@ -3,9 +3,9 @@
 from setuptools import Extension, setup
 
 setup(
-    # A plain CPython extension beside them (flashcache/uring/results.c): the bytes objects
-    # reads return, made in C (a batch's filled as each request completes).
-    # ring.c is compiled in as well: its single-read path makes the bytes object itself.
+    # A plain CPython extension beside them (flashcache/uring/results.c): the objects reads
+    # return and writes take, handled in C (batches filled or staged inside the ring loop,
+    # the devices' single-read hot path). ring.c is compiled in as well.
     ext_modules=[Extension("flashcache.uring._results_c", ["flashcache/uring/results.c", "flashcache/uring/ring.c"],
                            include_dirs=["flashcache/uring"], extra_compile_args=["-O2", "-std=gnu11", "-Wall"])],
     cffi_modules=[

@@ -1,10 +1,16 @@
-/* flashcache.uring._results_c: the bytes objects reads return, made in C where that saves
- * a copy or a wait (plain CPython API; the ring itself is ring.c, compiled in here too and
- * driven through the same struct fc_ring the cffi module set up).
+/* flashcache.uring._results_c: the Python objects reads return and writes take, handled in
+ * C where that saves a copy, a wait or the interpreter (plain CPython API; the ring itself
+ * is ring.c, compiled in here too and driven through the same struct fc_ring the cffi
+ * module set up). Four things:
  *
- * Batches: the bytes objects are made before the I/O, so the ring loop can fill each one
- * as its request completes (ring.h, fc_rw_batch_packed_into) while the rest are still in
- * flight, instead of copying them all out after the last completion with the device idle.
+ *   new_bytes(lens)  the bytes objects a batched read returns, made before the I/O so the
+ *                    ring loop fills each as its request completes (fc_rw_batch_packed_into)
+ *                    while the rest are in flight;
+ *   pin(datas)       a batched write's sources, held still, so the ring loop copies each into
+ *                    the staging buffer just before its SQE (fc_rw_batch_packed_from);
+ *   read_one(...)    one read on a thread's own ring, returned as bytes (Ring.reader);
+ *   Reader           a device's whole single-read hot path: checks, the I/O (pread, or the
+ *                    calling thread's ring), bytes and counters, with a Python fallback.
  *
  * new_bytes(lens) -> (list of bytes, bytes of pointers): for each length a new bytes
  * object whose contents are NOT yet written, and, packed as native pointers, where each
