@@ -237,6 +237,15 @@ class BigHash:
                     bucket, self.bucket_offset(bucket), why)
         return None
 
+    def _bucket_read(self, bucket: int, data) -> None:
+        """Count a bucket as read and check its length (every operation's first step after
+        the Read)."""
+        c = self._counters
+        c["bucket_reads"] += 1
+        c["bytes_read"] += self.bucket_size
+        if len(data) != self.bucket_size:
+            self._check_read(bucket, data)
+
     def _check_read(self, bucket: int, data) -> None:
         if len(data) != self.bucket_size:
             raise ValueError(f"BigHash: bucket {bucket} read returned {len(data)} bytes, expected {self.bucket_size}")
@@ -292,10 +301,7 @@ class BigHash:
         _, b, kh, key, ckey, epoch = plan
         c = self._counters
         size = self.bucket_size
-        c["bucket_reads"] += 1
-        c["bytes_read"] += size
-        if len(data) != size:
-            self._check_read(b, data)
+        self._bucket_read(b, data)
         # If no write landed while we read, we now know this bucket's keys exactly: the C
         # core warms its filter if unknown (a cold engine learns its filters from lookups
         # as well as from writes).
@@ -379,12 +385,8 @@ class BigHash:
     def _insert_image(self, b: int, data, kh: int, key, klen: int, value, vlen: int, expiry: int):
         """The bucket image an insert writes, from the bucket as read: (image, its C view,
         the C core's result)."""
-        c = self._counters
         size = self.bucket_size
-        c["bucket_reads"] += 1
-        c["bytes_read"] += size
-        if len(data) != size:
-            self._check_read(b, data)
+        self._bucket_read(b, data)
         buf = bytearray(size)
         cbuf = _from_buffer(buf)
         r = _c_insert(data if data.__class__ is bytes else _from_buffer(data), cbuf, size, b, self.generation,
@@ -428,10 +430,7 @@ class BigHash:
         epoch = self._write_epoch
         size = self.bucket_size
         data = yield Read(self.offset + b * size, size)
-        c["bucket_reads"] += 1
-        c["bytes_read"] += size
-        if len(data) != size:
-            self._check_read(b, data)
+        self._bucket_read(b, data)
         buf = bytearray(size)
         cbuf = _from_buffer(buf)
         r = _c_remove(data if data.__class__ is bytes else _from_buffer(data), cbuf, size, b, self.generation,
