@@ -46,6 +46,7 @@ from typing import Any, Callable, NamedTuple
 import xxhash
 
 from engines.bloom import BloomFilters, _ffi, _lib  # _ffi, _lib: the C core, imported once, there
+from engines._core_c import BucketCore
 from engines.device import Device, Op, Read, Write, as_bytes, expiry_seconds
 
 
@@ -186,15 +187,59 @@ class BigHash:
         self.bucket_size = bucket_size
         self.nbuckets = size // bucket_size
         self.stream = stream
-        self.clock = clock
-        self.generation = generation
+        self._clock = clock
         self.max_item_size = bucket_size - _HSIZE
         """Largest key + value + entry header (22 B) that fits in one bucket."""
-        self.bloom = BloomFilters(self.nbuckets, bloom_bytes_per_bucket, bloom_hashes)
+        self._bloom = BloomFilters(self.nbuckets, bloom_bytes_per_bucket, bloom_hashes)
         self._counters = dict.fromkeys(_COUNTERS, 0)
+        # The blocking forms' C core (engines/_core.c). It holds the state both forms share:
+        # the generation, the write epoch and the bloom filters (through the properties
+        # below), and the counters of its own steps (merged by _counts()).
+        self._core = BucketCore(offset, bucket_size, self.nbuckets, generation, self._bloom, clock,
+                                self._unreadable, self._corrupt)
+        self._core_lookup = self._core.lookup
+        self._core_insert = self._core.insert
+
+    @property
+    def generation(self) -> int:
+        """The generation buckets are written with; any other reads as empty."""
+        return self._core.generation
+
+    @generation.setter
+    def generation(self, value: int) -> None:
+        self._core.generation = value
+
+    @property
+    def _write_epoch(self) -> int:
         # Bumped by every completed bucket write: a lookup refreshes a bucket's filter from
         # what it read only if no write landed while its Read was in flight.
-        self._write_epoch = 0
+        return self._core.epoch
+
+    @_write_epoch.setter
+    def _write_epoch(self, value: int) -> None:
+        self._core.epoch = value
+
+    @property
+    def bloom(self) -> BloomFilters:
+        """The per-bucket bloom filters (DRAM)."""
+        return self._bloom
+
+    @bloom.setter
+    def bloom(self, value: BloomFilters) -> None:
+        self._core.set_bloom(value)
+        self._bloom = value
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock expiry is measured in (fixed at construction: the C core holds it)."""
+        return self._clock
+
+    def _counts(self) -> dict:
+        """Every counter: the Python forms' plus the C core's."""
+        c = dict(self._counters)
+        for k, v in self._core.counters().items():
+            c[k] += v
+        return c
 
     # ------------------------------------------------------------------ geometry
 
@@ -267,6 +312,8 @@ class BigHash:
     def lookup_item_now(self, device: Device, key: bytes | bytearray | memoryview) -> tuple[bytes, float] | None:
         """``lookup_item`` done at once with a blocking ``device.read``: the same steps
         and counters without a generator (a blocking caller's hot path, ~1/3 cheaper)."""
+        if key.__class__ is bytes:
+            return self._core_lookup(device.read, key)   # the same steps in one C call
         plan = self._lookup_plan(key)
         if plan is None:
             return None
@@ -348,6 +395,10 @@ class BigHash:
         """``insert`` done at once with blocking ``device.read``/``device.write``: the
         same steps, checks and counters without a generator (a blocking caller's hot path,
         ~1/3 cheaper). The caller holds whatever lock it holds around ``insert``."""
+        r = self._core_insert(device.read, device.write, key, value, expiry, self.stream)
+        if r is not None:           # done in one C call; None: the Python form judges the item
+            return _new_tuple(InsertResult, (bool(r & _CHANGED), (r >> _EVICTED_SHIFT) & _COUNT_MASK,
+                                             (r >> _EXPIRED_SHIFT) & _COUNT_MASK))
         key, value, klen, vlen, expiry = self._insert_args(key, value, expiry)
         kh = _hash(key, KEY_SEED)
         b = (kh >> 32) * self.nbuckets >> 32
@@ -504,7 +555,7 @@ class BigHash:
             "bloom_bytes_per_bucket": self.bloom.nbytes,
             "bloom_hashes": self.bloom.num_hashes,
             "generation": self.generation,
-            "counters": dict(self._counters),
+            "counters": self._counts(),
             "bloom": self.bloom.to_bytes(),
         }
 
@@ -540,12 +591,13 @@ class BigHash:
         self.generation = generation
         self.bloom = bloom
         self._counters = restored
+        self._core.reset_counters()
         self._write_epoch += 1
         return True
 
     def stats(self) -> dict:
         """Counters since creation (kept across ``recover``), plus geometry and DRAM use."""
-        s: dict[str, Any] = dict(self._counters)
+        s: dict[str, Any] = self._counts()
         s.update(
             nbuckets=self.nbuckets,
             bucket_size=self.bucket_size,

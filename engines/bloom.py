@@ -73,6 +73,8 @@ class BloomFilters:
         self.c = _ffi.new("fc_bloom *", {"bits": self._cbits, "nbuckets": nbuckets, "nbytes": nbytes,
                                         "k": num_hashes})
         """This filter set as a C ``fc_bloom *`` (see ``engines/_bucket.h``)."""
+        self.c_addr = int(_ffi.cast("uintptr_t", self.c))
+        """The address of ``c``, for C code outside cffi (engines/_core.c)."""
 
     @property
     def enabled(self) -> bool:

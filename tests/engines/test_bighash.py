@@ -772,15 +772,22 @@ def test_a_missing_c_module_names_make_setup():
 # --------------------------------------------------------------------------- blocking forms
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["put", "get", "tick"]), st.integers(0, 40),
-                          st.integers(0, 200), st.sampled_from([0, 5, 50])), max_size=120))
-def test_now_forms_do_exactly_what_the_generators_do(ops):
-    """insert_now / lookup_item_now against run(insert) / run(lookup_item) on twin engines:
-    same answers, same device bytes and I/O, same counters and filters, expiry included."""
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["put", "get", "get", "tick", "flip", "stale"]), st.integers(0, 40),
+                          st.integers(0, 200), st.sampled_from([0, 5, 50, 7.25])), max_size=120),
+       st.booleans())
+def test_now_forms_do_exactly_what_the_generators_do(ops, warm):
+    """insert_now / lookup_item_now (one C call each, engines/_core.c) against
+    run(insert) / run(lookup_item) on twin engines: same answers, same device bytes and
+    I/O, same counters, filters and log lines, with expiry (whole and fractional seconds),
+    corrupt buckets (a flipped byte), buckets of another generation, and cold or warm
+    filters."""
     clock_a, clock_b = FakeClock(), FakeClock()
     a, da = make(nbuckets=4, bucket_size=BS, clock=clock_a)
     b, db = make(nbuckets=4, bucket_size=BS, clock=clock_b)
+    if warm:
+        a.reset()
+        b.reset()
     for op, k, n, ttl in ops:
         key = b"key%d" % k
         if op == "put":
@@ -789,12 +796,47 @@ def test_now_forms_do_exactly_what_the_generators_do(ops):
             assert run(a.insert(key, value, exp), da) == b.insert_now(db, key, value, exp)
         elif op == "get":
             assert run(a.lookup_item(key), da) == b.lookup_item_now(db, key)
+        elif op == "flip":                  # the same corruption on both devices
+            pos = (k * 4099 + n * 31) % (4 * BS)
+            da.buf[pos] ^= 0x5A
+            db.buf[pos] ^= 0x5A
+        elif op == "stale":                 # a bucket written under another generation
+            old = b"old%d" % k
+            for bh, dev in ((a, da), (b, db)):
+                bh.generation += 1
+                run(bh.insert(old, b"x", 0), dev)
+                bh.generation -= 1
+                bh.bloom.invalidate(bh.bucket_of(key_hash(old)))   # as a cold engine knows it
         else:
             clock_a.t += 10
             clock_b.t += 10
     assert da.buf == db.buf and da.log == db.log
     assert a.stats() == b.stats()
     assert bytes(a.bloom.bits) == bytes(b.bloom.bits)
+
+
+def test_blocking_forms_log_what_the_generators_log(caplog):
+    """A corrupt bucket read by the C core is logged by the engine, as the Python form does."""
+    bh, dev = make(nbuckets=1, bucket_size=BS)
+    bh.insert_now(dev, b"k", b"value")
+    dev.buf[40] ^= 1
+    with caplog.at_level("WARNING", logger="engines.bighash"):
+        assert bh.lookup_item_now(dev, b"k") is None
+    assert "bucket 0 at offset 0 is corrupt (checksum mismatch)" in caplog.text
+    assert bh.stats()["checksum_failures"] == 1
+
+
+def test_blocking_forms_check_the_read_length():
+    class Short(MemDevice):
+        def read(self, offset, length):
+            return super().read(offset, length)[:-1]
+
+    bh = BigHash(0, BS, BS)
+    dev = Short(2 * BS)
+    for call in (lambda: bh.lookup_item_now(dev, b"k"), lambda: bh.insert_now(dev, b"k", b"v")):
+        with pytest.raises(ValueError, match=f"bucket 0 read returned {BS - 1} bytes, expected {BS}"):
+            call()
+    assert bh.stats()["bucket_reads"] == 2 and bh.stats()["bucket_writes"] == 0
 
 
 def test_a_failed_blocking_write_leaves_no_lying_filter():

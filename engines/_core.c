@@ -1,0 +1,462 @@
+/* engines._core_c: BigHash's blocking hot paths (lookup_item_now, insert_now) as one C call
+ * each, plain CPython API. The bucket work itself is _bucket.c (compiled in here as well);
+ * this file only strings its steps together with the device's own read and write (called
+ * as Python callables, so every Device works and the device keeps its checks, counters and
+ * errors) and keeps the counters those steps touch, so a lookup or an insert no longer
+ * walks five Python frames and a dozen dict updates.
+ *
+ * BucketCore(offset, bucket_size, nbuckets, generation, bloom, clock, unreadable, corrupt)
+ *   bloom       the BloomFilters object (its ``c`` is an fc_bloom *; held for its memory)
+ *   clock       the engine's clock (seconds), called for an item with an expiry and per insert
+ *   unreadable  bighash._unreadable(bucket, reason, data): logs a corrupt bucket image
+ *   corrupt     bighash._corrupt(bucket, why): logs a value checksum mismatch
+ * attributes generation and epoch (the write epoch), both read-write;
+ * lookup(read, key), insert(read, write, key, value, expiry, stream), bucket(key),
+ * invalidate(bucket), counters() and reset_counters().
+ *
+ * The same steps, checks and counters as the Python forms in bighash.py (a twin test runs
+ * both): BigHash merges counters() into its own and reads generation and epoch through
+ * properties, so the generator forms and these share one state. Anything unusual (a key
+ * that is not bytes, an item that does not fit, an odd expiry) returns None from insert so
+ * the Python form raises its own clear error. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include "_bucket.h"
+
+enum { C_LOOKUPS, C_HITS, C_MISSES, C_BLOOM_REJECTS, C_FLASH_MISSES, C_EXPIRED_MISSES, C_INSERTS,
+       C_REPLACED, C_EVICTIONS, C_EXPIRED_DROPPED, C_INSERTED_BYTES, C_STALE, C_BUCKET_READS,
+       C_BUCKET_WRITES, C_BYTES_READ, C_BYTES_WRITTEN, C_N };
+static const char *const NAMES[C_N] = {
+    "lookups", "hits", "misses", "bloom_rejects", "flash_misses", "expired_misses", "inserts",
+    "replaced", "evictions", "expired_dropped", "inserted_bytes", "stale_buckets", "bucket_reads",
+    "bucket_writes", "bytes_read", "bytes_written"};
+
+enum { HEADER = 32, ENTRY = 22, MAX_KEY = 0xFFFF };
+
+typedef struct {
+    PyObject_HEAD
+    uint64_t offset, nbuckets, generation, epoch;
+    uint32_t size;
+    fc_bloom *bloom;
+    PyObject *bloom_owner, *clock, *unreadable, *corrupt;
+    long long c[C_N];
+} Core;
+
+static int core_traverse(Core *s, visitproc visit, void *arg)
+{
+    Py_VISIT(s->bloom_owner);
+    Py_VISIT(s->clock);
+    Py_VISIT(s->unreadable);
+    Py_VISIT(s->corrupt);
+    return 0;
+}
+
+static int core_clear(Core *s)
+{
+    Py_CLEAR(s->bloom_owner);
+    Py_CLEAR(s->clock);
+    Py_CLEAR(s->unreadable);
+    Py_CLEAR(s->corrupt);
+    s->bloom = NULL;
+    return 0;
+}
+
+static void core_dealloc(Core *s)
+{
+    PyObject_GC_UnTrack(s);
+    core_clear(s);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+/* The fc_bloom * a BloomFilters object carries (its ``c_addr``: the address of its ``c``). */
+static fc_bloom *bloom_of(PyObject *bloom)
+{
+    PyObject *addr = PyObject_GetAttrString(bloom, "c_addr");
+    if (!addr)
+        return NULL;
+    unsigned long long a = PyLong_AsUnsignedLongLong(addr);
+    Py_DECREF(addr);
+    if (a == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (!a) {
+        PyErr_SetString(PyExc_ValueError, "BucketCore: the bloom filters have no C view");
+        return NULL;
+    }
+    return (fc_bloom *)(uintptr_t)a;
+}
+
+static int set_bloom(Core *s, PyObject *bloom)
+{
+    fc_bloom *bf = bloom_of(bloom);
+    if (!bf)
+        return -1;
+    if (bf->nbuckets != s->nbuckets) {
+        PyErr_Format(PyExc_ValueError, "BucketCore: bloom filters for %llu buckets, the engine has %llu",
+                     (unsigned long long)bf->nbuckets, (unsigned long long)s->nbuckets);
+        return -1;
+    }
+    Py_INCREF(bloom);
+    Py_XSETREF(s->bloom_owner, bloom);
+    s->bloom = bf;
+    return 0;
+}
+
+static int core_init(Core *s, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"offset", "bucket_size", "nbuckets", "generation", "bloom", "clock",
+                             "unreadable", "corrupt", NULL};
+    unsigned long long offset, nbuckets, generation;
+    unsigned int size;
+    PyObject *bloom, *clock, *unreadable, *corrupt;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KIKKOOOO", kwlist, &offset, &size, &nbuckets, &generation,
+                                     &bloom, &clock, &unreadable, &corrupt))
+        return -1;
+    if (size < 512 || size > (1u << 20) || !nbuckets || nbuckets >= (1ull << 32)) {
+        PyErr_SetString(PyExc_ValueError, "BucketCore: bucket_size or nbuckets out of range");
+        return -1;
+    }
+    s->offset = offset;
+    s->size = size;
+    s->nbuckets = nbuckets;
+    s->generation = generation;
+    s->epoch = 0;
+    memset(s->c, 0, sizeof s->c);
+    if (set_bloom(s, bloom) < 0)
+        return -1;
+    Py_INCREF(clock);
+    Py_XSETREF(s->clock, clock);
+    Py_INCREF(unreadable);
+    Py_XSETREF(s->unreadable, unreadable);
+    Py_INCREF(corrupt);
+    Py_XSETREF(s->corrupt, corrupt);
+    return 0;
+}
+
+static inline uint64_t key_hash(const char *key, Py_ssize_t len)
+{
+    return fc_xxh3_64(key, (size_t)len, fc_key_seed);
+}
+
+static inline uint64_t bucket_of(const Core *s, uint64_t kh)
+{
+    return (kh >> 32) * s->nbuckets >> 32;
+}
+
+/* The clock's time as a double, or -1 with an exception set. */
+static double now(Core *s)
+{
+    PyObject *t = PyObject_CallNoArgs(s->clock);
+    if (!t)
+        return -1;
+    double v = PyFloat_AsDouble(t);
+    Py_DECREF(t);
+    return v == -1 && PyErr_Occurred() ? -1 : v;
+}
+
+/* read(offset, size) into *view, counted as a bucket read; the length checked as
+ * bighash._bucket_read does. Returns the object read (its buffer in *view), or NULL. */
+static PyObject *read_bucket(Core *s, PyObject *read, uint64_t b, Py_buffer *view)
+{
+    PyObject *args[2];
+    args[0] = PyLong_FromUnsignedLongLong(s->offset + b * s->size);
+    if (!args[0])
+        return NULL;
+    args[1] = PyLong_FromUnsignedLong(s->size);
+    if (!args[1]) {
+        Py_DECREF(args[0]);
+        return NULL;
+    }
+    PyObject *data = PyObject_Vectorcall(read, args, 2, NULL);
+    Py_DECREF(args[0]);
+    Py_DECREF(args[1]);
+    if (!data)
+        return NULL;
+    s->c[C_BUCKET_READS]++;
+    s->c[C_BYTES_READ] += s->size;
+    if (PyObject_GetBuffer(data, view, PyBUF_SIMPLE) < 0) {
+        Py_DECREF(data);
+        return NULL;
+    }
+    if (view->len != (Py_ssize_t)s->size) {
+        PyErr_Format(PyExc_ValueError, "BigHash: bucket %llu read returned %zd bytes, expected %u",
+                     (unsigned long long)b, view->len, s->size);
+        PyBuffer_Release(view);
+        Py_DECREF(data);
+        return NULL;
+    }
+    return data;
+}
+
+/* An image that read as empty: counted (stale) or handed to the engine's logger. 0 or -1. */
+static int unreadable(Core *s, uint64_t b, int reason, PyObject *data)
+{
+    if (reason == FC_STALE) {
+        s->c[C_STALE]++;
+        return 0;
+    }
+    PyObject *r = PyObject_CallFunction(s->unreadable, "KiO", (unsigned long long)b, reason, data);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* lookup(read, key) -> (value, expiry) or None: BigHash.lookup_item_now for a bytes key. */
+static PyObject *core_lookup(Core *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "BucketCore.lookup(read, key): key must be bytes");
+        return NULL;
+    }
+    PyObject *read = args[0], *key = args[1];
+    const char *k = PyBytes_AS_STRING(key);
+    Py_ssize_t klen = PyBytes_GET_SIZE(key);
+    s->c[C_LOOKUPS]++;
+    uint64_t kh = key_hash(k, klen), b = bucket_of(s, kh);
+    if (!fc_bloom_may_contain(s->bloom, b, kh)) {
+        s->c[C_BLOOM_REJECTS]++;
+        s->c[C_MISSES]++;
+        Py_RETURN_NONE;
+    }
+    uint64_t epoch = s->epoch;
+    PyObject *bloom_owner = s->bloom_owner;   /* a recover() during the read may swap it */
+    Py_INCREF(bloom_owner);
+    Py_buffer view;
+    PyObject *data = read_bucket(s, read, b, &view);
+    PyObject *out = NULL;
+    if (!data)
+        goto done;
+    int64_t r = fc_bucket_lookup(view.buf, s->size, (uint32_t)b, s->generation, kh, k, (uint32_t)klen,
+                                 epoch == s->epoch && bloom_owner == s->bloom_owner ? s->bloom : NULL);
+    if (r < 0 && unreadable(s, b, (int)-r, data) < 0)
+        goto release;
+    if (r <= 0) {
+        s->c[C_MISSES]++;
+        s->c[C_FLASH_MISSES]++;
+        out = Py_NewRef(Py_None);
+        goto release;
+    }
+    const uint8_t *d = view.buf;
+    uint32_t vstart = (uint32_t)(r & FC_LEN_MASK), vlen = (uint32_t)(r >> FC_VLEN_SHIFT & FC_LEN_MASK);
+    uint32_t expiry = 0;
+    if (r & FC_HAS_EXPIRY) {
+        memcpy(&expiry, d + vstart - (uint32_t)(r >> FC_KLEN_SHIFT & 0xFFFF) - 10, 4);
+        double t = now(s);
+        if (t == -1 && PyErr_Occurred())
+            goto release;
+        if (expiry <= t) {
+            s->c[C_EXPIRED_MISSES]++;
+            s->c[C_MISSES]++;
+            out = Py_NewRef(Py_None);
+            goto release;
+        }
+    }
+    if (!(r & FC_SUM_OK)) {
+        PyObject *res = PyObject_CallFunction(s->corrupt, "KN", (unsigned long long)b,
+                                              PyUnicode_FromFormat("value checksum mismatch for a key of %u B",
+                                                                   (unsigned)(r >> FC_KLEN_SHIFT & 0xFFFF)));
+        if (!res)
+            goto release;
+        Py_DECREF(res);
+        s->c[C_MISSES]++;
+        out = Py_NewRef(Py_None);
+        goto release;
+    }
+    PyObject *value = PyBytes_FromStringAndSize((const char *)d + vstart, vlen);
+    if (value) {
+        s->c[C_HITS]++;
+        out = Py_BuildValue("(Nd)", value, (double)expiry);
+    }
+release:
+    PyBuffer_Release(&view);
+    Py_DECREF(data);
+done:
+    Py_DECREF(bloom_owner);
+    return out;
+}
+
+/* The expiry as stored (whole seconds, rounded up), or -1 if Python must judge it. */
+static long long expiry_of(PyObject *e)
+{
+    if (PyLong_CheckExact(e)) {
+        long long v = PyLong_AsLongLong(e);
+        if (v == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return -1;
+        }
+        return v >= 0 && v <= 0xFFFFFFFFll ? v : -1;
+    }
+    if (PyFloat_CheckExact(e)) {
+        double v = PyFloat_AS_DOUBLE(e);
+        return v >= 0 && v <= 4294967295.0 ? (long long)ceil(v) : -1;
+    }
+    return -1;
+}
+
+/* insert(read, write, key, value, expiry, stream) -> the C core's packed result (an int,
+ * see fc_bucket_insert), or None when the item is for the Python form to judge (a key or
+ * value that is not bytes, a size that does not fit, an odd expiry): BigHash.insert_now. */
+static PyObject *core_insert(Core *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "BucketCore.insert(read, write, key, value, expiry, stream)");
+        return NULL;
+    }
+    PyObject *read = args[0], *write = args[1], *key = args[2], *value = args[3], *stream = args[5];
+    long long expiry = expiry_of(args[4]);
+    if (!PyBytes_CheckExact(key) || !PyBytes_CheckExact(value) || expiry < 0)
+        Py_RETURN_NONE;
+    Py_ssize_t klen = PyBytes_GET_SIZE(key), vlen = PyBytes_GET_SIZE(value);
+    if (klen > MAX_KEY || ENTRY + klen + vlen > (Py_ssize_t)s->size - HEADER)
+        Py_RETURN_NONE;
+    const char *k = PyBytes_AS_STRING(key);
+    uint64_t kh = key_hash(k, klen), b = bucket_of(s, kh);
+    Py_buffer view;
+    PyObject *data = read_bucket(s, read, b, &view);
+    if (!data)
+        return NULL;
+    PyObject *image = PyBytes_FromStringAndSize(NULL, s->size), *out = NULL;
+    if (!image)
+        goto release;
+    double t = now(s);
+    if (t == -1 && PyErr_Occurred())
+        goto release;
+    int64_t r = fc_bucket_insert(view.buf, PyBytes_AS_STRING(image), s->size, (uint32_t)b, s->generation, t, kh,
+                                 k, (uint32_t)klen, PyBytes_AS_STRING(value), (uint32_t)vlen, (uint32_t)expiry);
+    if (r < 0) {
+        PyErr_Format(PyExc_RuntimeError, "BigHash: the C core refused an item of %zd + %zd B", klen, vlen);
+        goto release;
+    }
+    if ((r & FC_REASON_MASK) && unreadable(s, b, (int)(r & FC_REASON_MASK), data) < 0)
+        goto release;
+    PyBuffer_Release(&view);
+    Py_CLEAR(data);
+    PyObject *wargs[3] = {PyLong_FromUnsignedLongLong(s->offset + b * s->size), image, stream};
+    if (!wargs[0])
+        goto release;
+    PyObject *w = PyObject_Vectorcall(write, wargs, 3, NULL);
+    Py_DECREF(wargs[0]);
+    if (!w) {
+        /* the bucket on flash may now be old, new or torn: its filter must not lie */
+        if (s->bloom->nbytes)
+            memset(s->bloom->bits + b * s->bloom->nbytes, 0xFF, s->bloom->nbytes);
+        s->epoch++;
+        goto release;
+    }
+    Py_DECREF(w);
+    s->epoch++;
+    s->c[C_BUCKET_WRITES]++;
+    s->c[C_BYTES_WRITTEN] += s->size;
+    if (s->bloom->nbytes)
+        fc_bloom_rebuild_image(s->bloom, b, PyBytes_AS_STRING(image), s->size);
+    s->c[C_INSERTS]++;
+    s->c[C_INSERTED_BYTES] += klen + vlen;
+    s->c[C_REPLACED] += (r & FC_REPLACED) != 0;
+    s->c[C_EVICTIONS] += r >> FC_EVICTED_SHIFT & FC_COUNT_MASK;
+    s->c[C_EXPIRED_DROPPED] += r >> FC_EXPIRED_SHIFT & FC_COUNT_MASK;
+    out = PyLong_FromLongLong(r);
+release:
+    if (data) {
+        PyBuffer_Release(&view);
+        Py_DECREF(data);
+    }
+    Py_XDECREF(image);
+    return out;
+}
+
+/* bucket(key) -> the bucket index of a bytes key (what a lock stripe is chosen by). */
+static PyObject *core_bucket(Core *s, PyObject *key)
+{
+    if (!PyBytes_CheckExact(key)) {
+        PyErr_SetString(PyExc_TypeError, "BucketCore.bucket(key): key must be bytes");
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(bucket_of(s, key_hash(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))));
+}
+
+static PyObject *core_counters(Core *s, PyObject *unused)
+{
+    (void)unused;
+    PyObject *d = PyDict_New();
+    for (int i = 0; d && i < C_N; i++) {
+        PyObject *v = PyLong_FromLongLong(s->c[i]);
+        if (!v || PyDict_SetItemString(d, NAMES[i], v) < 0) {
+            Py_XDECREF(v);
+            Py_CLEAR(d);
+            break;
+        }
+        Py_DECREF(v);
+    }
+    return d;
+}
+
+static PyObject *core_reset_counters(Core *s, PyObject *unused)
+{
+    (void)unused;
+    memset(s->c, 0, sizeof s->c);
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_set_bloom(Core *s, PyObject *bloom)
+{
+    if (set_bloom(s, bloom) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef core_methods[] = {
+    {"lookup", (PyCFunction)(void (*)(void))core_lookup, METH_FASTCALL,
+     "lookup(read, key) -> (value, expiry) or None (BigHash.lookup_item_now for a bytes key)"},
+    {"insert", (PyCFunction)(void (*)(void))core_insert, METH_FASTCALL,
+     "insert(read, write, key, value, expiry, stream) -> packed result, or None: use the Python form"},
+    {"bucket", (PyCFunction)core_bucket, METH_O, "bucket(key) -> bucket index of a bytes key"},
+    {"set_bloom", (PyCFunction)core_set_bloom, METH_O, "set_bloom(bloom): use these filters from now on"},
+    {"counters", (PyCFunction)core_counters, METH_NOARGS, "the counters this core kept, as a dict"},
+    {"reset_counters", (PyCFunction)core_reset_counters, METH_NOARGS, "zero this core's counters"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef core_members[] = {
+    {"generation", T_ULONGLONG, offsetof(Core, generation), 0, "the buckets' generation"},
+    {"epoch", T_ULONGLONG, offsetof(Core, epoch), 0, "bumped by every completed (or failed) bucket write"},
+    {"nbuckets", T_ULONGLONG, offsetof(Core, nbuckets), READONLY, "buckets"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "engines._core_c.BucketCore",
+    .tp_basicsize = sizeof(Core),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "BigHash's blocking lookup and insert in one C call each (see engines/_core.c)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)core_init,
+    .tp_dealloc = (destructor)core_dealloc,
+    .tp_traverse = (traverseproc)core_traverse,
+    .tp_clear = (inquiry)core_clear,
+    .tp_methods = core_methods,
+    .tp_members = core_members,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "engines._core_c",
+    "BigHash's blocking hot paths in C (see engines/_core.c)", -1, NULL, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__core_c(void)
+{
+    if (PyType_Ready(&CoreType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    Py_INCREF(&CoreType);
+    if (PyModule_AddObject(m, "BucketCore", (PyObject *)&CoreType) < 0) {
+        Py_DECREF(&CoreType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
