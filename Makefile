@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/default.toml
-SRC    := pyproject.toml setup.py $(wildcard flashcache/*/_build.py flashcache/*/*.c flashcache/*/*.h engines/*_build.py engines/*.c engines/*.h)
+SRC    := pyproject.toml setup.py $(wildcard flashcache/*.c flashcache/*/_build.py flashcache/*/*.c flashcache/*/*.h engines/*_build.py engines/*.c engines/*.h)
 
 .PHONY: run test test-slow test-vm test-all bench clean setup
 

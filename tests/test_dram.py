@@ -2,6 +2,10 @@
 import threading
 import tracemalloc
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from flashcache.dram import DramTier, item_charge
 
 
@@ -90,7 +94,7 @@ def test_threads_keep_budget():
     [t.start() for t in ts]
     [t.join() for t in ts]
     assert d.used_bytes <= d.capacity
-    assert d.used_bytes == sum(item_charge(k, v) for k, (v, _, _) in d._items.items())
+    assert d.used_bytes == sum(item_charge(e.key, e.value) for e in d.snapshot())
 
 
 def test_add_never_overwrites_and_clean_travels_with_eviction():
@@ -107,3 +111,163 @@ def test_add_never_overwrites_and_clean_travels_with_eviction():
     assert [(e.key, e.clean) for e in out] == [(b"k1", True)]
     d.touch(b"k2", c.t + 100)                           # new expiry: flash's copy is stale now
     assert [(e.key, e.clean) for e in d.drain()] == [(b"k3", False), (b"k2", False)]
+
+
+class ModelTier:
+    """The tier's contract in plain Python (what dram.py was before the LRU moved to C)."""
+
+    def __init__(self, cap, clock):
+        from collections import OrderedDict
+        self.cap, self.clock, self.items, self.bytes = cap, clock, OrderedDict(), 0
+        self.hits = self.misses = self.evictions = self.expired = 0
+
+    def _drop(self, k):
+        v, e, cl = self.items.pop(k)
+        self.bytes -= item_charge(k, v)
+
+    def get(self, k):
+        ent = self.items.get(k)
+        if ent is not None and ent[1] and ent[1] <= self.clock():
+            self._drop(k)
+            self.expired += 1
+            ent = None
+        if ent is None:
+            self.misses += 1
+            return None
+        self.items.move_to_end(k)
+        self.hits += 1
+        return ent[0]
+
+    def _put(self, k, v, e, cl):
+        charge = item_charge(k, v)
+        if charge > self.cap:
+            return [(k, v, float(e), cl)]
+        self.items[k] = (v, e, cl)
+        self.bytes += charge
+        out = []
+        while self.bytes > self.cap:
+            k2 = next(iter(self.items))
+            v2, e2, cl2 = self.items[k2]
+            self._drop(k2)
+            if e2 and e2 <= self.clock():
+                self.expired += 1
+                continue
+            self.evictions += 1
+            out.append((k2, v2, float(e2), cl2))
+        return out
+
+    def set(self, k, v, e, clean=False):
+        if k in self.items:
+            self._drop(k)
+        return self._put(k, v, e, clean)
+
+    def add(self, k, v, e, clean=True):
+        return (False, []) if k in self.items else (True, self._put(k, v, e, clean))
+
+    def delete(self, k):
+        if k not in self.items:
+            return False
+        self._drop(k)
+        return True
+
+    def touch(self, k, e):
+        ent = self.items.get(k)
+        if ent is None or (ent[1] and ent[1] <= self.clock()):
+            return False
+        self.items[k] = (ent[0], e, False)
+        self.items.move_to_end(k)
+        return True
+
+    def drain(self):
+        now, items = self.clock(), list(self.items.items())
+        self.items.clear()
+        self.bytes = 0
+        return [(k, v, float(e), cl) for k, (v, e, cl) in items if not e or e > now]
+
+
+_ops = st.lists(st.tuples(st.sampled_from(["get", "set", "set", "add", "delete", "touch", "tick", "drain", "peek"]),
+                          st.integers(0, 12), st.sampled_from([1, 40, 300, 2000]),
+                          st.sampled_from([0, 0, 3, 30.5]), st.booleans()), max_size=150)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_ops, st.sampled_from([0, 500, 1500, 5000]))
+def test_c_lru_matches_the_model(ops, cap):
+    """Every answer, eviction (order, expiry, clean flag), counter and byte count of the C
+    LRU equals the plain Python model's, over random operations with expiry."""
+    clock = Clock()
+    d, m = DramTier(cap, clock), ModelTier(cap, clock)
+    for op, i, n, ttl, clean in ops:
+        k, v = b"key%d" % i, bytes([i]) * n
+        e = clock.t + ttl if ttl else 0
+        if op == "get":
+            assert d.get(k) == m.get(k)
+        elif op == "set":
+            assert [tuple(x) for x in d.set(k, v, e, clean)] == m.set(k, v, e, clean)
+        elif op == "add":
+            added, out = d.add(k, v, e, clean=clean)
+            assert (added, [tuple(x) for x in out]) == m.add(k, v, e, clean)
+        elif op == "delete":
+            assert d.delete(k) == m.delete(k)
+        elif op == "touch":
+            assert d.touch(k, e) == m.touch(k, e)
+        elif op == "tick":
+            clock.t += 10
+        elif op == "peek":
+            ent = m.items.get(k)
+            assert d.peek_expiry(k) == (None if ent is None else ent[1])
+        else:
+            assert [tuple(x) for x in d.drain()] == m.drain()
+        assert d.used_bytes == m.bytes <= max(cap, 0) and len(d) == len(m.items)
+        assert [(x.key, x.value, x.expiry, x.clean) for x in d.snapshot()] == \
+            [(k2, v2, float(e2), cl2) for k2, (v2, e2, cl2) in m.items.items()]
+    assert (d.hits, d.misses, d.evictions, d.expired) == (m.hits, m.misses, m.evictions, m.expired)
+
+
+def test_keys_must_be_bytes_and_errors_leave_the_tier_whole():
+    d = DramTier(1 << 20, Clock())
+    d.set(b"a", b"1", 0)
+    for bad in ("a", bytearray(b"a"), 1):
+        with pytest.raises(TypeError, match="keys and values are bytes"):
+            d.set(bad, b"v", 0)
+        with pytest.raises(TypeError, match="keys and values are bytes"):
+            d.get(bad)
+    with pytest.raises(TypeError, match="keys and values are bytes"):
+        d.set(b"b", "v", 0)
+
+    def broken_clock():
+        raise RuntimeError("clock failed")
+
+    e = DramTier(1 << 20, broken_clock)
+    e.set(b"a", b"1", 0)
+    with pytest.raises(RuntimeError, match="clock failed"):
+        e.set(b"b", b"2", 5.0)                  # asks the time before touching anything
+    assert len(e) == 1 and e.get(b"a") == b"1" and e.used_bytes == item_charge(b"a", b"1")
+
+
+def test_a_clock_that_lets_other_threads_run_is_safe():
+    """The clock may be Python code (another thread can run while it does): get() looks
+    the key up again after asking the time, so an item deleted meanwhile is not revived."""
+    d = None
+
+    def clock():
+        d.delete(b"a")                          # what another thread could do right then
+        return 1000.0
+
+    d = DramTier(1 << 20, clock)
+    d.set(b"a", b"1", 2000.0)
+    assert d.get(b"a") is None and len(d) == 0 and d.used_bytes == 0
+
+
+def test_an_expiry_given_by_touch_is_honoured_on_eviction():
+    c = Clock()
+    per = item_charge(b"a", b"v")
+    d = DramTier(per, c)
+    d.set(b"a", b"v", 0)
+    assert d.touch(b"a", c.t + 3)
+    c.t += 10
+    assert d.set(b"b", b"v", 0) == [] and d.expired == 1     # dropped, not demoted
+    d.touch(b"b", c.t + 3)
+    d.touch(b"b", 0)                                          # and taken back
+    c.t += 10
+    assert [e.key for e in d.set(b"c", b"v", 0)] == [b"b"]

@@ -1,0 +1,516 @@
+/* flashcache._dram_c: the DRAM tier's LRU in C (plain CPython API); flashcache/dram.py
+ * subclasses it as DramTier and documents the contract. One node object per item, a dict
+ * from key to node, and an intrusive doubly linked list for recency: a get is a dict probe
+ * and two pointer moves instead of an OrderedDict probe, a tuple unpack and a lock.
+ *
+ * Thread safety without a lock: every method runs with the GIL held and calls no Python
+ * code while the structure is inconsistent. The only Python code it may call is the clock
+ * (a Python function in tests), always before it looks at the structure (get() looks the
+ * key up again after asking the time), and allocations of tuples and lists (which can run
+ * the cyclic GC, and so finalizers), made only between whole steps. So another thread
+ * only ever sees the tier between steps, as with the Python lock it replaces.
+ *
+ * Lru(capacity_bytes, clock, fixed_charge, evicted_type): an item costs
+ * len(key) + len(value) + fixed_charge bytes; keys and values must be bytes. Evicted items
+ * come back as evicted_type(key, value, expiry, clean) (a tuple subclass). */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <math.h>
+
+typedef struct Node {
+    PyObject_HEAD
+    PyObject *key, *value;      /* bytes, owned */
+    double expiry;              /* absolute seconds, 0 = never */
+    int clean;                  /* flash holds this very item */
+    Py_ssize_t charge;
+    struct Node *prev, *next;   /* prev: more recent; next: less recent */
+} Node;
+
+static void node_dealloc(Node *n)
+{
+    Py_XDECREF(n->key);
+    Py_XDECREF(n->value);
+    PyObject_Free(n);
+}
+
+static PyTypeObject NodeType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "flashcache._dram_c.Node",
+    .tp_basicsize = sizeof(Node),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)node_dealloc,
+};
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *map;              /* key -> Node */
+    PyObject *clock;
+    PyTypeObject *evicted;
+    Node head;                  /* sentinel: head.next is the most recent, head.prev the least */
+    Py_ssize_t capacity, bytes, fixed, expiring;
+    long long hits, misses, evictions, expired;
+} Lru;
+
+static inline void unlink_node(Node *n)
+{
+    n->prev->next = n->next;
+    n->next->prev = n->prev;
+}
+
+static inline void push_front(Lru *s, Node *n)
+{
+    n->prev = &s->head;
+    n->next = s->head.next;
+    s->head.next->prev = n;
+    s->head.next = n;
+}
+
+/* Take a node out of the map and the list and uncharge it; returns the map's reference. */
+static Node *remove_node(Lru *s, Node *n)
+{
+    Py_INCREF(n);
+    unlink_node(n);
+    s->bytes -= n->charge;
+    if (n->expiry)
+        s->expiring--;
+    if (PyDict_DelItem(s->map, n->key) < 0)       /* cannot fail: the key is there */
+        PyErr_Clear();
+    return n;
+}
+
+static int lru_traverse(Lru *s, visitproc visit, void *arg)
+{
+    Py_VISIT(s->map);
+    Py_VISIT(s->clock);
+    Py_VISIT(s->evicted);
+    return 0;
+}
+
+static int lru_clear(Lru *s)
+{
+    /* the map owns the nodes; the list only points at them */
+    s->head.next = s->head.prev = &s->head;
+    s->bytes = s->expiring = 0;
+    Py_CLEAR(s->map);
+    Py_CLEAR(s->clock);
+    Py_CLEAR(s->evicted);
+    return 0;
+}
+
+static void lru_dealloc(Lru *s)
+{
+    PyObject_GC_UnTrack(s);
+    lru_clear(s);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static int lru_init(Lru *s, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"capacity_bytes", "clock", "fixed_charge", "evicted_type", NULL};
+    Py_ssize_t cap, fixed;
+    PyObject *clock, *evicted;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "nOnO", kwlist, &cap, &clock, &fixed, &evicted))
+        return -1;
+    if (cap < 0) {
+        PyErr_Format(PyExc_ValueError, "DRAM tier capacity %zd must be >= 0", cap);
+        return -1;
+    }
+    if (!PyType_Check(evicted) || !PyType_IsSubtype((PyTypeObject *)evicted, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "Lru: evicted_type must be a tuple subclass");
+        return -1;
+    }
+    PyObject *map = PyDict_New();
+    if (!map)
+        return -1;
+    Py_XSETREF(s->map, map);
+    Py_INCREF(clock);
+    Py_XSETREF(s->clock, clock);
+    Py_INCREF(evicted);
+    Py_XSETREF(s->evicted, (PyTypeObject *)evicted);
+    s->head.next = s->head.prev = &s->head;
+    s->capacity = cap;
+    s->fixed = fixed;
+    s->bytes = s->expiring = 0;
+    s->hits = s->misses = s->evictions = s->expired = 0;
+    return 0;
+}
+
+static int now(Lru *s, double *t)
+{
+    PyObject *r = PyObject_CallNoArgs(s->clock);
+    if (!r)
+        return -1;
+    *t = PyFloat_AsDouble(r);
+    Py_DECREF(r);
+    return *t == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static int check_bytes(PyObject *key, PyObject *value)
+{
+    if (PyBytes_CheckExact(key) && (!value || PyBytes_Check(value)))
+        return 0;
+    PyErr_Format(PyExc_TypeError, "DRAM tier: keys and values are bytes, not %s",
+                 Py_TYPE(PyBytes_CheckExact(key) ? value : key)->tp_name);
+    return -1;
+}
+
+static PyObject *evicted_item(Lru *s, Node *n)
+{
+    PyObject *t = s->evicted->tp_alloc(s->evicted, 4);
+    if (!t)
+        return NULL;
+    PyObject *e = PyFloat_FromDouble(n->expiry);
+    if (!e) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    Py_INCREF(n->key);
+    Py_INCREF(n->value);
+    PyTuple_SET_ITEM(t, 0, n->key);
+    PyTuple_SET_ITEM(t, 1, n->value);
+    PyTuple_SET_ITEM(t, 2, e);
+    PyTuple_SET_ITEM(t, 3, Py_NewRef(n->clean ? Py_True : Py_False));
+    return t;
+}
+
+/* get(key) -> value (now the most recent) or None (absent, or expired and dropped). */
+static PyObject *lru_get(Lru *s, PyObject *key)
+{
+    if (!PyBytes_CheckExact(key) && check_bytes(key, NULL) < 0)
+        return NULL;
+    Node *n = (Node *)PyDict_GetItemWithError(s->map, key);
+    if (n && n->expiry) {
+        double t;
+        if (now(s, &t) < 0)
+            return NULL;
+        n = (Node *)PyDict_GetItemWithError(s->map, key);     /* the clock may have let others run */
+        if (n && n->expiry && n->expiry <= t) {
+            Py_DECREF(remove_node(s, n));
+            s->expired++;
+            n = NULL;
+        }
+    }
+    if (!n) {
+        if (PyErr_Occurred())
+            return NULL;
+        s->misses++;
+        Py_RETURN_NONE;
+    }
+    unlink_node(n);
+    push_front(s, n);
+    s->hits++;
+    return Py_NewRef(n->value);
+}
+
+/* Store (key, value) most recent, then evict down to the budget into a new list. The
+ * caller has removed any node of the key. ``t``: the time, or NaN if no item expires. */
+static PyObject *put(Lru *s, PyObject *key, PyObject *value, double expiry, int clean, double t)
+{
+    Py_ssize_t charge = PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(value) + s->fixed;
+    PyObject *out = PyList_New(0);
+    if (!out)
+        return NULL;
+    if (charge > s->capacity) {          /* too big for DRAM at all: straight to flash */
+        Node tmp = {.key = key, .value = value, .expiry = expiry, .clean = clean};
+        PyObject *e = evicted_item(s, &tmp);
+        if (!e || PyList_Append(out, e) < 0) {
+            Py_XDECREF(e);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(e);
+        return out;
+    }
+    Node *n = PyObject_New(Node, &NodeType);
+    if (!n) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    n->key = Py_NewRef(key);
+    n->value = Py_NewRef(value);
+    n->expiry = expiry;
+    n->clean = clean;
+    n->charge = charge;
+    if (PyDict_SetItem(s->map, key, (PyObject *)n) < 0) {
+        Py_DECREF(n);
+        Py_DECREF(out);
+        return NULL;
+    }
+    Py_DECREF(n);                        /* the map holds it */
+    push_front(s, n);
+    s->bytes += charge;
+    if (expiry)
+        s->expiring++;
+    while (s->bytes > s->capacity && s->head.prev != &s->head) {
+        Node *old = remove_node(s, s->head.prev);       /* consistent again from here */
+        if (old->expiry && old->expiry <= t) {       /* t is NaN when nothing expires */
+            s->expired++;
+            Py_DECREF(old);
+            continue;
+        }
+        s->evictions++;
+        PyObject *e = evicted_item(s, old);
+        Py_DECREF(old);
+        if (!e || PyList_Append(out, e) < 0) {
+            Py_XDECREF(e);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(e);
+    }
+    return out;
+}
+
+static int parse_item(Lru *s, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int dflt_clean,
+                      const char *what, double *expiry, int *clean, double *t)
+{
+    PyObject *clean_arg = nargs == 4 ? args[3] : NULL;
+    if (kwnames && PyTuple_GET_SIZE(kwnames)) {      /* only clean= */
+        if (PyTuple_GET_SIZE(kwnames) != 1 || nargs != 3 ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(kwnames, 0)) ||
+            PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "clean")) {
+            nargs = 0;
+        } else {
+            clean_arg = args[3];
+            nargs = 4;
+        }
+    }
+    if (nargs < 3 || nargs > 4) {
+        PyErr_Format(PyExc_TypeError, "DramTier.%s(key, value, expiry, clean=%s)", what,
+                     dflt_clean ? "True" : "False");
+        return -1;
+    }
+    if (check_bytes(args[0], args[1]) < 0)
+        return -1;
+    *expiry = PyFloat_AsDouble(args[2]);
+    if (*expiry == -1 && PyErr_Occurred())
+        return -1;
+    *clean = dflt_clean;
+    if (clean_arg && (*clean = PyObject_IsTrue(clean_arg)) < 0)
+        return -1;
+    *t = NAN;
+    if ((s->expiring || *expiry) && now(s, t) < 0)   /* before touching anything */
+        return -1;
+    return 0;
+}
+
+/* set(key, value, expiry, clean=False) -> [Evicted, ...] oldest first. */
+static PyObject *lru_set(Lru *s, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    double expiry, t;
+    int clean;
+    if (parse_item(s, args, nargs, kwnames, 0, "set", &expiry, &clean, &t) < 0)
+        return NULL;
+    Node *old = (Node *)PyDict_GetItemWithError(s->map, args[0]);
+    if (old)
+        Py_DECREF(remove_node(s, old));
+    else if (PyErr_Occurred())
+        return NULL;
+    return put(s, args[0], args[1], expiry, clean, t);
+}
+
+/* add(key, value, expiry, clean=True) -> (added, [Evicted, ...]): only if absent. */
+static PyObject *lru_add(Lru *s, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    double expiry, t;
+    int clean;
+    if (parse_item(s, args, nargs, kwnames, 1, "add", &expiry, &clean, &t) < 0)
+        return NULL;
+    int has = PyDict_Contains(s->map, args[0]);
+    if (has < 0)
+        return NULL;
+    if (has)
+        return Py_BuildValue("(ON)", Py_False, PyList_New(0));
+    PyObject *out = put(s, args[0], args[1], expiry, clean, t);
+    return out ? Py_BuildValue("(ON)", Py_True, out) : NULL;
+}
+
+static PyObject *lru_delete(Lru *s, PyObject *key)
+{
+    if (check_bytes(key, NULL) < 0)
+        return NULL;
+    Node *n = (Node *)PyDict_GetItemWithError(s->map, key);
+    if (!n) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_FALSE;
+    }
+    Py_DECREF(remove_node(s, n));
+    Py_RETURN_TRUE;
+}
+
+/* touch(key, expiry) -> a live item gets a new expiry and becomes dirty (flash's copy has
+ * the old one) and most recent; False if absent or expired. */
+static PyObject *lru_touch(Lru *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "DramTier.touch(key, expiry)");
+        return NULL;
+    }
+    if (check_bytes(args[0], NULL) < 0)
+        return NULL;
+    double expiry = PyFloat_AsDouble(args[1]), t = NAN;
+    if (expiry == -1 && PyErr_Occurred())
+        return NULL;
+    if (s->expiring && now(s, &t) < 0)
+        return NULL;
+    Node *n = (Node *)PyDict_GetItemWithError(s->map, args[0]);
+    if (!n) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_FALSE;
+    }
+    if (n->expiry && n->expiry <= t)
+        Py_RETURN_FALSE;
+    s->expiring += (expiry != 0) - (n->expiry != 0);
+    n->expiry = expiry;
+    n->clean = 0;
+    unlink_node(n);
+    push_front(s, n);
+    Py_RETURN_TRUE;
+}
+
+/* peek_expiry(key) -> the item's expiry (0 = never) without touching recency, or None. */
+static PyObject *lru_peek_expiry(Lru *s, PyObject *key)
+{
+    if (check_bytes(key, NULL) < 0)
+        return NULL;
+    Node *n = (Node *)PyDict_GetItemWithError(s->map, key);
+    if (!n) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    return PyFloat_FromDouble(n->expiry);
+}
+
+/* drain() -> every live item as Evicted, least recent first; the tier is left empty. */
+static PyObject *lru_drain(Lru *s, PyObject *unused)
+{
+    (void)unused;
+    double t = NAN;
+    if (s->expiring && now(s, &t) < 0)
+        return NULL;
+    PyObject *out = PyList_New(0);
+    if (!out)
+        return NULL;
+    while (s->head.prev != &s->head) {
+        Node *n = remove_node(s, s->head.prev);
+        if (!(n->expiry && n->expiry <= t)) {
+            PyObject *e = evicted_item(s, n);
+            if (!e || PyList_Append(out, e) < 0) {
+                Py_XDECREF(e);
+                Py_DECREF(n);
+                Py_DECREF(out);
+                return NULL;
+            }
+            Py_DECREF(e);
+        }
+        Py_DECREF(n);
+    }
+    return out;
+}
+
+/* snapshot() -> every item (expired ones too) as Evicted, least recent first; nothing changes. */
+static PyObject *lru_snapshot(Lru *s, PyObject *unused)
+{
+    (void)unused;
+    Py_ssize_t n = PyDict_GET_SIZE(s->map), i = 0;
+    PyObject *out = PyList_New(n);
+    if (!out)
+        return NULL;
+    /* no allocation may run the GC between taking a node and storing it: build the tuples
+     * with the list already sized, walking a structure no one else can change meanwhile
+     * only if nothing allocates a GC object; so copy the node pointers first */
+    Node **nodes = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(Node *));
+    if (!nodes) {
+        Py_DECREF(out);
+        return PyErr_NoMemory();
+    }
+    for (Node *x = s->head.prev; x != &s->head && i < n; x = x->prev) {
+        Py_INCREF(x);
+        nodes[i++] = x;
+    }
+    for (Py_ssize_t j = 0; j < n; j++) {
+        PyObject *e = j < i ? evicted_item(s, nodes[j]) : Py_NewRef(Py_None);
+        if (!e) {
+            for (Py_ssize_t k = j; k < i; k++)
+                Py_DECREF(nodes[k]);
+            PyMem_Free(nodes);
+            Py_DECREF(out);
+            return NULL;
+        }
+        if (j < i)
+            Py_DECREF(nodes[j]);
+        PyList_SET_ITEM(out, j, e);
+    }
+    PyMem_Free(nodes);
+    return out;
+}
+
+static Py_ssize_t lru_len(Lru *s)
+{
+    return PyDict_GET_SIZE(s->map);
+}
+
+static PyMethodDef lru_methods[] = {
+    {"get", (PyCFunction)lru_get, METH_O, NULL},
+    {"set", (PyCFunction)(void (*)(void))lru_set, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"add", (PyCFunction)(void (*)(void))lru_add, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"delete", (PyCFunction)lru_delete, METH_O, NULL},
+    {"touch", (PyCFunction)(void (*)(void))lru_touch, METH_FASTCALL, NULL},
+    {"peek_expiry", (PyCFunction)lru_peek_expiry, METH_O, NULL},
+    {"_drain", (PyCFunction)lru_drain, METH_NOARGS, NULL},
+    {"snapshot", (PyCFunction)lru_snapshot, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef lru_members[] = {
+    {"capacity", T_PYSSIZET, offsetof(Lru, capacity), READONLY, NULL},
+    {"used_bytes", T_PYSSIZET, offsetof(Lru, bytes), READONLY, NULL},
+    {"hits", T_LONGLONG, offsetof(Lru, hits), 0, NULL},
+    {"misses", T_LONGLONG, offsetof(Lru, misses), 0, NULL},
+    {"evictions", T_LONGLONG, offsetof(Lru, evictions), 0, NULL},
+    {"expired", T_LONGLONG, offsetof(Lru, expired), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PySequenceMethods lru_as_sequence = {.sq_length = (lenfunc)lru_len};
+
+static PyTypeObject LruType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "flashcache._dram_c.Lru",
+    .tp_basicsize = sizeof(Lru),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The DRAM tier's LRU (see flashcache/_dram.c; flashcache.dram.DramTier documents it)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)lru_init,
+    .tp_dealloc = (destructor)lru_dealloc,
+    .tp_traverse = (traverseproc)lru_traverse,
+    .tp_clear = (inquiry)lru_clear,
+    .tp_methods = lru_methods,
+    .tp_members = lru_members,
+    .tp_as_sequence = &lru_as_sequence,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "flashcache._dram_c", "The DRAM tier's LRU in C (see flashcache/_dram.c)", -1,
+    NULL, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__dram_c(void)
+{
+    if (PyType_Ready(&NodeType) < 0 || PyType_Ready(&LruType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    Py_INCREF(&LruType);
+    if (PyModule_AddObject(m, "Lru", (PyObject *)&LruType) < 0) {
+        Py_DECREF(&LruType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
