@@ -37,9 +37,11 @@ from typing import Any, Callable
 import msgpack
 import xxhash
 
+_xxh3 = xxhash.xxh3_64_intdigest
+
 from .admission import AcceptAll, Admission
 from .bighash import BigHash, key_hash
-from .blockcache.entry import key_hash as bc_key_hash
+from .blockcache.entry import KEY_SEED as BC_KEY_SEED, key_hash as bc_key_hash
 from .blockcache import BlockCache
 from .device import SUPERBLOCK_MAGIC, Device, Op, Write, run
 
@@ -138,6 +140,8 @@ class Navy:
         # must serialise mutations themselves: see ``mutation_key``.
         self._bc_lock = threading.RLock()
         self._bh_locks = [threading.RLock() for _ in range(64)]
+        # BigHash's one-call C forms (engines/_core.c), for bytes keys on the blocking paths
+        self._bh_core = self.bighash._core if self.bighash else None
         self.start = self._open()
         log.info("%s: flash cache %s", device.path, self.start)
 
@@ -302,17 +306,23 @@ class Navy:
     def may_hold(self, key: bytes) -> bool:
         """False when neither engine can hold ``key``, decided in DRAM alone (BlockCache's
         index, BigHash's bloom filter): a caller can then skip a remove entirely."""
-        return (self.blockcache is not None and self._bc_may_hold(key)) or \
-            (self.bighash is not None and self._bh_may_hold(key))
+        bc = self.blockcache
+        if bc is not None and bc.index.find(_xxh3(key, BC_KEY_SEED) >> 32) >= 0:   # _bc_may_hold
+            return True
+        if self._bh_core is not None and key.__class__ is bytes:
+            return self._bh_core.may_contain(key)
+        return self.bighash is not None and self._bh_may_hold(key)
 
     def _bc_may_hold(self, key: bytes) -> bool:
-        return self.blockcache.index.find(bc_key_hash(key) >> 32) >= 0
+        return self.blockcache.index.find(_xxh3(key, BC_KEY_SEED) >> 32) >= 0
 
     def _bh_may_hold(self, key: bytes) -> bool:
         kh = key_hash(key)
         return self.bighash.bloom.may_contain(self.bighash.bucket_of(kh), kh)
 
     def _bh_lock(self, key: bytes) -> threading.RLock:
+        if key.__class__ is bytes:
+            return self._bh_locks[self._bh_core.bucket(key) % len(self._bh_locks)]
         return self._bh_locks[self.bighash.bucket_of(key_hash(key)) % len(self._bh_locks)]
 
     def _bc(self, op: Any) -> Op[Any]:
@@ -351,13 +361,16 @@ class Navy:
         without a generator: a blocking caller's hot path)."""
         c = self._counters
         c["lookups"] += 1
-        if self.blockcache and self._bc_may_hold(key):
-            item = run(self._bc(self.blockcache.lookup_item(key)), device)
+        bc = self.blockcache
+        if bc is not None and bc.index.find(_xxh3(key, BC_KEY_SEED) >> 32) >= 0:   # _bc_may_hold
+            item = run(self._bc(bc.lookup_item(key)), device)
             if item is not None:
                 c["hits"] += 1
                 return item
-        if self.bighash:
-            item = self.bighash.lookup_item_now(device, key)   # reads take no lock (see _through)
+        if self._bh_core is not None:
+            # reads take no lock (see _through); a bytes key in one C call
+            item = self._bh_core.lookup(device.read, key) if key.__class__ is bytes else \
+                self.bighash.lookup_item_now(device, key)
             if item is not None:
                 c["hits"] += 1
                 return item
@@ -387,15 +400,22 @@ class Navy:
         """``insert`` done at once on ``device`` with blocking calls: a small item's
         bucket read-modify-write runs without a generator (a blocking caller's hot path:
         the cache's demotions); the rest as ``run(insert(...))``."""
-        engine = self._admit(key, value)
-        if engine != "bighash":
-            return run(self._placed(engine, key, value, expiry), device)
+        if self._accept_all and self._bh_core is not None and len(key) + len(value) <= self.small_item_max:
+            self._counters["inserts"] += 1      # _admit's answer for a small item under AcceptAll
+        else:
+            engine = self._admit(key, value)
+            if engine != "bighash":
+                return run(self._placed(engine, key, value, expiry), device)
         with self._bh_lock(key):
-            self.bighash.insert_now(device, key, value, expiry)
+            # one C call for bytes; None: the Python form judges the item (and raises)
+            if key.__class__ is not bytes or self._bh_core.insert(device.read, device.write, key, value, expiry,
+                                                                  self.bighash.stream) is None:
+                self.bighash.insert_now(device, key, value, expiry)
         if self._feed_admission:
             self.admission.record_write(self.bighash.bucket_size)   # what _through tells it
-        if self.blockcache and self._bc_may_hold(key):
-            run(self._bc(self.blockcache.remove(key)), device)
+        bc = self.blockcache
+        if bc is not None and bc.index.find(_xxh3(key, BC_KEY_SEED) >> 32) >= 0:   # _bc_may_hold
+            run(self._bc(bc.remove(key)), device)
         return True
 
     def _placed(self, engine: str | None, key: bytes, value: bytes, expiry: float) -> Op[bool]:

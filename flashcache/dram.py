@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Callable, Iterable, NamedTuple
 
-from ._dram_c import Lru
+from ._hot_c import Lru
 
 # The C node (key and value pointers, expiry, recency links) + its dict entry: measured
 # well under this on CPython 3.11 x86_64; tests/test_dram.py checks the charge covers reality.
@@ -43,7 +43,7 @@ class DramTier(Lru):
     ``set`` returns the items the budget pushed out, oldest first, so the caller can demote
     them. Expired items are dropped (not demoted) when met.
 
-    The structure and the hot methods are C (``flashcache/_dram.c``: a dict from key to
+    The structure and the hot methods are C (``flashcache/_hot.c``: a dict from key to
     node and an intrusive recency list); keys must be bytes, values bytes-like bytes. The
     methods, all in C unless said:
 

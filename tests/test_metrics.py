@@ -2,6 +2,8 @@
 import pytest
 import math
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
 from flashcache.metrics import CacheMetrics
@@ -87,3 +89,28 @@ def test_latency_histogram_buckets_are_cumulative():
     assert reg.get_sample_value("flashcache_set_latency_seconds_sum", {"cache": "t"}) == pytest.approx(5.000304)
     m.close()
     assert reg.get_sample_value("flashcache_set_latency_seconds_count", {"cache": "t"}) is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=20, allow_nan=False), max_size=200))
+def test_latency_histogram_counts_as_bisect_left(values):
+    """The C histogram puts a value equal to a bound in that bound's bucket, as
+    bisect_left over the bounds does; the sum is the plain sum."""
+    from bisect import bisect_left
+
+    from flashcache.metrics import LATENCY_BUCKETS, LatencyHistogram
+    h = LatencyHistogram()
+    want = [0] * (len(LATENCY_BUCKETS) + 1)
+    for v in values + list(LATENCY_BUCKETS):
+        h.observe(v)
+        want[bisect_left(LATENCY_BUCKETS, v)] += 1
+    assert h.counts == want and h.bounds == tuple(float(b) for b in LATENCY_BUCKETS)
+    assert h.sum == pytest.approx(sum(values) + sum(LATENCY_BUCKETS))
+
+
+def test_latency_histogram_rejects_bad_bounds():
+    from flashcache.metrics import LatencyHistogram
+    with pytest.raises(ValueError, match="bounds must increase"):
+        LatencyHistogram([1.0, 0.5])
+    with pytest.raises(TypeError):
+        LatencyHistogram(["a"])

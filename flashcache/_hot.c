@@ -1,5 +1,9 @@
-/* flashcache._dram_c: the DRAM tier's LRU in C (plain CPython API); flashcache/dram.py
- * subclasses it as DramTier and documents the contract. One node object per item, a dict
+/* flashcache._hot_c: the Cache's per-request structures in C (plain CPython API): the
+ * DRAM tier's LRU (Lru, below; flashcache/dram.py subclasses it as DramTier and documents
+ * the contract) and the latency histogram (Histogram, at the end; metrics.py's
+ * LatencyHistogram).
+ *
+ * Lru: One node object per item, a dict
  * from key to node, and an intrusive doubly linked list for recency: a get is a dict probe
  * and two pointer moves instead of an OrderedDict probe, a tuple unpack and a lock.
  *
@@ -36,7 +40,7 @@ static void node_dealloc(Node *n)
 
 static PyTypeObject NodeType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "flashcache._dram_c.Node",
+    .tp_name = "flashcache._hot_c.Node",
     .tp_basicsize = sizeof(Node),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_dealloc = (destructor)node_dealloc,
@@ -480,10 +484,10 @@ static PySequenceMethods lru_as_sequence = {.sq_length = (lenfunc)lru_len};
 
 static PyTypeObject LruType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "flashcache._dram_c.Lru",
+    .tp_name = "flashcache._hot_c.Lru",
     .tp_basicsize = sizeof(Lru),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The DRAM tier's LRU (see flashcache/_dram.c; flashcache.dram.DramTier documents it)",
+    .tp_doc = "The DRAM tier's LRU (see flashcache/_hot.c; flashcache.dram.DramTier documents it)",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)lru_init,
     .tp_dealloc = (destructor)lru_dealloc,
@@ -494,21 +498,157 @@ static PyTypeObject LruType = {
     .tp_as_sequence = &lru_as_sequence,
 };
 
-static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "flashcache._dram_c", "The DRAM tier's LRU in C (see flashcache/_dram.c)", -1,
-    NULL, NULL, NULL, NULL, NULL,
+/* Histogram(bounds): counts per bucket (bucket i holds values <= bounds[i] and above
+ * bounds[i - 1]; the last one what is above every bound) and their sum. observe() is one
+ * binary search and two additions, atomic under the GIL. */
+typedef struct {
+    PyObject_HEAD
+    double *bounds;
+    unsigned long long *counts;
+    Py_ssize_t n;               /* bounds; counts has n + 1 */
+    double sum;
+} Hist;
+
+static void hist_dealloc(Hist *h)
+{
+    PyMem_Free(h->bounds);
+    PyMem_Free(h->counts);
+    Py_TYPE(h)->tp_free((PyObject *)h);
+}
+
+static int hist_init(Hist *h, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"bounds", NULL};
+    PyObject *arg;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &arg))
+        return -1;
+    PyObject *seq = PySequence_Fast(arg, "Histogram(bounds): bounds must be a sequence of numbers");
+    if (!seq)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    double *b = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(double));
+    unsigned long long *c = PyMem_Calloc((size_t)n + 1, sizeof(unsigned long long));
+    if (!b || !c) {
+        PyMem_Free(b);
+        PyMem_Free(c);
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        b[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        if ((b[i] == -1 && PyErr_Occurred()) || (i && !(b[i] > b[i - 1]))) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "Histogram(bounds): bounds must increase (index %zd)", i);
+            PyMem_Free(b);
+            PyMem_Free(c);
+            Py_DECREF(seq);
+            return -1;
+        }
+    }
+    Py_DECREF(seq);
+    PyMem_Free(h->bounds);
+    PyMem_Free(h->counts);
+    h->bounds = b;
+    h->counts = c;
+    h->n = n;
+    h->sum = 0;
+    return 0;
+}
+
+static PyObject *hist_observe(Hist *h, PyObject *arg)
+{
+    double v = PyFloat_AsDouble(arg);
+    if (v == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t lo = 0, hi = h->n;         /* bisect_left: the first bound >= v */
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (h->bounds[mid] < v)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    h->counts[lo]++;
+    h->sum += v;
+    Py_RETURN_NONE;
+}
+
+static PyObject *hist_counts(Hist *h, void *unused)
+{
+    (void)unused;
+    PyObject *l = PyList_New(h->n + 1);
+    for (Py_ssize_t i = 0; l && i <= h->n; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(h->counts[i]);
+        if (!v) {
+            Py_CLEAR(l);
+            break;
+        }
+        PyList_SET_ITEM(l, i, v);
+    }
+    return l;
+}
+
+static PyObject *hist_bounds(Hist *h, void *unused)
+{
+    (void)unused;
+    PyObject *t = PyTuple_New(h->n);
+    for (Py_ssize_t i = 0; t && i < h->n; i++) {
+        PyObject *v = PyFloat_FromDouble(h->bounds[i]);
+        if (!v) {
+            Py_CLEAR(t);
+            break;
+        }
+        PyTuple_SET_ITEM(t, i, v);
+    }
+    return t;
+}
+
+static PyMethodDef hist_methods[] = {
+    {"observe", (PyCFunction)hist_observe, METH_O, "observe(seconds): count one value"},
+    {NULL, NULL, 0, NULL},
 };
 
-PyMODINIT_FUNC PyInit__dram_c(void)
+static PyGetSetDef hist_getset[] = {
+    {"counts", (getter)hist_counts, NULL, "counts per bucket (a new list; the last: above every bound)", NULL},
+    {"bounds", (getter)hist_bounds, NULL, "the buckets' upper bounds", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef hist_members[] = {
+    {"sum", T_DOUBLE, offsetof(Hist, sum), READONLY, "the sum of every value observed"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject HistType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "flashcache._hot_c.Histogram",
+    .tp_basicsize = sizeof(Hist),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "A histogram whose observe() is one C call (see flashcache/_hot.c)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)hist_init,
+    .tp_dealloc = (destructor)hist_dealloc,
+    .tp_methods = hist_methods,
+    .tp_getset = hist_getset,
+    .tp_members = hist_members,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "flashcache._hot_c",
+    "The Cache's per-request structures in C: the DRAM tier's LRU and the latency histogram "
+    "(see flashcache/_hot.c)", -1, NULL, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__hot_c(void)
 {
-    if (PyType_Ready(&NodeType) < 0 || PyType_Ready(&LruType) < 0)
+    if (PyType_Ready(&NodeType) < 0 || PyType_Ready(&LruType) < 0 || PyType_Ready(&HistType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;
-    Py_INCREF(&LruType);
-    if (PyModule_AddObject(m, "Lru", (PyObject *)&LruType) < 0) {
-        Py_DECREF(&LruType);
+    if (PyModule_AddObjectRef(m, "Lru", (PyObject *)&LruType) < 0 ||
+        PyModule_AddObjectRef(m, "Histogram", (PyObject *)&HistType) < 0) {
         Py_DECREF(m);
         return NULL;
     }
