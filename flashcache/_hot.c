@@ -21,6 +21,7 @@
 #include <Python.h>
 #include <structmember.h>
 #include <math.h>
+#include <time.h>
 
 typedef struct Node {
     PyObject_HEAD
@@ -634,6 +635,295 @@ static PyTypeObject HistType = {
     .tp_members = hist_members,
 };
 
+/* HotPath: Cache.get and Cache.set for the common case in one C call each (the Cache binds
+ * them over its methods when it has no codec). The common case: the cache is open, the key
+ * is bytes of 1..max_key bytes, and for set the value is bytes, small enough for BigHash,
+ * with no ttl and no default TTL, and the cache does not write through. Anything else
+ * calls slow_get / slow_set (the Python methods, which do the same steps and raise the
+ * errors). The steps are the Python methods', calling back into Python for flash:
+ *   get: DRAM; on a miss flash_lookup(key) -> (value, expiry) or None; an expired item
+ *        is a miss; a hit is promoted (add, clean), and evicted items that are dirty go
+ *        to demote(list) (clean ones are counted as skipped).
+ *   set: may_hold(key) -> remove(key) (no stale flash copy may outlive the set); DRAM set;
+ *        dirty evicted items to demote(list).
+ * Counters (counters()) merge into the Cache's; latencies go to the two histograms. */
+enum { H_GETS, H_SETS, H_MISSES, H_HITS_DRAM, H_HITS_FLASH, H_ITEM_BYTES_SET, H_SKIPPED_CLEAN, H_PROMOTIONS, H_N };
+static const char *const HOT_NAMES[H_N] = {"gets", "sets", "misses", "hits_dram", "hits_flash", "item_bytes_set",
+                                           "demotions_skipped_clean", "promotions"};
+
+typedef struct {
+    PyObject_HEAD
+    Lru *dram;
+    Hist *get_hist, *set_hist;
+    PyObject *flash_lookup, *may_hold, *remove, *demote, *clock, *slow_get, *slow_set;
+    Py_ssize_t max_key, small_max;
+    int closed;
+    long long c[H_N];
+} Hot;
+
+static PyTypeObject HotType;
+
+static int hot_traverse(Hot *h, visitproc visit, void *arg)
+{
+    Py_VISIT(h->dram);
+    Py_VISIT(h->get_hist);
+    Py_VISIT(h->set_hist);
+    Py_VISIT(h->flash_lookup);
+    Py_VISIT(h->may_hold);
+    Py_VISIT(h->remove);
+    Py_VISIT(h->demote);
+    Py_VISIT(h->clock);
+    Py_VISIT(h->slow_get);
+    Py_VISIT(h->slow_set);
+    return 0;
+}
+
+static int hot_clear(Hot *h)
+{
+    Py_CLEAR(h->dram);
+    Py_CLEAR(h->get_hist);
+    Py_CLEAR(h->set_hist);
+    Py_CLEAR(h->flash_lookup);
+    Py_CLEAR(h->may_hold);
+    Py_CLEAR(h->remove);
+    Py_CLEAR(h->demote);
+    Py_CLEAR(h->clock);
+    Py_CLEAR(h->slow_get);
+    Py_CLEAR(h->slow_set);
+    return 0;
+}
+
+static void hot_dealloc(Hot *h)
+{
+    PyObject_GC_UnTrack(h);
+    hot_clear(h);
+    Py_TYPE(h)->tp_free((PyObject *)h);
+}
+
+static int hot_init(Hot *h, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"dram", "get_hist", "set_hist", "flash_lookup", "may_hold", "remove", "demote",
+                             "clock", "slow_get", "slow_set", "max_key", "small_max", NULL};
+    PyObject *o[10];
+    Py_ssize_t max_key, small_max;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!O!OOOOOOOnn", kwlist, &LruType, &o[0], &HistType, &o[1],
+                                     &HistType, &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9],
+                                     &max_key, &small_max))
+        return -1;
+    hot_clear(h);
+    for (int i = 0; i < 10; i++)
+        Py_INCREF(o[i]);
+    h->dram = (Lru *)o[0];
+    h->get_hist = (Hist *)o[1];
+    h->set_hist = (Hist *)o[2];
+    h->flash_lookup = o[3];
+    h->may_hold = o[4];
+    h->remove = o[5];
+    h->demote = o[6];
+    h->clock = o[7];
+    h->slow_get = o[8];
+    h->slow_set = o[9];
+    h->max_key = max_key;
+    h->small_max = small_max;
+    h->closed = 0;
+    memset(h->c, 0, sizeof h->c);
+    return 0;
+}
+
+static inline double mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void observe(Hist *hist, double v)
+{
+    Py_ssize_t lo = 0, hi = hist->n;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (hist->bounds[mid] < v)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    hist->counts[lo]++;
+    hist->sum += v;
+}
+
+/* Hand the dirty items of ``out`` (a list of Evicted) to demote(); count the clean ones. */
+static int demote_dirty(Hot *h, PyObject *out)
+{
+    Py_ssize_t n = PyList_GET_SIZE(out), dirty = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (PyTuple_GET_ITEM(PyList_GET_ITEM(out, i), 3) != Py_True)
+            dirty++;
+    h->c[H_SKIPPED_CLEAN] += n - dirty;
+    if (!dirty)
+        return 0;
+    PyObject *list = PyList_New(0);
+    for (Py_ssize_t i = 0; list && i < n; i++) {
+        PyObject *e = PyList_GET_ITEM(out, i);
+        if (PyTuple_GET_ITEM(e, 3) != Py_True && PyList_Append(list, e) < 0)
+            Py_CLEAR(list);
+    }
+    if (!list)
+        return -1;
+    PyObject *r = PyObject_CallOneArg(h->demote, list);
+    Py_DECREF(list);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+static inline int plain_key(Hot *h, PyObject *key)
+{
+    return PyBytes_CheckExact(key) && PyBytes_GET_SIZE(key) > 0 && PyBytes_GET_SIZE(key) <= h->max_key;
+}
+
+/* get(key, default=None) */
+static PyObject *hot_get(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (h->closed || kwnames || nargs < 1 || nargs > 2 || !plain_key(h, args[0]))
+        return PyObject_Vectorcall(h->slow_get, args, nargs, kwnames);
+    PyObject *key = args[0], *dflt = nargs == 2 ? args[1] : Py_None;
+    double t0 = mono();
+    h->c[H_GETS]++;
+    PyObject *v = lru_get(h->dram, key);
+    if (!v)
+        return NULL;
+    if (v != Py_None) {
+        h->c[H_HITS_DRAM]++;
+        observe(h->get_hist, mono() - t0);
+        return v;
+    }
+    Py_DECREF(v);
+    PyObject *item = PyObject_CallOneArg(h->flash_lookup, key);
+    if (!item)
+        return NULL;
+    double expiry = 0, t = 0;
+    if (item != Py_None) {
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+            Py_DECREF(item);
+            PyErr_SetString(PyExc_TypeError, "HotPath: flash_lookup must return (value, expiry) or None");
+            return NULL;
+        }
+        expiry = PyFloat_AsDouble(PyTuple_GET_ITEM(item, 1));
+        if ((expiry == -1 && PyErr_Occurred()) || (expiry && now(h->dram, &t) < 0)) {
+            Py_DECREF(item);
+            return NULL;
+        }
+    }
+    if (item == Py_None || (expiry && expiry <= t)) {
+        Py_DECREF(item);
+        h->c[H_MISSES]++;
+        observe(h->get_hist, mono() - t0);
+        return Py_NewRef(dflt);
+    }
+    v = Py_NewRef(PyTuple_GET_ITEM(item, 0));
+    Py_DECREF(item);
+    h->c[H_HITS_FLASH]++;
+    PyObject *add_args[4] = {key, v, NULL, Py_True};
+    add_args[2] = PyFloat_FromDouble(expiry);
+    PyObject *r = add_args[2] ? lru_add(h->dram, add_args, 4, NULL) : NULL;
+    Py_XDECREF(add_args[2]);
+    if (!r) {
+        Py_DECREF(v);
+        return NULL;
+    }
+    if (PyTuple_GET_ITEM(r, 0) == Py_True)
+        h->c[H_PROMOTIONS]++;
+    int failed = PyList_GET_SIZE(PyTuple_GET_ITEM(r, 1)) && demote_dirty(h, PyTuple_GET_ITEM(r, 1)) < 0;
+    Py_DECREF(r);
+    if (failed) {
+        Py_DECREF(v);
+        return NULL;
+    }
+    observe(h->get_hist, mono() - t0);
+    return v;
+}
+
+/* set(key, value, ttl=None) */
+static PyObject *hot_set(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (h->closed || kwnames || nargs != 2 || !plain_key(h, args[0]) || !PyBytes_CheckExact(args[1]) ||
+        PyBytes_GET_SIZE(args[0]) + PyBytes_GET_SIZE(args[1]) > h->small_max)
+        return PyObject_Vectorcall(h->slow_set, args, nargs, kwnames);
+    PyObject *key = args[0];
+    double t0 = mono();
+    h->c[H_SETS]++;
+    h->c[H_ITEM_BYTES_SET] += PyBytes_GET_SIZE(args[0]) + PyBytes_GET_SIZE(args[1]);
+    PyObject *held = PyObject_CallOneArg(h->may_hold, key);
+    if (!held)
+        return NULL;
+    int yes = PyObject_IsTrue(held);
+    Py_DECREF(held);
+    if (yes < 0)
+        return NULL;
+    if (yes) {
+        PyObject *r = PyObject_CallOneArg(h->remove, key);
+        if (!r)
+            return NULL;
+        Py_DECREF(r);
+    }
+    PyObject *set_args[3] = {key, args[1], NULL};
+    set_args[2] = PyFloat_FromDouble(0.0);
+    PyObject *out = set_args[2] ? lru_set(h->dram, set_args, 3, NULL) : NULL;
+    Py_XDECREF(set_args[2]);
+    if (!out)
+        return NULL;
+    int failed = PyList_GET_SIZE(out) && demote_dirty(h, out) < 0;
+    Py_DECREF(out);
+    if (failed)
+        return NULL;
+    observe(h->set_hist, mono() - t0);
+    Py_RETURN_NONE;
+}
+
+static PyObject *hot_counters(Hot *h, PyObject *unused)
+{
+    (void)unused;
+    PyObject *d = PyDict_New();
+    for (int i = 0; d && i < H_N; i++) {
+        PyObject *v = PyLong_FromLongLong(h->c[i]);
+        if (!v || PyDict_SetItemString(d, HOT_NAMES[i], v) < 0) {
+            Py_XDECREF(v);
+            Py_CLEAR(d);
+        } else {
+            Py_DECREF(v);
+        }
+    }
+    return d;
+}
+
+static PyMethodDef hot_methods[] = {
+    {"get", (PyCFunction)(void (*)(void))hot_get, METH_FASTCALL | METH_KEYWORDS,
+     "get(key, default=None): Cache.get, the common case in C (see flashcache/_hot.c)"},
+    {"set", (PyCFunction)(void (*)(void))hot_set, METH_FASTCALL | METH_KEYWORDS,
+     "set(key, value, ttl=None): Cache.set, the common case in C (see flashcache/_hot.c)"},
+    {"counters", (PyCFunction)hot_counters, METH_NOARGS, "the counters this path kept, as a dict"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef hot_members[] = {
+    {"closed", T_INT, offsetof(Hot, closed), 0, "set when the cache closes: every call takes the slow path"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject HotType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "flashcache._hot_c.HotPath",
+    .tp_basicsize = sizeof(Hot),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Cache.get and Cache.set for the common case in one C call each (see flashcache/_hot.c)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)hot_init,
+    .tp_dealloc = (destructor)hot_dealloc,
+    .tp_traverse = (traverseproc)hot_traverse,
+    .tp_clear = (inquiry)hot_clear,
+    .tp_methods = hot_methods,
+    .tp_members = hot_members,
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "flashcache._hot_c",
     "The Cache's per-request structures in C: the DRAM tier's LRU and the latency histogram "
@@ -642,13 +932,15 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__hot_c(void)
 {
-    if (PyType_Ready(&NodeType) < 0 || PyType_Ready(&LruType) < 0 || PyType_Ready(&HistType) < 0)
+    if (PyType_Ready(&NodeType) < 0 || PyType_Ready(&LruType) < 0 || PyType_Ready(&HistType) < 0 ||
+        PyType_Ready(&HotType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;
     if (PyModule_AddObjectRef(m, "Lru", (PyObject *)&LruType) < 0 ||
-        PyModule_AddObjectRef(m, "Histogram", (PyObject *)&HistType) < 0) {
+        PyModule_AddObjectRef(m, "Histogram", (PyObject *)&HistType) < 0 ||
+        PyModule_AddObjectRef(m, "HotPath", (PyObject *)&HotType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

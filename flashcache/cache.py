@@ -11,6 +11,7 @@ and a promoted item stays on flash too, so evicting it again costs no write.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -28,6 +29,7 @@ from engines.navy import Navy
 from . import config as config_mod
 from .devices import open_device
 from .devices.base import WafUnavailableError
+from ._hot_c import HotPath
 from .dram import DramTier, Evicted
 from .errors import ClosedError
 from .metrics import CacheMetrics
@@ -37,6 +39,9 @@ _now = time.perf_counter
 
 _MISSING = object()
 CODECS = (None, "msgpack")
+# Bind get/set to the C hot path (flashcache/_hot.c) when the cache can use it; tests turn
+# it off to run the Python methods as the reference.
+HOT_PATH = True
 
 
 def _as_config(cfg: "config_mod.Config | str | Path | None") -> "config_mod.Config":
@@ -119,6 +124,17 @@ class Cache:
         self._set_hist = self.metrics.set_seconds
         # items up to this size fit an engine whatever the key: set() checks no further
         self._small_max = max(self.navy.small_item_max, 1)
+        # get and set in one C call each for the common case (bytes in and out, no TTL by
+        # default, no write-through); everything else goes to the Python methods below,
+        # which do the same steps (the hot path calls them as its slow path)
+        self._hot = None
+        if HOT_PATH and codec is None and not self.default_ttl and not self.write_through:
+            self._hot = HotPath(self.dram, self._get_hist, self._set_hist,
+                                functools.partial(self.navy.lookup_item_now, self.device), self.navy.may_hold,
+                                self._remove_flash, self._demote, clock, Cache.get.__get__(self),
+                                Cache.set.__get__(self), self.max_key_size, self._small_max)
+            self.get = self._hot.get
+            self.set = self._hot.set
         log.info("cache on %s: %s; DRAM %d MiB; placement %s", self.device.path, self.navy.start,
                  c.dram_size >> 20, {k: v["state"] for k, v in self._placement().items()})
 
@@ -185,6 +201,17 @@ class Cache:
             c[k] += v
 
     # -- flash ------------------------------------------------------------------------------
+    def _remove_flash(self, k: bytes) -> bool:
+        return run(self.navy.remove(k), self.device)
+
+    def _counts(self) -> dict[str, int]:
+        """The counters: the Python methods' plus the hot path's."""
+        c = dict(self._counters)
+        if self._hot is not None:
+            for k, v in self._hot.counters().items():
+                c[k] += v
+        return c
+
     def _demote(self, evicted: Iterable[Evicted]) -> None:
         c = self._counters
         for e in evicted:
@@ -381,7 +408,7 @@ class Cache:
         * ``start`` (how the flash cache came up: warm, cold or formatted, and why), and
           ``dram``, ``flash`` and ``device``: each layer's own stats.
         """
-        c = dict(self._counters)
+        c = self._counts()
         fl = self.navy.stats()
         dr = self.dram.stats()
         hits = c["hits_dram"] + c["hits_flash"]
@@ -412,6 +439,8 @@ class Cache:
         if self._closed:
             return
         self._closed = True
+        if self._hot is not None:
+            self._hot.closed = True          # from now on every call takes the Python path
         try:
             self._demote(self.dram.drain())
             saved = self.navy.close()

@@ -291,3 +291,113 @@ def test_threads_against_a_dict_model(cache):
         for k, v in model.items():
             got = cache.get(k)
             assert got is None if v is None else got in (None, v), (k, got, v)
+
+
+# --------------------------------------------------------------------------- the C hot path
+
+
+def _twin_ops():
+    from hypothesis import strategies as st
+    return st.lists(st.tuples(st.sampled_from(["get", "get", "set", "set", "set_ttl", "delete", "touch", "tick",
+                                               "many", "get_str", "big"]),
+                              st.integers(0, 30), st.sampled_from([10, 300, 900, 3000])), min_size=60, max_size=250)
+
+
+def _make_twin(tmp_path, name, clock, hot, monkeypatch):
+    import flashcache.cache as cache_mod
+    (tmp_path / name).mkdir(exist_ok=True)
+    monkeypatch.setattr(cache_mod, "HOT_PATH", hot)
+    c = flashcache.Cache(cfg(tmp_path / name, dram="4KiB", kind="file"), clock=clock)
+    assert (c._hot is not None) == hot
+    return c
+
+
+def _comparable(st):
+    """Stats without what differs between two devices by design: the paths and the
+    random generation each format draws (every other counter, device I/O included, must
+    match)."""
+    if isinstance(st, dict):
+        return {k: _comparable(v) for k, v in st.items() if k not in ("path", "generation")}
+    return st
+
+
+def test_hot_path_does_exactly_what_the_python_methods_do(tmp_path, monkeypatch):
+    """Cache.get/set bound to the C hot path against the Python methods on twin caches:
+    same answers, same stats (every counter and histogram count, the device's I/O), over
+    random operations that mix the hot path's common case with everything it hands back
+    (str keys, TTLs, too-large values, get_many, delete, touch, expiry)."""
+    from hypothesis import HealthCheck, given, settings
+    flash_hits = []
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(_twin_ops())
+    def run_ops(ops):
+        import shutil
+        clock = Clock()
+        for d in ("a", "b"):                     # a fresh device for every example
+            shutil.rmtree(tmp_path / d, ignore_errors=True)
+        a = _make_twin(tmp_path, "a", clock, False, monkeypatch)
+        b = _make_twin(tmp_path, "b", clock, True, monkeypatch)
+        try:
+            for op, i, n in ops:
+                k = b"key%d" % i
+                v = bytes([i]) * n
+                res = []
+                for c in (a, b):
+                    if op == "get":
+                        res.append(c.get(k, b"dflt"))
+                    elif op == "get_str":
+                        res.append(c.get("key%d" % i))
+                    elif op == "set":
+                        res.append(c.set(k, v))
+                    elif op == "set_ttl":
+                        res.append(c.set(k, v, ttl=15))
+                    elif op == "big":
+                        with pytest.raises(ValueError, match="larger than the largest"):
+                            c.set(k, bytes(4 << 20))
+                        res.append(None)
+                    elif op == "delete":
+                        res.append(c.delete(k))
+                    elif op == "touch":
+                        res.append(c.touch(k, 5))
+                    elif op == "many":
+                        res.append(c.get_many([b"key%d" % j for j in range(i, i + 5)]))
+                    else:
+                        clock.t += 10
+                        res.append(None)
+                assert res[0] == res[1], (op, i, n)
+            sa, sb = _comparable(a.stats()), _comparable(b.stats())
+            flash_hits.append(sa["hits"]["flash"])
+            assert {k: v for k, v in sa.items() if sb[k] != v} == {}, {k: v for k, v in sb.items() if sa[k] != v}
+            assert a._get_hist.counts and sum(a._get_hist.counts) == sum(b._get_hist.counts)
+            assert sum(a._set_hist.counts) == sum(b._set_hist.counts)
+        finally:
+            a.close()
+            b.close()
+
+    run_ops()
+    assert sum(flash_hits) > 100            # the flash paths ran too
+
+
+def test_hot_path_closes_with_the_cache(tmp_path, clock):
+    c = flashcache.Cache(cfg(tmp_path, kind="file"), clock=clock)
+    assert c._hot is not None
+    get, set_ = c.get, c.set                  # held by a caller across close()
+    set_(b"k", b"v")
+    assert get(b"k") == b"v"
+    c.close()
+    with pytest.raises(ClosedError):
+        get(b"k")
+    with pytest.raises(ClosedError):
+        set_(b"k", b"v")
+
+
+def test_hot_path_is_off_where_it_does_not_apply(tmp_path, clock):
+    for extra, codec in (("default_ttl = 60", None), ("write_through = true", None), ("", "msgpack")):
+        (tmp_path / str(len(extra))).mkdir(exist_ok=True)
+        c = flashcache.Cache(cfg(tmp_path / str(len(extra)), kind="file", cache_extra=extra), clock=clock,
+                             codec=codec)
+        try:
+            assert c._hot is None and c.get.__func__ is flashcache.Cache.get
+        finally:
+            c.close()
