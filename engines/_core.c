@@ -5,6 +5,9 @@
  * errors) and keeps the counters those steps touch, so a lookup or an insert no longer
  * walks five Python frames and a dozen dict updates.
  *
+ * Also Router (Navy's blocking lookup for a bytes key: BlockCache's index probed in C,
+ * then BigHash's core) and TagProbe (BlockCache's index arrays for it); see below.
+ *
  * BucketCore(offset, bucket_size, nbuckets, generation, bloom, clock, unreadable, corrupt)
  *   bloom       the BloomFilters object (its ``c`` is an fc_bloom *; held for its memory)
  *   clock       the engine's clock (seconds), called for an item with an expiry and per insert
@@ -453,6 +456,221 @@ static PyTypeObject CoreType = {
     .tp_members = core_members,
 };
 
+/* TagProbe(tag, addr, capacity): BlockCache's index arrays (numpy uint32, held) as C
+ * pointers, for probing from C; engines/blockcache/index.py makes a new one whenever it
+ * allocates its arrays. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *tag_obj, *addr_obj;
+    Py_buffer tag, addr;
+    uint64_t cap;
+} Probe;
+
+static void probe_dealloc(Probe *p)
+{
+    if (p->tag_obj)
+        PyBuffer_Release(&p->tag);
+    if (p->addr_obj)
+        PyBuffer_Release(&p->addr);
+    Py_XDECREF(p->tag_obj);
+    Py_XDECREF(p->addr_obj);
+    Py_TYPE(p)->tp_free((PyObject *)p);
+}
+
+static int probe_init(Probe *p, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"tag", "addr", NULL};
+    PyObject *t, *a;
+    if (p->tag_obj) {
+        PyErr_SetString(PyExc_RuntimeError, "TagProbe: already initialised");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &t, &a))
+        return -1;
+    if (PyObject_GetBuffer(t, &p->tag, PyBUF_SIMPLE | PyBUF_WRITABLE) < 0)
+        return -1;
+    if (PyObject_GetBuffer(a, &p->addr, PyBUF_SIMPLE | PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&p->tag);
+        return -1;
+    }
+    if (p->tag.len != p->addr.len || p->tag.len % 4 || !p->tag.len) {
+        PyBuffer_Release(&p->tag);
+        PyBuffer_Release(&p->addr);
+        PyErr_SetString(PyExc_ValueError, "TagProbe: tag and addr must be uint32 arrays of one length");
+        return -1;
+    }
+    p->tag_obj = Py_NewRef(t);
+    p->addr_obj = Py_NewRef(a);
+    p->cap = (uint64_t)p->tag.len / 4;
+    return 0;
+}
+
+static PyTypeObject ProbeType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "engines._core_c.TagProbe",
+    .tp_basicsize = sizeof(Probe),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "BlockCache's index arrays as C pointers (see engines/_core.c)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)probe_init,
+    .tp_dealloc = (destructor)probe_dealloc,
+};
+
+/* Router(bighash_core, blockcache, bc_lookup, device, bc_seed): Navy.lookup_item_now for a
+ * bytes key in one C call: BlockCache first when its index (blockcache.index.probe, read
+ * on every call: the index may be replaced) holds the key's tag, through bc_lookup(key)
+ * (Python: BlockCache's lookup under its lock); then BigHash's core with device.read
+ * (also looked up on every call). Either engine may be None. Counts lookups, hits and
+ * misses (counters(), merged by Navy). */
+typedef struct {
+    PyObject_HEAD
+    Core *bh;
+    PyObject *bc, *bc_lookup, *device;
+    uint64_t bc_seed;
+    long long lookups, hits, misses;
+} Router;
+
+static int router_traverse(Router *r, visitproc visit, void *arg)
+{
+    Py_VISIT(r->bh);
+    Py_VISIT(r->bc);
+    Py_VISIT(r->bc_lookup);
+    Py_VISIT(r->device);
+    return 0;
+}
+
+static int router_clear(Router *r)
+{
+    Py_CLEAR(r->bh);
+    Py_CLEAR(r->bc);
+    Py_CLEAR(r->bc_lookup);
+    Py_CLEAR(r->device);
+    return 0;
+}
+
+static void router_dealloc(Router *r)
+{
+    PyObject_GC_UnTrack(r);
+    router_clear(r);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static int router_init(Router *r, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"bighash_core", "blockcache", "bc_lookup", "device", "bc_seed", NULL};
+    PyObject *bh, *bc, *bcl, *device;
+    unsigned long long seed;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOK", kwlist, &bh, &bc, &bcl, &device, &seed))
+        return -1;
+    if (bh != Py_None && !PyObject_TypeCheck(bh, &CoreType)) {
+        PyErr_SetString(PyExc_TypeError, "Router: bighash_core must be a BucketCore or None");
+        return -1;
+    }
+    router_clear(r);
+    r->bh = bh == Py_None ? NULL : (Core *)Py_NewRef(bh);
+    r->bc = bc == Py_None ? NULL : Py_NewRef(bc);
+    r->bc_lookup = Py_NewRef(bcl);
+    r->device = Py_NewRef(device);
+    r->bc_seed = seed;
+    r->lookups = r->hits = r->misses = 0;
+    return 0;
+}
+
+/* 1 if BlockCache's index holds the key's tag, 0 if not, -1 with an exception. */
+static int bc_may_hold(Router *r, PyObject *key)
+{
+    PyObject *index = PyObject_GetAttrString(r->bc, "index");
+    if (!index)
+        return -1;
+    PyObject *probe = PyObject_GetAttrString(index, "probe");
+    Py_DECREF(index);
+    if (!probe)
+        return -1;
+    if (!PyObject_TypeCheck(probe, &ProbeType)) {
+        Py_DECREF(probe);
+        PyErr_SetString(PyExc_TypeError, "Router: blockcache.index.probe must be a TagProbe");
+        return -1;
+    }
+    Probe *p = (Probe *)probe;
+    uint32_t tag = (uint32_t)(fc_xxh3_64(PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key), r->bc_seed) >> 32);
+    int64_t slot = fc_index_find(p->tag.buf, p->addr.buf, p->cap, tag);
+    Py_DECREF(probe);
+    return slot >= 0;
+}
+
+static PyObject *router_lookup(Router *r, PyObject *key)
+{
+    if (!PyBytes_CheckExact(key)) {
+        PyErr_SetString(PyExc_TypeError, "Router.lookup(key): key must be bytes");
+        return NULL;
+    }
+    r->lookups++;
+    if (r->bc) {
+        int may = bc_may_hold(r, key);
+        if (may < 0)
+            return NULL;
+        if (may) {
+            PyObject *item = PyObject_CallOneArg(r->bc_lookup, key);
+            if (item != Py_None) {
+                if (item)
+                    r->hits++;
+                return item;
+            }
+            Py_DECREF(item);
+        }
+    }
+    if (r->bh) {
+        PyObject *read = PyObject_GetAttrString(r->device, "read");
+        if (!read)
+            return NULL;
+        PyObject *args[2] = {read, key};
+        PyObject *item = core_lookup(r->bh, args, 2);
+        Py_DECREF(read);
+        if (item != Py_None) {
+            if (item)
+                r->hits++;
+            return item;
+        }
+        Py_DECREF(item);
+    }
+    r->misses++;
+    Py_RETURN_NONE;
+}
+
+static PyObject *router_counters(Router *r, PyObject *unused)
+{
+    (void)unused;
+    return Py_BuildValue("{sLsLsL}", "lookups", r->lookups, "hits", r->hits, "misses", r->misses);
+}
+
+static PyObject *router_reset_counters(Router *r, PyObject *unused)
+{
+    (void)unused;
+    r->lookups = r->hits = r->misses = 0;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef router_methods[] = {
+    {"lookup", (PyCFunction)router_lookup, METH_O, "lookup(key) -> (value, expiry) or None"},
+    {"counters", (PyCFunction)router_counters, METH_NOARGS, "lookups, hits and misses counted here"},
+    {"reset_counters", (PyCFunction)router_reset_counters, METH_NOARGS, "zero the counters"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject RouterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "engines._core_c.Router",
+    .tp_basicsize = sizeof(Router),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Navy's blocking lookup for a bytes key in one C call (see engines/_core.c)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)router_init,
+    .tp_dealloc = (destructor)router_dealloc,
+    .tp_traverse = (traverseproc)router_traverse,
+    .tp_clear = (inquiry)router_clear,
+    .tp_methods = router_methods,
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "engines._core_c",
     "BigHash's blocking hot paths in C (see engines/_core.c)", -1, NULL, NULL, NULL, NULL, NULL,
@@ -460,14 +678,14 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__core_c(void)
 {
-    if (PyType_Ready(&CoreType) < 0)
+    if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&ProbeType) < 0 || PyType_Ready(&RouterType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;
-    Py_INCREF(&CoreType);
-    if (PyModule_AddObject(m, "BucketCore", (PyObject *)&CoreType) < 0) {
-        Py_DECREF(&CoreType);
+    if (PyModule_AddObjectRef(m, "BucketCore", (PyObject *)&CoreType) < 0 ||
+        PyModule_AddObjectRef(m, "TagProbe", (PyObject *)&ProbeType) < 0 ||
+        PyModule_AddObjectRef(m, "Router", (PyObject *)&RouterType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -40,6 +40,7 @@ import xxhash
 _xxh3 = xxhash.xxh3_64_intdigest
 
 from .admission import AcceptAll, Admission
+from ._core_c import Router
 from .bighash import BigHash, key_hash
 from .blockcache.entry import KEY_SEED as BC_KEY_SEED, key_hash as bc_key_hash
 from .blockcache import BlockCache
@@ -142,6 +143,10 @@ class Navy:
         self._bh_locks = [threading.RLock() for _ in range(64)]
         # BigHash's one-call C forms (engines/_core.c), for bytes keys on the blocking paths
         self._bh_core = self.bighash._core if self.bighash else None
+        # lookup_item_now on this Navy's own device, for a bytes key, in one C call
+        self._router = Router(self._bh_core, self.blockcache, self._bc_lookup_now, device, BC_KEY_SEED)
+        self.lookup_now = self._router.lookup
+        """``lookup_item_now(self.device, key)`` for a bytes key, as one C call."""
         self.start = self._open()
         log.info("%s: flash cache %s", device.path, self.start)
 
@@ -251,7 +256,7 @@ class Navy:
         state = {"fingerprint": self.fingerprint,
                  "bighash": self.bighash.persist() if self.bighash else None,
                  "blockcache": self.blockcache.persist() if self.blockcache else None,
-                 "router": {"counters": self._counters, "rejects": self._rejects}}
+                 "router": {"counters": self._counts(), "rejects": self._rejects}}
         blob = msgpack.packb(state, use_bin_type=True)
         room = self.meta_end - self.block
         if len(blob) > room:
@@ -359,11 +364,14 @@ class Navy:
     def lookup_item_now(self, device: Device, key: bytes) -> tuple[bytes, float] | None:
         """``lookup_item`` done at once on ``device`` with blocking calls (BigHash's part
         without a generator: a blocking caller's hot path)."""
+        if device is self.device and key.__class__ is bytes:
+            return self._router.lookup(key)      # the same steps in C (engines/_core.c)
         c = self._counters
         c["lookups"] += 1
         bc = self.blockcache
         if bc is not None and bc.index.find(_xxh3(key, BC_KEY_SEED) >> 32) >= 0:   # _bc_may_hold
-            item = run(self._bc(bc.lookup_item(key)), device)
+            with self._bc_lock:
+                item = bc.lookup_item_now(device, key)
             if item is not None:
                 c["hits"] += 1
                 return item
@@ -376,6 +384,19 @@ class Navy:
                 return item
         c["misses"] += 1
         return None
+
+    def _counts(self) -> dict[str, int]:
+        """The router's counters: the Python paths' plus the C Router's."""
+        c = dict(self._counters)
+        for k, v in self._router.counters().items():
+            c[k] += v
+        return c
+
+    def _bc_lookup_now(self, key: bytes) -> tuple[bytes, float] | None:
+        """BlockCache's lookup on this Navy's device, under its lock (the Router's step;
+        a lookup writes nothing, so admission has nothing to hear)."""
+        with self._bc_lock:
+            return self.blockcache.lookup_item_now(self.device, key)
 
     def engine_for(self, key_len: int, value_len: int) -> str | None:
         """The engine an item of this size goes to, or None when it fits neither."""
@@ -467,7 +488,7 @@ class Navy:
     def stats(self) -> dict[str, Any]:
         """Router counters, and per engine its own stats plus hits, inserts, bytes written and
         placement (the placement identifier, or why placement is off)."""
-        s: dict[str, Any] = dict(self._counters)
+        s: dict[str, Any] = self._counts()
         s["start"] = self.start
         s["admission"] = self.admission.stats()
         s["layout"] = dict(self.layout)

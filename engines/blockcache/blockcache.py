@@ -226,7 +226,26 @@ class BlockCache:
         key = _check_bytes("key", key)
         return self._lookup(key)
 
+    def lookup_item_now(self, device: Any, key: bytes | bytearray | memoryview) -> tuple[bytes, int] | None:
+        """``lookup_item`` done at once with a blocking ``device.read``: the same steps and
+        counters without a generator (a blocking caller's hot path). The caller holds
+        whatever lock it holds around ``lookup_item``."""
+        if key.__class__ is not bytes:
+            key = _check_bytes("key", key)
+        plan = self._lookup_plan(key)
+        if plan is None:
+            return None
+        return self._lookup_found(plan, None if plan[5] is None else device.read(plan[5], plan[6]))
+
     def _lookup(self, key) -> Op[tuple[bytes, int] | None]:
+        plan = self._lookup_plan(key)
+        if plan is None:
+            return None
+        return self._lookup_found(plan, None if plan[5] is None else (yield Read(plan[5], plan[6])))
+
+    def _lookup_plan(self, key):
+        """What a lookup reads: (key, key hash, tag, addr, pos, start, length), start None
+        when the entry is in the open region's DRAM buffer; None on an index miss."""
         c = self._counters
         c["lookups"] += 1
         kh = key_hash(key)
@@ -240,25 +259,35 @@ class BlockCache:
         region, unit = divmod(addr, self._upr)
         regions = self.regions
         if region == regions.open and regions.loaded:
-            data: Any = regions.view
-            pos = unit * self.alignment
+            return (key, kh, tag, addr, unit * self.alignment, None, 0)
+        start = self.offset + addr * self.alignment
+        end = start + min(units, self._upr - unit) * self.alignment
+        io = self.io_alignment
+        if io > self.alignment:  # widen to the device's blocks (regions are whole blocks)
+            pos = start % io
+            start -= pos
+            end = -(-end // io) * io
+        else:
+            pos = 0
+        return (key, kh, tag, addr, pos, start, end - start)
+
+    def _lookup_found(self, plan, data) -> tuple[bytes, int] | None:
+        """The lookup's answer from the entry as read (data None: the open region's buffer,
+        which the plan found it in, with nothing run in between)."""
+        key, kh, tag, addr, pos, start, _ = plan
+        c = self._counters
+        region = addr // self._upr
+        if data is None:
+            regions = self.regions
+            data = regions.view
             end = regions.fill * self.alignment
             verify = False  # DRAM: nothing can have rotted
             from_buffer = True
         else:
-            start = self.offset + addr * self.alignment
-            end = start + min(units, self._upr - unit) * self.alignment
-            io = self.io_alignment
-            if io > self.alignment:  # widen to the device's blocks (regions are whole blocks)
-                pos = start % io
-                start -= pos
-                end = -(-end // io) * io
-            else:
-                pos = 0
-            data = yield Read(start, end - start)
             c["entry_reads"] += 1
-            c["bytes_read"] += end - start
+            c["bytes_read"] += plan[6]
             end, verify, from_buffer = len(data), True, False
+        idx = self.index
         try:
             h = decode(data, pos, end, verify)
         except CorruptEntry as exc:
