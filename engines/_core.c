@@ -637,6 +637,39 @@ static PyObject *router_lookup(Router *r, PyObject *key)
     Py_RETURN_NONE;
 }
 
+/* may_hold(key): False when neither engine can hold a bytes key (BlockCache's index,
+ * BigHash's bloom filter), decided in DRAM alone: Navy.may_hold. */
+static PyObject *router_may_hold(Router *r, PyObject *key)
+{
+    if (!PyBytes_CheckExact(key)) {
+        PyErr_SetString(PyExc_TypeError, "Router.may_hold(key): key must be bytes");
+        return NULL;
+    }
+    if (r->bc) {
+        int may = bc_may_hold(r, key);
+        if (may)
+            return may < 0 ? NULL : Py_NewRef(Py_True);
+    }
+    if (r->bh) {
+        uint64_t kh = key_hash(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key));
+        return PyBool_FromLong(fc_bloom_may_contain(r->bh->bloom, bucket_of(r->bh, kh), kh) != 0);
+    }
+    Py_RETURN_FALSE;
+}
+
+/* bc_may_hold(key): whether BlockCache's index holds a bytes key's tag. */
+static PyObject *router_bc_may_hold(Router *r, PyObject *key)
+{
+    if (!PyBytes_CheckExact(key)) {
+        PyErr_SetString(PyExc_TypeError, "Router.bc_may_hold(key): key must be bytes");
+        return NULL;
+    }
+    if (!r->bc)
+        Py_RETURN_FALSE;
+    int may = bc_may_hold(r, key);
+    return may < 0 ? NULL : PyBool_FromLong(may);
+}
+
 static PyObject *router_counters(Router *r, PyObject *unused)
 {
     (void)unused;
@@ -652,6 +685,8 @@ static PyObject *router_reset_counters(Router *r, PyObject *unused)
 
 static PyMethodDef router_methods[] = {
     {"lookup", (PyCFunction)router_lookup, METH_O, "lookup(key) -> (value, expiry) or None"},
+    {"may_hold", (PyCFunction)router_may_hold, METH_O, "may_hold(key): False if neither engine can hold it"},
+    {"bc_may_hold", (PyCFunction)router_bc_may_hold, METH_O, "bc_may_hold(key): BlockCache's index holds its tag"},
     {"counters", (PyCFunction)router_counters, METH_NOARGS, "lookups, hits and misses counted here"},
     {"reset_counters", (PyCFunction)router_reset_counters, METH_NOARGS, "zero the counters"},
     {NULL, NULL, 0, NULL},

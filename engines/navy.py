@@ -147,6 +147,8 @@ class Navy:
         self._router = Router(self._bh_core, self.blockcache, self._bc_lookup_now, device, BC_KEY_SEED)
         self.lookup_now = self._router.lookup
         """``lookup_item_now(self.device, key)`` for a bytes key, as one C call."""
+        self.may_hold_now = self._router.may_hold
+        """``may_hold(key)`` for a bytes key, as one C call."""
         self.start = self._open()
         log.info("%s: flash cache %s", device.path, self.start)
 
@@ -311,6 +313,8 @@ class Navy:
     def may_hold(self, key: bytes) -> bool:
         """False when neither engine can hold ``key``, decided in DRAM alone (BlockCache's
         index, BigHash's bloom filter): a caller can then skip a remove entirely."""
+        if key.__class__ is bytes:
+            return self._router.may_hold(key)      # the same in C
         bc = self.blockcache
         if bc is not None and bc.index.find(_xxh3(key, BC_KEY_SEED) >> 32) >= 0:   # _bc_may_hold
             return True
@@ -434,9 +438,9 @@ class Navy:
                 self.bighash.insert_now(device, key, value, expiry)
         if self._feed_admission:
             self.admission.record_write(self.bighash.bucket_size)   # what _through tells it
-        bc = self.blockcache
-        if bc is not None and bc.index.find(_xxh3(key, BC_KEY_SEED) >> 32) >= 0:   # _bc_may_hold
-            run(self._bc(bc.remove(key)), device)
+        if self.blockcache is not None and (self._router.bc_may_hold(key) if key.__class__ is bytes
+                                            else self._bc_may_hold(key)):
+            run(self._bc(self.blockcache.remove(key)), device)
         return True
 
     def _placed(self, engine: str | None, key: bytes, value: bytes, expiry: float) -> Op[bool]:

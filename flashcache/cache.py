@@ -129,7 +129,7 @@ class Cache:
         self._hot = None
         if HOT_PATH and codec is None and not self.default_ttl and not self.write_through:
             self._hot = HotPath(self.dram, self._get_hist, self._set_hist,
-                                self.navy.lookup_now, self.navy.may_hold,
+                                self.navy.lookup_now, self.navy.may_hold_now,
                                 self._remove_flash, self._demote, clock, Cache.get.__get__(self),
                                 Cache.set.__get__(self), self.max_key_size, self._small_max)
             self.get = self._hot.get

@@ -369,3 +369,9 @@ def test_blocking_forms_do_what_the_generators_do(policy):
     assert sa == sb
     with pytest.raises(ValueError, match="larger than the largest the flash engines take"):
         b.insert_now(db, b"huge", b"x" * (64 * MIB))
+    # may_hold in C (the Router) answers as the Python probes do, for every key
+    for n in (a, b):
+        answers = [(n.may_hold(b"k%d" % i), n._bc_may_hold(b"k%d" % i) or n._bh_may_hold(b"k%d" % i),
+                    n._router.bc_may_hold(b"k%d" % i), n._bc_may_hold(b"k%d" % i)) for i in range(200)]
+        assert all(x[0] == x[1] and x[2] == x[3] for x in answers)
+        assert any(x[0] for x in answers) and not all(x[0] for x in answers)
