@@ -40,6 +40,9 @@ static const char *const NAMES[C_N] = {
 
 enum { HEADER = 32, ENTRY = 22, MAX_KEY = 0xFFFF };
 
+/* Attribute names looked up on every Router call, interned once at import. */
+static PyObject *s_index, *s_probe, *s_read;
+
 typedef struct {
     PyObject_HEAD
     uint64_t offset, nbuckets, generation, epoch;
@@ -579,10 +582,10 @@ static int router_init(Router *r, PyObject *args, PyObject *kw)
 /* 1 if BlockCache's index holds the key's tag, 0 if not, -1 with an exception. */
 static int bc_may_hold(Router *r, PyObject *key)
 {
-    PyObject *index = PyObject_GetAttrString(r->bc, "index");
+    PyObject *index = PyObject_GetAttr(r->bc, s_index);
     if (!index)
         return -1;
-    PyObject *probe = PyObject_GetAttrString(index, "probe");
+    PyObject *probe = PyObject_GetAttr(index, s_probe);
     Py_DECREF(index);
     if (!probe)
         return -1;
@@ -620,7 +623,7 @@ static PyObject *router_lookup(Router *r, PyObject *key)
         }
     }
     if (r->bh) {
-        PyObject *read = PyObject_GetAttrString(r->device, "read");
+        PyObject *read = PyObject_GetAttr(r->device, s_read);
         if (!read)
             return NULL;
         PyObject *args[2] = {read, key};
@@ -714,6 +717,9 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__core_c(void)
 {
     if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&ProbeType) < 0 || PyType_Ready(&RouterType) < 0)
+        return NULL;
+    if (!(s_index = PyUnicode_InternFromString("index")) || !(s_probe = PyUnicode_InternFromString("probe")) ||
+        !(s_read = PyUnicode_InternFromString("read")))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
