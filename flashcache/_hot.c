@@ -179,6 +179,15 @@ static PyObject *evicted_item(Lru *s, Node *n)
     return t;
 }
 
+/* Append node n to list out as Evicted. 0, or -1 with an exception set. */
+static int append_evicted(Lru *s, PyObject *out, Node *n)
+{
+    PyObject *e = evicted_item(s, n);
+    int r = e ? PyList_Append(out, e) : -1;
+    Py_XDECREF(e);
+    return r;
+}
+
 /* get(key) -> value (now the most recent) or None (absent, or expired and dropped). */
 static PyObject *lru_get(Lru *s, PyObject *key)
 {
@@ -218,13 +227,8 @@ static PyObject *put(Lru *s, PyObject *key, PyObject *value, double expiry, int 
         return NULL;
     if (charge > s->capacity) {          /* too big for DRAM at all: straight to flash */
         Node tmp = {.key = key, .value = value, .expiry = expiry, .clean = clean};
-        PyObject *e = evicted_item(s, &tmp);
-        if (!e || PyList_Append(out, e) < 0) {
-            Py_XDECREF(e);
-            Py_DECREF(out);
-            return NULL;
-        }
-        Py_DECREF(e);
+        if (append_evicted(s, out, &tmp) < 0)
+            Py_CLEAR(out);
         return out;
     }
     Node *n = PyObject_New(Node, &NodeType);
@@ -255,14 +259,12 @@ static PyObject *put(Lru *s, PyObject *key, PyObject *value, double expiry, int 
             continue;
         }
         s->evictions++;
-        PyObject *e = evicted_item(s, old);
+        int failed = append_evicted(s, out, old) < 0;
         Py_DECREF(old);
-        if (!e || PyList_Append(out, e) < 0) {
-            Py_XDECREF(e);
+        if (failed) {
             Py_DECREF(out);
             return NULL;
         }
-        Py_DECREF(e);
     }
     return out;
 }
@@ -402,17 +404,12 @@ static PyObject *lru_drain(Lru *s, PyObject *unused)
         return NULL;
     while (s->head.prev != &s->head) {
         Node *n = remove_node(s, s->head.prev);
-        if (!(n->expiry && n->expiry <= t)) {
-            PyObject *e = evicted_item(s, n);
-            if (!e || PyList_Append(out, e) < 0) {
-                Py_XDECREF(e);
-                Py_DECREF(n);
-                Py_DECREF(out);
-                return NULL;
-            }
-            Py_DECREF(e);
-        }
+        int failed = !(n->expiry && n->expiry <= t) && append_evicted(s, out, n) < 0;
         Py_DECREF(n);
+        if (failed) {
+            Py_DECREF(out);
+            return NULL;
+        }
     }
     return out;
 }
@@ -557,21 +554,27 @@ static int hist_init(Hist *h, PyObject *args, PyObject *kw)
     return 0;
 }
 
+/* Count v: bisect_left over the bounds (the first bound >= v) picks the bucket. */
+static void observe(Hist *hist, double v)
+{
+    Py_ssize_t lo = 0, hi = hist->n;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (hist->bounds[mid] < v)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    hist->counts[lo]++;
+    hist->sum += v;
+}
+
 static PyObject *hist_observe(Hist *h, PyObject *arg)
 {
     double v = PyFloat_AsDouble(arg);
     if (v == -1 && PyErr_Occurred())
         return NULL;
-    Py_ssize_t lo = 0, hi = h->n;         /* bisect_left: the first bound >= v */
-    while (lo < hi) {
-        Py_ssize_t mid = (lo + hi) / 2;
-        if (h->bounds[mid] < v)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    h->counts[lo]++;
-    h->sum += v;
+    observe(h, v);
     Py_RETURN_NONE;
 }
 
@@ -735,20 +738,6 @@ static inline double mono(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void observe(Hist *hist, double v)
-{
-    Py_ssize_t lo = 0, hi = hist->n;
-    while (lo < hi) {
-        Py_ssize_t mid = (lo + hi) / 2;
-        if (hist->bounds[mid] < v)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    hist->counts[lo]++;
-    hist->sum += v;
 }
 
 /* Hand the dirty items of ``out`` (a list of Evicted) to demote(); count the clean ones. */
