@@ -15,7 +15,7 @@
  *   corrupt     bighash._corrupt(bucket, why): logs a value checksum mismatch
  * attributes generation and epoch (the write epoch), both read-write;
  * lookup(read, key), insert(read, write, key, value, expiry, stream), bucket(key),
- * may_contain(key), set_bloom(bloom), counters() and reset_counters().
+ * set_bloom(bloom), counters() and reset_counters().
  *
  * The same steps, checks and counters as the Python forms in bighash.py (a twin test runs
  * both): BigHash merges counters() into its own and reads generation and epoch through
@@ -382,17 +382,6 @@ static PyObject *core_bucket(Core *s, PyObject *key)
     return PyLong_FromUnsignedLongLong(bucket_of(s, key_hash(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))));
 }
 
-/* may_contain(key) -> False only if the bloom filter says a bytes key is surely absent. */
-static PyObject *core_may_contain(Core *s, PyObject *key)
-{
-    if (!PyBytes_CheckExact(key)) {
-        PyErr_SetString(PyExc_TypeError, "BucketCore.may_contain(key): key must be bytes");
-        return NULL;
-    }
-    uint64_t kh = key_hash(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key));
-    return PyBool_FromLong(fc_bloom_may_contain(s->bloom, bucket_of(s, kh), kh) != 0);
-}
-
 static PyObject *core_counters(Core *s, PyObject *unused)
 {
     (void)unused;
@@ -429,8 +418,6 @@ static PyMethodDef core_methods[] = {
     {"insert", (PyCFunction)(void (*)(void))core_insert, METH_FASTCALL,
      "insert(read, write, key, value, expiry, stream) -> packed result, or None: use the Python form"},
     {"bucket", (PyCFunction)core_bucket, METH_O, "bucket(key) -> bucket index of a bytes key"},
-    {"may_contain", (PyCFunction)core_may_contain, METH_O,
-     "may_contain(key) -> False only if the bloom filter rules a bytes key out"},
     {"set_bloom", (PyCFunction)core_set_bloom, METH_O, "set_bloom(bloom): use these filters from now on"},
     {"counters", (PyCFunction)core_counters, METH_NOARGS, "the counters this core kept, as a dict"},
     {"reset_counters", (PyCFunction)core_reset_counters, METH_NOARGS, "zero this core's counters"},

@@ -42,7 +42,7 @@ _xxh3 = xxhash.xxh3_64_intdigest
 from .admission import AcceptAll, Admission
 from ._core_c import Router
 from .bighash import BigHash, key_hash
-from .blockcache.entry import KEY_SEED as BC_KEY_SEED, key_hash as bc_key_hash
+from .blockcache.entry import KEY_SEED as BC_KEY_SEED
 from .blockcache import BlockCache
 from .device import SUPERBLOCK_MAGIC, Device, Op, Write, run
 
@@ -315,12 +315,8 @@ class Navy:
         index, BigHash's bloom filter): a caller can then skip a remove entirely."""
         if key.__class__ is bytes:
             return self._router.may_hold(key)      # the same in C
-        bc = self.blockcache
-        if bc is not None and bc.index.find(_xxh3(key, BC_KEY_SEED) >> 32) >= 0:   # _bc_may_hold
-            return True
-        if self._bh_core is not None and key.__class__ is bytes:
-            return self._bh_core.may_contain(key)
-        return self.bighash is not None and self._bh_may_hold(key)
+        return (self.blockcache is not None and self._bc_may_hold(key)) or \
+            (self.bighash is not None and self._bh_may_hold(key))
 
     def _bc_may_hold(self, key: bytes) -> bool:
         return self.blockcache.index.find(_xxh3(key, BC_KEY_SEED) >> 32) >= 0
@@ -372,10 +368,9 @@ class Navy:
             return self._router.lookup(key)      # the same steps in C (engines/_core.c)
         c = self._counters
         c["lookups"] += 1
-        bc = self.blockcache
-        if bc is not None and bc.index.find(_xxh3(key, BC_KEY_SEED) >> 32) >= 0:   # _bc_may_hold
+        if self.blockcache is not None and self._bc_may_hold(key):
             with self._bc_lock:
-                item = bc.lookup_item_now(device, key)
+                item = self.blockcache.lookup_item_now(device, key)
             if item is not None:
                 c["hits"] += 1
                 return item

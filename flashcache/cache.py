@@ -247,11 +247,7 @@ class Cache:
                 return default
             v = item[0]
             c["hits_flash"] += 1
-            added, out = self.dram.add(k, v, item[1], True)     # _promote, inlined
-            if added:
-                c["promotions"] += 1
-            if out:
-                self._demote(out)
+            self._promote(k, v, item[1])
         self._get_hist.observe(_now() - t0)
         return v if self.codec is None else self._decode(v)
 
