@@ -41,7 +41,19 @@ static const char *const NAMES[C_N] = {
 enum { HEADER = 32, ENTRY = 22, MAX_KEY = 0xFFFF };
 
 /* Attribute names looked up on every Router call, interned once at import. */
-static PyObject *s_index, *s_probe, *s_read;
+static PyObject *s_index, *s_probe, *s_read, *s_read_into_hook;
+
+/* A device's optional read-into hook (engines/device.py): the object behind a device's
+ * read, when read is a C method, may offer read_into_hook() -> a capsule named
+ * "engines.device.read_into" holding this struct. fn reads into our buffer and returns 1
+ * (counted by the device as its read), or 0 having done nothing: then read() is called. */
+struct fc_read_into {
+    int (*fn)(void *ctx, char *buf, unsigned long long len, unsigned long long off);
+    void *ctx;
+};
+
+/* Buckets up to this size are read into the C stack through the hook (no bytes object). */
+enum { STACK_BUCKET = 16384 };
 
 typedef struct {
     PyObject_HEAD
@@ -49,6 +61,9 @@ typedef struct {
     uint32_t size;
     fc_bloom *bloom;
     PyObject *bloom_owner, *clock, *unreadable, *corrupt;
+    PyObject *hook_owner, *hook_cap;    /* the last read's owner and its capsule (or None) */
+    struct fc_read_into *hook;
+    long long hooked_reads;             /* bucket reads done through the hook */
     long long c[C_N];
 } Core;
 
@@ -58,6 +73,8 @@ static int core_traverse(Core *s, visitproc visit, void *arg)
     Py_VISIT(s->clock);
     Py_VISIT(s->unreadable);
     Py_VISIT(s->corrupt);
+    Py_VISIT(s->hook_owner);
+    Py_VISIT(s->hook_cap);
     return 0;
 }
 
@@ -67,6 +84,9 @@ static int core_clear(Core *s)
     Py_CLEAR(s->clock);
     Py_CLEAR(s->unreadable);
     Py_CLEAR(s->corrupt);
+    Py_CLEAR(s->hook_owner);
+    Py_CLEAR(s->hook_cap);
+    s->hook = NULL;
     s->bloom = NULL;
     return 0;
 }
@@ -197,14 +217,77 @@ static PyObject *read_bucket(Core *s, PyObject *read, uint64_t b, Py_buffer *vie
     return data;
 }
 
-/* An image that read as empty: counted (stale) or handed to the engine's logger. 0 or -1. */
-static int unreadable(Core *s, uint64_t b, int reason, PyObject *data)
+/* The read-into hook behind ``read`` (a bound C method whose object offers
+ * read_into_hook()), or NULL; remembered per object, so asked once. NULL with an
+ * exception only if asking failed other than by the object having no hook. */
+static struct fc_read_into *hook_for(Core *s, PyObject *read)
+{
+    if (!PyCFunction_Check(read))
+        return NULL;
+    PyObject *owner = PyCFunction_GET_SELF(read);
+    if (!owner || PyModule_Check(owner))
+        return NULL;
+    if (owner == s->hook_owner)
+        return s->hook;
+    struct fc_read_into *h = NULL;
+    PyObject *cap = PyObject_CallMethodNoArgs(owner, s_read_into_hook);
+    if (!cap) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            return NULL;
+        PyErr_Clear();
+        cap = Py_NewRef(Py_None);
+    } else if (!(h = PyCapsule_GetPointer(cap, "engines.device.read_into"))) {
+        Py_DECREF(cap);
+        return NULL;
+    }
+    Py_XSETREF(s->hook_owner, Py_NewRef(owner));
+    Py_XSETREF(s->hook_cap, cap);
+    s->hook = h;
+    return h;
+}
+
+/* Bucket b's bytes: through the device's read-into hook into ``stack`` (STACK_BUCKET
+ * bytes) when it has one and takes the read (*data = NULL), else read() (*data the
+ * object, its buffer in *view; release with drop_bucket). NULL with an exception. */
+static const char *get_bucket(Core *s, PyObject *read, uint64_t b, char *stack, PyObject **data, Py_buffer *view)
+{
+    *data = NULL;
+    if (s->size <= STACK_BUCKET) {
+        struct fc_read_into *h = hook_for(s, read);
+        if (h && h->fn(h->ctx, stack, s->size, s->offset + b * s->size)) {
+            s->hooked_reads++;
+            s->c[C_BUCKET_READS]++;
+            s->c[C_BYTES_READ] += s->size;
+            return stack;
+        }
+        if (PyErr_Occurred())
+            return NULL;
+    }
+    *data = read_bucket(s, read, b, view);
+    return *data ? view->buf : NULL;
+}
+
+static void drop_bucket(PyObject **data, Py_buffer *view)
+{
+    if (*data) {
+        PyBuffer_Release(view);
+        Py_CLEAR(*data);
+    }
+}
+
+/* An image that read as empty: counted (stale) or handed to the engine's logger (as the
+ * object read, or a copy of ``img`` when it was read into the stack). 0 or -1. */
+static int unreadable(Core *s, uint64_t b, int reason, const char *img, PyObject *data)
 {
     if (reason == FC_STALE) {
         s->c[C_STALE]++;
         return 0;
     }
-    PyObject *r = PyObject_CallFunction(s->unreadable, "KiO", (unsigned long long)b, reason, data);
+    PyObject *obj = data ? Py_NewRef(data) : PyBytes_FromStringAndSize(img, s->size);
+    if (!obj)
+        return -1;
+    PyObject *r = PyObject_CallFunction(s->unreadable, "KiO", (unsigned long long)b, reason, obj);
+    Py_DECREF(obj);
     Py_XDECREF(r);
     return r ? 0 : -1;
 }
@@ -230,13 +313,14 @@ static PyObject *core_lookup(Core *s, PyObject *const *args, Py_ssize_t nargs)
     PyObject *bloom_owner = s->bloom_owner;   /* a recover() during the read may swap it */
     Py_INCREF(bloom_owner);
     Py_buffer view;
-    PyObject *data = read_bucket(s, read, b, &view);
-    PyObject *out = NULL;
-    if (!data)
-        goto done;
-    int64_t r = fc_bucket_lookup(view.buf, s->size, (uint32_t)b, s->generation, kh, k, (uint32_t)klen,
+    PyObject *data, *out = NULL;
+    char stack[STACK_BUCKET];
+    const char *img = get_bucket(s, read, b, stack, &data, &view);
+    if (!img)
+        goto release;
+    int64_t r = fc_bucket_lookup(img, s->size, (uint32_t)b, s->generation, kh, k, (uint32_t)klen,
                                  epoch == s->epoch && bloom_owner == s->bloom_owner ? s->bloom : NULL);
-    if (r < 0 && unreadable(s, b, (int)-r, data) < 0)
+    if (r < 0 && unreadable(s, b, (int)-r, img, data) < 0)
         goto release;
     if (r <= 0) {
         s->c[C_MISSES]++;
@@ -244,7 +328,7 @@ static PyObject *core_lookup(Core *s, PyObject *const *args, Py_ssize_t nargs)
         out = Py_NewRef(Py_None);
         goto release;
     }
-    const uint8_t *d = view.buf;
+    const uint8_t *d = (const uint8_t *)img;
     uint32_t vstart = (uint32_t)(r & FC_LEN_MASK), vlen = (uint32_t)(r >> FC_VLEN_SHIFT & FC_LEN_MASK);
     uint32_t expiry = 0;
     if (r & FC_HAS_EXPIRY) {
@@ -276,9 +360,7 @@ static PyObject *core_lookup(Core *s, PyObject *const *args, Py_ssize_t nargs)
         out = Py_BuildValue("(Nd)", value, (double)expiry);
     }
 release:
-    PyBuffer_Release(&view);
-    Py_DECREF(data);
-done:
+    drop_bucket(&data, &view);
     Py_DECREF(bloom_owner);
     return out;
 }
@@ -320,25 +402,26 @@ static PyObject *core_insert(Core *s, PyObject *const *args, Py_ssize_t nargs)
     const char *k = PyBytes_AS_STRING(key);
     uint64_t kh = key_hash(k, klen), b = bucket_of(s, kh);
     Py_buffer view;
-    PyObject *data = read_bucket(s, read, b, &view);
-    if (!data)
-        return NULL;
-    PyObject *image = PyBytes_FromStringAndSize(NULL, s->size), *out = NULL;
+    PyObject *data, *image = NULL, *out = NULL;
+    char stack[STACK_BUCKET];
+    const char *img = get_bucket(s, read, b, stack, &data, &view);
+    if (!img)
+        goto release;
+    image = PyBytes_FromStringAndSize(NULL, s->size);
     if (!image)
         goto release;
     double t = now(s);
     if (t == -1 && PyErr_Occurred())
         goto release;
-    int64_t r = fc_bucket_insert(view.buf, PyBytes_AS_STRING(image), s->size, (uint32_t)b, s->generation, t, kh,
+    int64_t r = fc_bucket_insert(img, PyBytes_AS_STRING(image), s->size, (uint32_t)b, s->generation, t, kh,
                                  k, (uint32_t)klen, PyBytes_AS_STRING(value), (uint32_t)vlen, (uint32_t)expiry);
     if (r < 0) {
         PyErr_Format(PyExc_RuntimeError, "BigHash: the C core refused an item of %zd + %zd B", klen, vlen);
         goto release;
     }
-    if ((r & FC_REASON_MASK) && unreadable(s, b, (int)(r & FC_REASON_MASK), data) < 0)
+    if ((r & FC_REASON_MASK) && unreadable(s, b, (int)(r & FC_REASON_MASK), img, data) < 0)
         goto release;
-    PyBuffer_Release(&view);
-    Py_CLEAR(data);
+    drop_bucket(&data, &view);
     PyObject *wargs[3] = {PyLong_FromUnsignedLongLong(s->offset + b * s->size), image, stream};
     if (!wargs[0])
         goto release;
@@ -364,10 +447,7 @@ static PyObject *core_insert(Core *s, PyObject *const *args, Py_ssize_t nargs)
     s->c[C_EXPIRED_DROPPED] += r >> FC_EXPIRED_SHIFT & FC_COUNT_MASK;
     out = PyLong_FromLongLong(r);
 release:
-    if (data) {
-        PyBuffer_Release(&view);
-        Py_DECREF(data);
-    }
+    drop_bucket(&data, &view);
     Py_XDECREF(image);
     return out;
 }
@@ -428,6 +508,8 @@ static PyMemberDef core_members[] = {
     {"generation", T_ULONGLONG, offsetof(Core, generation), 0, "the buckets' generation"},
     {"epoch", T_ULONGLONG, offsetof(Core, epoch), 0, "bumped by every completed (or failed) bucket write"},
     {"nbuckets", T_ULONGLONG, offsetof(Core, nbuckets), READONLY, "buckets"},
+    {"hooked_reads", T_LONGLONG, offsetof(Core, hooked_reads), READONLY,
+     "bucket reads done through the device's read-into hook (the rest went through read())"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -706,7 +788,8 @@ PyMODINIT_FUNC PyInit__core_c(void)
     if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&ProbeType) < 0 || PyType_Ready(&RouterType) < 0)
         return NULL;
     if (!(s_index = PyUnicode_InternFromString("index")) || !(s_probe = PyUnicode_InternFromString("probe")) ||
-        !(s_read = PyUnicode_InternFromString("read")))
+        !(s_read = PyUnicode_InternFromString("read")) ||
+        !(s_read_into_hook = PyUnicode_InternFromString("read_into_hook")))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)

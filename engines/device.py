@@ -33,6 +33,13 @@ class Device(Protocol):
     Offsets and lengths are multiples of ``block_size``; a misaligned call raises
     ValueError (a programming error). ``max_io`` is the largest single transfer the
     device takes; larger calls are split by the device itself.
+
+    Optional, for C callers (engines/_core.c): when ``read`` is a bound C method whose
+    object has ``read_into_hook()``, that returns a capsule named
+    ``"engines.device.read_into"`` holding ``struct { int (*fn)(void *ctx, char *buf,
+    unsigned long long len, unsigned long long off); void *ctx; }``: fn reads into the
+    caller's buffer and returns 1, counted as one of the device's reads, or returns 0
+    having done nothing, and the caller calls ``read`` instead (which says what is wrong).
     """
 
     path: str

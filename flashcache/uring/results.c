@@ -10,7 +10,8 @@
  *                    the staging buffer just before its SQE (fc_rw_batch_packed_from);
  *   read_one(...)    one read on a thread's own ring, returned as bytes (Ring.reader);
  *   Reader           a device's whole single-read hot path: checks, the I/O (pread, or the
- *                    calling thread's ring), bytes and counters, with a Python fallback.
+ *                    calling thread's ring), bytes and counters, with a Python fallback;
+ *                    also into a C caller's buffer (read_into_hook: the engines' hook).
  *
  * new_bytes(lens) -> (list of bytes, bytes of pointers): for each length a new bytes
  * object whose contents are NOT yet written, and, packed as native pointers, where each
@@ -182,8 +183,19 @@ struct thread_ring {
     char *stage;
 };
 
+/* The engines' read-into hook (engines/device.py, "read_into_hook"): a capsule named
+ * "engines.device.read_into" holding this struct. fn(ctx, buf, len, off) reads len bytes at
+ * off into buf and returns 1, counted as the device's read; or returns 0 having done and
+ * counted nothing, and the caller takes the device's read() instead (which says what went
+ * wrong). Called with the GIL held; it may release it. */
+struct fc_read_into {
+    int (*fn)(void *ctx, char *buf, unsigned long long len, unsigned long long off);
+    void *ctx;
+};
+
 typedef struct {
     PyObject_HEAD
+    struct fc_read_into hook;
     int fd;
     int ring_mode;
     int closed;
@@ -298,6 +310,61 @@ careful:
     return PyObject_Vectorcall(self->fallback, args, nargs, NULL);
 }
 
+/* Reader_read's fast path into the caller's buffer: the read-into hook's fn. */
+static int Reader_read_into(void *ctx, char *buf, unsigned long long len, unsigned long long off)
+{
+    Reader *self = ctx;
+    if (self->closed || !len || ((off | len) & self->mask) || len > self->max_len || off + len > self->size)
+        return 0;
+    if (self->ring_mode) {
+        struct thread_ring *t = PyThread_tss_get(&self->tss);
+        if (!t)
+            return 0;
+        int res;
+        self->busy++;
+        Py_BEGIN_ALLOW_THREADS
+        res = fc_rw_one(t->ring, IORING_OP_READ_FIXED, self->fd, t->stage, (unsigned)len, off, 0);
+        Py_END_ALLOW_THREADS
+        self->busy--;
+        if (res < 0 || (unsigned long long)res != len)
+            return 0;
+        memcpy(buf, t->stage, len);
+    } else {
+        ssize_t got;
+        Py_BEGIN_ALLOW_THREADS
+        got = pread(self->fd, buf, (size_t)len, (off_t)off);
+        Py_END_ALLOW_THREADS
+        if (got < 0 || (unsigned long long)got != len)
+            return 0;
+    }
+    self->reads++;
+    self->bytes_read += len;
+    return 1;
+}
+
+static void hook_capsule_free(PyObject *cap)
+{
+    Py_XDECREF((PyObject *)PyCapsule_GetContext(cap));
+}
+
+/* read_into_hook() -> the capsule "engines.device.read_into" (see struct fc_read_into); it
+ * keeps this Reader alive. */
+static PyObject *Reader_read_into_hook(Reader *self, PyObject *unused)
+{
+    (void)unused;
+    self->hook.fn = Reader_read_into;
+    self->hook.ctx = self;
+    PyObject *cap = PyCapsule_New(&self->hook, "engines.device.read_into", hook_capsule_free);
+    if (!cap)
+        return NULL;
+    if (PyCapsule_SetContext(cap, Py_NewRef(self)) < 0) {
+        Py_DECREF(self);
+        Py_DECREF(cap);
+        return NULL;
+    }
+    return cap;
+}
+
 /* adopt(ring, stage): the calling thread's ring (the address of its struct fc_ring, used by
  * no other thread) and its registered buffer 0 (at least max_len bytes). */
 static PyObject *Reader_adopt(Reader *self, PyObject *const *args, Py_ssize_t nargs)
@@ -343,6 +410,8 @@ static PyMethodDef Reader_methods[] = {
     {"adopt", (PyCFunction)(void (*)(void))Reader_adopt, METH_FASTCALL,
      "adopt(ring, stage): the calling thread's own ring and its registered buffer (ring mode)."},
     {"close", (PyCFunction)Reader_close, METH_NOARGS, "Send every later read to the fallback."},
+    {"read_into_hook", (PyCFunction)Reader_read_into_hook, METH_NOARGS,
+     "read_into_hook() -> capsule 'engines.device.read_into': read() into a C caller's buffer."},
     {NULL, NULL, 0, NULL},
 };
 
