@@ -218,8 +218,11 @@ static PyObject *lru_get(Lru *s, PyObject *key)
 }
 
 /* Store (key, value) most recent, then evict down to the budget into a new list. The
- * caller has removed any node of the key. ``t``: the time, or NaN if no item expires. */
-static PyObject *put(Lru *s, PyObject *key, PyObject *value, double expiry, int clean, double t)
+ * caller has removed any node of the key. ``t``: the time, or NaN if no item expires.
+ * ``skipped``: NULL, or where clean evicted items are counted instead of listed (the hot
+ * path's demotion skips them anyway). */
+static PyObject *put(Lru *s, PyObject *key, PyObject *value, double expiry, int clean, double t,
+                     long long *skipped)
 {
     Py_ssize_t charge = PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(value) + s->fixed;
     PyObject *out = PyList_New(0);
@@ -227,7 +230,9 @@ static PyObject *put(Lru *s, PyObject *key, PyObject *value, double expiry, int 
         return NULL;
     if (charge > s->capacity) {          /* too big for DRAM at all: straight to flash */
         Node tmp = {.key = key, .value = value, .expiry = expiry, .clean = clean};
-        if (append_evicted(s, out, &tmp) < 0)
+        if (skipped && clean)
+            (*skipped)++;
+        else if (append_evicted(s, out, &tmp) < 0)
             Py_CLEAR(out);
         return out;
     }
@@ -259,6 +264,11 @@ static PyObject *put(Lru *s, PyObject *key, PyObject *value, double expiry, int 
             continue;
         }
         s->evictions++;
+        if (skipped && old->clean) {
+            (*skipped)++;
+            Py_DECREF(old);
+            continue;
+        }
         int failed = append_evicted(s, out, old) < 0;
         Py_DECREF(old);
         if (failed) {
@@ -314,7 +324,7 @@ static PyObject *lru_set(Lru *s, PyObject *const *args, Py_ssize_t nargs, PyObje
         Py_DECREF(remove_node(s, old));
     else if (PyErr_Occurred())
         return NULL;
-    return put(s, args[0], args[1], expiry, clean, t);
+    return put(s, args[0], args[1], expiry, clean, t, NULL);
 }
 
 /* add(key, value, expiry, clean=True) -> (added, [Evicted, ...]): only if absent. */
@@ -329,7 +339,7 @@ static PyObject *lru_add(Lru *s, PyObject *const *args, Py_ssize_t nargs, PyObje
         return NULL;
     if (has)
         return Py_BuildValue("(ON)", Py_False, PyList_New(0));
-    PyObject *out = put(s, args[0], args[1], expiry, clean, t);
+    PyObject *out = put(s, args[0], args[1], expiry, clean, t, NULL);
     return out ? Py_BuildValue("(ON)", Py_True, out) : NULL;
 }
 
@@ -740,26 +750,12 @@ static inline double mono(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* Hand the dirty items of ``out`` (a list of Evicted) to demote(); count the clean ones. */
-static int demote_dirty(Hot *h, PyObject *out)
+/* Hand the evicted items in ``out`` (dirty ones: put() counted the clean) to demote(). */
+static int demote(Hot *h, PyObject *out)
 {
-    Py_ssize_t n = PyList_GET_SIZE(out), dirty = 0;
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (PyTuple_GET_ITEM(PyList_GET_ITEM(out, i), 3) != Py_True)
-            dirty++;
-    h->c[H_SKIPPED_CLEAN] += n - dirty;
-    if (!dirty)
+    if (!PyList_GET_SIZE(out))
         return 0;
-    PyObject *list = PyList_New(0);
-    for (Py_ssize_t i = 0; list && i < n; i++) {
-        PyObject *e = PyList_GET_ITEM(out, i);
-        if (PyTuple_GET_ITEM(e, 3) != Py_True && PyList_Append(list, e) < 0)
-            Py_CLEAR(list);
-    }
-    if (!list)
-        return -1;
-    PyObject *r = PyObject_CallOneArg(h->demote, list);
-    Py_DECREF(list);
+    PyObject *r = PyObject_CallOneArg(h->demote, out);
     Py_XDECREF(r);
     return r ? 0 : -1;
 }
@@ -811,21 +807,29 @@ static PyObject *hot_get(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObje
     v = Py_NewRef(PyTuple_GET_ITEM(item, 0));
     Py_DECREF(item);
     h->c[H_HITS_FLASH]++;
-    PyObject *add_args[4] = {key, v, NULL, Py_True};
-    add_args[2] = PyFloat_FromDouble(expiry);
-    PyObject *r = add_args[2] ? lru_add(h->dram, add_args, 4, NULL) : NULL;
-    Py_XDECREF(add_args[2]);
-    if (!r) {
+    /* promotion: DramTier.add(key, v, expiry, clean=True), the time asked first (the item's
+     * expiry check may have asked it already) */
+    Lru *d = h->dram;
+    if (!expiry && d->expiring && now(d, &t) < 0) {
         Py_DECREF(v);
         return NULL;
     }
-    if (PyTuple_GET_ITEM(r, 0) == Py_True)
-        h->c[H_PROMOTIONS]++;
-    int failed = PyList_GET_SIZE(PyTuple_GET_ITEM(r, 1)) && demote_dirty(h, PyTuple_GET_ITEM(r, 1)) < 0;
-    Py_DECREF(r);
-    if (failed) {
+    if (!expiry && !d->expiring)
+        t = NAN;
+    int has = PyDict_Contains(d->map, key);
+    PyObject *out = has ? NULL : put(d, key, v, expiry, 1, t, &h->c[H_SKIPPED_CLEAN]);
+    if (has < 0 || (!has && !out)) {
         Py_DECREF(v);
         return NULL;
+    }
+    if (out) {
+        h->c[H_PROMOTIONS]++;
+        int failed = demote(h, out) < 0;
+        Py_DECREF(out);
+        if (failed) {
+            Py_DECREF(v);
+            return NULL;
+        }
     }
     observe(h->get_hist, mono() - t0);
     return v;
@@ -854,13 +858,20 @@ static PyObject *hot_set(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObje
             return NULL;
         Py_DECREF(r);
     }
-    PyObject *set_args[3] = {key, args[1], NULL};
-    set_args[2] = PyFloat_FromDouble(0.0);
-    PyObject *out = set_args[2] ? lru_set(h->dram, set_args, 3, NULL) : NULL;
-    Py_XDECREF(set_args[2]);
+    /* DramTier.set(key, value, 0): the time asked first, then the old item out */
+    Lru *d = h->dram;
+    double t = NAN;
+    if (d->expiring && now(d, &t) < 0)
+        return NULL;
+    Node *old = (Node *)PyDict_GetItemWithError(d->map, key);
+    if (old)
+        Py_DECREF(remove_node(d, old));
+    else if (PyErr_Occurred())
+        return NULL;
+    PyObject *out = put(d, key, args[1], 0.0, 0, t, &h->c[H_SKIPPED_CLEAN]);
     if (!out)
         return NULL;
-    int failed = PyList_GET_SIZE(out) && demote_dirty(h, out) < 0;
+    int failed = demote(h, out) < 0;
     Py_DECREF(out);
     if (failed)
         return NULL;
