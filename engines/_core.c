@@ -292,14 +292,10 @@ static int unreadable(Core *s, uint64_t b, int reason, const char *img, PyObject
     return r ? 0 : -1;
 }
 
-/* lookup(read, key) -> (value, expiry) or None: BigHash.lookup_item_now for a bytes key. */
-static PyObject *core_lookup(Core *s, PyObject *const *args, Py_ssize_t nargs)
+/* BigHash.lookup_item_now for a bytes key: 1 and (*value, *expiry) on a hit, 0 on a miss
+ * of any kind (counted), -1 with an exception. */
+static int core_find(Core *s, PyObject *read, PyObject *key, PyObject **value, double *expiry_out)
 {
-    if (nargs != 2 || !PyBytes_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "BucketCore.lookup(read, key): key must be bytes");
-        return NULL;
-    }
-    PyObject *read = args[0], *key = args[1];
     const char *k = PyBytes_AS_STRING(key);
     Py_ssize_t klen = PyBytes_GET_SIZE(key);
     s->c[C_LOOKUPS]++;
@@ -307,13 +303,14 @@ static PyObject *core_lookup(Core *s, PyObject *const *args, Py_ssize_t nargs)
     if (!fc_bloom_may_contain(s->bloom, b, kh)) {
         s->c[C_BLOOM_REJECTS]++;
         s->c[C_MISSES]++;
-        Py_RETURN_NONE;
+        return 0;
     }
     uint64_t epoch = s->epoch;
     PyObject *bloom_owner = s->bloom_owner;   /* a recover() during the read may swap it */
     Py_INCREF(bloom_owner);
     Py_buffer view;
-    PyObject *data, *out = NULL;
+    PyObject *data;
+    int out = -1;
     char stack[STACK_BUCKET];
     const char *img = get_bucket(s, read, b, stack, &data, &view);
     if (!img)
@@ -325,7 +322,7 @@ static PyObject *core_lookup(Core *s, PyObject *const *args, Py_ssize_t nargs)
     if (r <= 0) {
         s->c[C_MISSES]++;
         s->c[C_FLASH_MISSES]++;
-        out = Py_NewRef(Py_None);
+        out = 0;
         goto release;
     }
     const uint8_t *d = (const uint8_t *)img;
@@ -339,7 +336,7 @@ static PyObject *core_lookup(Core *s, PyObject *const *args, Py_ssize_t nargs)
         if (expiry <= t) {
             s->c[C_EXPIRED_MISSES]++;
             s->c[C_MISSES]++;
-            out = Py_NewRef(Py_None);
+            out = 0;
             goto release;
         }
     }
@@ -351,18 +348,32 @@ static PyObject *core_lookup(Core *s, PyObject *const *args, Py_ssize_t nargs)
             goto release;
         Py_DECREF(res);
         s->c[C_MISSES]++;
-        out = Py_NewRef(Py_None);
+        out = 0;
         goto release;
     }
-    PyObject *value = PyBytes_FromStringAndSize((const char *)d + vstart, vlen);
-    if (value) {
+    *value = PyBytes_FromStringAndSize((const char *)d + vstart, vlen);
+    if (*value) {
         s->c[C_HITS]++;
-        out = Py_BuildValue("(Nd)", value, (double)expiry);
+        *expiry_out = (double)expiry;
+        out = 1;
     }
 release:
     drop_bucket(&data, &view);
     Py_DECREF(bloom_owner);
     return out;
+}
+
+/* lookup(read, key) -> (value, expiry) or None: BigHash.lookup_item_now for a bytes key. */
+static PyObject *core_lookup(Core *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "BucketCore.lookup(read, key): key must be bytes");
+        return NULL;
+    }
+    PyObject *value;
+    double expiry;
+    int r = core_find(s, args[0], args[1], &value, &expiry);
+    return r < 0 ? NULL : r ? Py_BuildValue("(Nd)", value, expiry) : Py_NewRef(Py_None);
 }
 
 /* The expiry as stored (whole seconds, rounded up), or -1 if Python must judge it. */
@@ -670,23 +681,34 @@ static int bc_may_hold(Router *r, PyObject *key)
     return slot >= 0;
 }
 
-static PyObject *router_lookup(Router *r, PyObject *key)
+/* Navy's lookup for a bytes key: 1 and (*value, *expiry) on a hit, 0 on a miss, -1 with an
+ * exception. */
+static int router_find(Router *r, PyObject *key, PyObject **value, double *expiry)
 {
-    if (!PyBytes_CheckExact(key)) {
-        PyErr_SetString(PyExc_TypeError, "Router.lookup(key): key must be bytes");
-        return NULL;
-    }
     r->lookups++;
     if (r->bc) {
         int may = bc_may_hold(r, key);
         if (may < 0)
-            return NULL;
+            return -1;
         if (may) {
             PyObject *item = PyObject_CallOneArg(r->bc_lookup, key);
+            if (!item)
+                return -1;
             if (item != Py_None) {
-                if (item)
-                    r->hits++;
-                return item;
+                if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+                    Py_DECREF(item);
+                    PyErr_SetString(PyExc_TypeError, "Router: bc_lookup must return (value, expiry) or None");
+                    return -1;
+                }
+                *expiry = PyFloat_AsDouble(PyTuple_GET_ITEM(item, 1));
+                if (*expiry == -1 && PyErr_Occurred()) {
+                    Py_DECREF(item);
+                    return -1;
+                }
+                *value = Py_NewRef(PyTuple_GET_ITEM(item, 0));
+                Py_DECREF(item);
+                r->hits++;
+                return 1;
             }
             Py_DECREF(item);
         }
@@ -694,19 +716,70 @@ static PyObject *router_lookup(Router *r, PyObject *key)
     if (r->bh) {
         PyObject *read = PyObject_GetAttr(r->device, s_read);
         if (!read)
-            return NULL;
-        PyObject *args[2] = {read, key};
-        PyObject *item = core_lookup(r->bh, args, 2);
+            return -1;
+        int found = core_find(r->bh, read, key, value, expiry);
         Py_DECREF(read);
-        if (item != Py_None) {
-            if (item)
-                r->hits++;
-            return item;
-        }
-        Py_DECREF(item);
+        if (found > 0)
+            r->hits++;
+        if (found)
+            return found;
     }
     r->misses++;
-    Py_RETURN_NONE;
+    return 0;
+}
+
+static PyObject *router_lookup(Router *r, PyObject *key)
+{
+    if (!PyBytes_CheckExact(key)) {
+        PyErr_SetString(PyExc_TypeError, "Router.lookup(key): key must be bytes");
+        return NULL;
+    }
+    PyObject *value;
+    double expiry;
+    int found = router_find(r, key, &value, &expiry);
+    return found < 0 ? NULL : found ? Py_BuildValue("(Nd)", value, expiry) : Py_NewRef(Py_None);
+}
+
+/* The lookup hook (flashcache/_hot.c's HotPath takes it): a capsule "engines.navy.lookup"
+ * holding struct { int (*fn)(void *ctx, PyObject *key, PyObject **value, double *expiry);
+ * void *ctx; }: router_find for a bytes key (fn returns 1 with a new reference in *value,
+ * 0 for a miss, -1 with an exception), without the (value, expiry) tuple. The capsule
+ * keeps the Router alive. */
+struct fc_lookup {
+    int (*fn)(void *ctx, PyObject *key, PyObject **value, double *expiry);
+    void *ctx;
+};
+
+static int router_find_hook(void *ctx, PyObject *key, PyObject **value, double *expiry)
+{
+    return router_find((Router *)ctx, key, value, expiry);
+}
+
+static void lookup_capsule_free(PyObject *cap)
+{
+    PyMem_Free(PyCapsule_GetPointer(cap, "engines.navy.lookup"));
+    Py_XDECREF((PyObject *)PyCapsule_GetContext(cap));
+}
+
+static PyObject *router_lookup_hook(Router *r, PyObject *unused)
+{
+    (void)unused;
+    struct fc_lookup *h = PyMem_Malloc(sizeof *h);
+    if (!h)
+        return PyErr_NoMemory();
+    h->fn = router_find_hook;
+    h->ctx = r;
+    PyObject *cap = PyCapsule_New(h, "engines.navy.lookup", lookup_capsule_free);
+    if (!cap) {
+        PyMem_Free(h);
+        return NULL;
+    }
+    if (PyCapsule_SetContext(cap, Py_NewRef(r)) < 0) {
+        Py_DECREF(r);
+        Py_DECREF(cap);
+        return NULL;
+    }
+    return cap;
 }
 
 /* may_hold(key): False when neither engine can hold a bytes key (BlockCache's index,
@@ -757,6 +830,8 @@ static PyObject *router_reset_counters(Router *r, PyObject *unused)
 
 static PyMethodDef router_methods[] = {
     {"lookup", (PyCFunction)router_lookup, METH_O, "lookup(key) -> (value, expiry) or None"},
+    {"lookup_hook", (PyCFunction)router_lookup_hook, METH_NOARGS,
+     "lookup_hook() -> capsule 'engines.navy.lookup': lookup for a C caller, no tuple"},
     {"may_hold", (PyCFunction)router_may_hold, METH_O, "may_hold(key): False if neither engine can hold it"},
     {"bc_may_hold", (PyCFunction)router_bc_may_hold, METH_O, "bc_may_hold(key): BlockCache's index holds its tag"},
     {"counters", (PyCFunction)router_counters, METH_NOARGS, "lookups, hits and misses counted here"},

@@ -664,11 +664,20 @@ enum { H_GETS, H_SETS, H_MISSES, H_HITS_DRAM, H_HITS_FLASH, H_ITEM_BYTES_SET, H_
 static const char *const HOT_NAMES[H_N] = {"gets", "sets", "misses", "hits_dram", "hits_flash", "item_bytes_set",
                                            "demotions_skipped_clean", "promotions"};
 
+/* engines/_core.c's lookup hook: a capsule "engines.navy.lookup" that the object behind a
+ * C flash_lookup (the Router) offers through lookup_hook(). */
+struct fc_lookup {
+    int (*fn)(void *ctx, PyObject *key, PyObject **value, double *expiry);
+    void *ctx;
+};
+
 typedef struct {
     PyObject_HEAD
     Lru *dram;
     Hist *get_hist, *set_hist;
     PyObject *flash_lookup, *may_hold, *remove, *demote, *clock, *slow_get, *slow_set;
+    PyObject *lookup_cap;       /* the hook's capsule, or NULL */
+    struct fc_lookup *lookup;
     Py_ssize_t max_key, small_max;
     int closed;
     long long c[H_N];
@@ -688,6 +697,7 @@ static int hot_traverse(Hot *h, visitproc visit, void *arg)
     Py_VISIT(h->clock);
     Py_VISIT(h->slow_get);
     Py_VISIT(h->slow_set);
+    Py_VISIT(h->lookup_cap);
     return 0;
 }
 
@@ -703,6 +713,8 @@ static int hot_clear(Hot *h)
     Py_CLEAR(h->clock);
     Py_CLEAR(h->slow_get);
     Py_CLEAR(h->slow_set);
+    Py_CLEAR(h->lookup_cap);
+    h->lookup = NULL;
     return 0;
 }
 
@@ -738,6 +750,22 @@ static int hot_init(Hot *h, PyObject *args, PyObject *kw)
     h->slow_set = o[9];
     h->max_key = max_key;
     h->small_max = small_max;
+    /* flash_lookup bound to an object with lookup_hook(): call its C function directly */
+    if (PyCFunction_Check(o[3]) && PyCFunction_GET_SELF(o[3]) && !PyModule_Check(PyCFunction_GET_SELF(o[3]))) {
+        PyObject *cap = PyObject_CallMethod(PyCFunction_GET_SELF(o[3]), "lookup_hook", NULL);
+        if (cap) {
+            h->lookup = PyCapsule_GetPointer(cap, "engines.navy.lookup");
+            if (!h->lookup) {
+                Py_DECREF(cap);
+                return -1;
+            }
+            h->lookup_cap = cap;
+        } else if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+        } else {
+            return -1;
+        }
+    }
     h->closed = 0;
     memset(h->c, 0, sizeof h->c);
     return 0;
@@ -758,6 +786,35 @@ static int demote(Hot *h, PyObject *out)
     PyObject *r = PyObject_CallOneArg(h->demote, out);
     Py_XDECREF(r);
     return r ? 0 : -1;
+}
+
+/* The flash lookup: through the Router's lookup hook when flash_lookup offers one (no
+ * tuple), else flash_lookup(key) -> (value, expiry) or None. 1 with a new reference in
+ * *value, 0 for a miss, -1 with an exception. */
+static int flash_find(Hot *h, PyObject *key, PyObject **value, double *expiry)
+{
+    if (h->lookup)
+        return h->lookup->fn(h->lookup->ctx, key, value, expiry);
+    PyObject *item = PyObject_CallOneArg(h->flash_lookup, key);
+    if (!item)
+        return -1;
+    if (item == Py_None) {
+        Py_DECREF(item);
+        return 0;
+    }
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+        Py_DECREF(item);
+        PyErr_SetString(PyExc_TypeError, "HotPath: flash_lookup must return (value, expiry) or None");
+        return -1;
+    }
+    *expiry = PyFloat_AsDouble(PyTuple_GET_ITEM(item, 1));
+    if (*expiry == -1 && PyErr_Occurred()) {
+        Py_DECREF(item);
+        return -1;
+    }
+    *value = Py_NewRef(PyTuple_GET_ITEM(item, 0));
+    Py_DECREF(item);
+    return 1;
 }
 
 static inline int plain_key(Hot *h, PyObject *key)
@@ -782,30 +839,20 @@ static PyObject *hot_get(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObje
         return v;
     }
     Py_DECREF(v);
-    PyObject *item = PyObject_CallOneArg(h->flash_lookup, key);
-    if (!item)
-        return NULL;
     double expiry = 0, t = 0;
-    if (item != Py_None) {
-        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
-            Py_DECREF(item);
-            PyErr_SetString(PyExc_TypeError, "HotPath: flash_lookup must return (value, expiry) or None");
-            return NULL;
-        }
-        expiry = PyFloat_AsDouble(PyTuple_GET_ITEM(item, 1));
-        if ((expiry == -1 && PyErr_Occurred()) || (expiry && now(h->dram, &t) < 0)) {
-            Py_DECREF(item);
-            return NULL;
-        }
+    int found = flash_find(h, key, &v, &expiry);
+    if (found < 0 || (found && expiry && now(h->dram, &t) < 0)) {
+        if (found > 0)
+            Py_DECREF(v);
+        return NULL;
     }
-    if (item == Py_None || (expiry && expiry <= t)) {
-        Py_DECREF(item);
+    if (!found || (expiry && expiry <= t)) {
+        if (found)
+            Py_DECREF(v);
         h->c[H_MISSES]++;
         observe(h->get_hist, mono() - t0);
         return Py_NewRef(dflt);
     }
-    v = Py_NewRef(PyTuple_GET_ITEM(item, 0));
-    Py_DECREF(item);
     h->c[H_HITS_FLASH]++;
     /* promotion: DramTier.add(key, v, expiry, clean=True), the time asked first (the item's
      * expiry check may have asked it already) */
@@ -904,6 +951,17 @@ static PyMethodDef hot_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *hot_hooked(Hot *h, void *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(h->lookup != NULL);
+}
+
+static PyGetSetDef hot_getset[] = {
+    {"hooked", (getter)hot_hooked, NULL, "whether flash lookups go through the Router's C hook", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyMemberDef hot_members[] = {
     {"closed", T_INT, offsetof(Hot, closed), 0, "set when the cache closes: every call takes the slow path"},
     {NULL, 0, 0, 0, NULL},
@@ -922,6 +980,7 @@ static PyTypeObject HotType = {
     .tp_clear = (inquiry)hot_clear,
     .tp_methods = hot_methods,
     .tp_members = hot_members,
+    .tp_getset = hot_getset,
 };
 
 static struct PyModuleDef module = {

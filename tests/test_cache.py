@@ -309,6 +309,7 @@ def _make_twin(tmp_path, name, clock, hot, monkeypatch):
     monkeypatch.setattr(cache_mod, "HOT_PATH", hot)
     c = flashcache.Cache(cfg(tmp_path / name, dram="4KiB", kind="file"), clock=clock)
     assert (c._hot is not None) == hot
+    assert not hot or c._hot.hooked          # flash lookups through the Router's C hook
     return c
 
 
