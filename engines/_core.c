@@ -41,7 +41,7 @@ static const char *const NAMES[C_N] = {
 enum { HEADER = 32, ENTRY = 22, MAX_KEY = 0xFFFF };
 
 /* Attribute names looked up on every Router call, interned once at import. */
-static PyObject *s_index, *s_probe, *s_read, *s_read_into_hook;
+static PyObject *s_index, *s_probe, *s_read, *s_read_into_hook, *s_write, *s_acquire, *s_release;
 
 /* A device's optional read-into hook (engines/device.py): the object behind a device's
  * read, when read is a C method, may offer read_into_hook() -> a capsule named
@@ -609,8 +609,11 @@ typedef struct {
     PyObject_HEAD
     Core *bh;
     PyObject *bc, *bc_lookup, *device;
+    PyObject *locks, *stream, *bc_remove;   /* insert's, from set_insert(); NULL until then */
+    Py_ssize_t small_max;
+    int accept_all;
     uint64_t bc_seed;
-    long long lookups, hits, misses;
+    long long lookups, hits, misses, inserts;
 } Router;
 
 static int router_traverse(Router *r, visitproc visit, void *arg)
@@ -619,6 +622,9 @@ static int router_traverse(Router *r, visitproc visit, void *arg)
     Py_VISIT(r->bc);
     Py_VISIT(r->bc_lookup);
     Py_VISIT(r->device);
+    Py_VISIT(r->locks);
+    Py_VISIT(r->stream);
+    Py_VISIT(r->bc_remove);
     return 0;
 }
 
@@ -628,6 +634,9 @@ static int router_clear(Router *r)
     Py_CLEAR(r->bc);
     Py_CLEAR(r->bc_lookup);
     Py_CLEAR(r->device);
+    Py_CLEAR(r->locks);
+    Py_CLEAR(r->stream);
+    Py_CLEAR(r->bc_remove);
     return 0;
 }
 
@@ -655,7 +664,8 @@ static int router_init(Router *r, PyObject *args, PyObject *kw)
     r->bc_lookup = Py_NewRef(bcl);
     r->device = Py_NewRef(device);
     r->bc_seed = seed;
-    r->lookups = r->hits = r->misses = 0;
+    r->lookups = r->hits = r->misses = r->inserts = 0;
+    r->accept_all = 0;
     return 0;
 }
 
@@ -815,16 +825,105 @@ static PyObject *router_bc_may_hold(Router *r, PyObject *key)
     return may < 0 ? NULL : PyBool_FromLong(may);
 }
 
+/* set_insert(locks, stream, small_max, bc_remove): what insert() needs: BigHash's lock
+ * stripes (a list of locks, picked by bucket), its stream, Navy's small_item_max, and
+ * bc_remove(key) (Python: BlockCache's remove under its lock). */
+static PyObject *router_set_insert(Router *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyList_CheckExact(args[0]) || !PyList_GET_SIZE(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "Router.set_insert(locks, stream, small_max, bc_remove): locks a list");
+        return NULL;
+    }
+    Py_ssize_t small = PyLong_AsSsize_t(args[2]);
+    if (small == -1 && PyErr_Occurred())
+        return NULL;
+    Py_XSETREF(r->locks, Py_NewRef(args[0]));
+    Py_XSETREF(r->stream, Py_NewRef(args[1]));
+    Py_XSETREF(r->bc_remove, Py_NewRef(args[3]));
+    r->small_max = small;
+    Py_RETURN_NONE;
+}
+
+/* Call lock.acquire() or lock.release(); 0 or -1. An exception already set survives a
+ * release. */
+static int lock_call(PyObject *lock, PyObject *name)
+{
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyObject *r = PyObject_CallMethodNoArgs(lock, name);
+    Py_XDECREF(r);
+    if (et) {
+        if (!r)
+            PyErr_Clear();
+        PyErr_Restore(et, ev, tb);
+        return -1;
+    }
+    return r ? 0 : -1;
+}
+
+/* insert(key, value, expiry) -> True when done here, None when Navy's Python form must do
+ * it. Done here: a bytes key and value small enough for BigHash (entry header included),
+ * admission accepting all, a plain expiry: Navy.insert_now's steps (count the insert,
+ * BigHash's core under the bucket's lock stripe, then drop any BlockCache copy). */
+static PyObject *router_insert(Router *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "Router.insert(key, value, expiry)");
+        return NULL;
+    }
+    PyObject *key = args[0], *value = args[1];
+    if (!r->accept_all || !r->bh || !r->locks || !PyBytes_CheckExact(key) || !PyBytes_CheckExact(value) ||
+        expiry_of(args[2]) < 0)
+        Py_RETURN_NONE;
+    Py_ssize_t klen = PyBytes_GET_SIZE(key), vlen = PyBytes_GET_SIZE(value);
+    if (klen + vlen > r->small_max || klen > MAX_KEY || ENTRY + klen + vlen > (Py_ssize_t)r->bh->size - HEADER)
+        Py_RETURN_NONE;
+    r->inserts++;
+    uint64_t b = bucket_of(r->bh, key_hash(PyBytes_AS_STRING(key), klen));
+    PyObject *lock = Py_NewRef(PyList_GET_ITEM(r->locks, (Py_ssize_t)(b % (uint64_t)PyList_GET_SIZE(r->locks))));
+    PyObject *res = NULL, *read = NULL, *write = NULL;
+    if (lock_call(lock, s_acquire) < 0) {
+        Py_DECREF(lock);
+        return NULL;
+    }
+    if ((read = PyObject_GetAttr(r->device, s_read)) && (write = PyObject_GetAttr(r->device, s_write))) {
+        PyObject *iargs[6] = {read, write, key, value, args[2], r->stream};
+        res = core_insert(r->bh, iargs, 6);
+    }
+    Py_XDECREF(read);
+    Py_XDECREF(write);
+    int released = lock_call(lock, s_release);
+    Py_DECREF(lock);
+    if (!res || released < 0) {
+        Py_XDECREF(res);
+        return NULL;
+    }
+    Py_DECREF(res);         /* an int: we checked everything that makes it None */
+    if (r->bc) {
+        int may = bc_may_hold(r, key);
+        if (may < 0)
+            return NULL;
+        if (may) {
+            PyObject *x = PyObject_CallOneArg(r->bc_remove, key);
+            if (!x)
+                return NULL;
+            Py_DECREF(x);
+        }
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyObject *router_counters(Router *r, PyObject *unused)
 {
     (void)unused;
-    return Py_BuildValue("{sLsLsL}", "lookups", r->lookups, "hits", r->hits, "misses", r->misses);
+    return Py_BuildValue("{sLsLsLsL}", "lookups", r->lookups, "hits", r->hits, "misses", r->misses,
+                         "inserts", r->inserts);
 }
 
 static PyObject *router_reset_counters(Router *r, PyObject *unused)
 {
     (void)unused;
-    r->lookups = r->hits = r->misses = 0;
+    r->lookups = r->hits = r->misses = r->inserts = 0;
     Py_RETURN_NONE;
 }
 
@@ -833,10 +932,20 @@ static PyMethodDef router_methods[] = {
     {"lookup_hook", (PyCFunction)router_lookup_hook, METH_NOARGS,
      "lookup_hook() -> capsule 'engines.navy.lookup': lookup for a C caller, no tuple"},
     {"may_hold", (PyCFunction)router_may_hold, METH_O, "may_hold(key): False if neither engine can hold it"},
+    {"insert", (PyCFunction)(void (*)(void))router_insert, METH_FASTCALL,
+     "insert(key, value, expiry) -> True when done here, None: use Navy's Python form"},
+    {"set_insert", (PyCFunction)(void (*)(void))router_set_insert, METH_FASTCALL,
+     "set_insert(locks, stream, small_max, bc_remove): what insert() needs"},
     {"bc_may_hold", (PyCFunction)router_bc_may_hold, METH_O, "bc_may_hold(key): BlockCache's index holds its tag"},
     {"counters", (PyCFunction)router_counters, METH_NOARGS, "lookups, hits and misses counted here"},
     {"reset_counters", (PyCFunction)router_reset_counters, METH_NOARGS, "zero the counters"},
     {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef router_members[] = {
+    {"accept_all", T_INT, offsetof(Router, accept_all), 0,
+     "whether admission accepts everything (insert() does the work only then); Navy keeps it"},
+    {NULL, 0, 0, 0, NULL},
 };
 
 static PyTypeObject RouterType = {
@@ -851,6 +960,7 @@ static PyTypeObject RouterType = {
     .tp_traverse = (traverseproc)router_traverse,
     .tp_clear = (inquiry)router_clear,
     .tp_methods = router_methods,
+    .tp_members = router_members,
 };
 
 static struct PyModuleDef module = {
@@ -864,7 +974,9 @@ PyMODINIT_FUNC PyInit__core_c(void)
         return NULL;
     if (!(s_index = PyUnicode_InternFromString("index")) || !(s_probe = PyUnicode_InternFromString("probe")) ||
         !(s_read = PyUnicode_InternFromString("read")) ||
-        !(s_read_into_hook = PyUnicode_InternFromString("read_into_hook")))
+        !(s_read_into_hook = PyUnicode_InternFromString("read_into_hook")) ||
+        !(s_write = PyUnicode_InternFromString("write")) || !(s_acquire = PyUnicode_InternFromString("acquire")) ||
+        !(s_release = PyUnicode_InternFromString("release")))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)

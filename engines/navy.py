@@ -149,6 +149,9 @@ class Navy:
         """``lookup_item_now(self.device, key)`` for a bytes key, as one C call."""
         self.may_hold_now = self._router.may_hold
         """``may_hold(key)`` for a bytes key, as one C call."""
+        if self.bighash:
+            self._router.set_insert(self._bh_locks, self.bighash.stream, self.small_item_max, self._bc_remove_now)
+        self._router.accept_all = self._accept_all
         self.start = self._open()
         log.info("%s: flash cache %s", device.path, self.start)
 
@@ -304,6 +307,8 @@ class Navy:
         self._admission = policy
         self._feed_admission = bool(getattr(policy, "wants_writes", False))
         self._accept_all = isinstance(policy, AcceptAll)
+        if "_router" in self.__dict__:
+            self._router.accept_all = self._accept_all   # its insert() runs only under AcceptAll
 
     def mutation_key(self, key: bytes) -> tuple[str, int]:
         """What an insert or remove of ``key`` must not overlap with: BigHash's bucket
@@ -391,6 +396,10 @@ class Navy:
             c[k] += v
         return c
 
+    def _bc_remove_now(self, key: bytes) -> bool:
+        """BlockCache's remove on this Navy's device, under its lock (the Router's step)."""
+        return run(self._bc(self.blockcache.remove(key)), self.device)
+
     def _bc_lookup_now(self, key: bytes) -> tuple[bytes, float] | None:
         """BlockCache's lookup on this Navy's device, under its lock (the Router's step;
         a lookup writes nothing, so admission has nothing to hear)."""
@@ -420,6 +429,8 @@ class Navy:
         """``insert`` done at once on ``device`` with blocking calls: a small item's
         bucket read-modify-write runs without a generator (a blocking caller's hot path:
         the cache's demotions); the rest as ``run(insert(...))``."""
+        if device is self.device and self._router.insert(key, value, expiry):
+            return True                          # a small item under AcceptAll: all in C
         if self._accept_all and self._bh_core is not None and len(key) + len(value) <= self.small_item_max:
             self._counters["inserts"] += 1      # _admit's answer for a small item under AcceptAll
         else:

@@ -375,3 +375,38 @@ def test_blocking_forms_do_what_the_generators_do(policy):
                     n._router.bc_may_hold(b"k%d" % i), n._bc_may_hold(b"k%d" % i)) for i in range(200)]
         assert all(x[0] == x[1] and x[2] == x[3] for x in answers)
         assert any(x[0] for x in answers) and not all(x[0] for x in answers)
+
+
+def test_a_failed_small_insert_in_c_releases_its_lock_and_raises():
+    """Navy.insert_now's C form (Router.insert) holds BigHash's bucket lock stripe around
+    the write: a failing device write comes out as the device's exception, and the lock
+    is free again (another thread can take every stripe)."""
+    import threading
+    dev = PidDevice(32 * MIB, block_size=4096)
+    n = navy(dev)
+    real = dev.write
+    calls = []
+
+    def failing(offset, data, stream=None):
+        calls.append(offset)
+        raise OSError(5, "injected I/O error")
+
+    dev.write = failing
+    with pytest.raises(OSError, match="injected"):
+        n.insert_now(dev, b"k", b"v" * 10)
+    assert calls                                    # it did reach the device
+    dev.write = real
+    free = []
+
+    def take_each():
+        for lk in n._bh_locks:
+            got = lk.acquire(timeout=1)
+            free.append(got)
+            if got:
+                lk.release()
+
+    t = threading.Thread(target=take_each)
+    t.start()
+    t.join()
+    assert free and all(free)
+    assert n.insert_now(dev, b"k", b"v" * 10) and run(n.lookup(b"k"), dev) == b"v" * 10
