@@ -5,8 +5,9 @@
  * errors) and keeps the counters those steps touch, so a lookup or an insert no longer
  * walks five Python frames and a dozen dict updates.
  *
- * Also Router (Navy's blocking lookup for a bytes key: BlockCache's index probed in C,
- * then BigHash's core) and TagProbe (BlockCache's index arrays for it); see below.
+ * Also Router (Navy's blocking lookup for a bytes key: BlockCache's lookup, then BigHash's
+ * core; and the small-item insert) and TagProbe (BlockCache's index arrays for it); see
+ * below.
  *
  * BucketCore(offset, bucket_size, nbuckets, generation, bloom, clock, unreadable, corrupt)
  *   bloom       the BloomFilters object (its ``c`` is an fc_bloom *; held for its memory)
@@ -40,8 +41,18 @@ static const char *const NAMES[C_N] = {
 
 enum { HEADER = 32, ENTRY = 22, MAX_KEY = 0xFFFF };
 
-/* Attribute names looked up on every Router call, interned once at import. */
-static PyObject *s_index, *s_probe, *s_read, *s_read_into_hook, *s_write, *s_acquire, *s_release;
+/* Attribute and counter names used on every Router call, interned once at import. */
+static PyObject *s_index, *s_probe, *s_read, *s_read_into_hook, *s_write, *s_acquire, *s_release,
+    *s_generation, *s_clock, *s_counters, *s_regions, *s_open, *s_loaded, *s_fill, *s_view, *s_eviction,
+    *s_touch, *s_lookups, *s_misses, *s_hits, *s_entry_reads, *s_bytes_read, *s_buffer_hits;
+static struct { PyObject **slot; const char *name; } INTERNED[] = {
+    {&s_index, "index"}, {&s_probe, "probe"}, {&s_read, "read"}, {&s_read_into_hook, "read_into_hook"},
+    {&s_write, "write"}, {&s_acquire, "acquire"}, {&s_release, "release"}, {&s_generation, "generation"},
+    {&s_clock, "clock"}, {&s_counters, "_counters"}, {&s_regions, "regions"}, {&s_open, "open"},
+    {&s_loaded, "loaded"}, {&s_fill, "fill"}, {&s_view, "view"}, {&s_eviction, "eviction"},
+    {&s_touch, "touch"}, {&s_lookups, "lookups"}, {&s_misses, "misses"}, {&s_hits, "hits"},
+    {&s_entry_reads, "entry_reads"}, {&s_bytes_read, "bytes_read"}, {&s_buffer_hits, "buffer_hits"},
+};
 
 /* A device's optional read-into hook (engines/device.py): the object behind a device's
  * read, when read is a C method, may offer read_into_hook() -> a capsule named
@@ -55,14 +66,19 @@ struct fc_read_into {
 /* Buckets up to this size are read into the C stack through the hook (no bytes object). */
 enum { STACK_BUCKET = 16384 };
 
+/* The read-into hook of the last read's owner, asked once per owner. */
+typedef struct {
+    PyObject *owner, *cap;              /* the last read's owner and its capsule (or None) */
+    struct fc_read_into *fn;
+} hook_cache;
+
 typedef struct {
     PyObject_HEAD
     uint64_t offset, nbuckets, generation, epoch;
     uint32_t size;
     fc_bloom *bloom;
     PyObject *bloom_owner, *clock, *unreadable, *corrupt;
-    PyObject *hook_owner, *hook_cap;    /* the last read's owner and its capsule (or None) */
-    struct fc_read_into *hook;
+    hook_cache hk;
     long long hooked_reads;             /* bucket reads done through the hook */
     long long c[C_N];
 } Core;
@@ -73,8 +89,8 @@ static int core_traverse(Core *s, visitproc visit, void *arg)
     Py_VISIT(s->clock);
     Py_VISIT(s->unreadable);
     Py_VISIT(s->corrupt);
-    Py_VISIT(s->hook_owner);
-    Py_VISIT(s->hook_cap);
+    Py_VISIT(s->hk.owner);
+    Py_VISIT(s->hk.cap);
     return 0;
 }
 
@@ -84,9 +100,9 @@ static int core_clear(Core *s)
     Py_CLEAR(s->clock);
     Py_CLEAR(s->unreadable);
     Py_CLEAR(s->corrupt);
-    Py_CLEAR(s->hook_owner);
-    Py_CLEAR(s->hook_cap);
-    s->hook = NULL;
+    Py_CLEAR(s->hk.owner);
+    Py_CLEAR(s->hk.cap);
+    s->hk.fn = NULL;
     s->bloom = NULL;
     return 0;
 }
@@ -220,15 +236,15 @@ static PyObject *read_bucket(Core *s, PyObject *read, uint64_t b, Py_buffer *vie
 /* The read-into hook behind ``read`` (a bound C method whose object offers
  * read_into_hook()), or NULL; remembered per object, so asked once. NULL with an
  * exception only if asking failed other than by the object having no hook. */
-static struct fc_read_into *hook_for(Core *s, PyObject *read)
+static struct fc_read_into *hook_for(hook_cache *hc, PyObject *read)
 {
     if (!PyCFunction_Check(read))
         return NULL;
     PyObject *owner = PyCFunction_GET_SELF(read);
     if (!owner || PyModule_Check(owner))
         return NULL;
-    if (owner == s->hook_owner)
-        return s->hook;
+    if (owner == hc->owner)
+        return hc->fn;
     struct fc_read_into *h = NULL;
     PyObject *cap = PyObject_CallMethodNoArgs(owner, s_read_into_hook);
     if (!cap) {
@@ -240,9 +256,9 @@ static struct fc_read_into *hook_for(Core *s, PyObject *read)
         Py_DECREF(cap);
         return NULL;
     }
-    Py_XSETREF(s->hook_owner, Py_NewRef(owner));
-    Py_XSETREF(s->hook_cap, cap);
-    s->hook = h;
+    Py_XSETREF(hc->owner, Py_NewRef(owner));
+    Py_XSETREF(hc->cap, cap);
+    hc->fn = h;
     return h;
 }
 
@@ -253,7 +269,7 @@ static const char *get_bucket(Core *s, PyObject *read, uint64_t b, char *stack, 
 {
     *data = NULL;
     if (s->size <= STACK_BUCKET) {
-        struct fc_read_into *h = hook_for(s, read);
+        struct fc_read_into *h = hook_for(&s->hk, read);
         if (h && h->fn(h->ctx, stack, s->size, s->offset + b * s->size)) {
             s->hooked_reads++;
             s->c[C_BUCKET_READS]++;
@@ -539,52 +555,59 @@ static PyTypeObject CoreType = {
     .tp_members = core_members,
 };
 
-/* TagProbe(tag, addr, capacity): BlockCache's index arrays (numpy uint32, held) as C
- * pointers, for probing from C; engines/blockcache/index.py makes a new one whenever it
- * allocates its arrays. */
+/* TagProbe(tag, addr, size, hits): BlockCache's index arrays (numpy; uint32 tag and
+ * addr, uint16 size hint and hits; held) as C pointers, for probing and for counting a
+ * hit from C; engines/blockcache/index.py makes a new one whenever it allocates them. */
 typedef struct {
     PyObject_HEAD
-    PyObject *tag_obj, *addr_obj;
-    Py_buffer tag, addr;
+    PyObject *obj[4];
+    Py_buffer tag, addr, size, hits;
     uint64_t cap;
 } Probe;
 
 static void probe_dealloc(Probe *p)
 {
-    if (p->tag_obj)
-        PyBuffer_Release(&p->tag);
-    if (p->addr_obj)
-        PyBuffer_Release(&p->addr);
-    Py_XDECREF(p->tag_obj);
-    Py_XDECREF(p->addr_obj);
+    Py_buffer *views[4] = {&p->tag, &p->addr, &p->size, &p->hits};
+    for (int i = 0; i < 4; i++)
+        if (p->obj[i]) {
+            PyBuffer_Release(views[i]);
+            Py_DECREF(p->obj[i]);
+        }
     Py_TYPE(p)->tp_free((PyObject *)p);
 }
 
 static int probe_init(Probe *p, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"tag", "addr", NULL};
-    PyObject *t, *a;
-    if (p->tag_obj) {
+    static char *kwlist[] = {"tag", "addr", "size", "hits", NULL};
+    PyObject *o[4];
+    Py_buffer *views[4] = {&p->tag, &p->addr, &p->size, &p->hits};
+    static const Py_ssize_t width[4] = {4, 4, 2, 2};
+    if (p->obj[0]) {
         PyErr_SetString(PyExc_RuntimeError, "TagProbe: already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &t, &a))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO", kwlist, &o[0], &o[1], &o[2], &o[3]))
         return -1;
-    if (PyObject_GetBuffer(t, &p->tag, PyBUF_SIMPLE | PyBUF_WRITABLE) < 0)
-        return -1;
-    if (PyObject_GetBuffer(a, &p->addr, PyBUF_SIMPLE | PyBUF_WRITABLE) < 0) {
-        PyBuffer_Release(&p->tag);
+    int i;
+    for (i = 0; i < 4; i++)
+        if (PyObject_GetBuffer(o[i], views[i], PyBUF_SIMPLE | PyBUF_WRITABLE) < 0)
+            break;
+    Py_ssize_t cap = i == 4 ? p->tag.len / 4 : 0;
+    if (i == 4 && cap)
+        for (int j = 0; j < 4; j++)
+            if (views[j]->len != cap * width[j])
+                cap = 0;
+    if (i < 4 || !cap) {
+        while (i--)
+            PyBuffer_Release(views[i]);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError,
+                            "TagProbe: tag and addr must be uint32 arrays, size and hits uint16, all of one length");
         return -1;
     }
-    if (p->tag.len != p->addr.len || p->tag.len % 4 || !p->tag.len) {
-        PyBuffer_Release(&p->tag);
-        PyBuffer_Release(&p->addr);
-        PyErr_SetString(PyExc_ValueError, "TagProbe: tag and addr must be uint32 arrays of one length");
-        return -1;
-    }
-    p->tag_obj = Py_NewRef(t);
-    p->addr_obj = Py_NewRef(a);
-    p->cap = (uint64_t)p->tag.len / 4;
+    for (i = 0; i < 4; i++)
+        p->obj[i] = Py_NewRef(o[i]);
+    p->cap = (uint64_t)cap;
     return 0;
 }
 
@@ -601,15 +624,21 @@ static PyTypeObject ProbeType = {
 
 /* Router(bighash_core, blockcache, bc_lookup, device, bc_seed): Navy.lookup_item_now for a
  * bytes key in one C call: BlockCache first when its index (blockcache.index.probe, read
- * on every call: the index may be replaced) holds the key's tag, through bc_lookup(key)
- * (Python: BlockCache's lookup under its lock); then BigHash's core with device.read
- * (also looked up on every call). Either engine may be None. Counts lookups, hits and
- * misses (counters(), merged by Navy). */
+ * on every call: the index may be replaced) holds the key's tag, then BigHash's core with
+ * device.read (also looked up on every call). Either engine may be None. BlockCache's
+ * lookup is bc_lookup(key) (Python: under its lock) until set_bc(lock, found) is called;
+ * after that it runs here too (bc_find below), under the same lock, with the entry read
+ * through the device's read-into hook when it has one. Counts lookups, hits and misses
+ * (counters(), merged by Navy). */
 typedef struct {
     PyObject_HEAD
     Core *bh;
     PyObject *bc, *bc_lookup, *device;
     PyObject *locks, *stream, *bc_remove;   /* insert's, from set_insert(); NULL until then */
+    PyObject *bc_lock, *bc_found;            /* BlockCache's lookup in C, from set_bc(); NULL until then */
+    uint64_t bc_offset, bc_align, bc_upr, bc_io;
+    hook_cache hk;
+    long long bc_hooked;                     /* BlockCache entry reads done through the hook */
     Py_ssize_t small_max;
     int accept_all;
     uint64_t bc_seed;
@@ -625,6 +654,10 @@ static int router_traverse(Router *r, visitproc visit, void *arg)
     Py_VISIT(r->locks);
     Py_VISIT(r->stream);
     Py_VISIT(r->bc_remove);
+    Py_VISIT(r->bc_lock);
+    Py_VISIT(r->bc_found);
+    Py_VISIT(r->hk.owner);
+    Py_VISIT(r->hk.cap);
     return 0;
 }
 
@@ -637,6 +670,11 @@ static int router_clear(Router *r)
     Py_CLEAR(r->locks);
     Py_CLEAR(r->stream);
     Py_CLEAR(r->bc_remove);
+    Py_CLEAR(r->bc_lock);
+    Py_CLEAR(r->bc_found);
+    Py_CLEAR(r->hk.owner);
+    Py_CLEAR(r->hk.cap);
+    r->hk.fn = NULL;
     return 0;
 }
 
@@ -669,26 +707,337 @@ static int router_init(Router *r, PyObject *args, PyObject *kw)
     return 0;
 }
 
-/* 1 if BlockCache's index holds the key's tag, 0 if not, -1 with an exception. */
-static int bc_may_hold(Router *r, PyObject *key)
+/* BlockCache's index arrays (blockcache.index.probe, read on every call: the index may be
+ * replaced), a new reference, or NULL with an exception. */
+static Probe *probe_of(Router *r)
 {
     PyObject *index = PyObject_GetAttr(r->bc, s_index);
     if (!index)
-        return -1;
+        return NULL;
     PyObject *probe = PyObject_GetAttr(index, s_probe);
     Py_DECREF(index);
-    if (!probe)
-        return -1;
-    if (!PyObject_TypeCheck(probe, &ProbeType)) {
+    if (probe && !PyObject_TypeCheck(probe, &ProbeType)) {
         Py_DECREF(probe);
         PyErr_SetString(PyExc_TypeError, "Router: blockcache.index.probe must be a TagProbe");
+        return NULL;
+    }
+    return (Probe *)probe;
+}
+
+static inline int64_t probe_find(Probe *p, uint32_t tag)
+{
+    return fc_index_find(p->tag.buf, p->addr.buf, p->cap, tag);
+}
+
+static inline uint64_t bc_key_hash(Router *r, PyObject *key)
+{
+    return fc_xxh3_64(PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key), r->bc_seed);
+}
+
+/* 1 if BlockCache's index holds the key's tag, 0 if not, -1 with an exception. */
+static int bc_may_hold(Router *r, PyObject *key)
+{
+    Probe *p = probe_of(r);
+    if (!p)
+        return -1;
+    int64_t slot = probe_find(p, (uint32_t)(bc_key_hash(r, key) >> 32));
+    Py_DECREF(p);
+    return slot >= 0;
+}
+
+static int lock_call(PyObject *lock, PyObject *name);
+
+/* A Python lookup's answer, (value, expiry) or None, consumed: 1 with (*value, *expiry),
+ * 0 for None, -1 with an exception. */
+static int item_of(PyObject *item, PyObject **value, double *expiry)
+{
+    if (item == Py_None) {
+        Py_DECREF(item);
+        return 0;
+    }
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+        Py_DECREF(item);
+        PyErr_SetString(PyExc_TypeError, "Router: a BlockCache lookup must return (value, expiry) or None");
         return -1;
     }
-    Probe *p = (Probe *)probe;
-    uint32_t tag = (uint32_t)(fc_xxh3_64(PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key), r->bc_seed) >> 32);
-    int64_t slot = fc_index_find(p->tag.buf, p->addr.buf, p->cap, tag);
-    Py_DECREF(probe);
-    return slot >= 0;
+    *expiry = PyFloat_AsDouble(PyTuple_GET_ITEM(item, 1));
+    if (*expiry == -1 && PyErr_Occurred()) {
+        Py_DECREF(item);
+        return -1;
+    }
+    *value = Py_NewRef(PyTuple_GET_ITEM(item, 0));
+    Py_DECREF(item);
+    return 1;
+}
+
+/* BlockCache's entry (engines/blockcache/entry.py): a 44-byte little-endian header, then
+ * key and value. */
+enum { BC_HEADER = 44, BC_VERSION = 1, BC_STACK = 32768, BC_MAX_HITS = 0xFFFF };
+static const uint64_t BC_CHECKSUM_SEED = 0x9B05688C2B3E6C1Full;
+
+static inline uint16_t le16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline uint32_t le32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint64_t le64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+/* counters[name] += n in BlockCache's counter dict; 0 or -1. */
+static int bump(PyObject *counters, PyObject *name, long long n)
+{
+    PyObject *v = PyDict_GetItemWithError(counters, name);
+    if (!v) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_KeyError, "Router: BlockCache has no counter %R", name);
+        return -1;
+    }
+    long long x = PyLong_AsLongLong(v);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    PyObject *nv = PyLong_FromLongLong(x + n);
+    if (!nv)
+        return -1;
+    int rc = PyDict_SetItem(counters, name, nv);
+    Py_DECREF(nv);
+    return rc;
+}
+
+/* An attribute that is an int, as uint64_t; 0 or -1 with an exception. */
+static int attr_u64(PyObject *o, PyObject *name, uint64_t *out)
+{
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (!v)
+        return -1;
+    unsigned long long x = PyLong_AsUnsignedLongLong(v);
+    Py_DECREF(v);
+    if (x == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    *out = x;
+    return 0;
+}
+
+/* The units an index size hint stands for (index.code_units). */
+static inline uint64_t code_units(uint16_t code)
+{
+    return code < 0x8000 ? (uint64_t)code + 1 : ((uint64_t)(code & 0x7FFF) + 1) * 16;
+}
+
+/* Whether d[pos:end] is an intact entry (with ``verify``: its checksum too) of BlockCache's
+ * generation, for this key, not expired: 1 with *vstart, *vlen, *expiry; 0 for anything
+ * else (BlockCache._lookup_found then judges, counts and logs it); -1 with an exception.
+ * With ``verify`` d is ours to write: the checksum (entry.checksum: xxh3 over header bytes
+ * [0, 8) then [16, end)) is taken over one run, with the checksum field overwritten by
+ * the header's first 8 bytes and put back after. */
+static int bc_entry(Router *r, uint8_t *d, uint64_t pos, uint64_t end, int verify, PyObject *key, uint64_t kh,
+                    uint64_t *vstart, uint32_t *vlen, uint32_t *expiry)
+{
+    if (pos + BC_HEADER > end)
+        return 0;
+    uint8_t *h = d + pos;
+    uint16_t klen = le16(h + 40);
+    uint64_t length = BC_HEADER + (uint64_t)klen + le32(h + 32);
+    if (memcmp(h, "FCBC", 4) || le16(h + 4) != BC_VERSION || le16(h + 6) != BC_HEADER || pos + length > end)
+        return 0;
+    if (verify) {
+        uint8_t saved[8];
+        memcpy(saved, h + 8, 8);
+        memcpy(h + 8, h, 8);
+        uint64_t sum = fc_xxh3_64((const char *)h + 8, length - 8, BC_CHECKSUM_SEED);
+        memcpy(h + 8, saved, 8);
+        if (sum != le64(saved))
+            return 0;
+    }
+    uint64_t generation;
+    if (attr_u64(r->bc, s_generation, &generation) < 0)
+        return -1;
+    if (le64(h + 16) != generation || le64(h + 24) != kh || klen != PyBytes_GET_SIZE(key) ||
+        memcmp(h + BC_HEADER, PyBytes_AS_STRING(key), klen))
+        return 0;
+    *expiry = le32(h + 36);
+    if (*expiry) {
+        PyObject *t = PyObject_CallMethodNoArgs(r->bc, s_clock);
+        if (!t)
+            return -1;
+        double now = PyFloat_AsDouble(t);
+        Py_DECREF(t);
+        if (now == -1 && PyErr_Occurred())
+            return -1;
+        if (*expiry <= now)
+            return 0;
+    }
+    *vstart = pos + BC_HEADER + klen;
+    *vlen = le32(h + 32);
+    return 1;
+}
+
+/* BlockCache.lookup_item_now for a bytes key, the caller holding BlockCache's lock: the
+ * same plan (index probe; the open region's buffer, or one read of the entry's aligned
+ * extent through the device's read-into hook or its read()), the entry checked here, and
+ * for a hit the same counters, index hit count and eviction touch. Any other outcome goes,
+ * with the bytes already read, to BlockCache._lookup_found (Python), which counts and logs
+ * it as the Python form does. 1 with (*value, *expiry), 0 a miss, -1 with an exception. */
+static int bc_find_locked(Router *r, PyObject *key, PyObject **value, double *expiry_out)
+{
+    int out = -1, from_buffer = 0, have_view = 0;
+    PyObject *counters, *regions = NULL, *read = NULL, *data = NULL, *obj = NULL;
+    Probe *p = NULL;
+    Py_buffer view;
+    uint8_t stack[BC_STACK], *heap = NULL, *d;
+    uint64_t kh = bc_key_hash(r, key), pos, start = 0, length = 0, end, open, fill;
+    uint32_t tag = (uint32_t)(kh >> 32);
+    if (!(counters = PyObject_GetAttr(r->bc, s_counters)))
+        return -1;
+    if (!PyDict_CheckExact(counters)) {
+        PyErr_SetString(PyExc_TypeError, "Router: blockcache._counters must be a dict");
+        goto done;
+    }
+    if (bump(counters, s_lookups, 1) < 0 || !(p = probe_of(r)))
+        goto done;
+    int64_t slot = probe_find(p, tag);
+    if (slot < 0) {
+        out = bump(counters, s_misses, 1) < 0 ? -1 : 0;
+        goto done;
+    }
+    uint64_t addr = ((uint32_t *)p->addr.buf)[slot], units = code_units(((uint16_t *)p->size.buf)[slot]);
+    uint64_t region = addr / r->bc_upr, unit = addr % r->bc_upr;
+    if (!(regions = PyObject_GetAttr(r->bc, s_regions)) || attr_u64(regions, s_open, &open) < 0)
+        goto done;
+    if (region == open) {
+        if (!(obj = PyObject_GetAttr(regions, s_loaded)))
+            goto done;
+        int loaded = PyObject_IsTrue(obj);
+        Py_CLEAR(obj);
+        if (loaded < 0)
+            goto done;
+        from_buffer = loaded;
+    }
+    if (from_buffer) {          /* the open region's DRAM buffer: nothing to read or verify */
+        pos = unit * r->bc_align;
+        if (attr_u64(regions, s_fill, &fill) < 0 || !(obj = PyObject_GetAttr(regions, s_view)) ||
+            PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0)
+            goto done;
+        have_view = 1;
+        end = fill * r->bc_align;
+        if (end > (uint64_t)view.len)
+            end = (uint64_t)view.len;
+        d = view.buf;
+    } else {
+        start = r->bc_offset + addr * r->bc_align;
+        uint64_t stop = start + (units < r->bc_upr - unit ? units : r->bc_upr - unit) * r->bc_align;
+        if (r->bc_io > r->bc_align) {   /* widen to the device's blocks (regions are whole blocks) */
+            pos = start % r->bc_io;
+            start -= pos;
+            stop = (stop + r->bc_io - 1) / r->bc_io * r->bc_io;
+        } else {
+            pos = 0;
+        }
+        length = stop - start;
+        d = length <= BC_STACK ? stack : (heap = PyMem_Malloc(length));
+        if (!d) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        if (!(read = PyObject_GetAttr(r->device, s_read)))
+            goto done;
+        struct fc_read_into *h = hook_for(&r->hk, read);
+        if (h && h->fn(h->ctx, (char *)d, length, start)) {
+            r->bc_hooked++;
+            end = length;
+        } else {
+            if (PyErr_Occurred())
+                goto done;
+            if (!(data = PyObject_CallFunction(read, "KK", (unsigned long long)start, (unsigned long long)length)) ||
+                PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+                goto done;
+            have_view = 1;
+            end = (uint64_t)view.len;
+            if (end > length) {
+                PyMem_Free(heap);
+                if (!(d = heap = PyMem_Malloc(end))) {
+                    PyErr_NoMemory();
+                    goto done;
+                }
+            }
+            memcpy(d, view.buf, end);
+        }
+    }
+    uint64_t vstart = 0;
+    uint32_t vlen = 0, expiry = 0;
+    int ok = bc_entry(r, d, pos, end, !from_buffer, key, kh, &vstart, &vlen, &expiry);
+    if (ok < 0)
+        goto done;
+    if (!ok) {                  /* not a plain hit: BlockCache's Python judges it */
+        PyObject *st = from_buffer ? Py_NewRef(Py_None) : PyLong_FromUnsignedLongLong(start);
+        PyObject *plan = st ? Py_BuildValue("(OKIKKNK)", key, (unsigned long long)kh, (unsigned)tag,
+                                            (unsigned long long)addr, (unsigned long long)pos, st,
+                                            (unsigned long long)length) : NULL;
+        if (!plan)
+            goto done;
+        PyObject *arg = from_buffer ? Py_NewRef(Py_None)
+                        : data ? Py_NewRef(data) : PyBytes_FromStringAndSize((const char *)d, (Py_ssize_t)end);
+        if (!arg) {
+            Py_DECREF(plan);
+            goto done;
+        }
+        PyObject *item = PyObject_CallFunctionObjArgs(r->bc_found, plan, arg, NULL);
+        Py_DECREF(plan);
+        Py_DECREF(arg);
+        if (!item)
+            goto done;
+        out = item_of(item, value, expiry_out);
+        goto done;
+    }
+    if (!(*value = PyBytes_FromStringAndSize((const char *)d + vstart, vlen)))
+        goto done;
+    *expiry_out = (double)expiry;
+    if (from_buffer ? bump(counters, s_buffer_hits, 1) < 0
+                    : bump(counters, s_entry_reads, 1) < 0 || bump(counters, s_bytes_read, (long long)length) < 0)
+        goto fail;
+    if (bump(counters, s_hits, 1) < 0)
+        goto fail;
+    Py_DECREF(p);               /* a Python read() may have let the index be rebuilt */
+    if (!(p = probe_of(r)))
+        goto fail;
+    slot = probe_find(p, tag);
+    if (slot >= 0 && ((uint32_t *)p->addr.buf)[slot] == addr) {
+        uint16_t *hits = (uint16_t *)p->hits.buf + slot;
+        if (*hits < BC_MAX_HITS)
+            ++*hits;
+        if (!(obj = PyObject_GetAttr(r->bc, s_eviction)))
+            goto fail;
+        PyObject *reg = PyLong_FromUnsignedLongLong(region);
+        PyObject *t = reg ? PyObject_CallMethodOneArg(obj, s_touch, reg) : NULL;
+        Py_XDECREF(reg);
+        if (!t)
+            goto fail;
+        Py_DECREF(t);
+    }
+    out = 1;
+    goto done;
+fail:
+    Py_CLEAR(*value);
+done:
+    if (have_view)
+        PyBuffer_Release(&view);
+    PyMem_Free(heap);
+    Py_XDECREF(obj);
+    Py_XDECREF(data);
+    Py_XDECREF(read);
+    Py_XDECREF(regions);
+    Py_XDECREF((PyObject *)p);
+    Py_DECREF(counters);
+    return out;
+}
+
+/* The lookup under BlockCache's lock, taken and released through its own methods. */
+static int bc_find(Router *r, PyObject *key, PyObject **value, double *expiry)
+{
+    if (lock_call(r->bc_lock, s_acquire) < 0)
+        return -1;
+    int found = bc_find_locked(r, key, value, expiry);
+    if (lock_call(r->bc_lock, s_release) < 0) {
+        if (found > 0)
+            Py_DECREF(*value);
+        return -1;
+    }
+    return found;
 }
 
 /* Navy's lookup for a bytes key: 1 and (*value, *expiry) on a hit, 0 on a miss, -1 with an
@@ -701,26 +1050,19 @@ static int router_find(Router *r, PyObject *key, PyObject **value, double *expir
         if (may < 0)
             return -1;
         if (may) {
-            PyObject *item = PyObject_CallOneArg(r->bc_lookup, key);
-            if (!item)
+            int found;
+            if (r->bc_found) {
+                found = bc_find(r, key, value, expiry);
+            } else {
+                PyObject *item = PyObject_CallOneArg(r->bc_lookup, key);
+                found = item ? item_of(item, value, expiry) : -1;
+            }
+            if (found < 0)
                 return -1;
-            if (item != Py_None) {
-                if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
-                    Py_DECREF(item);
-                    PyErr_SetString(PyExc_TypeError, "Router: bc_lookup must return (value, expiry) or None");
-                    return -1;
-                }
-                *expiry = PyFloat_AsDouble(PyTuple_GET_ITEM(item, 1));
-                if (*expiry == -1 && PyErr_Occurred()) {
-                    Py_DECREF(item);
-                    return -1;
-                }
-                *value = Py_NewRef(PyTuple_GET_ITEM(item, 0));
-                Py_DECREF(item);
+            if (found) {
                 r->hits++;
                 return 1;
             }
-            Py_DECREF(item);
         }
     }
     if (r->bh) {
@@ -844,6 +1186,38 @@ static PyObject *router_set_insert(Router *r, PyObject *const *args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
+/* set_bc(lock, found): what BlockCache's lookup in C needs: its lock (Navy's _bc_lock)
+ * and found (BlockCache._lookup_found, for every outcome other than a plain hit); its
+ * geometry (offset, alignment, units per region, io_alignment: fixed at its init) is read
+ * here once. Until called, lookups go through bc_lookup (Python). */
+static PyObject *router_set_bc(Router *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !r->bc) {
+        PyErr_SetString(PyExc_TypeError, "Router.set_bc(lock, found): needs a Router with a BlockCache");
+        return NULL;
+    }
+    uint64_t v[4];
+    static const char *const names[4] = {"offset", "alignment", "_upr", "io_alignment"};
+    for (int i = 0; i < 4; i++) {
+        PyObject *name = PyUnicode_FromString(names[i]);
+        int rc = name ? attr_u64(r->bc, name, &v[i]) : -1;
+        Py_XDECREF(name);
+        if (rc < 0)
+            return NULL;
+        if (i && !v[i]) {
+            PyErr_Format(PyExc_ValueError, "Router.set_bc: blockcache.%s is 0", names[i]);
+            return NULL;
+        }
+    }
+    r->bc_offset = v[0];
+    r->bc_align = v[1];
+    r->bc_upr = v[2];
+    r->bc_io = v[3];
+    Py_XSETREF(r->bc_lock, Py_NewRef(args[0]));
+    Py_XSETREF(r->bc_found, Py_NewRef(args[1]));
+    Py_RETURN_NONE;
+}
+
 /* Call lock.acquire() or lock.release(); 0 or -1. An exception already set survives a
  * release. */
 static int lock_call(PyObject *lock, PyObject *name)
@@ -937,6 +1311,8 @@ static PyMethodDef router_methods[] = {
     {"set_insert", (PyCFunction)(void (*)(void))router_set_insert, METH_FASTCALL,
      "set_insert(locks, stream, small_max, bc_remove): what insert() needs"},
     {"bc_may_hold", (PyCFunction)router_bc_may_hold, METH_O, "bc_may_hold(key): BlockCache's index holds its tag"},
+    {"set_bc", (PyCFunction)(void (*)(void))router_set_bc, METH_FASTCALL,
+     "set_bc(lock, found): BlockCache's lookup in C (see engines/_core.c)"},
     {"counters", (PyCFunction)router_counters, METH_NOARGS, "lookups, hits and misses counted here"},
     {"reset_counters", (PyCFunction)router_reset_counters, METH_NOARGS, "zero the counters"},
     {NULL, NULL, 0, NULL},
@@ -945,6 +1321,8 @@ static PyMethodDef router_methods[] = {
 static PyMemberDef router_members[] = {
     {"accept_all", T_INT, offsetof(Router, accept_all), 0,
      "whether admission accepts everything (insert() does the work only then); Navy keeps it"},
+    {"bc_hooked_reads", T_LONGLONG, offsetof(Router, bc_hooked), READONLY,
+     "BlockCache entry reads done through the device's read-into hook"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -972,12 +1350,9 @@ PyMODINIT_FUNC PyInit__core_c(void)
 {
     if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&ProbeType) < 0 || PyType_Ready(&RouterType) < 0)
         return NULL;
-    if (!(s_index = PyUnicode_InternFromString("index")) || !(s_probe = PyUnicode_InternFromString("probe")) ||
-        !(s_read = PyUnicode_InternFromString("read")) ||
-        !(s_read_into_hook = PyUnicode_InternFromString("read_into_hook")) ||
-        !(s_write = PyUnicode_InternFromString("write")) || !(s_acquire = PyUnicode_InternFromString("acquire")) ||
-        !(s_release = PyUnicode_InternFromString("release")))
-        return NULL;
+    for (size_t i = 0; i < sizeof INTERNED / sizeof INTERNED[0]; i++)
+        if (!(*INTERNED[i].slot = PyUnicode_InternFromString(INTERNED[i].name)))
+            return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;

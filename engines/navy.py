@@ -149,6 +149,10 @@ class Navy:
         """``lookup_item_now(self.device, key)`` for a bytes key, as one C call."""
         self.may_hold_now = self._router.may_hold
         """``may_hold(key)`` for a bytes key, as one C call."""
+        if self.blockcache:
+            # BlockCache's lookup in C too, under the same lock; anything but a plain hit
+            # goes to its _lookup_found with the bytes already read
+            self._router.set_bc(self._bc_lock, self.blockcache._lookup_found)
         if self.bighash:
             self._router.set_insert(self._bh_locks, self.bighash.stream, self.small_item_max, self._bc_remove_now)
         self._router.accept_all = self._accept_all

@@ -118,8 +118,8 @@ class Index:
         self._ca = _ffi.cast("uint32_t *", self.addr.ctypes.data)
         self._cs = _ffi.cast("uint16_t *", self.size.ctypes.data)
         self._ch = _ffi.cast("uint16_t *", self.hits.ctypes.data)
-        self.probe = TagProbe(self.tag, self.addr)
-        """The tag and address arrays for probing from C (engines/_core.c's Router)."""
+        self.probe = TagProbe(self.tag, self.addr, self.size, self.hits)
+        """The arrays as C pointers: probed, and a hit counted, from C (engines/_core.c's Router)."""
         self.live = 0
         self.used = 0  # live + tombstones
         self._limit = int(cap * MAX_LOAD)
