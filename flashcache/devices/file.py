@@ -187,6 +187,11 @@ class FileDevice(BaseDevice):
             self._c_reads = Reader(self.fd, self.size, self._bs_mask, self.max_io,
                                    types.MethodType(FileDevice.read, self), False)
             self.read = self._c_reads.read
+            if type(self).write is FileDevice.write:
+                # and writes: checks, pwrite and counters (per stream too) in one C call,
+                # with the Python write below as its fallback in the same way
+                self._c_reads.set_write(types.MethodType(FileDevice.write, self))
+                self.write = self._c_reads.write
 
     def placement_off_reason(self) -> str:
         what = "block device" if self.is_block else "regular file"
@@ -336,7 +341,14 @@ class FileDevice(BaseDevice):
     def stats(self) -> dict[str, Any]:
         st = {**super().stats(), "engine": self.engine, "direct": self.direct,
               "target": "block device" if self.is_block else "regular file"}
-        if self._c_reads is not None:             # reads the C fast path counted
-            st["reads"] += self._c_reads.reads
-            st["bytes_read"] += self._c_reads.bytes_read
+        r = self._c_reads
+        if r is not None:                         # reads and writes the C fast path counted
+            st["reads"] += r.reads
+            st["bytes_read"] += r.bytes_read
+            if r.stream_bytes is not None:
+                st["writes"] += r.writes
+                st["bytes_written"] += r.bytes_written
+                per = st["bytes_written_by_stream"]
+                for name, n in r.stream_bytes.items():
+                    per[name] = per.get(name, 0) + n
         return st

@@ -203,7 +203,10 @@ typedef struct {
     Py_tss_t tss;
     unsigned long long size, mask, max_len;
     unsigned long long reads, bytes_read, busy;
+    unsigned long long writes, bytes_written;
     PyObject *fallback;
+    PyObject *write_fallback;   /* set_write(): the device's Python write; NULL: write() unused */
+    PyObject *stream_bytes;     /* bytes written here per stream name (a dict) */
     PyObject *owned;   /* ring mode: bytes objects holding the adopted thread_ring structs */
 } Reader;
 
@@ -235,6 +238,8 @@ static int Reader_traverse(Reader *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->fallback);   /* the fallback is the device's method: a cycle the GC breaks */
     Py_VISIT(self->owned);
+    Py_VISIT(self->write_fallback);
+    Py_VISIT(self->stream_bytes);
     return 0;
 }
 
@@ -242,6 +247,8 @@ static int Reader_clear(Reader *self)
 {
     Py_CLEAR(self->fallback);
     Py_CLEAR(self->owned);
+    Py_CLEAR(self->write_fallback);
+    Py_CLEAR(self->stream_bytes);
     return 0;
 }
 
@@ -397,6 +404,86 @@ static PyObject *Reader_adopt(Reader *self, PyObject *const *args, Py_ssize_t na
     Py_RETURN_NONE;
 }
 
+/* set_write(fallback): turn on write() (psync mode only), ``fallback`` being the device's
+ * Python write, which does the same and says what went wrong. */
+static PyObject *Reader_set_write(Reader *self, PyObject *fallback)
+{
+    if (self->ring_mode || !PyCallable_Check(fallback)) {
+        PyErr_SetString(PyExc_ValueError, "set_write(fallback): a psync Reader and a callable");
+        return NULL;
+    }
+    if (!self->stream_bytes && !(self->stream_bytes = PyDict_New()))
+        return NULL;
+    Py_XSETREF(self->write_fallback, Py_NewRef(fallback));
+    Py_RETURN_NONE;
+}
+
+static PyObject *s_name, *s_default;
+
+/* write(offset, data, stream=None): a psync device's buffered write in one C call: the
+ * checks, one pwrite of the whole bytes or bytearray, and the counters (writes, bytes,
+ * bytes per stream name: the device's stats() adds them to its own). Anything else (other
+ * types, keywords, a bad offset or length, a closed device, a failed or short pwrite) goes
+ * to the fallback from the start: it checks, writes (again: a write is idempotent), counts
+ * and raises the device's clear error. */
+static PyObject *Reader_write(Reader *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_buffer view;
+    if (!self->write_fallback) {
+        PyErr_SetString(PyExc_ValueError, "Reader: write() before set_write(), or after the object was cleared");
+        return NULL;
+    }
+    if (kwnames || nargs < 2 || nargs > 3 || self->closed ||
+        !(PyBytes_CheckExact(args[1]) || PyByteArray_CheckExact(args[1])))
+        goto careful;
+    long long off = PyLong_AsLongLong(args[0]);
+    if (off == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        goto careful;
+    }
+    PyObject *stream = nargs == 3 ? args[2] : Py_None;
+    PyObject *name = stream == Py_None ? Py_NewRef(s_default) : PyObject_GetAttr(stream, s_name);
+    if (!name) {
+        PyErr_Clear();
+        goto careful;
+    }
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {   /* a bytearray cannot resize now */
+        Py_DECREF(name);
+        return NULL;
+    }
+    unsigned long long len = (unsigned long long)view.len;
+    if (off < 0 || (((unsigned long long)off | len) & self->mask) || len > self->max_len ||
+        (unsigned long long)off + len > self->size) {
+        PyBuffer_Release(&view);
+        Py_DECREF(name);
+        goto careful;
+    }
+    ssize_t put;
+    Py_BEGIN_ALLOW_THREADS
+    put = pwrite(self->fd, view.buf, (size_t)len, (off_t)off);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    if (put < 0 || (unsigned long long)put != len) {
+        Py_DECREF(name);
+        goto careful;
+    }
+    self->writes++;
+    self->bytes_written += len;
+    PyObject *was = PyDict_GetItemWithError(self->stream_bytes, name);
+    PyObject *n = PyLong_FromUnsignedLongLong(len), *now = NULL;
+    if (n)
+        now = was ? PyNumber_Add(was, n) : PyErr_Occurred() ? NULL : Py_NewRef(n);
+    int rc = now ? PyDict_SetItem(self->stream_bytes, name, now) : -1;
+    Py_XDECREF(n);
+    Py_XDECREF(now);
+    Py_DECREF(name);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+careful:
+    return PyObject_Vectorcall(self->write_fallback, args, nargs, kwnames);
+}
+
 static PyObject *Reader_close(Reader *self, PyObject *unused)
 {
     (void)unused;
@@ -409,7 +496,11 @@ static PyMethodDef Reader_methods[] = {
      "read(offset, length) -> bytes: one checked read, or the fallback's answer."},
     {"adopt", (PyCFunction)(void (*)(void))Reader_adopt, METH_FASTCALL,
      "adopt(ring, stage): the calling thread's own ring and its registered buffer (ring mode)."},
-    {"close", (PyCFunction)Reader_close, METH_NOARGS, "Send every later read to the fallback."},
+    {"close", (PyCFunction)Reader_close, METH_NOARGS, "Send every later read and write to the fallbacks."},
+    {"set_write", (PyCFunction)Reader_set_write, METH_O,
+     "set_write(fallback): turn on write() for a psync Reader; fallback is the device's Python write."},
+    {"write", (PyCFunction)(void (*)(void))Reader_write, METH_FASTCALL | METH_KEYWORDS,
+     "write(offset, data, stream=None): one checked pwrite, or the fallback's answer."},
     {"read_into_hook", (PyCFunction)Reader_read_into_hook, METH_NOARGS,
      "read_into_hook() -> capsule 'engines.device.read_into': read() into a C caller's buffer."},
     {NULL, NULL, 0, NULL},
@@ -419,6 +510,10 @@ static PyMemberDef Reader_members[] = {
     {"reads", T_ULONGLONG, offsetof(Reader, reads), READONLY, "reads done here"},
     {"bytes_read", T_ULONGLONG, offsetof(Reader, bytes_read), READONLY, "bytes read here"},
     {"busy", T_ULONGLONG, offsetof(Reader, busy), READONLY, "reads inside the kernel now"},
+    {"writes", T_ULONGLONG, offsetof(Reader, writes), READONLY, "writes done here"},
+    {"bytes_written", T_ULONGLONG, offsetof(Reader, bytes_written), READONLY, "bytes written here"},
+    {"stream_bytes", T_OBJECT, offsetof(Reader, stream_bytes), READONLY,
+     "bytes written here per stream name (None until set_write())"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -429,7 +524,8 @@ static PyTypeObject ReaderType = {
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_traverse = (traverseproc)Reader_traverse,
     .tp_clear = (inquiry)Reader_clear,
-    .tp_doc = "Reader(fd, size, block_mask, max_len, fallback, ring_mode): a device's checked single reads.",
+    .tp_doc = "Reader(fd, size, block_mask, max_len, fallback, ring_mode): a device's checked single reads "
+              "(and, after set_write(), a psync device's single writes).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Reader_init,
     .tp_dealloc = (destructor)Reader_dealloc,
@@ -453,7 +549,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_results_c", NULL, 0
 
 PyMODINIT_FUNC PyInit__results_c(void)
 {
-    if (PyType_Ready(&ReaderType) < 0)
+    if (PyType_Ready(&ReaderType) < 0 || !(s_name = PyUnicode_InternFromString("name")) ||
+        !(s_default = PyUnicode_InternFromString("default")))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)

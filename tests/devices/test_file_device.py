@@ -158,13 +158,63 @@ signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 from flashcache.devices.file import FileDevice
 d = FileDevice({str(tmp_path / 'full.img')!r}, 1 << 20)
 resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
-try:
-    d.write(65536, bytes(8192))
-except Exception as e:
-    print(type(e).__name__, e)
+for off in (65536, 61440):      # nothing fits; half fits (a short write)
+    try:
+        d.write(off, bytes(8192))
+    except Exception as e:
+        print(type(e).__name__, e)
+print("written in C:", d._c_reads.writes)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert "DeviceError" in out.stdout and "write of 8192 bytes at offset 65536 failed" in out.stdout, out
+    lines = out.stdout.splitlines()
+    assert len(lines) == 3, out
+    assert lines[0].startswith("DeviceError") and "write of 8192 bytes at offset 65536 failed" in lines[0], out
+    assert lines[1].startswith("DeviceError") and "at offset 65536 failed" in lines[1], out
+    assert lines[2] == "written in C: 0", out
+
+
+def test_buffered_writes_take_the_c_path_and_count_as_the_python_write_does(tmp_path):
+    """A psync device's single buffered write is one C call (bytes or bytearray, with or
+    without a stream); everything unusual goes to the Python write, which names the
+    problem. The same writes on a twin device held to the Python write give the same
+    bytes on disk and the same counters, per stream too."""
+    import types
+
+    class Stream:
+        def __init__(self, name):
+            self.name = name
+
+    a = FileDevice(str(tmp_path / "a.img"), 4 << 20)
+    b = FileDevice(str(tmp_path / "b.img"), 4 << 20)
+    b.write = types.MethodType(FileDevice.write, b)                          # the Python form
+    assert a.write == a._c_reads.write
+    s1, s2 = Stream("bighash"), Stream("blockcache")
+    for d in (a, b):
+        d.write(4096, b"a" * 8192, s1)
+        d.write(0, bytearray(b"b" * 4096), s2)
+        d.write(16384, b"c" * 4096)                                          # default stream
+        d.write(20480, b"d" * 4096, None)
+        d.write(24576, memoryview(b"e" * 4096), s1)                          # not bytes: Python
+        d.write(28672, b"f" * 4096, stream=s2)                               # a keyword: Python
+        with pytest.raises(ValueError, match="not aligned to the device block size 4096"):
+            d.write(100, b"x" * 4096, s1)
+        with pytest.raises(ValueError, match="ends past the device size"):
+            d.write(4 << 20, b"x" * 4096)
+        with pytest.raises(TypeError):
+            d.write("0", b"x" * 4096)
+        with pytest.raises(AttributeError):
+            d.write(0, b"x" * 4096, "not a stream")
+    assert a._c_reads.writes == 4 and a._c_reads.bytes_written == 5 * 4096
+    assert a._c_reads.stream_bytes == {"bighash": 8192, "blockcache": 4096, "default": 8192}
+    assert b._c_reads.writes == 0
+    sa, sb = a.stats(), b.stats()
+    assert sa == {**sb, "path": sa["path"]} and sa["writes"] == 7     # the last one wrote, then failed
+    assert sa["bytes_written_by_stream"] == {"bighash": 12288, "blockcache": 8192, "default": 8192}
+    assert a.read(0, 32768) == b.read(0, 32768)
+    a.close()
+    with pytest.raises(ClosedError):
+        a.write(0, b"x" * 4096)
+    b.close()
 
 
 def test_buffered_reads_take_the_c_path_and_fall_back_for_the_rest(img):
