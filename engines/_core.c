@@ -1107,10 +1107,27 @@ static int router_find_hook(void *ctx, PyObject *key, PyObject **value, double *
     return router_find((Router *)ctx, key, value, expiry);
 }
 
-static void lookup_capsule_free(PyObject *cap)
+/* A capsule named ``name`` around h (PyMem_Malloc'd, freed with it) that keeps the Router
+ * alive; NULL with an exception (h freed). */
+static void hook_capsule_free(PyObject *cap)
 {
-    PyMem_Free(PyCapsule_GetPointer(cap, "engines.navy.lookup"));
+    PyMem_Free(PyCapsule_GetPointer(cap, PyCapsule_GetName(cap)));
     Py_XDECREF((PyObject *)PyCapsule_GetContext(cap));
+}
+
+static PyObject *router_capsule(Router *r, void *h, const char *name)
+{
+    PyObject *cap = PyCapsule_New(h, name, hook_capsule_free);
+    if (!cap) {
+        PyMem_Free(h);
+        return NULL;
+    }
+    if (PyCapsule_SetContext(cap, Py_NewRef((PyObject *)r)) < 0) {
+        Py_DECREF((PyObject *)r);
+        Py_DECREF(cap);
+        return NULL;
+    }
+    return cap;
 }
 
 static PyObject *router_lookup_hook(Router *r, PyObject *unused)
@@ -1121,17 +1138,7 @@ static PyObject *router_lookup_hook(Router *r, PyObject *unused)
         return PyErr_NoMemory();
     h->fn = router_find_hook;
     h->ctx = r;
-    PyObject *cap = PyCapsule_New(h, "engines.navy.lookup", lookup_capsule_free);
-    if (!cap) {
-        PyMem_Free(h);
-        return NULL;
-    }
-    if (PyCapsule_SetContext(cap, Py_NewRef(r)) < 0) {
-        Py_DECREF(r);
-        Py_DECREF(cap);
-        return NULL;
-    }
-    return cap;
+    return router_capsule(r, h, "engines.navy.lookup");
 }
 
 /* may_hold(key): False when neither engine can hold a bytes key (BlockCache's index,
@@ -1235,33 +1242,29 @@ static int lock_call(PyObject *lock, PyObject *name)
     return r ? 0 : -1;
 }
 
-/* insert(key, value, expiry) -> True when done here, None when Navy's Python form must do
- * it. Done here: a bytes key and value small enough for BigHash (entry header included),
- * admission accepting all, a plain expiry: Navy.insert_now's steps (count the insert,
- * BigHash's core under the bucket's lock stripe, then drop any BlockCache copy). */
-static PyObject *router_insert(Router *r, PyObject *const *args, Py_ssize_t nargs)
+/* Navy.insert_now's steps for an item this can do (a bytes key and value small enough for
+ * BigHash, entry header included, admission accepting all, a plain expiry): count the
+ * insert, BigHash's core under the bucket's lock stripe, then drop any BlockCache copy.
+ * 1 done, 0 declined having changed nothing (Navy's Python form must do it), -1 with an
+ * exception. */
+static int router_put(Router *r, PyObject *key, PyObject *value, PyObject *expiry)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "Router.insert(key, value, expiry)");
-        return NULL;
-    }
-    PyObject *key = args[0], *value = args[1];
     if (!r->accept_all || !r->bh || !r->locks || !PyBytes_CheckExact(key) || !PyBytes_CheckExact(value) ||
-        expiry_of(args[2]) < 0)
-        Py_RETURN_NONE;
+        expiry_of(expiry) < 0)
+        return 0;
     Py_ssize_t klen = PyBytes_GET_SIZE(key), vlen = PyBytes_GET_SIZE(value);
     if (klen + vlen > r->small_max || klen > MAX_KEY || ENTRY + klen + vlen > (Py_ssize_t)r->bh->size - HEADER)
-        Py_RETURN_NONE;
+        return 0;
     r->inserts++;
     uint64_t b = bucket_of(r->bh, key_hash(PyBytes_AS_STRING(key), klen));
     PyObject *lock = Py_NewRef(PyList_GET_ITEM(r->locks, (Py_ssize_t)(b % (uint64_t)PyList_GET_SIZE(r->locks))));
     PyObject *res = NULL, *read = NULL, *write = NULL;
     if (lock_call(lock, s_acquire) < 0) {
         Py_DECREF(lock);
-        return NULL;
+        return -1;
     }
     if ((read = PyObject_GetAttr(r->device, s_read)) && (write = PyObject_GetAttr(r->device, s_write))) {
-        PyObject *iargs[6] = {read, write, key, value, args[2], r->stream};
+        PyObject *iargs[6] = {read, write, key, value, expiry, r->stream};
         res = core_insert(r->bh, iargs, 6);
     }
     Py_XDECREF(read);
@@ -1270,21 +1273,58 @@ static PyObject *router_insert(Router *r, PyObject *const *args, Py_ssize_t narg
     Py_DECREF(lock);
     if (!res || released < 0) {
         Py_XDECREF(res);
-        return NULL;
+        return -1;
     }
     Py_DECREF(res);         /* an int: we checked everything that makes it None */
     if (r->bc) {
         int may = bc_may_hold(r, key);
         if (may < 0)
-            return NULL;
+            return -1;
         if (may) {
             PyObject *x = PyObject_CallOneArg(r->bc_remove, key);
             if (!x)
-                return NULL;
+                return -1;
             Py_DECREF(x);
         }
     }
-    Py_RETURN_TRUE;
+    return 1;
+}
+
+/* insert(key, value, expiry) -> True when done here, None when Navy's Python form must do
+ * it (router_put). */
+static PyObject *router_insert(Router *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "Router.insert(key, value, expiry)");
+        return NULL;
+    }
+    int done = router_put(r, args[0], args[1], args[2]);
+    return done < 0 ? NULL : done ? Py_NewRef(Py_True) : Py_NewRef(Py_None);
+}
+
+/* The insert hook (flashcache/_hot.c's HotPath takes it for its demotions): a capsule
+ * "engines.navy.insert" holding struct { int (*fn)(void *ctx, PyObject *key, PyObject
+ * *value, PyObject *expiry); void *ctx; }: router_put for a C caller. The capsule keeps
+ * the Router alive. */
+struct fc_insert {
+    int (*fn)(void *ctx, PyObject *key, PyObject *value, PyObject *expiry);
+    void *ctx;
+};
+
+static int router_put_hook(void *ctx, PyObject *key, PyObject *value, PyObject *expiry)
+{
+    return router_put((Router *)ctx, key, value, expiry);
+}
+
+static PyObject *router_insert_hook(Router *r, PyObject *unused)
+{
+    (void)unused;
+    struct fc_insert *h = PyMem_Malloc(sizeof *h);
+    if (!h)
+        return PyErr_NoMemory();
+    h->fn = router_put_hook;
+    h->ctx = r;
+    return router_capsule(r, h, "engines.navy.insert");
 }
 
 static PyObject *router_counters(Router *r, PyObject *unused)
@@ -1308,6 +1348,8 @@ static PyMethodDef router_methods[] = {
     {"may_hold", (PyCFunction)router_may_hold, METH_O, "may_hold(key): False if neither engine can hold it"},
     {"insert", (PyCFunction)(void (*)(void))router_insert, METH_FASTCALL,
      "insert(key, value, expiry) -> True when done here, None: use Navy's Python form"},
+    {"insert_hook", (PyCFunction)router_insert_hook, METH_NOARGS,
+     "insert_hook() -> capsule 'engines.navy.insert': insert for a C caller, no bool"},
     {"set_insert", (PyCFunction)(void (*)(void))router_set_insert, METH_FASTCALL,
      "set_insert(locks, stream, small_max, bc_remove): what insert() needs"},
     {"bc_may_hold", (PyCFunction)router_bc_may_hold, METH_O, "bc_may_hold(key): BlockCache's index holds its tag"},

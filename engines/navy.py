@@ -149,6 +149,10 @@ class Navy:
         """``lookup_item_now(self.device, key)`` for a bytes key, as one C call."""
         self.may_hold_now = self._router.may_hold
         """``may_hold(key)`` for a bytes key, as one C call."""
+        self.insert_hook = self._router.insert_hook
+        """``insert_hook()``: a capsule "engines.navy.insert" for a C caller (the cache's
+        demotions): ``insert_now(self.device, ...)`` for what the C form takes, declining
+        the rest (see engines/_core.c)."""
         if self.blockcache:
             # BlockCache's lookup in C too, under the same lock; anything but a plain hit
             # goes to its _lookup_found with the bytes already read

@@ -659,15 +659,26 @@ static PyTypeObject HistType = {
  *        to demote(list) (clean ones are counted as skipped).
  *   set: may_hold(key) -> remove(key) (no stale flash copy may outlive the set); DRAM set;
  *        dirty evicted items to demote(list).
+ * With set_insert_hook(), each dirty evicted item goes to the Router's insert hook first
+ * (Navy.insert_now's C form) and only one it declines to demote([item]).
  * Counters (counters()) merge into the Cache's; latencies go to the two histograms. */
-enum { H_GETS, H_SETS, H_MISSES, H_HITS_DRAM, H_HITS_FLASH, H_ITEM_BYTES_SET, H_SKIPPED_CLEAN, H_PROMOTIONS, H_N };
+enum { H_GETS, H_SETS, H_MISSES, H_HITS_DRAM, H_HITS_FLASH, H_ITEM_BYTES_SET, H_SKIPPED_CLEAN, H_PROMOTIONS,
+       H_DEMOTIONS, H_N };
 static const char *const HOT_NAMES[H_N] = {"gets", "sets", "misses", "hits_dram", "hits_flash", "item_bytes_set",
-                                           "demotions_skipped_clean", "promotions"};
+                                           "demotions_skipped_clean", "promotions", "demotions"};
 
 /* engines/_core.c's lookup hook: a capsule "engines.navy.lookup" that the object behind a
  * C flash_lookup (the Router) offers through lookup_hook(). */
 struct fc_lookup {
     int (*fn)(void *ctx, PyObject *key, PyObject **value, double *expiry);
+    void *ctx;
+};
+
+/* Its insert hook: a capsule "engines.navy.insert" (Router.insert_hook()): fn returns 1
+ * having put the item on flash, 0 having declined and changed nothing, -1 with an
+ * exception. Given by set_insert_hook(). */
+struct fc_insert {
+    int (*fn)(void *ctx, PyObject *key, PyObject *value, PyObject *expiry);
     void *ctx;
 };
 
@@ -678,6 +689,8 @@ typedef struct {
     PyObject *flash_lookup, *may_hold, *remove, *demote, *clock, *slow_get, *slow_set;
     PyObject *lookup_cap;       /* the hook's capsule, or NULL */
     struct fc_lookup *lookup;
+    PyObject *insert_cap;       /* the insert hook's capsule, or NULL */
+    struct fc_insert *insert;
     Py_ssize_t max_key, small_max;
     int closed;
     long long c[H_N];
@@ -698,6 +711,7 @@ static int hot_traverse(Hot *h, visitproc visit, void *arg)
     Py_VISIT(h->slow_get);
     Py_VISIT(h->slow_set);
     Py_VISIT(h->lookup_cap);
+    Py_VISIT(h->insert_cap);
     return 0;
 }
 
@@ -715,6 +729,8 @@ static int hot_clear(Hot *h)
     Py_CLEAR(h->slow_set);
     Py_CLEAR(h->lookup_cap);
     h->lookup = NULL;
+    Py_CLEAR(h->insert_cap);
+    h->insert = NULL;
     return 0;
 }
 
@@ -778,14 +794,52 @@ static inline double mono(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* Hand the evicted items in ``out`` (dirty ones: put() counted the clean) to demote(). */
+/* Demote the evicted items in ``out`` (dirty ones: put() counted the clean): each through
+ * the insert hook when there is one (counted here, as Cache._demote counts), an item it
+ * declines as demote([item]); without the hook, demote(out). */
 static int demote(Hot *h, PyObject *out)
 {
-    if (!PyList_GET_SIZE(out))
+    Py_ssize_t n = PyList_GET_SIZE(out);
+    if (!n)
         return 0;
-    PyObject *r = PyObject_CallOneArg(h->demote, out);
-    Py_XDECREF(r);
-    return r ? 0 : -1;
+    if (!h->insert) {
+        PyObject *r = PyObject_CallOneArg(h->demote, out);
+        Py_XDECREF(r);
+        return r ? 0 : -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *e = PyList_GET_ITEM(out, i);      /* Evicted (key, value, expiry, clean); the list is ours */
+        int done = h->insert->fn(h->insert->ctx, PyTuple_GET_ITEM(e, 0), PyTuple_GET_ITEM(e, 1),
+                                 PyTuple_GET_ITEM(e, 2));
+        if (done < 0)
+            return -1;
+        if (done) {
+            h->c[H_DEMOTIONS]++;
+            continue;
+        }
+        PyObject *one = PyList_New(1);
+        if (!one)
+            return -1;
+        PyList_SET_ITEM(one, 0, Py_NewRef(e));
+        PyObject *r = PyObject_CallOneArg(h->demote, one);
+        Py_DECREF(one);
+        if (!r)
+            return -1;
+        Py_DECREF(r);
+    }
+    return 0;
+}
+
+/* set_insert_hook(capsule or None): demotions through the Router's insert hook (the Cache
+ * gives it when its device is the Navy's own). */
+static PyObject *hot_set_insert_hook(Hot *h, PyObject *cap)
+{
+    struct fc_insert *ins = NULL;
+    if (cap != Py_None && !(ins = PyCapsule_GetPointer(cap, "engines.navy.insert")))
+        return NULL;
+    Py_XSETREF(h->insert_cap, cap == Py_None ? NULL : Py_NewRef(cap));
+    h->insert = ins;
+    Py_RETURN_NONE;
 }
 
 /* The flash lookup: through the Router's lookup hook when flash_lookup offers one (no
@@ -948,6 +1002,8 @@ static PyMethodDef hot_methods[] = {
     {"set", (PyCFunction)(void (*)(void))hot_set, METH_FASTCALL | METH_KEYWORDS,
      "set(key, value, ttl=None): Cache.set, the common case in C (see flashcache/_hot.c)"},
     {"counters", (PyCFunction)hot_counters, METH_NOARGS, "the counters this path kept, as a dict"},
+    {"set_insert_hook", (PyCFunction)hot_set_insert_hook, METH_O,
+     "set_insert_hook(capsule or None): demote through the Router's C insert (see flashcache/_hot.c)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -957,8 +1013,16 @@ static PyObject *hot_hooked(Hot *h, void *unused)
     return PyBool_FromLong(h->lookup != NULL);
 }
 
+static PyObject *hot_insert_hooked(Hot *h, void *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(h->insert != NULL);
+}
+
 static PyGetSetDef hot_getset[] = {
     {"hooked", (getter)hot_hooked, NULL, "whether flash lookups go through the Router's C hook", NULL},
+    {"insert_hooked", (getter)hot_insert_hooked, NULL, "whether demotions go through the Router's C insert hook",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -134,6 +134,8 @@ class Cache:
                                 Cache.set.__get__(self), self.max_key_size, self._small_max)
             self.get = self._hot.get
             self.set = self._hot.set
+            if self.device is self.navy.device:   # demotions through the Router's C insert
+                self._hot.set_insert_hook(self.navy.insert_hook())
         log.info("cache on %s: %s; DRAM %d MiB; placement %s", self.device.path, self.navy.start,
                  c.dram_size >> 20, {k: v["state"] for k, v in self._placement().items()})
 

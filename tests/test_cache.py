@@ -310,6 +310,7 @@ def _make_twin(tmp_path, name, clock, hot, monkeypatch):
     c = flashcache.Cache(cfg(tmp_path / name, dram="4KiB", kind="file"), clock=clock)
     assert (c._hot is not None) == hot
     assert not hot or c._hot.hooked          # flash lookups through the Router's C hook
+    assert not hot or c._hot.insert_hooked   # demotions through its C insert
     return c
 
 
@@ -328,7 +329,7 @@ def test_hot_path_does_exactly_what_the_python_methods_do(tmp_path, monkeypatch)
     random operations that mix the hot path's common case with everything it hands back
     (str keys, TTLs, too-large values, get_many, delete, touch, expiry)."""
     from hypothesis import HealthCheck, given, settings
-    flash_hits = []
+    flash_hits, c_demotions = [], []
 
     @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(_twin_ops())
@@ -369,6 +370,7 @@ def test_hot_path_does_exactly_what_the_python_methods_do(tmp_path, monkeypatch)
                 assert res[0] == res[1], (op, i, n)
             sa, sb = _comparable(a.stats()), _comparable(b.stats())
             flash_hits.append(sa["hits"]["flash"])
+            c_demotions.append(b._hot.counters()["demotions"])
             assert {k: v for k, v in sa.items() if sb[k] != v} == {}, {k: v for k, v in sb.items() if sa[k] != v}
             assert a._get_hist.counts and sum(a._get_hist.counts) == sum(b._get_hist.counts)
             assert sum(a._set_hist.counts) == sum(b._set_hist.counts)
@@ -378,6 +380,7 @@ def test_hot_path_does_exactly_what_the_python_methods_do(tmp_path, monkeypatch)
 
     run_ops()
     assert sum(flash_hits) > 100            # the flash paths ran too
+    assert sum(c_demotions) > 20            # and demotions through the C insert hook
 
 
 def test_hot_path_closes_with_the_cache(tmp_path, clock):
