@@ -28,6 +28,7 @@ class Regions:
         self.units = region_size // alignment  # alignment units per region
         self.buf = bytearray(region_size)
         self.view = memoryview(self.buf)
+        self._bytes = np.frombuffer(self.buf, np.uint8)   # for zeroing: a memset, ~5x a bytes copy
         self.state = np.zeros(nregions, np.int8)
         self.pool: deque[int] = deque()
         self.open = 0
@@ -46,9 +47,7 @@ class Regions:
         self.loaded = True
 
     def _clear_buffer(self) -> None:
-        used = self.fill * self.alignment
-        if used:
-            self.view[:used] = bytes(used)
+        self._bytes[:self.fill * self.alignment] = 0
         self.fill = self.flushed = 0
         self.loaded = True
 
@@ -122,7 +121,7 @@ class Regions:
         DRAM: the open region stays open with what ``flush()`` wrote of it (anything after
         that is dropped), to be read back into the buffer by the next append
         (``loaded`` is False until then)."""
-        self.view[:self.fill * self.alignment] = bytes(self.fill * self.alignment)
+        self._bytes[:self.fill * self.alignment] = 0
         self.state, pool, self.open, flushed = parsed
         self.pool = deque(pool)
         self.fill = self.flushed = flushed

@@ -222,6 +222,17 @@ def test_on_flash_layout_matches_the_docstring():
     assert csum == xxhash.xxh3_64_intdigest(raw[:8] + raw[16:52], CHECKSUM_SEED)
 
 
+def test_a_reused_buffer_starts_zeroed_so_padding_on_flash_is_zeros():
+    """After a seal the buffer is filled again for the next region: what the last region
+    left in it must not reach flash as another entry's padding."""
+    bc, dev = make()
+    fill_regions(bc, dev, 1, prefix=b"x")                 # the buffer full of non-zero bytes
+    put(bc, dev, b"k", b"v")                               # seals region 0, opens region 1
+    run(bc.flush(), dev)
+    raw = bytes(dev.buf[bc.region_offset(1):bc.region_offset(1) + R])
+    assert raw[HEADER_SIZE:HEADER_SIZE + 2] == b"kv" and raw[HEADER_SIZE + 2:] == bytes(R - HEADER_SIZE - 2)
+
+
 # ---------------------------------------------------------------------- eviction
 
 
