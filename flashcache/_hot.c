@@ -650,8 +650,9 @@ static PyTypeObject HistType = {
 
 /* HotPath: Cache.get and Cache.set for the common case in one C call each (the Cache binds
  * them over its methods when it has no codec). The common case: the cache is open, the key
- * is bytes of 1..max_key bytes, and for set the value is bytes, small enough for BigHash,
- * with no ttl and no default TTL, and the cache does not write through. Anything else
+ * is bytes of 1..max_key bytes, and for set the value is bytes, key + value within fits_max
+ * (every item up to it fits a flash engine), with no ttl and no default TTL, and the cache
+ * does not write through. Anything else
  * calls slow_get / slow_set (the Python methods, which do the same steps and raise the
  * errors). The steps are the Python methods', calling back into Python for flash:
  *   get: DRAM; on a miss flash_lookup(key) -> (value, expiry) or None; an expired item
@@ -691,7 +692,7 @@ typedef struct {
     struct fc_lookup *lookup;
     PyObject *insert_cap;       /* the insert hook's capsule, or NULL */
     struct fc_insert *insert;
-    Py_ssize_t max_key, small_max;
+    Py_ssize_t max_key, fits_max;
     int closed;
     long long c[H_N];
 } Hot;
@@ -744,12 +745,12 @@ static void hot_dealloc(Hot *h)
 static int hot_init(Hot *h, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"dram", "get_hist", "set_hist", "flash_lookup", "may_hold", "remove", "demote",
-                             "clock", "slow_get", "slow_set", "max_key", "small_max", NULL};
+                             "clock", "slow_get", "slow_set", "max_key", "fits_max", NULL};
     PyObject *o[10];
-    Py_ssize_t max_key, small_max;
+    Py_ssize_t max_key, fits_max;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!O!OOOOOOOnn", kwlist, &LruType, &o[0], &HistType, &o[1],
                                      &HistType, &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9],
-                                     &max_key, &small_max))
+                                     &max_key, &fits_max))
         return -1;
     hot_clear(h);
     for (int i = 0; i < 10; i++)
@@ -765,7 +766,7 @@ static int hot_init(Hot *h, PyObject *args, PyObject *kw)
     h->slow_get = o[8];
     h->slow_set = o[9];
     h->max_key = max_key;
-    h->small_max = small_max;
+    h->fits_max = fits_max;
     /* flash_lookup bound to an object with lookup_hook(): call its C function directly */
     if (PyCFunction_Check(o[3]) && PyCFunction_GET_SELF(o[3]) && !PyModule_Check(PyCFunction_GET_SELF(o[3]))) {
         PyObject *cap = PyObject_CallMethod(PyCFunction_GET_SELF(o[3]), "lookup_hook", NULL);
@@ -940,7 +941,7 @@ static PyObject *hot_get(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObje
 static PyObject *hot_set(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     if (h->closed || kwnames || nargs != 2 || !plain_key(h, args[0]) || !PyBytes_CheckExact(args[1]) ||
-        PyBytes_GET_SIZE(args[0]) + PyBytes_GET_SIZE(args[1]) > h->small_max)
+        PyBytes_GET_SIZE(args[0]) + PyBytes_GET_SIZE(args[1]) > h->fits_max)
         return PyObject_Vectorcall(h->slow_set, args, nargs, kwnames);
     PyObject *key = args[0];
     double t0 = mono();

@@ -121,8 +121,9 @@ class Cache:
         self.metrics = CacheMetrics(self.stats, registry, name)
         self._get_hist = self.metrics.get_seconds
         self._set_hist = self.metrics.set_seconds
-        # items up to this size fit an engine whatever the key: set() checks no further
-        self._small_max = max(self.navy.small_item_max, 1)
+        # items up to this size (key + value) fit an engine: set() checks no further
+        n = self.navy
+        self._fits_max = max(n.small_item_max if n.bighash else 0, n.blockcache.max_item_size if n.blockcache else 0, 1)
         # get and set in one C call each for the common case (bytes in and out, no TTL by
         # default, no write-through); everything else goes to the Python methods below,
         # which do the same steps (the hot path calls them as its slow path)
@@ -131,7 +132,7 @@ class Cache:
             self._hot = HotPath(self.dram, self._get_hist, self._set_hist,
                                 self.navy.lookup_now, self.navy.may_hold_now,
                                 self._remove_flash, self._demote, clock, Cache.get.__get__(self),
-                                Cache.set.__get__(self), self.max_key_size, self._small_max)
+                                Cache.set.__get__(self), self.max_key_size, self._fits_max)
             self.get = self._hot.get
             self.set = self._hot.set
             if self.device is self.navy.device:   # demotions through the Router's C insert
@@ -265,7 +266,7 @@ class Cache:
         t0 = _now()
         k = key if type(key) is bytes and 0 < len(key) <= self.max_key_size else self._key(key)
         v = value if type(value) is bytes and self.codec is None else self._encode(value)
-        if len(k) + len(v) > self._small_max:
+        if len(k) + len(v) > self._fits_max:
             self._check_size(k, v)
         exp = self._expiry(ttl) if ttl is not None or self.default_ttl else 0.0
         c = self._counters
