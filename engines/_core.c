@@ -819,12 +819,23 @@ static inline uint64_t code_units(uint16_t code)
     return code < 0x8000 ? (uint64_t)code + 1 : ((uint64_t)(code & 0x7FFF) + 1) * 16;
 }
 
+/* entry.checksum of the entry at h (length bytes): xxh3 over header bytes [0, 8) then
+ * [16, length), taken as one run with the checksum field overwritten by the header's first
+ * 8 bytes meanwhile, then put back. */
+static uint64_t entry_checksum(uint8_t *h, uint64_t length)
+{
+    uint8_t saved[8];
+    memcpy(saved, h + 8, 8);
+    memcpy(h + 8, h, 8);
+    uint64_t sum = fc_xxh3_64((const char *)h + 8, length - 8, BC_CHECKSUM_SEED);
+    memcpy(h + 8, saved, 8);
+    return sum;
+}
+
 /* Whether d[pos:end] is an intact entry (with ``verify``: its checksum too) of BlockCache's
  * generation, for this key, not expired: 1 with *vstart, *vlen, *expiry; 0 for anything
  * else (BlockCache._lookup_found then judges, counts and logs it); -1 with an exception.
- * With ``verify`` d is ours to write: the checksum (entry.checksum: xxh3 over header bytes
- * [0, 8) then [16, end)) is taken over one run, with the checksum field overwritten by
- * the header's first 8 bytes and put back after. */
+ * With ``verify`` d is ours to write (entry_checksum writes, then restores, 8 bytes). */
 static int bc_entry(Router *r, uint8_t *d, uint64_t pos, uint64_t end, int verify, PyObject *key, uint64_t kh,
                     uint64_t *vstart, uint32_t *vlen, uint32_t *expiry)
 {
@@ -835,15 +846,8 @@ static int bc_entry(Router *r, uint8_t *d, uint64_t pos, uint64_t end, int verif
     uint64_t length = BC_HEADER + (uint64_t)klen + le32(h + 32);
     if (memcmp(h, "FCBC", 4) || le16(h + 4) != BC_VERSION || le16(h + 6) != BC_HEADER || pos + length > end)
         return 0;
-    if (verify) {
-        uint8_t saved[8];
-        memcpy(saved, h + 8, 8);
-        memcpy(h + 8, h, 8);
-        uint64_t sum = fc_xxh3_64((const char *)h + 8, length - 8, BC_CHECKSUM_SEED);
-        memcpy(h + 8, saved, 8);
-        if (sum != le64(saved))
-            return 0;
-    }
+    if (verify && entry_checksum(h, length) != le64(h + 8))
+        return 0;
     uint64_t generation;
     if (attr_u64(r->bc, s_generation, &generation) < 0)
         return -1;
@@ -1383,9 +1387,61 @@ static PyTypeObject RouterType = {
     .tp_members = router_members,
 };
 
+/* encode_entry(buf, pos, khash, generation, expiry, key, value) -> the entry's unaligned
+ * length: BlockCache's entry.encode_into in one call (buf a bytearray the caller checked
+ * the entry fits, key and value bytes; the header, key, value and checksum written as
+ * engines/blockcache/entry.py lays them out, the padding after left as it is). */
+static PyObject *encode_entry(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    unsigned long long pos, khash, generation, expiry;
+    if (nargs != 7 || !PyByteArray_CheckExact(args[0]) || !PyBytes_CheckExact(args[5]) ||
+        !PyBytes_CheckExact(args[6])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "encode_entry(buf: bytearray, pos, khash, generation, expiry, key: bytes, value: bytes)");
+        return NULL;
+    }
+    pos = PyLong_AsUnsignedLongLong(args[1]);
+    khash = PyLong_AsUnsignedLongLong(args[2]);
+    generation = PyLong_AsUnsignedLongLong(args[3]);
+    expiry = PyLong_AsUnsignedLongLong(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_ssize_t klen = PyBytes_GET_SIZE(args[5]), vlen = PyBytes_GET_SIZE(args[6]);
+    uint64_t length = BC_HEADER + (uint64_t)klen + (uint64_t)vlen;
+    if (klen > 0xFFFF || (uint64_t)vlen > 0xFFFFFFFFu || expiry > 0xFFFFFFFFu ||
+        pos + length > (uint64_t)PyByteArray_GET_SIZE(args[0])) {
+        PyErr_SetString(PyExc_ValueError, "encode_entry: the entry does not fit the buffer, or a field overflows");
+        return NULL;
+    }
+    uint8_t *h = (uint8_t *)PyByteArray_AS_STRING(args[0]) + pos;
+    uint16_t version = BC_VERSION, hsize = BC_HEADER, kl = (uint16_t)klen, flags = 0;
+    uint32_t vl = (uint32_t)vlen, ex = (uint32_t)expiry;
+    memcpy(h, "FCBC", 4);
+    memcpy(h + 4, &version, 2);
+    memcpy(h + 6, &hsize, 2);
+    memcpy(h + 16, &generation, 8);
+    memcpy(h + 24, &khash, 8);
+    memcpy(h + 32, &vl, 4);
+    memcpy(h + 36, &ex, 4);
+    memcpy(h + 40, &kl, 2);
+    memcpy(h + 42, &flags, 2);
+    memcpy(h + BC_HEADER, PyBytes_AS_STRING(args[5]), (size_t)klen);
+    memcpy(h + BC_HEADER + klen, PyBytes_AS_STRING(args[6]), (size_t)vlen);
+    uint64_t sum = entry_checksum(h, length);
+    memcpy(h + 8, &sum, 8);
+    return PyLong_FromUnsignedLongLong(length);
+}
+
+static PyMethodDef module_methods[] = {
+    {"encode_entry", (PyCFunction)(void (*)(void))encode_entry, METH_FASTCALL,
+     "encode_entry(buf, pos, khash, generation, expiry, key, value) -> length: BlockCache's entry.encode_into"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "engines._core_c",
-    "BigHash's blocking hot paths in C (see engines/_core.c)", -1, NULL, NULL, NULL, NULL, NULL,
+    "BigHash's blocking hot paths in C (see engines/_core.c)", -1, module_methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__core_c(void)

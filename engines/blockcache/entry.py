@@ -33,6 +33,8 @@ from typing import NamedTuple
 
 import xxhash
 
+from engines._core_c import encode_entry as _encode_entry
+
 MAGIC = b"FCBC"
 FORMAT_VERSION = 1
 KEY_SEED = 0x510E527FADE682D1
@@ -80,7 +82,17 @@ def checksum(mv: memoryview, pos: int, end: int) -> int:
 def encode_into(buf: bytearray, pos: int, khash: int, generation: int, expiry: int,
                 key: bytes | bytearray | memoryview, value: bytes | bytearray | memoryview) -> int:
     """Write one entry at ``buf[pos:]`` (the caller checked that it fits); returns its
-    unaligned length. The padding after it is left as it is (the buffer keeps it zero)."""
+    unaligned length. The padding after it is left as it is (the buffer keeps it zero).
+    Bytes into a bytearray is one C call (engines/_core.c ``encode_entry``: the same bytes
+    as ``encode_into_py``, the reference, which does everything else)."""
+    if key.__class__ is bytes and value.__class__ is bytes and buf.__class__ is bytearray:
+        return _encode_entry(buf, pos, khash, generation, expiry, key, value)
+    return encode_into_py(buf, pos, khash, generation, expiry, key, value)
+
+
+def encode_into_py(buf: bytearray, pos: int, khash: int, generation: int, expiry: int,
+                   key: bytes | bytearray | memoryview, value: bytes | bytearray | memoryview) -> int:
+    """``encode_into`` in Python: the layout above, step by step."""
     klen, vlen = len(key), len(value)
     kstart = pos + HEADER_SIZE
     end = kstart + klen + vlen

@@ -222,6 +222,31 @@ def test_on_flash_layout_matches_the_docstring():
     assert csum == xxhash.xxh3_64_intdigest(raw[:8] + raw[16:52], CHECKSUM_SEED)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=1, max_size=300), st.binary(max_size=5000), st.integers(0, 3000),
+       st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 2**32 - 1, 1_700_000_000]))
+def test_the_c_encoder_writes_the_bytes_the_python_one_does(key, value, pos, khash, generation, expiry):
+    from engines.blockcache.entry import decode, encode_into, encode_into_py
+    size = pos + HEADER_SIZE + len(key) + len(value) + 100
+    a, b = bytearray(b"\xa5" * size), bytearray(b"\xa5" * size)     # padding left as it was
+    assert encode_into(a, pos, khash, generation, expiry, key, value) == \
+        encode_into_py(b, pos, khash, generation, expiry, key, value) == HEADER_SIZE + len(key) + len(value)
+    assert a == b
+    h = decode(a, pos, size)
+    assert (h.generation, h.key_hash, h.expiry, h.key_len, h.value_len) == (generation, khash, expiry, len(key),
+                                                                           len(value))
+
+
+def test_the_c_encoder_refuses_what_does_not_fit():
+    from engines._core_c import encode_entry
+    with pytest.raises(ValueError, match="does not fit the buffer"):
+        encode_entry(bytearray(100), 60, 0, 0, 0, b"k", b"v")
+    with pytest.raises(ValueError, match="a field overflows"):
+        encode_entry(bytearray(100), 0, 0, 0, 2**32, b"k", b"v")
+    with pytest.raises(TypeError, match="bytearray"):
+        encode_entry(b"x" * 100, 0, 0, 0, 0, b"k", b"v")
+
+
 def test_a_reused_buffer_starts_zeroed_so_padding_on_flash_is_zeros():
     """After a seal the buffer is filled again for the next region: what the last region
     left in it must not reach flash as another entry's padding."""
