@@ -79,6 +79,9 @@ class UringDevice(FileDevice):
             self._c_reads = Reader(self.fd, self.size, self._bs_mask, self.slot_bytes,
                                    types.MethodType(UringDevice.read, self), True)
             self.read = self._c_reads.read
+            # single writes too, on the same per-thread ring: no lock, no Python frame
+            self._c_reads.set_write(types.MethodType(UringDevice._write_first, self))
+            self.write = self._c_reads.write
         if GIL_GUARDS_COUNTERS:
             self._thread_reader()               # the opening thread's, made now (the usual reader)
         # The single-read hot path calls the C function with everything but the length and
@@ -231,6 +234,13 @@ class UringDevice(FileDevice):
 
     # Not FileDevice's pwrite fast path: a uring device writes through its ring.
     write = BaseDevice.write
+
+    def _write_first(self, offset: int, data, stream: PlacementStream | None = None) -> None:
+        """The C write's fallback (see __init__): makes this thread's ring when it has none,
+        so its next writes go through C, then the checked write through the device ring."""
+        if GIL_GUARDS_COUNTERS and not self._closing and not hasattr(self._tls, "reader"):
+            self._thread_reader()
+        BaseDevice.write(self, offset, data, stream)
 
     def _write(self, offset: int, data, stream: PlacementStream | None) -> None:
         v = memoryview(data).cast("B")

@@ -404,12 +404,12 @@ static PyObject *Reader_adopt(Reader *self, PyObject *const *args, Py_ssize_t na
     Py_RETURN_NONE;
 }
 
-/* set_write(fallback): turn on write() (psync mode only), ``fallback`` being the device's
- * Python write, which does the same and says what went wrong. */
+/* set_write(fallback): turn on write(), ``fallback`` being the device's Python write,
+ * which does the same and says what went wrong. */
 static PyObject *Reader_set_write(Reader *self, PyObject *fallback)
 {
-    if (self->ring_mode || !PyCallable_Check(fallback)) {
-        PyErr_SetString(PyExc_ValueError, "set_write(fallback): a psync Reader and a callable");
+    if (!PyCallable_Check(fallback)) {
+        PyErr_SetString(PyExc_ValueError, "set_write(fallback): fallback must be callable");
         return NULL;
     }
     if (!self->stream_bytes && !(self->stream_bytes = PyDict_New()))
@@ -420,12 +420,14 @@ static PyObject *Reader_set_write(Reader *self, PyObject *fallback)
 
 static PyObject *s_name, *s_default;
 
-/* write(offset, data, stream=None): a psync device's buffered write in one C call: the
- * checks, one pwrite of the whole bytes or bytearray, and the counters (writes, bytes,
- * bytes per stream name: the device's stats() adds them to its own). Anything else (other
- * types, keywords, a bad offset or length, a closed device, a failed or short pwrite) goes
- * to the fallback from the start: it checks, writes (again: a write is idempotent), counts
- * and raises the device's clear error. */
+/* write(offset, data, stream=None): a device's single write in one C call: the checks,
+ * one pwrite of the whole bytes or bytearray (psync), or in ring mode a copy into the
+ * calling thread's registered buffer and one WRITE_FIXED on its own ring (the GIL released
+ * in the kernel either way), and the counters (writes, bytes, bytes per stream name: the
+ * device's stats() adds them to its own). Anything else (other types, keywords, a bad
+ * offset or length, a closed device, a thread without its ring yet, a failed or short
+ * write) goes to the fallback from the start: it checks, writes (again: a write is
+ * idempotent), counts and raises the device's clear error. */
 static PyObject *Reader_write(Reader *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     Py_buffer view;
@@ -459,10 +461,29 @@ static PyObject *Reader_write(Reader *self, PyObject *const *args, Py_ssize_t na
         goto careful;
     }
     ssize_t put;
-    Py_BEGIN_ALLOW_THREADS
-    put = pwrite(self->fd, view.buf, (size_t)len, (off_t)off);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&view);
+    if (self->ring_mode) {
+        struct thread_ring *t = PyThread_tss_get(&self->tss);
+        if (!t) {                           /* this thread's ring is made by the fallback */
+            PyBuffer_Release(&view);
+            Py_DECREF(name);
+            goto careful;
+        }
+        memcpy(t->stage, view.buf, (size_t)len);
+        PyBuffer_Release(&view);
+        int res;
+        self->busy++;
+        Py_BEGIN_ALLOW_THREADS
+        res = fc_rw_one(t->ring, IORING_OP_WRITE_FIXED, self->fd, t->stage, (unsigned)len,
+                        (unsigned long long)off, 0);
+        Py_END_ALLOW_THREADS
+        self->busy--;
+        put = res;
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        put = pwrite(self->fd, view.buf, (size_t)len, (off_t)off);
+        Py_END_ALLOW_THREADS
+        PyBuffer_Release(&view);
+    }
     if (put < 0 || (unsigned long long)put != len) {
         Py_DECREF(name);
         goto careful;
@@ -498,7 +519,7 @@ static PyMethodDef Reader_methods[] = {
      "adopt(ring, stage): the calling thread's own ring and its registered buffer (ring mode)."},
     {"close", (PyCFunction)Reader_close, METH_NOARGS, "Send every later read and write to the fallbacks."},
     {"set_write", (PyCFunction)Reader_set_write, METH_O,
-     "set_write(fallback): turn on write() for a psync Reader; fallback is the device's Python write."},
+     "set_write(fallback): turn on write(); fallback is the device's Python write."},
     {"write", (PyCFunction)(void (*)(void))Reader_write, METH_FASTCALL | METH_KEYWORDS,
      "write(offset, data, stream=None): one checked pwrite, or the fallback's answer."},
     {"read_into_hook", (PyCFunction)Reader_read_into_hook, METH_NOARGS,
@@ -525,7 +546,7 @@ static PyTypeObject ReaderType = {
     .tp_traverse = (traverseproc)Reader_traverse,
     .tp_clear = (inquiry)Reader_clear,
     .tp_doc = "Reader(fd, size, block_mask, max_len, fallback, ring_mode): a device's checked single reads "
-              "(and, after set_write(), a psync device's single writes).",
+              "(and, after set_write(), its single writes).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Reader_init,
     .tp_dealloc = (destructor)Reader_dealloc,

@@ -196,6 +196,73 @@ def test_batched_writes_count_bytes_per_stream(img):
         assert (st["writes"], st["bytes_written"]) == (5, 24576)
 
 
+@pytest.mark.parametrize("direct", [False, True])
+def test_single_writes_run_in_c_on_each_threads_ring(tmp_path, direct):
+    """A single write is one C call on the calling thread's own ring (a new thread's first
+    write makes its ring through the Python fallback); everything unusual goes to the
+    Python write, which names the problem. A twin device held to the Python write gets
+    the same bytes and the same counters, per stream too."""
+    import threading
+    import types
+
+    from flashcache.devices.base import BaseDevice
+    a = UringDevice(str(tmp_path / "a.img"), 4 << 20, direct=direct, queue_depth=4)
+    b = UringDevice(str(tmp_path / "b.img"), 4 << 20, direct=direct, queue_depth=4)
+    b.write = types.MethodType(BaseDevice.write, b)                         # the Python form
+    x, y = a.open_stream("x"), a.open_stream("y")
+    assert a.write == a._c_reads.write
+    for d in (a, b):
+        d.write(0, b"a" * 4096, x)
+        d.write(8192, bytearray(b"b" * 8192), y)
+        d.write(16384, b"c" * 4096)
+        d.write(20480, memoryview(b"d" * 4096), x)                          # not bytes: Python
+        d.write(24576, b"e" * 4096, stream=y)                               # a keyword: Python
+        d.write(65536, b"f" * (256 << 10), x)                               # larger than a slot: Python
+        t = threading.Thread(target=lambda d=d: [d.write(i * 4096, b"t" * 4096, x) for i in range(40, 44)])
+        t.start()
+        t.join()
+        with pytest.raises(ValueError, match="not aligned to the device block size 4096"):
+            d.write(100, b"z" * 4096)
+        with pytest.raises(ValueError, match="ends past the device size"):
+            d.write(4 << 20, b"z" * 4096)
+    assert a._c_reads.writes == 3 + 3          # the thread's first write made its ring in Python
+    assert b._c_reads.writes == 0
+    sa, sb = a.stats(), b.stats()
+    for k in ("writes", "bytes_written", "bytes_written_by_stream", "errors"):
+        assert sa[k] == sb[k], k
+    assert sa["writes"] == 10 and sa["bytes_written_by_stream"]["x"] == 4096 * 6 + (256 << 10)
+    assert a.read(0, 1 << 20) == b.read(0, 1 << 20)
+    a.close()
+    with pytest.raises(ClosedError):
+        a.write(0, b"z" * 4096)
+    b.close()
+
+
+def test_a_failed_single_write_is_a_clear_error(tmp_path):
+    """A write the kernel fails (here past RLIMIT_FSIZE, in a child) comes out of the C path
+    as the device's DeviceError, written by nothing."""
+    import subprocess
+    import sys
+    code = f"""
+import resource, signal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+from flashcache.devices.uring import UringDevice
+d = UringDevice({str(tmp_path / 'full.img')!r}, 1 << 20)
+d.write(0, bytes(4096))                      # through C (the opening thread has its ring)
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+try:
+    d.write(65536, bytes(4096))
+except Exception as e:
+    print(type(e).__name__, e)
+print("written in C:", d._c_reads.writes, "errors:", d.stats()["errors"])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2, out
+    assert lines[0].startswith("DeviceError") and "write of 4096 bytes at offset 65536 failed" in lines[0], out
+    assert lines[1] == "written in C: 1 errors: 1", out      # the failed one counted as an error only
+
+
 def test_single_reads_run_in_c_on_each_threads_ring(img):
     """The opening thread reads in one C call at once; another thread's first read makes
     its ring through the Python fallback, its later reads are C too; stats add both up;
