@@ -7,7 +7,7 @@ Workload: 200 k keys; values 70 % 100 B, 25 % 1 KiB, 5 % 16 KiB; Zipf-like popul
 256 KiB by default: Zipf's head is heavy, so even a few hundred hot items in DRAM answer
 ~45 % of gets; at this size most hits come from flash, as the issue asks);
 its device is a file through pread/pwrite (psync): on this ext4, io_uring punts buffered
-writes to its worker threads (72 us per 4 KiB write against 3 us for pwrite; see the note
+writes to its worker threads (30-45 us per 4 KiB write against 2-3 us for pwrite; see the note
 of issue 6), so for a page-cache-backed file psync is the engine to use. Each round loads every key (sets/s), then does
 --gets Zipf gets (gets/s), with per-operation latency for p50/p99. Rounds alternate
 flashcache and diskcache; the best round of each is reported, with ratios
