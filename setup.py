@@ -7,10 +7,13 @@ setup(
     # return and writes take, handled in C (batches filled or staged inside the ring loop,
     # the devices' single-read hot path). ring.c is compiled in as well.
     ext_modules=[Extension("flashcache.uring._results_c", ["flashcache/uring/results.c", "flashcache/uring/ring.c"],
-                           include_dirs=["flashcache/uring"], extra_compile_args=["-O2", "-std=gnu11", "-Wall"]),
+                           include_dirs=["flashcache/uring", "engines"],
+                           extra_compile_args=["-O2", "-std=gnu11", "-Wall"]),
                  # the Cache's per-request structures: the DRAM tier's LRU, the latency
                  # histogram (flashcache/_hot.c)
-                 Extension("flashcache._hot_c", ["flashcache/_hot.c"], extra_compile_args=["-O2", "-std=gnu11", "-Wall"]),
+                 # (both include engines/_hooks.h: the C hooks passed between the modules)
+                 Extension("flashcache._hot_c", ["flashcache/_hot.c"], include_dirs=["engines"],
+                           extra_compile_args=["-O2", "-std=gnu11", "-Wall"]),
                  # BigHash's blocking lookup and insert in one C call each (engines/_core.c;
                  # the bucket core _bucket.c compiled in as well)
                  Extension("engines._core_c", ["engines/_core.c", "engines/_bucket.c", "engines/_bucket_avx2.c"],

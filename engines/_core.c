@@ -30,6 +30,7 @@
 #include <stdint.h>
 #include <string.h>
 #include "_bucket.h"
+#include "_hooks.h"
 
 enum { C_LOOKUPS, C_HITS, C_MISSES, C_BLOOM_REJECTS, C_FLASH_MISSES, C_EXPIRED_MISSES, C_INSERTS,
        C_REPLACED, C_EVICTIONS, C_EXPIRED_DROPPED, C_INSERTED_BYTES, C_STALE, C_BUCKET_READS,
@@ -52,15 +53,6 @@ static struct { PyObject **slot; const char *name; } INTERNED[] = {
     {&s_loaded, "loaded"}, {&s_fill, "fill"}, {&s_view, "view"}, {&s_eviction, "eviction"},
     {&s_touch, "touch"}, {&s_lookups, "lookups"}, {&s_misses, "misses"}, {&s_hits, "hits"},
     {&s_entry_reads, "entry_reads"}, {&s_bytes_read, "bytes_read"}, {&s_buffer_hits, "buffer_hits"},
-};
-
-/* A device's optional read-into hook (engines/device.py): the object behind a device's
- * read, when read is a C method, may offer read_into_hook() -> a capsule named
- * "engines.device.read_into" holding this struct. fn reads into our buffer and returns 1
- * (counted by the device as its read), or 0 having done nothing: then read() is called. */
-struct fc_read_into {
-    int (*fn)(void *ctx, char *buf, unsigned long long len, unsigned long long off);
-    void *ctx;
 };
 
 /* Buckets up to this size are read into the C stack through the hook (no bytes object). */
@@ -747,29 +739,6 @@ static int bc_may_hold(Router *r, PyObject *key)
 
 static int lock_call(PyObject *lock, PyObject *name);
 
-/* A Python lookup's answer, (value, expiry) or None, consumed: 1 with (*value, *expiry),
- * 0 for None, -1 with an exception. */
-static int item_of(PyObject *item, PyObject **value, double *expiry)
-{
-    if (item == Py_None) {
-        Py_DECREF(item);
-        return 0;
-    }
-    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
-        Py_DECREF(item);
-        PyErr_SetString(PyExc_TypeError, "Router: a BlockCache lookup must return (value, expiry) or None");
-        return -1;
-    }
-    *expiry = PyFloat_AsDouble(PyTuple_GET_ITEM(item, 1));
-    if (*expiry == -1 && PyErr_Occurred()) {
-        Py_DECREF(item);
-        return -1;
-    }
-    *value = Py_NewRef(PyTuple_GET_ITEM(item, 0));
-    Py_DECREF(item);
-    return 1;
-}
-
 /* BlockCache's entry (engines/blockcache/entry.py): a 44-byte little-endian header, then
  * key and value. */
 enum { BC_HEADER = 44, BC_VERSION = 1, BC_STACK = 32768, BC_MAX_HITS = 0xFFFF };
@@ -985,7 +954,7 @@ static int bc_find_locked(Router *r, PyObject *key, PyObject **value, double *ex
         Py_DECREF(arg);
         if (!item)
             goto done;
-        out = item_of(item, value, expiry_out);
+        out = fc_item_of(item, value, expiry_out, "Router: BlockCache._lookup_found");
         goto done;
     }
     if (!(*value = PyBytes_FromStringAndSize((const char *)d + vstart, vlen)))
@@ -1059,7 +1028,7 @@ static int router_find(Router *r, PyObject *key, PyObject **value, double *expir
                 found = bc_find(r, key, value, expiry);
             } else {
                 PyObject *item = PyObject_CallOneArg(r->bc_lookup, key);
-                found = item ? item_of(item, value, expiry) : -1;
+                found = item ? fc_item_of(item, value, expiry, "Router: bc_lookup") : -1;
             }
             if (found < 0)
                 return -1;
@@ -1095,16 +1064,6 @@ static PyObject *router_lookup(Router *r, PyObject *key)
     int found = router_find(r, key, &value, &expiry);
     return found < 0 ? NULL : found ? Py_BuildValue("(Nd)", value, expiry) : Py_NewRef(Py_None);
 }
-
-/* The lookup hook (flashcache/_hot.c's HotPath takes it): a capsule "engines.navy.lookup"
- * holding struct { int (*fn)(void *ctx, PyObject *key, PyObject **value, double *expiry);
- * void *ctx; }: router_find for a bytes key (fn returns 1 with a new reference in *value,
- * 0 for a miss, -1 with an exception), without the (value, expiry) tuple. The capsule
- * keeps the Router alive. */
-struct fc_lookup {
-    int (*fn)(void *ctx, PyObject *key, PyObject **value, double *expiry);
-    void *ctx;
-};
 
 static int router_find_hook(void *ctx, PyObject *key, PyObject **value, double *expiry)
 {
@@ -1305,15 +1264,6 @@ static PyObject *router_insert(Router *r, PyObject *const *args, Py_ssize_t narg
     int done = router_put(r, args[0], args[1], args[2]);
     return done < 0 ? NULL : done ? Py_NewRef(Py_True) : Py_NewRef(Py_None);
 }
-
-/* The insert hook (flashcache/_hot.c's HotPath takes it for its demotions): a capsule
- * "engines.navy.insert" holding struct { int (*fn)(void *ctx, PyObject *key, PyObject
- * *value, PyObject *expiry); void *ctx; }: router_put for a C caller. The capsule keeps
- * the Router alive. */
-struct fc_insert {
-    int (*fn)(void *ctx, PyObject *key, PyObject *value, PyObject *expiry);
-    void *ctx;
-};
 
 static int router_put_hook(void *ctx, PyObject *key, PyObject *value, PyObject *expiry)
 {

@@ -22,6 +22,7 @@
 #include <structmember.h>
 #include <math.h>
 #include <time.h>
+#include "_hooks.h"          /* engines/_hooks.h: the Router's lookup and insert hooks */
 
 typedef struct Node {
     PyObject_HEAD
@@ -668,21 +669,6 @@ enum { H_GETS, H_SETS, H_MISSES, H_HITS_DRAM, H_HITS_FLASH, H_ITEM_BYTES_SET, H_
 static const char *const HOT_NAMES[H_N] = {"gets", "sets", "misses", "hits_dram", "hits_flash", "item_bytes_set",
                                            "demotions_skipped_clean", "promotions", "demotions"};
 
-/* engines/_core.c's lookup hook: a capsule "engines.navy.lookup" that the object behind a
- * C flash_lookup (the Router) offers through lookup_hook(). */
-struct fc_lookup {
-    int (*fn)(void *ctx, PyObject *key, PyObject **value, double *expiry);
-    void *ctx;
-};
-
-/* Its insert hook: a capsule "engines.navy.insert" (Router.insert_hook()): fn returns 1
- * having put the item on flash, 0 having declined and changed nothing, -1 with an
- * exception. Given by set_insert_hook(). */
-struct fc_insert {
-    int (*fn)(void *ctx, PyObject *key, PyObject *value, PyObject *expiry);
-    void *ctx;
-};
-
 typedef struct {
     PyObject_HEAD
     Lru *dram;
@@ -851,25 +837,7 @@ static int flash_find(Hot *h, PyObject *key, PyObject **value, double *expiry)
     if (h->lookup)
         return h->lookup->fn(h->lookup->ctx, key, value, expiry);
     PyObject *item = PyObject_CallOneArg(h->flash_lookup, key);
-    if (!item)
-        return -1;
-    if (item == Py_None) {
-        Py_DECREF(item);
-        return 0;
-    }
-    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
-        Py_DECREF(item);
-        PyErr_SetString(PyExc_TypeError, "HotPath: flash_lookup must return (value, expiry) or None");
-        return -1;
-    }
-    *expiry = PyFloat_AsDouble(PyTuple_GET_ITEM(item, 1));
-    if (*expiry == -1 && PyErr_Occurred()) {
-        Py_DECREF(item);
-        return -1;
-    }
-    *value = Py_NewRef(PyTuple_GET_ITEM(item, 0));
-    Py_DECREF(item);
-    return 1;
+    return item ? fc_item_of(item, value, expiry, "HotPath: flash_lookup") : -1;
 }
 
 static inline int plain_key(Hot *h, PyObject *key)

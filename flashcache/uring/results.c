@@ -25,6 +25,7 @@
 #include <unistd.h>
 #include <linux/io_uring.h>
 #include "ring.h"
+#include "_hooks.h"          /* engines/_hooks.h: struct fc_read_into */
 
 /* What new_bytes and pin start with: the argument as a sequence, a list of as many items
  * and a bytes object with room for as many pointers. 0, or -1 with an exception set and
@@ -181,16 +182,6 @@ fail:
 struct thread_ring {
     struct fc_ring *ring;
     char *stage;
-};
-
-/* The engines' read-into hook (engines/device.py, "read_into_hook"): a capsule named
- * "engines.device.read_into" holding this struct. fn(ctx, buf, len, off) reads len bytes at
- * off into buf and returns 1, counted as the device's read; or returns 0 having done and
- * counted nothing, and the caller takes the device's read() instead (which says what went
- * wrong). Called with the GIL held; it may release it. */
-struct fc_read_into {
-    int (*fn)(void *ctx, char *buf, unsigned long long len, unsigned long long off);
-    void *ctx;
 };
 
 typedef struct {
