@@ -252,6 +252,21 @@ static void Reader_dealloc(Reader *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* One read or write of len bytes at off on the calling thread's ring, from or into its
+ * registered buffer 0, the GIL released; counted in ``busy`` while in the kernel (the
+ * device's close() waits for it). The result: bytes done or -errno. */
+static int thread_rw(Reader *self, struct thread_ring *t, int opcode, unsigned long long len,
+                     unsigned long long off)
+{
+    int res;
+    self->busy++;
+    Py_BEGIN_ALLOW_THREADS
+    res = fc_rw_one(t->ring, opcode, self->fd, t->stage, (unsigned)len, off, 0);
+    Py_END_ALLOW_THREADS
+    self->busy--;
+    return res;
+}
+
 static PyObject *Reader_read(Reader *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2) {
@@ -272,13 +287,7 @@ static PyObject *Reader_read(Reader *self, PyObject *const *args, Py_ssize_t nar
         struct thread_ring *t = PyThread_tss_get(&self->tss);
         if (!t)
             goto careful;                   /* this thread's ring is made by the fallback */
-        int res;
-        self->busy++;
-        Py_BEGIN_ALLOW_THREADS
-        res = fc_rw_one(t->ring, IORING_OP_READ_FIXED, self->fd, t->stage, (unsigned)len,
-                        (unsigned long long)off, 0);
-        Py_END_ALLOW_THREADS
-        self->busy--;
+        int res = thread_rw(self, t, IORING_OP_READ_FIXED, (unsigned long long)len, (unsigned long long)off);
         if (res != len)
             goto careful;
         b = PyBytes_FromStringAndSize(t->stage, len);
@@ -318,12 +327,7 @@ static int Reader_read_into(void *ctx, char *buf, unsigned long long len, unsign
         struct thread_ring *t = PyThread_tss_get(&self->tss);
         if (!t)
             return 0;
-        int res;
-        self->busy++;
-        Py_BEGIN_ALLOW_THREADS
-        res = fc_rw_one(t->ring, IORING_OP_READ_FIXED, self->fd, t->stage, (unsigned)len, off, 0);
-        Py_END_ALLOW_THREADS
-        self->busy--;
+        int res = thread_rw(self, t, IORING_OP_READ_FIXED, len, off);
         if (res < 0 || (unsigned long long)res != len)
             return 0;
         memcpy(buf, t->stage, len);
@@ -461,14 +465,7 @@ static PyObject *Reader_write(Reader *self, PyObject *const *args, Py_ssize_t na
         }
         memcpy(t->stage, view.buf, (size_t)len);
         PyBuffer_Release(&view);
-        int res;
-        self->busy++;
-        Py_BEGIN_ALLOW_THREADS
-        res = fc_rw_one(t->ring, IORING_OP_WRITE_FIXED, self->fd, t->stage, (unsigned)len,
-                        (unsigned long long)off, 0);
-        Py_END_ALLOW_THREADS
-        self->busy--;
-        put = res;
+        put = thread_rw(self, t, IORING_OP_WRITE_FIXED, len, (unsigned long long)off);
     } else {
         Py_BEGIN_ALLOW_THREADS
         put = pwrite(self->fd, view.buf, (size_t)len, (off_t)off);
