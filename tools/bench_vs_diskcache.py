@@ -8,10 +8,13 @@ Workload: 200 k keys; values 70 % 100 B, 25 % 1 KiB, 5 % 16 KiB; Zipf-like popul
 ~45 % of gets; at this size most hits come from flash, as the issue asks);
 its device is a file through pread/pwrite (psync): on this ext4, io_uring punts buffered
 writes to its worker threads (30-45 us per 4 KiB write against 2-3 us for pwrite; see the note
-of issue 6), so for a page-cache-backed file psync is the engine to use. Each round loads every key (sets/s), then does
---gets Zipf gets (gets/s), with per-operation latency for p50/p99. Rounds alternate
-flashcache and diskcache; the best round of each is reported, with ratios
-flashcache / diskcache, and one JSON line at the end.
+of issue 6), so for a page-cache-backed file psync is the engine to use. Each round loads
+every key (sets/s, with per-operation latency for p50/p99), then runs the --gets Zipf gets
+twice: once bare for gets/s, once with a timer around each get for p50/p99 (two clock
+reads and an append cost ~0.2 us per get, a tenth of a flashcache get and a seventieth of
+a diskcache one, so throughput is not taken from the timed pass; its rate is printed and
+kept in the JSON as gets_per_s_timed). Rounds alternate flashcache and diskcache; the best
+round of each is reported, with ratios flashcache / diskcache, and one JSON line at the end.
 
     python tools/bench_vs_diskcache.py [--keys 200000] [--gets 200000] [--rounds 2] [--dram-kib 256]
 """
@@ -69,16 +72,21 @@ def run_phase(set_fn, get_fn, keys, values, gets) -> dict:
         lat.append(pc() - a)
     t_set = time.perf_counter() - t0
     set_lat = lat
+    t0 = time.perf_counter()
+    for i in gets:                                 # throughput: no per-get timer
+        get_fn(keys[i])
+    t_get = time.perf_counter() - t0
     lat = []
     hits = 0
     t0 = time.perf_counter()
-    for i in gets:
+    for i in gets:                                 # latency: the same gets, each timed
         a = pc()
         r = get_fn(keys[i])
         lat.append(pc() - a)
         hits += r is not None
-    t_get = time.perf_counter() - t0
+    t_timed = time.perf_counter() - t0
     return {"sets_per_s": len(keys) / t_set, "gets_per_s": len(gets) / t_get,
+            "gets_per_s_timed": len(gets) / t_timed,
             "set_p50_us": pct(set_lat, 50), "set_p99_us": pct(set_lat, 99),
             "get_p50_us": pct(lat, 50), "get_p99_us": pct(lat, 99), "hit_ratio": hits / len(gets)}
 
@@ -147,19 +155,20 @@ def main() -> int:
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
             dc = bench_diskcache(tmp, keys, values, gets, diskcache)
         for name, res in (("flashcache", fc), ("diskcache", dc)):
-            print(f"round {r + 1} {name:10} sets/s {res['sets_per_s']:9,.0f}  gets/s {res['gets_per_s']:9,.0f}  "
+            print(f"round {r + 1} {name:10} sets/s {res['sets_per_s']:9,.0f}  gets/s {res['gets_per_s']:9,.0f} "
+                  f"({res['gets_per_s_timed']:9,.0f} timed)  "
                   f"set p50/p99 {res['set_p50_us']:6.1f}/{res['set_p99_us']:7.1f} us  get p50/p99 "
                   f"{res['get_p50_us']:6.1f}/{res['get_p99_us']:7.1f} us  hit ratio {res['hit_ratio']:.3f}",
                   flush=True)
             b = best.setdefault(name, dict(res))
-            for k in ("sets_per_s", "gets_per_s"):
+            for k in ("sets_per_s", "gets_per_s", "gets_per_s_timed"):
                 b[k] = max(b[k], res[k])
-    print(f"flashcache hits: DRAM {extra['hits_dram']}, flash {extra['hits_flash']}; "
+    print(f"flashcache hits over both get passes: DRAM {extra['hits_dram']}, flash {extra['hits_flash']}; "
           f"app write amplification {extra['app_write_amplification']:.2f}")
-    ratios = {"sets": best["flashcache"]["sets_per_s"] / best["diskcache"]["sets_per_s"],
-              "gets": best["flashcache"]["gets_per_s"] / best["diskcache"]["gets_per_s"]}
+    ratios = {k: best["flashcache"][f] / best["diskcache"][f]
+              for k, f in (("sets", "sets_per_s"), ("gets", "gets_per_s"), ("gets_timed", "gets_per_s_timed"))}
     print(f"ratios flashcache / diskcache: sets {ratios['sets']:.2f}x (target 10x), gets {ratios['gets']:.2f}x "
-          "(target 5x)")
+          f"(target 5x; {ratios['gets_timed']:.2f}x in the timed pass)")
     print(json.dumps({"bench": "vs_diskcache", "ratios": {k: round(v, 3) for k, v in ratios.items()},
                       "targets": {"sets": 10, "gets": 5}, "results": best, "flashcache_hits": extra,
                       "keys": args.keys, "gets": args.gets, "dram_kib": args.dram_kib}))
