@@ -18,6 +18,7 @@ import stat
 import struct
 import sys
 import threading
+import time
 import types
 from typing import Any, Sequence
 
@@ -334,8 +335,11 @@ class FileDevice(BaseDevice):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            if self._c_reads is not None:
-                self._c_reads.close()             # later reads fall back, and are refused
+            r = self._c_reads
+            if r is not None:
+                r.close()                         # later I/O falls back, and is refused...
+                while r.busy:                     # ...and what is in the kernel finishes first:
+                    time.sleep(0.0001)            # the fd number must not be reused under it
             os.close(self.fd)
 
     def stats(self) -> dict[str, Any]:

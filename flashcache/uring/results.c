@@ -298,9 +298,11 @@ static PyObject *Reader_read(Reader *self, PyObject *const *args, Py_ssize_t nar
         if (!b)
             return NULL;
         ssize_t got;
+        self->busy++;
         Py_BEGIN_ALLOW_THREADS
         got = pread(self->fd, PyBytes_AS_STRING(b), (size_t)len, (off_t)off);
         Py_END_ALLOW_THREADS
+        self->busy--;
         if (got != len) {
             Py_DECREF(b);
             goto careful;
@@ -333,9 +335,11 @@ static int Reader_read_into(void *ctx, char *buf, unsigned long long len, unsign
         memcpy(buf, t->stage, len);
     } else {
         ssize_t got;
+        self->busy++;
         Py_BEGIN_ALLOW_THREADS
         got = pread(self->fd, buf, (size_t)len, (off_t)off);
         Py_END_ALLOW_THREADS
+        self->busy--;
         if (got < 0 || (unsigned long long)got != len)
             return 0;
     }
@@ -467,9 +471,11 @@ static PyObject *Reader_write(Reader *self, PyObject *const *args, Py_ssize_t na
         PyBuffer_Release(&view);
         put = thread_rw(self, t, IORING_OP_WRITE_FIXED, len, (unsigned long long)off);
     } else {
+        self->busy++;
         Py_BEGIN_ALLOW_THREADS
         put = pwrite(self->fd, view.buf, (size_t)len, (off_t)off);
         Py_END_ALLOW_THREADS
+        self->busy--;
         PyBuffer_Release(&view);
     }
     if (put < 0 || (unsigned long long)put != len) {
@@ -518,7 +524,8 @@ static PyMethodDef Reader_methods[] = {
 static PyMemberDef Reader_members[] = {
     {"reads", T_ULONGLONG, offsetof(Reader, reads), READONLY, "reads done here"},
     {"bytes_read", T_ULONGLONG, offsetof(Reader, bytes_read), READONLY, "bytes read here"},
-    {"busy", T_ULONGLONG, offsetof(Reader, busy), READONLY, "reads inside the kernel now"},
+    {"busy", T_ULONGLONG, offsetof(Reader, busy), READONLY,
+     "I/Os inside the kernel now (the device's close() waits for none before closing the fd)"},
     {"writes", T_ULONGLONG, offsetof(Reader, writes), READONLY, "writes done here"},
     {"bytes_written", T_ULONGLONG, offsetof(Reader, bytes_written), READONLY, "bytes written here"},
     {"stream_bytes", T_OBJECT, offsetof(Reader, stream_bytes), READONLY,
