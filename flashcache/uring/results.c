@@ -453,7 +453,9 @@ static PyObject *Reader_write(Reader *self, PyObject *const *args, Py_ssize_t na
         return NULL;
     }
     unsigned long long len = (unsigned long long)view.len;
-    if (off < 0 || (((unsigned long long)off | len) & self->mask) || len > self->max_len ||
+    /* closed is checked again here: the stream's name lookup may have run Python code
+     * (and let close() run) since the first check; from here to the kernel nothing does */
+    if (self->closed || off < 0 || (((unsigned long long)off | len) & self->mask) || len > self->max_len ||
         (unsigned long long)off + len > self->size) {
         PyBuffer_Release(&view);
         Py_DECREF(name);
