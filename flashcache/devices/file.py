@@ -181,6 +181,7 @@ class FileDevice(BaseDevice):
                                                         block_size=block_size)
         super().__init__(path, real_size, block_size, max_io)
         self._pool = _AlignedPool()
+        self._busy = 0                            # I/Os using the fd now (Python paths; C keeps its own)
         self._c_reads = None
         if not direct and type(self).read is FileDevice.read and Reader is not None:
             # psync buffered reads: checks, pread and counters in one C call (the Python
@@ -212,6 +213,7 @@ class FileDevice(BaseDevice):
         if (self._closed or offset < 0 or length < 0 or (offset | length) & self._bs_mask
                 or offset + length > self.size or length > self.max_io):
             return super().read(offset, length)
+        self._enter("read")                      # close() waits for it
         try:
             if self.direct:
                 m = self._pool.get(length)
@@ -221,6 +223,8 @@ class FileDevice(BaseDevice):
                 data = os.pread(self.fd, length, offset)
         except OSError as e:
             raise self._err("read", e, offset, length) from None
+        finally:
+            self._leave()
         if len(data) != length:
             return super().read(offset, length)
         c = self.counters
@@ -239,6 +243,7 @@ class FileDevice(BaseDevice):
         if (n < 0 or self._closed or offset < 0 or (offset | n) & self._bs_mask
                 or offset + n > self.size or n > self.max_io):
             return super().write(offset, data, stream)
+        self._enter("write")                     # close() waits for it
         try:
             if self.direct:                      # through this thread's aligned buffer
                 m = self._pool.get(n)
@@ -248,6 +253,8 @@ class FileDevice(BaseDevice):
                 put = os.pwrite(self.fd, data, offset)
         except OSError as e:
             raise self._err("write", e, offset, n) from None
+        finally:
+            self._leave()
         if put != n:
             self._write(offset + put, memoryview(data)[put:], stream)   # the rest, or a clear error
         if not GIL_GUARDS_COUNTERS:
@@ -263,7 +270,35 @@ class FileDevice(BaseDevice):
             with self._count_lock:       # first write of this stream: create its counter
                 ps[name] = ps.get(name, 0) + n
 
+    def _enter(self, what: str) -> None:
+        """Count an I/O that is about to use the fd, then check the device is still open
+        (ClosedError if not): close() waits for the count to drop to zero before closing
+        the fd, so no I/O reaches the kernel on a closed, perhaps reused, fd number. Pair
+        with _leave(). Without a GIL the count takes the counters' lock."""
+        if GIL_GUARDS_COUNTERS:
+            self._busy += 1                      # no call in between: no thread switch
+        else:
+            with self._count_lock:
+                self._busy += 1
+        if self._closed:
+            self._leave()
+            self._check_open(what)
+
+    def _leave(self) -> None:
+        if GIL_GUARDS_COUNTERS:
+            self._busy -= 1
+        else:
+            with self._count_lock:
+                self._busy -= 1
+
     def _read(self, offset: int, length: int) -> bytes:
+        self._enter("read")
+        try:
+            return self._read_open(offset, length)
+        finally:
+            self._leave()
+
+    def _read_open(self, offset: int, length: int) -> bytes:
         if not self.direct and length <= self.max_io:
             try:
                 data = os.pread(self.fd, length, offset)      # one syscall, one bytes object
@@ -293,6 +328,13 @@ class FileDevice(BaseDevice):
         return bytes(out)
 
     def _write(self, offset: int, data, stream: PlacementStream | None) -> None:
+        self._enter("write")
+        try:
+            self._write_open(offset, data)
+        finally:
+            self._leave()
+
+    def _write_open(self, offset: int, data) -> None:
         view = memoryview(data).cast("B")
         length = view.nbytes
         done = 0
@@ -313,6 +355,13 @@ class FileDevice(BaseDevice):
             done += put
 
     def _trim(self, offset: int, length: int) -> None:
+        self._enter("trim")
+        try:
+            self._trim_open(offset, length)
+        finally:
+            self._leave()
+
+    def _trim_open(self, offset: int, length: int) -> None:
         if self.is_block:
             try:
                 fcntl.ioctl(self.fd, BLKDISCARD, struct.pack("<QQ", offset, length))
@@ -326,11 +375,13 @@ class FileDevice(BaseDevice):
                               "this filesystem cannot punch holes: set trim_regions = false")
 
     def flush(self) -> None:
-        self._check_open("flush")
+        self._enter("flush")
         try:
             os.fdatasync(self.fd)
         except OSError as e:
             raise DeviceError(self.path, "fdatasync failed", e.errno) from None
+        finally:
+            self._leave()
 
     def close(self) -> None:
         if not self._closed:
@@ -338,9 +389,9 @@ class FileDevice(BaseDevice):
             r = self._c_reads
             if r is not None:
                 r.close()                         # later I/O falls back, and is refused...
-                while r.busy:                     # ...and what is in the kernel finishes first:
-                    time.sleep(0.0001)            # the fd number must not be reused under it
-            os.close(self.fd)
+            while self._busy or (r is not None and r.busy):
+                time.sleep(0.0001)                # ...and what is in the kernel finishes first:
+            os.close(self.fd)                     # the fd number must not be reused under it
 
     def stats(self) -> dict[str, Any]:
         st = {**super().stats(), "engine": self.engine, "direct": self.direct,

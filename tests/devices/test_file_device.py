@@ -217,6 +217,45 @@ def test_buffered_writes_take_the_c_path_and_count_as_the_python_write_does(tmp_
     b.close()
 
 
+@pytest.mark.parametrize("path", ["pwrite", "fdatasync"])
+def test_close_waits_for_an_io_on_the_fd(img, monkeypatch, path):
+    """close() does not close the fd under an I/O another thread has in the kernel (the
+    fd number could be reused by then): it waits for it, and later I/O is refused."""
+    import threading
+    import time
+
+    import flashcache.devices.file as file_mod
+    d = FileDevice(img, 4 << 20)
+    inside, release = threading.Event(), threading.Event()
+    real = getattr(os, path)
+
+    def slow(*a):
+        inside.set()
+        assert release.wait(10)
+        return real(*a)
+
+    monkeypatch.setattr(file_mod.os, path, slow)
+    io = (lambda: d.write(0, memoryview(b"w" * 4096))) if path == "pwrite" else d.flush  # the Python paths
+    worker = threading.Thread(target=io)
+    worker.start()
+    assert inside.wait(10)
+    closer = threading.Thread(target=d.close)
+    closer.start()
+    time.sleep(0.05)
+    assert closer.is_alive() and d._busy == 1
+    os.fstat(d.fd)                                    # still open under the I/O
+    release.set()
+    worker.join(10)
+    closer.join(10)
+    assert not closer.is_alive()
+    with pytest.raises(OSError):
+        os.fstat(d.fd)
+    with pytest.raises(ClosedError):
+        d.write(0, memoryview(b"w" * 4096))
+    monkeypatch.undo()
+    assert open(img, "rb").read(4096) == (b"w" * 4096 if path == "pwrite" else bytes(4096))
+
+
 def test_buffered_reads_take_the_c_path_and_fall_back_for_the_rest(img):
     """A psync device's single buffered read is one C call; everything unusual falls back
     to the Python read, which names the problem; the counters add both up."""
