@@ -726,13 +726,14 @@ static inline uint64_t bc_key_hash(Router *r, PyObject *key)
     return fc_xxh3_64(PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key), r->bc_seed);
 }
 
-/* 1 if BlockCache's index holds the key's tag, 0 if not, -1 with an exception. */
-static int bc_may_hold(Router *r, PyObject *key)
+/* 1 if BlockCache's index holds the tag of the key hashing to kh (bc_key_hash), 0 if not,
+ * -1 with an exception. */
+static int bc_may_hold(Router *r, uint64_t kh)
 {
     Probe *p = probe_of(r);
     if (!p)
         return -1;
-    int64_t slot = probe_find(p, (uint32_t)(bc_key_hash(r, key) >> 32));
+    int64_t slot = probe_find(p, (uint32_t)(kh >> 32));
     Py_DECREF(p);
     return slot >= 0;
 }
@@ -846,14 +847,14 @@ static int bc_entry(Router *r, uint8_t *d, uint64_t pos, uint64_t end, int verif
  * for a hit the same counters, index hit count and eviction touch. Any other outcome goes,
  * with the bytes already read, to BlockCache._lookup_found (Python), which counts and logs
  * it as the Python form does. 1 with (*value, *expiry), 0 a miss, -1 with an exception. */
-static int bc_find_locked(Router *r, PyObject *key, PyObject **value, double *expiry_out)
+static int bc_find_locked(Router *r, PyObject *key, uint64_t kh, PyObject **value, double *expiry_out)
 {
     int out = -1, from_buffer = 0, have_view = 0;
     PyObject *counters, *regions = NULL, *read = NULL, *data = NULL, *obj = NULL;
     Probe *p = NULL;
     Py_buffer view;
     uint8_t stack[BC_STACK], *heap = NULL, *d;
-    uint64_t kh = bc_key_hash(r, key), pos, start = 0, length = 0, end, open, fill;
+    uint64_t pos, start = 0, length = 0, end, open, fill;
     uint32_t tag = (uint32_t)(kh >> 32);
     if (!(counters = PyObject_GetAttr(r->bc, s_counters)))
         return -1;
@@ -1000,11 +1001,11 @@ done:
 }
 
 /* The lookup under BlockCache's lock, taken and released through its own methods. */
-static int bc_find(Router *r, PyObject *key, PyObject **value, double *expiry)
+static int bc_find(Router *r, PyObject *key, uint64_t kh, PyObject **value, double *expiry)
 {
     if (lock_call(r->bc_lock, s_acquire) < 0)
         return -1;
-    int found = bc_find_locked(r, key, value, expiry);
+    int found = bc_find_locked(r, key, kh, value, expiry);
     if (lock_call(r->bc_lock, s_release) < 0) {
         if (found > 0)
             Py_DECREF(*value);
@@ -1019,13 +1020,14 @@ static int router_find(Router *r, PyObject *key, PyObject **value, double *expir
 {
     r->lookups++;
     if (r->bc) {
-        int may = bc_may_hold(r, key);
+        uint64_t kh = bc_key_hash(r, key);      /* one hash for the probe and the lookup */
+        int may = bc_may_hold(r, kh);
         if (may < 0)
             return -1;
         if (may) {
             int found;
             if (r->bc_found) {
-                found = bc_find(r, key, value, expiry);
+                found = bc_find(r, key, kh, value, expiry);
             } else {
                 PyObject *item = PyObject_CallOneArg(r->bc_lookup, key);
                 found = item ? fc_item_of(item, value, expiry, "Router: bc_lookup") : -1;
@@ -1113,7 +1115,7 @@ static PyObject *router_may_hold(Router *r, PyObject *key)
         return NULL;
     }
     if (r->bc) {
-        int may = bc_may_hold(r, key);
+        int may = bc_may_hold(r, bc_key_hash(r, key));
         if (may)
             return may < 0 ? NULL : Py_NewRef(Py_True);
     }
@@ -1133,7 +1135,7 @@ static PyObject *router_bc_may_hold(Router *r, PyObject *key)
     }
     if (!r->bc)
         Py_RETURN_FALSE;
-    int may = bc_may_hold(r, key);
+    int may = bc_may_hold(r, bc_key_hash(r, key));
     return may < 0 ? NULL : PyBool_FromLong(may);
 }
 
@@ -1240,7 +1242,7 @@ static int router_put(Router *r, PyObject *key, PyObject *value, PyObject *expir
     }
     Py_DECREF(res);         /* an int: we checked everything that makes it None */
     if (r->bc) {
-        int may = bc_may_hold(r, key);
+        int may = bc_may_hold(r, bc_key_hash(r, key));
         if (may < 0)
             return -1;
         if (may) {
