@@ -71,6 +71,8 @@ class UringDevice(FileDevice):
         self._closing = False
         self._thread_rings: list[Ring] = []
         self._thread_ring_error: str | None = None
+        self._batch_ring_error: str | None = None
+        self._batch_rings = 0
         self._c_reads = None
         if GIL_GUARDS_COUNTERS and Reader is not None:
             # Single reads in one C call on each thread's own ring; UringDevice.read (below)
@@ -163,9 +165,42 @@ class UringDevice(FileDevice):
         self._tls.reader = reader
         return reader
 
+    def _thread_batch(self):
+        """This thread's batch ring, made on first use: the device ring's depth and staging
+        size, with SINGLE_ISSUER|DEFER_TASKRUN (see Ring): a batch of buffered writes runs
+        at the pace of the kernel worker that does them, and this keeps completion work
+        off that worker. Such a ring serves only the thread that made it, hence one per
+        thread (each with its own registered staging, ``slots x slot_bytes``). None, said
+        once in the log and in stats(), when it cannot be made (e.g. the locked-memory
+        limit): batches then share the device ring under its lock, as before."""
+        with self._ring_lock:
+            if self._closed or self._closing:
+                return None
+            try:
+                ring = Ring(self.slots, defer_taskrun=True)
+                try:
+                    ring.register_buffers(1, self._stage_bytes)
+                except BaseException:
+                    ring.close()
+                    raise
+            except (DeviceError, OSError) as e:
+                if not self._batch_ring_error:
+                    self._batch_ring_error = str(e)
+                    log.warning("%s: per-thread batch rings unavailable (%s); batches share the "
+                                "device ring under its lock", self.path, e)
+                self._tls.batch = None
+                return None
+            self._thread_rings.append(ring)
+            self._batch_rings += 1
+        tb = types.SimpleNamespace(ring=ring, base=ring.buffer_addr(0), index=0)
+        self._tls.batch = tb
+        return tb
+
     def ring_info(self) -> dict[str, Any]:
         return {**self.ring.info(), "staging": f"{self.slots} x {self.slot_bytes // 1024} KiB",
-                "fixed_buffers": self.fixed}
+                "fixed_buffers": self.fixed,
+                "batch_rings": (f"off: {self._batch_ring_error}" if self._batch_ring_error else
+                                f"{self._batch_rings} per-thread, SINGLE_ISSUER|DEFER_TASKRUN")}
 
     # -- I/O ------------------------------------------------------------------------------
     def _pieces(self, reqs: Sequence[tuple[int, int]]):
@@ -199,9 +234,13 @@ class UringDevice(FileDevice):
                     if not write:
                         outs[i][pos:pos + n] = stage[k * sb:k * sb + n]
 
-    def _finish_short(self, write: bool, addr0: int, r: int, off: int, n: int) -> int:
+    def _finish_short(self, write: bool, addr0: int, r: int, off: int, n: int, ring: Ring | None = None,
+                      index: int | None = None) -> int:
         """A piece that completed short or with an error: retry the remainder once per
-        short completion (the kernel may split), or raise with the errno."""
+        short completion (the kernel may split), or raise with the errno. ``ring`` and
+        ``index``: where ``addr0`` is registered (default: the device ring's staging)."""
+        if ring is None:
+            ring, index = self.ring, self._fixed_index
         what = "write" if write else "read"
         done = 0
         while True:
@@ -219,7 +258,7 @@ class UringDevice(FileDevice):
             done += r
             if done >= n:
                 return n
-            r = self.ring.rw_one(write, self.fd, addr0 + done, n - done, off + done, self._fixed_index)
+            r = ring.rw_one(write, self.fd, addr0 + done, n - done, off + done, index)
 
     def _read(self, offset: int, length: int) -> bytes:
         if length <= self.slot_bytes:               # the common case: one SQE, one C call
@@ -261,13 +300,48 @@ class UringDevice(FileDevice):
         request's staging address (base + the lengths before it)."""
         return sum(lens) <= self._stage_bytes
 
-    def _batch(self, write: bool, lens, offs) -> None:
-        res = self.ring.rw_packed(write, self.fd, self._base, lens, offs, self._fixed_index)
-        if res != lens:                              # a short or failed request: in order, as before
-            a = self._base
-            for r, off, ln in zip(res, offs, lens):
+    def _batch_ring(self):
+        """The ring a packed batch on this thread runs on: (ring, staging address, buffer
+        index, lock or None). This thread's own ring when it has one (no lock: no other
+        thread submits on it), else the device ring under its lock."""
+        if GIL_GUARDS_COUNTERS:
+            try:
+                tb = self._tls.batch
+            except AttributeError:
+                tb = self._thread_batch()
+            if tb is not None:
+                return tb.ring, tb.base, tb.index, None
+        return self.ring, self._base, self._fixed_index, self._ring_lock
+
+    def _run_packed(self, write: bool, lens, offs, run, on_short=None) -> None:
+        """Run one packed batch: ``run(ring, base, index)`` returns each request's result;
+        short or failed requests are then finished (or raised) in order, and
+        ``on_short(i, addr, length)`` is called for each one finished."""
+        ring, base, index, lock = self._batch_ring()
+        if lock is None:
+            # close() waits while _busy is set (the GIL keeps the count exact, as for single
+            # reads); one that finds the device closing takes the device lock below instead
+            self._busy += 1
+            try:
+                if not (self._closing or self._closed):
+                    self._finish_packed(write, lens, offs, run(ring, base, index), ring, base, index, on_short)
+                    return
+            finally:
+                self._busy -= 1
+            ring, base, index, lock = self.ring, self._base, self._fixed_index, self._ring_lock
+        with lock:
+            if self._closing or self._closed:
+                raise ClosedError(self.path, f"{'write' if write else 'read'}_many after close()")
+            self._finish_packed(write, lens, offs, run(ring, base, index), ring, base, index, on_short)
+
+    def _finish_packed(self, write: bool, lens, offs, res, ring, base: int, index: int, on_short) -> None:
+        if res != lens:
+            a = base
+            for i, (r, off, ln) in enumerate(zip(res, offs, lens)):
                 if r != ln:
-                    self._finish_short(write, a, r, off, ln)
+                    self._finish_short(write, a, r, off, ln, ring, index)
+                    if on_short is not None:
+                        on_short(i, a, ln)
                 a += ln
 
     def read_many(self, reqs: Sequence[tuple[int, int]]) -> list[bytes]:
@@ -278,15 +352,14 @@ class UringDevice(FileDevice):
             # The results exist before the I/O: the C loop copies each request on into its
             # bytes object as it completes, while the others are still in flight.
             out, dst = new_bytes(lens)
-            with self._ring_lock:
-                res = self.ring.read_packed_into(self.fd, self._base, lens, offs, self._fixed_index, dst)
-                if res != lens:                      # finish the short ones, then copy them on
-                    a = self._base
-                    for i, (r, off, ln) in enumerate(zip(res, offs, lens)):
-                        if r != ln:
-                            self._finish_short(False, a, r, off, ln)
-                            ffi.memmove(ffi.cast("char **", ffi.from_buffer(dst))[i], ffi.cast("char *", a), ln)
-                        a += ln
+
+            def run(ring, base, index):
+                return ring.read_packed_into(self.fd, base, lens, offs, index, dst)
+
+            def copy_on(i, addr, ln):                    # a finished short one: copy it on
+                ffi.memmove(ffi.cast("char **", ffi.from_buffer(dst))[i], ffi.cast("char *", addr), ln)
+
+            self._run_packed(False, lens, offs, run, copy_on)
         else:
             bufs = [bytearray(ln) for ln in lens]
             self._run(False, self._pieces(reqs), outs=[memoryview(b) for b in bufs])
@@ -301,14 +374,8 @@ class UringDevice(FileDevice):
         offs = [o for o, _, _ in reqs]
         self._check_many("write", offs, lens)
         if self._fits_packed(lens):
-            with self._ring_lock:
-                res = self.ring.write_packed_from(self.fd, self._base, lens, offs, self._fixed_index, srcs)
-                if res != lens:                          # a short or failed request: in order
-                    a = self._base
-                    for r, off, ln in zip(res, offs, lens):
-                        if r != ln:
-                            self._finish_short(True, a, r, off, ln)
-                        a += ln
+            self._run_packed(True, lens, offs, lambda ring, base, index: ring.write_packed_from(
+                self.fd, base, lens, offs, index, srcs))
         else:
             self._run(True, self._pieces(list(zip(offs, lens))), datas=[memoryview(d).cast("B") for _, d, _ in reqs])
         del keep                                         # the pins hold until the I/O is done

@@ -226,8 +226,15 @@ int fc_submit(struct fc_ring *r, unsigned wait_nr)
     do {
         ret = sys_enter(r->fd, pending, wait_nr, wait_nr ? IORING_ENTER_GETEVENTS : 0);
     } while (ret == -EINTR);
-    if (ret >= 0)
+    if (ret >= 0) {
         r->sqe_head += (unsigned)ret;
+    } else if (ret != -EAGAIN && ret != -EBUSY && pending) {
+        /* refused outright (e.g. EEXIST: another thread on a SINGLE_ISSUER ring): the
+         * kernel took none of them, so take them back, or every later call on this ring
+         * would find SQEs it did not prepare */
+        r->sqe_tail = r->sqe_head;
+        __atomic_store_n(r->sq_tail, r->sqe_tail, __ATOMIC_RELEASE);
+    }
     return ret;
 }
 

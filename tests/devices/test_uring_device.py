@@ -138,20 +138,28 @@ def test_single_reads_from_many_threads_use_their_own_rings(img):
     [t.start() for t in ts]
     [t.join() for t in ts]
     assert not bad
-    assert len(d._thread_rings) == 5                  # the opener's and one per reader thread
+    # one read ring for the opener and for each reader thread, and the opener's batch ring
+    assert len(d._thread_rings) - d._batch_rings == 5 and d._batch_rings == 1
     assert d.stats()["reads"] == 12000
     d.close()
     with pytest.raises(ClosedError):
         d.read(0, 4096)
 
 
-def test_packed_read_finishes_a_request_the_kernel_split(img, monkeypatch):
+@pytest.mark.parametrize("own_ring", [True, False])
+def test_packed_read_finishes_a_request_the_kernel_split(img, monkeypatch, own_ring):
     """A request that completes short (the kernel may split) is read to its end and its
-    result holds all of it, although the C loop copied only the first part on."""
+    result holds all of it, although the C loop copied only the first part on; on this
+    thread's batch ring and on the device ring (where batches go without one)."""
     with UringDevice(img, 4 << 20, queue_depth=4) as d:
         blocks = [bytes([i + 1]) * 8192 for i in range(6)]
         d.write_many([(i * 8192, b, None) for i, b in enumerate(blocks)])
-        real = d.ring.read_packed_into
+        if not own_ring:
+            d._tls.batch = None
+        ring = d._tls.batch.ring if own_ring else d.ring
+        assert (ring is d.ring) is not own_ring
+        real = ring.read_packed_into
+        split = []
 
         def split_third(fd, base, lens, offs, buf_index, dst):
             res = real(fd, base, lens, offs, buf_index, dst)
@@ -160,10 +168,63 @@ def test_packed_read_finishes_a_request_the_kernel_split(img, monkeypatch):
             ffi.memmove(ptr + 1024, b"\0" * 7168, 7168)
             ffi.memmove(ffi.cast("char *", base) + 2 * 8192 + 1024, b"\xee" * 7168, 7168)
             res[2] = 1024
+            split.append(base)
             return res
 
-        monkeypatch.setattr(d.ring, "read_packed_into", split_third)
+        monkeypatch.setattr(ring, "read_packed_into", split_third)
         assert d.read_many([(i * 8192, 8192) for i in range(6)]) == blocks
+        assert len(split) == 1
+
+
+def test_batches_run_on_each_threads_own_ring(img):
+    """Each thread's batches run on a SINGLE_ISSUER|DEFER_TASKRUN ring of its own (no lock
+    between threads); their data, results and counters are those of one device."""
+    import threading
+    d = UringDevice(img, 4 << 20, queue_depth=8)
+    errors = []
+
+    def work(t):
+        try:
+            for rnd in range(40):
+                reqs = [((t * 64 + i) * 4096, bytes([t * 16 + rnd % 16]) * 4096, None) for i in range(64)]
+                d.write_many(reqs)
+                got = d.read_many([(o, 4096) for o, _, _ in reqs][::-1])
+                if got != [b for _, b, _ in reqs][::-1]:
+                    errors.append((t, rnd))
+        except Exception as e:                      # noqa: BLE001 - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert not errors
+    assert d._batch_rings == 4 and all(r.defer_taskrun for r in d._thread_rings if r.entries == 8)
+    assert d.stats()["ring"]["batch_rings"] == "4 per-thread, SINGLE_ISSUER|DEFER_TASKRUN"
+    st = d.stats()
+    assert (st["writes"], st["reads"], st["bytes_written"]) == (4 * 40 * 64, 4 * 40 * 64, 4 * 40 * 64 * 4096)
+    d.close()
+    with pytest.raises(ClosedError):
+        d.read_many([(0, 4096)])
+    with pytest.raises(ClosedError):
+        d.write_many([(0, b"x" * 4096, None)])
+
+
+def test_batches_share_the_device_ring_when_a_thread_ring_cannot_be_made(img, monkeypatch, caplog):
+    import flashcache.devices.uring as uring_mod
+    real = uring_mod.Ring
+
+    def no_defer(*a, defer_taskrun=False, **k):
+        if defer_taskrun:
+            raise DeviceError(None, "no room for another ring", errno.ENOMEM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(uring_mod, "Ring", no_defer)
+    with caplog.at_level("WARNING", logger="flashcache.devices"), UringDevice(img, 4 << 20, queue_depth=4) as d:
+        d.write_many([(i * 4096, bytes([i]) * 4096, None) for i in range(16)])
+        assert d.read_many([(i * 4096, 4096) for i in range(16)]) == [bytes([i]) * 4096 for i in range(16)]
+        assert d._tls.batch is None and d._batch_rings == 0
+        assert d.stats()["ring"]["batch_rings"].startswith("off: ") and "no room" in d.stats()["ring"]["batch_rings"]
+    assert sum("per-thread batch rings unavailable" in r.getMessage() for r in caplog.records) == 1
 
 
 @pytest.mark.parametrize("direct", [False, True])
@@ -282,7 +343,7 @@ def test_single_reads_run_in_c_on_each_threads_ring(img):
     t.join()
     assert got == blocks
     assert d._c_reads.reads == 8 + 7           # the thread's first read made its ring in Python
-    assert len(d._thread_rings) == 2
+    assert len(d._thread_rings) - d._batch_rings == 2 and d._batch_rings == 1   # + the opener's batch ring
     st = d.stats()
     assert (st["reads"], st["bytes_read"]) == (16, 16 * 4096)
     with pytest.raises(ValueError, match="not aligned"):

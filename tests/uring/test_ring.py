@@ -349,6 +349,43 @@ def test_coop_taskrun_ring_and_the_kernel_without_it(datafile, monkeypatch):
         assert r.info()["coop_taskrun"] is False
 
 
+def test_defer_taskrun_ring_serves_its_own_thread_only(datafile, monkeypatch):
+    """SINGLE_ISSUER|DEFER_TASKRUN: completions (here a buffered write, which the kernel
+    hands to a worker) are posted when the owner waits; any other thread that submits on
+    the ring gets -EEXIST and leaves the ring as it was. Kernels without the flags give
+    a COOP ring, then a plain one, each said in info()."""
+    import threading
+    fd, blob = datafile
+    with Ring(8, defer_taskrun=True) as r:
+        assert (r.info()["defer_taskrun"], r.info()["coop_taskrun"]) == (True, True)
+        (buf,) = r.register_buffers(1, 4 * 4096)
+        buf[:] = bytes(range(256)) * 64
+        addr = r.buffer_addr(0)
+        assert r.rw_packed(True, fd, addr, [4096] * 4, [0, 8192, 16384, 24576], 0) == [4096] * 4
+        assert r.rw_packed(False, fd, addr, [4096] * 4, [8192, 0, 24576, 16384], 0) == [4096] * 4
+        assert bytes(buf) == bytes(range(256)) * 64
+        got = []
+        t = threading.Thread(target=lambda: got.append(r.rw_one(False, fd, addr, 4096, 0, 0)))
+        t.start()
+        t.join()
+        assert got == [-errno.EEXIST]
+        # the refused SQE was taken back: the owner's next batch finds the ring clean
+        assert r.pending == 0
+        assert r.rw_packed(False, fd, addr, [4096] * 2, [0, 8192], 0) == [4096] * 2
+    real = ring_mod.lib
+
+    class Before61:                     # DEFER_TASKRUN unknown: EINVAL for it
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def fc_ring_init(self, r, entries, flags):
+            return -errno.EINVAL if flags & ring_mod.IORING_SETUP_DEFER_TASKRUN else real.fc_ring_init(r, entries, flags)
+
+    monkeypatch.setattr(ring_mod, "lib", Before61())
+    with Ring(4, defer_taskrun=True) as r:
+        assert (r.info()["defer_taskrun"], r.info()["coop_taskrun"]) == (False, True)
+
+
 
 def test_pin_gives_lengths_addresses_and_holds_what_is_not_bytes(datafile):
     import ctypes
