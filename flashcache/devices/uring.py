@@ -70,9 +70,9 @@ class UringDevice(FileDevice):
         self._busy = 0
         self._closing = False
         self._thread_rings: list[Ring] = []
-        self._thread_ring_error: str | None = None
-        self._batch_ring_error: str | None = None
+        self._thread_ring_errors: dict[str, str] = {}     # kind of per-thread ring -> why none
         self._batch_rings = 0
+        self._batch_flags = "none made yet"
         self._c_reads = None
         if GIL_GUARDS_COUNTERS and Reader is not None:
             # Single reads in one C call on each thread's own ring; UringDevice.read (below)
@@ -145,23 +145,16 @@ class UringDevice(FileDevice):
     def _thread_reader(self):
         """This thread's single-read ring (2 entries, one registered slot), made on first
         use; None when it cannot be made (e.g. the locked-memory limit), said once."""
+        def setup(ring):
+            reader = ring.reader(self.fd)
+            if self._c_reads is not None:
+                self._c_reads.adopt(int(ffi.cast("uintptr_t", ring._r)), ring.buffer_addr(0))
+            return reader
+
         with self._ring_lock:
-            if self._closed:
-                return None
-            try:
-                ring = Ring(2, coop_taskrun=True)
-                ring.register_buffers(1, self.slot_bytes)
-                reader = ring.reader(self.fd)
-                if self._c_reads is not None:
-                    self._c_reads.adopt(int(ffi.cast("uintptr_t", ring._r)), ring.buffer_addr(0))
-            except (DeviceError, OSError) as e:
-                if not self._thread_ring_error:
-                    self._thread_ring_error = str(e)
-                    log.warning("%s: per-thread read rings unavailable (%s); single reads share the "
-                                "device ring under its lock", self.path, e)
-                self._tls.reader = None
-                return None
-            self._thread_rings.append(ring)
+            reader = None if self._closed else self._thread_ring(
+                "read", "single reads share the device ring under its lock", 2, self.slot_bytes, setup,
+                coop_taskrun=True)
         self._tls.reader = reader
         return reader
 
@@ -174,33 +167,44 @@ class UringDevice(FileDevice):
         once in the log and in stats(), when it cannot be made (e.g. the locked-memory
         limit): batches then share the device ring under its lock, as before."""
         with self._ring_lock:
-            if self._closed or self._closing:
-                return None
-            try:
-                ring = Ring(self.slots, defer_taskrun=True)
-                try:
-                    ring.register_buffers(1, self._stage_bytes)
-                except BaseException:
-                    ring.close()
-                    raise
-            except (DeviceError, OSError) as e:
-                if not self._batch_ring_error:
-                    self._batch_ring_error = str(e)
-                    log.warning("%s: per-thread batch rings unavailable (%s); batches share the "
-                                "device ring under its lock", self.path, e)
-                self._tls.batch = None
-                return None
-            self._thread_rings.append(ring)
-            self._batch_rings += 1
-        tb = types.SimpleNamespace(ring=ring, base=ring.buffer_addr(0), index=0)
+            tb = None if self._closed or self._closing else self._thread_ring(
+                "batch", "batches share the device ring under its lock", self.slots, self._stage_bytes,
+                lambda ring: types.SimpleNamespace(ring=ring, base=ring.buffer_addr(0), index=0),
+                defer_taskrun=True)
+            if tb is not None:
+                self._batch_rings += 1
+                r = tb.ring                      # what the kernel gave: older ones lack a flag
+                self._batch_flags = ("SINGLE_ISSUER|DEFER_TASKRUN" if r.defer_taskrun else
+                                     "COOP_TASKRUN (no DEFER_TASKRUN before Linux 6.1)" if r.coop_taskrun else
+                                     "no taskrun flags (Linux before 5.19)")
         self._tls.batch = tb
         return tb
+
+    def _thread_ring(self, kind: str, instead: str, entries: int, staging: int, setup, **flags):
+        """Make one of this thread's rings (the caller holds the device lock): ``entries``
+        deep, one registered buffer of ``staging`` bytes, then ``setup(ring)`` gives what
+        the thread keeps. None when a step fails: the ring is closed, and the first
+        failure of each kind is logged (with what happens ``instead``) and kept for stats."""
+        ring = None
+        try:
+            ring = Ring(entries, **flags)
+            ring.register_buffers(1, staging)
+            kept = setup(ring)
+        except (DeviceError, OSError) as e:
+            if ring is not None:
+                ring.close()
+            if kind not in self._thread_ring_errors:
+                self._thread_ring_errors[kind] = str(e)
+                log.warning("%s: per-thread %s rings unavailable (%s); %s", self.path, kind, e, instead)
+            return None
+        self._thread_rings.append(ring)
+        return kept
 
     def ring_info(self) -> dict[str, Any]:
         return {**self.ring.info(), "staging": f"{self.slots} x {self.slot_bytes // 1024} KiB",
                 "fixed_buffers": self.fixed,
-                "batch_rings": (f"off: {self._batch_ring_error}" if self._batch_ring_error else
-                                f"{self._batch_rings} per-thread, SINGLE_ISSUER|DEFER_TASKRUN")}
+                "batch_rings": (f"off: {self._thread_ring_errors['batch']}" if "batch" in self._thread_ring_errors else
+                                f"{self._batch_rings} per-thread, {self._batch_flags}")}
 
     # -- I/O ------------------------------------------------------------------------------
     def _pieces(self, reqs: Sequence[tuple[int, int]]):

@@ -209,6 +209,33 @@ def test_batches_run_on_each_threads_own_ring(img):
         d.write_many([(0, b"x" * 4096, None)])
 
 
+def test_single_io_shares_the_device_ring_when_a_read_ring_cannot_be_made(img, monkeypatch, caplog):
+    """A thread ring whose buffer cannot be registered is closed, not kept; single reads
+    and writes then go through the device ring, said once in the log."""
+    from flashcache.uring.ring import Ring
+    real = Ring.register_buffers
+    refused = []
+
+    def no_room(ring, count, size):
+        if ring.entries == 2:                       # the per-thread single-I/O rings
+            refused.append(ring)
+            raise DeviceError(None, "no room to lock the buffer", errno.ENOMEM)
+        return real(ring, count, size)
+
+    monkeypatch.setattr(Ring, "register_buffers", no_room)
+    import threading
+    with caplog.at_level("WARNING", logger="flashcache.devices"), UringDevice(img, 4 << 20, queue_depth=4) as d:
+        d.write(0, b"a" * 4096)
+        t = threading.Thread(target=lambda: d.write(4096, b"b" * 4096))
+        t.start()
+        t.join()
+        assert d.read(0, 4096) == b"a" * 4096 and d.read(4096, 4096) == b"b" * 4096
+        assert len(refused) == 2 and all(r._closed for r in refused)
+        assert d._tls.reader is None and not any(r.entries == 2 for r in d._thread_rings)
+        assert (d.stats()["reads"], d.stats()["writes"]) == (2, 2)
+    assert sum("per-thread read rings unavailable" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_batches_share_the_device_ring_when_a_thread_ring_cannot_be_made(img, monkeypatch, caplog):
     import flashcache.devices.uring as uring_mod
     real = uring_mod.Ring

@@ -328,6 +328,20 @@ def test_reader_returns_bytes_or_the_result_that_was_not_whole(datafile, tmp_pat
         r.reader(fd)                                          # no registered buffer to read into
 
 
+def _kernel_without(monkeypatch, flag: int) -> None:
+    """Make ring_mod.lib act as a kernel that does not know setup ``flag``: EINVAL for it."""
+    real = ring_mod.lib
+
+    class Older:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def fc_ring_init(self, r, entries, flags):
+            return -errno.EINVAL if flags & flag else real.fc_ring_init(r, entries, flags)
+
+    monkeypatch.setattr(ring_mod, "lib", Older())
+
+
 def test_coop_taskrun_ring_and_the_kernel_without_it(datafile, monkeypatch):
     fd, blob = datafile
     with Ring(4, coop_taskrun=True) as r:
@@ -335,16 +349,7 @@ def test_coop_taskrun_ring_and_the_kernel_without_it(datafile, monkeypatch):
         r.register_buffers(1, 8192)
         assert r.reader(fd)(4096, 4096) == blob[4096:8192]
     assert Ring(4).info()["coop_taskrun"] is False
-    real = ring_mod.lib
-
-    class Old:                          # a kernel before 5.19: EINVAL for the flag
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-        def fc_ring_init(self, r, entries, flags):
-            return -errno.EINVAL if flags & ring_mod.IORING_SETUP_COOP_TASKRUN else real.fc_ring_init(r, entries, flags)
-
-    monkeypatch.setattr(ring_mod, "lib", Old())
+    _kernel_without(monkeypatch, ring_mod.IORING_SETUP_COOP_TASKRUN)     # before 5.19
     with Ring(4, coop_taskrun=True) as r:
         assert r.info()["coop_taskrun"] is False
 
@@ -372,16 +377,7 @@ def test_defer_taskrun_ring_serves_its_own_thread_only(datafile, monkeypatch):
         # the refused SQE was taken back: the owner's next batch finds the ring clean
         assert r.pending == 0
         assert r.rw_packed(False, fd, addr, [4096] * 2, [0, 8192], 0) == [4096] * 2
-    real = ring_mod.lib
-
-    class Before61:                     # DEFER_TASKRUN unknown: EINVAL for it
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-        def fc_ring_init(self, r, entries, flags):
-            return -errno.EINVAL if flags & ring_mod.IORING_SETUP_DEFER_TASKRUN else real.fc_ring_init(r, entries, flags)
-
-    monkeypatch.setattr(ring_mod, "lib", Before61())
+    _kernel_without(monkeypatch, ring_mod.IORING_SETUP_DEFER_TASKRUN)    # before 6.1
     with Ring(4, defer_taskrun=True) as r:
         assert (r.info()["defer_taskrun"], r.info()["coop_taskrun"]) == (False, True)
 
