@@ -183,11 +183,13 @@ class FileDevice(BaseDevice):
         self._pool = _AlignedPool()
         self._busy = 0                            # I/Os using the fd now (Python paths; C keeps its own)
         self._c_reads = None
-        if not direct and type(self).read is FileDevice.read and Reader is not None:
-            # psync buffered reads: checks, pread and counters in one C call (the Python
-            # read below is its fallback for everything unusual, and says what went wrong)
+        if type(self).read is FileDevice.read and Reader is not None:
+            # psync reads: checks, pread and counters in one C call (the Python read below
+            # is its fallback for everything unusual, and says what went wrong); with
+            # O_DIRECT through the thread's aligned 64 KiB buffer in C (mode 2), as the
+            # Python read does through _AlignedPool, larger ones in Python
             self._c_reads = Reader(self.fd, self.size, self._bs_mask, self.max_io,
-                                   types.MethodType(FileDevice.read, self), False)
+                                   types.MethodType(FileDevice.read, self), 2 if direct else 0)
             self.read = self._c_reads.read
             if type(self).write is FileDevice.write:
                 # and writes: checks, pwrite and counters (per stream too) in one C call,

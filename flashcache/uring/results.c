@@ -26,6 +26,11 @@
 #include <linux/io_uring.h>
 #include "ring.h"
 #include "_hooks.h"          /* engines/_hooks.h: struct fc_read_into */
+#include <stdlib.h>
+
+/* Reader modes (see direct_stage) */
+enum { MODE_PSYNC = 0, MODE_RING = 1, MODE_DIRECT = 2 };
+#define DIRECT_STAGE (64u << 10)
 
 /* What new_bytes and pin start with: the argument as a sequence, a list of as many items
  * and a bytes object with room for as many pointers. 0, or -1 with an exception set and
@@ -205,9 +210,13 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kw)
 {
     PyObject *fallback;
     (void)kw;
-    if (!PyArg_ParseTuple(args, "iKKKOp:Reader", &self->fd, &self->size, &self->mask, &self->max_len, &fallback,
+    if (!PyArg_ParseTuple(args, "iKKKOi:Reader", &self->fd, &self->size, &self->mask, &self->max_len, &fallback,
                           &self->ring_mode))
         return -1;
+    if (self->ring_mode < MODE_PSYNC || self->ring_mode > MODE_DIRECT) {
+        PyErr_SetString(PyExc_ValueError, "Reader: mode must be 0 (psync), 1 (ring) or 2 (psync, O_DIRECT)");
+        return -1;
+    }
     if (!PyCallable_Check(fallback)) {
         PyErr_SetString(PyExc_TypeError, "Reader: fallback must be callable");
         return -1;
@@ -252,6 +261,62 @@ static void Reader_dealloc(Reader *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* Modes: psync (pread/pwrite into and from the caller's memory), ring (the calling
+ * thread's own io_uring, adopted), psync with O_DIRECT (pread/pwrite through the calling
+ * thread's page-aligned staging buffer of DIRECT_STAGE bytes, one copy each way; larger
+ * I/O goes to the fallback). */
+
+static void stage_free(PyObject *cap)
+{
+    free(PyCapsule_GetPointer(cap, "flashcache.stage"));
+}
+
+/* The calling thread's aligned staging buffer (direct mode), made on first use and freed
+ * with the Reader; NULL with no exception when it cannot be made (the caller falls back),
+ * or when ``make`` is 0 and there is none yet. The GIL must be held. */
+static struct thread_ring *direct_stage(Reader *self, int make)
+{
+    struct thread_ring *t = PyThread_tss_get(&self->tss);
+    if (t || !make || !self->owned)
+        return t;
+    void *buf = NULL;
+    if (posix_memalign(&buf, 4096, DIRECT_STAGE) != 0)
+        return NULL;
+    PyObject *cap = PyCapsule_New(buf, "flashcache.stage", stage_free);
+    if (!cap) {
+        free(buf);
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *holder = PyBytes_FromStringAndSize(NULL, sizeof(struct thread_ring));
+    if (!holder || PyList_Append(self->owned, cap) < 0 || PyList_Append(self->owned, holder) < 0) {
+        Py_XDECREF(holder);
+        Py_DECREF(cap);
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_DECREF(cap);                         /* the list keeps both */
+    Py_DECREF(holder);
+    t = (struct thread_ring *)PyBytes_AS_STRING(holder);
+    t->ring = NULL;
+    t->stage = buf;
+    if (PyThread_tss_set(&self->tss, t) != 0)
+        return NULL;
+    return t;
+}
+
+/* pread or pwrite of len bytes at off through buf, the GIL released, counted in busy. */
+static ssize_t psync_rw(Reader *self, int write, char *buf, unsigned long long len, unsigned long long off)
+{
+    ssize_t got;
+    self->busy++;
+    Py_BEGIN_ALLOW_THREADS
+    got = write ? pwrite(self->fd, buf, (size_t)len, (off_t)off) : pread(self->fd, buf, (size_t)len, (off_t)off);
+    Py_END_ALLOW_THREADS
+    self->busy--;
+    return got;
+}
+
 /* One read or write of len bytes at off on the calling thread's ring, from or into its
  * registered buffer 0, the GIL released; counted in ``busy`` while in the kernel (the
  * device's close() waits for it). The result: bytes done or -errno. */
@@ -283,7 +348,7 @@ static PyObject *Reader_read(Reader *self, PyObject *const *args, Py_ssize_t nar
         (unsigned long long)len > self->max_len || (unsigned long long)off + (unsigned long long)len > self->size)
         goto careful;
     PyObject *b;
-    if (self->ring_mode) {
+    if (self->ring_mode == MODE_RING) {
         struct thread_ring *t = PyThread_tss_get(&self->tss);
         if (!t)
             goto careful;                   /* this thread's ring is made by the fallback */
@@ -293,17 +358,18 @@ static PyObject *Reader_read(Reader *self, PyObject *const *args, Py_ssize_t nar
         b = PyBytes_FromStringAndSize(t->stage, len);
         if (!b)
             return NULL;
+    } else if (self->ring_mode == MODE_DIRECT) {
+        struct thread_ring *t = len <= DIRECT_STAGE ? direct_stage(self, 1) : NULL;
+        if (!t || psync_rw(self, 0, t->stage, (unsigned long long)len, (unsigned long long)off) != len)
+            goto careful;
+        b = PyBytes_FromStringAndSize(t->stage, len);
+        if (!b)
+            return NULL;
     } else {
         b = PyBytes_FromStringAndSize(NULL, len);
         if (!b)
             return NULL;
-        ssize_t got;
-        self->busy++;
-        Py_BEGIN_ALLOW_THREADS
-        got = pread(self->fd, PyBytes_AS_STRING(b), (size_t)len, (off_t)off);
-        Py_END_ALLOW_THREADS
-        self->busy--;
-        if (got != len) {
+        if (psync_rw(self, 0, PyBytes_AS_STRING(b), (unsigned long long)len, (unsigned long long)off) != len) {
             Py_DECREF(b);
             goto careful;
         }
@@ -325,7 +391,7 @@ static int Reader_read_into(void *ctx, char *buf, unsigned long long len, unsign
     Reader *self = ctx;
     if (self->closed || !len || ((off | len) & self->mask) || len > self->max_len || off + len > self->size)
         return 0;
-    if (self->ring_mode) {
+    if (self->ring_mode == MODE_RING) {
         struct thread_ring *t = PyThread_tss_get(&self->tss);
         if (!t)
             return 0;
@@ -333,13 +399,14 @@ static int Reader_read_into(void *ctx, char *buf, unsigned long long len, unsign
         if (res < 0 || (unsigned long long)res != len)
             return 0;
         memcpy(buf, t->stage, len);
+    } else if (self->ring_mode == MODE_DIRECT) {
+        struct thread_ring *t = len <= DIRECT_STAGE ? direct_stage(self, 1) : NULL;
+        ssize_t got = t ? psync_rw(self, 0, t->stage, len, off) : -1;
+        if (got < 0 || (unsigned long long)got != len)
+            return 0;
+        memcpy(buf, t->stage, len);
     } else {
-        ssize_t got;
-        self->busy++;
-        Py_BEGIN_ALLOW_THREADS
-        got = pread(self->fd, buf, (size_t)len, (off_t)off);
-        Py_END_ALLOW_THREADS
-        self->busy--;
+        ssize_t got = psync_rw(self, 0, buf, len, off);
         if (got < 0 || (unsigned long long)got != len)
             return 0;
     }
@@ -383,7 +450,7 @@ static PyObject *Reader_adopt(Reader *self, PyObject *const *args, Py_ssize_t na
     void *stage = PyLong_AsVoidPtr(args[1]);
     if (PyErr_Occurred())
         return NULL;
-    if (!self->ring_mode || !ring || !stage || !self->owned) {
+    if (self->ring_mode != MODE_RING || !ring || !stage || !self->owned) {
         PyErr_SetString(PyExc_ValueError, "adopt(): not a ring reader, or no ring or staging buffer");
         return NULL;
     }
@@ -462,8 +529,9 @@ static PyObject *Reader_write(Reader *self, PyObject *const *args, Py_ssize_t na
         goto careful;
     }
     ssize_t put;
-    if (self->ring_mode) {
-        struct thread_ring *t = PyThread_tss_get(&self->tss);
+    if (self->ring_mode != MODE_PSYNC) {
+        struct thread_ring *t = self->ring_mode == MODE_RING ? PyThread_tss_get(&self->tss) :
+                                len <= DIRECT_STAGE ? direct_stage(self, 1) : NULL;
         if (!t) {                           /* this thread's ring is made by the fallback */
             PyBuffer_Release(&view);
             Py_DECREF(name);
@@ -471,13 +539,10 @@ static PyObject *Reader_write(Reader *self, PyObject *const *args, Py_ssize_t na
         }
         memcpy(t->stage, view.buf, (size_t)len);
         PyBuffer_Release(&view);
-        put = thread_rw(self, t, IORING_OP_WRITE_FIXED, len, (unsigned long long)off);
+        put = self->ring_mode == MODE_RING ? thread_rw(self, t, IORING_OP_WRITE_FIXED, len, (unsigned long long)off)
+                                           : psync_rw(self, 1, t->stage, len, (unsigned long long)off);
     } else {
-        self->busy++;
-        Py_BEGIN_ALLOW_THREADS
-        put = pwrite(self->fd, view.buf, (size_t)len, (off_t)off);
-        Py_END_ALLOW_THREADS
-        self->busy--;
+        put = psync_rw(self, 1, view.buf, len, (unsigned long long)off);
         PyBuffer_Release(&view);
     }
     if (put < 0 || (unsigned long long)put != len) {

@@ -19,11 +19,14 @@ N = 64
 
 
 def _devices(tmp_path, kind):
-    cls = FileDevice if kind == "psync" else UringDevice
-    return [cls(str(tmp_path / f"{name}.img"), (N + 1) * BS, format=True) for name in ("a", "b")]
+    """Two devices of ``kind``: psync, psync-direct (O_DIRECT: the C Reader reads through
+    its aligned buffer) or uring."""
+    cls = UringDevice if kind == "uring" else FileDevice
+    return [cls(str(tmp_path / f"{name}.img"), (N + 1) * BS, format=True, direct=kind == "psync-direct")
+            for name in ("a", "b")]
 
 
-@pytest.mark.parametrize("kind", ["psync", "uring"])
+@pytest.mark.parametrize("kind", ["psync", "psync-direct", "uring"])
 def test_the_hook_is_offered_and_reads_what_read_reads(tmp_path, kind):
     dev = _devices(tmp_path, kind)[0]
     try:
@@ -42,7 +45,7 @@ def test_the_hook_is_offered_and_reads_what_read_reads(tmp_path, kind):
         dev.close()
 
 
-@pytest.mark.parametrize("kind", ["psync", "uring"])
+@pytest.mark.parametrize("kind", ["psync", "psync-direct", "uring"])
 def test_core_through_the_hook_matches_the_generator_form(tmp_path, kind):
     da, db = _devices(tmp_path, kind)
     clock = lambda: 1000.0                                       # noqa: E731
