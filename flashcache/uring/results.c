@@ -607,8 +607,9 @@ static PyTypeObject ReaderType = {
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_traverse = (traverseproc)Reader_traverse,
     .tp_clear = (inquiry)Reader_clear,
-    .tp_doc = "Reader(fd, size, block_mask, max_len, fallback, ring_mode): a device's checked single reads "
-              "(and, after set_write(), its single writes).",
+    .tp_doc = "Reader(fd, size, block_mask, max_len, fallback, mode): a device's checked single reads "
+              "(and, after set_write(), its single writes); mode 0 psync, 1 the thread's own ring "
+              "(adopt()), 2 psync with O_DIRECT through the thread's aligned buffer.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Reader_init,
     .tp_dealloc = (destructor)Reader_dealloc,
