@@ -1,11 +1,12 @@
 """The uring device: the file device's targets, with I/O through flashcache's io_uring ring.
 
 Owns the ring of one device and its registered (fixed) staging buffers; opening, size,
-format safety and trim come from FileDevice. Batched calls (read_many/write_many) submit
-every request in one io_uring_enter where the ring depth allows. The surprise: data is
-staged through page-aligned registered buffers (one copy, as the psync path also makes
-one), which is what lets the same code run with O_DIRECT and lets the kernel skip
-pinning pages per I/O.
+format safety and trim come from FileDevice. Batched calls (read_many/write_many) run in
+one C call that keeps the ring full as requests complete; I/O larger than the staging
+goes through it in pieces, the staging reused as they complete (ring.h,
+fc_rw_batch_staged). The surprise: data is staged through page-aligned registered
+buffers (one copy, as the psync path also makes one), which is what lets the same code
+run with O_DIRECT and lets the kernel skip pinning pages per I/O.
 """
 from __future__ import annotations
 
@@ -207,46 +208,37 @@ class UringDevice(FileDevice):
                                 f"{self._batch_rings} per-thread, {self._batch_flags}")}
 
     # -- I/O ------------------------------------------------------------------------------
-    def _pieces(self, reqs: Sequence[tuple[int, int]]):
-        """Split requests into slot-sized pieces: (request index, offset, position, length)."""
-        out = []
+    def _staged(self, write: bool, offs, lens, ptrs) -> None:
+        """Requests of any size (``lens[i]`` bytes at ``offs[i]``, to or from the C
+        pointer ``ptrs[i]``) in slot-sized pieces, all in one C call on this thread's batch
+        ring: the staging buffer is reused as the pieces complete, so the ring stays full
+        to the end (a 16 MiB region write keeps ``queue_depth`` pieces in flight, where it
+        used to go in waves of one ring-full, each waiting for its slowest piece)."""
+        p_offs: list[int] = []
+        p_lens: list[int] = []
+        p_ptrs = []
         step = self.slot_bytes
-        for i, (off, ln) in enumerate(reqs):
-            pos = 0
-            while pos < ln:
-                n = min(step, ln - pos)
-                out.append((i, off + pos, pos, n))
-                pos += n
-        return out
-
-    def _run(self, write: bool, pieces, datas=None, outs=None) -> None:
-        """Run pieces in waves of at most ``slots``; each wave is one batch in C."""
-        stage = self._stage
-        sb = self.slot_bytes
-        with self._ring_lock:
-            for w in range(0, len(pieces), self.slots):
-                wave = pieces[w:w + self.slots]
-                if write:
-                    for k, (i, _off, pos, n) in enumerate(wave):
-                        stage[k * sb:k * sb + n] = datas[i][pos:pos + n]
-                lens = [p[3] for p in wave]
-                offs = [p[1] for p in wave]
-                res = self.ring.rw_strided(write, self.fd, self._base, sb, lens, offs, self._fixed_index)
-                for k, (r, (i, off, pos, n)) in enumerate(zip(res, wave)):
-                    if r != n:
-                        r = self._finish_short(write, self._base + k * sb, r, off, n)
-                    if not write:
-                        outs[i][pos:pos + n] = stage[k * sb:k * sb + n]
+        for off, ln, ptr in zip(offs, lens, ptrs):
+            for pos in range(0, ln, step):
+                p_offs.append(off + pos)
+                p_lens.append(min(step, ln - pos))
+                p_ptrs.append(ptr + pos)
+        user = ffi.new("char *[]", p_ptrs)
+        self._run_packed(write, p_lens, p_offs, lambda ring, base, index: ring.rw_staged(
+            write, self.fd, base, self._stage_bytes, p_lens, p_offs, index, user), final=True)
 
     def _finish_short(self, write: bool, addr0: int, r: int, off: int, n: int, ring: Ring | None = None,
-                      index: int | None = None) -> int:
+                      index: int | None = None, final: bool = False) -> int:
         """A piece that completed short or with an error: retry the remainder once per
         short completion (the kernel may split), or raise with the errno. ``ring`` and
-        ``index``: where ``addr0`` is registered (default: the device ring's staging)."""
+        ``index``: where ``addr0`` is registered (default: the device ring's staging).
+        ``final``: ``r`` is what C already finished (a staged batch): raise, never retry."""
         if ring is None:
             ring, index = self.ring, self._fixed_index
         what = "write" if write else "read"
         done = 0
+        if final and r >= 0:
+            done, r = r, 0                  # C retried while it made progress: it stopped here
         while True:
             if r < 0:
                 self.counters.errors += 1
@@ -271,9 +263,9 @@ class UringDevice(FileDevice):
                 if r != length:
                     self._finish_short(False, self._base, r, offset, length)
                 return bytes(self._stage[:length])
-        out = bytearray(length)
-        self._run(False, self._pieces([(offset, length)]), outs=[memoryview(out)])
-        return bytes(out)
+        (out,), dst = new_bytes([length])          # read into the result itself: no copy after
+        self._staged(False, [offset], [length], ffi.from_buffer("char *[]", dst))
+        return out
 
     # Not FileDevice's pwrite fast path: a uring device writes through its ring.
     write = BaseDevice.write
@@ -295,7 +287,7 @@ class UringDevice(FileDevice):
                 if r != n:
                     self._finish_short(True, self._base, r, offset, n)
             return
-        self._run(True, self._pieces([(offset, n)]), datas=[v])
+        self._staged(True, [offset], [n], [ffi.from_buffer("char[]", v)])
 
     def _fits_packed(self, lens) -> bool:
         """Whether requests packed back to back fit the registered staging buffer. Many
@@ -317,10 +309,11 @@ class UringDevice(FileDevice):
                 return tb.ring, tb.base, tb.index, None
         return self.ring, self._base, self._fixed_index, self._ring_lock
 
-    def _run_packed(self, write: bool, lens, offs, run, on_short=None) -> None:
+    def _run_packed(self, write: bool, lens, offs, run, on_short=None, final: bool = False) -> None:
         """Run one packed batch: ``run(ring, base, index)`` returns each request's result;
         short or failed requests are then finished (or raised) in order, and
-        ``on_short(i, addr, length)`` is called for each one finished."""
+        ``on_short(i, addr, length)`` is called for each one finished. ``final``: the
+        results are final (a staged batch): a short or failed one raises."""
         ring, base, index, lock = self._batch_ring()
         if lock is None:
             # close() waits while _busy is set (the GIL keeps the count exact, as for single
@@ -328,7 +321,7 @@ class UringDevice(FileDevice):
             self._busy += 1
             try:
                 if not (self._closing or self._closed):
-                    self._finish_packed(write, lens, offs, run(ring, base, index), ring, base, index, on_short)
+                    self._finish_packed(write, lens, offs, run(ring, base, index), ring, base, index, on_short, final)
                     return
             finally:
                 self._busy -= 1
@@ -336,14 +329,15 @@ class UringDevice(FileDevice):
         with lock:
             if self._closing or self._closed:
                 raise ClosedError(self.path, f"{'write' if write else 'read'}_many after close()")
-            self._finish_packed(write, lens, offs, run(ring, base, index), ring, base, index, on_short)
+            self._finish_packed(write, lens, offs, run(ring, base, index), ring, base, index, on_short, final)
 
-    def _finish_packed(self, write: bool, lens, offs, res, ring, base: int, index: int, on_short) -> None:
+    def _finish_packed(self, write: bool, lens, offs, res, ring, base: int, index: int, on_short,
+                       final: bool = False) -> None:
         if res != lens:
             a = base
             for i, (r, off, ln) in enumerate(zip(res, offs, lens)):
                 if r != ln:
-                    self._finish_short(write, a, r, off, ln, ring, index)
+                    self._finish_short(write, a, r, off, ln, ring, index, final)
                     if on_short is not None:
                         on_short(i, a, ln)
                 a += ln
@@ -365,9 +359,8 @@ class UringDevice(FileDevice):
 
             self._run_packed(False, lens, offs, run, copy_on)
         else:
-            bufs = [bytearray(ln) for ln in lens]
-            self._run(False, self._pieces(reqs), outs=[memoryview(b) for b in bufs])
-            out = [bytes(b) for b in bufs]
+            out, dst = new_bytes(lens)
+            self._staged(False, offs, lens, ffi.from_buffer("char *[]", dst))
         self._count_many("r", lens)
         return out
 
@@ -381,7 +374,7 @@ class UringDevice(FileDevice):
             self._run_packed(True, lens, offs, lambda ring, base, index: ring.write_packed_from(
                 self.fd, base, lens, offs, index, srcs))
         else:
-            self._run(True, self._pieces(list(zip(offs, lens))), datas=[memoryview(d).cast("B") for _, d, _ in reqs])
+            self._staged(True, offs, lens, ffi.from_buffer("char *[]", srcs))
         del keep                                         # the pins hold until the I/O is done
         self._count_writes(lens, [s for _, _, s in reqs])
 

@@ -527,6 +527,148 @@ int fc_rw_batch_packed_from(struct fc_ring *r, int opcode, int fd, unsigned n, c
     return run_batch(r, &b, n, res_out, NULL);
 }
 
+/* Staged batches: any number of requests of any total size, each at most the staging
+ * buffer's size, with the buffer reused as a ring of bytes. Request i is given the next
+ * lens[i] bytes of it (from the start again when the end is too near) once the requests
+ * before it that held those bytes are finished, so the queue stays full however much the
+ * batch moves; space is given back in request order (completions out of order wait for
+ * the oldest). A write's bytes are copied in from user[i] just before its SQE; a read's
+ * are copied out to user[i] when it is finished, after the ring is refilled. A request
+ * the kernel completes short is resubmitted for the rest at once (it keeps its bytes of
+ * the buffer until done), so every result is final: lens[i], -errno, or the bytes done
+ * before a completion that made no progress (end of file, no space). */
+struct staged {
+    char *stage;
+    size_t size, head, tail;     /* next allocation; start of the oldest live request */
+    int wrapped;                 /* live requests run from tail to the end, then from 0 */
+    unsigned wrap_at;            /* first request allocated at 0 after the wrap */
+    unsigned oldest, next;       /* requests [oldest, next) hold staging */
+    size_t *pos;                 /* request i's place in the stage */
+    unsigned *done;              /* bytes done so far */
+    unsigned char *state;        /* 0 waiting, 1 in flight, 2 finished (result final), 3 released */
+};
+
+static int staged_alloc(struct staged *s, unsigned i, unsigned len)
+{
+    if (s->oldest == s->next) {                      /* nothing live: start from 0 */
+        s->head = s->tail = 0;
+        s->wrapped = 0;
+    }
+    if (!s->wrapped) {
+        if (s->head + len <= s->size) {
+            s->pos[i] = s->head;
+        } else if (len <= s->tail) {
+            s->pos[i] = 0;
+            s->wrapped = 1;
+            s->wrap_at = i;
+        } else {
+            return 0;
+        }
+    } else if (s->head + len <= s->tail) {
+        s->pos[i] = s->head;
+    } else {
+        return 0;
+    }
+    s->head = s->pos[i] + len;
+    return 1;
+}
+
+static void staged_release(struct staged *s)
+{
+    while (s->oldest < s->next && s->state[s->oldest] == 2)
+        s->state[s->oldest++] = 3;
+    if (s->oldest < s->next) {
+        s->tail = s->pos[s->oldest];
+        if (s->wrapped && s->oldest >= s->wrap_at)
+            s->wrapped = 0;
+    }
+}
+
+int fc_rw_batch_staged(struct fc_ring *r, int opcode, int fd, unsigned n, char *stage, size_t stage_bytes,
+                       const unsigned *lens, const unsigned long long *offs, int buf_index, int *res,
+                       char *const *user, size_t *pos_scratch, unsigned *done_scratch,
+                       unsigned char *state_scratch, unsigned *ready_scratch)
+{
+    const unsigned long long base = FC_BATCH_BASE;
+    const int writing = opcode == IORING_OP_WRITE || opcode == IORING_OP_WRITE_FIXED;
+    struct staged s = {.stage = stage, .size = stage_bytes, .pos = pos_scratch, .done = done_scratch,
+                       .state = state_scratch};
+    unsigned inflight = 0, finished = 0, nready = 0, chunk = 1;
+    int ret;
+    for (unsigned i = 0; i < n; i++) {
+        if (lens[i] == 0 || lens[i] > stage_bytes)
+            return -EINVAL;
+        done_scratch[i] = 0;
+        state_scratch[i] = 0;
+    }
+    while (finished < n || nready) {
+        /* refill: as many as the ring and the stage allow */
+        while (s.next < n && inflight < r->sq_entries && fc_sq_space(r) && staged_alloc(&s, s.next, lens[s.next])) {
+            unsigned i = s.next++;
+            char *addr = stage + s.pos[i];
+            if (writing)
+                memcpy(addr, user[i], lens[i]);
+            if ((ret = fc_prep_rw(r, opcode, fd, addr, lens[i], offs[i], base + i, buf_index)) < 0)
+                return ret;
+            state_scratch[i] = 1;
+            inflight++;
+            if (fc_sq_pending(r) >= chunk) {
+                if ((ret = submit_some(r, 0)) < 0)
+                    return ret;
+                chunk = ret ? r->sq_entries : 1;
+            }
+        }
+        if (fc_sq_pending(r) && (ret = submit_some(r, 0)) < 0)
+            return ret;
+        /* the finished reads' bytes out, while the ring works; then their space back */
+        for (unsigned k = 0; k < nready; k++) {
+            unsigned i = ready_scratch[k];
+            if (res[i] > 0)
+                memcpy(user[i], stage + s.pos[i], (unsigned)res[i]);
+            state_scratch[i] = 2;
+        }
+        if (nready) {
+            nready = 0;
+            staged_release(&s);
+            continue;                                /* space freed: refill before waiting */
+        }
+        struct fc_cqe cqes[64];
+        int k = fc_reap(r, cqes, 64);
+        if (k == 0) {
+            if ((ret = fc_wait(r, 1)) < 0)
+                return ret;
+            continue;
+        }
+        for (int c = 0; c < k; c++) {
+            unsigned long long ud = cqes[c].user_data - base;
+            if (ud >= n || state_scratch[ud] != 1)
+                continue;                            /* not this batch's */
+            unsigned i = (unsigned)ud;
+            int got = cqes[c].res;
+            if (got > 0 && done_scratch[i] + (unsigned)got < lens[i]) {
+                /* short: the rest at once, from where it stopped (the SQ has room: each
+                 * SQE in flight was submitted, and this one's slot is free again) */
+                done_scratch[i] += (unsigned)got;
+                unsigned d = done_scratch[i];
+                if ((ret = fc_prep_rw(r, opcode, fd, stage + s.pos[i] + d, lens[i] - d, offs[i] + d,
+                                      base + i, buf_index)) < 0)
+                    return ret;
+                continue;
+            }
+            res[i] = got < 0 ? got : (int)(done_scratch[i] + (unsigned)got);
+            inflight--;
+            finished++;
+            if (writing)
+                state_scratch[i] = 2;
+            else
+                ready_scratch[nready++] = i;
+        }
+        if (writing)
+            staged_release(&s);
+    }
+    return 0;
+}
+
 int fc_uring_cmd_batch(struct fc_ring *r, int fd, unsigned cmd_op, unsigned n, const void *cmds,
                        int buf_index, int *res_out, unsigned long long *dw0_out)
 {

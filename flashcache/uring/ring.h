@@ -96,6 +96,18 @@ int fc_rw_batch_packed_from(struct fc_ring *r, int opcode, int fd, unsigned n, c
                             const unsigned *lens, const unsigned long long *offs, int buf_index,
                             int *res_out, char *const *from);
 
+/* Any number of reads or writes, each at most stage_bytes, staged through the buffer at
+ * stage (registered buffer buf_index, or -1) reused as a ring of bytes, so the ring stays
+ * full however large the batch: a write's bytes come from user[i] (copied just before its
+ * SQE), a read's go to user[i] (copied once it is done). A short completion is resubmitted
+ * for the rest, so res_out[i] is final: lens[i], -errno, or the bytes done before a
+ * completion that made no progress. The scratch arrays hold n entries each. Returns 0,
+ * -EINVAL for a request of 0 bytes or larger than the stage, or -errno from the ring. */
+int fc_rw_batch_staged(struct fc_ring *r, int opcode, int fd, unsigned n, char *stage, size_t stage_bytes,
+                       const unsigned *lens, const unsigned long long *offs, int buf_index, int *res_out,
+                       char *const *user, size_t *pos_scratch, unsigned *done_scratch,
+                       unsigned char *state_scratch, unsigned *ready_scratch);
+
 /* One read or write, submitted and waited for: returns bytes done or -errno (the result
  * of the I/O; a failure to submit is also a -errno). */
 int fc_rw_one(struct fc_ring *r, int opcode, int fd, void *addr, unsigned len,

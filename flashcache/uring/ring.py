@@ -311,6 +311,38 @@ class Ring:
                                 self._r, op, fd, n, ffi.cast("char *", base), self._pk_lens, self._pk_offs,
                                 buf_index, self._pk_res, ptrs))
 
+    def rw_staged(self, write: bool, fd: int, stage: int, stage_bytes: int, lens: Sequence[int],
+                  offsets: Sequence[int], buf_index: int, user) -> list[int]:
+        """Reads into or writes from ``user[i]`` (a C ``char *[]`` of n pointers whose
+        buffers stay put until this returns) through the staging buffer at ``stage``
+        (``stage_bytes`` long, inside registered buffer ``buf_index`` unless it is -1),
+        reused as the batch moves: any number of requests, each at most ``stage_bytes``,
+        with the ring kept full. A request the kernel completes short is finished in C, so
+        each result is final: its length, -errno, or the bytes done before a completion
+        that made no progress (see ring.h, fc_rw_batch_staged)."""
+        self._check()
+        n = len(lens)
+        if not n:
+            return []
+        self._owned_by_batch("rw_staged")
+        if len(user) < n:
+            raise ValueError(f"rw_staged: {n} requests but {len(user)} buffers")
+        bad = next((ln for ln in lens if not 0 < ln <= stage_bytes), None)
+        if bad is not None:
+            raise ValueError(f"rw_staged: a request of {bad} bytes; each must be 1 to {stage_bytes} "
+                             "(the staging buffer's size)")
+        self._grow_packed(n)
+        self._pk_lens[0:n] = lens
+        self._pk_offs[0:n] = offsets
+        op = (OP_WRITE_FIXED if buf_index >= 0 else OP_WRITE) if write else \
+            (OP_READ_FIXED if buf_index >= 0 else OP_READ)
+        ret = lib.fc_rw_batch_staged(self._r, op, fd, n, ffi.cast("char *", stage), stage_bytes, self._pk_lens,
+                                     self._pk_offs, buf_index, self._pk_res, user, self._pk_pos,
+                                     self._pk_done, self._pk_state, self._pk_ready)
+        if ret < 0:
+            raise DeviceError(None, "io_uring batch submission failed", -ret)
+        return ffi.unpack(self._pk_res, n)
+
     def _packed(self, what: str, write: bool, lens: Sequence[int], offsets: Sequence[int], buf_index: int,
                 ptrs, ptrs_what: str, call) -> list[int]:
         """The packed batches' shared steps: checks, the argument arrays, ``call(opcode, n,
@@ -340,6 +372,9 @@ class Ring:
             self._pk_res = ffi.new("int[]", self._pk_cap)
             self._pk_src = ffi.new("char *[]", self._pk_cap)
             self._pk_ready = ffi.new("unsigned[]", self._pk_cap)
+            self._pk_pos = ffi.new("size_t[]", self._pk_cap)
+            self._pk_done = ffi.new("unsigned[]", self._pk_cap)
+            self._pk_state = ffi.new("unsigned char[]", self._pk_cap)
 
     def reader(self, fd: int):
         """``f(length, offset) -> bytes | int``: one read on this ring into registered

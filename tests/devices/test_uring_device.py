@@ -33,10 +33,51 @@ def test_batches_larger_than_the_ring_and_slots(img):
         d.write_many([(i * 8192, bytes([i % 251]) * 8192, s) for i in range(n)])
         got = d.read_many([(i * 8192, 8192) for i in reversed(range(n))])
         assert got == [bytes([i % 251]) * 8192 for i in reversed(range(n))]
-        big = os.urandom(1 << 20)            # 16 slots of 64 KiB, 4 waves
+        big = os.urandom(1 << 20)            # 16 pieces of 64 KiB through a 256 KiB stage
         d.write(4 << 20, big)
         assert d.read(4 << 20, 1 << 20) == big
         assert d.stats()["bytes_written_by_stream"]["x"] == n * 8192
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_io_larger_than_the_staging_runs_in_one_staged_batch(img, monkeypatch, direct):
+    """Single I/O and batches larger than the staging buffer (4 x 64 KiB here) go through
+    one staged C batch on the thread's ring (the stage reused as pieces complete), with
+    the bytes right on disk and back, buffered and O_DIRECT."""
+    import random
+    from flashcache.uring import Ring
+    calls = []
+    real = Ring.rw_staged
+
+    def counted(self, write, fd, stage, stage_bytes, lens, offs, buf_index, user):
+        calls.append((write, len(lens), sum(lens), stage_bytes))
+        return real(self, write, fd, stage, stage_bytes, lens, offs, buf_index, user)
+
+    monkeypatch.setattr(Ring, "rw_staged", counted)
+    rnd = random.Random(3)
+    with UringDevice(img, 32 << 20, queue_depth=4, direct=direct, format=True) as d:
+        region = os.urandom(3 << 20)
+        d.write(8 << 20, region)
+        assert d.read(8 << 20, 3 << 20) == region
+        assert calls == [(True, 48, 3 << 20, 256 << 10), (False, 48, 3 << 20, 256 << 10)]
+        reqs = [(i * (128 << 10), os.urandom(rnd.choice([4096, 65536, 131072])), None) for i in range(40)]
+        d.write_many(reqs)
+        assert d.read_many([(o, len(b)) for o, b, _ in reqs][::-1]) == [b for _, b, _ in reqs][::-1]
+        assert len(calls) == 4 and calls[2][2] == sum(len(b) for _, b, _ in reqs) > 256 << 10
+    with open(img, "rb") as f:
+        f.seek(8 << 20)
+        assert f.read(3 << 20) == region
+
+
+def test_staged_read_past_a_truncated_end_names_where_it_stopped(img):
+    """A staged read that finds the file shorter (cut behind flashcache's back) fails with
+    the offset where the bytes ran out and how many of the request's were left."""
+    with UringDevice(img, 4 << 20, queue_depth=2) as d:
+        d.write(0, os.urandom(1 << 20))
+        os.truncate(img, (1 << 20) - 4096 * 3)
+        with pytest.raises(DeviceError, match=r"read at offset 1036288 made no progress "
+                                              r"\(12288 of 65536 bytes left\)"):
+            d.read(0, 1 << 20)
 
 
 def test_direct_io_through_the_ring(img):

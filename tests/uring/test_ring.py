@@ -138,6 +138,97 @@ def test_short_read_at_end_of_file(tmp_path):
         os.close(fd)
 
 
+def _staged_ring_run(r, write, fd, stage, lens, offs, bufs, buf_index=-1):
+    user = ring_mod.ffi.new("char *[]", [ring_mod.ffi.from_buffer(b) for b in bufs])
+    return r.rw_staged(write, fd, stage, 16384, lens, offs, buf_index, user)
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_staged_batch_reuses_a_small_stage_for_a_large_batch(tmp_path, fixed):
+    """A staged batch moves 200 requests of 4-16 KiB (about 2 MiB) through a 16 KiB stage
+    on a 4-deep ring: every request's bytes land where they belong and read back, whatever
+    the order the stage wrapped and completions came in."""
+    import random
+    p = tmp_path / "staged.bin"
+    p.write_bytes(bytes(4 << 20))
+    fd = os.open(p, os.O_RDWR)
+    rnd = random.Random(7)
+    try:
+        with Ring(4) as r:
+            if fixed:
+                r.register_buffers(1, 16384)
+                stage, index = r.buffer_addr(0), 0
+            else:
+                m = mmap.mmap(-1, 16384)
+                stage, index = address_of(m), -1
+            lens = [rnd.choice([4096, 8192, 12288, 16384]) for _ in range(200)]
+            offs, at = [], 0
+            for ln in lens:                      # no two overlap: the last writer is unambiguous
+                offs.append(at)
+                at += ln + rnd.choice([0, 4096])
+            pairs = list(zip(lens, offs))
+            rnd.shuffle(pairs)                   # in no order on the file
+            lens, offs = [ln for ln, _ in pairs], [o for _, o in pairs]
+            datas = [bytes([i % 251 + 1]) * ln for i, ln in enumerate(lens)]
+            assert _staged_ring_run(r, True, fd, stage, lens, offs, datas, index) == lens
+            for d, off in zip(datas, offs):
+                assert os.pread(fd, len(d), off) == d
+            outs = [bytearray(ln) for ln in lens]
+            assert _staged_ring_run(r, False, fd, stage, lens, offs, outs, index) == lens
+            assert [bytes(o) for o in outs] == datas
+            with pytest.raises(ValueError, match="a request of 20480 bytes; each must be 1 to 16384"):
+                _staged_ring_run(r, False, fd, stage, [20480], [0], [bytearray(20480)], index)
+    finally:
+        os.close(fd)
+
+
+def test_staged_batch_asks_again_for_the_rest_of_a_short_read():
+    """A completion with fewer bytes than asked (a pipe with part of the data in it) is
+    resubmitted in C for the rest, into the rest of its staging bytes: the result is the
+    whole request, in order."""
+    rfd, wfd = os.pipe()
+
+    def feed():
+        os.write(wfd, b"1" * 3000)
+        time.sleep(0.05)
+        os.write(wfd, b"2" * 5192)
+
+    t = threading.Thread(target=feed)
+    t.start()
+    try:
+        with Ring(4) as r:
+            m = mmap.mmap(-1, 16384)
+            out = bytearray(8192)
+            assert _staged_ring_run(r, False, rfd, address_of(m), [8192], [0], [out]) == [8192]
+            assert bytes(out) == b"1" * 3000 + b"2" * 5192
+    finally:
+        t.join()
+        os.close(rfd)
+        os.close(wfd)
+
+
+def test_staged_batch_finishes_a_short_read_in_c(tmp_path):
+    """A read that crosses the end of the file completes short; C asks again for the rest
+    (which finds nothing) and the result is final: the bytes there were, copied out; the
+    other requests around it are whole, and an error lands on its own request."""
+    p = tmp_path / "short.bin"
+    p.write_bytes(b"a" * 8192 + b"b" * 6000)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        with Ring(4) as r:
+            m = mmap.mmap(-1, 16384)
+            outs = [bytearray(8192), bytearray(8192), bytearray(4096)]
+            assert _staged_ring_run(r, False, fd, address_of(m), [8192, 8192, 4096], [0, 8192, 4096],
+                                    outs) == [8192, 6000, 4096]
+            assert bytes(outs[1][:6000]) == b"b" * 6000 and bytes(outs[0]) == b"a" * 8192
+        with Ring(4) as r:
+            m = mmap.mmap(-1, 16384)
+            assert _staged_ring_run(r, True, fd, address_of(m), [4096, 4096], [0, 4096],
+                                    [b"x" * 4096] * 2) == [-errno.EBADF] * 2     # opened read-only
+    finally:
+        os.close(fd)
+
+
 def test_fixed_buffers_read_and_write(datafile):
     fd, blob = datafile
     with Ring(8) as r:
