@@ -130,6 +130,27 @@ class BaseDevice:
                 c.trims += 1
                 c.bytes_trimmed += nbytes
 
+    def _check_stream(self, stream) -> None:
+        """A write's stream must be None or one this device's open_stream() gave: anything
+        else is refused before any I/O (TypeError, or ValueError for another device's)."""
+        if stream is None:
+            return
+        if type(stream) is not PlacementStream:
+            raise TypeError(f"{self.path}: a write's stream must be None or a PlacementStream from this "
+                            f"device's open_stream(name), not {type(stream).__name__} {stream!r}")
+        if self._streams.get(stream.name) is not stream:
+            raise ValueError(f"{self.path}: stream {stream.name!r} was not opened on this device (another "
+                             f"device's?); open it here with open_stream({stream.name!r})")
+
+    def _check_streams(self, streams) -> None:
+        """_check_stream for a batch's streams: one check when all are the same (the usual)."""
+        first = streams[0] if streams else None
+        if any(s is not first for s in streams):
+            for s in streams:
+                self._check_stream(s)
+        else:
+            self._check_stream(first)
+
     def _check_many(self, what: str, offs, lens) -> None:
         """_check for a batch: one pass, and the per-item method call only for a bad item."""
         if self._closed:
@@ -180,6 +201,8 @@ class BaseDevice:
         n = len(data) if not isinstance(data, memoryview) else data.nbytes
         if (self._closed or offset < 0 or (offset | n) & self._bs_mask or offset + n > self.size):
             self._check("write", offset, n)
+        if stream is not None and (type(stream) is not PlacementStream or self._streams.get(stream.name) is not stream):
+            self._check_stream(stream)
         self._write(offset, data, stream)
         self._count("w", n, stream)
 
@@ -193,6 +216,7 @@ class BaseDevice:
         return [self.read(off, ln) for off, ln in reqs]
 
     def write_many(self, reqs: Sequence[tuple[int, Any, PlacementStream | None]]) -> None:
+        self._check_streams([s for _, _, s in reqs])        # all of them before any I/O
         for off, data, stream in reqs:
             self.write(off, data, stream)
 

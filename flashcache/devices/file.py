@@ -194,7 +194,7 @@ class FileDevice(BaseDevice):
             if type(self).write is FileDevice.write:
                 # and writes: checks, pwrite and counters (per stream too) in one C call,
                 # with the Python write below as its fallback in the same way
-                self._c_reads.set_write(types.MethodType(FileDevice.write, self))
+                self._c_reads.set_write(types.MethodType(FileDevice.write, self), self._streams)
                 self.write = self._c_reads.write
 
     def placement_off_reason(self) -> str:
@@ -243,7 +243,8 @@ class FileDevice(BaseDevice):
         # The hot path, flattened like read(): one pwrite, the counters without a lock.
         n = len(data) if type(data) is bytes or type(data) is bytearray else -1
         if (n < 0 or self._closed or offset < 0 or (offset | n) & self._bs_mask
-                or offset + n > self.size or n > self.max_io):
+                or offset + n > self.size or n > self.max_io or stream is not None and (
+                    type(stream) is not PlacementStream or self._streams.get(stream.name) is not stream)):
             return super().write(offset, data, stream)
         self._enter("write")                     # close() waits for it
         try:

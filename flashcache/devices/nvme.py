@@ -376,7 +376,9 @@ class NvmeDevice(BaseDevice):
         views = [memoryview(d).cast("B") for _, d, _ in reqs]
         offs = [o for o, _, _ in reqs]
         lens = [v.nbytes for v in views]
+        streams = [s for _, _, s in reqs]
         self._check_many("write", offs, lens)
+        self._check_streams(streams)
         if self._fast(lens):
             pids = [s.pid if s is not None and s.pid is not None else -1 for _, _, s in reqs]
             self.transport.rw(True, self._slbas(offs), lens, pids, self._lba_shift, views)
@@ -385,7 +387,7 @@ class NvmeDevice(BaseDevice):
             for (off, _, stream), v in zip(reqs, views):
                 items += self._rw_cmds(off, v, True, stream)
             self._run(items, "write", offs[0] if offs else 0)
-        self._count_writes(lens, [s for _, _, s in reqs])
+        self._count_writes(lens, streams)
 
     def _run(self, items, what: str, offset: int) -> None:
         if not items:

@@ -83,7 +83,7 @@ class UringDevice(FileDevice):
                                    types.MethodType(UringDevice.read, self), True)
             self.read = self._c_reads.read
             # single writes too, on the same per-thread ring: no lock, no Python frame
-            self._c_reads.set_write(types.MethodType(UringDevice._write_first, self))
+            self._c_reads.set_write(types.MethodType(UringDevice._write_first, self), self._streams)
             self.write = self._c_reads.write
         if GIL_GUARDS_COUNTERS:
             self._thread_reader()               # the opening thread's, made now (the usual reader)
@@ -369,14 +369,16 @@ class UringDevice(FileDevice):
         # loop copies each into the staging buffer just before its SQE, overlapping the I/O.
         lens, srcs, keep = pin([d for _, d, _ in reqs])
         offs = [o for o, _, _ in reqs]
+        streams = [s for _, _, s in reqs]
         self._check_many("write", offs, lens)
+        self._check_streams(streams)
         if self._fits_packed(lens):
             self._run_packed(True, lens, offs, lambda ring, base, index: ring.write_packed_from(
                 self.fd, base, lens, offs, index, srcs))
         else:
             self._staged(True, offs, lens, ffi.from_buffer("char *[]", srcs))
         del keep                                         # the pins hold until the I/O is done
-        self._count_writes(lens, [s for _, _, s in reqs])
+        self._count_writes(lens, streams)
 
     def close(self) -> None:
         if not self._closed:

@@ -203,6 +203,8 @@ typedef struct {
     PyObject *fallback;
     PyObject *write_fallback;   /* set_write(): the device's Python write; NULL: write() unused */
     PyObject *stream_bytes;     /* bytes written here per stream name (a dict) */
+    PyObject *streams;          /* set_write(): the device's streams by name; a write's stream
+                                   must be one of them (or None), else the fallback says why */
     PyObject *owned;   /* ring mode: bytes objects holding the adopted thread_ring structs */
 } Reader;
 
@@ -240,6 +242,7 @@ static int Reader_traverse(Reader *self, visitproc visit, void *arg)
     Py_VISIT(self->owned);
     Py_VISIT(self->write_fallback);
     Py_VISIT(self->stream_bytes);
+    Py_VISIT(self->streams);
     return 0;
 }
 
@@ -249,6 +252,7 @@ static int Reader_clear(Reader *self)
     Py_CLEAR(self->owned);
     Py_CLEAR(self->write_fallback);
     Py_CLEAR(self->stream_bytes);
+    Py_CLEAR(self->streams);
     return 0;
 }
 
@@ -470,17 +474,22 @@ static PyObject *Reader_adopt(Reader *self, PyObject *const *args, Py_ssize_t na
     Py_RETURN_NONE;
 }
 
-/* set_write(fallback): turn on write(), ``fallback`` being the device's Python write,
- * which does the same and says what went wrong. */
-static PyObject *Reader_set_write(Reader *self, PyObject *fallback)
+/* set_write(fallback, streams): turn on write(), ``fallback`` being the device's Python
+ * write, which does the same and says what went wrong, ``streams`` the device's dict of
+ * its open streams by name (the same dict as it grows). */
+static PyObject *Reader_set_write(Reader *self, PyObject *args)
 {
+    PyObject *fallback, *streams;
+    if (!PyArg_ParseTuple(args, "OO!:set_write", &fallback, &PyDict_Type, &streams))
+        return NULL;
     if (!PyCallable_Check(fallback)) {
-        PyErr_SetString(PyExc_ValueError, "set_write(fallback): fallback must be callable");
+        PyErr_SetString(PyExc_ValueError, "set_write(fallback, streams): fallback must be callable");
         return NULL;
     }
     if (!self->stream_bytes && !(self->stream_bytes = PyDict_New()))
         return NULL;
     Py_XSETREF(self->write_fallback, Py_NewRef(fallback));
+    Py_XSETREF(self->streams, Py_NewRef(streams));
     Py_RETURN_NONE;
 }
 
@@ -513,6 +522,13 @@ static PyObject *Reader_write(Reader *self, PyObject *const *args, Py_ssize_t na
     PyObject *name = stream == Py_None ? Py_NewRef(s_default) : PyObject_GetAttr(stream, s_name);
     if (!name) {
         PyErr_Clear();
+        goto careful;
+    }
+    /* a stream this device did not open (another device's, or no stream at all): the
+     * fallback refuses it, before any I/O */
+    if (stream != Py_None && (!PyUnicode_CheckExact(name) || PyDict_GetItemWithError(self->streams, name) != stream)) {
+        PyErr_Clear();
+        Py_DECREF(name);
         goto careful;
     }
     if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {   /* a bytearray cannot resize now */
@@ -579,8 +595,9 @@ static PyMethodDef Reader_methods[] = {
     {"adopt", (PyCFunction)(void (*)(void))Reader_adopt, METH_FASTCALL,
      "adopt(ring, stage): the calling thread's own ring and its registered buffer (ring mode)."},
     {"close", (PyCFunction)Reader_close, METH_NOARGS, "Send every later read and write to the fallbacks."},
-    {"set_write", (PyCFunction)Reader_set_write, METH_O,
-     "set_write(fallback): turn on write(); fallback is the device's Python write."},
+    {"set_write", (PyCFunction)Reader_set_write, METH_VARARGS,
+     "set_write(fallback, streams): turn on write(); fallback is the device's Python write, "
+     "streams its dict of open streams by name."},
     {"write", (PyCFunction)(void (*)(void))Reader_write, METH_FASTCALL | METH_KEYWORDS,
      "write(offset, data, stream=None): one checked pwrite, or the fallback's answer."},
     {"read_into_hook", (PyCFunction)Reader_read_into_hook, METH_NOARGS,

@@ -180,16 +180,12 @@ def test_buffered_writes_take_the_c_path_and_count_as_the_python_write_does(tmp_
     bytes on disk and the same counters, per stream too."""
     import types
 
-    class Stream:
-        def __init__(self, name):
-            self.name = name
-
     a = FileDevice(str(tmp_path / "a.img"), 4 << 20)
     b = FileDevice(str(tmp_path / "b.img"), 4 << 20)
     b.write = types.MethodType(FileDevice.write, b)                          # the Python form
     assert a.write == a._c_reads.write
-    s1, s2 = Stream("bighash"), Stream("blockcache")
     for d in (a, b):
+        s1, s2 = d.open_stream("bighash"), d.open_stream("blockcache")
         d.write(4096, b"a" * 8192, s1)
         d.write(0, bytearray(b"b" * 4096), s2)
         d.write(16384, b"c" * 4096)                                          # default stream
@@ -202,13 +198,13 @@ def test_buffered_writes_take_the_c_path_and_count_as_the_python_write_does(tmp_
             d.write(4 << 20, b"x" * 4096)
         with pytest.raises(TypeError):
             d.write("0", b"x" * 4096)
-        with pytest.raises(AttributeError):
-            d.write(0, b"x" * 4096, "not a stream")
+        with pytest.raises(TypeError, match="a write's stream must be None or a PlacementStream"):
+            d.write(0, b"x" * 4096, "not a stream")                          # refused, not written
     assert a._c_reads.writes == 4 and a._c_reads.bytes_written == 5 * 4096
     assert a._c_reads.stream_bytes == {"bighash": 8192, "blockcache": 4096, "default": 8192}
     assert b._c_reads.writes == 0
     sa, sb = a.stats(), b.stats()
-    assert sa == {**sb, "path": sa["path"]} and sa["writes"] == 7     # the last one wrote, then failed
+    assert sa == {**sb, "path": sa["path"]} and sa["writes"] == 6
     assert sa["bytes_written_by_stream"] == {"bighash": 12288, "blockcache": 8192, "default": 8192}
     assert a.read(0, 32768) == b.read(0, 32768)
     a.close()
@@ -314,3 +310,41 @@ def test_direct_reads_and_writes_take_the_c_path_through_an_aligned_buffer(img):
         os.truncate(img, 4 << 20)
         st = d.stats()
         assert (st["reads"], st["writes"]) == (3, 4) and st["bytes_read"] == 2 * 65536 + 2 * 4096
+
+
+def _open_kind(kind, tmp_path, name):
+    from flashcache.devices.uring import UringDevice
+    if kind == "emulated":
+        from flashcache.devices.emulated import open_emulated
+        from flashcache.emulator import Geometry
+        return open_emulated(str(tmp_path / f"{name}.ssd"), Geometry(
+            capacity_bytes=16 << 20, op=0.12, ru_bytes=256 << 10, handles=("II",) * 2, lba_size=4096))
+    cls = UringDevice if kind.startswith("uring") else FileDevice
+    return cls(str(tmp_path / f"{name}.img"), 1 << 20, direct=kind.endswith("direct"))
+
+
+@pytest.mark.parametrize("kind", ["psync", "psync-direct", "uring", "uring-direct", "emulated"])
+def test_a_write_with_a_stream_this_device_did_not_open_is_refused_before_any_io(tmp_path, kind):
+    """A stream must be None or one this device's open_stream() gave: anything else (no
+    stream at all, another device's) is refused with what to do, single or batched, on the
+    C fast paths too, and nothing is written or counted, not even the batch's good items."""
+    with _open_kind(kind, tmp_path, "a") as d, _open_kind(kind, tmp_path, "b") as other:
+        mine, theirs = d.open_stream("bighash"), other.open_stream("bighash")
+        data = b"\x5a" * 4096
+        d.write(0, data, mine)                       # its own stream, and None: fine
+        d.write(4096, data)
+        counted = ("writes", "bytes_written", "bytes_written_by_stream", "errors")
+        before = {k: d.stats()[k] for k in counted}
+        with pytest.raises(TypeError, match=r"a write's stream must be None or a PlacementStream from "
+                                            r"this device's open_stream\(name\), not str 'bighash'"):
+            d.write(8192, data, "bighash")
+        with pytest.raises(ValueError, match=r"stream 'bighash' was not opened on this device \(another "
+                                             r"device's\?\); open it here with open_stream\('bighash'\)"):
+            d.write(8192, data, theirs)
+        with pytest.raises(ValueError, match="was not opened on this device"):
+            d.write(8192, bytearray(data), theirs)
+        for bad in (theirs, object()):
+            with pytest.raises((TypeError, ValueError)):
+                d.write_many([(8192, data, mine), (12288, data, bad), (16384, data, None)])
+        assert {k: d.stats()[k] for k in counted} == before
+        assert d.read_many([(8192, 4096), (12288, 4096), (16384, 4096)]) == [bytes(4096)] * 3

@@ -338,9 +338,9 @@ def test_single_writes_run_in_c_on_each_threads_ring(tmp_path, direct):
     a = UringDevice(str(tmp_path / "a.img"), 4 << 20, direct=direct, queue_depth=4)
     b = UringDevice(str(tmp_path / "b.img"), 4 << 20, direct=direct, queue_depth=4)
     b.write = types.MethodType(BaseDevice.write, b)                         # the Python form
-    x, y = a.open_stream("x"), a.open_stream("y")
     assert a.write == a._c_reads.write
     for d in (a, b):
+        x, y = d.open_stream("x"), d.open_stream("y")
         d.write(0, b"a" * 4096, x)
         d.write(8192, bytearray(b"b" * 8192), y)
         d.write(16384, b"c" * 4096)
