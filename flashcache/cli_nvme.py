@@ -6,7 +6,6 @@ keys and formats follow nvme-cli (`nvme fdp ... -o json`).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -14,7 +13,7 @@ import time
 from . import nvme
 from .nvme import jsonfmt as _jsonfmt  # noqa: F401  (nvme.jsonfmt)
 from .devices import nvme as nvdev
-from .errors import DeviceError, FlashCacheError
+from .errors import DeviceError
 
 
 def add_parser(sub) -> None:
@@ -97,7 +96,7 @@ def _fdp(t, args, out) -> int:
     if c == "update":
         pids = [int(x, 0) for x in args.pids.split(",") if x.strip()]
         nvdev.ruh_update(t, pids)
-        print(f"update: Success", file=out)
+        print("update: Success", file=out)
         return 0
     if c == "status":
         obj = nvdev.read_ruh_status(t)

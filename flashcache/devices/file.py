@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import types
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import DeviceError
 

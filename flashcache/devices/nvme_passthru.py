@@ -19,7 +19,7 @@ import threading
 from typing import Any, Sequence
 
 from .. import nvme
-from ..errors import DeviceError, NvmeError
+from ..errors import DeviceError
 from ..uring import address_of
 from .nvme_paths import NvmeNodes, resolve
 

@@ -587,7 +587,7 @@ TestBigHashVsDict = BigHashVsDict.TestCase
 # below (the code it replaced), byte for byte, and to python-xxhash.
 
 from engines.bighash import KEY_SEED  # noqa: E402
-from engines._bucket_c import ffi as c_ffi, lib as c_lib  # noqa: E402
+from engines._bucket_c import lib as c_lib  # noqa: E402
 
 
 @pytest.mark.parametrize("n", [0, 1, 3, 4, 8, 9, 16, 17, 128, 129, 240, 241, 300, 1024, 4096, 4097, 70000])

@@ -4,7 +4,6 @@ and every value it returns is one that was set for that key: the latest acknowle
 or the one in flight when the process died."""
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess

@@ -1,10 +1,9 @@
 """The router: size routing, admission, layout and superblock, warm restart, crash safety."""
 from __future__ import annotations
 
-import msgpack
 import pytest
 from hypothesis import settings, strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from engines import admission
 from engines.device import SUPERBLOCK_MAGIC, run

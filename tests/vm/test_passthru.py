@@ -12,9 +12,8 @@ import sys
 import pytest
 
 from flashcache import nvme
-from flashcache.devices.nvme import read_ruh_status, read_stats
 from flashcache.devices.nvme_passthru import PassthroughTransport, open_nvme_device
-from flashcache.errors import DeviceError, NvmeError
+from flashcache.errors import NvmeError
 
 from .conftest import BLOCK, CTRL, NS, VM, fdp_only, nofdp_only
 
@@ -31,7 +30,7 @@ def dev():
 def test_identify_geometry(dev):
     lba = 4096 if VM == "fdp4k" else 512
     assert dev.lba_size == lba == dev.block_size
-    with open(f"/sys/block/nvme0n1/size") as f:
+    with open("/sys/block/nvme0n1/size") as f:
         assert dev.size == int(f.read()) * 512
     with open("/sys/block/nvme0n1/queue/max_hw_sectors_kb") as f:
         assert dev.max_io == int(f.read()) * 1024
