@@ -201,8 +201,7 @@ class BaseDevice:
         n = len(data) if not isinstance(data, memoryview) else data.nbytes
         if (self._closed or offset < 0 or (offset | n) & self._bs_mask or offset + n > self.size):
             self._check("write", offset, n)
-        if stream is not None and (type(stream) is not PlacementStream or self._streams.get(stream.name) is not stream):
-            self._check_stream(stream)
+        self._check_stream(stream)
         self._write(offset, data, stream)
         self._count("w", n, stream)
 

@@ -40,6 +40,11 @@ _FEATURES = {0: "SINGLE_MMAP", 1: "NODROP", 2: "SUBMIT_STABLE", 3: "RW_CUR_POS",
              5: "FAST_POLL", 6: "POLL_32BITS", 7: "SQPOLL_NONFIXED", 8: "EXT_ARG", 9: "NATIVE_WORKERS",
              10: "RSRC_TAGS", 11: "CQE_SKIP", 12: "LINKED_FILE", 13: "REG_REG_RING"}
 
+def _rw_op(write: bool, fixed: bool) -> int:
+    """The opcode of a read or write, on a registered (fixed) buffer or not."""
+    return (OP_WRITE_FIXED if fixed else OP_WRITE) if write else (OP_READ_FIXED if fixed else OP_READ)
+
+
 _PSYNC_HINT = 'use the psync engine instead: engine = "psync" in the [device] table'
 
 
@@ -253,7 +258,7 @@ class Ring:
             return []
         self._owned_by_batch("rw_batch")
         fixed = buf_index is not None
-        op = (OP_WRITE_FIXED if fixed else OP_WRITE) if write else (OP_READ_FIXED if fixed else OP_READ)
+        op = _rw_op(write, fixed)
         if n == 1:
             r = lib.fc_rw_one(self._r, op, fd, ffi.cast("void *", addrs[0]), lens[0], offsets[0],
                               buf_index[0] if fixed else -1)
@@ -321,32 +326,21 @@ class Ring:
         each result is final: its length, -errno, or the bytes done before a completion
         that made no progress (see ring.h, fc_rw_batch_staged)."""
         self._check()
-        n = len(lens)
-        if not n:
-            return []
-        self._owned_by_batch("rw_staged")
-        if len(user) < n:
-            raise ValueError(f"rw_staged: {n} requests but {len(user)} buffers")
+        if len(user) < len(lens):
+            raise ValueError(f"rw_staged: {len(lens)} requests but {len(user)} buffers")
         bad = next((ln for ln in lens if not 0 < ln <= stage_bytes), None)
         if bad is not None:
             raise ValueError(f"rw_staged: a request of {bad} bytes; each must be 1 to {stage_bytes} "
                              "(the staging buffer's size)")
-        self._grow_packed(n)
-        self._pk_lens[0:n] = lens
-        self._pk_offs[0:n] = offsets
-        op = (OP_WRITE_FIXED if buf_index >= 0 else OP_WRITE) if write else \
-            (OP_READ_FIXED if buf_index >= 0 else OP_READ)
-        ret = lib.fc_rw_batch_staged(self._r, op, fd, n, ffi.cast("char *", stage), stage_bytes, self._pk_lens,
-                                     self._pk_offs, buf_index, self._pk_res, user, self._pk_pos,
-                                     self._pk_done, self._pk_state, self._pk_ready)
-        if ret < 0:
-            raise DeviceError(None, "io_uring batch submission failed", -ret)
-        return ffi.unpack(self._pk_res, n)
+        return self._packed("rw_staged", write, lens, offsets, buf_index, None, "", lambda op, n, _: (
+            lib.fc_rw_batch_staged(self._r, op, fd, n, ffi.cast("char *", stage), stage_bytes, self._pk_lens,
+                                   self._pk_offs, buf_index, self._pk_res, user, self._pk_pos,
+                                   self._pk_done, self._pk_state, self._pk_ready)))
 
     def _packed(self, what: str, write: bool, lens: Sequence[int], offsets: Sequence[int], buf_index: int,
                 ptrs, ptrs_what: str, call) -> list[int]:
-        """The packed batches' shared steps: checks, the argument arrays, ``call(opcode, n,
-        ptrs as a C pointer array)``, the results."""
+        """The packed and staged batches' shared steps: checks, the argument arrays,
+        ``call(opcode, n, ptrs as a C pointer array)``, the results."""
         self._check()
         n = len(lens)
         if not n:
@@ -357,8 +351,7 @@ class Ring:
         self._grow_packed(n)
         self._pk_lens[0:n] = lens
         self._pk_offs[0:n] = offsets
-        op = (OP_WRITE_FIXED if buf_index >= 0 else OP_WRITE) if write else \
-            (OP_READ_FIXED if buf_index >= 0 else OP_READ)
+        op = _rw_op(write, buf_index >= 0)
         ret = call(op, n, ffi.from_buffer("char *[]", ptrs) if ptrs is not None else None)
         if ret < 0:
             raise DeviceError(None, "io_uring batch submission failed", -ret)
@@ -391,8 +384,7 @@ class Ring:
         """One read or write, submitted and waited for: bytes done or -errno."""
         if self._closed:
             self._check()
-        op = (OP_WRITE_FIXED if buf_index >= 0 else OP_WRITE) if write else \
-            (OP_READ_FIXED if buf_index >= 0 else OP_READ)
+        op = _rw_op(write, buf_index >= 0)
         return lib.fc_rw_one(self._r, op, fd, ffi.cast("void *", addr), length, offset, buf_index)
 
     def rw_strided(self, write: bool, fd: int, base: int, stride: int, lens: Sequence[int],
@@ -404,8 +396,7 @@ class Ring:
         if n > self.entries:
             raise ValueError(f"rw_strided takes at most {self.entries} requests, got {n}")
         self._owned_by_batch("rw_strided")
-        op = (OP_WRITE_FIXED if buf_index >= 0 else OP_WRITE) if write else \
-            (OP_READ_FIXED if buf_index >= 0 else OP_READ)
+        op = _rw_op(write, buf_index >= 0)
         self._b_lens[0:n] = lens
         self._b_offs[0:n] = offsets
         ret = lib.fc_rw_batch_strided(self._r, op, fd, n, ffi.cast("char *", base), stride,
