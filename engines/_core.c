@@ -603,6 +603,29 @@ static int probe_init(Probe *p, PyObject *args, PyObject *kw)
     return 0;
 }
 
+/* find(tag) -> the slot holding tag, or -1 (Index.find: one object read, so a reader
+ * without BlockCache's lock sees one whole table even while a rebuild replaces it). */
+static PyObject *probe_find_py(Probe *p, PyObject *arg)
+{
+    unsigned long t = PyLong_AsUnsignedLong(arg);
+    if (t == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    if (t > 0xFFFFFFFFul) {
+        PyErr_SetString(PyExc_OverflowError, "TagProbe.find: a tag is 32 bits");
+        return NULL;
+    }
+    if (!p->obj[0]) {
+        PyErr_SetString(PyExc_RuntimeError, "TagProbe: not initialised");
+        return NULL;
+    }
+    return PyLong_FromLongLong(fc_index_find(p->tag.buf, p->addr.buf, p->cap, (uint32_t)t));
+}
+
+static PyMethodDef probe_methods[] = {
+    {"find", (PyCFunction)probe_find_py, METH_O, "find(tag) -> the slot holding tag, or -1"},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyTypeObject ProbeType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "engines._core_c.TagProbe",
@@ -612,6 +635,7 @@ static PyTypeObject ProbeType = {
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)probe_init,
     .tp_dealloc = (destructor)probe_dealloc,
+    .tp_methods = probe_methods,
 };
 
 /* Router(bighash_core, blockcache, bc_lookup, device, bc_seed): Navy.lookup_item_now for a

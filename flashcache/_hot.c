@@ -649,6 +649,191 @@ static PyTypeObject HistType = {
     .tp_members = hist_members,
 };
 
+/* KeyOrder: the order of one key's changes across tiers, shared by every path of a Cache
+ * (flashcache/cache.py's Python methods, AsyncCache and HotPath below). The race it
+ * closes: DRAM evicts an item under the GIL, and the write of it to flash happens later;
+ * a delete or set of that key in between must not be undone by the late write, and a get
+ * must not promote a flash copy that a newer set or delete has already replaced.
+ *
+ * The rule (the argument is in flashcache/cache.py's module docstring):
+ *   - every set/delete/touch of a key runs its DRAM and flash steps under lock(key) and
+ *     stamps the key (a fresh ticket) after them;
+ *   - a demotion takes a ticket before the DRAM change that evicted the item, and writes
+ *     it to flash under lock(key) only if the key was not stamped after that ticket;
+ *   - a promotion takes a ticket before its flash lookup, and adds to DRAM only under
+ *     try_lock(key) and only if the key was not stamped since (else it just skips).
+ * Keys hash into KO_STAMPS stamp slots and KO_LOCKS locks; two keys sharing a slot can
+ * only cost a demotion or promotion skipped (a later miss), never a wrong value. A lock
+ * waits with the GIL released; no path holds two of these locks at once. */
+#define KO_STAMP_BITS 16
+#define KO_LOCK_BITS 10
+
+typedef struct {
+    PyObject_HEAD
+    unsigned long long seq;         /* the last ticket given */
+    unsigned long long cleared;     /* ticket of the last clear(): older demotions are dropped */
+    unsigned long long stamps[1 << KO_STAMP_BITS];
+    PyThread_type_lock locks[1 << KO_LOCK_BITS];
+} KeyOrder;
+
+static inline int ko_slot(PyObject *key, unsigned *slot)
+{
+    Py_hash_t h = PyObject_Hash(key);
+    if (h == -1 && PyErr_Occurred())
+        return -1;
+    *slot = (unsigned)(((unsigned long long)h * 0x9E3779B97F4A7C15ULL) >> (64 - KO_STAMP_BITS));
+    return 0;
+}
+
+static inline PyThread_type_lock ko_lock_of(KeyOrder *o, unsigned slot)
+{
+    return o->locks[slot >> (KO_STAMP_BITS - KO_LOCK_BITS)];
+}
+
+/* Take slot's lock, waiting with the GIL released. */
+static void ko_acquire(KeyOrder *o, unsigned slot)
+{
+    PyThread_type_lock l = ko_lock_of(o, slot);
+    if (PyThread_acquire_lock(l, NOWAIT_LOCK))
+        return;
+    Py_BEGIN_ALLOW_THREADS
+    PyThread_acquire_lock(l, WAIT_LOCK);
+    Py_END_ALLOW_THREADS
+}
+
+static inline void ko_release(KeyOrder *o, unsigned slot)
+{
+    PyThread_release_lock(ko_lock_of(o, slot));
+}
+
+static inline unsigned long long ko_ticket(KeyOrder *o)
+{
+    return ++o->seq;
+}
+
+static inline unsigned long long ko_stamp(KeyOrder *o, unsigned slot)
+{
+    return o->stamps[slot] = ++o->seq;
+}
+
+/* Whether slot was stamped after ticket (or clear() ran), not counting the stamp ``mine``:
+ * a change demoting what its own DRAM step evicted passes its own stamp, since the keys
+ * of its slot cannot have changed while it held their lock. */
+static inline int ko_changed(KeyOrder *o, unsigned slot, unsigned long long ticket, unsigned long long mine)
+{
+    return (o->stamps[slot] > ticket && o->stamps[slot] != mine) || o->cleared > ticket;
+}
+
+static void ko_dealloc(KeyOrder *o)
+{
+    for (int i = 0; i < (1 << KO_LOCK_BITS); i++)
+        if (o->locks[i])
+            PyThread_free_lock(o->locks[i]);
+    Py_TYPE(o)->tp_free((PyObject *)o);
+}
+
+static int ko_init(KeyOrder *o, PyObject *args, PyObject *kw)
+{
+    if ((kw && PyDict_GET_SIZE(kw)) || !PyArg_ParseTuple(args, ":KeyOrder")) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "KeyOrder() takes no arguments");
+        return -1;
+    }
+    for (int i = 0; i < (1 << KO_LOCK_BITS); i++)
+        if (!o->locks[i] && !(o->locks[i] = PyThread_allocate_lock())) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    return 0;
+}
+
+static PyObject *ko_py_lock(KeyOrder *o, PyObject *key)
+{
+    unsigned s;
+    if (ko_slot(key, &s) < 0)
+        return NULL;
+    ko_acquire(o, s);
+    Py_RETURN_NONE;
+}
+
+static PyObject *ko_py_try_lock(KeyOrder *o, PyObject *key)
+{
+    unsigned s;
+    if (ko_slot(key, &s) < 0)
+        return NULL;
+    return PyBool_FromLong(PyThread_acquire_lock(ko_lock_of(o, s), NOWAIT_LOCK));
+}
+
+static PyObject *ko_py_unlock(KeyOrder *o, PyObject *key)
+{
+    unsigned s;
+    if (ko_slot(key, &s) < 0)
+        return NULL;
+    ko_release(o, s);
+    Py_RETURN_NONE;
+}
+
+static PyObject *ko_py_stamp(KeyOrder *o, PyObject *key)
+{
+    unsigned s;
+    if (ko_slot(key, &s) < 0)
+        return NULL;
+    return PyLong_FromUnsignedLongLong(ko_stamp(o, s));
+}
+
+static PyObject *ko_py_ticket(KeyOrder *o, PyObject *unused)
+{
+    (void)unused;
+    return PyLong_FromUnsignedLongLong(ko_ticket(o));
+}
+
+static PyObject *ko_py_changed(KeyOrder *o, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned s;
+    if (nargs < 2 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "KeyOrder.changed_since(key, ticket, mine=0)");
+        return NULL;
+    }
+    unsigned long long t = PyLong_AsUnsignedLongLong(args[1]);
+    unsigned long long mine = nargs == 3 ? PyLong_AsUnsignedLongLong(args[2]) : 0;
+    if (PyErr_Occurred() || ko_slot(args[0], &s) < 0)
+        return NULL;
+    return PyBool_FromLong(ko_changed(o, s, t, mine));
+}
+
+static PyObject *ko_py_clear(KeyOrder *o, PyObject *unused)
+{
+    (void)unused;
+    o->cleared = ko_ticket(o);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef ko_methods[] = {
+    {"lock", (PyCFunction)ko_py_lock, METH_O, "lock(key): take the key's lock (waits with the GIL released)"},
+    {"try_lock", (PyCFunction)ko_py_try_lock, METH_O, "try_lock(key) -> bool: take the key's lock if free"},
+    {"unlock", (PyCFunction)ko_py_unlock, METH_O, "unlock(key): release the key's lock"},
+    {"stamp", (PyCFunction)ko_py_stamp, METH_O,
+     "stamp(key) -> int: the key changed (call under its lock, after the change); the stamp"},
+    {"ticket", (PyCFunction)ko_py_ticket, METH_NOARGS, "ticket() -> int: now, for a later changed_since()"},
+    {"changed_since", (PyCFunction)(void (*)(void))ko_py_changed, METH_FASTCALL,
+     "changed_since(key, ticket, mine=0) -> bool: the key (or its slot) was stamped after ticket by "
+     "another change than the one that stamped ``mine``, or clear() ran"},
+    {"clear", (PyCFunction)ko_py_clear, METH_NOARGS, "clear(): every key changed (a flush of the whole cache)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject KeyOrderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "flashcache._hot_c.KeyOrder",
+    .tp_basicsize = sizeof(KeyOrder),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The order of one key's changes across the DRAM tier and flash (see flashcache/_hot.c)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)ko_init,
+    .tp_dealloc = (destructor)ko_dealloc,
+    .tp_methods = ko_methods,
+};
+
 /* HotPath: Cache.get and Cache.set for the common case in one C call each (the Cache binds
  * them over its methods when it has no codec). The common case: the cache is open, the key
  * is bytes of 1..max_key bytes, and for set the value is bytes, key + value within fits_max
@@ -665,13 +850,15 @@ static PyTypeObject HistType = {
  * (Navy.insert_now's C form) and only one it declines to demote([item]).
  * Counters (counters()) merge into the Cache's; latencies go to the two histograms. */
 enum { H_GETS, H_SETS, H_MISSES, H_HITS_DRAM, H_HITS_FLASH, H_ITEM_BYTES_SET, H_SKIPPED_CLEAN, H_PROMOTIONS,
-       H_DEMOTIONS, H_N };
+       H_DEMOTIONS, H_DEMOTIONS_RACED, H_PROMOTIONS_RACED, H_N };
 static const char *const HOT_NAMES[H_N] = {"gets", "sets", "misses", "hits_dram", "hits_flash", "item_bytes_set",
-                                           "demotions_skipped_clean", "promotions", "demotions"};
+                                           "demotions_skipped_clean", "promotions", "demotions",
+                                           "demotions_raced", "promotions_raced"};
 
 typedef struct {
     PyObject_HEAD
     Lru *dram;
+    KeyOrder *order;
     Hist *get_hist, *set_hist;
     PyObject *flash_lookup, *may_hold, *remove, *demote, *clock, *slow_get, *slow_set;
     PyObject *lookup_cap;       /* the hook's capsule, or NULL */
@@ -688,6 +875,7 @@ static PyTypeObject HotType;
 static int hot_traverse(Hot *h, visitproc visit, void *arg)
 {
     Py_VISIT(h->dram);
+    Py_VISIT(h->order);
     Py_VISIT(h->get_hist);
     Py_VISIT(h->set_hist);
     Py_VISIT(h->flash_lookup);
@@ -705,6 +893,7 @@ static int hot_traverse(Hot *h, visitproc visit, void *arg)
 static int hot_clear(Hot *h)
 {
     Py_CLEAR(h->dram);
+    Py_CLEAR(h->order);
     Py_CLEAR(h->get_hist);
     Py_CLEAR(h->set_hist);
     Py_CLEAR(h->flash_lookup);
@@ -730,17 +919,18 @@ static void hot_dealloc(Hot *h)
 
 static int hot_init(Hot *h, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"dram", "get_hist", "set_hist", "flash_lookup", "may_hold", "remove", "demote",
-                             "clock", "slow_get", "slow_set", "max_key", "fits_max", NULL};
-    PyObject *o[10];
+    static char *kwlist[] = {"dram", "order", "get_hist", "set_hist", "flash_lookup", "may_hold", "remove",
+                             "demote", "clock", "slow_get", "slow_set", "max_key", "fits_max", NULL};
+    PyObject *o[10], *order;
     Py_ssize_t max_key, fits_max;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!O!OOOOOOOnn", kwlist, &LruType, &o[0], &HistType, &o[1],
-                                     &HistType, &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9],
-                                     &max_key, &fits_max))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!O!O!OOOOOOOnn", kwlist, &LruType, &o[0], &KeyOrderType, &order,
+                                     &HistType, &o[1], &HistType, &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
+                                     &o[9], &max_key, &fits_max))
         return -1;
     hot_clear(h);
     for (int i = 0; i < 10; i++)
         Py_INCREF(o[i]);
+    h->order = (KeyOrder *)Py_NewRef(order);
     h->dram = (Lru *)o[0];
     h->get_hist = (Hist *)o[1];
     h->set_hist = (Hist *)o[2];
@@ -781,23 +971,45 @@ static inline double mono(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* Demote the evicted items in ``out`` (dirty ones: put() counted the clean): each through
- * the insert hook when there is one (counted here, as Cache._demote counts), an item it
- * declines as demote([item]); without the hook, demote(out). */
-static int demote(Hot *h, PyObject *out)
+/* demote(list, ticket) in Python: Cache._demote, which takes each key's lock itself. */
+static int demote_py(Hot *h, PyObject *items, unsigned long long ticket, unsigned long long mine)
+{
+    PyObject *t = PyLong_FromUnsignedLongLong(ticket), *m = PyLong_FromUnsignedLongLong(mine);
+    PyObject *args[3] = {items, t, m};
+    PyObject *r = t && m ? PyObject_Vectorcall(h->demote, args, 3, NULL) : NULL;
+    Py_XDECREF(t);
+    Py_XDECREF(m);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* Demote the evicted items in ``out`` (dirty ones: put() counted the clean), evicted by a
+ * DRAM change made after ``ticket`` (KeyOrder's rule): each under its key's lock, dropped
+ * if the key changed since, else through the insert hook when there is one (counted here,
+ * as Cache._demote counts); an item the hook declines goes to demote([item], ticket)
+ * after the lock is let go (it takes it again and checks again). Without the hook,
+ * demote(out, ticket). */
+static int demote(Hot *h, PyObject *out, unsigned long long ticket, unsigned long long mine)
 {
     Py_ssize_t n = PyList_GET_SIZE(out);
     if (!n)
         return 0;
-    if (!h->insert) {
-        PyObject *r = PyObject_CallOneArg(h->demote, out);
-        Py_XDECREF(r);
-        return r ? 0 : -1;
-    }
+    if (!h->insert)
+        return demote_py(h, out, ticket, mine);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *e = PyList_GET_ITEM(out, i);      /* Evicted (key, value, expiry, clean); the list is ours */
+        unsigned slot;
+        if (ko_slot(PyTuple_GET_ITEM(e, 0), &slot) < 0)
+            return -1;
+        ko_acquire(h->order, slot);
+        if (ko_changed(h->order, slot, ticket, mine)) {
+            ko_release(h->order, slot);
+            h->c[H_DEMOTIONS_RACED]++;
+            continue;
+        }
         int done = h->insert->fn(h->insert->ctx, PyTuple_GET_ITEM(e, 0), PyTuple_GET_ITEM(e, 1),
                                  PyTuple_GET_ITEM(e, 2));
+        ko_release(h->order, slot);
         if (done < 0)
             return -1;
         if (done) {
@@ -808,11 +1020,10 @@ static int demote(Hot *h, PyObject *out)
         if (!one)
             return -1;
         PyList_SET_ITEM(one, 0, Py_NewRef(e));
-        PyObject *r = PyObject_CallOneArg(h->demote, one);
+        int failed = demote_py(h, one, ticket, mine) < 0;
         Py_DECREF(one);
-        if (!r)
+        if (failed)
             return -1;
-        Py_DECREF(r);
     }
     return 0;
 }
@@ -863,6 +1074,10 @@ static PyObject *hot_get(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObje
     }
     Py_DECREF(v);
     double expiry = 0, t = 0;
+    unsigned slot;
+    if (ko_slot(key, &slot) < 0)
+        return NULL;
+    unsigned long long ticket = ko_ticket(h->order);
     int found = flash_find(h, key, &v, &expiry);
     if (found < 0 || (found && expiry && now(h->dram, &t) < 0)) {
         if (found > 0)
@@ -878,7 +1093,8 @@ static PyObject *hot_get(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObje
     }
     h->c[H_HITS_FLASH]++;
     /* promotion: DramTier.add(key, v, expiry, clean=True), the time asked first (the item's
-     * expiry check may have asked it already) */
+     * expiry check may have asked it already); only under the key's lock, free at once,
+     * and only if the key did not change since the lookup began (Cache._promote) */
     Lru *d = h->dram;
     if (!expiry && d->expiring && now(d, &t) < 0) {
         Py_DECREF(v);
@@ -886,15 +1102,25 @@ static PyObject *hot_get(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObje
     }
     if (!expiry && !d->expiring)
         t = NAN;
-    int has = PyDict_Contains(d->map, key);
-    PyObject *out = has ? NULL : put(d, key, v, expiry, 1, t, &h->c[H_SKIPPED_CLEAN]);
-    if (has < 0 || (!has && !out)) {
-        Py_DECREF(v);
-        return NULL;
+    PyObject *out = NULL;
+    int locked = PyThread_acquire_lock(ko_lock_of(h->order, slot), NOWAIT_LOCK);
+    if (!locked || ko_changed(h->order, slot, ticket, 0)) {
+        if (locked)
+            ko_release(h->order, slot);
+        h->c[H_PROMOTIONS_RACED]++;
+    } else {
+        ticket = ko_ticket(h->order);               /* for what this DRAM change evicts */
+        int has = PyDict_Contains(d->map, key);
+        out = has ? NULL : put(d, key, v, expiry, 1, t, &h->c[H_SKIPPED_CLEAN]);
+        ko_release(h->order, slot);
+        if (has < 0 || (!has && !out)) {
+            Py_DECREF(v);
+            return NULL;
+        }
     }
     if (out) {
         h->c[H_PROMOTIONS]++;
-        int failed = demote(h, out) < 0;
+        int failed = demote(h, out, ticket, 0) < 0;
         Py_DECREF(out);
         if (failed) {
             Py_DECREF(v);
@@ -915,33 +1141,38 @@ static PyObject *hot_set(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObje
     double t0 = mono();
     h->c[H_SETS]++;
     h->c[H_ITEM_BYTES_SET] += PyBytes_GET_SIZE(args[0]) + PyBytes_GET_SIZE(args[1]);
+    /* under the key's lock (KeyOrder): flash's older copy out, DRAM's in, the key stamped;
+     * what the DRAM change evicted is demoted after the lock is let go */
+    unsigned slot;
+    if (ko_slot(key, &slot) < 0)
+        return NULL;
+    ko_acquire(h->order, slot);
+    PyObject *out = NULL;
+    unsigned long long ticket = 0;
     PyObject *held = PyObject_CallOneArg(h->may_hold, key);
-    if (!held)
-        return NULL;
-    int yes = PyObject_IsTrue(held);
-    Py_DECREF(held);
-    if (yes < 0)
-        return NULL;
-    if (yes) {
+    int yes = held ? PyObject_IsTrue(held) : -1;
+    Py_XDECREF(held);
+    if (yes > 0) {
         PyObject *r = PyObject_CallOneArg(h->remove, key);
-        if (!r)
-            return NULL;
-        Py_DECREF(r);
+        yes = r ? 0 : -1;
+        Py_XDECREF(r);
     }
     /* DramTier.set(key, value, 0): the time asked first, then the old item out */
     Lru *d = h->dram;
     double t = NAN;
-    if (d->expiring && now(d, &t) < 0)
-        return NULL;
-    Node *old = (Node *)PyDict_GetItemWithError(d->map, key);
-    if (old)
-        Py_DECREF(remove_node(d, old));
-    else if (PyErr_Occurred())
-        return NULL;
-    PyObject *out = put(d, key, args[1], 0.0, 0, t, &h->c[H_SKIPPED_CLEAN]);
+    if (yes == 0 && !(d->expiring && now(d, &t) < 0)) {
+        ticket = ko_ticket(h->order);
+        Node *old = (Node *)PyDict_GetItemWithError(d->map, key);
+        if (old)
+            Py_DECREF(remove_node(d, old));
+        if (old || !PyErr_Occurred())
+            out = put(d, key, args[1], 0.0, 0, t, &h->c[H_SKIPPED_CLEAN]);
+    }
+    unsigned long long mine = ko_stamp(h->order, slot);   /* even on an error: flash's copy may be gone */
+    ko_release(h->order, slot);
     if (!out)
         return NULL;
-    int failed = demote(h, out) < 0;
+    int failed = demote(h, out, ticket, mine) < 0;
     Py_DECREF(out);
     if (failed)
         return NULL;
@@ -1025,13 +1256,14 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__hot_c(void)
 {
     if (PyType_Ready(&NodeType) < 0 || PyType_Ready(&LruType) < 0 || PyType_Ready(&HistType) < 0 ||
-        PyType_Ready(&HotType) < 0)
+        PyType_Ready(&KeyOrderType) < 0 || PyType_Ready(&HotType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;
     if (PyModule_AddObjectRef(m, "Lru", (PyObject *)&LruType) < 0 ||
         PyModule_AddObjectRef(m, "Histogram", (PyObject *)&HistType) < 0 ||
+        PyModule_AddObjectRef(m, "KeyOrder", (PyObject *)&KeyOrderType) < 0 ||
         PyModule_AddObjectRef(m, "HotPath", (PyObject *)&HotType) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -184,12 +184,13 @@ class AsyncCache:
         if v is not None:
             c._count(gets=1, hits_dram=1)
             return c._decode(v)
+        ticket = c._order.ticket()
         item = await self._lookup(k)
         if item is None or (item[1] and item[1] <= c._clock()):
             c._count(gets=1, misses=1)
             return default
         c._count(gets=1, hits_flash=1)
-        c._promote(k, item[0], item[1])
+        c._promote(k, item[0], item[1], ticket)
         return c._decode(item[0])
 
     async def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
@@ -224,9 +225,9 @@ class AsyncCache:
         k = c._key(key)
         exp = c._expiry(ttl)
         c._count(touches=1)
-        if c._touch_dram(k, exp):
-            return True
-        return c._touch_flash(k, await self._lookup(k), exp)
+        ticket = c._order.ticket()
+        item = await self._lookup(k) if c.dram.peek_expiry(k) is None else _MISSING
+        return c._change(k, lambda: c._touch_step(k, exp, item, ticket))
 
     def stats(self) -> dict[str, Any]:
         """``Cache.stats()`` plus ``async_io``: "io_uring eventfd" or why reads are synchronous,

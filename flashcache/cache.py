@@ -8,6 +8,32 @@ eviction -> flash through admission), and the device WAF windows. It composes a 
 surprise: a ``set`` removes any older copy of the key from flash at once (a DRAM-only
 write must never let a stale flash copy come back after a rejected demotion or a crash),
 and a promoted item stays on flash too, so evicting it again costs no write.
+
+Threads (``KeyOrder``, flashcache/_hot.c). DRAM evicts an item inside one thread's call,
+and that thread writes it to flash afterwards; a get that misses DRAM reads flash and may
+promote what it read. Both steps are late copies of a key's value, and either could undo a
+newer set or delete of the key made in between. The rule that prevents it, with one
+counter of tickets, a stamp per key (slot) and a lock per key (slot):
+
+* a set, delete or touch runs its DRAM and flash steps under the key's lock, then stamps
+  the key with a fresh ticket;
+* a demotion takes a ticket before the DRAM change that evicts the item, and writes the
+  item to flash under the key's lock only if the key has no later stamp;
+* a promotion takes a ticket before its flash lookup, and adds the item to DRAM only if
+  it gets the key's lock at once and the key has no later stamp (else it skips: a get
+  never waits for another thread's write).
+
+Why that suffices. A demotion's write and any change of the key hold the same lock, so
+one runs wholly before the other. A change before the write stamped the key after its own
+DRAM step; if that stamp is later than the demotion's ticket the write is dropped, and if
+it is earlier, the change happened before the eviction, so the evicted item is the newer
+value. A change after the write removes flash's copy itself. Likewise a promotion adds
+only what flash held after every change that completed before its lookup began. Hence
+flash never holds a value older than the last completed change of its key, DRAM holds the
+newest, and a get (DRAM, then flash) returns a miss or a value no older than the last set
+or delete that completed before it began. Two keys sharing a slot can only cost a skipped
+demotion or promotion (a later miss), never a wrong value; no path holds two key locks at
+once (evictions are demoted after the change's own lock is let go), so none deadlocks.
 """
 from __future__ import annotations
 
@@ -28,7 +54,7 @@ from engines.navy import Navy
 from . import config as config_mod
 from .devices import open_device
 from .devices.base import WafUnavailableError
-from ._hot_c import HotPath
+from ._hot_c import HotPath, KeyOrder
 from .dram import DramTier, Evicted
 from .errors import ClosedError
 from .metrics import CacheMetrics
@@ -109,7 +135,8 @@ class Cache:
         self.write_through = c.write_through
         self._counters = {"gets": 0, "sets": 0, "deletes": 0, "touches": 0, "misses": 0, "hits_dram": 0,
                           "hits_flash": 0, "item_bytes_set": 0, "demotions": 0, "demotions_skipped_clean": 0,
-                          "promotions": 0}
+                          "promotions": 0, "demotions_raced": 0, "promotions_raced": 0}
+        self._order = KeyOrder()    # one key's changes in order across DRAM and flash (module docstring)
         self._closed = False
         self._waf_lock = threading.Lock()
         self._waf_window = c.waf_window
@@ -129,7 +156,7 @@ class Cache:
         # which do the same steps (the hot path calls them as its slow path)
         self._hot = None
         if HOT_PATH and codec is None and not self.default_ttl and not self.write_through:
-            self._hot = HotPath(self.dram, self._get_hist, self._set_hist,
+            self._hot = HotPath(self.dram, self._order, self._get_hist, self._set_hist,
                                 self.navy.lookup_now, self.navy.may_hold_now,
                                 self._remove_flash, self._demote, clock, Cache.get.__get__(self),
                                 Cache.set.__get__(self), self.max_key_size, self._fits_max)
@@ -214,21 +241,61 @@ class Cache:
                 c[k] += v
         return c
 
-    def _demote(self, evicted: Iterable[Evicted]) -> None:
+    def _demote(self, evicted: Iterable[Evicted], ticket: int, mine: int = 0) -> None:
+        """Write DRAM's evicted items to flash (through admission); ``ticket``: taken before
+        the DRAM change that evicted them, ``mine``: that change's own stamp, if it was a
+        set (KeyOrder.changed_since). An item whose key changed since is dropped."""
         c = self._counters
+        order = self._order
         for e in evicted:
             if e.clean:
                 c["demotions_skipped_clean"] += 1
                 continue
-            c["demotions"] += 1
-            self.navy.insert_now(self.device, e.key, e.value, e.expiry)
+            order.lock(e.key)
+            try:
+                if order.changed_since(e.key, ticket, mine):
+                    c["demotions_raced"] += 1
+                    continue
+                c["demotions"] += 1
+                self.navy.insert_now(self.device, e.key, e.value, e.expiry)
+            finally:
+                order.unlock(e.key)
 
-    def _promote(self, key: bytes, value: bytes, expiry: float) -> None:
-        added, out = self.dram.add(key, value, expiry, True)
+    def _promote(self, key: bytes, value: bytes, expiry: float, ticket: int) -> None:
+        """Put a flash hit in DRAM (clean), unless ``key`` changed since ``ticket`` (taken
+        before the lookup) or another thread is changing it now."""
+        order = self._order
+        if not order.try_lock(key):
+            self._counters["promotions_raced"] += 1
+            return
+        try:
+            if order.changed_since(key, ticket):
+                self._counters["promotions_raced"] += 1
+                return
+            ticket = order.ticket()
+            added, out = self.dram.add(key, value, expiry, True)
+        finally:
+            order.unlock(key)
         if added:
             self._counters["promotions"] += 1
         if out:
-            self._demote(out)
+            self._demote(out, ticket)
+
+    def _change(self, key: bytes, step: Callable[[], Any]) -> Any:
+        """Run ``step`` (a set, delete or touch of ``key``: its DRAM and flash parts) under
+        the key's lock and stamp the key after it. A step returns (result, evicted,
+        ticket): what DRAM evicted, with the ticket taken before that DRAM change, is
+        demoted once the lock is let go."""
+        order = self._order
+        order.lock(key)
+        try:
+            result, out, ticket = step()
+        finally:
+            mine = order.stamp(key)   # even after an error: flash's copy may be gone
+            order.unlock(key)
+        if out:
+            self._demote(out, ticket, mine)
+        return result
 
     # -- the API ----------------------------------------------------------------------------
     def get(self, key: Any, default: Any = None) -> Any:
@@ -243,6 +310,7 @@ class Cache:
         if v is not None:
             c["hits_dram"] += 1
         else:
+            ticket = self._order.ticket()
             item = self.navy.lookup_item_now(self.device, k)
             if item is None or (item[1] and item[1] <= self._clock()):
                 c["misses"] += 1
@@ -250,7 +318,7 @@ class Cache:
                 return default
             v = item[0]
             c["hits_flash"] += 1
-            self._promote(k, v, item[1])
+            self._promote(k, v, item[1], ticket)
         self._get_hist.observe(_now() - t0)
         return v if self.codec is None else self._decode(v)
 
@@ -272,25 +340,30 @@ class Cache:
         c = self._counters
         c["sets"] += 1
         c["item_bytes_set"] += len(k) + len(v)
+        self._change(k, lambda: self._set_step(k, v, exp))
+        self._set_hist.observe(_now() - t0)
+
+    def _set_step(self, k: bytes, v: bytes, exp: float) -> tuple[None, list, int]:
         if self.write_through:
             self.navy.insert_now(self.device, k, v, exp)
-            out = self.dram.set(k, v, exp, clean=True)
-        else:
-            if self.navy.may_hold(k):                 # no stale copy may outlive this set
-                run(self.navy.remove(k), self.device)
-            out = self.dram.set(k, v, exp)
-        if out:
-            self._demote(out)
-        self._set_hist.observe(_now() - t0)
+            ticket = self._order.ticket()
+            return None, self.dram.set(k, v, exp, clean=True), ticket
+        if self.navy.may_hold(k):                 # no stale copy may outlive this set
+            run(self.navy.remove(k), self.device)
+        ticket = self._order.ticket()
+        return None, self.dram.set(k, v, exp), ticket
 
     def delete(self, key: Any) -> bool:
         """Remove ``key`` from every tier; True if it was held."""
         self._check_open("delete")
         k = self._key(key)
         self._count(deletes=1)
-        in_dram = self.dram.delete(k)
-        on_flash = run(self.navy.remove(k), self.device) if self.navy.may_hold(k) else False
-        return in_dram or on_flash
+
+        def step() -> tuple[bool, None, int]:
+            in_dram = self.dram.delete(k)
+            on_flash = run(self.navy.remove(k), self.device) if self.navy.may_hold(k) else False
+            return in_dram or on_flash, None, 0
+        return self._change(k, step)
 
     def touch(self, key: Any, ttl: float | None) -> bool:
         """Give ``key`` a new time to live; False if it is not held."""
@@ -298,25 +371,27 @@ class Cache:
         k = self._key(key)
         exp = self._expiry(ttl)
         self._count(touches=1)
-        if self._touch_dram(k, exp):
-            return True
-        return self._touch_flash(k, self.navy.lookup_item_now(self.device, k), exp)
+        return self._change(k, lambda: self._touch_step(k, exp))
 
-    def _touch_dram(self, k: bytes, exp: float) -> bool:
-        if not self.dram.touch(k, exp):
-            return False
-        if self.navy.may_hold(k):
-            run(self.navy.remove(k), self.device)      # flash's copy has the old expiry
-        return True
-
-    def _touch_flash(self, k: bytes, item: tuple[bytes, float] | None, exp: float) -> bool:
-        """Give a flash-resident item (as looked up) a new expiry: it moves to DRAM, dirty,
-        and flash's copy (with the old expiry) goes."""
+    def _touch_step(self, k: bytes, exp: float, looked_up: Any = _MISSING,
+                    ticket: int = 0) -> tuple[bool, list | None, int]:
+        """A new expiry for ``k`` (under its lock): in DRAM, where flash's copy (with the old
+        expiry) goes; or a flash-resident item moves to DRAM, dirty, and flash's copy goes.
+        ``looked_up``: flash's item as a lookup begun after ``ticket`` found it (AsyncCache),
+        used if the key has not changed since; else flash is read here."""
+        if self.dram.touch(k, exp):
+            if self.navy.may_hold(k):
+                run(self.navy.remove(k), self.device)
+            return True, None, 0
+        if looked_up is not _MISSING and not self._order.changed_since(k, ticket):
+            item = looked_up
+        else:
+            item = self.navy.lookup_item_now(self.device, k)
         if item is None or (item[1] and item[1] <= self._clock()):
-            return False
+            return False, None, 0
         run(self.navy.remove(k), self.device)
-        self._demote(self.dram.set(k, item[0], exp))   # dirty: goes back to flash on eviction
-        return True
+        ticket = self._order.ticket()
+        return True, self.dram.set(k, item[0], exp), ticket   # dirty: goes back to flash on eviction
 
     def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
         """The values of the keys that are held, as {key: value} (keys as given). All flash
@@ -337,6 +412,7 @@ class Cache:
                 missing.append((orig, k))
         fhits = 0
         if missing:
+            ticket = self._order.ticket()
             items = run_many([self.navy.lookup_item(k) for _, k in missing], self.device)
             now = self._clock()
             for (orig, k), item in zip(missing, items):
@@ -344,7 +420,7 @@ class Cache:
                     continue
                 out[orig] = self._decode(item[0])
                 fhits += 1
-                self._promote(k, item[0], item[1])
+                self._promote(k, item[0], item[1], ticket)
         self._count(gets=len(given), hits_dram=hits, hits_flash=fhits, misses=len(given) - hits - fhits)
         self.metrics.get_seconds.observe(time.perf_counter() - t0)
         return out
@@ -440,7 +516,8 @@ class Cache:
         if self._hot is not None:
             self._hot.closed = True          # from now on every call takes the Python path
         try:
-            self._demote(self.dram.drain())
+            ticket = self._order.ticket()
+            self._demote(self.dram.drain(), ticket)
             saved = self.navy.close()
             log.info("cache on %s closed: %s", self.device.path, saved)
         finally:

@@ -100,14 +100,30 @@ class Index:
     def __init__(self, capacity: int = MIN_CAPACITY) -> None:
         self._alloc(capacity)
 
-    def _alloc(self, cap: int) -> None:
+    def _alloc(self, cap: int, fill: tuple | None = None) -> None:
+        """A fresh table of ``cap`` slots (holding the entries ``fill``), swapped in whole.
+
+        Threads: BlockCache's lock covers every change, but ``find`` (and the C Router's
+        probes) read without it, through ``probe`` alone: the new arrays are filled
+        before ``probe`` points at them, so such a reader sees the old table or the new
+        one, never a half-built one or a capacity that belongs to other arrays."""
         if not MIN_CAPACITY <= cap <= 1 << 31:
             raise ValueError(f"index: capacity = {cap}: use {MIN_CAPACITY} to 2**31 slots")
+        tag = np.zeros(cap, np.uint32)
+        addr = np.full(cap, EMPTY, np.uint32)
+        size = np.zeros(cap, np.uint16)
+        hits = np.zeros(cap, np.uint16)
+        n = 0
+        if fill is not None:
+            pos = _place(self.homes(fill[0], cap), cap)
+            for arr, vals in zip((tag, addr, size, hits), fill):
+                arr[pos] = vals
+            n = len(fill[0])
+        probe = TagProbe(tag, addr, size, hits)
+        self.probe = probe
+        """The arrays as C pointers: probed, and a hit counted, from C (engines/_core.c's Router)."""
         self.capacity = cap
-        self.tag = np.zeros(cap, np.uint32)
-        self.addr = np.full(cap, EMPTY, np.uint32)
-        self.size = np.zeros(cap, np.uint16)
-        self.hits = np.zeros(cap, np.uint16)
+        self.tag, self.addr, self.size, self.hits = tag, addr, size, hits
         # memoryviews index ~3x faster than numpy scalars and give plain ints
         self._t = memoryview(self.tag)
         self._a = memoryview(self.addr)
@@ -118,17 +134,14 @@ class Index:
         self._ca = _ffi.cast("uint32_t *", self.addr.ctypes.data)
         self._cs = _ffi.cast("uint16_t *", self.size.ctypes.data)
         self._ch = _ffi.cast("uint16_t *", self.hits.ctypes.data)
-        self.probe = TagProbe(self.tag, self.addr, self.size, self.hits)
-        """The arrays as C pointers: probed, and a hit counted, from C (engines/_core.c's Router)."""
-        self.live = 0
-        self.used = 0  # live + tombstones
+        self.live = self.used = n  # used: live + tombstones
         self._limit = int(cap * MAX_LOAD)
 
     # ------------------------------------------------------------------ scalar
 
     def find(self, tag: int) -> int:
         """The slot holding ``tag``, or -1 (a C probe: at 80 % load a miss walks ~13 slots)."""
-        return _lib.fc_index_find(self._ct, self._ca, self.capacity, tag)
+        return self.probe.find(tag)
 
     def get(self, slot: int) -> tuple[int, int, int]:
         """(addr, size hint in units, hits) of a live slot."""
@@ -197,20 +210,12 @@ class Index:
         tag, addr, size, hits = self.entries()
         if len(tag) >= int(capacity * MAX_LOAD) + 1:
             raise ValueError(f"index: {len(tag)} items do not fit {capacity} slots at load {MAX_LOAD}")
-        self._alloc(capacity)
-        self._fill(tag, addr, size, hits)
+        self._alloc(capacity, (tag, addr, size, hits))
 
-    def _fill(self, tag, addr, size, hits) -> None:
-        pos = _place(self.homes(tag), self.capacity)
-        self.tag[pos] = tag
-        self.addr[pos] = addr
-        self.size[pos] = size
-        self.hits[pos] = hits
-        self.live = self.used = len(tag)
-
-    def homes(self, tag: np.ndarray) -> np.ndarray:
-        """Home slots of these tags (``tag * capacity >> 32``)."""
-        return (tag.astype(np.uint64) * np.uint64(self.capacity)) >> np.uint64(32)
+    def homes(self, tag: np.ndarray, capacity: int | None = None) -> np.ndarray:
+        """Home slots of these tags (``tag * capacity >> 32``; this table's capacity by default)."""
+        cap = self.capacity if capacity is None else capacity
+        return (tag.astype(np.uint64) * np.uint64(cap)) >> np.uint64(32)
 
     def entries(self, exclude: tuple[int, int] | None = None):
         """Copies of the live (tag, addr, size code, hits) arrays, optionally leaving out
@@ -252,8 +257,8 @@ class Index:
             raise ValueError(f"index: address {int(addr.max())} outside the extent")
         if len(np.unique(tag)) != n:
             raise ValueError("index: a tag appears twice")
-        idx = cls(cap)
-        idx._fill(tag, addr, size, hits)
+        idx = cls.__new__(cls)
+        idx._alloc(cap, (tag, addr, size, hits))
         return idx
 
     # ------------------------------------------------------------------ reporting

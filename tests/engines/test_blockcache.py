@@ -1023,3 +1023,38 @@ def test_lookup_item_now_twin_reads_flash():
     ops = [(rnd.choice(kinds), rnd.randrange(31), rnd.choice([10, 900, 5000, 20_000]), rnd.choice([0, 0, 5, 50.5]))
            for _ in range(400)]
     assert _twin_lookups(ops) > 20
+
+
+def test_index_find_from_another_thread_never_misses_a_live_tag_while_it_rebuilds():
+    """BlockCache changes its index under its lock, but probes (may_hold, the C Router)
+    read it without: a rebuild must swap in a whole new table, never show a half-built
+    one (a probe that missed a live key let a stale copy outlive a delete)."""
+    import threading
+
+    from engines.blockcache.index import Index
+
+    idx = Index()
+    live = list(range(1, 200))
+    for t in live:
+        idx.put(t * 2654435761 & 0xFFFFFFFF, t, 1)
+    stop = threading.Event()
+    misses = []
+
+    def reader():
+        tags = [t * 2654435761 & 0xFFFFFFFF for t in live]
+        while not stop.is_set():
+            for tag in tags:
+                if idx.find(tag) < 0:
+                    misses.append(tag)
+
+    th = threading.Thread(target=reader)
+    th.start()
+    rebuilds = 0
+    try:
+        for n in range(400):                 # grow and shrink the table around the live tags
+            idx.rebuild(256 + (n % 7) * 512)
+            rebuilds += 1
+    finally:
+        stop.set()
+        th.join()
+    assert rebuilds == 400 and not misses, f"{len(misses)} live tags missed during rebuilds"

@@ -1,0 +1,239 @@
+"""Correctness under threads: for any interleaving, a get returns a miss or a value no
+older than the last set/delete of that key that completed before the get began.
+
+Threads set, get and delete keys of their own (each thread knows exactly what a get may
+return) and keys they share (every operation is logged with a begin and an end stamp from
+one counter, and each get is checked afterwards against the history). The DRAM tier is
+small, so most items go through flash (demotions race deletes and overwrites); a short
+switch interval makes the interleavings dense; and a floor on flash hits and demotions
+makes sure the run really exercised flash.
+"""
+from __future__ import annotations
+
+import bisect
+import itertools
+import random
+import sys
+import threading
+from dataclasses import dataclass, field
+
+import pytest
+
+import flashcache
+import flashcache.cache
+from flashcache import config
+
+DELETE = object()
+
+
+def stress_config(tmp_path, *, kind="emulated", engine="", dram="64KiB"):
+    return config.loads(f"""
+[device]
+kind = "{kind}"
+path = "{tmp_path}/dev.img"
+size = "64MiB"
+{engine}
+[device.emulator]
+preset = "small-test"
+[cache]
+dram_size = "{dram}"
+[cache.flash]
+region_size = "256KiB"
+bighash_fraction = 0.25
+small_item_max = "1KiB"
+""", "stress.toml")
+
+
+@dataclass
+class Report:
+    ops: int = 0
+    bad: list = field(default_factory=list)      # (key, got, allowed, why)
+    checked_gets: int = 0
+
+
+def _value(tid: int, n: int, rng: random.Random) -> bytes:
+    tag = b"%d:%d:" % (tid, n)
+    size = rng.choice((40, 300, 900, 2500, 6000))     # BigHash and BlockCache sizes
+    return tag + bytes([n % 251]) * (size - len(tag))
+
+
+def check_history(log: dict[bytes, list], report: Report) -> None:
+    """Each key's log holds (begin, end, kind, value): kind "set", "delete" or "get" (value:
+    what the get returned, None for a miss). Writes that overlap may take effect in either
+    order, so a get may return the value of a set W unless W began after the get ended, or
+    some other write began after W ended and ended before the get began (then W was
+    certainly replaced or deleted first). A miss is always allowed."""
+    for key, entries in log.items():
+        writes = sorted((e for e in entries if e[2] != "get"), key=lambda w: w[1])
+        by_value = {w[3]: w for w in writes if w[2] == "set"}
+        ends = [w[1] for w in writes]
+        latest_begin = list(itertools.accumulate((w[0] for w in writes), max))   # over writes by end
+        for gb, ge, kind, got in entries:
+            if kind != "get" or got is None:
+                continue
+            report.checked_gets += 1
+            w = by_value.get(got)
+            n = bisect.bisect_left(ends, gb)           # the writes that ended before the get began
+            superseded_after = latest_begin[n - 1] if n else -1
+            if w is None or w[0] > ge or superseded_after > w[1]:
+                report.bad.append((key, got[:16], "a write began after this value's set ended and ended "
+                                   "before the get began" if w else "never set"))
+
+
+def stress(cache, *, threads: int = 8, ops: int = 3000, own_keys: int = 60, shared_keys: int = 40,
+           seed: int = 1, switch: float = 1e-5, getter=None) -> Report:
+    """Run the mixed workload on ``cache`` from ``threads`` threads and check every get."""
+    report = Report()
+    stamp = itertools.count()
+    shared = [b"shared-%d" % i for i in range(shared_keys)]
+    log: dict[bytes, list] = {k: [] for k in shared}
+    errors: list[BaseException] = []
+    get = getter or (lambda c, k: c.get(k))
+
+    def worker(tid: int) -> None:
+        rng = random.Random(seed * 1000 + tid)
+        mine = [b"own-%d-%d" % (tid, i) for i in range(own_keys)]
+        last: dict[bytes, bytes | None] = {}      # this thread's keys: what a get must return
+        n = 0
+        try:
+            for _ in range(ops):
+                n += 1
+                if rng.random() < 0.6:
+                    k = rng.choice(mine)
+                    r = rng.random()
+                    if r < 0.45:
+                        v = _value(tid, n, rng)
+                        cache.set(k, v)
+                        last[k] = v
+                    elif r < 0.6:
+                        cache.delete(k)
+                        last[k] = None
+                    else:
+                        got = get(cache, k)
+                        if got is not None and got != last.get(k):
+                            report.bad.append((k, got[:16], "own key: last op left %r" %
+                                               (last.get(k) or b"")[:16]))
+                else:
+                    k = rng.choice(shared)
+                    r = rng.random()
+                    b = next(stamp)
+                    if r < 0.4:
+                        v = _value(tid, n, rng)
+                        cache.set(k, v)
+                        log[k].append((b, next(stamp), "set", v))
+                    elif r < 0.55:
+                        cache.delete(k)
+                        log[k].append((b, next(stamp), "delete", None))
+                    else:
+                        got = get(cache, k)
+                        log[k].append((b, next(stamp), "get", got))
+        except BaseException as e:        # noqa: BLE001 - reported by the test
+            errors.append(e)
+        report.ops += n
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(switch)
+    try:
+        ts = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    if errors:
+        raise errors[0]
+    check_history(log, report)
+    return report
+
+
+def _assert_clean(cache, report: Report, *, min_flash_hits: int, min_demotions: int) -> None:
+    st = cache.stats()
+    assert not report.bad, f"{len(report.bad)} wrong values out of {report.ops} ops, e.g. {report.bad[:5]}"
+    assert report.checked_gets > 200, report.checked_gets
+    assert st["hits"]["flash"] >= min_flash_hits, st["hits"]
+    assert st["demotions"] >= min_demotions, st["demotions"]
+
+
+@pytest.mark.parametrize("hot", [True, False], ids=["c-hot-path", "python-path"])
+def test_threads_never_see_deleted_or_overwritten_values(tmp_path, monkeypatch, hot):
+    monkeypatch.setattr(flashcache.cache, "HOT_PATH", hot)
+    with flashcache.Cache(stress_config(tmp_path)) as c:
+        report = stress(c, threads=8, ops=2500)
+        _assert_clean(c, report, min_flash_hits=500, min_demotions=2000)
+
+
+def test_threads_on_a_file_device(tmp_path):
+    with flashcache.Cache(stress_config(tmp_path, kind="file", engine='engine = "psync"\nformat = true')) as c:
+        report = stress(c, threads=4, ops=2500, seed=2)
+        _assert_clean(c, report, min_flash_hits=300, min_demotions=1000)
+
+
+def test_threads_with_get_many(tmp_path):
+    def get(c, k):
+        return c.get_many([k, b"absent-key"]).get(k)
+    with flashcache.Cache(stress_config(tmp_path)) as c:
+        report = stress(c, threads=6, ops=2000, seed=3, getter=get)
+        _assert_clean(c, report, min_flash_hits=300, min_demotions=1000)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5))
+def test_threads_long(tmp_path, seed):
+    with flashcache.Cache(stress_config(tmp_path)) as c:
+        report = stress(c, threads=12, ops=20000, seed=seed, shared_keys=100, own_keys=200)
+        _assert_clean(c, report, min_flash_hits=5000, min_demotions=20000)
+
+
+def test_async_tasks_never_see_deleted_or_overwritten_values(tmp_path):
+    """Many tasks on one loop: a get awaits its flash read while other tasks set and delete
+    the same keys; every get is checked against the history, as for threads."""
+    import asyncio
+
+    from flashcache.async_cache import AsyncCache
+
+    report = Report()
+    stamp = itertools.count()
+    shared = [b"shared-%d" % i for i in range(40)]
+    log: dict[bytes, list] = {k: [] for k in shared}
+
+    async def task(c, tid: int) -> None:
+        rng = random.Random(tid)
+        mine = [b"own-%d-%d" % (tid, i) for i in range(8)]
+        last: dict[bytes, bytes | None] = {}
+        for n in range(120):
+            report.ops += 1
+            own = rng.random() < 0.5
+            k = rng.choice(mine if own else shared)
+            r = rng.random()
+            b = next(stamp)
+            if r < 0.4:
+                v = _value(tid, n, rng)
+                await c.set(k, v)
+                kind, got = "set", v
+            elif r < 0.55:
+                await c.delete(k)
+                kind, got = "delete", None
+            else:
+                kind, got = "get", await c.get(k)
+            if own:
+                if kind == "get" and got is not None and got != last.get(k):
+                    report.bad.append((k, got[:16], "own key"))
+                elif kind != "get":
+                    last[k] = got
+            else:
+                log[k].append((b, next(stamp), kind, got))
+            if rng.random() < 0.3:
+                await asyncio.sleep(0)
+
+    async def main():
+        async with AsyncCache(stress_config(tmp_path)) as c:
+            await asyncio.gather(*(task(c, t) for t in range(200)))
+            return c.stats()
+
+    st = asyncio.run(main())
+    check_history(log, report)
+    assert not report.bad, f"{len(report.bad)} wrong values out of {report.ops} ops, e.g. {report.bad[:5]}"
+    assert report.checked_gets > 500, report.checked_gets
+    assert st["hits"]["flash"] >= 1000 and st["demotions"] >= 3000, (st["hits"], st["demotions"])
+    assert st["async_io"]["batches"] > 0
