@@ -43,15 +43,17 @@ CODECS = (None, "msgpack")
 HOT_PATH = True
 
 
-def _as_config(cfg: "config_mod.Config | str | Path | None") -> "config_mod.Config":
+def _as_config(cfg: "config_mod.Config | str | Path | Mapping[str, Any] | None") -> "config_mod.Config":
     if cfg is None:
         return config_mod.Config()
     if isinstance(cfg, config_mod.Config):
         return cfg
     if isinstance(cfg, (str, Path)):
         return config_mod.load(cfg)
+    if isinstance(cfg, Mapping):
+        return config_mod.from_dict(cfg)
     raise TypeError(f"flashcache.Cache(config): got {type(cfg).__name__}; pass a flashcache.config.Config, "
-                    "the path of a TOML file, or nothing for the defaults")
+                    "the path of a TOML file, a dict shaped like that file, or nothing for the defaults")
 
 
 class Cache:
