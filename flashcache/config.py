@@ -4,7 +4,8 @@ validated with errors that help.
 Owns the schema (the dataclasses below, one per TOML table) and the loader; it opens no
 device and starts nothing. Every error names the key (``device.size``), the bad value and
 what is allowed; unknown keys get a did-you-mean; one ConfigError lists every problem of a
-config. The surprise: sizes are strings with binary units ("1GiB", "512MiB", "4KiB") or
+config. Relative paths in a file start at the file's folder, in a dict at the working
+directory. The surprise: sizes are strings with binary units ("1GiB", "512MiB", "4KiB") or
 plain integers of bytes; decimal units such as "1GB" are refused, because "GB" vs "GiB" is
 the classic 7 % capacity mistake.
 """
@@ -200,8 +201,10 @@ class EmulatorConfig:
         'type of every handle: "II" initially or "PI" persistently isolated; "" = the preset\'s',
         check=_check_handle_types))
     reclaim_groups: int = field(default=0, metadata=opt("reclaim groups; 0 = the preset's", min=0, max=256))
-    lba_size: int = field(default=0, metadata=opt(
-        "logical block size, 512 or 4096; 0 = the preset's", choices=(0, 512, 4096)))
+    # 4096 rather than "the preset's": qemu-like's is QEMU's 512, and config/default.toml,
+    # which must describe the same device as these defaults, has always used 4 KiB.
+    lba_size: int = field(default=4096, metadata=opt(
+        "logical block size, 512 or 4096; 0 = the preset's (qemu-like: 512, as QEMU)", choices=(0, 512, 4096)))
     gc_policy: str = field(default="", metadata=opt(
         'victim selection: "greedy", "fifo" or "cost-benefit"; "" = the preset\'s',
         choices=("", "greedy", "fifo", "cost-benefit")))
@@ -245,8 +248,8 @@ class DeviceConfig:
         choices=("emulated", "file", "nvme")))
     path: str = field(default="var/flashcache.img", metadata=opt(
         "file or block device (file), backing file (emulated; its FTL state goes to PATH.ftl), "
-        "or NVMe device (nvme: /dev/ngXnY, /dev/nvmeXnY or a partition); relative paths start at the working directory",
-        kind="path"))
+        "or NVMe device (nvme: /dev/ngXnY, /dev/nvmeXnY or a partition); a relative path starts at "
+        "the config file's folder (in a dict, or this default, at the working directory)", kind="path"))
     size: int = field(default=0, metadata=opt(
         'bytes the cache may use ("1GiB"); 0 = the whole device, existing file or emulator preset', kind="size"))
     engine: str = field(default="uring", metadata=opt(
@@ -350,14 +353,16 @@ class Config:
     source: str = field(default="<defaults>", compare=False, metadata=opt("where this config came from"))
 
 
-def from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Config:
+def from_dict(data: Mapping[str, Any], source: str = "<dict>", base_dir: str | Path | None = None) -> Config:
     """A Config from a dict shaped like the TOML file, validated as a file is::
 
         from_dict({"device": {"kind": "emulated", "path": "var/c.img", "size": "1GiB"},
                    "cache": {"dram_size": "64MiB"}})
 
     Raises one ConfigError listing every problem, each as ``"<source>: key = value: what to
-    do"``.
+    do"``. Relative paths (every option of kind "path": ``device.path``) start at
+    ``base_dir`` when given (``load`` passes the file's folder); without it they stay as
+    written, so they start at the working directory when the cache opens.
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: the config is a {type(data).__name__}; give a dict of tables like "
@@ -366,21 +371,40 @@ def from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Config:
     cfg = build(Config, data, "", errors)
     if errors:
         raise ConfigError(*(f"{source}: {e}" for e in errors))
+    if base_dir is not None:
+        cfg = _resolve_paths(cfg, os.path.abspath(base_dir))
     return dataclasses.replace(cfg, source=source)
 
 
-def loads(text: str, source: str = "<string>") -> Config:
+def _resolve_paths(obj: Any, base_dir: str) -> Any:
+    """``obj`` with each relative path-valued option joined to ``base_dir``."""
+    changes = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if f.metadata.get("section"):
+            nv = _resolve_paths(v, base_dir)
+        elif f.metadata.get("kind") == "path" and not os.path.isabs(v):
+            nv = os.path.normpath(os.path.join(base_dir, v))
+        else:
+            continue
+        if nv is not v:
+            changes[f.name] = nv
+    return dataclasses.replace(obj, **changes) if changes else obj
+
+
+def loads(text: str, source: str = "<string>", base_dir: str | Path | None = None) -> Config:
     """Parse TOML text into a Config (see ``from_dict``; ``load`` for a file)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
-    return from_dict(data, source)
+    return from_dict(data, source, base_dir)
 
 
 def load(path: str | Path) -> Config:
     """Read and validate a TOML config file; errors name the file and the key, all of
-    them at once."""
+    them at once. Relative paths in it start at the file's folder, not the working
+    directory."""
     p = Path(path)
     try:
         text = p.read_text()
@@ -388,7 +412,7 @@ def load(path: str | Path) -> Config:
         raise ConfigError(f"{p}: config file not found; the examples are in config/ (config/default.toml)") from None
     except OSError as e:
         raise ConfigError(f"{p}: cannot read config file: {e.strerror}") from None
-    return loads(text, str(p))
+    return loads(text, str(p), base_dir=p.parent)
 
 
 def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:

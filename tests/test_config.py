@@ -1,5 +1,6 @@
 """Config: every error names the key, the bad value and what is allowed; a file lists all
-of its problems at once; a dict is validated as a file is."""
+of its problems at once; a dict is validated as a file is; relative paths in a file start
+at the file's folder."""
 import tomllib
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from flashcache import config
 from flashcache.cli import main
 from flashcache.config import ConfigError
 
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def err(text: str) -> str:
@@ -130,6 +132,51 @@ def test_a_dict_config_must_be_a_dict_of_tables():
     with pytest.raises(ConfigError) as ei:
         config.from_dict({1: {}})
     assert str(ei.value) == "<dict>: 1: unknown key (known keys here: cache, device, log)"
+
+
+def test_relative_paths_start_at_the_config_files_folder(tmp_path, monkeypatch):
+    tmp_path = tmp_path.resolve()
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "conf" / "c.toml").write_text('[device]\npath = "data/dev.img"\n')
+    (tmp_path / "conf" / "up.toml").write_text('[device]\npath = "../var/dev.img"\n')
+    (tmp_path / "conf" / "abs.toml").write_text('[device]\nkind = "nvme"\npath = "/dev/ng0n1"\n')
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert config.load("../conf/c.toml").device.path == str(tmp_path / "conf" / "data" / "dev.img")
+    assert config.load("../conf/up.toml").device.path == str(tmp_path / "var" / "dev.img")
+    assert config.load("../conf/abs.toml").device.path == "/dev/ng0n1"
+
+
+def test_relative_paths_of_a_dict_or_text_start_at_the_working_directory():
+    assert config.from_dict({"device": {"path": "data/dev.img"}}).device.path == "data/dev.img"
+    assert config.loads('[device]\npath = "data/dev.img"\n').device.path == "data/dev.img"
+
+
+def test_every_path_option_starts_at_the_config_files_folder(tmp_path):
+    """Each option named *path is resolved against the file's folder (a new one declared
+    without kind="path" fails here)."""
+    tmp_path = tmp_path.resolve()
+    keys = [k for k, _, _ in config.describe() if k.rsplit(".", 1)[-1].endswith("path")]
+    assert "device.path" in keys
+    for key in keys:
+        table, name = key.rsplit(".", 1)
+        f = tmp_path / "c.toml"
+        f.write_text(f'[{table}]\n{name} = "rel/x"\n')
+        obj = config.load(f)
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        assert obj == str(tmp_path / "rel" / "x"), key
+
+
+def test_the_defaults_are_the_device_of_config_default_toml():
+    """flashcache.open() and flashcache.open("config/default.toml") from the repo root open
+    the same emulated SSD: the same file and the same geometry (a different geometry on the
+    same file fails the second open with a FormatError)."""
+    d = config.Config().device
+    f = config.load(ROOT / "config" / "default.toml").device
+    assert (f.kind, f.format, f.placement) == (d.kind, d.format, d.placement)
+    assert f.path == str(ROOT / d.path)
+    assert f.emulator.geometry(f.size) == d.emulator.geometry(d.size)
 
 
 BAD = '''\
