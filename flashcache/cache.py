@@ -68,6 +68,13 @@ class Cache:
             cache.get("user:42")            # -> b"..."
             cache.stats()["hit_ratio"]
 
+    ``config`` is the path of a TOML file (relative paths in it start at its folder), a dict
+    shaped like that file (``{"device": {"path": "var/c.img"}, "cache": {"dram_size":
+    "64MiB"}}``, validated the same way; relative paths start at the working directory), a
+    ``flashcache.config.Config``, or None: the defaults, from the repo root the same cache
+    as ``config/default.toml``. A bad config raises one ConfigError listing every problem
+    (``.errors``).
+
     Keys are bytes or str (UTF-8); values are bytes-like, or any msgpack-able object with
     ``codec="msgpack"``. ``ttl`` is seconds (None: ``cache.default_ttl`` from the config,
     0: never expires). Thread-safe: the DRAM tier has its own short lock, BlockCache one
@@ -467,5 +474,6 @@ def blockcache_options(f: "config_mod.FlashConfig") -> dict[str, Any]:
 
 
 def open(config: "config_mod.Config | str | Path | None" = None, **kw: Any) -> Cache:  # noqa: A001
-    """``flashcache.open("config/default.toml")`` -> a Cache (see ``Cache``)."""
+    """``flashcache.open("config/default.toml")`` -> a Cache (see ``Cache``); ``config`` may
+    also be a dict shaped like the TOML file, a ``Config``, or nothing for the defaults."""
     return Cache(config, **kw)
