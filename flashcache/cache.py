@@ -69,15 +69,17 @@ CODECS = (None, "msgpack")
 HOT_PATH = True
 
 
-def _as_config(cfg: "config_mod.Config | str | Path | None") -> "config_mod.Config":
+def _as_config(cfg: "config_mod.Config | str | Path | Mapping[str, Any] | None") -> "config_mod.Config":
     if cfg is None:
         return config_mod.Config()
     if isinstance(cfg, config_mod.Config):
         return cfg
     if isinstance(cfg, (str, Path)):
         return config_mod.load(cfg)
+    if isinstance(cfg, Mapping):
+        return config_mod.from_dict(cfg)
     raise TypeError(f"flashcache.Cache(config): got {type(cfg).__name__}; pass a flashcache.config.Config, "
-                    "the path of a TOML file, or nothing for the defaults")
+                    "the path of a TOML file, a dict shaped like that file, or nothing for the defaults")
 
 
 class Cache:
@@ -91,6 +93,13 @@ class Cache:
             cache.set("user:42", b"...", ttl=300)
             cache.get("user:42")            # -> b"..."
             cache.stats()["hit_ratio"]
+
+    ``config`` is the path of a TOML file (relative paths in it start at its folder), a dict
+    shaped like that file (``{"device": {"path": "var/c.img"}, "cache": {"dram_size":
+    "64MiB"}}``, validated the same way; relative paths start at the working directory), a
+    ``flashcache.config.Config``, or None: the defaults, from the repo root the same cache
+    as ``config/default.toml``. A bad config raises one ConfigError listing every problem
+    (``.errors``).
 
     Keys are bytes or str (UTF-8); values are bytes-like, or any msgpack-able object with
     ``codec="msgpack"``. ``ttl`` is seconds (None: ``cache.default_ttl`` from the config,
@@ -542,5 +551,6 @@ def blockcache_options(f: "config_mod.FlashConfig") -> dict[str, Any]:
 
 
 def open(config: "config_mod.Config | str | Path | None" = None, **kw: Any) -> Cache:  # noqa: A001
-    """``flashcache.open("config/default.toml")`` -> a Cache (see ``Cache``)."""
+    """``flashcache.open("config/default.toml")`` -> a Cache (see ``Cache``); ``config`` may
+    also be a dict shaped like the TOML file, a ``Config``, or nothing for the defaults."""
     return Cache(config, **kw)

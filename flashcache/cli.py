@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{k:24} {d:22} {doc}")
             return 0
     except config_mod.ConfigError as e:
-        print(f"flashcache: config error: {e}", file=sys.stderr)
+        for problem in e.errors:             # every problem of the file, one per line
+            print(f"flashcache: config error: {problem}", file=sys.stderr)
         return 2
     except FlashCacheError as e:
         print(f"flashcache: {type(e).__name__}: {e}", file=sys.stderr)

@@ -1,15 +1,19 @@
-"""TOML configuration into typed, frozen dataclasses, validated with errors that help.
+"""TOML configuration (a file, or a dict of the same shape) into typed, frozen dataclasses,
+validated with errors that help.
 
 Owns the schema (the dataclasses below, one per TOML table) and the loader; it opens no
 device and starts nothing. Every error names the key (``device.size``), the bad value and
-what is allowed; unknown keys get a did-you-mean. The surprise: sizes are strings with
-binary units ("1GiB", "512MiB", "4KiB") or plain integers of bytes; decimal units such as
-"1GB" are refused, because "GB" vs "GiB" is the classic 7 % capacity mistake.
+what is allowed; unknown keys get a did-you-mean; one ConfigError lists every problem of a
+config. Relative paths in a file start at the file's folder, in a dict at the working
+directory. The surprise: sizes are strings with binary units ("1GiB", "512MiB", "4KiB") or
+plain integers of bytes; decimal units such as "1GB" are refused, because "GB" vs "GiB" is
+the classic 7 % capacity mistake.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -71,6 +75,8 @@ def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
     t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     if kind == "size":
         v: Any = parse_size(key, value)
+    elif kind == "path":
+        v = _path(key, value)
     elif kind == "duration":
         v = parse_duration(key, value)
     elif t.startswith("bool"):
@@ -109,28 +115,52 @@ def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
     return v
 
 
-def build(cls: type, table: Mapping[str, Any], prefix: str) -> Any:
-    """Build dataclass ``cls`` from a TOML table, validating every key."""
+def _path(key: str, value: Any) -> str:
+    if isinstance(value, os.PathLike):      # a dict config may hold a pathlib.Path
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} = {_show(value)}: use a path as a string in quotes")
+    if not value:
+        raise ConfigError(f'{key} = "": give a file or device path')
+    return value
+
+
+def build(cls: type, table: Mapping[str, Any], prefix: str, errors: list[str]) -> Any:
+    """Build dataclass ``cls`` from a table, validating every key; each problem is appended
+    to ``errors`` (then the result is None). A table's ``validate()``, which judges its
+    values together, runs only when each of them is good on its own."""
     if not isinstance(table, Mapping):
-        raise ConfigError(f"{prefix} = {_show(table)}: must be a table ([{prefix}])")
+        errors.append(f"{prefix} = {_show(table)}: must be a table ([{prefix}])")
+        return None
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
-    for k in table:
-        if k not in fields:
-            near = difflib.get_close_matches(k, list(fields), n=1)
-            hint = f'; did you mean "{near[0]}"?' if near else ""
-            where = f"{prefix}.{k}" if prefix else k
-            raise ConfigError(f"{where}: unknown key{hint} (known keys here: {', '.join(sorted(fields))})")
+    before = len(errors)
     kwargs = {}
-    for name, f in fields.items():
-        if name not in table:
+    for name, value in table.items():        # in the file's order, so errors are too
+        key = f"{prefix}.{name}" if prefix else str(name)
+        f = fields.get(name)
+        if f is None:
+            near = difflib.get_close_matches(str(name), list(fields), n=1)
+            hint = f'; did you mean "{near[0]}"?' if near else ""
+            errors.append(f"{key}: unknown key{hint} (known keys here: {', '.join(sorted(fields))})")
             continue
-        key = f"{prefix}.{name}" if prefix else name
         sub = f.metadata.get("section")
-        kwargs[name] = build(sub, table[name], key) if sub else _coerce(key, f, table[name])
+        if sub:
+            kwargs[name] = build(sub, value, key, errors)
+            continue
+        try:
+            kwargs[name] = _coerce(key, f, value)
+        except ConfigError as e:
+            errors.extend(e.errors)
+    if len(errors) > before:
+        return None
     obj = cls(**kwargs)
     post = getattr(obj, "validate", None)
     if post:
-        post(prefix)
+        try:
+            post(prefix)
+        except ConfigError as e:
+            errors.extend(e.errors)
+            return None
     return obj
 
 
@@ -171,8 +201,10 @@ class EmulatorConfig:
         'type of every handle: "II" initially or "PI" persistently isolated; "" = the preset\'s',
         check=_check_handle_types))
     reclaim_groups: int = field(default=0, metadata=opt("reclaim groups; 0 = the preset's", min=0, max=256))
-    lba_size: int = field(default=0, metadata=opt(
-        "logical block size, 512 or 4096; 0 = the preset's", choices=(0, 512, 4096)))
+    # 4096 rather than "the preset's": qemu-like's is QEMU's 512, and config/default.toml,
+    # which must describe the same device as these defaults, has always used 4 KiB.
+    lba_size: int = field(default=4096, metadata=opt(
+        "logical block size, 512 or 4096; 0 = the preset's (qemu-like: 512, as QEMU)", choices=(0, 512, 4096)))
     gc_policy: str = field(default="", metadata=opt(
         'victim selection: "greedy", "fifo" or "cost-benefit"; "" = the preset\'s',
         choices=("", "greedy", "fifo", "cost-benefit")))
@@ -216,7 +248,8 @@ class DeviceConfig:
         choices=("emulated", "file", "nvme")))
     path: str = field(default="var/flashcache.img", metadata=opt(
         "file or block device (file), backing file (emulated; its FTL state goes to PATH.ftl), "
-        "or NVMe device (nvme: /dev/ngXnY, /dev/nvmeXnY or a partition); relative paths start at the working directory"))
+        "or NVMe device (nvme: /dev/ngXnY, /dev/nvmeXnY or a partition); a relative path starts at "
+        "the config file's folder (in a dict, or this default, at the working directory)", kind="path"))
     size: int = field(default=0, metadata=opt(
         'bytes the cache may use ("1GiB"); 0 = the whole device, existing file or emulator preset', kind="size"))
     engine: str = field(default="uring", metadata=opt(
@@ -235,8 +268,6 @@ class DeviceConfig:
     emulator: EmulatorConfig = section(EmulatorConfig, "the emulated FDP SSD (device.kind = \"emulated\")")
 
     def validate(self, prefix: str) -> None:
-        if not self.path:
-            raise ConfigError(f'{prefix}.path = "": give a file or device path')
         if self.kind == "emulated":
             self.emulator.geometry(self.size, f"{prefix}.emulator")
 
@@ -322,21 +353,58 @@ class Config:
     source: str = field(default="<defaults>", compare=False, metadata=opt("where this config came from"))
 
 
-def loads(text: str, source: str = "<string>") -> Config:
-    """Parse TOML text into a Config (see ``load``)."""
+def from_dict(data: Mapping[str, Any], source: str = "<dict>", base_dir: str | Path | None = None) -> Config:
+    """A Config from a dict shaped like the TOML file, validated as a file is::
+
+        from_dict({"device": {"kind": "emulated", "path": "var/c.img", "size": "1GiB"},
+                   "cache": {"dram_size": "64MiB"}})
+
+    Raises one ConfigError listing every problem, each as ``"<source>: key = value: what to
+    do"``. Relative paths (every option of kind "path": ``device.path``) start at
+    ``base_dir`` when given (``load`` passes the file's folder); without it they stay as
+    written, so they start at the working directory when the cache opens.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: the config is a {type(data).__name__}; give a dict of tables like "
+                          '{"device": {"kind": "emulated", "size": "1GiB"}, "cache": {...}}')
+    errors: list[str] = []
+    cfg = build(Config, data, "", errors)
+    if errors:
+        raise ConfigError(*(f"{source}: {e}" for e in errors))
+    if base_dir is not None:
+        cfg = _resolve_paths(cfg, os.path.abspath(base_dir))
+    return dataclasses.replace(cfg, source=source)
+
+
+def _resolve_paths(obj: Any, base_dir: str) -> Any:
+    """``obj`` with each relative path-valued option joined to ``base_dir``."""
+    changes = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if f.metadata.get("section"):
+            nv = _resolve_paths(v, base_dir)
+        elif f.metadata.get("kind") == "path" and not os.path.isabs(v):
+            nv = os.path.normpath(os.path.join(base_dir, v))
+        else:
+            continue
+        if nv is not v:
+            changes[f.name] = nv
+    return dataclasses.replace(obj, **changes) if changes else obj
+
+
+def loads(text: str, source: str = "<string>", base_dir: str | Path | None = None) -> Config:
+    """Parse TOML text into a Config (see ``from_dict``; ``load`` for a file)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from None
-    try:
-        cfg = build(Config, data, "")
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
-    return dataclasses.replace(cfg, source=source)
+    return from_dict(data, source, base_dir)
 
 
 def load(path: str | Path) -> Config:
-    """Read and validate a TOML config file; errors name the file and the key."""
+    """Read and validate a TOML config file; errors name the file and the key, all of
+    them at once. Relative paths in it start at the file's folder, not the working
+    directory."""
     p = Path(path)
     try:
         text = p.read_text()
@@ -344,7 +412,7 @@ def load(path: str | Path) -> Config:
         raise ConfigError(f"{p}: config file not found; the examples are in config/ (config/default.toml)") from None
     except OSError as e:
         raise ConfigError(f"{p}: cannot read config file: {e.strerror}") from None
-    return loads(text, str(p))
+    return loads(text, str(p), base_dir=p.parent)
 
 
 def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:

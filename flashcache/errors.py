@@ -14,7 +14,18 @@ class FlashCacheError(Exception):
 
 
 class ConfigError(FlashCacheError, ValueError):
-    """A configuration value is missing, malformed or out of range (names the key)."""
+    """A configuration value is missing, malformed or out of range (names the key).
+
+    ``errors`` holds one message per problem (a config file's are all found in one pass);
+    ``str(err)`` is those messages, one per line.
+    """
+
+    def __init__(self, *errors: str):
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+    def __reduce__(self):
+        return (type(self), tuple(self.errors))
 
 
 class FormatError(FlashCacheError):

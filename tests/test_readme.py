@@ -1,16 +1,34 @@
-"""The README's example runs as printed (in a scratch directory with the default config)."""
+"""The README's examples run as printed (in a scratch directory with the default config)."""
 import re
 import shutil
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_readme_example_runs(tmp_path, monkeypatch, capsys):
-    code = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    """A working directory holding a copy of config/default.toml, as the repo root does."""
     (tmp_path / "config").mkdir()
     shutil.copy(ROOT / "config" / "default.toml", tmp_path / "config" / "default.toml")
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {})
+    return tmp_path
+
+
+def test_readme_example_runs(scratch, capsys):
+    exec(compile(python_blocks()[0], "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "'bighash': {'state': 'on', 'pid': 1}" in out and "'status': 'available'" in out
+
+
+def test_every_readme_python_block_runs(scratch):
+    blocks = python_blocks()
+    assert len(blocks) >= 2
+    for i, code in enumerate(blocks[1:], 2):
+        exec(compile(code, f"README.md python block {i}", "exec"), {})

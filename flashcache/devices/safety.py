@@ -64,8 +64,8 @@ def refuse_foreign(path: str, verdict: Verdict, fmt: bool, log) -> None:
     if verdict.kind == "foreign" and not fmt:
         raise FormatError(
             f"{path}: holds {verdict.what}; flashcache will not overwrite it. "
-            f"If you really want to use it as a cache, set device.format = true "
-            f"(or pass --format); all of its data will be lost")
+            f"If you really want to use it as a cache, set format = true in the [device] table "
+            f"of the config; all of its data will be lost")
     if verdict.kind == "foreign":
         log.warning("%s: held %s; overwriting it because format = true", path, verdict.what)
 

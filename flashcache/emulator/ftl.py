@@ -215,7 +215,8 @@ class Ftl:
         if meta.get("geometry") != fp:
             diff = {k: (v, fp.get(k)) for k, v in (meta.get("geometry") or {}).items() if fp.get(k) != v}
             raise FormatError(f"{where}: saved for another emulated SSD geometry "
-                              f"(saved vs configured: {diff}); use the old settings or format the device")
+                              f"(saved vs configured: {diff}); use the old settings, or set format = true in "
+                              "the [device] table of the config to start this emulated SSD afresh (its data is lost)")
         ftl = cls(geometry, **kw)
         for k, v in arrays.items():
             if k not in ftl.arrays or ftl.arrays[k].shape != v.shape:

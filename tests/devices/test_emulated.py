@@ -160,8 +160,11 @@ def test_state_and_data_persist_across_close_and_open(tmp_path):
     finally:
         d.close()
     other = Geometry(capacity_bytes=16 << 20, op=0.2, ru_bytes=256 << 10, handles=("II",) * 4)
-    with pytest.raises(FormatError, match="another emulated SSD geometry"):
+    with pytest.raises(FormatError) as ei:
         open_emulated(path, other)
+    assert str(ei.value) == (f"{state_path_for(path)}: saved for another emulated SSD geometry (saved vs "
+                             "configured: {'op': (0.12, 0.2)}); use the old settings, or set format = true in "
+                             "the [device] table of the config to start this emulated SSD afresh (its data is lost)")
     d = open_emulated(path, other, format=True)                  # format: a fresh drive
     try:
         assert d.waf_snapshot().hbmw == 0

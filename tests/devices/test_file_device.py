@@ -108,8 +108,8 @@ def test_ext4_signature_refused(img):
     with pytest.raises(FormatError) as ei:
         FileDevice(img)
     assert str(ei.value) == (f"{img}: holds an ext2/3/4 filesystem (signature at byte 0x438); flashcache will "
-                             "not overwrite it. If you really want to use it as a cache, set device.format = true "
-                             "(or pass --format); all of its data will be lost")
+                             "not overwrite it. If you really want to use it as a cache, set format = true in the "
+                             "[device] table of the config; all of its data will be lost")
     with open(img, "rb") as f:  # nothing was written
         f.seek(0x438)
         assert f.read(2) == b"\x53\xef"

@@ -44,7 +44,7 @@ def test_check_device_reads_through_the_device(tmp_path):
     try:
         log = logging.getLogger("t")
         import pytest
-        with pytest.raises(FormatError, match="holds an ext2/3/4 filesystem .* set device.format = true"):
+        with pytest.raises(FormatError, match=r"holds an ext2/3/4 filesystem .* set format = true in the \[device\] table"):
             check_device(dev, False, log)
         check_device(dev, True, log)                      # allowed: said in the log
         dev.write(0, bytes(dev.size))
