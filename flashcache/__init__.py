@@ -5,11 +5,11 @@ The front door is ``flashcache.open(config)`` / ``flashcache.Cache(config)`` (se
 ``Cache``), and ``flashcache.AsyncCache`` for asyncio; the exceptions all derive from
 ``FlashCacheError``.
 """
-from .errors import (ClosedError, ConfigError, DeviceError, FlashCacheError, FormatError, NvmeError,
-                     UringUnavailableError)
+from .errors import (ClosedError, ConfigError, DeviceError, DeviceInUseError, FlashCacheError, ForkedError,
+                     FormatError, NvmeError, UringUnavailableError)
 
 __all__ = ["Cache", "AsyncCache", "open", "FlashCacheError", "ConfigError", "DeviceError", "FormatError", "NvmeError",
-           "ClosedError", "UringUnavailableError"]
+           "ClosedError", "DeviceInUseError", "ForkedError", "UringUnavailableError"]
 
 
 def __getattr__(name: str):

@@ -7,7 +7,8 @@ eviction -> flash through admission), and the device WAF windows. It composes a 
 (flashcache.devices), the Navy router (engines.navy) and the DRAM tier (dram.py). The
 surprise: a ``set`` removes any older copy of the key from flash at once (a DRAM-only
 write must never let a stale flash copy come back after a rejected demotion or a crash),
-and a promoted item stays on flash too, so evicting it again costs no write.
+and a promoted item stays on flash too, so evicting it again costs no write. A Cache a
+forked child inherited refuses use there (ForkedError); its close() does nothing.
 
 Threads (``KeyOrder``, flashcache/_hot.c). DRAM evicts an item inside one thread's call,
 and that thread writes it to flash afterwards; a get that misses DRAM reads flash and may
@@ -52,11 +53,12 @@ from engines.device import run, run_many
 from engines.navy import Navy
 
 from . import config as config_mod
+from . import forksafe
 from .devices import open_device
 from .devices.base import WafUnavailableError
 from ._hot_c import HotPath, KeyOrder
 from .dram import DramTier, Evicted
-from .errors import ClosedError
+from .errors import ClosedError, ForkedError
 from .metrics import CacheMetrics
 
 log = logging.getLogger("flashcache.cache")
@@ -106,7 +108,12 @@ class Cache:
     0: never expires). Thread-safe: the DRAM tier has its own short lock, BlockCache one
     lock per engine, BigHash a lock per bucket stripe; no lock is held across another
     engine's I/O. ``close()`` writes warm-restart metadata; use the context manager.
+    One process owns a device at a time: a second Cache on it, here or in another process,
+    raises DeviceInUseError naming the holder. A child made by fork() cannot use the
+    parent's Cache (ForkedError; its close() does nothing): open a new one in the child.
     """
+
+    _forked = False          # set in a forked child (see _inherited)
 
     def __init__(self, config: "config_mod.Config | str | Path | None" = None, *, device: Any = None,
                  codec: str | None = None, registry: CollectorRegistry | None = None, name: str = "default",
@@ -175,6 +182,16 @@ class Cache:
                 self._hot.set_insert_hook(self.navy.insert_hook())
         log.info("cache on %s: %s; DRAM %d MiB; placement %s", self.device.path, self.navy.start,
                  c.dram_size >> 20, {k: v["state"] for k, v in self._placement().items()})
+        self._pid = forksafe.track(self)
+
+    def _inherited(self) -> None:
+        """In a forked child (flashcache.forksafe): every call raises ForkedError (as a
+        closed cache's raises ClosedError, through the same checks) and close() does
+        nothing: no demotion, no metadata, no device I/O; the flash is the parent's."""
+        self._forked = True
+        self._closed = True
+        if self._hot is not None:
+            self._hot.closed = True          # every get/set takes the Python path, which checks
 
     # -- checking ---------------------------------------------------------------------------
     def _key(self, key: Any) -> bytes:
@@ -218,6 +235,8 @@ class Cache:
 
     def _check_open(self, what: str) -> None:
         if self._closed:
+            if self._forked:
+                raise ForkedError("flashcache", what, "Cache", self._pid)
             raise ClosedError(f"flashcache: {what} on a closed cache")
 
     @property
@@ -518,7 +537,8 @@ class Cache:
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
         """Write DRAM's items to flash (through admission), save warm-restart metadata and
-        close the device (if the cache opened it). Idempotent."""
+        close the device (if the cache opened it). Idempotent. In a forked child that
+        inherited the cache it does nothing (see _inherited)."""
         if self._closed:
             return
         self._closed = True

@@ -64,7 +64,7 @@ def run(args, out=None) -> int:
     out = out or sys.stdout
     if args.nvme_cmd == "id":
         from .devices.nvme_passthru import open_nvme_device
-        dev = open_nvme_device(args.device)
+        dev = open_nvme_device(args.device, exclusive=False)    # reads only: a cache may be using it
         try:
             info = dev.info()
         finally:

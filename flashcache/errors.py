@@ -70,6 +70,38 @@ class ClosedError(DeviceError):
         return (type(self), (self.path, self.what))
 
 
+class DeviceInUseError(DeviceError):
+    """The device (or its backing file) is already open: another cache or device holds its
+    exclusive lock, in this process or another. ``pids`` are the holders found in
+    /proc/locks (empty when none could be read)."""
+
+    def __init__(self, path: str | None, what: str, pids: tuple[int, ...] = (), hint: str = ""):
+        self.pids = tuple(pids)
+        super().__init__(path, what, _errno.EBUSY, hint)
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.what, self.pids, self.hint))
+
+
+class ForkedError(DeviceError):
+    """A device, io_uring ring or Cache used in a child process that inherited it through
+    fork(). The parent's object keeps working; the child must open its own.
+    ``owner_pid`` opened it, ``pid`` is the child that tried to use it."""
+
+    def __init__(self, path: str | None, what: str, thing: str, owner_pid: int, hint: str = "",
+                 pid: int | None = None):
+        self.thing = thing
+        self.owner_pid = owner_pid
+        self.pid = os.getpid() if pid is None else pid
+        self.forked_what = what
+        super().__init__(path, f"{what}: this {thing} was opened in process {owner_pid} and inherited "
+                         f"by fork() (this is process {self.pid})", None,
+                         hint or f"open a new {thing} in the child; the parent keeps its own")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.forked_what, self.thing, self.owner_pid, self.hint, self.pid))
+
+
 class UringUnavailableError(DeviceError):
     """io_uring cannot be used on this machine (ENOSYS, EPERM, sysctl off)."""
 

@@ -3,9 +3,10 @@
 Owns one ring per reader (separate from the device's own, so synchronous I/O on the
 device never reaps these completions), the buffers of reads in flight, and the mapping
 from completions back to requests. It does no waiting: ``submit`` returns at once, the
-kernel signals ``eventfd`` when completions arrive, ``reap`` collects them. The surprise:
-a short read is not an error at the end of a sparse file; the missing tail reads as zeros,
-as the device's own read would.
+kernel signals ``eventfd`` when completions arrive, ``reap`` collects them. A reader a
+forked child inherited refuses submit and reap (reading the shared eventfd would take the
+parent's wake-up) and its close() does nothing. The surprise: a short read is not an error
+at the end of a sparse file; the missing tail reads as zeros, as the device's own read would.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from ..errors import DeviceError
+from .. import forksafe
+from ..errors import DeviceError, ForkedError
 from ..uring import Ring, address_of
 
 
@@ -53,6 +55,15 @@ class RingReader:
         self._count = count
         self._inflight: dict[int, _Inflight] = {}
         self._next = 1
+        self._forked = False
+        self._pid = forksafe.track(self)
+
+    def _inherited(self) -> None:
+        self._forked = True
+
+    def _refuse_forked(self, what: str) -> None:
+        if self._forked:
+            raise ForkedError(self.path, what, "asynchronous reader", self._pid)
 
     @property
     def free(self) -> int:
@@ -61,6 +72,7 @@ class RingReader:
 
     def submit(self, reqs: Sequence[tuple[int, int]]) -> list[int]:
         """Start reads of (offset, length); returns one token per request. At most ``free``."""
+        self._refuse_forked("asynchronous read")
         if len(reqs) > self.free:
             raise ValueError(f"{len(reqs)} reads submitted with room for {self.free}")
         if self._check is not None:
@@ -89,6 +101,7 @@ class RingReader:
 
     def reap(self) -> list[tuple[int, bytes | BaseException]]:
         """Completions ready now: (token, data) or (token, the error)."""
+        self._refuse_forked("reaping asynchronous reads")
         try:
             os.read(self.eventfd, 8)
         except BlockingIOError:
@@ -114,7 +127,10 @@ class RingReader:
         return len(self._inflight)
 
     def close(self) -> None:
-        """Wait for reads in flight (their buffers must outlive them), then close the ring."""
+        """Wait for reads in flight (their buffers must outlive them), then close the ring.
+        In a forked child: nothing (the reads in flight and the ring are the parent's)."""
+        if self._forked:
+            return
         if self._inflight and not self.ring._closed:
             try:
                 while self._inflight:

@@ -2,9 +2,10 @@
 the placement and WAF answers of a device without FDP, and use-after-close protection.
 
 Subclasses implement ``_read``/``_write``/``_trim`` (and may override the batched forms);
-they never re-check arguments. The surprise: a device without FDP still hands out streams,
-but each says ``placement = "off: <reason>"`` and ``pid = None``, so nobody can mistake
-it for placement.
+they never re-check arguments. A device that a forked child inherited refuses every call
+there (ForkedError; flashcache.forksafe) and its close() does nothing. The surprise: a
+device without FDP still hands out streams, but each says ``placement = "off: <reason>"``
+and ``pid = None``, so nobody can mistake it for placement.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..errors import ClosedError, FlashCacheError
+from .. import forksafe
+from ..errors import ClosedError, FlashCacheError, ForkedError
 from .heap import keep_freed
 
 log = logging.getLogger("flashcache.devices")
@@ -84,6 +86,7 @@ class BaseDevice:
     """Shared checks and bookkeeping; see the module docstring."""
 
     kind = "base"
+    _forked = False           # set in a forked child (see _inherited)
 
     def __init__(self, path: str, size: int, block_size: int, max_io: int):
         self.path = path
@@ -96,11 +99,32 @@ class BaseDevice:
         self._closed = False
         self._streams: dict[str, PlacementStream] = {}
         keep_freed(BATCH_HEAP_BYTES)     # batched results reuse freed heap (see heap.py)
+        self._pid = forksafe.track(self)
+
+    def _inherited(self) -> None:
+        """In a forked child: every later call is refused (the fast paths all test
+        ``_closed`` first, and the refusal says it was a fork), close() does nothing, and
+        the descriptors let go of the parent's open file without unlocking it (only if
+        still open: a closed device's descriptor numbers may name other files by now)."""
+        was_open = not self._closed
+        self._forked = True
+        self._closed = True
+        if was_open:
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """A forked child's part of _inherited: the descriptors this kind holds (owner.let_go)."""
 
     # -- checks ---------------------------------------------------------------------
+    def _refuse(self, what: str):
+        """The error for a call on a closed device, or on one a forked child inherited."""
+        if self._forked:
+            return ForkedError(self.path, what, "device", self._pid)
+        return ClosedError(self.path, f"{what} after close()")
+
     def _check(self, what: str, offset: int, length: int) -> None:
         if self._closed:
-            raise ClosedError(self.path, f"{what} after close()")
+            raise self._refuse(what)
         bs = self.block_size
         if offset < 0 or length < 0 or offset % bs or length % bs:
             raise ValueError(
@@ -113,7 +137,7 @@ class BaseDevice:
 
     def _check_open(self, what: str) -> None:
         if self._closed:
-            raise ClosedError(self.path, f"{what} after close()")
+            raise self._refuse(what)
 
     def _count(self, kind: str, nbytes: int, stream: PlacementStream | None = None) -> None:
         with self._count_lock:
@@ -154,7 +178,7 @@ class BaseDevice:
     def _check_many(self, what: str, offs, lens) -> None:
         """_check for a batch: one pass, and the per-item method call only for a bad item."""
         if self._closed:
-            raise ClosedError(self.path, f"{what} after close()")
+            raise self._refuse(what)
         mask, size = self._bs_mask, self.size
         for off, ln in zip(offs, lens):
             if off < 0 or ln < 0 or (off | ln) & mask or off + ln > size:

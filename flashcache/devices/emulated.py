@@ -6,9 +6,11 @@ Features 0x1D/0x1E, Read, Write with DTYPE/DSPEC, Dataset Management, Flush, I/O
 Receive/Send) built from flashcache.nvme's parsers and packers, so the cache reaches it
 through the same NvmeDevice code as a real drive and cannot tell the two apart except by
 name. The FTL (flashcache.emulator) only accounts where bytes would sit in NAND; the bytes
-themselves live in the backing file, and the FTL's state in ``<file>.ftl`` beside it. The
-surprise: an invalid placement identifier is not an error: as the spec describes, the
-write lands on handle 0 and an "Invalid Placement Identifier" event is logged.
+themselves live in the backing file, and the FTL's state in ``<file>.ftl`` beside it; the
+lock on the backing file (devices/owner.py) covers both, so the state is read or dropped
+only by the file's owner. The surprise: an invalid placement identifier is not an error:
+as the spec describes, the write lands on handle 0 and an "Invalid Placement Identifier"
+event is logged.
 """
 from __future__ import annotations
 
@@ -21,11 +23,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import nvme
+from .. import forksafe, nvme
 from ..emulator import Ftl, FtlError, Geometry
-from ..errors import DeviceError, FormatError
+from ..errors import DeviceError, ForkedError, FormatError
 from ..nvme.status import SCT_COMMAND_SPECIFIC, SCT_GENERIC
 from .base import WafSnapshot
+from . import owner
 from .file import open_target
 from .nvme import NvmeDevice
 
@@ -48,10 +51,10 @@ FDP_DISABLED, INVALID_PH_LIST = 0x29, 0x2A
 
 
 class EmulatedController:
-    """An NVMe controller with one namespace (NSID 1) in endurance group 1 (a Transport)."""
+    """An NVMe controller with one namespace (NSID 1) in endurance group 1 (a Transport),
+    over ``fd``, the backing file open_emulated opened and locked (closed by close())."""
 
-    def __init__(self, data_path: str, ftl: Ftl, *, format: bool = False, state_path: str | None = None,
-                 known: bool = False,
+    def __init__(self, data_path: str, ftl: Ftl, *, fd: int, state_path: str | None = None,
                  model: str = "flashcache emulated FDP SSD", mdts: int = 8, clock=time.time):
         g = ftl.geometry
         self.path = f"emulated:{data_path}"
@@ -66,10 +69,9 @@ class EmulatedController:
         self.state_path = state_path
         self._clock = clock
         self._lock = threading.Lock()
-        # ``known``: the file is this emulated SSD's own (its FTL state was loaded), so
-        # whatever it holds is the drive's content, not foreign data to protect
-        self.fd, _, _ = open_target(data_path, self.nsze * self.lba_size, direct=False, fmt=format,
-                                    block_size=self.lba_size, probe=not known)
+        self.fd: int | None = fd
+        self._forked = False
+        self._pid = forksafe.track(self)
         # CTRATT says FDP is supported either way; a conventional drive is one whose
         # endurance group has FDP disabled (Get Features 0x1D: FDPE = 0).
         self.id_ctrl = nvme.IdentifyController(
@@ -116,6 +118,8 @@ class EmulatedController:
         accounting, statuses and events as Read/Write commands (DTYPE 2 with DSPEC = pid
         when pid >= 0), without building an NvmeCommand per I/O."""
         out: list[bytes] | None = None if write else []
+        if self._forked:
+            self._refuse_forked("write" if write else "read")
         with self._lock:
             if self.fd is None:
                 raise DeviceError(self.path, "emulated SSD used after close()")
@@ -174,7 +178,18 @@ class EmulatedController:
         data = os.pread(self.fd, n, off)
         return data if len(data) == n else data + bytes(n - len(data))   # sparse tail: zeros
 
+    def _inherited(self) -> None:
+        """In a forked child: refuse every command, and close() does nothing (the FTL
+        state is the parent's to save); let go of the parent's file without unlocking."""
+        self._forked = True
+        owner.let_go(self.fd)
+
+    def _refuse_forked(self, what: str) -> None:
+        raise ForkedError(self.path, what, "emulated SSD", self._pid)
+
     def close(self) -> None:
+        if self._forked:
+            return
         if self._ring:
             self._ring.close()
         self._ring = None
@@ -185,6 +200,8 @@ class EmulatedController:
             self.fd = None
 
     def _run(self, fn, cmd, buf) -> int:
+        if self._forked:                          # before the lock: a parent thread may have held it
+            self._refuse_forked(nvme.describe(cmd))
         if self.fd is None:
             raise DeviceError(self.path, "emulated SSD used after close()")
         with self._lock:
@@ -480,19 +497,31 @@ def open_emulated(path: str, geometry: Geometry, *, format: bool = False, placem
     and whose FTL state persists in ``path + ".ftl"`` across close and open."""
     state = state_path_for(path)
     existed = os.path.exists(path)
-    ftl = None
-    known = False
-    if existed and not format and os.path.exists(state):
-        ftl = load_ftl(state, geometry, debug=debug, relocation_log=RELOCATION_LOG)
-        known = True
-        log.info("%s: emulated SSD history restored from %s (%d bytes written by the host so far)",
-                 path, state, ftl.counters()[0])
-    elif existed and not format:
-        log.warning("%s: no emulated-SSD state at %s; the FTL starts empty (its write history is lost, "
-                    "the data is kept)", path, state)
-    if ftl is None:
+    ftl: Ftl | None = None
+
+    def claim() -> bool:
+        """Under the backing file's lock: this SSD's FTL state, restored or started afresh;
+        whether the file is known to be this SSD's own (then whatever it holds is the
+        drive's content, not foreign data to protect)."""
+        nonlocal ftl
+        if existed and not format and os.path.exists(state):
+            ftl = load_ftl(state, geometry, debug=debug, relocation_log=RELOCATION_LOG)
+            log.info("%s: emulated SSD history restored from %s (%d bytes written by the host so far)",
+                     path, state, ftl.counters()[0])
+            return False
+        if existed and not format:
+            log.warning("%s: no emulated-SSD state at %s; the FTL starts empty (its write history is lost, "
+                        "the data is kept)", path, state)
         ftl = Ftl(geometry, debug=debug, relocation_log=RELOCATION_LOG)
         if os.path.exists(state):
             os.unlink(state)
-    ctrl = EmulatedController(path, ftl, format=format, state_path=state, known=known)
+        return True
+
+    fd, _, _ = open_target(path, geometry.exported_pages * geometry.page_bytes, direct=False, fmt=format,
+                           block_size=geometry.lba_size, claim=claim)
+    try:
+        ctrl = EmulatedController(path, ftl, fd=fd, state_path=state)
+    except BaseException:
+        os.close(fd)
+        raise
     return EmulatedDevice(ctrl, placement=placement)

@@ -1,6 +1,6 @@
 """The psync device: pread/pwrite on a regular file or a block device.
 
-Owns opening a target (create, size discovery, format safety, O_DIRECT), trim (hole
+Owns opening a target (create, the owner's lock, size discovery, format safety, O_DIRECT), trim (hole
 punching on files, BLKDISCARD on block devices) and the blocking I/O path. The uring
 device subclasses it and replaces only the I/O. The surprise: with ``direct=True`` every
 buffer handed to the kernel must be page aligned, so data is staged through mmap'd
@@ -22,12 +22,13 @@ import time
 import types
 from typing import Any
 
-from ..errors import DeviceError
+from ..errors import DeviceError, DeviceInUseError
 
 try:
     from ..uring._results_c import Reader   # the C single read (flashcache/uring/results.c)
 except ImportError:                          # not built: the Python read below does it all
     Reader = None
+from . import owner
 from .base import BaseDevice, PlacementStream
 from .safety import probe_fd, refuse_foreign
 
@@ -63,12 +64,16 @@ def _hint_for(err: int, path: str) -> str:
 
 
 def open_target(path: str, size: int | None, *, direct: bool, fmt: bool,
-                block_size: int, probe: bool = True) -> tuple[int, int, bool]:
-    """Open (creating if needed) a file or block device for the cache.
+                block_size: int, probe: bool = True, claim=None) -> tuple[int, int, bool]:
+    """Open (creating if needed) a file or block device for the cache, and lock it.
 
-    Returns (fd, size, is_block). Refuses foreign data unless ``fmt``; ``probe=False``
-    skips that check, for a caller that already knows the target is its own (the
-    emulated SSD's backing file, recognised by its FTL state).
+    Returns (fd, size, is_block); the exclusive lock (devices/owner.py) holds until ``fd``
+    is closed, and is taken before anything reads, resizes or writes the target, so a
+    second open fails with DeviceInUseError and changes nothing. Refuses foreign data
+    unless ``fmt``; ``probe=False`` skips that check. ``claim()``, when given, runs once the
+    target is locked and returns ``probe`` instead: for an owner whose state beside the
+    target (the emulated SSD's FTL) says whether the target is its own, and which only
+    the lock holder may read or drop.
     """
     flags = os.O_RDWR | os.O_CLOEXEC
     created = False
@@ -91,11 +96,17 @@ def open_target(path: str, size: int | None, *, direct: bool, fmt: bool,
     try:
         fd = os.open(path, flags | (os.O_DIRECT if direct else 0), 0o644)
     except OSError as e:
+        if created and e.errno == errno.EEXIST:      # made by another process since the stat
+            return open_target(path, size, direct=direct, fmt=fmt, block_size=block_size, probe=probe,
+                               claim=claim)
         if direct and e.errno == errno.EINVAL:
             raise DeviceError(path, "open with O_DIRECT failed", e.errno,
                               "this filesystem does not support O_DIRECT (tmpfs does not); set device.direct = false") from None
         raise DeviceError(path, "open for read/write failed", e.errno, _hint_for(e.errno, path)) from None
     try:
+        owner.lock(fd, path)
+        if claim is not None:
+            probe = claim()
         st = os.fstat(fd)
         is_block = stat.S_ISBLK(st.st_mode)
         if is_block:
@@ -125,9 +136,9 @@ def open_target(path: str, size: int | None, *, direct: bool, fmt: bool,
                 raise DeviceError(path, f"resizing the file to {use} bytes failed", e.errno,
                                   _hint_for(e.errno, path)) from None
         return fd, use, is_block
-    except BaseException:
+    except BaseException as e:
         os.close(fd)
-        if created:
+        if created and not isinstance(e, DeviceInUseError):   # else it is another process's by now
             try:
                 os.unlink(path)
             except OSError:
@@ -385,6 +396,12 @@ class FileDevice(BaseDevice):
             raise DeviceError(self.path, "fdatasync failed", e.errno) from None
         finally:
             self._leave()
+
+    def _let_go(self) -> None:
+        r = getattr(self, "_c_reads", None)
+        if r is not None:
+            r.close()                             # the C paths test only their own flag
+        owner.let_go(self.fd)
 
     def close(self) -> None:
         if not self._closed:

@@ -5,7 +5,9 @@ passthrough ioctls, and the SQE128/CQE32 io_uring ring that carries batched read
 writes as IORING_OP_URING_CMD. It does not interpret commands (flashcache.nvme builds
 and parses them; devices.nvme decides what to send). The surprise: the kernel decides
 what an unprivileged caller may send (nvme_cmd_allowed): reads and writes need only
-write access to the node, but Get Log Page and Get Features need CAP_SYS_ADMIN.
+write access to the node, but Get Log Page and Get Features need CAP_SYS_ADMIN. A cache's
+transport (``exclusive``) locks the namespace node (devices/owner.py); a forked child's
+copy refuses every command.
 """
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ import os
 import threading
 from typing import Any, Sequence
 
-from .. import nvme
-from ..errors import DeviceError
+from .. import forksafe, nvme
+from ..errors import DeviceError, ForkedError
 from ..uring import address_of
+from . import owner
 from .nvme_paths import NvmeNodes, resolve
 
 log = logging.getLogger("flashcache.devices.nvme")
@@ -53,17 +56,29 @@ def _hint(err: int, path: str, admin: bool) -> str:
 
 
 class PassthroughTransport:
-    """NVMe commands on a real device: admin through /dev/nvmeX, I/O through /dev/ngXnY."""
+    """NVMe commands on a real device: admin through /dev/nvmeX, I/O through /dev/ngXnY.
+
+    ``exclusive`` (a cache's device): lock the namespace so one process owns it, the
+    generic node /dev/ngXnY exclusively, or for a partition the partition's block node
+    exclusively and the generic node shared (caches on two partitions of a namespace can
+    run together, not one on the whole namespace beside them). The lock is on the nodes
+    opened: a psync or uring cache on the block node /dev/nvmeXnY is not kept out by it.
+    Without ``exclusive`` (the nvme CLI reading logs of a drive a cache may be using) no
+    lock is taken.
+    """
 
     def __init__(self, path: str, *, queue_depth: int = 64, sysfs: str = "/sys", use_ring: bool = True,
-                 need_namespace: bool = True):
+                 need_namespace: bool = True, exclusive: bool = False):
         self.nodes: NvmeNodes = resolve(path, sysfs)
         self._sysfs = sysfs
         self.fd: int | None = None
         self.admin_fd: int | None = None
+        self._part_fd: int | None = None
         self.ring = None
         self.nsid = 0
         self._lock = threading.Lock()
+        self._forked = False
+        self._pid = forksafe.track(self)
         if self.nodes.ns is None:
             if need_namespace:
                 raise DeviceError(path, "is a controller; the cache needs a namespace", None,
@@ -80,6 +95,12 @@ class PassthroughTransport:
         except OSError as e:
             raise DeviceError(self.nodes.ns, "open for read/write failed", e.errno,
                               _hint(e.errno, self.nodes.ns, False)) from None
+        if exclusive:
+            try:
+                self._lock_namespace()
+            except BaseException:
+                self.close()
+                raise
         self.admin_path = self.nodes.controller
         try:
             self.admin_fd = os.open(self.nodes.controller, os.O_RDONLY | os.O_CLOEXEC)
@@ -100,6 +121,29 @@ class PassthroughTransport:
             except BaseException:
                 self.close()
                 raise
+
+    def _lock_namespace(self) -> None:
+        n = self.nodes
+        if n.partition_size_bytes is None:
+            owner.lock(self.fd, self.path)
+            return
+        try:
+            self._part_fd = os.open(n.given, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise DeviceError(n.given, "opening the partition to lock it failed", e.errno,
+                              _hint(e.errno, n.given, False)) from None
+        owner.lock(self._part_fd, n.given)
+        owner.lock(self.fd, self.path, shared=True)
+
+    def _inherited(self) -> None:
+        """In a forked child: refuse every command; let go of the parent's descriptors
+        without unlocking (owner.let_go); close() then does nothing."""
+        self._forked = True
+        for fd in {self.fd, self.admin_fd, self._part_fd}:
+            owner.let_go(fd)
+
+    def _refuse_forked(self, what: str) -> None:
+        raise ForkedError(self.path, what, "NVMe device", self._pid)
 
     def _open_ring(self, depth: int) -> None:
         try:
@@ -124,6 +168,8 @@ class PassthroughTransport:
 
     # -- synchronous ioctls ----------------------------------------------------------------
     def _ioctl(self, fd: int, req: int, cmd: "nvme.NvmeCommand", buf: Any, path: str, admin: bool) -> int:
+        if self._forked:
+            self._refuse_forked(nvme.describe(cmd))
         addr, keep = _addr(buf)
         n = memoryview(buf).nbytes if buf is not None else 0
         raw = bytearray(cmd.with_buffer(addr, n).pack_passthru())
@@ -148,6 +194,8 @@ class PassthroughTransport:
         return self._ioctl(self.fd, nvme.NVME_IOCTL_IO_CMD, cmd, buf, self.path, False)
 
     def io_many(self, items: Sequence[tuple["nvme.NvmeCommand", Any]]) -> list[int]:
+        if self._forked:
+            self._refuse_forked(nvme.describe(items[0][0]) if items else "I/O")
         if self.ring is None:
             return [self._ioctl(self.fd, nvme.NVME_IOCTL_IO_CMD, c, b, self.path, False) for c, b in items]
         # Bounce through one page-aligned mapping: a user buffer that is not page aligned
@@ -192,6 +240,8 @@ class PassthroughTransport:
         stride (URING_CMD with IORING_URING_CMD_FIXED; commands built in C, the ring kept
         full). A write with pids[i] >= 0 goes to that placement identifier. Returns the data
         read, or None for writes. Callers check ``fits`` first."""
+        if self._forked:
+            self._refuse_forked("write" if write else "read")
         sb = max(nbytes)
         with self._lock:
             if write:
@@ -221,6 +271,11 @@ class PassthroughTransport:
             return id_ctrl.max_transfer_bytes() or (1 << 20)
 
     def close(self) -> None:
+        if self._forked:
+            return                               # the parent's: see _inherited
+        if self._part_fd is not None:
+            os.close(self._part_fd)
+            self._part_fd = None
         if self.ring is not None:
             self.ring.close()
             self.ring = None
@@ -233,11 +288,12 @@ class PassthroughTransport:
 
 
 def open_nvme_device(path: str, *, size: int | None = None, queue_depth: int = 64,
-                     placement: bool = True):
-    """Open a real NVMe namespace (or a partition of one) as a cache device."""
+                     placement: bool = True, exclusive: bool = True):
+    """Open a real NVMe namespace (or a partition of one) as a cache device, locked so one
+    process owns it; ``exclusive=False`` only to inspect one a cache may be using."""
     from .nvme import NvmeDevice
 
-    t = PassthroughTransport(path, queue_depth=queue_depth)
+    t = PassthroughTransport(path, queue_depth=queue_depth, exclusive=exclusive)
     psize = t.nodes.partition_size_bytes
     if psize is not None and (size is None or size > psize):
         size = psize

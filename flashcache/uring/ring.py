@@ -5,7 +5,9 @@ batch), registered buffers and the eventfd. It knows no devices. A Ring is not
 thread-safe: one thread at a time (devices wrap it with a lock). The GIL is released
 inside every C call (cffi API mode), so a thread waiting in the kernel does not stop the
 others. The surprise: a completion's ``res`` is bytes or ``-errno`` for plain I/O, but
-for NVMe passthrough a positive ``res`` is an NVMe status, not a byte count.
+for NVMe passthrough a positive ``res`` is an NVMe status, not a byte count; and a ring a
+forked child inherited shares its queues and buffers with the parent (MAP_SHARED), so
+there it refuses every call (ForkedError) and close() leaves it alone.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..errors import ClosedError, DeviceError, UringUnavailableError
+from .. import forksafe
+from ..errors import ClosedError, DeviceError, ForkedError, UringUnavailableError
 
 try:
     from ._results_c import Reader, new_bytes, pin, read_one   # made in C (results.c)
@@ -151,6 +154,15 @@ class Ring:
         self._views: list[memoryview] = []
         self.eventfd: int | None = None
         self._closed = False
+        self._forked = False
+        self._pid = forksafe.track(self)
+
+    def _inherited(self) -> None:
+        """In a forked child: refuse every call; close() then does nothing, leaving the
+        shared queues, buffers and descriptor to the parent (the child's references go
+        when it exits or execs: the ring's descriptor is close-on-exec)."""
+        self._forked = True
+        self._closed = True
 
     # -- facts -------------------------------------------------------------------------
     def feature_names(self) -> list[str]:
@@ -166,6 +178,8 @@ class Ring:
 
     def _check(self) -> None:
         if self._closed:
+            if self._forked:
+                raise ForkedError("io_uring", "ring used", "io_uring ring", self._pid)
             raise ClosedError("io_uring", "ring used after close()")
 
     # -- preparing ---------------------------------------------------------------------

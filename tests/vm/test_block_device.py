@@ -13,7 +13,7 @@ import pytest
 from engines.device import SUPERBLOCK_MAGIC
 from flashcache.devices.file import FileDevice
 from flashcache.devices.uring import UringDevice
-from flashcache.errors import DeviceError, FormatError
+from flashcache.errors import DeviceError, DeviceInUseError, FormatError
 
 from .conftest import BLOCK, VM
 
@@ -154,3 +154,12 @@ def test_direct_io_misaligned_for_the_device_is_refused_before_the_kernel(cls, c
         with cls(BLOCK, direct=True, block_size=512, format=True) as d:
             d.write(512, b"y" * 512)
             assert d.read(512, 512) == b"y" * 512 and _raw_read(0, 1024)[512:] == b"y" * 512
+
+
+@pytest.mark.parametrize("cls", [FileDevice, UringDevice], ids=["psync", "uring"])
+def test_one_process_owns_the_block_device(cls):
+    """The lock is on the block device node: a second open is refused, a reopen after close works."""
+    with cls(BLOCK, format=True):
+        with pytest.raises(DeviceInUseError, match=rf"^{BLOCK}: is already open in this process"):
+            cls(BLOCK, format=True)
+    cls(BLOCK, format=True).close()

@@ -13,7 +13,8 @@ import pytest
 
 from flashcache import nvme
 from flashcache.devices.nvme_passthru import PassthroughTransport, open_nvme_device
-from flashcache.errors import NvmeError
+from flashcache.errors import DeviceInUseError, NvmeError
+from tests.devices.helpers import in_child, outcome
 
 from .conftest import BLOCK, CTRL, NS, VM, fdp_only, nofdp_only
 
@@ -25,6 +26,33 @@ def dev():
     d = open_nvme_device(NS)
     yield d
     d.close()
+
+
+def test_one_process_owns_the_namespace(dev):
+    """The cache's device locks /dev/ng0n1: a second open, in this process or another, is
+    refused naming this one; `flashcache nvme id` still reads the drive beside it."""
+    me = os.getpid()
+    with pytest.raises(DeviceInUseError, match=rf"^{NS}: is already open in this process \(pid {me}\)"):
+        open_nvme_device(NS)
+    out = subprocess.run(
+        [sys.executable, "-c", "from flashcache.devices.nvme_passthru import open_nvme_device\n"
+         "from flashcache.errors import DeviceInUseError\n"
+         f"try:\n    open_nvme_device({NS!r})\nexcept DeviceInUseError as e:\n    print('PIDS', list(e.pids), e)\n"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert f"PIDS [{me}] {NS}: is in use by process {me}" in out.stdout, out.stdout + out.stderr
+    assert "LBA size" in _cli("nvme", "id", NS)
+
+
+def test_a_forked_child_refuses_the_namespace_and_the_parent_carries_on(dev):
+    s = dev.open_stream("f")
+    data = os.urandom(dev.block_size * 8)
+    dev.write(0, data, s)
+    got = in_child(lambda: [outcome(lambda: dev.read(0, dev.block_size)),
+                            outcome(lambda: dev.write(0, bytes(dev.block_size), s)),
+                            outcome(lambda: dev.read_many([(0, dev.block_size)])), outcome(dev.close)])
+    assert all(g.startswith("ForkedError: ") for g in got[:3]) and got[3] == "returned None", got
+    assert dev.read(0, len(data)) == data
+    dev.write(0, bytes(len(data)), s)
 
 
 def test_identify_geometry(dev):
