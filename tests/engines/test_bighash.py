@@ -375,6 +375,31 @@ def test_item_count_follows_inserts_replacements_evictions_expiry_and_removes(bl
     assert bh.items == entries_on_flash(bh, dev) and bh.items_exact
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["insert", "insert", "insert", "insert_now", "remove", "tick", "restart"]),
+                          st.integers(0, 15), st.integers(0, 200), st.sampled_from([0, 0, 3])), max_size=60))
+def test_item_count_equals_a_full_scan_after_any_operations(ops):
+    """Two small buckets, so replacements, evictions and expiry all happen."""
+    clock = FakeClock()
+    bh, dev = make(nbuckets=2, clock=clock)
+    bh.reset()
+    for op, k, n, ttl in ops:
+        key = b"key%d" % k
+        if op == "insert":
+            put(bh, dev, key, bytes(n), clock.t + ttl if ttl else 0)
+        elif op == "insert_now":
+            bh.insert_now(dev, key, bytes(n), clock.t + ttl if ttl else 0)
+        elif op == "remove":
+            run(bh.remove(key), dev)
+        elif op == "tick":
+            clock.t += 2
+        else:
+            state = msgpack.unpackb(msgpack.packb(bh.persist()))
+            bh = BigHash(0, 2 * BS, BS, clock=clock)
+            assert bh.recover(state)
+        assert bh.items_exact and bh.items == entries_on_flash(bh, dev), op
+
+
 def test_item_count_survives_a_warm_restart_and_a_cold_engine_samples_it():
     bh, dev = make(nbuckets=64)
     bh.reset()
