@@ -34,11 +34,11 @@
 
 enum { C_LOOKUPS, C_HITS, C_MISSES, C_BLOOM_REJECTS, C_FLASH_MISSES, C_EXPIRED_MISSES, C_INSERTS,
        C_REPLACED, C_EVICTIONS, C_EXPIRED_DROPPED, C_INSERTED_BYTES, C_STALE, C_BUCKET_READS,
-       C_BUCKET_WRITES, C_BYTES_READ, C_BYTES_WRITTEN, C_N };
+       C_BUCKET_WRITES, C_BYTES_READ, C_BYTES_WRITTEN, C_WRITE_FAILURES, C_N };
 static const char *const NAMES[C_N] = {
     "lookups", "hits", "misses", "bloom_rejects", "flash_misses", "expired_misses", "inserts",
     "replaced", "evictions", "expired_dropped", "inserted_bytes", "stale_buckets", "bucket_reads",
-    "bucket_writes", "bytes_read", "bytes_written"};
+    "bucket_writes", "bytes_read", "bytes_written", "write_failures"};
 
 enum { HEADER = 32, ENTRY = 22, MAX_KEY = 0xFFFF };
 
@@ -447,10 +447,12 @@ static PyObject *core_insert(Core *s, PyObject *const *args, Py_ssize_t nargs)
     PyObject *w = PyObject_Vectorcall(write, wargs, 3, NULL);
     Py_DECREF(wargs[0]);
     if (!w) {
-        /* the bucket on flash may now be old, new or torn: its filter must not lie */
+        /* the bucket on flash may now be old, new or torn: its filter must not lie (and
+         * BigHash's item count, which the failure makes approximate) */
         if (s->bloom->nbytes)
             memset(s->bloom->bits + b * s->bloom->nbytes, 0xFF, s->bloom->nbytes);
         s->epoch++;
+        s->c[C_WRITE_FAILURES]++;
         goto release;
     }
     Py_DECREF(w);

@@ -4,7 +4,8 @@ Owns its extent and a bloom filter per bucket in DRAM; no DRAM index. The key ha
 the bucket; every insert or remove reads the whole bucket and writes it back, FIFO inside
 the bucket. Operations are sans-I/O generators (see ``engines.device``): they yield
 ``Read``/``Write`` and never touch a device. The surprise: a bucket that fails its checksum
-reads as *empty* (counted, logged), and a cold engine still serves old buckets from flash.
+reads as *empty* (counted, logged), and a cold engine still serves old buckets from flash
+(so it does not know how many items it holds until ``estimate_items`` samples them).
 
 On-flash layout (little-endian), one bucket of ``bucket_size`` bytes::
 
@@ -93,8 +94,13 @@ _COUNTERS = (
     "lookups", "hits", "misses", "bloom_rejects", "flash_misses", "expired_misses",
     "inserts", "replaced", "evictions", "expired_dropped", "inserted_bytes",
     "removes", "removed", "checksum_failures", "stale_buckets",
-    "bucket_reads", "bucket_writes", "bytes_read", "bytes_written",
+    "bucket_reads", "bucket_writes", "bytes_read", "bytes_written", "write_failures",
 )
+
+
+def _net_items(c: dict) -> int:
+    """Entries added minus entries dropped, by the counters: what the item count moves by."""
+    return c["inserts"] - c["replaced"] - c["evictions"] - c["expired_dropped"] - c["removed"]
 
 
 def key_hash(key: bytes | bytearray | memoryview) -> int:
@@ -199,6 +205,13 @@ class BigHash:
                                 self._unreadable, self._corrupt)
         self._core_lookup = self._core.lookup
         self._core_insert = self._core.insert
+        # The item count is kept, not scanned: items = base + _net_items(counters), so the
+        # C core's inserts move it too. base None: not known (a cold engine has not seen its
+        # buckets). Exact unless base is an estimate, corruption dropped a bucket's entries
+        # uncounted, or a bucket write failed after base was set (write_failures moved).
+        self._items_base: int | None = None
+        self._items_exact = False
+        self._failures_at_base = 0
 
     @property
     def generation(self) -> int:
@@ -278,6 +291,7 @@ class BigHash:
 
     def _corrupt(self, bucket: int, why: str) -> None:
         self._counters["checksum_failures"] += 1
+        self._items_exact = False        # the bucket's entries go without being counted
         log.warning("BigHash: bucket %d at offset %d is corrupt (%s); reading it as empty",
                     bucket, self.bucket_offset(bucket), why)
         return None
@@ -515,9 +529,11 @@ class BigHash:
         self._written(b, cbuf)
 
     def _write_failed(self, b: int) -> None:
-        # The bucket on flash may now be old, new or torn: its filter must not lie.
+        # The bucket on flash may now be old, new or torn: its filter must not lie (and
+        # the item count may be off by what it held: counted, so items_exact says so).
         self.bloom.invalidate(b)
         self._write_epoch += 1
+        self._counters["write_failures"] += 1
 
     def _written(self, b: int, cbuf) -> None:
         self._write_epoch += 1
@@ -542,6 +558,53 @@ class BigHash:
         self.generation = (self.generation + 1) & _M64
         self.bloom.clear_all()
         self._write_epoch += 1
+        self._set_items(0, True)
+
+    # ------------------------------------------------------------------ the item count
+
+    def _set_items(self, items: int | None, exact: bool, counts: dict | None = None) -> None:
+        """Make the count read ``items`` now (None: unknown)."""
+        c = counts if counts is not None else self._counts()
+        self._items_base = None if items is None else items - _net_items(c)
+        self._items_exact = exact and items is not None
+        self._failures_at_base = c["write_failures"]
+
+    @property
+    def items(self) -> int | None:
+        """Entries held on flash (expired ones not yet dropped included), kept as inserts,
+        replacements, evictions and removes happen; None when not known (a cold engine
+        before ``estimate_items``). Exact when ``items_exact``."""
+        return self._items_of(self._counts())[0]
+
+    @property
+    def items_exact(self) -> bool:
+        """Whether ``items`` is exact: it was counted from an empty (``reset``) or saved
+        exact count, and no corrupt bucket or failed bucket write has lost entries since."""
+        return self._items_of(self._counts())[1]
+
+    def _items_of(self, c: dict) -> tuple[int | None, bool]:
+        if self._items_base is None:
+            return None, False
+        exact = self._items_exact and c["write_failures"] == self._failures_at_base
+        return max(0, self._items_base + _net_items(c)), exact
+
+    def estimate_items(self, samples: int = 256) -> Op[int]:
+        """Estimate the count from ``samples`` buckets spread over the extent (their
+        headers' item counts, scaled), for a cold engine that keeps old buckets: the count
+        then moves with inserts and removes as usual but stays approximate
+        (``items_exact`` False), unless the samples covered every bucket. Returns it."""
+        k = max(1, min(samples, self.nbuckets))
+        aux = _ffi.new("uint32_t *")
+        found = 0
+        for i in range(k):
+            b = i * self.nbuckets // k
+            data = yield Read(self.bucket_offset(b), self.bucket_size)
+            self._check_read(b, data)
+            if _lib.fc_bucket_check(_from_buffer(data), self.bucket_size, b, self.generation, aux) == _lib.FC_OK:
+                found += BUCKET_HEADER.unpack_from(data)[5]
+        estimate = round(found * self.nbuckets / k)
+        self._set_items(estimate, k == self.nbuckets)
+        return estimate
 
     def persist(self) -> dict:
         """The DRAM state as msgpack-friendly plain types (geometry, generation, counters,
@@ -557,6 +620,8 @@ class BigHash:
             "generation": self.generation,
             "counters": self._counts(),
             "bloom": self.bloom.to_bytes(),
+            "items": self.items,
+            "items_exact": self.items_exact,
         }
 
     def recover(self, state: dict) -> bool:
@@ -585,6 +650,8 @@ class BigHash:
                 return False
             counters = state.get("counters") or {}
             restored = {k: int(counters.get(k, 0)) for k in _COUNTERS}
+            items = state.get("items")            # absent in metadata from before the count
+            items = None if items is None else int(items)
         except (KeyError, TypeError, ValueError) as exc:
             log.info("BigHash: saved state unreadable (%s); starting cold", exc)
             return False
@@ -593,12 +660,17 @@ class BigHash:
         self._counters = restored
         self._core.reset_counters()
         self._write_epoch += 1
+        self._set_items(items, bool(state.get("items_exact")), restored)
         return True
 
     def stats(self) -> dict:
-        """Counters since creation (kept across ``recover``), plus geometry and DRAM use."""
+        """Counters since creation (kept across ``recover``), plus geometry, DRAM use and
+        ``items`` / ``items_exact`` (see those properties)."""
         s: dict[str, Any] = self._counts()
+        items, exact = self._items_of(s)
         s.update(
+            items=items,
+            items_exact=exact,
             nbuckets=self.nbuckets,
             bucket_size=self.bucket_size,
             max_item_size=self.max_item_size,

@@ -53,8 +53,9 @@ SUPERBLOCK = struct.Struct("<8sHHIQQQQQI")
 SEED = 0x3C6EF372FE94F82B
 _M64 = (1 << 64) - 1
 
-_COUNTERS = ("lookups", "hits", "misses", "inserts", "admission_rejects", "too_large", "removes",
-             "removed")
+# The router's own counters (lifetime: saved in the warm-restart metadata).
+COUNTERS = ("lookups", "hits", "misses", "inserts", "admission_rejects", "too_large", "removes",
+            "removed")
 
 
 def _xxh(data) -> int:
@@ -130,7 +131,7 @@ class Navy:
         if self.bighash is None and self.blockcache is None:
             raise ValueError(f"navy: a {device.size}-byte device has room for neither engine; use a larger device")
         self.small_item_max = min(small_item_max, self.bighash.max_item_size) if self.bighash else 0
-        self._counters = dict.fromkeys(_COUNTERS, 0)
+        self._counters = dict.fromkeys(COUNTERS, 0)
         self._rejects = {"bighash": 0, "blockcache": 0}
         self._closed = False
 
@@ -232,6 +233,9 @@ class Navy:
             # its index is gone: the regions' contents cannot be found, start them clean
             self.blockcache.generation = sb["bc_gen"]
             self.blockcache.reset()
+        if self.bighash and self.bighash.items is None:
+            # its buckets are kept but their count was not saved: sample them (256 bucket reads)
+            self.drive(self.bighash.estimate_items())
         # invalidate the metadata at once: a crash from here on must not resurrect it
         self._write_superblock()
         if state is not None and warm_bh and warm_bc:
@@ -504,8 +508,10 @@ class Navy:
 
     # -- reporting ------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Router counters, and per engine its own stats plus hits, inserts, bytes written and
-        placement (the placement identifier, or why placement is off)."""
+        """Router counters, and per engine its own stats plus hits, inserts, bytes written,
+        ``items`` and ``items_exact``, and placement (the placement identifier, or why
+        placement is off). The counters are lifetime: since the cache was formatted, kept
+        across clean restarts in the warm-restart metadata (a cold start begins them anew)."""
         s: dict[str, Any] = self._counts()
         s["start"] = self.start
         s["admission"] = self.admission.stats()

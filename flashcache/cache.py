@@ -54,6 +54,7 @@ from engines.navy import Navy
 
 from . import config as config_mod
 from . import forksafe
+from . import stats as stats_mod
 from .devices import open_device
 from .devices.base import WafUnavailableError
 from ._hot_c import HotPath, KeyOrder
@@ -94,7 +95,7 @@ class Cache:
         with flashcache.open("config/default.toml") as cache:
             cache.set("user:42", b"...", ttl=300)
             cache.get("user:42")            # -> b"..."
-            cache.stats()["hit_ratio"]
+            cache.stats()["since_open"]["hit_ratio"]
 
     ``config`` is the path of a TOML file (relative paths in it start at its folder), a dict
     shaped like that file (``{"device": {"path": "var/c.img"}, "cache": {"dram_size":
@@ -153,6 +154,9 @@ class Cache:
                           "hits_flash": 0, "item_bytes_set": 0, "demotions": 0, "demotions_skipped_clean": 0,
                           "promotions": 0, "demotions_raced": 0, "promotions_raced": 0}
         self._order = KeyOrder()    # one key's changes in order across DRAM and flash (module docstring)
+        # since-open figures of the engines' lifetime counters are their growth since now
+        self._opened_at = clock()
+        self._lifetime_at_open = stats_mod.flash_lifetime(self.navy.stats())
         self._closed = False
         self._waf_lock = threading.Lock()
         self._waf_window = c.waf_window
@@ -264,7 +268,9 @@ class Cache:
     def _counts(self) -> dict[str, int]:
         """The counters: the Python methods' plus the hot path's."""
         c = dict(self._counters)
-        if self._hot is not None:
+        # getattr: a registry that collects to learn the names (prometheus_client's default)
+        # calls stats() while __init__ registers the metrics, before the hot path is set up
+        if getattr(self, "_hot", None) is not None:
             for k, v in self._hot.counters().items():
                 c[k] += v
         return c
@@ -469,14 +475,13 @@ class Cache:
             return None
 
     def _device_waf(self) -> dict[str, Any]:
-        if self._waf_reason is not None or self._waf_open is None:
-            return {"status": f"unavailable: {self._waf_reason}", "window": None, "window_seconds": None,
-                    "since_open": None}
-        now = time.monotonic()
-        snap = self._waf_snapshot()
+        """Device WAF ``since_open``, over the ``window`` (``window_seconds`` long) and over
+        the device's ``lifetime``, each from the FDP counters' deltas over its own interval."""
+        snap = self._waf_snapshot() if self._waf_open is not None else None
         if snap is None:
-            return {"status": f"unavailable: {self._waf_reason}", "window": None, "window_seconds": None,
-                    "since_open": None}
+            off = stats_mod.waf_unavailable(self._waf_reason or "the device did not say why")
+            return {"since_open": off, "window": dict(off), "window_seconds": None, "lifetime": dict(off)}
+        now = time.monotonic()
         with self._waf_lock:
             s = self._waf_samples
             s.append((now, snap))
@@ -484,9 +489,10 @@ class Cache:
             while len(s) > 2 and s[1][0] <= now - self._waf_window:
                 s.popleft()
             t_old, old = s[0]
-        return {"status": "available", "window": snap.waf_since(old), "window_seconds": now - t_old,
-                "since_open": snap.waf_since(self._waf_open), "hbmw": snap.hbmw, "mbmw": snap.mbmw,
-                "mbe": snap.mbe}
+        empty = stats_mod.NO_WRITES
+        return {"since_open": stats_mod.waf(snap, self._waf_open, empty["since_open"]),
+                "window": stats_mod.waf(snap, old, empty["window"]), "window_seconds": now - t_old,
+                "lifetime": stats_mod.waf(snap, None, empty["lifetime"])}
 
     def _placement(self) -> dict[str, dict[str, Any]]:
         out = {}
@@ -496,43 +502,76 @@ class Cache:
         return out
 
     def stats(self) -> dict[str, Any]:
-        """A plain dict:
+        """A plain dict. Each counter and ratio sits under the interval it covers:
+        ``since_open`` (from zero at this open), ``window`` (the last ``cache.waf_window``
+        seconds) or ``lifetime`` (kept across restarts); what describes the cache now
+        (items, placement) sits at the top, and each layer's own stats under its name.
+        A ratio is ``{"value": float or None, "status": ...}``: status "available" with
+        a value, or value None and a status that says why ("no writes yet since open",
+        "unavailable: <why>", ...). Example::
 
-        * ``gets``, ``sets``, ``deletes``, ``touches``, ``misses``; ``hits`` per tier
-          (``dram``, ``flash``) and ``hit_ratio`` (None before any get);
-        * ``items`` and ``bytes`` per tier (flash: None where an engine cannot count cheaply);
-        * ``item_bytes_set`` (keys + values the application set), ``device_bytes_written``
-          per engine and ``app_write_amplification`` (device bytes / item bytes set);
-        * ``device_waf``: ``status`` ("available" or "unavailable: why"), ``window`` (over
-          the last ``cache.waf_window`` seconds, ``window_seconds`` long), ``since_open``;
-        * ``placement`` per engine: ``{"state": "on", "pid": n}`` or ``{"state": "off",
-          "reason": why}``;
-        * ``start`` (how the flash cache came up: warm, cold or formatted, and why), and
-          ``dram``, ``flash`` and ``device``: each layer's own stats.
+            {"start": "warm",
+             "placement": {"bighash": {"state": "on", "pid": 1}, "blockcache": {...}},
+             "items": {"dram": 120, "flash": 3400, "flash_exact": True},
+             "bytes": {"dram": 40960, "flash": None},
+             "since_open": {"seconds": 12.5, "gets": 10, "sets": 4, "deletes": 1, "touches": 0,
+                            "misses": 2, "hits": {"dram": 5, "flash": 3}, "hit_ratio": 0.8,
+                            "promotions": 3, "demotions": 100, "demotions_skipped_clean": 2,
+                            "item_bytes_set": 40000, "flash": {"inserts": 98, ...},
+                            "device_bytes_written": {"bighash": 401408, "blockcache": 0},
+                            "app_write_amplification": {"value": 10.04, "status": "available"},
+                            "device_waf": {"value": 1.0, "status": "available",
+                                           "hbmw": 401408, "mbmw": 401408, "mbe": 0}},
+             "window": {"seconds": 12.5, "device_waf": {...}},
+             "lifetime": {"flash": {...}, "device_bytes_written": {...}, "device_waf": {...}},
+             "dram": {...}, "flash": {...}, "device": {...}}
+
+        ``items["flash"]`` is exact when ``items["flash_exact"]`` is True: BlockCache counts
+        its index, BigHash keeps a count through inserts, evictions and removes, saved with
+        the warm-restart metadata; after a cold start BigHash estimates its share from a
+        sample of buckets (then ``flash_exact`` is False). ``flashcache.stats.describe(path)``
+        gives the description of any figure below; the Prometheus metrics use the same.
+
+        The figures:
+
         """
         c = self._counts()
         fl = self.navy.stats()
         dr = self.dram.stats()
+        life = stats_mod.flash_lifetime(fl)
+        at_open = self._lifetime_at_open
+        written = stats_mod.delta(life["device_bytes_written"], at_open["device_bytes_written"])
+        flash_items, exact = stats_mod.flash_items(fl)
+        waf = self._device_waf()
         hits = c["hits_dram"] + c["hits_flash"]
-        written = {n: (fl[n]["device_bytes_written"] if fl.get(n) else 0) for n in ("bighash", "blockcache")}
-        flash_items = fl["blockcache"].get("items") if fl.get("blockcache") else None
-        total_written = sum(written.values())
         return {
-            "gets": c["gets"], "sets": c["sets"], "deletes": c["deletes"], "touches": c["touches"],
-            "hits": {"dram": c["hits_dram"], "flash": c["hits_flash"]}, "misses": c["misses"],
-            "hit_ratio": hits / c["gets"] if c["gets"] else None,
-            "items": {"dram": dr["items"], "flash": flash_items if not fl.get("bighash") else None},
-            "bytes": {"dram": dr["bytes"], "flash": None},
-            "item_bytes_set": c["item_bytes_set"],
-            "device_bytes_written": written,
-            "app_write_amplification": total_written / c["item_bytes_set"] if c["item_bytes_set"] else None,
-            "device_waf": self._device_waf(),
-            "placement": self._placement(),
-            "promotions": c["promotions"], "demotions": c["demotions"],
-            "demotions_skipped_clean": c["demotions_skipped_clean"],
             "start": self.navy.start,
+            "placement": self._placement(),
+            "items": {"dram": dr["items"], "flash": flash_items, "flash_exact": exact},
+            "bytes": {"dram": dr["bytes"], "flash": None},
+            "since_open": {
+                "seconds": self._clock() - self._opened_at,
+                "gets": c["gets"], "sets": c["sets"], "deletes": c["deletes"], "touches": c["touches"],
+                "misses": c["misses"], "hits": {"dram": c["hits_dram"], "flash": c["hits_flash"]},
+                "hit_ratio": hits / c["gets"] if c["gets"] else None,
+                "promotions": c["promotions"], "demotions": c["demotions"],
+                "demotions_skipped_clean": c["demotions_skipped_clean"],
+                "demotions_raced": c["demotions_raced"], "promotions_raced": c["promotions_raced"],
+                "item_bytes_set": c["item_bytes_set"],
+                "flash": stats_mod.delta(life["flash"], at_open["flash"]),
+                "device_bytes_written": written,
+                "app_write_amplification": stats_mod.ratio(sum(written.values()), c["item_bytes_set"],
+                                                           stats_mod.NO_SETS),
+                "device_waf": waf["since_open"],
+            },
+            "window": {"seconds": waf["window_seconds"], "device_waf": waf["window"]},
+            "lifetime": {"flash": life["flash"], "device_bytes_written": life["device_bytes_written"],
+                         "device_waf": waf["lifetime"]},
             "dram": dr, "flash": fl, "device": self.device.stats(),
         }
+
+    if stats.__doc__:                        # None under python -OO
+        stats.__doc__ += "\n".join("        " + line for line in stats_mod.doc().splitlines()) + "\n"
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:

@@ -100,17 +100,22 @@ def cache_check(cfg: config_mod.Config, out=None, items: int = 2000) -> int:
         st = c.stats()
         for k in vals:
             c.delete(k)
-    print(f"items      set {items}, read back {len(got)} (hits: DRAM {st['hits']['dram']}, flash "
-          f"{st['hits']['flash']}), wrong {len(wrong)}", file=out)
+    so = st["since_open"]
+    print(f"items      set {items}, read back {len(got)} (hits: DRAM {so['hits']['dram']}, flash "
+          f"{so['hits']['flash']}), wrong {len(wrong)}", file=out)
     for eng, p in st["placement"].items():
         print(f"placement  {eng}: " + (f"on, placement identifier {p['pid']}" if p["state"] == "on"
                                        else f"off: {p['reason']}"), file=out)
-    w = st["device_waf"]
-    if w["status"] == "available" and w["since_open"] is not None:
-        print(f"device WAF {w['since_open']:.3f} since open (host {w['hbmw']:,} B, media {w['mbmw']:,} B); "
-              f"app write amplification {st['app_write_amplification']:.2f}", file=out)
-    else:
-        print(f"device WAF {w['status']}", file=out)
+    for span, label in (("since_open", "since open"), ("lifetime", "lifetime  ")):
+        w = st[span]["device_waf"]
+        if w["value"] is not None:
+            print(f"device WAF {w['value']:.3f} {label} (host {w['hbmw']:,} B, media {w['mbmw']:,} B)", file=out)
+        else:
+            print(f"device WAF {label}: {w['status']}", file=out)
+    a = so["app_write_amplification"]
+    print("app WA     " + (f"{a['value']:.2f} since open (engines wrote {sum(so['device_bytes_written'].values()):,} B "
+                           f"for {so['item_bytes_set']:,} B of items set)" if a["value"] is not None
+                           else f"since open: {a['status']}"), file=out)
     ok = not wrong
     print(f"cachecheck {'passed' if ok else 'FAILED'} in {time.perf_counter() - t0:.2f} s", file=out)
     return 0 if ok else 1

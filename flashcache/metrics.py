@@ -1,11 +1,12 @@
 """Prometheus metrics for a cache: a collector that reads ``stats()`` at scrape time, plus
 the get/set latency histograms the cache observes on its hot path.
 
-Owns metric names and their mapping from the stats dict; it opens no socket (the server
-exposes the registry). Names follow Prometheus conventions (``flashcache_..._total``,
-``_bytes``, ``_seconds``). The surprise: placement and WAF availability are gauges with a
-``reason`` label, so "placement off: too few handles" is visible on a dashboard, not only
-in a log.
+Owns metric names and their mapping from the stats dict; it opens no socket (the caller
+or the server exposes the registry: README.md, "Prometheus"). Names follow Prometheus
+conventions (``flashcache_..._total``, ``_bytes``, ``_seconds``) and say the interval
+where it matters (``_since_open``, ``_window``, ``_lifetime``). The surprise: placement
+and WAF availability are gauges with a ``reason`` label, so "placement off: too few
+handles" is visible on a dashboard, not only in a log.
 """
 from __future__ import annotations
 
@@ -16,13 +17,24 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from ._hot_c import Histogram
+from .stats import FIGURES
 
 LATENCY_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3,
                    1e-2, 2.5e-2, 0.1, 1.0)
 
 
+def _nan(v: float | None) -> float:
+    return float("nan") if v is None else float(v)
+
+
 class CacheCollector(Collector):
-    """Turns a cache's ``stats()`` dict into metric families at each scrape."""
+    """Turns a cache's ``stats()`` dict into metric families at each scrape.
+
+    Since-open figures are Prometheus counters (``_total``: they start at zero with the
+    cache, as a counter does with its process) or, for ratios, gauges named
+    ``..._since_open``; lifetime figures are gauges named ``..._lifetime``. Help strings
+    are the figures' descriptions (``flashcache.stats.FIGURES``). A ratio without a value
+    (no writes yet, or unavailable) is NaN."""
 
     def __init__(self, stats: Callable[[], dict[str, Any]], name: str = "default"):
         self._stats = stats
@@ -30,64 +42,68 @@ class CacheCollector(Collector):
 
     def collect(self) -> Iterable:
         s = self._stats()
+        so, life = s["since_open"], s["lifetime"]
         lab = ["cache"]
+        me = self._name
 
-        def counter(name, doc, value, **extra):
-            m = CounterMetricFamily(name, doc, labels=lab + list(extra))
-            m.add_metric([self._name, *extra.values()], value)
+        def one(kind, name, path, value, **extra):
+            m = kind(name, FIGURES[path], labels=lab + list(extra))
+            m.add_metric([me, *extra.values()], value)
             return m
 
-        yield counter("flashcache_gets", "get operations", s["gets"])
-        yield counter("flashcache_sets", "set operations", s["sets"])
-        yield counter("flashcache_deletes", "delete operations", s["deletes"])
-        hits = CounterMetricFamily("flashcache_hits", "gets answered, by tier", labels=lab + ["tier"])
-        for tier, v in s["hits"].items():
-            hits.add_metric([self._name, tier], v)
-        yield hits
-        yield counter("flashcache_misses", "gets not answered", s["misses"])
-        items = GaugeMetricFamily("flashcache_items", "items held, by tier", labels=lab + ["tier"])
-        nbytes = GaugeMetricFamily("flashcache_item_bytes", "bytes of items held, by tier", labels=lab + ["tier"])
-        for tier, v in s["items"].items():
-            if v is not None:
-                items.add_metric([self._name, tier], v)
-        for tier, v in s["bytes"].items():
-            if v is not None:
-                nbytes.add_metric([self._name, tier], v)
-        yield items
-        yield nbytes
-        yield counter("flashcache_item_set_bytes", "bytes of keys and values set by the application",
-                      s["item_bytes_set"])
-        dw = CounterMetricFamily("flashcache_device_written_bytes", "bytes written to the device, by writer",
-                                 labels=lab + ["writer"])
-        for w, v in s["device_bytes_written"].items():
-            dw.add_metric([self._name, w], v)
-        yield dw
-        alwa = GaugeMetricFamily("flashcache_app_write_amplification",
-                                 "device bytes written / item bytes set (NaN before any set)", labels=lab)
-        alwa.add_metric([self._name], float("nan") if s["app_write_amplification"] is None
-                        else s["app_write_amplification"])
-        yield alwa
-        waf = s["device_waf"]
-        g = GaugeMetricFamily("flashcache_device_write_amplification",
-                              "device WAF from the FDP statistics log: media / host bytes written (NaN when unknown)",
-                              labels=lab + ["window"])
-        for window in ("window", "since_open"):
-            v = waf.get(window)
-            g.add_metric([self._name, window], float("nan") if v is None else v)
-        yield g
-        avail = GaugeMetricFamily("flashcache_device_waf_available",
-                                  "1 when the device reports media writes; reason says why not",
-                                  labels=lab + ["reason"])
+        def by(kind, name, path, label, values):
+            m = kind(name, FIGURES[path], labels=lab + [label])
+            for k, v in values.items():
+                if v is not None:
+                    m.add_metric([me, k], v)
+            return m
+
+        # since open: counters
+        for key in ("gets", "sets", "deletes", "touches", "misses", "promotions", "demotions"):
+            yield one(CounterMetricFamily, f"flashcache_{key}", f"since_open.{key}", so[key])
+        yield by(CounterMetricFamily, "flashcache_hits", "since_open.hits", "tier", so["hits"])
+        yield one(CounterMetricFamily, "flashcache_item_set_bytes", "since_open.item_bytes_set", so["item_bytes_set"])
+        for key in ("inserts", "admission_rejects"):
+            yield one(CounterMetricFamily, f"flashcache_flash_{key}", f"since_open.flash.{key}", so["flash"][key])
+        yield by(CounterMetricFamily, "flashcache_device_written_bytes", "since_open.device_bytes_written", "engine",
+                 so["device_bytes_written"])
+        waf = so["device_waf"]
+        if waf["hbmw"] is not None:
+            yield one(CounterMetricFamily, "flashcache_device_host_written_bytes", "since_open.device_waf.hbmw",
+                      waf["hbmw"])
+            yield one(CounterMetricFamily, "flashcache_device_media_written_bytes", "since_open.device_waf.mbmw",
+                      waf["mbmw"])
+        # ratios, each over its own interval
+        yield one(GaugeMetricFamily, "flashcache_app_write_amplification_since_open",
+                  "since_open.app_write_amplification", _nan(so["app_write_amplification"]["value"]))
+        for span, w in (("since_open", waf), ("window", s["window"]["device_waf"]),
+                        ("lifetime", life["device_waf"])):
+            yield one(GaugeMetricFamily, f"flashcache_device_write_amplification_{span}", f"{span}.device_waf",
+                      _nan(w["value"]))
+        yield one(GaugeMetricFamily, "flashcache_device_waf_window_seconds", "window.seconds",
+                  _nan(s["window"]["seconds"]))
+        # lifetime: gauges (they survive restarts, so they are not this process's counters)
+        yield by(GaugeMetricFamily, "flashcache_device_written_bytes_lifetime", "lifetime.device_bytes_written",
+                 "engine", life["device_bytes_written"])
+        if life["device_waf"]["hbmw"] is not None:
+            yield one(GaugeMetricFamily, "flashcache_device_host_written_bytes_lifetime", "lifetime.device_waf.hbmw",
+                      life["device_waf"]["hbmw"])
+            yield one(GaugeMetricFamily, "flashcache_device_media_written_bytes_lifetime", "lifetime.device_waf.mbmw",
+                      life["device_waf"]["mbmw"])
+        # now
+        yield by(GaugeMetricFamily, "flashcache_items", "items", "tier", {t: s["items"][t] for t in ("dram", "flash")})
+        yield one(GaugeMetricFamily, "flashcache_flash_items_exact", "items.flash_exact",
+                  1.0 if s["items"]["flash_exact"] else 0.0)
+        yield by(GaugeMetricFamily, "flashcache_item_bytes", "bytes", "tier", s["bytes"])
         st = waf["status"]
-        avail.add_metric([self._name, "" if st == "available" else st.removeprefix("unavailable: ")],
-                         1.0 if st == "available" else 0.0)
-        yield avail
-        pl = GaugeMetricFamily("flashcache_placement_enabled",
-                               "1 when an engine's writes carry an FDP placement identifier",
+        off = st.startswith("unavailable: ")
+        yield one(GaugeMetricFamily, "flashcache_device_waf_available", "since_open.device_waf.status",
+                  0.0 if off else 1.0, reason=st.removeprefix("unavailable: ") if off else "")
+        pl = GaugeMetricFamily("flashcache_placement_enabled", FIGURES["placement"],
                                labels=lab + ["engine", "pid", "reason"])
         for engine, p in s["placement"].items():
             on = p["state"] == "on"
-            pl.add_metric([self._name, engine, str(p.get("pid")) if on else "", "" if on else p["reason"]],
+            pl.add_metric([me, engine, str(p.get("pid")) if on else "", "" if on else p["reason"]],
                           1.0 if on else 0.0)
         yield pl
 

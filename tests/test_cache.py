@@ -78,11 +78,11 @@ def test_values_of_every_size_go_through_flash_and_back(cache):
     for s in sizes:
         cache.set(b"big%d" % s, bytes([s % 256]) * s)
     fill_until_flash(cache)
-    st = cache.stats()
+    st = cache.stats()["since_open"]
     assert st["demotions"] > 0
     for s in sizes:
         assert cache.get(b"big%d" % s) == bytes([s % 256]) * s
-    assert cache.stats()["hits"]["flash"] >= 1
+    assert cache.stats()["since_open"]["hits"]["flash"] >= 1
 
 
 def test_ttl_never_returns_expired_in_any_tier(cache, clock):
@@ -158,11 +158,11 @@ def test_promotion_and_clean_demotion(cache):
     assert cache.dram.get(b"p") is None                       # it lives on flash now
     assert cache.get("p") == b"p" * 300                       # a flash hit...
     assert cache.dram.get(b"p") == b"p" * 300                 # ...promoted to DRAM
-    st = cache.stats()
+    st = cache.stats()["since_open"]
     assert st["promotions"] >= 1 and st["hits"]["flash"] >= 1
     before = st["demotions_skipped_clean"]
     fill_until_flash(cache, prefix=b"more")
-    assert cache.stats()["demotions_skipped_clean"] > before  # evicting a clean copy writes nothing
+    assert cache.stats()["since_open"]["demotions_skipped_clean"] > before  # evicting a clean copy writes nothing
     assert cache.get("p") == b"p" * 300
 
 
@@ -216,11 +216,12 @@ def test_stats_report_waf_and_placement_on_the_emulated_fdp_ssd(cache):
     fill_until_flash(cache, n=2000)
     st = cache.stats()
     assert st["placement"] == {"bighash": {"state": "on", "pid": 1}, "blockcache": {"state": "on", "pid": 2}}
-    w = st["device_waf"]
-    assert w["status"] == "available" and w["since_open"] >= 1.0 and w["window"] >= 1.0
-    assert st["device_bytes_written"]["bighash"] > 0
-    assert st["app_write_amplification"] > 1.0               # 4 KiB bucket writes for ~300 B items
-    assert st["hit_ratio"] is None or 0 <= st["hit_ratio"] <= 1
+    so = st["since_open"]
+    for w in (so["device_waf"], st["window"]["device_waf"], st["lifetime"]["device_waf"]):
+        assert w["status"] == "available" and w["value"] >= 1.0
+    assert so["device_bytes_written"]["bighash"] > 0
+    assert so["app_write_amplification"]["value"] > 1.0      # 4 KiB bucket writes for ~300 B items
+    assert so["hit_ratio"] is None or 0 <= so["hit_ratio"] <= 1
     hb = cache.device.ftl.handle_counters()
     assert hb[1]["hbmw"] > 0                                  # BigHash's writes went through handle 1
 
@@ -231,13 +232,15 @@ def test_stats_say_why_when_fdp_is_off(tmp_path):
         for eng in ("bighash", "blockcache"):
             assert st["placement"][eng]["state"] == "off"
             assert st["placement"][eng]["reason"].startswith("FDP is disabled in endurance group 1")
-        assert st["device_waf"]["status"] == "available"     # the conventional SSD's FTL still counts
+        assert st["lifetime"]["device_waf"]["status"] == "available"  # the conventional SSD's FTL still counts
 
 
 def test_stats_on_a_plain_file_say_waf_unavailable(tmp_path):
     with flashcache.Cache(cfg(tmp_path, kind="file")) as c:
         st = c.stats()
-        assert st["device_waf"]["status"].startswith("unavailable: ")
+        for span in ("since_open", "window", "lifetime"):
+            assert st[span]["device_waf"]["status"].startswith("unavailable: ")
+            assert st[span]["device_waf"]["value"] is None
         assert st["placement"]["bighash"]["state"] == "off"
 
 
@@ -369,7 +372,7 @@ def test_hot_path_does_exactly_what_the_python_methods_do(tmp_path, monkeypatch)
                         res.append(None)
                 assert res[0] == res[1], (op, i, n)
             sa, sb = _comparable(a.stats()), _comparable(b.stats())
-            flash_hits.append(sa["hits"]["flash"])
+            flash_hits.append(sa["since_open"]["hits"]["flash"])
             c_demotions.append(b._hot.counters()["demotions"])
             assert {k: v for k, v in sa.items() if sb[k] != v} == {}, {k: v for k, v in sb.items() if sa[k] != v}
             assert a._get_hist.counts and sum(a._get_hist.counts) == sum(b._get_hist.counts)

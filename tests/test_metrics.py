@@ -9,17 +9,36 @@ from prometheus_client import CollectorRegistry, generate_latest
 from flashcache.metrics import CacheMetrics
 
 
+def waf_off(why="uring device on a regular file cannot report media writes"):
+    return {"value": None, "status": f"unavailable: {why}", "hbmw": None, "mbmw": None, "mbe": None}
+
+
+def waf_of(value, hbmw=8192):
+    return {"value": value, "status": "available", "hbmw": hbmw, "mbmw": int(hbmw * value), "mbe": 0}
+
+
 def stats(placement_off=False, waf=None):
+    """A stats() dict as Cache.stats() shapes it (``waf``: since_open, window, lifetime)."""
+    since, window, life = waf or (waf_off(), waf_off(), waf_off())
+    flash = dict.fromkeys(("lookups", "hits", "misses", "inserts", "admission_rejects", "too_large", "removes",
+                           "removed"), 0)
     return {
-        "gets": 10, "sets": 4, "deletes": 1, "hits": {"dram": 5, "flash": 3}, "misses": 2,
-        "items": {"dram": 7, "flash": None}, "bytes": {"dram": 700, "flash": None},
-        "item_bytes_set": 4000, "device_bytes_written": {"bighash": 8192, "blockcache": 0},
-        "app_write_amplification": 2.048,
-        "device_waf": waf or {"status": "unavailable: uring device on a regular file cannot report media writes",
-                              "window": None, "since_open": None},
+        "start": "warm",
         "placement": {"bighash": {"state": "off", "reason": "device has no FDP"} if placement_off
                       else {"state": "on", "pid": 1},
                       "blockcache": {"state": "on", "pid": 2}},
+        "items": {"dram": 7, "flash": 30, "flash_exact": True}, "bytes": {"dram": 700, "flash": None},
+        "since_open": {
+            "seconds": 1.0, "gets": 10, "sets": 4, "deletes": 1, "touches": 0, "misses": 2,
+            "hits": {"dram": 5, "flash": 3}, "hit_ratio": 0.8, "promotions": 3, "demotions": 6,
+            "demotions_skipped_clean": 0, "item_bytes_set": 4000, "flash": {**flash, "inserts": 6},
+            "device_bytes_written": {"bighash": 8192, "blockcache": 0},
+            "app_write_amplification": {"value": 2.048, "status": "available"},
+            "device_waf": since,
+        },
+        "window": {"seconds": None if window["value"] is None else 60.0, "device_waf": window},
+        "lifetime": {"flash": {**flash, "inserts": 50}, "device_bytes_written": {"bighash": 1 << 20, "blockcache": 0},
+                     "device_waf": life},
     }
 
 
@@ -35,11 +54,40 @@ def test_counters_and_gauges():
     assert sample(reg, "flashcache_gets_total", cache="t") == 10
     assert sample(reg, "flashcache_hits_total", cache="t", tier="flash") == 3
     assert sample(reg, "flashcache_items", cache="t", tier="dram") == 7
-    assert reg.get_sample_value("flashcache_items", {"cache": "t", "tier": "flash"}) is None
-    assert sample(reg, "flashcache_device_written_bytes_total", cache="t", writer="bighash") == 8192
-    assert sample(reg, "flashcache_app_write_amplification", cache="t") == 2.048
+    assert sample(reg, "flashcache_items", cache="t", tier="flash") == 30
+    assert sample(reg, "flashcache_flash_items_exact", cache="t") == 1
+    assert sample(reg, "flashcache_flash_inserts_total", cache="t") == 6
     m.get_seconds.observe(3e-6)
     assert sample(reg, "flashcache_get_latency_seconds_count", cache="t") == 1
+
+
+def test_names_say_since_open_or_lifetime():
+    """Since-open figures are counters (or ..._since_open gauges); lifetime figures, which
+    survive restarts, are ..._lifetime gauges, never counters."""
+    reg = CollectorRegistry()
+    CacheMetrics(lambda: stats(waf=(waf_of(1.5), waf_of(1.25), waf_of(2.0, hbmw=1 << 30))), reg, name="t")
+    assert sample(reg, "flashcache_device_written_bytes_total", cache="t", engine="bighash") == 8192
+    assert sample(reg, "flashcache_device_written_bytes_lifetime", cache="t", engine="bighash") == 1 << 20
+    assert sample(reg, "flashcache_app_write_amplification_since_open", cache="t") == 2.048
+    assert sample(reg, "flashcache_device_write_amplification_since_open", cache="t") == 1.5
+    assert sample(reg, "flashcache_device_write_amplification_window", cache="t") == 1.25
+    assert sample(reg, "flashcache_device_waf_window_seconds", cache="t") == 60.0
+    assert sample(reg, "flashcache_device_write_amplification_lifetime", cache="t") == 2.0
+    assert sample(reg, "flashcache_device_host_written_bytes_total", cache="t") == 8192
+    assert sample(reg, "flashcache_device_media_written_bytes_lifetime", cache="t") == 2 << 30
+    kinds = {m.name: m.type for m in reg.collect()}
+    assert all(t == "gauge" for n, t in kinds.items() if n.endswith(("_lifetime", "_since_open")))
+    assert kinds["flashcache_device_written_bytes"] == "counter"
+
+
+def test_help_strings_are_the_figures_descriptions():
+    from flashcache.stats import FIGURES
+    reg = CollectorRegistry()
+    CacheMetrics(lambda: stats(), reg, name="t")
+    docs = {m.name: m.documentation for m in reg.collect()}
+    assert docs["flashcache_gets"] == FIGURES["since_open.gets"]
+    assert docs["flashcache_device_written_bytes_lifetime"] == FIGURES["lifetime.device_bytes_written"]
+    assert docs["flashcache_placement_enabled"] == FIGURES["placement"]
 
 
 def test_placement_off_and_waf_unavailable_have_reasons():
@@ -50,14 +98,20 @@ def test_placement_off_and_waf_unavailable_have_reasons():
     assert sample(reg, "flashcache_placement_enabled", cache="t", engine="blockcache", pid="2", reason="") == 1
     assert sample(reg, "flashcache_device_waf_available", cache="t",
                   reason="uring device on a regular file cannot report media writes") == 0
-    assert math.isnan(sample(reg, "flashcache_device_write_amplification", cache="t", window="window"))
+    for span in ("since_open", "window", "lifetime"):
+        assert math.isnan(sample(reg, f"flashcache_device_write_amplification_{span}", cache="t"))
+    assert reg.get_sample_value("flashcache_device_host_written_bytes_total", {"cache": "t"}) is None
 
 
-def test_waf_available():
+def test_waf_available_but_no_writes_yet():
     reg = CollectorRegistry()
-    CacheMetrics(lambda: stats(waf={"status": "available", "window": 1.04, "since_open": 1.2}), reg, name="t")
+    none = {"value": None, "status": "no writes yet since open", "hbmw": 0, "mbmw": 0, "mbe": 0}
+    CacheMetrics(lambda: stats(waf=(none, {**none, "status": "no writes in the window"}, waf_of(1.2))), reg,
+                 name="t")
     assert sample(reg, "flashcache_device_waf_available", cache="t", reason="") == 1
-    assert sample(reg, "flashcache_device_write_amplification", cache="t", window="since_open") == 1.2
+    assert math.isnan(sample(reg, "flashcache_device_write_amplification_since_open", cache="t"))
+    assert sample(reg, "flashcache_device_write_amplification_lifetime", cache="t") == 1.2
+    assert sample(reg, "flashcache_device_host_written_bytes_total", cache="t") == 0
 
 
 def test_device_collector_says_why_placement_is_off(tmp_path):
@@ -114,3 +168,14 @@ def test_latency_histogram_rejects_bad_bounds():
         LatencyHistogram([1.0, 0.5])
     with pytest.raises(TypeError):
         LatencyHistogram(["a"])
+
+
+def test_a_registry_that_collects_to_learn_names_takes_a_cache(tmp_path):
+    """prometheus_client's default REGISTRY collects each collector once when it is
+    registered: the cache must answer stats() that early, while it is being opened."""
+    import flashcache
+    from tests.test_cache import cfg
+    reg = CollectorRegistry(auto_describe=True)
+    with flashcache.Cache(cfg(tmp_path), registry=reg, name="t") as c:
+        c.set("k", b"v")
+        assert sample(reg, "flashcache_items", cache="t", tier="dram") == 1

@@ -568,8 +568,9 @@ class BlockCache:
         return True
 
     def stats(self) -> dict:
-        """Counters since creation (kept across ``recover``), plus geometry, items, the
-        index's DRAM use and regions by state."""
+        """Counters since creation (kept across ``recover``), plus geometry, the index's
+        DRAM use, regions by state and ``items``: the index's entries, so exact
+        (``items_exact``), expired entries not yet evicted included."""
         s: dict[str, Any] = dict(self._counters)
         items = len(self.index)
         dram = self.index.dram_bytes
@@ -577,6 +578,7 @@ class BlockCache:
         s.update(
             evictions=self._counters["evicted_items"],
             items=items,
+            items_exact=True,
             index_dram_bytes=dram,
             index_bytes_per_item=dram / items if items else None,
             index_capacity=self.index.capacity,

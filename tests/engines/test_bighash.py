@@ -336,6 +336,120 @@ def test_failed_write_makes_the_bucket_filter_unknown():
     assert bh.bloom.may_contain(0, key_hash(b"anything"))
 
 
+# --------------------------------------------------------------------------- the item count
+
+
+def entries_on_flash(bh, dev) -> int:
+    """The ground truth: entries in every bucket that reads as valid, by a full scan."""
+    from engines.bighash import _ffi, _lib
+    aux = _ffi.new("uint32_t *")
+    n = 0
+    for b in range(bh.nbuckets):
+        data = dev.read(bh.bucket_offset(b), bh.bucket_size)
+        if _lib.fc_bucket_check(_ffi.from_buffer(data), bh.bucket_size, b, bh.generation, aux) == _lib.FC_OK:
+            n += BUCKET_HEADER.unpack_from(data)[5]
+    return n
+
+
+@pytest.mark.parametrize("blocking", [False, True])
+def test_item_count_follows_inserts_replacements_evictions_expiry_and_removes(blocking):
+    clock = FakeClock()
+    bh, dev = make(nbuckets=4, clock=clock)
+    assert bh.items is None and not bh.items_exact     # never reset, never recovered: unknown
+    bh.reset()
+    assert (bh.items, bh.items_exact) == (0, True)
+    ins = (lambda k, v, e=0: bh.insert_now(dev, k, v, e)) if blocking else (lambda k, v, e=0: put(bh, dev, k, v, e))
+    keys = keys_in_bucket(bh, 1, 12)
+    for i, k in enumerate(keys[:4]):
+        ins(k, b"v" * 50, clock.t + 5 if i == 0 else 0)
+    assert bh.items == entries_on_flash(bh, dev) == 4
+    ins(keys[1], b"w" * 60)                           # replaced: still 4
+    assert bh.items == entries_on_flash(bh, dev) == 4
+    clock.t += 10                                      # keys[0] expires: counted until dropped
+    for k in keys[4:]:                                 # fill the bucket: expired dropped, oldest evicted
+        ins(k, b"x" * 100)
+    s = bh.stats()
+    assert s["evictions"] > 0 and s["expired_dropped"] == 1
+    assert s["items"] == bh.items == entries_on_flash(bh, dev) and s["items_exact"]
+    assert run(bh.remove(keys[-1]), dev) and not run(bh.remove(b"absent"), dev)
+    assert bh.items == entries_on_flash(bh, dev) and bh.items_exact
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["insert", "insert", "insert", "insert_now", "remove", "tick", "restart"]),
+                          st.integers(0, 15), st.integers(0, 200), st.sampled_from([0, 0, 3])), max_size=60))
+def test_item_count_equals_a_full_scan_after_any_operations(ops):
+    """Two small buckets, so replacements, evictions and expiry all happen."""
+    clock = FakeClock()
+    bh, dev = make(nbuckets=2, clock=clock)
+    bh.reset()
+    for op, k, n, ttl in ops:
+        key = b"key%d" % k
+        if op == "insert":
+            put(bh, dev, key, bytes(n), clock.t + ttl if ttl else 0)
+        elif op == "insert_now":
+            bh.insert_now(dev, key, bytes(n), clock.t + ttl if ttl else 0)
+        elif op == "remove":
+            run(bh.remove(key), dev)
+        elif op == "tick":
+            clock.t += 2
+        else:
+            state = msgpack.unpackb(msgpack.packb(bh.persist()))
+            bh = BigHash(0, 2 * BS, BS, clock=clock)
+            assert bh.recover(state)
+        assert bh.items_exact and bh.items == entries_on_flash(bh, dev), op
+
+
+def test_item_count_survives_a_warm_restart_and_a_cold_engine_samples_it():
+    bh, dev = make(nbuckets=64)
+    bh.reset()
+    for i in range(150):
+        put(bh, dev, b"k%d" % i, b"v" * 30)
+    truth = entries_on_flash(bh, dev)
+    state = msgpack.unpackb(msgpack.packb(bh.persist()))
+    warm = BigHash(0, 64 * BS, BS)
+    assert warm.recover(state) and (warm.items, warm.items_exact) == (truth, True)
+    put(warm, dev, b"new", b"1")
+    assert warm.items == entries_on_flash(warm, dev) == truth + 1
+    # metadata from before the count was kept: recovered, but the count is unknown
+    old = {k: v for k, v in state.items() if k not in ("items", "items_exact")}
+    older = BigHash(0, 64 * BS, BS)
+    assert older.recover(old) and older.items is None
+    cold = BigHash(0, 64 * BS, BS, generation=bh.generation)
+    assert cold.items is None
+    dev.log.clear()
+    assert run(cold.estimate_items(), dev) == truth + 1   # 64 buckets, all sampled: exact
+    assert cold.items_exact and len(dev.log) == 64
+    sampled = BigHash(0, 64 * BS, BS, generation=bh.generation)
+    est = run(sampled.estimate_items(samples=16), dev)
+    assert not sampled.items_exact and abs(est - (truth + 1)) <= 0.5 * truth
+    assert len(dev.log) == 64 + 16
+
+
+def test_corruption_or_a_failed_write_makes_the_count_approximate():
+    bh, dev = make(nbuckets=4)
+    bh.reset()
+    put(bh, dev, b"a", b"1")
+    b = bh.bucket_of(key_hash(b"a"))
+    dev.buf[bh.bucket_offset(b) + 40] ^= 0xFF        # the entry's bytes: the checksum fails
+    assert get(bh, dev, b"a") is None
+    assert bh.stats()["checksum_failures"] == 1 and not bh.items_exact
+
+    def fail(*a, **k):
+        raise OSError(5, "I/O error")
+
+    for blocking in (True, False):
+        bh, dev = make(nbuckets=4)
+        bh.reset()
+        dev.write = fail
+        with pytest.raises(OSError):
+            bh.insert_now(dev, b"k", b"v") if blocking else put(bh, dev, b"k", b"v")
+        assert bh.stats()["write_failures"] == 1 and not bh.items_exact
+        state = bh.persist()                           # the approximation is saved as such
+        again = BigHash(0, 4 * BS, BS)
+        assert again.recover(state) and not again.items_exact
+
+
 # --------------------------------------------------------------------------- bloom filters
 
 
@@ -564,12 +678,19 @@ class BigHashVsDict(RuleBasedStateMachine):
     @rule(pos=st.integers(0, 8 * BS - 1), mask=st.integers(1, 255))
     def corrupt(self, pos, mask):
         self.dev.buf[pos] ^= mask
+        self.tampered = True            # behind the engine's back: its count cannot know yet
 
     @precondition(lambda self: len(self.model) > 0)
     @rule()
     def reset(self):
         self.bh.reset()
         self.model.clear()
+        self.tampered = False
+
+    @invariant()
+    def an_exact_item_count_is_what_the_buckets_hold(self):
+        if self.bh.items_exact and not getattr(self, "tampered", False):
+            assert self.bh.items == entries_on_flash(self.bh, self.dev)
 
     @invariant()
     def no_key_outside_the_model(self):
