@@ -369,6 +369,9 @@ class ServerConfig:
     write_buffer: int = field(default=1 << 20, metadata=opt(
         'reply bytes queued per connection before the server stops reading from it (a slow reader) ("1MiB")',
         kind="size"))
+    strict_keys: bool = field(default=True, metadata=opt(
+        "refuse keys with control characters (memcached protocol.txt's rule); false accepts them as memcached "
+        "1.6 does (memaslap sends such keys)"))
     max_line: int = field(default=64 << 10, metadata=opt(
         'longest command line (a multi-key get); a longer one closes the connection ("64KiB")', kind="size"))
     swallow_max: int = field(default=64 << 20, metadata=opt(

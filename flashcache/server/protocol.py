@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 
 KEY_MAX = 250                 # memcached's KEY_MAX_LENGTH
 MAX_TOKENS = 24               # memcached tokenizes at most 23 tokens (+ the terminal one)
@@ -129,13 +130,17 @@ def strtol32(tok: bytes) -> int | None:
     return v if -INT32_MAX - 1 <= v <= INT32_MAX else None
 
 
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]").search
+
+
 def key_ok(key: bytes) -> bool:
     """≤ 250 bytes, no control characters (spaces cannot reach here: they split tokens)."""
-    if len(key) > KEY_MAX:
-        return False
-    if key.isalnum():
-        return True
-    return not any(c < 0x21 or c == 0x7F for c in key)
+    return len(key) <= KEY_MAX and _CONTROL(key) is None
+
+
+def key_len_ok(key: bytes) -> bool:
+    """memcached 1.6's own check: ≤ 250 bytes, any bytes but space, newline and NUL."""
+    return len(key) <= KEY_MAX
 
 
 # -- the parser ----------------------------------------------------------------------------------
@@ -148,10 +153,13 @@ class Parser:
     closing Reply. A storage command's declared length above ``item_size_max`` is
     answered ``SERVER_ERROR object too large for cache`` and its data discarded as it
     arrives (never buffered), up to ``swallow_max`` bytes; a larger one closes the
-    connection after the error."""
+    connection after the error. ``strict_keys``: refuse keys with control characters
+    (protocol.txt's rule); False accepts them as memcached itself does."""
 
-    def __init__(self, item_size_max: int = 1 << 20, max_line: int = 64 << 10, swallow_max: int = 64 << 20):
+    def __init__(self, item_size_max: int = 1 << 20, max_line: int = 64 << 10, swallow_max: int = 64 << 20,
+                 strict_keys: bool = True):
         self.item_size_max = item_size_max
+        self.key_ok = key_ok if strict_keys else key_len_ok
         self.max_line = max_line
         self.swallow_max = swallow_max
         self._buf = b""
@@ -160,6 +168,7 @@ class Parser:
         self._need = 0                           # its length + 2
         self._meta_data = False                 # the pending request is ms (bad chunk is always answered)
         self._swallow = 0
+        self._commands = self._build_commands()
 
     @property
     def buffered(self) -> int:
@@ -214,6 +223,21 @@ class Parser:
             return Reply(b"", close=True, reason=f"a {len(line)}-byte line")
         return self._line(line)
 
+    def _build_commands(self) -> dict:
+        d: dict = {}
+        for c in (b"get", b"gets", b"gat", b"gats", b"bget"):
+            d[c] = self._get
+        for c in STORAGE:
+            d[c] = self._storage
+        for c in (b"mg", b"ms", b"md", b"ma", b"mn", b"me"):
+            d[c] = self._meta_cmd
+        for c in (b"incr", b"decr"):
+            d[c] = self._arith
+        d.update({b"delete": self._delete, b"touch": self._touch, b"flush_all": self._flush_all,
+                  b"verbosity": self._verbosity, b"stats": self._simple, b"version": self._simple,
+                  b"quit": self._simple})
+        return d
+
     # -- one command line ----------------------------------------------------------------------
     def _line(self, line: bytes) -> "Request | Reply":
         if b"\0" in line:
@@ -223,109 +247,105 @@ class Parser:
             toks = [t for t in toks if t]
         if not toks or len(toks[0]) < 2:
             return Reply(ERROR)
-        cmd = toks[0]
-        nt = min(len(toks), MAX_TOKENS - 1) + 1   # memcached's ntokens (with the terminal token)
-        if cmd[0] == 0x6D and len(cmd) == 2:       # m?
-            c = cmd[1]
-            if c == 0x67:
-                return self._meta(b"mg", toks, nt)
-            if c == 0x73:
-                return self._mset(toks, nt)
-            if c == 0x64:
-                return self._meta(b"md", toks, nt)
-            if c == 0x61:
-                return self._meta(b"ma", toks, nt)
-            if c == 0x6E:
-                return Request(b"mn")
-            if c == 0x65:
-                if nt < 3 or len(toks[1]) > KEY_MAX:
-                    return Reply(BAD_FORMAT)
-                return Request(b"me", key=toks[1])
-            return Reply(ERROR)
-        if cmd in (b"get", b"gets", b"gat", b"gats", b"bget"):
-            if nt < 3:
-                return Reply(ERROR)
-            exptime = None
-            keys = toks[1:]
-            if cmd[:3] == b"gat":
-                exptime = strtol32(toks[1])
-                if exptime is None:
-                    return Reply(BAD_EXPTIME)
-                keys = toks[2:]
-            for k in keys:
-                if not key_ok(k):
-                    return Reply(BAD_FORMAT)
-            return Request(b"get" if cmd == b"bget" else cmd, keys=keys, exptime=exptime or 0,
-                           args=None if exptime is None else [])
-        if cmd in STORAGE:
-            return self._storage(cmd, toks, nt)
-        if cmd == b"delete":
-            if not 3 <= nt <= 5:
-                return Reply(ERROR)
-            noreply = False
-            if nt > 3:
-                hold_zero = toks[2] == b"0"
-                noreply = toks[-1] == b"noreply"
-                if not ((nt == 4 and (hold_zero or noreply)) or (nt == 5 and hold_zero and noreply)):
-                    return Reply(b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]",
-                                 noreply=noreply)
-            if not key_ok(toks[1]):
-                return Reply(BAD_FORMAT, noreply=noreply)
-            return Request(b"delete", key=toks[1], noreply=noreply)
-        if cmd in (b"incr", b"decr"):
-            if nt not in (4, 5):
-                return Reply(ERROR)
-            noreply = toks[nt - 2] == b"noreply"
-            if not key_ok(toks[1]):
-                return Reply(BAD_FORMAT, noreply=noreply)
-            delta = strtoull(toks[2])
-            if delta is None:
-                return Reply(BAD_DELTA, noreply=noreply)
-            return Request(cmd, key=toks[1], delta=delta, noreply=noreply)
-        if cmd == b"touch":
-            if nt not in (4, 5):
-                return Reply(ERROR)
-            noreply = toks[nt - 2] == b"noreply"
-            if not key_ok(toks[1]):
-                return Reply(BAD_FORMAT, noreply=noreply)
-            exptime = strtol32(toks[2])
-            if exptime is None:
-                return Reply(BAD_EXPTIME, noreply=noreply)
-            return Request(b"touch", key=toks[1], exptime=exptime, noreply=noreply)
-        if cmd == b"flush_all":
-            if not 2 <= nt <= 4:
-                return Reply(ERROR)
-            noreply = toks[nt - 2] == b"noreply"
-            delay = 0
-            if nt != (3 if noreply else 2):
-                delay = strtol32(toks[1])
-                if delay is None:
-                    return Reply(BAD_EXPTIME, noreply=noreply)
-            return Request(b"flush_all", exptime=delay, noreply=noreply)
-        if cmd == b"stats":
-            return Request(b"stats", args=toks[1:])
-        if cmd == b"version":
-            return Request(b"version")
-        if cmd == b"quit":
-            return Request(b"quit")
-        if cmd == b"verbosity":
-            if nt not in (3, 4):
-                return Reply(ERROR)
-            noreply = toks[nt - 2] == b"noreply"
-            if strtoul32(toks[1]) is None:
-                return Reply(BAD_FORMAT, noreply=noreply)
-            return Request(b"verbosity", noreply=noreply)
+        f = self._commands.get(toks[0])
+        if f is not None:
+            return f(toks[0], toks, min(len(toks), MAX_TOKENS - 1) + 1)   # memcached's ntokens
         if toks[-1].startswith(b"HTTP/"):
             return Reply(b"", close=True, reason="an HTTP request")
         return Reply(ERROR)
 
+    def _get(self, cmd: bytes, toks: list, nt: int) -> "Request | Reply":
+        if nt < 3:
+            return Reply(ERROR)
+        exptime = None
+        keys = toks[1:]
+        if cmd[:3] == b"gat":
+            exptime = strtol32(toks[1])
+            if exptime is None:
+                return Reply(BAD_EXPTIME)
+            keys = toks[2:]
+        ok = self.key_ok
+        for k in keys:
+            if not ok(k):
+                return Reply(BAD_FORMAT)
+        return Request(b"get" if cmd == b"bget" else cmd, keys=keys, exptime=exptime or 0,
+                       args=None if exptime is None else [])
+
+    def _meta_cmd(self, cmd: bytes, toks: list, nt: int) -> "Request | Reply":
+        c = cmd[1]
+        if c == 0x73:
+            return self._mset(toks, nt)
+        if c == 0x6E:
+            return Request(b"mn")
+        if c == 0x65:
+            if nt < 3 or len(toks[1]) > KEY_MAX:
+                return Reply(BAD_FORMAT)
+            return Request(b"me", key=toks[1])
+        return self._meta(cmd, toks, nt)
+
+    def _delete(self, cmd: bytes, toks: list, nt: int) -> "Request | Reply":
+        if not 3 <= nt <= 5:
+            return Reply(ERROR)
+        noreply = False
+        if nt > 3:
+            hold_zero = toks[2] == b"0"
+            noreply = toks[-1] == b"noreply"
+            if not ((nt == 4 and (hold_zero or noreply)) or (nt == 5 and hold_zero and noreply)):
+                return Reply(b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]", noreply=noreply)
+        if not self.key_ok(toks[1]):
+            return Reply(BAD_FORMAT, noreply=noreply)
+        return Request(b"delete", key=toks[1], noreply=noreply)
+
+    def _arith(self, cmd: bytes, toks: list, nt: int) -> "Request | Reply":
+        if nt not in (4, 5):
+            return Reply(ERROR)
+        noreply = toks[nt - 2] == b"noreply"
+        if not self.key_ok(toks[1]):
+            return Reply(BAD_FORMAT, noreply=noreply)
+        delta = strtoull(toks[2])
+        if delta is None:
+            return Reply(BAD_DELTA, noreply=noreply)
+        return Request(cmd, key=toks[1], delta=delta, noreply=noreply)
+
+    def _touch(self, cmd: bytes, toks: list, nt: int) -> "Request | Reply":
+        if nt not in (4, 5):
+            return Reply(ERROR)
+        noreply = toks[nt - 2] == b"noreply"
+        if not self.key_ok(toks[1]):
+            return Reply(BAD_FORMAT, noreply=noreply)
+        exptime = strtol32(toks[2])
+        if exptime is None:
+            return Reply(BAD_EXPTIME, noreply=noreply)
+        return Request(b"touch", key=toks[1], exptime=exptime, noreply=noreply)
+
+    def _flush_all(self, cmd: bytes, toks: list, nt: int) -> "Request | Reply":
+        if not 2 <= nt <= 4:
+            return Reply(ERROR)
+        noreply = toks[nt - 2] == b"noreply"
+        delay = 0
+        if nt != (3 if noreply else 2):
+            delay = strtol32(toks[1])
+            if delay is None:
+                return Reply(BAD_EXPTIME, noreply=noreply)
+        return Request(b"flush_all", exptime=delay, noreply=noreply)
+
+    def _verbosity(self, cmd: bytes, toks: list, nt: int) -> "Request | Reply":
+        if nt not in (3, 4):
+            return Reply(ERROR)
+        noreply = toks[nt - 2] == b"noreply"
+        if strtoul32(toks[1]) is None:
+            return Reply(BAD_FORMAT, noreply=noreply)
+        return Request(b"verbosity", noreply=noreply)
+
+    def _simple(self, cmd: bytes, toks: list, nt: int) -> Request:
+        return Request(cmd, args=toks[1:])
+
     def _storage(self, cmd: bytes, toks: list, nt: int) -> "Request | Reply":
-        want = (7, 8) if cmd == b"cas" else (6, 7)
-        if nt not in want:
+        if nt not in ((7, 8) if cmd == b"cas" else (6, 7)):
             return Reply(ERROR)
         noreply = toks[nt - 2] == b"noreply"
         key = toks[1]
-        if not key_ok(key):
+        if not self.key_ok(key):
             return Reply(BAD_FORMAT, noreply=noreply)
         flags = strtoul32(toks[2])
         exptime = strtol32(toks[3])
@@ -369,7 +389,7 @@ class Parser:
         mf, err = meta_flags(toks, 2)
         if err is not None:
             return Reply(err if name == b"mg" else b"CLIENT_ERROR invalid or duplicate flag")
-        key, err = _meta_key(toks[1], mf)
+        key, err = _meta_key(toks[1], mf, self.key_ok)
         if err is not None:
             return Reply(b"CLIENT_ERROR invalid or duplicate flag" if mf.base64 and name != b"mg" else err)
         if mf.mode and name == b"ma" and mf.mode not in "I+D-":
@@ -390,7 +410,7 @@ class Parser:
             return Reply(BAD_FORMAT)
         mf, err = meta_flags(toks, 3)
         if err is None:
-            key, err = _meta_key(toks[1], mf)
+            key, err = _meta_key(toks[1], mf, self.key_ok)
         if err is None and len(mf.opaque) > OPAQUE_MAX:
             err = b"CLIENT_ERROR opaque token too long"
         if err is None and mf.mode and mf.mode not in "EAPRS":
@@ -475,7 +495,7 @@ def meta_flags(toks: list, start: int) -> "tuple[MetaFlags, bytes | None]":
     return mf, err
 
 
-def _meta_key(tok: bytes, mf: MetaFlags) -> "tuple[bytes, bytes | None]":
+def _meta_key(tok: bytes, mf: MetaFlags, ok=key_ok) -> "tuple[bytes, bytes | None]":
     """The key of a meta command: base64-decoded with the b flag; checked like any key."""
     key = tok
     if mf.base64:
@@ -486,6 +506,6 @@ def _meta_key(tok: bytes, mf: MetaFlags) -> "tuple[bytes, bytes | None]":
         if not key or len(key) > KEY_MAX:
             return tok, b"CLIENT_ERROR error decoding key"
         return key, None
-    if not key_ok(key):
+    if not ok(key):
         return key, BAD_FORMAT
     return key, None

@@ -35,7 +35,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: "Server"):
         self.server = server
         s = server.settings
-        self.parser = Parser(s.item_size_max, s.max_line, s.swallow_max)
+        self.parser = Parser(s.item_size_max, s.max_line, s.swallow_max, s.strict_keys)
         self.handler = server.handler
         self.transport: Any = None
         self.peer = "?"
