@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any, Callable
 
 log = logging.getLogger("flashcache.server")
 
 
 def event_loop_factory() -> "Callable[[], asyncio.AbstractEventLoop] | None":
-    """uvloop's loop when it is installed, else None (asyncio's default)."""
+    """uvloop's loop when it is installed, else None (asyncio's default);
+    FLASHCACHE_EVENT_LOOP=asyncio forces asyncio's (the benchmark compares both)."""
+    if os.environ.get("FLASHCACHE_EVENT_LOOP") == "asyncio":
+        return None
     try:
         import uvloop
     except ImportError:
