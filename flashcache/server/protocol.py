@@ -99,26 +99,24 @@ class MetaFlags:
 
 
 # -- numbers the way memcached's safe_strto* read them ---------------------------------------
-def strtoul32(tok: bytes) -> int | None:
-    """memcached's safe_strtoul: decimal, no sign, < 2**32."""
+def _unsigned(tok: bytes, limit: int) -> int | None:
     if not tok.isdigit():
         if tok[:1] == b"+" and tok[1:].isdigit():
             tok = tok[1:]
         else:
             return None
     v = int(tok)
-    return v if v <= UINT32_MAX else None
+    return v if v <= limit else None
+
+
+def strtoul32(tok: bytes) -> int | None:
+    """memcached's safe_strtoul: decimal, no sign, < 2**32 (memcached itself would truncate more)."""
+    return _unsigned(tok, UINT32_MAX)
 
 
 def strtoull(tok: bytes) -> int | None:
     """memcached's safe_strtoull: decimal, no minus sign, < 2**64."""
-    if not tok.isdigit():
-        if tok[:1] == b"+" and tok[1:].isdigit():
-            tok = tok[1:]
-        else:
-            return None
-    v = int(tok)
-    return v if v <= UINT64_MAX else None
+    return _unsigned(tok, UINT64_MAX)
 
 
 def strtol32(tok: bytes) -> int | None:
@@ -231,9 +229,9 @@ class Parser:
             d[c] = self._storage
         for c in (b"mg", b"ms", b"md", b"ma", b"mn", b"me"):
             d[c] = self._meta_cmd
-        for c in (b"incr", b"decr"):
-            d[c] = self._arith
-        d.update({b"delete": self._delete, b"touch": self._touch, b"flush_all": self._flush_all,
+        for c in (b"incr", b"decr", b"touch"):
+            d[c] = self._key_number
+        d.update({b"delete": self._delete, b"flush_all": self._flush_all,
                   b"verbosity": self._verbosity, b"stats": self._simple, b"version": self._simple,
                   b"quit": self._simple})
         return d
@@ -296,27 +294,20 @@ class Parser:
             return Reply(BAD_FORMAT, noreply=noreply)
         return Request(b"delete", key=toks[1], noreply=noreply)
 
-    def _arith(self, cmd: bytes, toks: list, nt: int) -> "Request | Reply":
+    def _key_number(self, cmd: bytes, toks: list, nt: int) -> "Request | Reply":
+        """incr/decr <key> <delta> and touch <key> <exptime>, each with an optional noreply."""
         if nt not in (4, 5):
             return Reply(ERROR)
         noreply = toks[nt - 2] == b"noreply"
         if not self.key_ok(toks[1]):
             return Reply(BAD_FORMAT, noreply=noreply)
-        delta = strtoull(toks[2])
-        if delta is None:
-            return Reply(BAD_DELTA, noreply=noreply)
-        return Request(cmd, key=toks[1], delta=delta, noreply=noreply)
-
-    def _touch(self, cmd: bytes, toks: list, nt: int) -> "Request | Reply":
-        if nt not in (4, 5):
-            return Reply(ERROR)
-        noreply = toks[nt - 2] == b"noreply"
-        if not self.key_ok(toks[1]):
-            return Reply(BAD_FORMAT, noreply=noreply)
-        exptime = strtol32(toks[2])
-        if exptime is None:
-            return Reply(BAD_EXPTIME, noreply=noreply)
-        return Request(b"touch", key=toks[1], exptime=exptime, noreply=noreply)
+        touch = cmd == b"touch"
+        n = strtol32(toks[2]) if touch else strtoull(toks[2])
+        if n is None:
+            return Reply(BAD_EXPTIME if touch else BAD_DELTA, noreply=noreply)
+        if touch:
+            return Request(cmd, key=toks[1], exptime=n, noreply=noreply)
+        return Request(cmd, key=toks[1], delta=n, noreply=noreply)
 
     def _flush_all(self, cmd: bytes, toks: list, nt: int) -> "Request | Reply":
         if not 2 <= nt <= 4:
@@ -426,8 +417,18 @@ class Parser:
 
 
 
+# flag -> (MetaFlags field, how memcached reads its number, the error when it cannot)
+_META_NUMBERS = {"N": ("vivify", strtol32, BAD_TOKEN), "T": ("ttl", strtol32, BAD_TOKEN),
+                 "R": ("recache", strtol32, BAD_TOKEN), "F": ("client_flags", strtoul32, BAD_FORMAT),
+                 "C": ("cas", strtoull, BAD_TOKEN),
+                 "J": ("initial", strtoull, b"CLIENT_ERROR invalid numeric initial value"),
+                 "D": ("delta", strtoull, b"CLIENT_ERROR invalid numeric delta value")}
+_META_SWITCHES = {"v": "value", "q": "quiet", "I": "invalidate", "b": "base64"}
+
+
 def meta_flags(toks: list, start: int) -> "tuple[MetaFlags, bytes | None]":
-    """memcached's _meta_flag_preparse: every flag once, numbers checked."""
+    """memcached's _meta_flag_preparse: every flag once, numbers checked (the first
+    numeric error is the one reported, after every flag was seen)."""
     mf = MetaFlags()
     seen = set()
     order = []
@@ -441,56 +442,22 @@ def meta_flags(toks: list, start: int) -> "tuple[MetaFlags, bytes | None]":
             return mf, b"CLIENT_ERROR invalid flag"
         ch = chr(o)
         order.append(ch)
-        arg = tok[1:]
-        if ch in "NTR":
-            v = strtol32(arg)
+        if ch in _META_NUMBERS:
+            name, read, bad = _META_NUMBERS[ch]
+            v = read(tok[1:])
             if v is None:
-                err = err or BAD_TOKEN
-            elif ch == "N":
-                mf.vivify = v
-            elif ch == "T":
-                mf.ttl = v
+                err = err or bad
             else:
-                mf.recache = v
+                setattr(mf, name, v)
+        elif ch in _META_SWITCHES:
+            setattr(mf, _META_SWITCHES[ch], True)
         elif ch == "O":
             mf.opaque = tok
-        elif ch == "v":
-            mf.value = True
-        elif ch == "q":
-            mf.quiet = True
-        elif ch == "I":
-            mf.invalidate = True
-        elif ch == "b":
-            mf.base64 = True
-        elif ch == "F":
-            v = strtoul32(arg)
-            if v is None:
-                err = err or BAD_FORMAT
-            else:
-                mf.client_flags = v
-        elif ch == "C":
-            v = strtoull(arg)
-            if v is None:
-                err = err or BAD_TOKEN
-            else:
-                mf.cas = v
         elif ch == "M":
             if len(tok) != 2:
                 err = err or b"CLIENT_ERROR incorrect length for M token"
             else:
                 mf.mode = chr(tok[1])
-        elif ch == "J":
-            v = strtoull(arg)
-            if v is None:
-                err = err or b"CLIENT_ERROR invalid numeric initial value"
-            else:
-                mf.initial = v
-        elif ch == "D":
-            v = strtoull(arg)
-            if v is None:
-                err = err or b"CLIENT_ERROR invalid numeric delta value"
-            else:
-                mf.delta = v
     mf.order = "".join(order)
     return mf, err
 
