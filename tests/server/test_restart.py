@@ -40,6 +40,7 @@ def test_warm_restart_through_sigterm_serves_the_same_items(tmp_path):
         _, cas_after = c.gets(b"w1")
         assert int(cas_after) > int(cas_before)                  # CAS never reused across a restart
         c.close()
+        assert "store_open saved_state=True" in srv.log()        # the CAS high-water mark came back
     finally:
         assert srv.stop() == 0
     assert "Traceback" not in srv.log()
