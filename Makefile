@@ -6,19 +6,22 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= config/default.toml
 SRC    := pyproject.toml setup.py $(wildcard flashcache/*.c flashcache/*/_build.py flashcache/*/*.c flashcache/*/*.h engines/*_build.py engines/*.c engines/*.h)
 
-.PHONY: run test test-slow test-vm test-all bench clean setup
+.PHONY: run test test-slow test-vm test-all bench bench-server clean setup
 
 setup: $(STAMP)
 
 $(STAMP): $(SRC) tools/bootstrap.sh
 	@tools/bootstrap.sh
 
+# The server on the config's [server] address (127.0.0.1:11211, metrics :9150); Ctrl-C stops it
+# cleanly. `flashcache check` is the old device + cache self-check.
 run: $(STAMP)
-	$(VENV)/bin/flashcache run --config $(CONFIG)
+	$(VENV)/bin/flashcache serve --config $(CONFIG)
 
-# nvme-cli: the nvme-cli JSON/text golden tests re-run Debian's nvme-cli against captures
+# nvme-cli: the nvme-cli JSON/text golden tests re-run Debian's nvme-cli against captures;
+# memcached, libmemcached-tools, nutcracker: the server's compatibility and scale-out tests
 test: $(STAMP)
-	@tools/bootstrap.sh nvme-cli
+	@tools/bootstrap.sh nvme-cli memcached libmemcached-tools nutcracker
 	$(PY) -m pytest -q
 
 # Experiments and long property runs (marked slow).
@@ -34,6 +37,11 @@ test-all: test test-slow test-vm
 bench: $(STAMP)
 	@tools/bootstrap.sh fio
 	$(PY) tools/bench_io.py
+
+# flashcache serve against memcached, memaslap driving both in the same run
+bench-server: $(STAMP)
+	@tools/bootstrap.sh memcached libmemcached-tools
+	$(PY) tools/bench_server.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info flashcache/*/_*_c.*.so flashcache/*/_*_c.c engines/_*_c.*.so engines/_*_c.c var

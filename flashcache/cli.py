@@ -1,4 +1,4 @@
-"""The `flashcache` command: run, selfcheck, config.
+"""The `flashcache` command: serve, run/check, selfcheck, config.
 
 Owns argument parsing and human output only; the work happens in the library. Exit codes:
 0 ok, 1 a check failed, 2 bad usage or config (the message says what to fix).
@@ -121,11 +121,52 @@ def cache_check(cfg: config_mod.Config, out=None, items: int = 2000) -> int:
     return 0 if ok else 1
 
 
+def serve(args: argparse.Namespace) -> int:
+    """`flashcache serve`: the config's [server] table, with --listen/--port/--metrics-port
+    on top (validated like the file: a non-loopback address needs server.allow_remote)."""
+    import tomllib
+
+    from . import server
+
+    path = args.config
+    try:
+        data = tomllib.loads(open(path).read()) if path else {}
+    except FileNotFoundError:
+        raise config_mod.ConfigError(f"{path}: config file not found; the examples are in config/") from None
+    except tomllib.TOMLDecodeError as e:
+        raise config_mod.ConfigError(f"{path}: not valid TOML: {e}") from None
+    over = {k: v for k, v in (("listen", args.listen), ("port", args.port), ("metrics_port", args.metrics_port))
+            if v is not None}
+    if over:
+        data.setdefault("server", {}).update(over)
+    cfg = config_mod.from_dict(data, path, base_dir=os.path.dirname(os.path.abspath(path)))
+    _setup_logging(cfg.log.level)
+    if cfg.device.kind in ("file", "emulated") and os.path.dirname(cfg.device.path):
+        os.makedirs(os.path.dirname(cfg.device.path), exist_ok=True)
+
+    def ready(srv) -> None:
+        host, port = srv.address[:2]
+        line = f"flashcache serve: memcached protocol on {host}:{port}"
+        if srv.metrics_address:
+            line += f", metrics on http://{srv.metrics_address[0]}:{srv.metrics_address[1]}/metrics"
+        print(line + f" ({cfg.device.kind} device {cfg.device.path}); Ctrl-C stops", flush=True)
+
+    server.serve(cfg, ready)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="flashcache", description="A flash cache with NVMe FDP placement.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p_run = sub.add_parser("run", help="run the main job on a config (today: the device and cache self-check)")
-    p_run.add_argument("-c", "--config", default="config/default.toml")
+    p_srv = sub.add_parser("serve", help="serve the cache over the memcached protocol (text and meta) until "
+                                         "SIGTERM/SIGINT")
+    p_srv.add_argument("-c", "--config", default="config/default.toml")
+    p_srv.add_argument("--listen", help="address to listen on (default: server.listen, 127.0.0.1)")
+    p_srv.add_argument("--port", type=int, help="TCP port (default: server.port, 11211)")
+    p_srv.add_argument("--metrics-port", type=int, help="Prometheus /metrics port, 0 = off (default: 9150)")
+    for name in ("run", "check"):
+        p_run = sub.add_parser(name, help="check the device and the cache on a config: write, read back, report")
+        p_run.add_argument("-c", "--config", default="config/default.toml")
     p_sc = sub.add_parser("selfcheck", help="check the configured device: open, write, read back, restore")
     p_sc.add_argument("-c", "--config", default="config/default.toml")
     p_cfg = sub.add_parser("config", help="validate a config file, or list every option")
@@ -140,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             return cli_nvme.run(args)
         if args.cmd == "waf":
             return cli_waf.run(args)
-        if args.cmd in ("run", "selfcheck"):
+        if args.cmd == "serve":
+            return serve(args)
+        if args.cmd in ("run", "check", "selfcheck"):
             cfg = config_mod.load(args.config)
             _setup_logging(cfg.log.level)
             rc = selfcheck(cfg)

@@ -339,6 +339,60 @@ class CacheConfig:
     admission: AdmissionConfig = section(AdmissionConfig, "flash admission")
 
 
+def _check_host(key: str, v: str) -> None:
+    import ipaddress
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        raise ConfigError(f'{key} = "{v}": use an IP address such as "127.0.0.1" or "::1"') from None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """[server]: `flashcache serve`, the memcached-protocol server, and its metrics endpoint."""
+
+    listen: str = field(default="127.0.0.1", metadata=opt(
+        "address to listen on; anything but loopback also needs allow_remote = true", check=_check_host))
+    port: int = field(default=11211, metadata=opt("TCP port (memcached's)", min=1, max=65535))
+    allow_remote: bool = field(default=False, metadata=opt(
+        "allow a listen address other than loopback (the server has no authentication: firewall it)"))
+    max_connections: int = field(default=4096, metadata=opt(
+        "connections served at once; one more is answered \"ERROR Too many open connections\" and closed",
+        min=1, max=1 << 20))
+    idle_timeout: float = field(default=600.0, metadata=opt(
+        'close a connection idle this long ("10m"); 0 = never', kind="duration"))
+    item_size_max: int = field(default=1 << 20, metadata=opt(
+        'largest value ("1MiB", memcached\'s default); up to what the flash engines take', kind="size"))
+    read_buffer: int = field(default=1 << 20, metadata=opt(
+        'request bytes buffered per connection while a request is in progress before reading pauses ("1MiB")',
+        kind="size"))
+    write_buffer: int = field(default=1 << 20, metadata=opt(
+        'reply bytes queued per connection before the server stops reading from it (a slow reader) ("1MiB")',
+        kind="size"))
+    strict_keys: bool = field(default=True, metadata=opt(
+        "refuse keys with control characters (memcached protocol.txt's rule); false accepts them as memcached "
+        "1.6 does (memaslap sends such keys)"))
+    max_line: int = field(default=64 << 10, metadata=opt(
+        'longest command line (a multi-key get); a longer one closes the connection ("64KiB")', kind="size"))
+    swallow_max: int = field(default=64 << 20, metadata=opt(
+        "a storage command declaring a value over item_size_max gets SERVER_ERROR and its data is read and "
+        'dropped up to this many bytes; a larger declared length also closes the connection ("64MiB")',
+        kind="size"))
+    drain_timeout: float = field(default=10.0, metadata=opt(
+        'on SIGTERM/SIGINT, wait this long for requests in flight before closing ("10s")', kind="duration"))
+    metrics_listen: str = field(default="127.0.0.1", metadata=opt(
+        "address of the Prometheus /metrics endpoint (same allow_remote rule)", check=_check_host))
+    metrics_port: int = field(default=9150, metadata=opt("port of the /metrics endpoint; 0 = off", min=0, max=65535))
+
+    def validate(self, prefix: str) -> None:
+        import ipaddress
+        for k in ("listen", "metrics_listen"):
+            v = getattr(self, k)
+            if not ipaddress.ip_address(v).is_loopback and not self.allow_remote:
+                raise ConfigError(f'{prefix}.{k} = "{v}" is not a loopback address: set {prefix}.allow_remote = '
+                                  "true to serve other machines (there is no authentication: firewall the port)")
+
+
 @dataclass(frozen=True)
 class LogConfig:
     level: str = field(default="info", metadata=opt(
@@ -349,6 +403,7 @@ class LogConfig:
 class Config:
     device: DeviceConfig = section(DeviceConfig, "the storage device")
     cache: CacheConfig = section(CacheConfig, "the cache: DRAM tier, flash engines, admission")
+    server: ServerConfig = section(ServerConfig, "the memcached-protocol server (flashcache serve)")
     log: LogConfig = section(LogConfig, "logging")
     source: str = field(default="<defaults>", compare=False, metadata=opt("where this config came from"))
 

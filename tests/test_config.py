@@ -36,7 +36,7 @@ ERRORS = [
     ('[device]\nsize = "0.3B"', 't.toml: device.size = "0.3B": not a whole number of bytes'),
     ('[device]\nsise = "1GiB"', 't.toml: device.sise: unknown key; did you mean "size"? (known keys here: '
                                 'block_size, direct, emulator, engine, format, kind, path, placement, queue_depth, size)'),
-    ('[devise]\nsize = 1', 't.toml: devise: unknown key; did you mean "device"? (known keys here: cache, device, log)'),
+    ('[devise]\nsize = 1', 't.toml: devise: unknown key; did you mean "device"? (known keys here: cache, device, log, server)'),
     ('[device]\nengine = "urin"', 't.toml: device.engine = "urin": must be one of "uring", "psync" (did you mean "uring"?)'),
     ('[device]\nblock_size = 1000', "t.toml: device.block_size = 1000: must be a power of two (e.g. 512, 4096)"),
     ('[device]\nblock_size = 256', "t.toml: device.block_size = 256: must be at least 512"),
@@ -55,7 +55,7 @@ ERRORS = [
      "t.toml: [device.emulator] with device.size = 67108864: emulated SSD geometry: only 1 spare reclaim units "
      "per group, need at least 12 (2 GC reserve + 9 open write frontiers + 1); raise op, use smaller reclaim "
      "units or fewer handles"),
-    ('source = "x"', "t.toml: source: unknown key (known keys here: cache, device, log)"),
+    ('source = "x"', "t.toml: source: unknown key (known keys here: cache, device, log, server)"),
 ]
 
 
@@ -131,7 +131,7 @@ def test_a_dict_config_must_be_a_dict_of_tables():
                              '{"device": {"kind": "emulated", "size": "1GiB"}, "cache": {...}}')
     with pytest.raises(ConfigError) as ei:
         config.from_dict({1: {}})
-    assert str(ei.value) == "<dict>: 1: unknown key (known keys here: cache, device, log)"
+    assert str(ei.value) == "<dict>: 1: unknown key (known keys here: cache, device, log, server)"
 
 
 def test_relative_paths_start_at_the_config_files_folder(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ fi
 extra=("$@")   # optional extra Debian packages a target needs (fio, nvme-cli, memcached, ...)
 for p in "${extra[@]}"; do
   case $p in
-    fio|nvme-cli|memcached|libmemcached-tools) command -v "${p%%-*}" >/dev/null || dpkg -s "$p" >/dev/null 2>&1 || need+=("$p");;
+    fio|nvme-cli|memcached|nutcracker) command -v "${p%%-*}" >/dev/null || dpkg -s "$p" >/dev/null 2>&1 || need+=("$p");;
     *) dpkg -s "$p" >/dev/null 2>&1 || need+=("$p");;
   esac
 done

@@ -1,0 +1,311 @@
+"""The asyncio server: connections, limits, backpressure, signals and shutdown.
+
+Owns sockets and connection state only: bytes go to a ``protocol.Parser``, requests to
+``handler.Handler``, replies back in request order (pipelining). Limits: a connection
+cap, an idle timeout, per-connection read and write caps (a slow reader stops being read;
+see ``Connection``), and the parser's line and length limits. SIGTERM and SIGINT stop
+accepting, finish the requests already received, then close the cache with its
+warm-restart metadata. The surprise: requests run eagerly inside ``data_received``; only
+one that must wait (a flash read, a contended key) is resumed from a future's callback,
+and the connection reads nothing more until it is done.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import Any
+
+from .handler import Handler
+from .protocol import Parser, Reply
+
+log = logging.getLogger("flashcache.server")
+
+TOO_MANY = b"ERROR Too many open connections\r\n"
+
+
+class Connection(asyncio.Protocol):
+    """One client. State: the parser (bytes received, not yet run), at most one request
+    running (``_running``: a suspended coroutine), replies gathered in ``_out`` and
+    written once per batch. Reading pauses while the transport holds more than
+    ``write_buffer`` reply bytes (the client is not reading) or while a request runs and
+    more than ``read_buffer`` request bytes wait."""
+
+    def __init__(self, server: "Server"):
+        self.server = server
+        s = server.settings
+        self.parser = Parser(s.item_size_max, s.max_line, s.swallow_max, s.strict_keys)
+        self.handler = server.handler
+        self.transport: Any = None
+        self.peer = "?"
+        self._out: list = []
+        self._out_bytes = 0
+        self._running: Any = None
+        self._write_paused = False
+        self._read_paused = False
+        self._eof = False
+        self._closing = False
+        self.last_active = time.monotonic()
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        srv = self.server
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if srv.draining or len(srv.connections) >= srv.settings.max_connections:
+            srv.counters["rejected"] += 1
+            transport.write(TOO_MANY)
+            transport.close()
+            self._closing = True
+            return
+        transport.set_write_buffer_limits(high=srv.settings.write_buffer)
+        srv.connections.add(self)
+        srv.counters["connections"] += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self.server.connections.discard(self)
+        if exc is not None and not isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+            log.info("conn_lost peer=%s error=%r", self.peer, str(exc))
+
+    def data_received(self, data: bytes) -> None:
+        self.server.counters["bytes_in"] += len(data)
+        self.last_active = time.monotonic()
+        if self._closing:
+            return
+        self.parser.feed(data)
+        if self._running is None:
+            self._process()
+        elif self.parser.buffered > self.server.settings.read_buffer:
+            self._pause_reading()
+
+    def eof_received(self) -> bool:
+        self._eof = True                        # answer what was sent, then close (half-close)
+        if self._running is None:
+            self._process()
+        return True
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._running is None:
+            self._process()
+
+    # -- running requests ------------------------------------------------------------------------
+    def _pause_reading(self) -> None:
+        if not self._read_paused and not self._closing:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._read_paused and not self._closing:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    def _process(self) -> None:
+        """Run buffered requests in order until one must wait, the client stops reading
+        our replies, or the buffer holds no complete request; then write the replies."""
+        parser = self.parser
+        run = self.handler.run
+        cmds = self.server.commands
+        srv = self.server
+        while not self._write_paused and not self._closing:
+            r = parser.next()
+            if r is None:
+                break
+            if r.__class__ is Reply:
+                self._protocol_error(r)
+                continue
+            name = r.name
+            cmds[name] = cmds.get(name, 0) + 1
+            if name == b"quit":
+                self._close()
+                break
+            if not self._drive(run[name](r)):
+                break                           # suspended: _resume continues from here
+            if self._out_bytes > srv.settings.write_buffer:
+                self._flush()
+        self._flush()
+        if self._closing:
+            return
+        if self._running is None and not self._write_paused:
+            if self._eof:
+                self._close()
+            elif self._read_paused:
+                self._resume_reading()
+        elif parser.buffered > srv.settings.read_buffer:
+            self._pause_reading()
+
+    def _drive(self, coro: Any) -> bool:
+        """Advance a request coroutine; True if it finished (its reply is queued)."""
+        try:
+            waiting = coro.send(None)
+        except StopIteration as stop:
+            self._queue(stop.value)
+            return True
+        except Exception as e:                  # noqa: BLE001 - a bug or device error: one reply, one log line
+            self._failed(e)
+            return True
+        self._running = coro
+        if waiting is None:                     # a bare yield (asyncio.sleep(0))
+            asyncio.get_running_loop().call_soon(self._resume)
+        else:
+            waiting.add_done_callback(self._resume)
+        return False
+
+    def _resume(self, _fut: Any = None) -> None:
+        coro = self._running
+        self._running = None
+        if self._drive(coro):                   # even for a closed connection: it may hold a key lock
+            self.last_active = time.monotonic()
+            self._process()
+
+    def _queue(self, reply: Any) -> None:
+        if reply is None:
+            return
+        if reply.__class__ is bytes:
+            self._out.append(reply)
+            self._out_bytes += len(reply)
+        else:
+            self._out += reply
+            self._out_bytes += sum(map(len, reply))
+
+    def _flush(self) -> None:
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            self._out_bytes = 0
+            self.server.counters["bytes_out"] += len(data)
+            if not self.transport.is_closing():
+                self.transport.write(data)
+
+    def _protocol_error(self, r: Reply) -> None:
+        self.server.counters["protocol_errors"] += 1
+        if r.line and not r.noreply:
+            self._queue(r.line + b"\r\n")
+        if r.close:
+            log.warning("conn_error peer=%s reason=%r action=close", self.peer, r.reason)
+            self._flush()
+            self._close()
+
+    def _failed(self, e: Exception) -> None:
+        self.server.counters["server_errors"] += 1
+        msg = str(e).replace("\r", " ").replace("\n", " ")[:200]
+        log.error("conn_error peer=%s reason=%r", self.peer, f"{type(e).__name__}: {msg}")
+        self._queue(b"SERVER_ERROR " + msg.encode("utf-8", "replace") + b"\r\n")
+
+    def _close(self) -> None:
+        self._flush()
+        self._closing = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    @property
+    def busy(self) -> bool:
+        return self._running is not None
+
+    def drain(self) -> None:
+        """Shutdown: read nothing more; close once the requests already received are done."""
+        self._eof = True
+        if not self._closing:
+            self._pause_reading()
+            if self._running is None and not self._write_paused:
+                self._process()
+
+
+class Server:
+    """``flashcache serve``: a Handler on a Store, served on ``settings.listen:port``."""
+
+    def __init__(self, store: Any, settings: Any):
+        self.store = store
+        self.settings = settings
+        self.handler = Handler(store, settings.item_size_max, self)
+        self.connections: set[Connection] = set()
+        self.commands: dict[bytes, int] = {}
+        self.counters = dict.fromkeys(("connections", "rejected", "bytes_in", "bytes_out", "protocol_errors",
+                                       "server_errors"), 0)
+        self.draining = False
+        self._server: asyncio.AbstractServer | None = None
+        self._metrics: Any = None
+        self._stop: asyncio.Event | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self.address: tuple | None = None
+        self.metrics_address: tuple | None = None
+
+    @property
+    def current(self) -> int:
+        return len(self.connections)
+
+    def reset_counters(self) -> None:
+        for k in ("bytes_in", "bytes_out", "protocol_errors", "server_errors", "rejected"):
+            self.counters[k] = 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        info = await self.store.open()
+        log.info("store_open %s", " ".join(f"{k}={v}" for k, v in info.items()))
+        self._server = await loop.create_server(lambda: Connection(self), s.listen, s.port,
+                                                reuse_address=True, backlog=1024)
+        self.address = self._server.sockets[0].getsockname()[:2]
+        if s.metrics_port:
+            from .metrics import start_metrics
+            self._metrics = await start_metrics(self, s.metrics_listen, s.metrics_port)
+            self.metrics_address = self._metrics.sockets[0].getsockname()[:2]
+        if s.idle_timeout:
+            self._idle_timer = loop.call_later(min(s.idle_timeout / 4, 5.0), self._reap_idle)
+
+    def _reap_idle(self) -> None:
+        s = self.settings
+        cutoff = time.monotonic() - s.idle_timeout
+        for c in list(self.connections):
+            if c.last_active < cutoff and not c.busy:
+                log.info("conn_idle peer=%s idle_s=%.0f action=close", c.peer, s.idle_timeout)
+                c._close()
+        self._idle_timer = asyncio.get_running_loop().call_later(min(s.idle_timeout / 4, 5.0), self._reap_idle)
+
+    def request_stop(self, why: str = "") -> None:
+        if self._stop is not None and not self._stop.is_set():
+            log.info("stopping reason=%s connections=%d", why or "requested", len(self.connections))
+            self._stop.set()
+
+    async def serve_until_stopped(self, signals: bool = True) -> None:
+        """Serve until SIGTERM/SIGINT (or ``request_stop``), then shut down cleanly."""
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        if signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop, sig.name)
+        try:
+            await self._stop.wait()
+        finally:
+            if signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, finish the requests received, close connections and the cache."""
+        self.draining = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if self._server is not None:
+            self._server.close()
+        for c in list(self.connections):
+            c.drain()
+        deadline = time.monotonic() + self.settings.drain_timeout
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        left = len(self.connections)
+        for c in list(self.connections):
+            c._close()
+        if self._metrics is not None:
+            self._metrics.close()
+        await asyncio.sleep(0)
+        await self.store.close()
+        log.info("stopped connections_cut=%d cache=closed (warm-restart metadata written)", left)

@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""flashcache serve against memcached, driven by the same load generator in the same run.
+
+memaslap (Debian's libmemcached-tools ships it as memcaslap) drives both on loopback,
+alternating, round after round: 90 % get, 10 % set; values 70 % 100 B, 25 % 1 KiB, 5 %
+16 KiB; 16-byte keys; 32 connections over 2 threads. flashcache's DRAM tier is a small
+fraction of what memaslap stores, so flash serves most hits; the share it served comes
+from the server's own stats. memaslap's keys carry control bytes, so flashcache runs with
+server.strict_keys = false (memcached accepts them too). When uvloop is installed the
+flashcache side runs twice per round, on uvloop and on asyncio's own loop.
+
+Prints ops/s and p50/p99 latency per side (memaslap's log2 histogram: a percentile is
+reported as the upper edge of its power-of-two bucket) and the ratio, then one JSON line
+``{"bench": "server", "ratios": {"ops": ...}, ...}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKLOAD = """key
+16 16 1
+value
+100 100 0.7
+1024 1024 0.25
+16384 16384 0.05
+cmd
+0 0.1
+1 0.9
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"bench_server: {what} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"bench_server: {what} did not listen on {port} within {timeout} s")
+
+
+def stats(port: int, sub: str = "") -> dict:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"stats {sub}\r\n".encode())
+        buf = b""
+        deadline = time.monotonic() + 10
+        while not buf.endswith(b"END\r\n") and time.monotonic() < deadline:
+            buf += s.recv(65536)
+    out = {}
+    for line in buf.decode().splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) == 3 and parts[0] == "STAT":
+            out[parts[1]] = parts[2]
+    return out
+
+
+def memaslap(exe: str, port: int, cfg: Path, seconds: int, conns: int, threads: int) -> dict:
+    r = subprocess.run([exe, "-s", f"127.0.0.1:{port}", "-F", str(cfg), "-T", str(threads), "-c", str(conns),
+                        "-t", f"{seconds}s", "-S", f"{seconds}s"], capture_output=True, text=True,
+                       timeout=seconds + 120)
+    out = r.stdout + r.stderr
+    m = re.search(r"Run time: ([\d.]+)s Ops: (\d+) TPS: (\d+)", out)
+    if not m:
+        sys.exit(f"bench_server: memaslap gave no result:\n{out[-2000:]}")
+    hist: dict[int, int] = {}
+    sec = out.split("Total Statistics (")[-1]
+    dist = sec.split("Log2 Dist:")[-1] if "Log2 Dist:" in sec else ""
+    for line in dist.splitlines():
+        mm = re.match(r"\s*(\d+):\s+([\d\s]+)$", line)
+        if not mm:
+            if hist:
+                break
+            continue
+        base = int(mm.group(1))
+        for j, n in enumerate(mm.group(2).split()):
+            hist[base + j] = hist.get(base + j, 0) + int(n)
+    return {"ops": int(m.group(2)), "seconds": float(m.group(1)), "hist": hist,
+            "misses": int(re.search(r"get_misses: (\d+)", out).group(1)) if "get_misses" in out else None}
+
+
+def percentile_us(hist: dict, q: float) -> int | None:
+    total = sum(hist.values())
+    if not total:
+        return None
+    acc = 0
+    for b in sorted(hist):
+        acc += hist[b]
+        if acc >= q * total:
+            return 2 ** (b + 1)                  # the bucket's upper edge: latencies in [2^b, 2^(b+1)) us
+    return None
+
+
+def start_flashcache(tmp: Path, loop: str, dram: str, size: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    cfg = tmp / f"fc-{loop}.toml"
+    cfg.write_text(f"""
+[device]
+kind = "emulated"
+path = "fc-{loop}.img"
+size = "{size}"
+[cache]
+dram_size = "{dram}"
+[cache.flash]
+bighash_fraction = 0.5
+[server]
+port = {port}
+metrics_port = 0
+strict_keys = false
+[log]
+level = "warning"
+""")
+    env = dict(os.environ, FLASHCACHE_EVENT_LOOP=loop)
+    proc = subprocess.Popen([sys.executable, "-m", "flashcache.cli", "serve", "-c", str(cfg)], cwd=ROOT, env=env,
+                            stdout=open(tmp / f"fc-{loop}.log", "w"), stderr=subprocess.STDOUT)
+    wait_port(port, proc, f"flashcache serve ({loop})")
+    return proc, port
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=8, help="per side per round")
+    ap.add_argument("--conns", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dram", default="4MiB", help="flashcache's DRAM tier (keep it under a quarter of the data set)")
+    ap.add_argument("--device-size", default="1GiB")
+    args = ap.parse_args()
+    exe = shutil.which("memcaslap") or shutil.which("memaslap")
+    mc = shutil.which("memcached")
+    if not exe or not mc:
+        sys.exit("bench_server: needs memcached and memaslap: tools/bootstrap.sh memcached libmemcached-tools")
+    try:
+        import uvloop  # noqa: F401
+        loops = ["uvloop", "asyncio"]
+    except ImportError:
+        loops = ["asyncio"]
+    tmp = Path(tempfile.mkdtemp(prefix="bench-server-", dir=ROOT / "var" if (ROOT / "var").is_dir() else None))
+    cfg = tmp / "workload.cfg"
+    cfg.write_text(WORKLOAD)
+    mport = free_port()
+    margs = [mc, "-l", "127.0.0.1", "-p", str(mport), "-U", "0", "-t", "2", "-m", "2048"]
+    if os.geteuid() == 0:
+        margs += ["-u", "root"]
+    procs = [subprocess.Popen(margs, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        wait_port(mport, procs[0], "memcached")
+        sides = {"memcached": mport}
+        for loop in loops:
+            p, port = start_flashcache(tmp, loop, args.dram, args.device_size)
+            procs.append(p)
+            sides[f"flashcache/{loop}"] = port
+        res = {name: {"ops": 0, "seconds": 0.0, "hist": {}} for name in sides}
+        share = {name: [0, 0] for name in sides if name != "memcached"}
+        for rnd in range(args.rounds):
+            for name, port in sides.items():
+                before = stats(port) if name != "memcached" else None
+                r = memaslap(exe, port, cfg, args.seconds, args.conns, args.threads)
+                if before is not None:
+                    after = stats(port)
+                    share[name][0] += int(after["flash_hits"]) - int(before["flash_hits"])
+                    share[name][1] += int(after["dram_hits"]) - int(before["dram_hits"])
+                acc = res[name]
+                acc["ops"] += r["ops"]
+                acc["seconds"] += r["seconds"]
+                for b, n in r["hist"].items():
+                    acc["hist"][b] = acc["hist"].get(b, 0) + n
+                print(f"round {rnd + 1} {name:20} {r['ops'] / r['seconds']:9.0f} ops/s", flush=True)
+        base = res["memcached"]["ops"] / res["memcached"]["seconds"]
+        print(f"\n{'side':22} {'ops/s':>9} {'p50 us':>8} {'p99 us':>8} {'ratio':>6} {'flash share of hits':>20}")
+        ratios = {}
+        out = {}
+        for name, r in res.items():
+            ops = r["ops"] / r["seconds"]
+            p50, p99 = percentile_us(r["hist"], 0.5), percentile_us(r["hist"], 0.99)
+            sh = ""
+            if name in share:
+                f, d = share[name]
+                sh = f"{f / (f + d):.0%} ({f} flash, {d} DRAM)" if f + d else "n/a"
+                ratios[name] = round(ops / base, 3)
+            print(f"{name:22} {ops:9.0f} {'<=' + str(p50):>8} {'<=' + str(p99):>8} {ops / base:6.2f} {sh:>20}")
+            out[name] = {"ops_per_s": round(ops), "p50_us_le": p50, "p99_us_le": p99}
+        best = max(ratios, key=ratios.get)
+        print(json.dumps({"bench": "server", "ratios": {"ops": ratios[best]}, "side": best, "by_side": ratios,
+                          "results": out, "flash_share": {k: (v[0] / sum(v) if sum(v) else None)
+                                                          for k, v in share.items()}}))
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
