@@ -452,7 +452,7 @@ class Handler:
         rows += [("limit_maxbytes", st["dram"]["capacity_bytes"]), ("threads", 1),
                  ("bytes", cc["bytes"]), ("curr_items", cc["curr_items"]),
                  ("total_items", self.counters["cmd_set"]), ("evictions", st["dram"]["evictions"]),
-                 ("flash_hits", st["hits"]["flash"]), ("dram_hits", st["hits"]["dram"])]
+                 ("flash_hits", st["since_open"]["hits"]["flash"]), ("dram_hits", st["since_open"]["hits"]["dram"])]
         return rows
 
     def _settings(self) -> list:
@@ -480,25 +480,27 @@ class Handler:
 
     def _flash(self) -> list:
         st = self.store.stats()
-        rows: list = [("start", st["start"]), ("hits_dram", st["hits"]["dram"]), ("hits_flash", st["hits"]["flash"]),
-                      ("misses", st["misses"]), ("promotions", st["promotions"]), ("demotions", st["demotions"])]
+        so = st["since_open"]
+        rows: list = [("start", st["start"]), ("hits_dram", so["hits"]["dram"]), ("hits_flash", so["hits"]["flash"]),
+                      ("misses", so["misses"]), ("promotions", so["promotions"]), ("demotions", so["demotions"])]
         for eng, p in st["placement"].items():
             rows.append((f"placement:{eng}", f"on:pid={p['pid']}" if p["state"] == "on" else
                          "off:" + p["reason"].replace(" ", "_")))
-        for eng, n in st["device_bytes_written"].items():
-            rows.append((f"engine:{eng}:device_bytes_written", n))
+        for eng, n in so["device_bytes_written"].items():
+            rows.append((f"engine:{eng}:device_bytes_written_since_open", n))
+        for eng, n in st["lifetime"]["device_bytes_written"].items():
+            rows.append((f"engine:{eng}:device_bytes_written_lifetime", n))
         for eng in ("bighash", "blockcache"):
             e = st["flash"].get(eng)
             if e:
                 for k, v in e.items():
                     if isinstance(v, (int, float)) and not isinstance(v, bool):
                         rows.append((f"engine:{eng}:{k}", v))
-        w = st["device_waf"]
-        rows.append(("device_waf_status", w["status"].replace(" ", "_")))
-        for k in ("window", "since_open"):
-            rows.append((f"device_waf_{k}", "n/a" if w.get(k) is None else f"{w[k]:.4f}"))
-        awa = st["app_write_amplification"]
-        rows.append(("app_write_amplification", "n/a" if awa is None else f"{awa:.4f}"))
+        for name, fig in (("device_waf_since_open", so["device_waf"]), ("device_waf_window", st["window"]["device_waf"]),
+                          ("device_waf_lifetime", st["lifetime"]["device_waf"]),
+                          ("app_write_amplification_since_open", so["app_write_amplification"])):
+            rows.append((name, "n/a" if fig["value"] is None else f"{fig['value']:.4f}"))
+            rows.append((f"{name}_status", fig["status"].replace(" ", "_")))
         rows.append(("async_io", st.get("async_io", {}).get("mode", "n/a").replace(" ", "_")))
         return rows
 
