@@ -18,7 +18,10 @@ counter of tickets, a stamp per key (slot) and a lock per key (slot):
 * a set, delete or touch runs its DRAM and flash steps under the key's lock, then stamps
   the key with a fresh ticket;
 * a demotion takes a ticket before the DRAM change that evicts the item, and writes the
-  item to flash under the key's lock only if the key has no later stamp;
+  item to flash under the key's lock only if the key has no later stamp, or the item is
+  still the key's copy in flight (DramTier keeps a dirty evicted item until its demotion
+  settles it, and forgets it at any later event of the key: then a later stamp was
+  another key's of the same slot);
 * a promotion takes a ticket before its flash lookup, and adds the item to DRAM only if
   it gets the key's lock at once and the key has no later stamp (else it skips: a get
   never waits for another thread's write).
@@ -32,8 +35,8 @@ only what flash held after every change that completed before its lookup began. 
 flash never holds a value older than the last completed change of its key, DRAM holds the
 newest, and a get (DRAM, then flash) returns a miss or a value no older than the last set
 or delete that completed before it began. Two keys sharing a slot can only cost a skipped
-demotion or promotion (a later miss), never a wrong value; no path holds two key locks at
-once (evictions are demoted after the change's own lock is let go), so none deadlocks.
+promotion (a later miss), never a wrong value; no path holds two key locks at once
+(evictions are demoted after the change's own lock is let go), so none deadlocks.
 """
 from __future__ import annotations
 
@@ -244,22 +247,33 @@ class Cache:
     def _demote(self, evicted: Iterable[Evicted], ticket: int, mine: int = 0) -> None:
         """Write DRAM's evicted items to flash (through admission); ``ticket``: taken before
         the DRAM change that evicted them, ``mine``: that change's own stamp, if it was a
-        set (KeyOrder.changed_since). An item whose key changed since is dropped."""
+        set (KeyOrder.changed_since). An item whose key changed since is dropped, unless
+        it is still in flight (DramTier: no event of the key since its eviction)."""
         c = self._counters
         order = self._order
-        for e in evicted:
-            if e.clean:
-                c["demotions_skipped_clean"] += 1
-                continue
-            order.lock(e.key)
-            try:
-                if order.changed_since(e.key, ticket, mine):
-                    c["demotions_raced"] += 1
+        settle = self.dram.settle
+        items = iter(evicted)
+        try:
+            for e in items:
+                if e.clean:
+                    c["demotions_skipped_clean"] += 1
                     continue
-                c["demotions"] += 1
-                self.navy.insert_now(self.device, e.key, e.value, e.expiry)
-            finally:
-                order.unlock(e.key)
+                order.lock(e.key)
+                try:
+                    # still in flight: no event of the key since its eviction, so a later
+                    # stamp was another key's of the same slot (written or dropped, it
+                    # is no longer in flight after this)
+                    if not settle(e.key, e.value, e.expiry) and order.changed_since(e.key, ticket, mine):
+                        c["demotions_raced"] += 1
+                        continue
+                    c["demotions"] += 1
+                    self.navy.insert_now(self.device, e.key, e.value, e.expiry)
+                finally:
+                    order.unlock(e.key)
+        except BaseException:
+            for e in items:                       # not written after all
+                settle(e.key, e.value, e.expiry)
+            raise
 
     def _promote(self, key: bytes, value: bytes, expiry: float, ticket: int) -> None:
         """Put a flash hit in DRAM (clean), unless ``key`` changed since ``ticket`` (taken
