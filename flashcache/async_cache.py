@@ -15,14 +15,17 @@ mutation serial, as the engines require; so do the read-modify-writes (``add``, 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
 from collections import deque
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from engines.device import Read, Trim, Write
 
 from . import config as config_mod
+from . import memoize as memoize_mod
 from .cache import _MISSING, Cache, many_keys
 
 log = logging.getLogger("flashcache.async")
@@ -40,8 +43,8 @@ class AsyncCache:
     but their reads run synchronously on the loop; ``stats()["async_io"]`` says which.
 
     The API is ``Cache``'s with ``await``: ``get``, ``get_many``, ``set``, ``set_many``,
-    ``delete``, ``touch``, ``add``, ``incr``, ``decr``, ``pop``, ``clear``, ``close``;
-    ``stats()`` and ``len()`` are plain calls.
+    ``delete``, ``touch``, ``add``, ``incr``, ``decr``, ``pop``, ``clear``, ``memoize``
+    (for ``async def`` functions), ``close``; ``stats()`` and ``len()`` are plain calls.
     ``key in cache`` cannot await a flash read: use ``await cache.contains(key)``.
     """
 
@@ -273,6 +276,31 @@ class AsyncCache:
     def __contains__(self, key: Any) -> bool:
         raise TypeError("flashcache.AsyncCache: `key in cache` cannot await a flash read; "
                         "use `await cache.contains(key)`")
+
+    def memoize(self, ttl: float | None = None, key: Callable[..., Any] | None = None,
+                typed: bool = False) -> Callable[[Callable], Callable]:
+        """``Cache.memoize`` for ``async def`` functions (same arguments, same keys): the
+        wrapper awaits the cache's get, then on a miss the function, then sets."""
+        self.cache.memoize(ttl, key, typed)      # the same checks of the arguments
+
+        def decorate(fn: Callable) -> Callable:
+            if not inspect.iscoroutinefunction(fn):
+                raise TypeError(f"flashcache AsyncCache.memoize: {getattr(fn, '__qualname__', fn)!r} is not an "
+                                "async def function; use Cache.memoize (or AsyncCache.cache.memoize) for plain ones")
+            cache_key = memoize_mod.key_function(fn, key, typed)
+
+            @functools.wraps(fn)
+            async def memoized(*args: Any, **kwargs: Any) -> Any:
+                k = cache_key(*args, **kwargs)
+                v = await self.get(k, _MISSING)
+                if v is _MISSING:
+                    v = await fn(*args, **kwargs)
+                    memoize_mod.check_result(self.cache.codec, fn, v)
+                    await self.set(k, v, ttl)
+                return v
+            memoized.cache_key = cache_key
+            return memoized
+        return decorate
 
     def stats(self) -> dict[str, Any]:
         """``Cache.stats()`` plus ``async_io``: "io_uring eventfd" or why reads are synchronous,

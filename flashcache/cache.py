@@ -2,8 +2,8 @@
 and WAF reporting.
 
 Owns the public API (get/set/delete/touch/get_many/set_many, the dict forms, add/incr/
-decr/pop/clear, stats/close), key, value and TTL checking, the optional msgpack codec,
-promotion (flash hit -> DRAM) and demotion (DRAM eviction -> flash
+decr/pop/clear, memoize, stats/close), key, value and TTL checking, the optional codecs
+(msgpack, pickle), promotion (flash hit -> DRAM) and demotion (DRAM eviction -> flash
 through admission), and the device WAF windows. It composes a device
 (flashcache.devices), the Navy router (engines.navy) and the DRAM tier (dram.py). The
 surprise: a ``set`` removes any older copy of the key from flash at once (a DRAM-only
@@ -54,7 +54,9 @@ takes them all, holding none before), so none deadlocks.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import pickle
 import threading
 import time
 from collections import deque
@@ -69,6 +71,7 @@ from engines.device import MAX_EXPIRY, run, run_many
 from engines.navy import Navy
 
 from . import config as config_mod
+from . import memoize as memoize_mod
 from .devices import open_device
 from .devices.base import WafUnavailableError
 from ._hot_c import HotPath, KeyOrder
@@ -80,7 +83,7 @@ log = logging.getLogger("flashcache.cache")
 _now = time.perf_counter
 
 _MISSING = object()
-CODECS = (None, "msgpack")
+CODECS = (None, "msgpack", "pickle")
 _U64 = 1 << 64          # incr/decr: memcached's counters are unsigned 64-bit
 # Bind get/set to the C hot path (flashcache/_hot.c) when the cache can use it; tests turn
 # it off to run the Python methods as the reference.
@@ -127,7 +130,9 @@ class Cache:
         cache.pop("k", None); len(cache); cache.clear()
 
     Keys are bytes or str (UTF-8), up to ``cache.max_key_size`` bytes. Values are
-    bytes-like, or any msgpack-able object with ``codec="msgpack"``. ``ttl`` is relative
+    bytes-like; with ``codec="msgpack"`` any msgpack-able object, with ``codec="pickle"``
+    any picklable one. Pickle is for trusted data only: loading a pickle runs code, so
+    never use it on a device that an untrusted party can write. ``ttl`` is relative
     seconds (None: ``cache.default_ttl`` from the config, 0: never expires), checked at
     the call: finite, >= 0, and an expiry the flash engines can store (they keep absolute
     whole seconds below 2**32: until early 2106); ValueError otherwise. It is never read
@@ -145,7 +150,8 @@ class Cache:
                  codec: str | None = None, registry: CollectorRegistry | None = None, name: str = "default",
                  clock: Callable[[], float] = time.time):
         if codec not in CODECS:
-            raise ValueError(f'flashcache.Cache: codec = {codec!r}: use None (bytes values) or "msgpack"')
+            raise ValueError(f'flashcache.Cache: codec = {codec!r}: use None (bytes values), "msgpack", or "pickle" '
+                             "(trusted data only: loading a pickle runs code)")
         cfg = _as_config(config)
         if cfg.cache.default_ttl > MAX_EXPIRY - clock():
             raise config_mod.ConfigError(f"{cfg.source}: cache.default_ttl = {cfg.cache.default_ttl:g}: "
@@ -233,15 +239,22 @@ class Cache:
                 return msgpack.packb(value, use_bin_type=True)
             except (TypeError, ValueError, OverflowError) as e:
                 raise TypeError(f"flashcache: value not storable with the msgpack codec: {e}") from None
+        if self.codec == "pickle":
+            try:
+                return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+            except (pickle.PicklingError, TypeError, AttributeError, RecursionError) as e:
+                raise TypeError(f"flashcache: value not storable with the pickle codec: {e}") from None
         if isinstance(value, bytes):
             return value
         if isinstance(value, (bytearray, memoryview)):
             return bytes(value)
         raise TypeError(f"flashcache: a value must be bytes-like, not {type(value).__name__}; "
-                        'open the cache with codec="msgpack" to store Python objects')
+                        'open the cache with codec="msgpack" (or "pickle") to store Python objects')
 
     def _decode(self, raw: bytes) -> Any:
-        return msgpack.unpackb(raw, raw=False) if self.codec == "msgpack" else raw
+        if self.codec is None:
+            return raw
+        return msgpack.unpackb(raw, raw=False) if self.codec == "msgpack" else pickle.loads(raw)
 
     def _expiry(self, ttl: float | None) -> float:
         """The absolute expiry (0 = never) of an item set now with ``ttl`` relative seconds
@@ -670,6 +683,45 @@ class Cache:
             # later (they check changed_since under the key's lock, which clear held)
             order.clear()
             order.unlock_all()
+
+    def memoize(self, ttl: float | None = None, key: Callable[..., Any] | None = None,
+                typed: bool = False) -> Callable[[Callable], Callable]:
+        """A decorator that caches a function's results here, for ``ttl`` seconds (None:
+        the default TTL, 0: no expiry)::
+
+            @cache.memoize(ttl=60)
+            def profile(user_id: int) -> dict: ...
+
+            profile(42)                              # runs once, then from the cache
+            cache.delete(profile.cache_key(42))      # forget that one call
+
+        The key of a call is ``key(*args, **kwargs)`` if given (bytes or str, used as it
+        is), else ``b"memo:<module>.<qualname>:"`` and a digest of the arguments, which
+        must be plain data (``flashcache.memoize.call_key``; ``typed`` adds their type
+        names). The result is stored with the cache's codec: with codec=None the function
+        must return bytes (else TypeError: open the cache with codec="msgpack" or
+        "pickle"). Two threads missing the same call at once both run the function."""
+        self._expiry(ttl)                        # a bad ttl fails here, not at every call
+        if not isinstance(typed, bool):
+            raise TypeError(f"flashcache memoize: typed = {typed!r}: use True or False")
+
+        def decorate(fn: Callable) -> Callable:
+            if not callable(fn):
+                raise TypeError(f"flashcache memoize: decorates a function, not {type(fn).__name__}")
+            cache_key = memoize_mod.key_function(fn, key, typed)
+
+            @functools.wraps(fn)
+            def memoized(*args: Any, **kwargs: Any) -> Any:
+                k = cache_key(*args, **kwargs)
+                v = self.get(k, _MISSING)
+                if v is _MISSING:
+                    v = fn(*args, **kwargs)
+                    memoize_mod.check_result(self.codec, fn, v)
+                    self.set(k, v, ttl)
+                return v
+            memoized.cache_key = cache_key
+            return memoized
+        return decorate
 
     # -- reporting --------------------------------------------------------------------------
     def _waf_snapshot(self):

@@ -2,6 +2,8 @@
 going after an error, the dict forms, add/incr/decr/pop/clear/len, and the codecs."""
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 import flashcache
@@ -35,6 +37,7 @@ def test_a_bad_ttl_fails_at_the_call_and_poisons_nothing(tmp_path, clock, ttl, e
         "set_many": lambda c: c.set_many({b"k": b"v" * 100, b"big": b"B" * 5000}, ttl=ttl),
         "touch": lambda c: c.touch(b"held", ttl),
         "add": lambda c: c.add(b"k", b"v", ttl=ttl),
+        "memoize": lambda c: c.memoize(ttl=ttl),
     }
     conf = cfg(tmp_path)
     with flashcache.Cache(conf, clock=clock) as c:
@@ -266,7 +269,7 @@ def test_incr_arguments_are_checked(cache, call, exc, msg):
     assert cache["n"] == b"1"
 
 
-@pytest.mark.parametrize("codec", ["msgpack"])
+@pytest.mark.parametrize("codec", ["msgpack", "pickle"])
 def test_incr_with_a_codec_stores_an_int(tmp_path, codec):
     with flashcache.Cache(cfg(tmp_path), codec=codec) as c:
         c["n"] = 41
@@ -331,3 +334,32 @@ def test_clear_drops_a_demotion_ticketed_before_it(cache):
     cache._demote(evicted, ticket)
     assert cache.get(b"late") is None
     assert cache.stats()["flash"]["inserts"] == 0
+
+
+# --------------------------------------------------------------------------- codecs
+
+
+class Point:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __eq__(self, other):
+        return isinstance(other, Point) and (self.x, self.y) == (other.x, other.y)
+
+
+def test_pickle_codec_stores_python_objects_through_flash(tmp_path):
+    value = {"set": {1, 2}, "point": Point(1, 2), "tuple": (1, "a"), "bytes": b"raw"}
+    with flashcache.Cache(cfg(tmp_path), codec="pickle") as c:
+        c.set("obj", value)
+        fill_until_flash(c)
+        assert on_flash_only(c, b"obj")
+        assert c.get("obj") == value
+        assert c.dram.get(b"obj") == pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        with pytest.raises(TypeError, match="not storable with the pickle codec"):
+            c.set("bad", lambda: 1)
+
+
+def test_an_unknown_codec_names_the_choices(tmp_path):
+    with pytest.raises(ValueError, match=r"""codec = 'json': use None \(bytes values\), "msgpack", or "pickle" """
+                                         r"\(trusted data only: loading a pickle runs code\)"):
+        flashcache.Cache(cfg(tmp_path), codec="json")
