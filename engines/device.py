@@ -67,12 +67,17 @@ def as_bytes(owner: str, what: str, x: object):
     raise TypeError(f"{owner}: {what} must be bytes, bytearray or memoryview, got {type(x).__name__}")
 
 
+MAX_EXPIRY = 0xFFFFFFFF
+"""The latest absolute expiry the engines store (u32 whole seconds: 2106-02-07 06:28:15 UTC
+on the wall clock)."""
+
+
 def expiry_seconds(owner: str, expiry: float) -> int:
     """An absolute expiry as the engines store it: whole seconds (rounded up), 0 = never;
-    ValueError naming ``owner`` outside 0 .. 2**32 - 1."""
+    ValueError naming ``owner`` outside 0 .. MAX_EXPIRY."""
     if not expiry:
         return 0
-    if not 0 <= expiry <= 0xFFFFFFFF:
+    if not 0 <= expiry <= MAX_EXPIRY:
         raise ValueError(f"{owner}: expiry = {expiry!r}: use 0 (never) or an absolute time in seconds below 2**32")
     return math.ceil(expiry)
 

@@ -26,6 +26,7 @@ Superblock, block 0 (little-endian)::
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -268,8 +269,14 @@ class Navy:
         if self._closed:
             return "already closed"
         self._closed = True
+        flush_error = None
         if self.blockcache:
-            self.drive(self._bc(self.blockcache.flush()))
+            try:
+                self.drive(self._bc(self.blockcache.flush()))
+            except Exception as e:
+                # persist() leaves out what the buffer holds beyond the last good flush, so
+                # the metadata below is still true: save it, then report the error
+                flush_error = e
         state = {"fingerprint": self.fingerprint,
                  "bighash": self.bighash.persist() if self.bighash else None,
                  "blockcache": self.blockcache.persist() if self.blockcache else None,
@@ -285,7 +292,25 @@ class Navy:
         self.device.write(self.block, padded)
         self.device.flush()
         self._write_superblock(len(blob), _xxh(blob))
+        if flush_error is not None:
+            flush_error.add_note("navy: BlockCache's buffer could not be written; the warm-restart metadata was "
+                                 "saved without the items only it held")
+            raise flush_error
         return f"saved {len(blob)} bytes of metadata"
+
+    def clear(self) -> None:
+        """Empty both engines at once: each ``reset()``s (a new generation, so nothing written
+        before reads back; no I/O) under its locks, and the superblock records the new
+        generations before this returns, so a restart does not bring the old items back."""
+        with contextlib.ExitStack() as held:
+            held.enter_context(self._bc_lock)
+            for lock in self._bh_locks:
+                held.enter_context(lock)
+            if self.bighash:
+                self.bighash.reset()
+            if self.blockcache:
+                self.blockcache.reset()
+            self._write_superblock()
 
     def drive(self, op: Op[Any]) -> Any:
         """Run one operation to completion with blocking device calls."""

@@ -16,7 +16,15 @@
  *
  * Lru(capacity_bytes, clock, fixed_charge, evicted_type): an item costs
  * len(key) + len(value) + fixed_charge bytes; keys and values must be bytes. Evicted items
- * come back as evicted_type(key, value, expiry, clean) (a tuple subclass). */
+ * come back as evicted_type(key, value, expiry, clean) (a tuple subclass).
+ *
+ * In flight: a dirty item the budget pushes out is on its way to flash, written by the
+ * caller later, after other threads may have run; until then neither the tier nor flash
+ * holds it. So the tier keeps its node in ``pending`` (key -> node, outside the map and the
+ * budget) from the eviction, in the same step, until the caller's demotion ``settle``s it,
+ * and any later event of the key in the tier (an insert, a removal, a touch) forgets it: a
+ * pending node is the key's newest value whenever the map lacks the key. ``latest`` reads
+ * it (Cache's read-modify-write, under the key's lock). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
@@ -51,6 +59,7 @@ static PyTypeObject NodeType = {
 typedef struct {
     PyObject_HEAD
     PyObject *map;              /* key -> Node */
+    PyObject *pending;          /* key -> Node: evicted dirty, demotion not yet settled */
     PyObject *clock;
     PyTypeObject *evicted;
     Node head;                  /* sentinel: head.next is the most recent, head.prev the least */
@@ -72,6 +81,18 @@ static inline void push_front(Lru *s, Node *n)
     s->head.next = n;
 }
 
+/* Forget key's in-flight node: the key has a newer event in the tier. 1 if there was one.
+ * Freeing the node runs no Python code (a node and bytes). */
+static inline int forget_pending(Lru *s, PyObject *key)
+{
+    if (!PyDict_GET_SIZE(s->pending))
+        return 0;
+    if (PyDict_DelItem(s->pending, key) == 0)
+        return 1;
+    PyErr_Clear();                                /* KeyError: none was pending */
+    return 0;
+}
+
 /* Take a node out of the map and the list and uncharge it; returns the map's reference. */
 static Node *remove_node(Lru *s, Node *n)
 {
@@ -82,12 +103,14 @@ static Node *remove_node(Lru *s, Node *n)
         s->expiring--;
     if (PyDict_DelItem(s->map, n->key) < 0)       /* cannot fail: the key is there */
         PyErr_Clear();
+    forget_pending(s, n->key);
     return n;
 }
 
 static int lru_traverse(Lru *s, visitproc visit, void *arg)
 {
     Py_VISIT(s->map);
+    Py_VISIT(s->pending);
     Py_VISIT(s->clock);
     Py_VISIT(s->evicted);
     return 0;
@@ -99,6 +122,7 @@ static int lru_clear(Lru *s)
     s->head.next = s->head.prev = &s->head;
     s->bytes = s->expiring = 0;
     Py_CLEAR(s->map);
+    Py_CLEAR(s->pending);
     Py_CLEAR(s->clock);
     Py_CLEAR(s->evicted);
     return 0;
@@ -126,10 +150,14 @@ static int lru_init(Lru *s, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_TypeError, "Lru: evicted_type must be a tuple subclass");
         return -1;
     }
-    PyObject *map = PyDict_New();
-    if (!map)
+    PyObject *map = PyDict_New(), *pending = PyDict_New();
+    if (!map || !pending) {
+        Py_XDECREF(map);
+        Py_XDECREF(pending);
         return -1;
+    }
     Py_XSETREF(s->map, map);
+    Py_XSETREF(s->pending, pending);
     Py_INCREF(clock);
     Py_XSETREF(s->clock, clock);
     Py_INCREF(evicted);
@@ -229,14 +257,8 @@ static PyObject *put(Lru *s, PyObject *key, PyObject *value, double expiry, int 
     PyObject *out = PyList_New(0);
     if (!out)
         return NULL;
-    if (charge > s->capacity) {          /* too big for DRAM at all: straight to flash */
-        Node tmp = {.key = key, .value = value, .expiry = expiry, .clean = clean};
-        if (skipped && clean)
-            (*skipped)++;
-        else if (append_evicted(s, out, &tmp) < 0)
-            Py_CLEAR(out);
-        return out;
-    }
+    /* a Node is no GC object: making it runs no other thread, so the steps from here to
+     * the pending entry below are one */
     Node *n = PyObject_New(Node, &NodeType);
     if (!n) {
         Py_DECREF(out);
@@ -247,6 +269,15 @@ static PyObject *put(Lru *s, PyObject *key, PyObject *value, double expiry, int 
     n->expiry = expiry;
     n->clean = clean;
     n->charge = charge;
+    forget_pending(s, key);
+    if (charge > s->capacity) {          /* too big for DRAM at all: straight to flash */
+        if (skipped && clean)
+            (*skipped)++;
+        else if ((!clean && PyDict_SetItem(s->pending, key, (PyObject *)n) < 0) || append_evicted(s, out, n) < 0)
+            Py_CLEAR(out);
+        Py_DECREF(n);
+        return out;
+    }
     if (PyDict_SetItem(s->map, key, (PyObject *)n) < 0) {
         Py_DECREF(n);
         Py_DECREF(out);
@@ -270,7 +301,8 @@ static PyObject *put(Lru *s, PyObject *key, PyObject *value, double expiry, int 
             Py_DECREF(old);
             continue;
         }
-        int failed = append_evicted(s, out, old) < 0;
+        int failed = (!old->clean && PyDict_SetItem(s->pending, old->key, (PyObject *)old) < 0) ||
+                     append_evicted(s, out, old) < 0;
         Py_DECREF(old);
         if (failed) {
             Py_DECREF(out);
@@ -352,7 +384,7 @@ static PyObject *lru_delete(Lru *s, PyObject *key)
     if (!n) {
         if (PyErr_Occurred())
             return NULL;
-        Py_RETURN_FALSE;
+        return PyBool_FromLong(forget_pending(s, key));   /* one in flight is deleted too */
     }
     Py_DECREF(remove_node(s, n));
     Py_RETURN_TRUE;
@@ -381,6 +413,7 @@ static PyObject *lru_touch(Lru *s, PyObject *const *args, Py_ssize_t nargs)
     }
     if (n->expiry && n->expiry <= t)
         Py_RETURN_FALSE;
+    forget_pending(s, args[0]);
     s->expiring += (expiry != 0) - (n->expiry != 0);
     n->expiry = expiry;
     n->clean = 0;
@@ -401,6 +434,89 @@ static PyObject *lru_peek_expiry(Lru *s, PyObject *key)
         Py_RETURN_NONE;
     }
     return PyFloat_FromDouble(n->expiry);
+}
+
+/* latest(key) -> (value, expiry) of the key's newest item the tier knows, expired or not,
+ * without touching recency: the one held, else the one in flight to flash; None if
+ * neither. Value and expiry are taken before the tuple is made (that may run the GC, and
+ * so other threads). */
+static PyObject *lru_latest(Lru *s, PyObject *key)
+{
+    if (check_bytes(key, NULL) < 0)
+        return NULL;
+    Node *n = (Node *)PyDict_GetItemWithError(s->map, key);
+    if (!n && !PyErr_Occurred() && PyDict_GET_SIZE(s->pending))
+        n = (Node *)PyDict_GetItemWithError(s->pending, key);
+    if (!n) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *v = Py_NewRef(n->value), *e = PyFloat_FromDouble(n->expiry);
+    PyObject *t = e ? PyTuple_Pack(2, v, e) : NULL;
+    Py_DECREF(v);
+    Py_XDECREF(e);
+    return t;
+}
+
+/* Whether key's in-flight node is this very item (the same value object and expiry: a
+ * newer eviction of the key has another). 1, 0, or -1 with an exception. */
+static int in_flight_is(Lru *s, PyObject *key, PyObject *value, PyObject *expiry)
+{
+    if (!PyDict_GET_SIZE(s->pending))
+        return 0;
+    Node *n = (Node *)PyDict_GetItemWithError(s->pending, key);
+    if (!n)
+        return PyErr_Occurred() ? -1 : 0;
+    double e = PyFloat_AsDouble(expiry);
+    if (e == -1 && PyErr_Occurred())
+        return -1;
+    return n->value == value && n->expiry == e;
+}
+
+/* Forget key's in-flight node if it is this item (its demotion is over). 1 if it was
+ * (no event of the key in the tier since its eviction), 0 if not, -1 with an exception. */
+static int settle(Lru *s, PyObject *key, PyObject *value, PyObject *expiry)
+{
+    int r = in_flight_is(s, key, value, expiry);
+    return r > 0 && PyDict_DelItem(s->pending, key) < 0 ? -1 : r;
+}
+
+/* settle(key, value, expiry) -> whether the item was still in flight: its demotion is
+ * over (written, or dropped) and the tier forgets it. */
+static PyObject *lru_settle(Lru *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "DramTier.settle(key, value, expiry)");
+        return NULL;
+    }
+    int r = check_bytes(args[0], NULL) < 0 ? -1 : settle(s, args[0], args[1], args[2]);
+    return r < 0 ? NULL : PyBool_FromLong(r);
+}
+
+/* in_flight() -> how many evicted items wait for their demotion to settle. */
+static PyObject *lru_in_flight(Lru *s, PyObject *unused)
+{
+    (void)unused;
+    return PyLong_FromSsize_t(PyDict_GET_SIZE(s->pending));
+}
+
+/* clear(): drop every item, returning and demoting none, and forget those in flight. The
+ * new map is made first (that may run the GC), then swapped in whole; freeing the old one
+ * runs no Python code (nodes and bytes only). */
+static PyObject *lru_empty(Lru *s, PyObject *unused)
+{
+    (void)unused;
+    PyObject *map = PyDict_New();
+    if (!map)
+        return NULL;
+    PyObject *old = s->map;
+    s->map = map;
+    s->head.next = s->head.prev = &s->head;
+    s->bytes = s->expiring = 0;
+    Py_DECREF(old);
+    PyDict_Clear(s->pending);
+    Py_RETURN_NONE;
 }
 
 /* drain() -> every live item as Evicted, least recent first; the tier is left empty. */
@@ -474,6 +590,10 @@ static PyMethodDef lru_methods[] = {
     {"delete", (PyCFunction)lru_delete, METH_O, NULL},
     {"touch", (PyCFunction)(void (*)(void))lru_touch, METH_FASTCALL, NULL},
     {"peek_expiry", (PyCFunction)lru_peek_expiry, METH_O, NULL},
+    {"latest", (PyCFunction)lru_latest, METH_O, NULL},
+    {"settle", (PyCFunction)(void (*)(void))lru_settle, METH_FASTCALL, NULL},
+    {"in_flight", (PyCFunction)lru_in_flight, METH_NOARGS, NULL},
+    {"clear", (PyCFunction)lru_empty, METH_NOARGS, NULL},
     {"_drain", (PyCFunction)lru_drain, METH_NOARGS, NULL},
     {"snapshot", (PyCFunction)lru_snapshot, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
@@ -659,12 +779,15 @@ static PyTypeObject HistType = {
  *   - every set/delete/touch of a key runs its DRAM and flash steps under lock(key) and
  *     stamps the key (a fresh ticket) after them;
  *   - a demotion takes a ticket before the DRAM change that evicted the item, and writes
- *     it to flash under lock(key) only if the key was not stamped after that ticket;
+ *     it to flash under lock(key) only if the key was not stamped after that ticket, or
+ *     the item is still the key's in flight in the Lru (then no change of the key came
+ *     after its eviction: a later stamp was another key's of the same slot);
  *   - a promotion takes a ticket before its flash lookup, and adds to DRAM only under
  *     try_lock(key) and only if the key was not stamped since (else it just skips).
  * Keys hash into KO_STAMPS stamp slots and KO_LOCKS locks; two keys sharing a slot can
- * only cost a demotion or promotion skipped (a later miss), never a wrong value. A lock
- * waits with the GIL released; no path holds two of these locks at once. */
+ * only cost a promotion skipped (a later miss), never a wrong value. A lock waits with
+ * the GIL released; no path holds two of these locks at once, but lock_all() (clear),
+ * which holds none before. */
 #define KO_STAMP_BITS 16
 #define KO_LOCK_BITS 10
 
@@ -801,6 +924,24 @@ static PyObject *ko_py_changed(KeyOrder *o, PyObject *const *args, Py_ssize_t na
     return PyBool_FromLong(ko_changed(o, s, t, mine));
 }
 
+/* lock_all(): take every key's lock, in order (Cache.clear: no change of any key runs
+ * meanwhile). The caller holds none of them; no other path holds two, so none deadlocks. */
+static PyObject *ko_py_lock_all(KeyOrder *o, PyObject *unused)
+{
+    (void)unused;
+    for (unsigned i = 0; i < (1u << KO_LOCK_BITS); i++)
+        ko_acquire(o, i << (KO_STAMP_BITS - KO_LOCK_BITS));
+    Py_RETURN_NONE;
+}
+
+static PyObject *ko_py_unlock_all(KeyOrder *o, PyObject *unused)
+{
+    (void)unused;
+    for (unsigned i = 0; i < (1u << KO_LOCK_BITS); i++)
+        ko_release(o, i << (KO_STAMP_BITS - KO_LOCK_BITS));
+    Py_RETURN_NONE;
+}
+
 static PyObject *ko_py_clear(KeyOrder *o, PyObject *unused)
 {
     (void)unused;
@@ -819,6 +960,9 @@ static PyMethodDef ko_methods[] = {
      "changed_since(key, ticket, mine=0) -> bool: the key (or its slot) was stamped after ticket by "
      "another change than the one that stamped ``mine``, or clear() ran"},
     {"clear", (PyCFunction)ko_py_clear, METH_NOARGS, "clear(): every key changed (a flush of the whole cache)"},
+    {"lock_all", (PyCFunction)ko_py_lock_all, METH_NOARGS,
+     "lock_all(): take every key's lock (waits with the GIL released; the caller must hold none)"},
+    {"unlock_all", (PyCFunction)ko_py_unlock_all, METH_NOARGS, "unlock_all(): release every key's lock"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -983,12 +1127,62 @@ static int demote_py(Hot *h, PyObject *items, unsigned long long ticket, unsigne
     return r ? 0 : -1;
 }
 
+/* Settle a key's in-flight item (its demotion is over), keeping any error already set:
+ * that one wins. -1 if the settle failed and no error was set before. */
+static int settle_keeping_error(Lru *s, PyObject *e)
+{
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    int r = settle(s, PyTuple_GET_ITEM(e, 0), PyTuple_GET_ITEM(e, 1), PyTuple_GET_ITEM(e, 2));
+    if (et)
+        PyErr_Restore(et, ev, tb);
+    return et ? 0 : r;
+}
+
+/* One evicted item ``e`` (Evicted: key, value, expiry, clean) of demote() below: under its
+ * key's lock, dropped if the key changed since ``ticket`` and the item is no longer the
+ * key's in flight (a later stamp with the item still in flight was another key's of the
+ * same slot), else through the insert hook (counted here, as Cache._demote counts); either
+ * way settled in the tier under the lock. An item the hook declines goes, still in flight,
+ * to demote([item], ticket) after the lock is let go (it takes it again, checks again and
+ * settles it). 0, or -1 with an exception. */
+static int demote_one(Hot *h, PyObject *e, unsigned long long ticket, unsigned long long mine)
+{
+    unsigned slot;
+    if (ko_slot(PyTuple_GET_ITEM(e, 0), &slot) < 0)
+        return -1;
+    ko_acquire(h->order, slot);
+    int fresh = in_flight_is(h->dram, PyTuple_GET_ITEM(e, 0), PyTuple_GET_ITEM(e, 1), PyTuple_GET_ITEM(e, 2));
+    if (fresh < 0 || (!fresh && ko_changed(h->order, slot, ticket, mine))) {
+        int failed = fresh < 0 || settle_keeping_error(h->dram, e) < 0;
+        ko_release(h->order, slot);
+        h->c[H_DEMOTIONS_RACED] += !failed;
+        return failed ? -1 : 0;
+    }
+    int done = h->insert->fn(h->insert->ctx, PyTuple_GET_ITEM(e, 0), PyTuple_GET_ITEM(e, 1),
+                             PyTuple_GET_ITEM(e, 2));
+    if (done != 0 && settle_keeping_error(h->dram, e) < 0)     /* written, or failed */
+        done = -1;
+    ko_release(h->order, slot);
+    if (done < 0)
+        return -1;
+    if (done) {
+        h->c[H_DEMOTIONS]++;
+        return 0;
+    }
+    PyObject *one = PyList_New(1);
+    if (!one)
+        return -1;
+    PyList_SET_ITEM(one, 0, Py_NewRef(e));
+    int failed = demote_py(h, one, ticket, mine) < 0;
+    Py_DECREF(one);
+    return failed ? -1 : 0;
+}
+
 /* Demote the evicted items in ``out`` (dirty ones: put() counted the clean), evicted by a
- * DRAM change made after ``ticket`` (KeyOrder's rule): each under its key's lock, dropped
- * if the key changed since, else through the insert hook when there is one (counted here,
- * as Cache._demote counts); an item the hook declines goes to demote([item], ticket)
- * after the lock is let go (it takes it again and checks again). Without the hook,
- * demote(out, ticket). */
+ * DRAM change made after ``ticket`` (KeyOrder's rule), each by demote_one() when there is
+ * an insert hook, else demote(out, ticket) in Python. After an error the rest are not
+ * written, only settled (no longer in flight), and the first error is raised. */
 static int demote(Hot *h, PyObject *out, unsigned long long ticket, unsigned long long mine)
 {
     Py_ssize_t n = PyList_GET_SIZE(out);
@@ -997,33 +1191,11 @@ static int demote(Hot *h, PyObject *out, unsigned long long ticket, unsigned lon
     if (!h->insert)
         return demote_py(h, out, ticket, mine);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *e = PyList_GET_ITEM(out, i);      /* Evicted (key, value, expiry, clean); the list is ours */
-        unsigned slot;
-        if (ko_slot(PyTuple_GET_ITEM(e, 0), &slot) < 0)
+        if (demote_one(h, PyList_GET_ITEM(out, i), ticket, mine) < 0) {
+            while (++i < n)
+                settle_keeping_error(h->dram, PyList_GET_ITEM(out, i));
             return -1;
-        ko_acquire(h->order, slot);
-        if (ko_changed(h->order, slot, ticket, mine)) {
-            ko_release(h->order, slot);
-            h->c[H_DEMOTIONS_RACED]++;
-            continue;
         }
-        int done = h->insert->fn(h->insert->ctx, PyTuple_GET_ITEM(e, 0), PyTuple_GET_ITEM(e, 1),
-                                 PyTuple_GET_ITEM(e, 2));
-        ko_release(h->order, slot);
-        if (done < 0)
-            return -1;
-        if (done) {
-            h->c[H_DEMOTIONS]++;
-            continue;
-        }
-        PyObject *one = PyList_New(1);
-        if (!one)
-            return -1;
-        PyList_SET_ITEM(one, 0, Py_NewRef(e));
-        int failed = demote_py(h, one, ticket, mine) < 0;
-        Py_DECREF(one);
-        if (failed)
-            return -1;
     }
     return 0;
 }

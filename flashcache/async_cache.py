@@ -8,20 +8,25 @@ go to the device's async reader in one submission; the reader's eventfd wakes th
 when completions arrive (``loop.add_reader``), with no thread per request. The surprise:
 ``set``/``delete`` are not awaited on I/O: they complete on the loop thread at once (a
 DRAM write plus short flash writes of evicted items), which also keeps every engine
-mutation serial, as the engines require.
+mutation serial, as the engines require; so do the read-modify-writes (``add``, ``incr``,
+``decr``, ``pop``: ``Cache``'s, whose flash read under the key's lock is synchronous) and
+``clear``.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
 from collections import deque
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from engines.device import Read, Trim, Write
 
 from . import config as config_mod
-from .cache import _MISSING, Cache
+from . import memoize as memoize_mod
+from .cache import _MISSING, Cache, many_keys
 
 log = logging.getLogger("flashcache.async")
 
@@ -36,6 +41,11 @@ class AsyncCache:
     Concurrent ``get``s from many tasks coalesce into batched submissions. Without an
     async-capable device (a psync file, NVMe passthrough for now) lookups still coalesce
     but their reads run synchronously on the loop; ``stats()["async_io"]`` says which.
+
+    The API is ``Cache``'s with ``await``: ``get``, ``get_many``, ``set``, ``set_many``,
+    ``delete``, ``touch``, ``add``, ``incr``, ``decr``, ``pop``, ``clear``, ``memoize``
+    (for ``async def`` functions), ``close``; ``stats()`` and ``len()`` are plain calls.
+    ``key in cache`` cannot await a flash read: use ``await cache.contains(key)``.
     """
 
     def __init__(self, config: "config_mod.Config | str | Path | None" = None, **kw: Any):
@@ -195,7 +205,7 @@ class AsyncCache:
 
     async def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
         """{key: value} for the keys held; all flash lookups in one submission."""
-        keys = list(keys)
+        keys = many_keys(keys)
         vals = await asyncio.gather(*(self.get(k, _MISSING) for k in keys))
         return {k: v for k, v in zip(keys, vals) if v is not _MISSING}
 
@@ -229,6 +239,69 @@ class AsyncCache:
         item = await self._lookup(k) if c.dram.peek_expiry(k) is None else _MISSING
         return c._change(k, lambda: c._touch_step(k, exp, item, ticket))
 
+    async def add(self, key: Any, value: Any, ttl: float | None = None) -> bool:
+        """``Cache.add``: store only if the key holds nothing; True if stored (runs on the loop)."""
+        self._bind()
+        return self.cache.add(key, value, ttl)
+
+    async def incr(self, key: Any, delta: int = 1, default: int | None = None) -> int:
+        """``Cache.incr``: memcached's incr, atomic (runs on the loop)."""
+        self._bind()
+        return self.cache.incr(key, delta, default)
+
+    async def decr(self, key: Any, delta: int = 1, default: int | None = None) -> int:
+        """``Cache.decr``: memcached's decr, stopping at 0, atomic (runs on the loop)."""
+        self._bind()
+        return self.cache.decr(key, delta, default)
+
+    async def pop(self, key: Any, default: Any = _MISSING) -> Any:
+        """``Cache.pop``: remove and return the value; ``default``, else KeyError (runs on the loop)."""
+        self._bind()
+        return self.cache.pop(key, default)
+
+    async def clear(self) -> None:
+        """``Cache.clear``: drop every item from DRAM and flash. A get awaiting its flash
+        read across the clear may still return what it read (it began before)."""
+        self._bind()
+        self.cache.clear()
+
+    def __len__(self) -> int:
+        """``len(Cache)``: approximate (see ``Cache.__len__``)."""
+        return len(self.cache)
+
+    def __bool__(self) -> bool:
+        """Always true, as ``Cache``."""
+        return True
+
+    def __contains__(self, key: Any) -> bool:
+        raise TypeError("flashcache.AsyncCache: `key in cache` cannot await a flash read; "
+                        "use `await cache.contains(key)`")
+
+    def memoize(self, ttl: float | None = None, key: Callable[..., Any] | None = None,
+                typed: bool = False) -> Callable[[Callable], Callable]:
+        """``Cache.memoize`` for ``async def`` functions (same arguments, same keys): the
+        wrapper awaits the cache's get, then on a miss the function, then sets."""
+        self.cache.memoize(ttl, key, typed)      # the same checks of the arguments
+
+        def decorate(fn: Callable) -> Callable:
+            if not inspect.iscoroutinefunction(fn):
+                raise TypeError(f"flashcache AsyncCache.memoize: {getattr(fn, '__qualname__', fn)!r} is not an "
+                                "async def function; use Cache.memoize (or AsyncCache.cache.memoize) for plain ones")
+            cache_key = memoize_mod.key_function(fn, key, typed)
+
+            @functools.wraps(fn)
+            async def memoized(*args: Any, **kwargs: Any) -> Any:
+                k = cache_key(*args, **kwargs)
+                v = await self.get(k, _MISSING)
+                if v is _MISSING:
+                    v = await fn(*args, **kwargs)
+                    memoize_mod.check_result(self.cache.codec, fn, v)
+                    await self.set(k, v, ttl)
+                return v
+            memoized.cache_key = cache_key
+            return memoized
+        return decorate
+
     def stats(self) -> dict[str, Any]:
         """``Cache.stats()`` plus ``async_io``: "io_uring eventfd" or why reads are synchronous,
         and how many read batches were submitted."""
@@ -248,6 +321,10 @@ class AsyncCache:
             self._reader.close()
             self._reader = None
         self.cache.close()
+
+    async def close(self) -> None:
+        """``aclose()`` under ``Cache.close``'s name: ``await cache.close()``."""
+        await self.aclose()
 
     async def __aenter__(self) -> "AsyncCache":
         return self

@@ -1,9 +1,10 @@
 """flashcache.Cache: the DRAM item tier in front of the flash engines, with TTL, metrics
 and WAF reporting.
 
-Owns the public API (get/set/delete/touch/get_many/set_many/stats/close), key and value
-checking, the optional msgpack codec, promotion (flash hit -> DRAM) and demotion (DRAM
-eviction -> flash through admission), and the device WAF windows. It composes a device
+Owns the public API (get/set/delete/touch/get_many/set_many, the dict forms, add/incr/
+decr/pop/clear, memoize, stats/close), key, value and TTL checking, the optional codecs
+(msgpack, pickle), promotion (flash hit -> DRAM) and demotion (DRAM eviction -> flash
+through admission), and the device WAF windows. It composes a device
 (flashcache.devices), the Navy router (engines.navy) and the DRAM tier (dram.py). The
 surprise: a ``set`` removes any older copy of the key from flash at once (a DRAM-only
 write must never let a stale flash copy come back after a rejected demotion or a crash),
@@ -16,29 +17,47 @@ promote what it read. Both steps are late copies of a key's value, and either co
 newer set or delete of the key made in between. The rule that prevents it, with one
 counter of tickets, a stamp per key (slot) and a lock per key (slot):
 
-* a set, delete or touch runs its DRAM and flash steps under the key's lock, then stamps
-  the key with a fresh ticket;
+* a change (set, delete, touch, or a read-modify-write: add, incr, decr, pop) runs its
+  DRAM and flash steps under the key's lock, then stamps the key with a fresh ticket; a
+  step that only read and then refused (add of a held key, incr of an absent one) changed
+  nothing and does not stamp;
 * a demotion takes a ticket before the DRAM change that evicts the item, and writes the
-  item to flash under the key's lock only if the key has no later stamp;
+  item to flash under the key's lock only if the key has no later stamp, or the item is
+  still the key's copy *in flight* (below);
 * a promotion takes a ticket before its flash lookup, and adds the item to DRAM only if
   it gets the key's lock at once and the key has no later stamp (else it skips: a get
   never waits for another thread's write).
 
+In flight: from the eviction (in the same step) until its demotion settles it under the
+key's lock, DramTier keeps a dirty evicted item aside, and forgets it at any later event
+of the key in DRAM, which every change of the key is (dram.py). A read-modify-write reads
+the key's newest copy: DRAM's, else the one in flight, else flash's; without the one in
+flight, a key another thread evicted a moment ago would read as absent (and the
+change's stamp would then drop its demotion: the value lost). ``clear`` takes every key's
+lock at once, empties DRAM (and what is in flight) and flash, then marks every earlier
+ticket as changed (``KeyOrder.clear``), so no demotion or promotion begun before it lands
+after it.
+
 Why that suffices. A demotion's write and any change of the key hold the same lock, so
-one runs wholly before the other. A change before the write stamped the key after its own
-DRAM step; if that stamp is later than the demotion's ticket the write is dropped, and if
-it is earlier, the change happened before the eviction, so the evicted item is the newer
-value. A change after the write removes flash's copy itself. Likewise a promotion adds
-only what flash held after every change that completed before its lookup began. Hence
-flash never holds a value older than the last completed change of its key, DRAM holds the
-newest, and a get (DRAM, then flash) returns a miss or a value no older than the last set
-or delete that completed before it began. Two keys sharing a slot can only cost a skipped
-demotion or promotion (a later miss), never a wrong value; no path holds two key locks at
-once (evictions are demoted after the change's own lock is let go), so none deadlocks.
+one runs wholly before the other. An item still in flight at the write had no change of
+its key since its eviction, so it is the newest value, whatever the stamps say (a later
+one was another key's of the same slot). Otherwise: a change before the write stamped the
+key after its own DRAM step; if that stamp is later than the demotion's ticket the write
+is dropped, and if it is earlier, the change happened before the eviction, so the evicted
+item is the newer value. A change after the write removes flash's copy itself. Likewise a
+promotion adds only what flash held after every change that completed before its lookup
+began. Hence flash never holds a value older than the last completed change of its key,
+DRAM holds the newest, and a get (DRAM, then flash) returns a miss or a value no older
+than the last set or delete that completed before it began. Two keys sharing a slot can
+only cost a skipped promotion (a later miss), never a wrong value; no path holds two key
+locks at once (evictions are demoted after the change's own lock is let go; ``clear``
+takes them all, holding none before), so none deadlocks.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import pickle
 import threading
 import time
 from collections import deque
@@ -49,12 +68,13 @@ import msgpack
 from prometheus_client import CollectorRegistry
 
 from engines import admission as admission_mod
-from engines.device import run, run_many
+from engines.device import MAX_EXPIRY, run, run_many
 from engines.navy import Navy
 
 from . import config as config_mod
 from . import forksafe
 from . import stats as stats_mod
+from . import memoize as memoize_mod
 from .devices import open_device
 from .devices.base import WafUnavailableError
 from ._hot_c import HotPath, KeyOrder
@@ -66,7 +86,8 @@ log = logging.getLogger("flashcache.cache")
 _now = time.perf_counter
 
 _MISSING = object()
-CODECS = (None, "msgpack")
+CODECS = (None, "msgpack", "pickle")
+_U64 = 1 << 64          # incr/decr: memcached's counters are unsigned 64-bit
 # Bind get/set to the C hot path (flashcache/_hot.c) when the cache can use it; tests turn
 # it off to run the Python methods as the reference.
 HOT_PATH = True
@@ -83,6 +104,15 @@ def _as_config(cfg: "config_mod.Config | str | Path | Mapping[str, Any] | None")
         return config_mod.from_dict(cfg)
     raise TypeError(f"flashcache.Cache(config): got {type(cfg).__name__}; pass a flashcache.config.Config, "
                     "the path of a TOML file, a dict shaped like that file, or nothing for the defaults")
+
+
+class _Raise:
+    """A step's refusal (``Cache._change``): the error to raise once the key's lock is let go."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException):
+        self.error = error
 
 
 class Cache:
@@ -104,11 +134,28 @@ class Cache:
     as ``config/default.toml``. A bad config raises one ConfigError listing every problem
     (``.errors``).
 
-    Keys are bytes or str (UTF-8); values are bytes-like, or any msgpack-able object with
-    ``codec="msgpack"``. ``ttl`` is seconds (None: ``cache.default_ttl`` from the config,
-    0: never expires). Thread-safe: the DRAM tier has its own short lock, BlockCache one
-    lock per engine, BigHash a lock per bucket stripe; no lock is held across another
-    engine's I/O. ``close()`` writes warm-restart metadata; use the context manager.
+    It is also dict-like, with memcached's read-modify-writes::
+
+        cache["k"] = b"v"; cache["k"]; del cache["k"]     # KeyError when absent
+        cache.add("lock:7", b"me", ttl=30)              # True only if it was absent
+        cache.incr("hits", default=0)                   # -> 1 (atomic across threads)
+        cache.pop("k", None); len(cache); cache.clear()
+
+    Keys are bytes or str (UTF-8), up to ``cache.max_key_size`` bytes. Values are
+    bytes-like; with ``codec="msgpack"`` any msgpack-able object, with ``codec="pickle"``
+    any picklable one. Pickle is for trusted data only: loading a pickle runs code, so
+    never use it on a device that an untrusted party can write. ``ttl`` is relative
+    seconds (None: ``cache.default_ttl`` from the config, 0: never expires), checked at
+    the call: finite, >= 0, and an expiry the flash engines can store (they keep absolute
+    whole seconds below 2**32: until early 2106); ValueError otherwise. It is never read
+    as an absolute time (memcached's rule that a ttl over 30 days is one does not apply).
+
+    Thread-safe, and a get returns a miss or a value no older than the last set or delete
+    that completed before it began (module docstring); ``add``, ``incr``, ``decr`` and
+    ``pop`` are atomic per key. The DRAM tier has no lock of its own (C, under the GIL),
+    BlockCache one lock per engine, BigHash a lock per bucket stripe; no lock is held
+    across another engine's I/O. ``close()`` writes DRAM's items to flash and the
+    warm-restart metadata; use the context manager.
     One process owns a device at a time: a second Cache on it, here or in another process,
     raises DeviceInUseError naming the holder. A child made by fork() cannot use the
     parent's Cache (ForkedError; its close() does nothing): open a new one in the child.
@@ -120,8 +167,12 @@ class Cache:
                  codec: str | None = None, registry: CollectorRegistry | None = None, name: str = "default",
                  clock: Callable[[], float] = time.time):
         if codec not in CODECS:
-            raise ValueError(f'flashcache.Cache: codec = {codec!r}: use None (bytes values) or "msgpack"')
+            raise ValueError(f'flashcache.Cache: codec = {codec!r}: use None (bytes values), "msgpack", or "pickle" '
+                             "(trusted data only: loading a pickle runs code)")
         cfg = _as_config(config)
+        if cfg.cache.default_ttl > MAX_EXPIRY - clock():
+            raise config_mod.ConfigError(f"{cfg.source}: cache.default_ttl = {cfg.cache.default_ttl:g}: "
+                                         + _too_long(cfg.cache.default_ttl, clock()))
         self.config = cfg
         self.codec = codec
         self._clock = clock
@@ -218,24 +269,39 @@ class Cache:
                 return msgpack.packb(value, use_bin_type=True)
             except (TypeError, ValueError, OverflowError) as e:
                 raise TypeError(f"flashcache: value not storable with the msgpack codec: {e}") from None
+        if self.codec == "pickle":
+            try:
+                return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+            except (pickle.PicklingError, TypeError, AttributeError, RecursionError) as e:
+                raise TypeError(f"flashcache: value not storable with the pickle codec: {e}") from None
         if isinstance(value, bytes):
             return value
         if isinstance(value, (bytearray, memoryview)):
             return bytes(value)
         raise TypeError(f"flashcache: a value must be bytes-like, not {type(value).__name__}; "
-                        'open the cache with codec="msgpack" to store Python objects')
+                        'open the cache with codec="msgpack" (or "pickle") to store Python objects')
 
     def _decode(self, raw: bytes) -> Any:
-        return msgpack.unpackb(raw, raw=False) if self.codec == "msgpack" else raw
+        if self.codec is None:
+            return raw
+        return msgpack.unpackb(raw, raw=False) if self.codec == "msgpack" else pickle.loads(raw)
 
     def _expiry(self, ttl: float | None) -> float:
+        """The absolute expiry (0 = never) of an item set now with ``ttl`` relative seconds
+        (None: the default TTL). Checked here, at the call: a ttl the engines cannot store
+        must fail now, not in a later, unrelated demotion or close()."""
         if ttl is None:
             ttl = self.default_ttl
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
             raise TypeError(f"flashcache: ttl must be a number of seconds or None, not {type(ttl).__name__}")
-        if ttl < 0:
+        if not ttl:
+            return 0.0
+        if not ttl > 0:                           # negative, or NaN
             raise ValueError(f"flashcache: ttl = {ttl}: use seconds >= 0 (0 = never expires)")
-        return self._clock() + ttl if ttl else 0.0
+        now = self._clock()
+        if ttl > MAX_EXPIRY - now:
+            raise ValueError(f"flashcache: ttl = {_show(ttl)}: {_too_long(ttl, now)}")
+        return now + ttl
 
     def _check_open(self, what: str) -> None:
         if self._closed:
@@ -275,25 +341,42 @@ class Cache:
                 c[k] += v
         return c
 
-    def _demote(self, evicted: Iterable[Evicted], ticket: int, mine: int = 0) -> None:
+    def _demote(self, evicted: Iterable[Evicted], ticket: int, mine: int = 0,
+                failed: list | None = None) -> None:
         """Write DRAM's evicted items to flash (through admission); ``ticket``: taken before
         the DRAM change that evicted them, ``mine``: that change's own stamp, if it was a
-        set (KeyOrder.changed_since). An item whose key changed since is dropped."""
+        set (KeyOrder.changed_since). An item whose key changed since is dropped.
+        ``failed``: a list to collect (key, exception) of items whose write raised, going
+        on with the rest (close()); without it the first such error is raised."""
         c = self._counters
         order = self._order
-        for e in evicted:
-            if e.clean:
-                c["demotions_skipped_clean"] += 1
-                continue
-            order.lock(e.key)
-            try:
-                if order.changed_since(e.key, ticket, mine):
-                    c["demotions_raced"] += 1
+        settle = self.dram.settle
+        items = iter(evicted)
+        try:
+            for e in items:
+                if e.clean:
+                    c["demotions_skipped_clean"] += 1
                     continue
-                c["demotions"] += 1
-                self.navy.insert_now(self.device, e.key, e.value, e.expiry)
-            finally:
-                order.unlock(e.key)
+                order.lock(e.key)
+                try:
+                    # still in flight: no event of the key since its eviction, so a later
+                    # stamp was another key's of the same slot (written or dropped, it
+                    # is no longer in flight after this)
+                    if not settle(e.key, e.value, e.expiry) and order.changed_since(e.key, ticket, mine):
+                        c["demotions_raced"] += 1
+                        continue
+                    c["demotions"] += 1
+                    self.navy.insert_now(self.device, e.key, e.value, e.expiry)
+                except Exception as exc:
+                    if failed is None:
+                        raise
+                    failed.append((e.key, exc))
+                finally:
+                    order.unlock(e.key)
+        except BaseException:
+            for e in items:                       # not written after all
+                settle(e.key, e.value, e.expiry)
+            raise
 
     def _promote(self, key: bytes, value: bytes, expiry: float, ticket: int) -> None:
         """Put a flash hit in DRAM (clean), unless ``key`` changed since ``ticket`` (taken
@@ -316,19 +399,26 @@ class Cache:
             self._demote(out, ticket)
 
     def _change(self, key: bytes, step: Callable[[], Any]) -> Any:
-        """Run ``step`` (a set, delete or touch of ``key``: its DRAM and flash parts) under
-        the key's lock and stamp the key after it. A step returns (result, evicted,
-        ticket): what DRAM evicted, with the ticket taken before that DRAM change, is
-        demoted once the lock is let go."""
+        """Run ``step`` (a set, delete, touch or read-modify-write of ``key``: its DRAM and
+        flash parts) under the key's lock and stamp the key after it. A step returns
+        (result, evicted, ticket): what DRAM evicted, with the ticket taken before that
+        DRAM change, is demoted once the lock is let go. Ticket None: the step changed
+        nothing (it only read, then refused), so no stamp: one would drop the demotion of
+        the key's newest value if it is on its way to flash. A result ``_Raise(error)`` is
+        raised after the lock is let go."""
         order = self._order
         order.lock(key)
+        changed = True                # an error part way: flash's copy may be gone
         try:
             result, out, ticket = step()
+            changed = ticket is not None
         finally:
-            mine = order.stamp(key)   # even after an error: flash's copy may be gone
+            mine = order.stamp(key) if changed else 0
             order.unlock(key)
         if out:
             self._demote(out, ticket, mine)
+        if result.__class__ is _Raise:
+            raise result.error
         return result
 
     # -- the API ----------------------------------------------------------------------------
@@ -366,16 +456,24 @@ class Cache:
         if self._closed:
             self._check_open("set")
         t0 = _now()
-        k = key if type(key) is bytes and 0 < len(key) <= self.max_key_size else self._key(key)
-        v = value if type(value) is bytes and self.codec is None else self._encode(value)
-        if len(k) + len(v) > self._fits_max:
-            self._check_size(k, v)
-        exp = self._expiry(ttl) if ttl is not None or self.default_ttl else 0.0
+        k, v, exp = self._item(key, value, ttl)
+        self._store(k, v, exp, t0)
+
+    def _store(self, k: bytes, v: bytes, exp: float, t0: float) -> None:
+        """A checked set (``_item``'s output), begun at ``t0``."""
         c = self._counters
         c["sets"] += 1
         c["item_bytes_set"] += len(k) + len(v)
         self._change(k, lambda: self._set_step(k, v, exp))
         self._set_hist.observe(_now() - t0)
+
+    def _item(self, key: Any, value: Any, ttl: float | None) -> tuple[bytes, bytes, float]:
+        """A set's key, encoded value and absolute expiry, checked (raises before anything changes)."""
+        k = key if type(key) is bytes and 0 < len(key) <= self.max_key_size else self._key(key)
+        v = value if type(value) is bytes and self.codec is None else self._encode(value)
+        if len(k) + len(v) > self._fits_max:
+            self._check_size(k, v)
+        return k, v, self._expiry(ttl) if ttl is not None or self.default_ttl else 0.0
 
     def _set_step(self, k: bytes, v: bytes, exp: float) -> tuple[None, list, int]:
         if self.write_through:
@@ -392,12 +490,12 @@ class Cache:
         self._check_open("delete")
         k = self._key(key)
         self._count(deletes=1)
+        return self._change(k, lambda: (self._delete_step(k), None, 0))
 
-        def step() -> tuple[bool, None, int]:
-            in_dram = self.dram.delete(k)
-            on_flash = run(self.navy.remove(k), self.device) if self.navy.may_hold(k) else False
-            return in_dram or on_flash, None, 0
-        return self._change(k, step)
+    def _delete_step(self, k: bytes) -> bool:
+        in_dram = self.dram.delete(k)
+        on_flash = run(self.navy.remove(k), self.device) if self.navy.may_hold(k) else False
+        return in_dram or on_flash
 
     def touch(self, key: Any, ttl: float | None) -> bool:
         """Give ``key`` a new time to live; False if it is not held."""
@@ -410,19 +508,22 @@ class Cache:
     def _touch_step(self, k: bytes, exp: float, looked_up: Any = _MISSING,
                     ticket: int = 0) -> tuple[bool, list | None, int]:
         """A new expiry for ``k`` (under its lock): in DRAM, where flash's copy (with the old
-        expiry) goes; or a flash-resident item moves to DRAM, dirty, and flash's copy goes.
+        expiry) goes; or a flash-resident item (or one on its way there: evicted, its
+        demotion not yet done) moves to DRAM, dirty, and flash's copy goes.
         ``looked_up``: flash's item as a lookup begun after ``ticket`` found it (AsyncCache),
         used if the key has not changed since; else flash is read here."""
         if self.dram.touch(k, exp):
             if self.navy.may_hold(k):
                 run(self.navy.remove(k), self.device)
             return True, None, 0
-        if looked_up is not _MISSING and not self._order.changed_since(k, ticket):
-            item = looked_up
-        else:
-            item = self.navy.lookup_item_now(self.device, k)
+        item = self.dram.latest(k)    # expired in DRAM, or evicted and not yet on flash
+        if item is None:
+            if looked_up is not _MISSING and not self._order.changed_since(k, ticket):
+                item = looked_up
+            else:
+                item = self.navy.lookup_item_now(self.device, k)
         if item is None or (item[1] and item[1] <= self._clock()):
-            return False, None, 0
+            return False, None, None
         run(self.navy.remove(k), self.device)
         ticket = self._order.ticket()
         return True, self.dram.set(k, item[0], exp), ticket   # dirty: goes back to flash on eviction
@@ -433,11 +534,12 @@ class Cache:
         self._check_open("get_many")
         t0 = time.perf_counter()
         given = list(keys)
+        checked = [(orig, self._key(orig)) for orig in given]     # every key, before any is read
+        many_keys(given)
         out: dict[Any, Any] = {}
         missing: list[tuple[Any, bytes]] = []
         hits = 0
-        for orig in given:
-            k = self._key(orig)
+        for orig, k in checked:
             v = self.dram.get(k)
             if v is not None:
                 out[orig] = self._decode(v)
@@ -460,9 +562,205 @@ class Cache:
         return out
 
     def set_many(self, mapping: Mapping[Any, Any], ttl: float | None = None) -> None:
-        """``set`` each item of ``mapping`` with the same ``ttl``."""
-        for k, v in mapping.items():
-            self.set(k, v, ttl)
+        """``set`` each item of ``mapping`` with the same ``ttl``. Every item is checked
+        first: a bad key, value or ttl raises before any item is stored."""
+        self._check_open("set_many")
+        for item in [self._item(k, v, ttl) for k, v in mapping.items()]:
+            self._store(*item, _now())
+
+    # -- the dict forms and read-modify-write -------------------------------------------------
+    # Each read-modify-write runs as one ``_change`` step: under the key's lock, the read
+    # (DRAM, else flash) and the write cannot interleave with any other change of the key.
+
+    def __getitem__(self, key: Any) -> Any:
+        """``cache[key]``: the value; KeyError if the key holds nothing (or it expired)."""
+        v = self.get(key, _MISSING)
+        if v is _MISSING:
+            raise KeyError(key)
+        return v
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        """``cache[key] = value``: ``set`` with the default TTL."""
+        self.set(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        """``del cache[key]``: ``delete``; KeyError if the key held nothing."""
+        if not self.delete(key):
+            raise KeyError(key)
+
+    __iter__ = None   # no key listing: BigHash keeps no key index (so iter(cache) is a TypeError)
+
+    def __bool__(self) -> bool:
+        """A Cache is always true (``len`` is approximate; ``if cache:`` must not depend on it)."""
+        return True
+
+    def __len__(self) -> int:
+        """An approximate item count: DRAM's items plus the engines' items on flash. A
+        promoted item is counted in both tiers, expired items not yet dropped count, and
+        after a cold start BigHash's share is an estimate (``stats()["items"]`` says
+        whether the flash count is exact)."""
+        n = len(self.dram)
+        bc, bh = self.navy.blockcache, self.navy.bighash
+        if bc is not None:
+            n += len(bc.index)
+        if bh is not None:
+            n += bh.items or 0
+        return n
+
+    def _held(self, k: bytes) -> tuple[bytes, float] | None:
+        """``k``'s live item as (value, expiry): DRAM's newest copy (held, or evicted and
+        on its way to flash), else flash's. Only under the key's lock (in a ``_change``
+        step), where no other change of ``k`` runs; a copy DRAM knows is the newest,
+        expired or not."""
+        item = self.dram.latest(k)
+        if item is None:
+            item = self.navy.lookup_item_now(self.device, k)
+        if item is None or (item[1] and item[1] <= self._clock()):
+            return None
+        return item
+
+    def add(self, key: Any, value: Any, ttl: float | None = None) -> bool:
+        """Store ``value`` under ``key`` only if the key holds no live item; True if stored.
+        Atomic: of many threads adding one new key, exactly one gets True."""
+        self._check_open("add")
+        k, v, exp = self._item(key, value, ttl)
+
+        def step() -> tuple[bool, list | None, int]:
+            if self._held(k) is not None:
+                return False, None, None
+            return (True,) + self._set_step(k, v, exp)[1:]
+        added = self._change(k, step)
+        if added:
+            self._count(sets=1, item_bytes_set=len(k) + len(v))
+        return added
+
+    def incr(self, key: Any, delta: int = 1, default: int | None = None) -> int:
+        """Add ``delta`` to the counter under ``key`` and return the new value, atomically
+        (threads never lose an increment), as memcached's incr: the value is an unsigned
+        64-bit integer that wraps at 2**64, stored as ASCII decimal bytes (``b"42"``; with
+        a codec, as the int object). The item keeps its expiry. A missing key raises
+        KeyError, unless ``default`` is given: then it is stored as ``default + delta``,
+        with the default TTL. ValueError if the value held is not such a number."""
+        return self._bump("incr", key, delta, default)
+
+    def decr(self, key: Any, delta: int = 1, default: int | None = None) -> int:
+        """Subtract ``delta`` from the counter under ``key``, as ``incr``, stopping at 0
+        (memcached's decr never goes below zero)."""
+        return self._bump("decr", key, delta, default)
+
+    def _bump(self, op: str, key: Any, delta: int, default: int | None) -> int:
+        self._check_open(op)
+        k = self._key(key)
+        _check_u64(op, "delta", delta)
+        if default is not None:
+            _check_u64(op, "default", default)
+        exp_new = self._expiry(None) if default is not None else 0.0
+
+        def step() -> tuple[int, list | None, int]:
+            item = self._held(k)
+            if item is None:
+                if default is None:
+                    return _Raise(KeyError(key)), None, None
+                n, exp = default, exp_new
+            else:
+                try:
+                    n, exp = self._counter(key, item[0]), item[1]
+                except ValueError as e:
+                    return _Raise(e), None, None
+            n = (n + delta) % _U64 if op == "incr" else max(n - delta, 0)
+            v = b"%d" % n if self.codec is None else self._encode(n)
+            self._count(sets=1, item_bytes_set=len(k) + len(v))
+            return (n,) + self._set_step(k, v, exp)[1:]
+        return self._change(k, step)
+
+    def _counter(self, key: Any, raw: bytes) -> int:
+        """The counter a stored value holds (incr/decr); ValueError if it holds none."""
+        if self.codec is None:
+            if raw.isdigit() and len(raw) <= 20 and int(raw) < _U64:
+                return int(raw)
+            what = f"{_show(raw[:24])} is not"
+        else:
+            n = self._decode(raw)
+            if type(n) is int and 0 <= n < _U64:
+                return n
+            what = f"{_show(n)} ({type(n).__name__}) is not"
+        raise ValueError(f"flashcache: incr/decr of {_show(key)}: its value {what} an unsigned 64-bit integer; "
+                         + ('store counters as ASCII digits, like b"0"' if self.codec is None else
+                            "store counters as ints from 0 to 2**64 - 1"))
+
+    def pop(self, key: Any, default: Any = _MISSING) -> Any:
+        """Remove ``key`` and return its value, atomically (of threads popping one key, one
+        gets the value); ``default`` if it held nothing, else KeyError."""
+        self._check_open("pop")
+        k = self._key(key)
+        self._count(deletes=1)
+
+        def step() -> tuple[Any, None, int]:
+            item = self._held(k)
+            self._delete_step(k)
+            return item, None, 0
+        item = self._change(k, step)
+        if item is None:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        return self._decode(item[0])
+
+    def clear(self) -> None:
+        """Drop every item, from DRAM and from flash (both engines start a new generation:
+        no I/O but the superblock). Every value set before ``clear`` began is gone once it
+        returns; a set made while it runs may survive it or not."""
+        self._check_open("clear")
+        order = self._order
+        # every key's lock: no change, demotion or promotion of any key runs meanwhile
+        order.lock_all()
+        try:
+            self.dram.clear()
+            self.navy.clear()
+        finally:
+            # after the emptying, so a demotion or promotion ticketed before it is dropped
+            # later (they check changed_since under the key's lock, which clear held)
+            order.clear()
+            order.unlock_all()
+
+    def memoize(self, ttl: float | None = None, key: Callable[..., Any] | None = None,
+                typed: bool = False) -> Callable[[Callable], Callable]:
+        """A decorator that caches a function's results here, for ``ttl`` seconds (None:
+        the default TTL, 0: no expiry)::
+
+            @cache.memoize(ttl=60)
+            def profile(user_id: int) -> dict: ...
+
+            profile(42)                              # runs once, then from the cache
+            cache.delete(profile.cache_key(42))      # forget that one call
+
+        The key of a call is ``key(*args, **kwargs)`` if given (bytes or str, used as it
+        is), else ``b"memo:<module>.<qualname>:"`` and a digest of the arguments, which
+        must be plain data (``flashcache.memoize.call_key``; ``typed`` adds their type
+        names). The result is stored with the cache's codec: with codec=None the function
+        must return bytes (else TypeError: open the cache with codec="msgpack" or
+        "pickle"). Two threads missing the same call at once both run the function."""
+        self._expiry(ttl)                        # a bad ttl fails here, not at every call
+        if not isinstance(typed, bool):
+            raise TypeError(f"flashcache memoize: typed = {typed!r}: use True or False")
+
+        def decorate(fn: Callable) -> Callable:
+            if not callable(fn):
+                raise TypeError(f"flashcache memoize: decorates a function, not {type(fn).__name__}")
+            cache_key = memoize_mod.key_function(fn, key, typed)
+
+            @functools.wraps(fn)
+            def memoized(*args: Any, **kwargs: Any) -> Any:
+                k = cache_key(*args, **kwargs)
+                v = self.get(k, _MISSING)
+                if v is _MISSING:
+                    v = fn(*args, **kwargs)
+                    memoize_mod.check_result(self.codec, fn, v)
+                    self.set(k, v, ttl)
+                return v
+            memoized.cache_key = cache_key
+            return memoized
+        return decorate
 
     # -- reporting --------------------------------------------------------------------------
     def _waf_snapshot(self):
@@ -577,21 +875,48 @@ class Cache:
     def close(self) -> None:
         """Write DRAM's items to flash (through admission), save warm-restart metadata and
         close the device (if the cache opened it). Idempotent. In a forked child that
-        inherited the cache it does nothing (see _inherited)."""
+        inherited the cache it does nothing (see _inherited).
+
+        An error on the way costs only what it touched: close goes on (the other items,
+        the metadata, the device) and raises the first error at the end, with a note of
+        what else failed. So one bad write loses one item, not the warm restart."""
         if self._closed:
             return
         self._closed = True
         if self._hot is not None:
             self._hot.closed = True          # from now on every call takes the Python path
+        failed: list[tuple[bytes, BaseException]] = []
+        errors: list[tuple[str, BaseException]] = []     # (what it cost, the error)
+        done: list[str] = []                              # what went through all the same
         try:
-            ticket = self._order.ticket()
-            self._demote(self.dram.drain(), ticket)
-            saved = self.navy.close()
-            log.info("cache on %s closed: %s", self.device.path, saved)
+            items = list(self.dram.drain())
+            self._demote(items, self._order.ticket(), failed=failed)
+            if failed:
+                errors.append((f"{len(failed)} of {len(items)} DRAM items could not be written to flash and are "
+                               f"lost (the first: key {_show(failed[0][0])})", failed[0][1]))
+                done.append("the other DRAM items were written")
+            try:
+                saved = self.navy.close()
+                log.info("cache on %s closed: %s", self.device.path, saved)
+                done.append(f"warm-restart metadata: {saved}")
+            except Exception as e:
+                errors.append(("the warm-restart metadata could not be saved: the next start is cold", e))
         finally:
             self.metrics.close()
             if self._own_device:
-                self.device.close()
+                try:
+                    self.device.close()
+                    done.append("the device was closed")
+                except Exception as e:
+                    errors.append(("the device did not close cleanly", e))
+        if errors:
+            first = errors[0][1]
+            for what, e in errors:
+                first.add_note(f"flashcache: Cache.close(): {what}"
+                               + ("" if e is first else f" ({type(e).__name__}: {e})"))
+            if done:
+                first.add_note("flashcache: Cache.close() went on past the error: " + "; ".join(done))
+            raise first
 
     def __enter__(self) -> "Cache":
         return self
@@ -601,6 +926,39 @@ class Cache:
 
     def __repr__(self) -> str:
         return f"<flashcache.Cache on {self.device.path} ({'closed' if self._closed else self.navy.start})>"
+
+
+def many_keys(keys: Iterable[Any]) -> list:
+    """get_many's keys as a list. The result is {key: value} with the keys as given, so a
+    bytearray or memoryview (not hashable, or not reliably) is refused with a clear error."""
+    given = list(keys)
+    for k in given:
+        if isinstance(k, (bytearray, memoryview)):
+            raise TypeError(f"flashcache: get_many returns {{key: value}} with the keys as given, and a "
+                            f"{type(k).__name__} cannot be a dict key: pass bytes or str")
+    return given
+
+
+def _check_u64(op: str, what: str, n: Any) -> None:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"flashcache: {op}: {what} must be an int, not {type(n).__name__}")
+    if not 0 <= n < _U64:
+        raise ValueError(f"flashcache: {op}: {what} = {_show(n)}: use an int from 0 to 2**64 - 1"
+                         + ("; use decr to subtract" if op == "incr" and n < 0 else ""))
+
+
+def _show(x: Any, limit: int = 40) -> str:
+    r = repr(x)
+    return r if len(r) <= limit else r[:limit] + "..."
+
+
+def _too_long(ttl: float, now: float) -> str:
+    """Why ``ttl`` (seconds from ``now``) is out of range, and what to do."""
+    if ttl == float("inf"):
+        return "use 0 for an item that never expires"
+    return (f"at most {max(0, int(MAX_EXPIRY - now))} seconds from now: the flash engines keep the absolute "
+            "expiry as whole seconds below 2**32 (early 2106 on the wall clock). ttl is relative seconds, "
+            "never an absolute time; use 0 for an item that never expires")
 
 
 def blockcache_options(f: "config_mod.FlashConfig") -> dict[str, Any]:

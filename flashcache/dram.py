@@ -41,7 +41,12 @@ class DramTier(Lru):
     """LRU with a byte budget. Thread-safe; no method does I/O or waits.
 
     ``set`` returns the items the budget pushed out, oldest first, so the caller can demote
-    them. Expired items are dropped (not demoted) when met.
+    them. Expired items are dropped (not demoted) when met. Until the caller has written
+    a dirty evicted item to flash and ``settle``d it, the tier keeps it *in flight*: not
+    held (``get`` misses it, it costs no budget), but ``latest`` returns it, so a
+    read-modify-write of the key under its lock (Cache) finds the newest value even in
+    the moment when neither DRAM nor flash holds it. Any later insert, removal or touch of
+    the key in the tier forgets it.
 
     The structure and the hot methods are C (``flashcache/_hot.c``: a dict from key to
     node and an intrusive recency list); keys must be bytes, values bytes-like bytes. The
@@ -55,11 +60,19 @@ class DramTier(Lru):
       the whole budget comes straight back).
     * ``add(key, value, expiry, clean=True)``: store only if the key is absent (a promotion
       from flash must not overwrite a newer set that raced it). Returns (added, evicted).
-    * ``delete(key)``: drop ``key``; True if it was held.
+    * ``delete(key)``: drop ``key`` (and its copy in flight, below); True if either was there.
     * ``touch(key, expiry)``: give a live item a new expiry (it becomes dirty: flash's copy
       has the old one); False if absent or expired.
     * ``peek_expiry(key)``: the item's absolute expiry (0 = never) without touching
       recency; None if absent.
+    * ``latest(key)``: ``(value, expiry)`` of the key's newest item, expired or not,
+      without touching recency: the one held, else the one in flight (below); None if
+      neither.
+    * ``settle(key, value, expiry)``: the demotion of this evicted item is over (written
+      or dropped): True if it was still in flight (no event of the key in the tier since
+      its eviction), and it no longer is. A later eviction of the key stays in flight.
+    * ``in_flight()``: how many evicted items wait to be settled.
+    * ``clear()``: drop every item, and forget those in flight (none is returned).
     * ``snapshot()``: every item held (expired ones too) as ``Evicted``, least recent
       first, changing nothing (for tests and inspection).
     * ``capacity``, ``used_bytes`` (bytes charged for the items held, never above

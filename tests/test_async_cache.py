@@ -6,6 +6,8 @@ import asyncio
 
 import pytest
 
+import flashcache
+
 from flashcache.async_cache import AsyncCache
 from tests.test_cache import cfg
 
@@ -84,3 +86,31 @@ def test_bound_to_one_loop(tmp_path):
     with pytest.raises(RuntimeError, match="bound to the event loop that first used it"):
         run(c.get("k"))
     c.cache.close()
+
+
+def test_the_api_matches_cache(tmp_path):
+    """add, incr, decr, pop, clear, touch, len, close: Cache's methods with await."""
+    async def main():
+        c = AsyncCache(cfg(tmp_path, dram="64KiB"))
+        assert await c.add("a", b"1") is True and await c.add("a", b"2") is False
+        assert await c.incr("n", default=0) == 1 and await c.incr("n", 9) == 10 and await c.decr("n", 20) == 0
+        with pytest.raises(KeyError):
+            await c.incr("missing")
+        await c.set_many({b"f%d" % i: b"v" * 300 for i in range(400)})     # "a" and "n" go to flash
+        assert c.cache.dram.latest(b"a") is None
+        assert await c.touch("a", 100) is True and await c.get("a") == b"1"
+        assert await c.pop("a") == b"1" and await c.pop("a", None) is None
+        with pytest.raises(KeyError):
+            await c.pop("a")
+        assert len(c) >= 1 and len(c) == len(c.cache) and bool(c)
+        with pytest.raises(TypeError, match=r"`key in cache` cannot await a flash read; use `await cache.contains"):
+            "n" in c
+        assert await c.contains("n")
+        await c.clear()
+        assert len(c) == 0 and await c.get("n") is None and await c.get_many([b"f1", b"f399"]) == {}
+        assert c.stats()["since_open"]["sets"] >= 400
+        await c.close()
+        await c.close()                                     # idempotent
+        with pytest.raises(flashcache.ClosedError):
+            await c.add("b", b"1")
+    run(main())

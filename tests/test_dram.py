@@ -114,16 +114,20 @@ def test_add_never_overwrites_and_clean_travels_with_eviction():
 
 
 class ModelTier:
-    """The tier's contract in plain Python (what dram.py was before the LRU moved to C)."""
+    """The tier's contract in plain Python (what dram.py was before the LRU moved to C),
+    with the items in flight: dirty evictions not yet settled, forgotten at the key's next
+    event in the tier."""
 
     def __init__(self, cap, clock):
         from collections import OrderedDict
         self.cap, self.clock, self.items, self.bytes = cap, clock, OrderedDict(), 0
         self.hits = self.misses = self.evictions = self.expired = 0
+        self.pending = {}                       # key -> (value object, expiry)
 
     def _drop(self, k):
         v, e, cl = self.items.pop(k)
         self.bytes -= item_charge(k, v)
+        self.pending.pop(k, None)
 
     def get(self, k):
         ent = self.items.get(k)
@@ -140,7 +144,10 @@ class ModelTier:
 
     def _put(self, k, v, e, cl):
         charge = item_charge(k, v)
+        self.pending.pop(k, None)
         if charge > self.cap:
+            if not cl:
+                self.pending[k] = (v, float(e))
             return [(k, v, float(e), cl)]
         self.items[k] = (v, e, cl)
         self.bytes += charge
@@ -153,6 +160,8 @@ class ModelTier:
                 self.expired += 1
                 continue
             self.evictions += 1
+            if not cl2:
+                self.pending[k2] = (v2, float(e2))
             out.append((k2, v2, float(e2), cl2))
         return out
 
@@ -166,7 +175,7 @@ class ModelTier:
 
     def delete(self, k):
         if k not in self.items:
-            return False
+            return self.pending.pop(k, None) is not None
         self._drop(k)
         return True
 
@@ -176,16 +185,36 @@ class ModelTier:
             return False
         self.items[k] = (ent[0], e, False)
         self.items.move_to_end(k)
+        self.pending.pop(k, None)
         return True
 
     def drain(self):
         now, items = self.clock(), list(self.items.items())
+        for k in self.items:
+            self.pending.pop(k, None)
         self.items.clear()
         self.bytes = 0
         return [(k, v, float(e), cl) for k, (v, e, cl) in items if not e or e > now]
 
+    def latest(self, k):
+        ent = self.items.get(k)
+        return (ent[0], float(ent[1])) if ent is not None else self.pending.get(k)
 
-_ops = st.lists(st.tuples(st.sampled_from(["get", "set", "set", "add", "delete", "touch", "tick", "drain", "peek"]),
+    def settle(self, k, v, e):
+        p = self.pending.get(k)
+        if p is not None and p[0] is v and p[1] == e:
+            del self.pending[k]
+            return True
+        return False
+
+    def clear(self):
+        self.items.clear()
+        self.pending.clear()
+        self.bytes = 0
+
+
+_ops = st.lists(st.tuples(st.sampled_from(["get", "set", "set", "add", "delete", "touch", "tick", "drain", "peek",
+                                           "latest", "settle", "clear"]),
                           st.integers(0, 12), st.sampled_from([1, 40, 300, 2000]),
                           st.sampled_from([0, 0, 3, 30.5]), st.booleans()), max_size=150)
 
@@ -193,8 +222,8 @@ _ops = st.lists(st.tuples(st.sampled_from(["get", "set", "set", "add", "delete",
 @settings(max_examples=150, deadline=None)
 @given(_ops, st.sampled_from([0, 500, 1500, 5000]))
 def test_c_lru_matches_the_model(ops, cap):
-    """Every answer, eviction (order, expiry, clean flag), counter and byte count of the C
-    LRU equals the plain Python model's, over random operations with expiry."""
+    """Every answer, eviction (order, expiry, clean flag), item in flight, counter and byte
+    count of the C LRU equals the plain Python model's, over random operations with expiry."""
     clock = Clock()
     d, m = DramTier(cap, clock), ModelTier(cap, clock)
     for op, i, n, ttl, clean in ops:
@@ -216,9 +245,18 @@ def test_c_lru_matches_the_model(ops, cap):
         elif op == "peek":
             ent = m.items.get(k)
             assert d.peek_expiry(k) == (None if ent is None else ent[1])
+        elif op == "latest":
+            assert d.latest(k) == m.latest(k)
+        elif op == "settle":                    # the very item in flight, or another one
+            sv, se = m.pending[k] if k in m.pending and clean else (v, float(e))
+            assert d.settle(k, sv, se) == m.settle(k, sv, se)
+        elif op == "clear":
+            d.clear()
+            m.clear()
         else:
             assert [tuple(x) for x in d.drain()] == m.drain()
         assert d.used_bytes == m.bytes <= max(cap, 0) and len(d) == len(m.items)
+        assert d.in_flight() == len(m.pending)
         assert [(x.key, x.value, x.expiry, x.clean) for x in d.snapshot()] == \
             [(k2, v2, float(e2), cl2) for k2, (v2, e2, cl2) in m.items.items()]
     assert (d.hits, d.misses, d.evictions, d.expired) == (m.hits, m.misses, m.evictions, m.expired)

@@ -15,6 +15,7 @@ import itertools
 import random
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -80,6 +81,30 @@ def check_history(log: dict[bytes, list], report: Report) -> None:
                                    "before the get began" if w else "never set"))
 
 
+def _run_threads(n: int, target, switch: float = 1e-5) -> None:
+    """Run target(0..n-1) in n threads with a short switch interval (dense interleavings);
+    raise the first error any of them raised."""
+    errors: list[BaseException] = []
+
+    def run(t: int) -> None:
+        try:
+            target(t)
+        except BaseException as e:        # noqa: BLE001 - reported below
+            errors.append(e)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(switch)
+    try:
+        ts = [threading.Thread(target=run, args=(t,)) for t in range(n)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    if errors:
+        raise errors[0]
+
+
 def stress(cache, *, threads: int = 8, ops: int = 3000, own_keys: int = 60, shared_keys: int = 40,
            seed: int = 1, switch: float = 1e-5, getter=None) -> Report:
     """Run the mixed workload on ``cache`` from ``threads`` threads and check every get."""
@@ -87,7 +112,6 @@ def stress(cache, *, threads: int = 8, ops: int = 3000, own_keys: int = 60, shar
     stamp = itertools.count()
     shared = [b"shared-%d" % i for i in range(shared_keys)]
     log: dict[bytes, list] = {k: [] for k in shared}
-    errors: list[BaseException] = []
     get = getter or (lambda c, k: c.get(k))
 
     def worker(tid: int) -> None:
@@ -127,22 +151,10 @@ def stress(cache, *, threads: int = 8, ops: int = 3000, own_keys: int = 60, shar
                     else:
                         got = get(cache, k)
                         log[k].append((b, next(stamp), "get", got))
-        except BaseException as e:        # noqa: BLE001 - reported by the test
-            errors.append(e)
-        report.ops += n
+        finally:
+            report.ops += n
 
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(switch)
-    try:
-        ts = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-    finally:
-        sys.setswitchinterval(old)
-    if errors:
-        raise errors[0]
+    _run_threads(threads, worker, switch)
     check_history(log, report)
     return report
 
@@ -237,3 +249,162 @@ def test_async_tasks_never_see_deleted_or_overwritten_values(tmp_path):
     assert report.checked_gets > 500, report.checked_gets
     assert st["hits"]["flash"] >= 1000 and st["demotions"] >= 3000, (st["hits"], st["demotions"])
     assert st["async_io"]["batches"] > 0
+
+
+# --------------------------------------------------------------------------- read-modify-writes
+
+
+def _filler(c, tid: int, rng: random.Random) -> None:
+    c.set(b"fill-%d-%d" % (tid, rng.randrange(300)), bytes(rng.choice((100, 900, 3000))))
+
+
+@pytest.mark.parametrize("hot", [True, False], ids=["c-hot-path", "python-path"])
+def test_incr_from_many_threads_loses_no_increment(tmp_path, monkeypatch, hot):
+    """N threads incr one counter M times each, with filler sets between, on a DRAM tier
+    so small that the counter keeps leaving it: it is read back from flash, or caught on
+    its way there (evicted by another thread, not yet written), and the total is exact."""
+    monkeypatch.setattr(flashcache.cache, "HOT_PATH", hot)
+    threads, times = 8, 400
+    with flashcache.Cache(stress_config(tmp_path, dram="8KiB")) as c:
+        where = {"dram": 0, "in flight": 0, "flash": 0}
+        held = c._held
+
+        def spy(k):
+            if k == b"ctr":
+                where["dram" if c.dram.peek_expiry(k) is not None else
+                      "in flight" if c.dram.latest(k) is not None else "flash"] += 1
+            return held(k)
+        c._held = spy
+        c.set(b"ctr", b"0")
+
+        def work(t: int) -> None:
+            rng = random.Random(t)
+            for _ in range(times):
+                c.incr(b"ctr")
+                for _ in range(3):
+                    _filler(c, t, rng)
+        _run_threads(threads, work)
+        assert c.get(b"ctr") == b"%d" % (threads * times)
+        assert where["flash"] + where["in flight"] >= 20, where
+        assert c.dram.in_flight() == 0                    # every demotion settled
+
+
+@pytest.mark.parametrize("op", ["incr", "add", "pop", "delete", "touch"])
+def test_a_read_modify_write_sees_a_value_evicted_by_another_thread_and_not_yet_on_flash(tmp_path, monkeypatch, op):
+    """Another thread's set evicts the key, and its write to flash waits: neither DRAM nor
+    flash holds the key, yet it exists. A read-modify-write must find it (in flight), and
+    the late write must then not undo the change."""
+    monkeypatch.setattr(flashcache.cache, "HOT_PATH", False)
+    from engines.device import run
+    with flashcache.Cache(stress_config(tmp_path, dram="4KiB")) as c:
+        c.set(b"ctr", b"41")
+        evicted, go = threading.Event(), threading.Event()
+        demote = c._demote
+
+        def paused_demote(out, ticket, mine=0, failed=None):
+            out = list(out)
+            if any(e.key == b"ctr" for e in out):
+                evicted.set()
+                go.wait(10)
+            return demote(out, ticket, mine, failed)
+        c._demote = paused_demote
+        t = threading.Thread(target=lambda: [c.set(b"f%d" % i, b"x" * 500) for i in range(20)])
+        t.start()
+        try:
+            assert evicted.wait(10)
+            assert c.dram.peek_expiry(b"ctr") is None and run(c.navy.lookup(b"ctr"), c.device) is None
+            assert c.dram.in_flight() >= 1
+            if op == "incr":
+                assert c.incr(b"ctr") == 42
+            elif op == "add":
+                assert c.add(b"ctr", b"0") is False
+            elif op == "pop":
+                assert c.pop(b"ctr") == b"41"
+            elif op == "delete":
+                assert c.delete(b"ctr") is True
+            else:
+                assert c.touch(b"ctr", 100) is True
+        finally:
+            go.set()
+            t.join()
+        want = {"incr": b"42", "add": b"41", "pop": None, "delete": None, "touch": b"41"}[op]
+        assert c.get(b"ctr") == want
+        assert c.dram.in_flight() == 0
+
+
+def test_add_from_many_threads_one_wins(tmp_path):
+    """Threads add the same fresh keys at once (fillers push keys out to flash between):
+    for each key exactly one add returns True, and its value is the one held."""
+    keys = [b"new-%d" % i for i in range(150)]
+    wins: dict[bytes, list[int]] = {k: [] for k in keys}
+    with flashcache.Cache(stress_config(tmp_path, dram="8KiB")) as c:
+        def work(t: int) -> None:
+            rng = random.Random(t)
+            for k in keys:
+                if c.add(k, b"%d" % t + b"." * rng.choice((10, 2000))):
+                    wins[k].append(t)
+                _filler(c, t, rng)
+        _run_threads(8, work)
+        assert all(len(w) == 1 for w in wins.values()), {k: w for k, w in wins.items() if len(w) != 1}
+        held = c.get_many(keys)
+        assert all(v.split(b".")[0] == b"%d" % wins[k][0] for k, v in held.items())
+        assert len(held) > 50
+
+
+def test_pop_from_many_threads_hands_each_value_out_once(tmp_path):
+    keys = [b"pop-%d" % i for i in range(200)]
+    got: list[bytes] = []
+    with flashcache.Cache(stress_config(tmp_path, dram="8KiB")) as c:
+        c.set_many({k: k + b"." * 500 for k in keys})
+
+        def work(t: int) -> None:
+            rng = random.Random(t)
+            for k in keys:
+                v = c.pop(k, None)
+                if v is not None:
+                    got.append(v)
+                _filler(c, t, rng)
+        _run_threads(8, work)
+        assert len(got) == len(set(got)) and len(got) > 100      # never twice; evicted ones are gone
+        assert c.get_many(keys) == {}
+
+
+def test_clear_under_threads_leaves_no_value_set_before_it(tmp_path):
+    """Threads set and get while clear() runs now and then: a get that begins after a
+    clear returned never sees a value whose set ended before that clear began."""
+    stamp = itertools.count()
+    sets: dict[bytes, tuple[int, int]] = {}          # value -> (begin, end)
+    gets: list[tuple[int, bytes]] = []               # (begin, value)
+    clears: list[tuple[int, int]] = []
+    with flashcache.Cache(stress_config(tmp_path, dram="16KiB")) as c:
+        done = threading.Event()
+
+        def work(t: int) -> None:
+            if t == 0:
+                for _ in range(40):
+                    time.sleep(0.002)
+                    b = next(stamp)
+                    c.clear()
+                    clears.append((b, next(stamp)))
+                done.set()
+                return
+            rng = random.Random(t)
+            n = 0
+            while not done.is_set():
+                n += 1
+                k = b"k%d" % rng.randrange(60)
+                if rng.random() < 0.5:
+                    v = b"%d:%d:" % (t, n) + b"." * rng.choice((50, 900, 4000))
+                    b = next(stamp)
+                    c.set(k, v)
+                    sets[v] = (b, next(stamp))
+                else:
+                    b = next(stamp)
+                    v = c.get(k)
+                    if v is not None:
+                        gets.append((b, v))
+        _run_threads(7, work)
+        assert c.dram.in_flight() == 0
+    bad = [(gb, v[:12]) for gb, v in gets for cb, ce in clears if ce < gb and sets[v][1] < cb]
+    assert not bad, f"{len(bad)} gets saw a value set before a clear that ended before them: {bad[:5]}"
+    assert len(gets) > 300 and len(clears) == 40

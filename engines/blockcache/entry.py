@@ -34,6 +34,7 @@ from typing import NamedTuple
 import xxhash
 
 from engines._core_c import encode_entry as _encode_entry
+from engines.device import MAX_EXPIRY  # noqa: F401 - the header's u32 expiry field holds up to this
 
 MAGIC = b"FCBC"
 FORMAT_VERSION = 1
@@ -42,7 +43,6 @@ CHECKSUM_SEED = 0x9B05688C2B3E6C1F
 ENTRY_HEADER = struct.Struct("<4sHHQQQIIHH")  # magic, version, hsize, checksum, generation, key_hash, vlen, expiry, klen, flags
 HEADER_SIZE = ENTRY_HEADER.size
 MAX_KEY_LEN = 0xFFFF
-MAX_EXPIRY = 0xFFFFFFFF
 _CHECKSUM_FIELD = struct.Struct("<Q")
 _hash = xxhash.xxh3_64_intdigest
 _xxh3 = xxhash.xxh3_64

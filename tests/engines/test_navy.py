@@ -409,3 +409,63 @@ def test_a_failed_small_insert_in_c_releases_its_lock_and_raises():
     t.join()
     assert free and all(free)
     assert n.insert_now(dev, b"k", b"v" * 10) and run(n.lookup(b"k"), dev) == b"v" * 10
+
+
+def test_clear_empties_both_engines_and_the_superblock_keeps_it(dev):
+    n = navy(dev)
+    items = fill(n, dev)
+    gens = (n.bighash.generation, n.blockcache.generation)
+    n.clear()
+    assert all(run(n.lookup(k), dev) is None for k in items)
+    assert (n.bighash.generation, n.blockcache.generation) == (gens[0] + 1, gens[1] + 1)
+    assert run(n.insert(b"after", b"a" * 100), dev) and run(n.lookup(b"after"), dev) == b"a" * 100
+    # a crash now (no close): the superblock already holds the new generations, so the
+    # old buckets read as empty and only what came after the clear is served
+    n2 = navy(dev)
+    assert n2.start.startswith("cold: no clean-shutdown metadata")
+    assert all(run(n2.lookup(k), dev) is None for k in items)
+    assert run(n2.lookup(b"after"), dev) == b"a" * 100
+
+
+def test_clear_waits_for_an_engine_operation_in_progress(dev):
+    """clear() takes BlockCache's lock and every BigHash stripe: it cannot reset an engine
+    in the middle of another thread's insert."""
+    import threading
+    n = navy(dev)
+    n._bh_locks[7].acquire()                       # another thread's BigHash insert, say
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (n.clear(), done.set()))
+    t.start()
+    assert not done.wait(0.2)
+    n._bh_locks[7].release()
+    assert done.wait(10)
+    t.join()
+
+
+def test_close_saves_the_metadata_when_blockcache_flush_fails(dev):
+    """A device error on the flush of BlockCache's buffer must not cost the warm restart:
+    the metadata (without what only the buffer held) is saved, then the error raised."""
+    n = navy(dev)
+    sealed = {b"s%d" % i: bytes([i]) * 60_000 for i in range(40)}         # fills regions: sealed
+    small = {b"b%d" % i: bytes([i]) * 50 for i in range(30)}
+    for k, v in (sealed | small).items():
+        run(n.insert(k, v), dev)
+    run(n.insert(b"buffered", b"B" * 5000), dev)                          # only in the buffer
+    real = dev.write
+    bc_lo, bc_hi = n.layout["bc_offset"], n.layout["bc_offset"] + n.layout["bc_size"]
+
+    def failing(offset, data, stream=None):
+        if bc_lo <= offset < bc_hi:
+            raise OSError(5, "injected region write error")
+        return real(offset, data, stream)
+    dev.write = failing
+    with pytest.raises(OSError, match="injected region write error") as err:
+        n.close()
+    dev.write = real
+    n2 = navy(dev)
+    assert n2.start == "warm"
+    assert "the warm-restart metadata was saved without the items only it held" in err.value.__notes__[0]
+    assert all(run(n2.lookup(k), dev) == v for k, v in small.items())
+    got = {k: run(n2.lookup(k), dev) for k in sealed}
+    assert sum(got[k] == v for k, v in sealed.items()) >= 30 and all(got[k] in (None, v) for k, v in sealed.items())
+    assert run(n2.lookup(b"buffered"), dev) is None
