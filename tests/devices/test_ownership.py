@@ -360,16 +360,20 @@ def test_a_child_that_lives_on_does_not_keep_the_parents_device_locked(kind, pat
     parent's close releases the lock though the child is still running."""
     dev = open_kind(kind, path)
     r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:                                     # lives until told (or 30 s), then leaves
         try:
             os.close(w)
+            os.write(ready_w, b"r")                  # the at-fork hook has run by now
             select.select([r], [], [], 30)
         finally:
             os._exit(0)
     os.close(r)
+    os.close(ready_w)
     try:
-        time.sleep(0.05)
+        select.select([ready_r], [], [], 30)         # not a sleep: a loaded machine may be slow
+        os.close(ready_r)
         dev.close()
         open_kind(kind, path).close()
     finally:
