@@ -11,7 +11,7 @@ write must never let a stale flash copy come back after a rejected demotion or a
 and a promoted item stays on flash too, so evicting it again costs no write. A Cache a
 forked child inherited refuses use there (ForkedError); its close() does nothing.
 
-Threads (``KeyOrder``, flashcache/_hot.c). DRAM evicts an item inside one thread's call,
+Threads (``KeyOrder``, flashcache/_dram.c). DRAM evicts an item inside one thread's call,
 and that thread writes it to flash afterwards; a get that misses DRAM reads flash and may
 promote what it read. Both steps are late copies of a key's value, and either could undo a
 newer set or delete of the key made in between. The rule that prevents it, with one
@@ -84,8 +84,8 @@ _now = time.perf_counter
 
 CODECS = (None, "msgpack", "pickle")
 _U64 = 1 << 64          # incr/decr: memcached's counters are unsigned 64-bit
-# Bind get/set to the C accelerator of the request core (flashcache/_hot.c) when the cache can use it; tests turn
-# it off to run the Python methods as the reference.
+# Bind get/set to the C accelerator of the request core (flashcache/_core.c) when the
+# cache can use it; tests turn it off to run the Python methods as the reference.
 HOT_PATH = True
 
 

@@ -6,7 +6,7 @@ It drives no flash read of a get itself: a get is ``get_step`` (DRAM), then a fl
 the caller drives (blocking: ``lookup_now``; batched or on the event loop: the sans-I/O
 ``lookup`` generator), then ``finish_get``. So ``Cache.get``, ``Cache.get_many`` and
 ``AsyncCache`` differ only in how they run that lookup. The C ``HotPath``
-(flashcache/_hot.c) is the accelerator of ``get`` and ``set`` here, made by
+(flashcache/_core.c) is the accelerator of ``get`` and ``set`` here, made by
 ``accelerate()``; the surprise: it keeps its own counter array (C cannot bump this dict
 cheaply), which ``counts()`` merges, so stats read counters in one place.
 """
@@ -385,7 +385,7 @@ class RequestCore:
     # -- the C accelerator --------------------------------------------------------------------
     def accelerate(self, slow_get: Callable, slow_set: Callable) -> HotPath | None:
         """The C form of ``get`` and ``set`` for the common case (bytes in and out, no TTL
-        by default, no write-through; flashcache/_hotpath.c), or None where it does not
+        by default, no write-through; flashcache/_core.c), or None where it does not
         apply. It does these same steps on the same structures and counts into its own
         array (``counts()`` merges it); anything else it hands to ``slow_get``/``slow_set``.
         Its Python reference is this class: tests/test_cache.py's twin test runs both."""
