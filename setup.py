@@ -9,10 +9,12 @@ setup(
     ext_modules=[Extension("flashcache.uring._results_c", ["flashcache/uring/results.c", "flashcache/uring/ring.c"],
                            include_dirs=["flashcache/uring", "engines"],
                            extra_compile_args=["-O2", "-std=gnu11", "-Wall"]),
-                 # the Cache's per-request structures: the DRAM tier's LRU, the latency
-                 # histogram (flashcache/_hot.c)
-                 # (both include engines/_hooks.h: the C hooks passed between the modules)
-                 Extension("flashcache._hot_c", ["flashcache/_hot.c"], include_dirs=["engines"],
+                 # the Cache's per-request structures, one C file per component sharing the
+                 # structs of flashcache/_hot.h: the DRAM tier's LRU and KeyOrder (_dram.c), the
+                 # latency histogram (_metrics.c), the request core's accelerator (_core.c)
+                 # (both modules include engines/_hooks.h: the C hooks passed between them)
+                 Extension("flashcache._hot_c", ["flashcache/_core.c", "flashcache/_dram.c", "flashcache/_metrics.c"],
+                           include_dirs=["flashcache", "engines"],
                            extra_compile_args=["-O2", "-std=gnu11", "-Wall"]),
                  # BigHash's blocking lookup and insert in one C call each (engines/_core.c;
                  # the bucket core _bucket.c compiled in as well)

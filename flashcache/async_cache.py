@@ -2,10 +2,12 @@
 on the running asyncio loop.
 
 Owns the event-loop side only: it wraps a ``Cache`` (same config, tiers, stats) and
-drives flash lookups itself. Every ``get`` that misses DRAM parks its lookup (an engine
-generator); once per loop iteration all parked lookups advance together and their reads
-go to the device's async reader in one submission; the reader's eventfd wakes the loop
-when completions arrive (``loop.add_reader``), with no thread per request. The surprise:
+drives the flash lookups of its request core (``cache.core``, flashcache/core.py: the same
+get steps, counters and latency samples as ``Cache.get``) itself. Every ``get`` that
+misses DRAM parks its lookup (an engine generator); once per loop iteration all parked
+lookups advance together and their reads go to the device's async reader in one
+submission; the reader's eventfd wakes the loop when completions arrive
+(``loop.add_reader``), with no thread per request. The surprise:
 ``set``/``delete`` are not awaited on I/O: they complete on the loop thread at once (a
 DRAM write plus short flash writes of evicted items), which also keeps every engine
 mutation serial, as the engines require; so do the read-modify-writes (``add``, ``incr``,
@@ -18,6 +20,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -26,9 +29,11 @@ from engines.device import Read, Trim, Write
 
 from . import config as config_mod
 from . import memoize as memoize_mod
-from .cache import _MISSING, Cache, many_keys
+from .cache import Cache, many_keys
+from .core import MISSING
 
 log = logging.getLogger("flashcache.async")
+_now = time.perf_counter
 
 
 class AsyncCache:
@@ -50,6 +55,7 @@ class AsyncCache:
 
     def __init__(self, config: "config_mod.Config | str | Path | None" = None, **kw: Any):
         self.cache = Cache(config, **kw)
+        self.core = self.cache.core               # the request core it drives (flashcache/core.py)
         self._reader = None
         self._reader_error: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -85,7 +91,7 @@ class AsyncCache:
     def _lookup(self, key: bytes) -> "asyncio.Future":
         loop = self._bind()
         fut = loop.create_future()
-        self._parked.append((self.cache.navy.lookup_item(key), fut, None))
+        self._parked.append((self.core.lookup(key), fut, None))
         if not self._kick_scheduled:
             self._kick_scheduled = True
             loop.call_soon(self._kick)
@@ -185,33 +191,29 @@ class AsyncCache:
 
     # -- the API -----------------------------------------------------------------------------
     async def get(self, key: Any, default: Any = None) -> Any:
-        """The value for ``key``, or ``default``; a DRAM miss awaits the flash lookup."""
+        """The value for ``key``, or ``default``; a DRAM miss awaits the flash lookup.
+        Counted and timed as ``Cache.get`` (the core's steps; the wait on the loop included)."""
         self._bind()
-        c = self.cache
-        c._check_open("get")
-        k = c._key(key)
-        v = c.dram.get(k)
-        if v is not None:
-            c._count(gets=1, hits_dram=1)
-            return c._decode(v)
-        ticket = c._order.ticket()
-        item = await self._lookup(k)
-        if item is None or (item[1] and item[1] <= c._clock()):
-            c._count(gets=1, misses=1)
-            return default
-        c._count(gets=1, hits_flash=1)
-        c._promote(k, item[0], item[1], ticket)
-        return c._decode(item[0])
+        core = self.core
+        core.check_open("get")
+        t0 = _now()
+        k = core.key(key)
+        v, ticket = core.get_step(k, t0)
+        if v is None:
+            v = core.finish_get(k, await self._lookup(k), ticket, t0)
+            if v is None:
+                return default
+        return core.decode(v)
 
     async def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
         """{key: value} for the keys held; all flash lookups in one submission."""
         keys = many_keys(keys)
-        vals = await asyncio.gather(*(self.get(k, _MISSING) for k in keys))
-        return {k: v for k, v in zip(keys, vals) if v is not _MISSING}
+        vals = await asyncio.gather(*(self.get(k, MISSING) for k in keys))
+        return {k: v for k, v in zip(keys, vals) if v is not MISSING}
 
     async def contains(self, key: Any) -> bool:
         """Whether ``key`` is held (awaits a flash lookup on a DRAM miss; a hit is promoted)."""
-        return (await self.get(key, _MISSING)) is not _MISSING
+        return (await self.get(key, MISSING)) is not MISSING
 
     async def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
         """``Cache.set``: completes on the loop thread at once (DRAM, plus short flash writes of evicted items)."""
@@ -231,13 +233,13 @@ class AsyncCache:
     async def touch(self, key: Any, ttl: float | None) -> bool:
         """Give ``key`` a new time to live; False if it is not held (a flash item is looked up asynchronously)."""
         self._bind()
-        c = self.cache
-        k = c._key(key)
-        exp = c._expiry(ttl)
-        c._count(touches=1)
-        ticket = c._order.ticket()
-        item = await self._lookup(k) if c.dram.peek_expiry(k) is None else _MISSING
-        return c._change(k, lambda: c._touch_step(k, exp, item, ticket))
+        core = self.core
+        core.check_open("touch")
+        k = core.key(key)
+        exp = core.expiry(ttl)
+        ticket = core.ticket()
+        item = await self._lookup(k) if core.dram.peek_expiry(k) is None else MISSING
+        return core.touch(k, exp, item, ticket)
 
     async def add(self, key: Any, value: Any, ttl: float | None = None) -> bool:
         """``Cache.add``: store only if the key holds nothing; True if stored (runs on the loop)."""
@@ -254,7 +256,7 @@ class AsyncCache:
         self._bind()
         return self.cache.decr(key, delta, default)
 
-    async def pop(self, key: Any, default: Any = _MISSING) -> Any:
+    async def pop(self, key: Any, default: Any = MISSING) -> Any:
         """``Cache.pop``: remove and return the value; ``default``, else KeyError (runs on the loop)."""
         self._bind()
         return self.cache.pop(key, default)
@@ -292,8 +294,8 @@ class AsyncCache:
             @functools.wraps(fn)
             async def memoized(*args: Any, **kwargs: Any) -> Any:
                 k = cache_key(*args, **kwargs)
-                v = await self.get(k, _MISSING)
-                if v is _MISSING:
+                v = await self.get(k, MISSING)
+                if v is MISSING:
                     v = await fn(*args, **kwargs)
                     memoize_mod.check_result(self.cache.codec, fn, v)
                     await self.set(k, v, ttl)

@@ -11,7 +11,7 @@ write must never let a stale flash copy come back after a rejected demotion or a
 and a promoted item stays on flash too, so evicting it again costs no write. A Cache a
 forked child inherited refuses use there (ForkedError); its close() does nothing.
 
-Threads (``KeyOrder``, flashcache/_hot.c). DRAM evicts an item inside one thread's call,
+Threads (``KeyOrder``, flashcache/_dram.c). DRAM evicts an item inside one thread's call,
 and that thread writes it to flash afterwards; a get that misses DRAM reads flash and may
 promote what it read. Both steps are late copies of a key's value, and either could undo a
 newer set or delete of the key made in between. The rule that prevents it, with one
@@ -57,18 +57,16 @@ from __future__ import annotations
 
 import functools
 import logging
-import pickle
 import threading
 import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-import msgpack
 from prometheus_client import CollectorRegistry
 
 from engines import admission as admission_mod
-from engines.device import MAX_EXPIRY, run, run_many
+from engines.device import MAX_EXPIRY, run_many
 from engines.navy import Navy
 
 from . import config as config_mod
@@ -77,19 +75,17 @@ from . import stats as stats_mod
 from . import memoize as memoize_mod
 from .devices import open_device
 from .devices.base import WafUnavailableError
-from ._hot_c import HotPath, KeyOrder
-from .dram import DramTier, Evicted
-from .errors import ClosedError, ForkedError
+from .core import MISSING as _MISSING, Raise, RequestCore, show, too_long
+from .dram import DramTier
 from .metrics import CacheMetrics
 
 log = logging.getLogger("flashcache.cache")
 _now = time.perf_counter
 
-_MISSING = object()
 CODECS = (None, "msgpack", "pickle")
 _U64 = 1 << 64          # incr/decr: memcached's counters are unsigned 64-bit
-# Bind get/set to the C hot path (flashcache/_hot.c) when the cache can use it; tests turn
-# it off to run the Python methods as the reference.
+# Bind get/set to the C accelerator of the request core (flashcache/_core.c) when the
+# cache can use it; tests turn it off to run the Python methods as the reference.
 HOT_PATH = True
 
 
@@ -104,15 +100,6 @@ def _as_config(cfg: "config_mod.Config | str | Path | Mapping[str, Any] | None")
         return config_mod.from_dict(cfg)
     raise TypeError(f"flashcache.Cache(config): got {type(cfg).__name__}; pass a flashcache.config.Config, "
                     "the path of a TOML file, a dict shaped like that file, or nothing for the defaults")
-
-
-class _Raise:
-    """A step's refusal (``Cache._change``): the error to raise once the key's lock is let go."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException):
-        self.error = error
 
 
 class Cache:
@@ -161,8 +148,6 @@ class Cache:
     parent's Cache (ForkedError; its close() does nothing): open a new one in the child.
     """
 
-    _forked = False          # set in a forked child (see _inherited)
-
     def __init__(self, config: "config_mod.Config | str | Path | None" = None, *, device: Any = None,
                  codec: str | None = None, registry: CollectorRegistry | None = None, name: str = "default",
                  clock: Callable[[], float] = time.time):
@@ -172,7 +157,7 @@ class Cache:
         cfg = _as_config(config)
         if cfg.cache.default_ttl > MAX_EXPIRY - clock():
             raise config_mod.ConfigError(f"{cfg.source}: cache.default_ttl = {cfg.cache.default_ttl:g}: "
-                                         + _too_long(cfg.cache.default_ttl, clock()))
+                                         + too_long(cfg.cache.default_ttl, clock()))
         self.config = cfg
         self.codec = codec
         self._clock = clock
@@ -201,14 +186,14 @@ class Cache:
         self.max_key_size = c.max_key_size
         self.default_ttl = c.default_ttl
         self.write_through = c.write_through
-        self._counters = {"gets": 0, "sets": 0, "deletes": 0, "touches": 0, "misses": 0, "hits_dram": 0,
-                          "hits_flash": 0, "item_bytes_set": 0, "demotions": 0, "demotions_skipped_clean": 0,
-                          "promotions": 0, "demotions_raced": 0, "promotions_raced": 0}
-        self._order = KeyOrder()    # one key's changes in order across DRAM and flash (module docstring)
+        # every request's decisions (DRAM, flash, promotion, demotion, TTL, counting,
+        # latency): flashcache/core.py; this class is the API in front of it
+        self.core = RequestCore(dram=self.dram, navy=self.navy, device=self.device, clock=clock, get_hist=None,
+                                set_hist=None, codec=codec, max_key_size=self.max_key_size,
+                                default_ttl=self.default_ttl, write_through=self.write_through)
         # since-open figures of the engines' lifetime counters are their growth since now
         self._opened_at = clock()
         self._lifetime_at_open = stats_mod.flash_lifetime(self.navy.stats())
-        self._closed = False
         self._waf_lock = threading.Lock()
         self._waf_window = c.waf_window
         self._waf_samples: deque = deque()
@@ -217,24 +202,12 @@ class Cache:
         if self._waf_open is not None:
             self._waf_samples.append((time.monotonic(), self._waf_open))
         self.metrics = CacheMetrics(self.stats, registry, name)
-        self._get_hist = self.metrics.get_seconds
-        self._set_hist = self.metrics.set_seconds
-        # items up to this size (key + value) fit an engine: set() checks no further
-        n = self.navy
-        self._fits_max = max(n.small_item_max if n.bighash else 0, n.blockcache.max_item_size if n.blockcache else 0, 1)
-        # get and set in one C call each for the common case (bytes in and out, no TTL by
-        # default, no write-through); everything else goes to the Python methods below,
-        # which do the same steps (the hot path calls them as its slow path)
-        self._hot = None
-        if HOT_PATH and codec is None and not self.default_ttl and not self.write_through:
-            self._hot = HotPath(self.dram, self._order, self._get_hist, self._set_hist,
-                                self.navy.lookup_now, self.navy.may_hold_now,
-                                self._remove_flash, self._demote, clock, Cache.get.__get__(self),
-                                Cache.set.__get__(self), self.max_key_size, self._fits_max)
-            self.get = self._hot.get
-            self.set = self._hot.set
-            if self.device is self.navy.device:   # demotions through the Router's C insert
-                self._hot.set_insert_hook(self.navy.insert_hook())
+        self.core.get_hist, self.core.set_hist = self.metrics.get_seconds, self.metrics.set_seconds
+        # get and set in one C call each for the common case: the core's accelerator (it
+        # hands everything else to the Python methods below)
+        if HOT_PATH and self.core.accelerate(Cache.get.__get__(self), Cache.set.__get__(self)) is not None:
+            self.get = self.core.hot.get
+            self.set = self.core.hot.set
         log.info("cache on %s: %s; DRAM %d MiB; placement %s", self.device.path, self.navy.start,
                  c.dram_size >> 20, {k: v["state"] for k, v in self._placement().items()})
         self._pid = forksafe.track(self)
@@ -243,208 +216,33 @@ class Cache:
         """In a forked child (flashcache.forksafe): every call raises ForkedError (as a
         closed cache's raises ClosedError, through the same checks) and close() does
         nothing: no demotion, no metadata, no device I/O; the flash is the parent's."""
-        self._forked = True
-        self._closed = True
-        if self._hot is not None:
-            self._hot.closed = True          # every get/set takes the Python path, which checks
+        self.core.forked_pid = self._pid
+        self._close_core()
 
-    # -- checking ---------------------------------------------------------------------------
-    def _key(self, key: Any) -> bytes:
-        if isinstance(key, str):
-            key = key.encode()
-        elif isinstance(key, (bytearray, memoryview)):
-            key = bytes(key)
-        elif not isinstance(key, bytes):
-            raise TypeError(f"flashcache: a key must be bytes or str, not {type(key).__name__}")
-        if not key:
-            raise ValueError("flashcache: the empty key is not allowed")
-        if len(key) > self.max_key_size:
-            raise ValueError(f"flashcache: a key of {len(key)} bytes is longer than cache.max_key_size "
-                             f"({self.max_key_size})")
-        return key
-
-    def _encode(self, value: Any) -> bytes:
-        if self.codec == "msgpack":
-            try:
-                return msgpack.packb(value, use_bin_type=True)
-            except (TypeError, ValueError, OverflowError) as e:
-                raise TypeError(f"flashcache: value not storable with the msgpack codec: {e}") from None
-        if self.codec == "pickle":
-            try:
-                return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-            except (pickle.PicklingError, TypeError, AttributeError, RecursionError) as e:
-                raise TypeError(f"flashcache: value not storable with the pickle codec: {e}") from None
-        if isinstance(value, bytes):
-            return value
-        if isinstance(value, (bytearray, memoryview)):
-            return bytes(value)
-        raise TypeError(f"flashcache: a value must be bytes-like, not {type(value).__name__}; "
-                        'open the cache with codec="msgpack" (or "pickle") to store Python objects')
-
-    def _decode(self, raw: bytes) -> Any:
-        if self.codec is None:
-            return raw
-        return msgpack.unpackb(raw, raw=False) if self.codec == "msgpack" else pickle.loads(raw)
-
-    def _expiry(self, ttl: float | None) -> float:
-        """The absolute expiry (0 = never) of an item set now with ``ttl`` relative seconds
-        (None: the default TTL). Checked here, at the call: a ttl the engines cannot store
-        must fail now, not in a later, unrelated demotion or close()."""
-        if ttl is None:
-            ttl = self.default_ttl
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
-            raise TypeError(f"flashcache: ttl must be a number of seconds or None, not {type(ttl).__name__}")
-        if not ttl:
-            return 0.0
-        if not ttl > 0:                           # negative, or NaN
-            raise ValueError(f"flashcache: ttl = {ttl}: use seconds >= 0 (0 = never expires)")
-        now = self._clock()
-        if ttl > MAX_EXPIRY - now:
-            raise ValueError(f"flashcache: ttl = {_show(ttl)}: {_too_long(ttl, now)}")
-        return now + ttl
-
-    def _check_open(self, what: str) -> None:
-        if self._closed:
-            if self._forked:
-                raise ForkedError("flashcache", what, "Cache", self._pid)
-            raise ClosedError(f"flashcache: {what} on a closed cache")
+    def _close_core(self) -> None:
+        self.core.closed = True
+        if self.core.hot is not None:
+            self.core.hot.closed = True      # every get/set takes the Python path, which checks
 
     @property
     def max_value_size(self) -> int:
         """Largest value (with the shortest key) that flash can hold."""
         return self.navy.max_item_size - 1
 
-    def _check_size(self, key: bytes, value: bytes) -> None:
-        if self.navy.engine_for(len(key), len(value)) is None:
-            raise ValueError(f"flashcache: an item of {len(key) + len(value)} bytes (key {len(key)} + value "
-                             f"{len(value)}) is larger than the largest the flash engines take "
-                             f"({self.navy.max_item_size} bytes); raise cache.flash.region_size")
-
-    def _count(self, **kw: int) -> None:
-        # Unlocked, like the hot paths below: counters are statistics (a lost increment
-        # under heavy threading is possible and harmless), never state.
-        c = self._counters
-        for k, v in kw.items():
-            c[k] += v
-
-    # -- flash ------------------------------------------------------------------------------
-    def _remove_flash(self, k: bytes) -> bool:
-        return run(self.navy.remove(k), self.device)
-
-    def _counts(self) -> dict[str, int]:
-        """The counters: the Python methods' plus the hot path's."""
-        c = dict(self._counters)
-        # getattr: a registry that collects to learn the names (prometheus_client's default)
-        # calls stats() while __init__ registers the metrics, before the hot path is set up
-        if getattr(self, "_hot", None) is not None:
-            for k, v in self._hot.counters().items():
-                c[k] += v
-        return c
-
-    def _demote(self, evicted: Iterable[Evicted], ticket: int, mine: int = 0,
-                failed: list | None = None) -> None:
-        """Write DRAM's evicted items to flash (through admission); ``ticket``: taken before
-        the DRAM change that evicted them, ``mine``: that change's own stamp, if it was a
-        set (KeyOrder.changed_since). An item whose key changed since is dropped.
-        ``failed``: a list to collect (key, exception) of items whose write raised, going
-        on with the rest (close()); without it the first such error is raised."""
-        c = self._counters
-        order = self._order
-        settle = self.dram.settle
-        items = iter(evicted)
-        try:
-            for e in items:
-                if e.clean:
-                    c["demotions_skipped_clean"] += 1
-                    continue
-                order.lock(e.key)
-                try:
-                    # still in flight: no event of the key since its eviction, so a later
-                    # stamp was another key's of the same slot (written or dropped, it
-                    # is no longer in flight after this)
-                    if not settle(e.key, e.value, e.expiry) and order.changed_since(e.key, ticket, mine):
-                        c["demotions_raced"] += 1
-                        continue
-                    c["demotions"] += 1
-                    self.navy.insert_now(self.device, e.key, e.value, e.expiry)
-                except Exception as exc:
-                    if failed is None:
-                        raise
-                    failed.append((e.key, exc))
-                finally:
-                    order.unlock(e.key)
-        except BaseException:
-            for e in items:                       # not written after all
-                settle(e.key, e.value, e.expiry)
-            raise
-
-    def _promote(self, key: bytes, value: bytes, expiry: float, ticket: int) -> None:
-        """Put a flash hit in DRAM (clean), unless ``key`` changed since ``ticket`` (taken
-        before the lookup) or another thread is changing it now."""
-        order = self._order
-        if not order.try_lock(key):
-            self._counters["promotions_raced"] += 1
-            return
-        try:
-            if order.changed_since(key, ticket):
-                self._counters["promotions_raced"] += 1
-                return
-            ticket = order.ticket()
-            added, out = self.dram.add(key, value, expiry, True)
-        finally:
-            order.unlock(key)
-        if added:
-            self._counters["promotions"] += 1
-        if out:
-            self._demote(out, ticket)
-
-    def _change(self, key: bytes, step: Callable[[], Any]) -> Any:
-        """Run ``step`` (a set, delete, touch or read-modify-write of ``key``: its DRAM and
-        flash parts) under the key's lock and stamp the key after it. A step returns
-        (result, evicted, ticket): what DRAM evicted, with the ticket taken before that
-        DRAM change, is demoted once the lock is let go. Ticket None: the step changed
-        nothing (it only read, then refused), so no stamp: one would drop the demotion of
-        the key's newest value if it is on its way to flash. A result ``_Raise(error)`` is
-        raised after the lock is let go."""
-        order = self._order
-        order.lock(key)
-        changed = True                # an error part way: flash's copy may be gone
-        try:
-            result, out, ticket = step()
-            changed = ticket is not None
-        finally:
-            mine = order.stamp(key) if changed else 0
-            order.unlock(key)
-        if out:
-            self._demote(out, ticket, mine)
-        if result.__class__ is _Raise:
-            raise result.error
-        return result
-
     # -- the API ----------------------------------------------------------------------------
+    # Each method checks its arguments and hands the request to the core (flashcache/core.py),
+    # which decides it; get_many drives the core's flash lookups as one batch.
+
     def get(self, key: Any, default: Any = None) -> Any:
         """The value for ``key``, or ``default``. Expired items are never returned."""
-        if self._closed:
-            self._check_open("get")
+        core = self.core
+        if core.closed:
+            core.check_open("get")
         t0 = _now()
-        k = key if type(key) is bytes and 0 < len(key) <= self.max_key_size else self._key(key)
-        c = self._counters
-        c["gets"] += 1
-        v = self.dram.get(k)
-        if v is not None:
-            c["hits_dram"] += 1
-        else:
-            ticket = self._order.ticket()
-            item = self.navy.lookup_item_now(self.device, k)
-            if item is None or (item[1] and item[1] <= self._clock()):
-                c["misses"] += 1
-                self._get_hist.observe(_now() - t0)
-                return default
-            v = item[0]
-            c["hits_flash"] += 1
-            self._promote(k, v, item[1], ticket)
-        self._get_hist.observe(_now() - t0)
-        return v if self.codec is None else self._decode(v)
+        v = core.get(core.key(key), t0)
+        if v is None:
+            return default
+        return v if self.codec is None else core.decode(v)
 
     def __contains__(self, key: Any) -> bool:
         """Whether ``key`` is held (counts as a get; a flash hit is promoted)."""
@@ -453,124 +251,63 @@ class Cache:
     def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
         """Store ``value`` under ``key`` for ``ttl`` seconds (None: the default TTL, 0: no
         expiry). DRAM first; flash when DRAM evicts it (or at once with write_through)."""
-        if self._closed:
-            self._check_open("set")
+        core = self.core
+        if core.closed:
+            core.check_open("set")
         t0 = _now()
-        k, v, exp = self._item(key, value, ttl)
-        self._store(k, v, exp, t0)
-
-    def _store(self, k: bytes, v: bytes, exp: float, t0: float) -> None:
-        """A checked set (``_item``'s output), begun at ``t0``."""
-        c = self._counters
-        c["sets"] += 1
-        c["item_bytes_set"] += len(k) + len(v)
-        self._change(k, lambda: self._set_step(k, v, exp))
-        self._set_hist.observe(_now() - t0)
-
-    def _item(self, key: Any, value: Any, ttl: float | None) -> tuple[bytes, bytes, float]:
-        """A set's key, encoded value and absolute expiry, checked (raises before anything changes)."""
-        k = key if type(key) is bytes and 0 < len(key) <= self.max_key_size else self._key(key)
-        v = value if type(value) is bytes and self.codec is None else self._encode(value)
-        if len(k) + len(v) > self._fits_max:
-            self._check_size(k, v)
-        return k, v, self._expiry(ttl) if ttl is not None or self.default_ttl else 0.0
-
-    def _set_step(self, k: bytes, v: bytes, exp: float) -> tuple[None, list, int]:
-        if self.write_through:
-            self.navy.insert_now(self.device, k, v, exp)
-            ticket = self._order.ticket()
-            return None, self.dram.set(k, v, exp, clean=True), ticket
-        if self.navy.may_hold(k):                 # no stale copy may outlive this set
-            run(self.navy.remove(k), self.device)
-        ticket = self._order.ticket()
-        return None, self.dram.set(k, v, exp), ticket
+        k, v, exp = core.item(key, value, ttl)
+        core.set(k, v, exp, t0)
 
     def delete(self, key: Any) -> bool:
         """Remove ``key`` from every tier; True if it was held."""
-        self._check_open("delete")
-        k = self._key(key)
-        self._count(deletes=1)
-        return self._change(k, lambda: (self._delete_step(k), None, 0))
-
-    def _delete_step(self, k: bytes) -> bool:
-        in_dram = self.dram.delete(k)
-        on_flash = run(self.navy.remove(k), self.device) if self.navy.may_hold(k) else False
-        return in_dram or on_flash
+        self.core.check_open("delete")
+        return self.core.delete(self.core.key(key))
 
     def touch(self, key: Any, ttl: float | None) -> bool:
         """Give ``key`` a new time to live; False if it is not held."""
-        self._check_open("touch")
-        k = self._key(key)
-        exp = self._expiry(ttl)
-        self._count(touches=1)
-        return self._change(k, lambda: self._touch_step(k, exp))
-
-    def _touch_step(self, k: bytes, exp: float, looked_up: Any = _MISSING,
-                    ticket: int = 0) -> tuple[bool, list | None, int]:
-        """A new expiry for ``k`` (under its lock): in DRAM, where flash's copy (with the old
-        expiry) goes; or a flash-resident item (or one on its way there: evicted, its
-        demotion not yet done) moves to DRAM, dirty, and flash's copy goes.
-        ``looked_up``: flash's item as a lookup begun after ``ticket`` found it (AsyncCache),
-        used if the key has not changed since; else flash is read here."""
-        if self.dram.touch(k, exp):
-            if self.navy.may_hold(k):
-                run(self.navy.remove(k), self.device)
-            return True, None, 0
-        item = self.dram.latest(k)    # expired in DRAM, or evicted and not yet on flash
-        if item is None:
-            if looked_up is not _MISSING and not self._order.changed_since(k, ticket):
-                item = looked_up
-            else:
-                item = self.navy.lookup_item_now(self.device, k)
-        if item is None or (item[1] and item[1] <= self._clock()):
-            return False, None, None
-        run(self.navy.remove(k), self.device)
-        ticket = self._order.ticket()
-        return True, self.dram.set(k, item[0], exp), ticket   # dirty: goes back to flash on eviction
+        core = self.core
+        core.check_open("touch")
+        k = core.key(key)
+        return core.touch(k, core.expiry(ttl))
 
     def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
         """The values of the keys that are held, as {key: value} (keys as given). All flash
-        lookups of one call go to the device together: one submission per round."""
-        self._check_open("get_many")
-        t0 = time.perf_counter()
+        lookups of one call go to the device together: one submission per round. Counted
+        and timed per key, as ``get``."""
+        core = self.core
+        core.check_open("get_many")
         given = list(keys)
-        checked = [(orig, self._key(orig)) for orig in given]     # every key, before any is read
+        checked = [(orig, core.key(orig)) for orig in given]     # every key, before any is read
         many_keys(given)
         out: dict[Any, Any] = {}
-        missing: list[tuple[Any, bytes]] = []
-        hits = 0
+        missing: list[tuple[Any, bytes, int, float]] = []
         for orig, k in checked:
-            v = self.dram.get(k)
+            t0 = _now()
+            v, ticket = core.get_step(k, t0)
             if v is not None:
-                out[orig] = self._decode(v)
-                hits += 1
+                out[orig] = core.decode(v)
             else:
-                missing.append((orig, k))
-        fhits = 0
+                missing.append((orig, k, ticket, t0))
         if missing:
-            ticket = self._order.ticket()
-            items = run_many([self.navy.lookup_item(k) for _, k in missing], self.device)
-            now = self._clock()
-            for (orig, k), item in zip(missing, items):
-                if item is None or (item[1] and item[1] <= now):
-                    continue
-                out[orig] = self._decode(item[0])
-                fhits += 1
-                self._promote(k, item[0], item[1], ticket)
-        self._count(gets=len(given), hits_dram=hits, hits_flash=fhits, misses=len(given) - hits - fhits)
-        self.metrics.get_seconds.observe(time.perf_counter() - t0)
+            items = run_many([core.lookup(k) for _, k, _, _ in missing], self.device)
+            for (orig, k, ticket, t0), item in zip(missing, items):
+                v = core.finish_get(k, item, ticket, t0)
+                if v is not None:
+                    out[orig] = core.decode(v)
         return out
 
     def set_many(self, mapping: Mapping[Any, Any], ttl: float | None = None) -> None:
         """``set`` each item of ``mapping`` with the same ``ttl``. Every item is checked
         first: a bad key, value or ttl raises before any item is stored."""
-        self._check_open("set_many")
-        for item in [self._item(k, v, ttl) for k, v in mapping.items()]:
-            self._store(*item, _now())
+        core = self.core
+        core.check_open("set_many")
+        for item in [core.item(k, v, ttl) for k, v in mapping.items()]:
+            core.set(*item, _now())
 
     # -- the dict forms and read-modify-write -------------------------------------------------
-    # Each read-modify-write runs as one ``_change`` step: under the key's lock, the read
-    # (DRAM, else flash) and the write cannot interleave with any other change of the key.
+    # Each read-modify-write runs as one ``core.change`` step: under the key's lock, the read
+    # (DRAM, else flash: ``core.held``) and the write cannot interleave with any other change
+    # of the key.
 
     def __getitem__(self, key: Any) -> Any:
         """``cache[key]``: the value; KeyError if the key holds nothing (or it expired)."""
@@ -607,31 +344,20 @@ class Cache:
             n += bh.items or 0
         return n
 
-    def _held(self, k: bytes) -> tuple[bytes, float] | None:
-        """``k``'s live item as (value, expiry): DRAM's newest copy (held, or evicted and
-        on its way to flash), else flash's. Only under the key's lock (in a ``_change``
-        step), where no other change of ``k`` runs; a copy DRAM knows is the newest,
-        expired or not."""
-        item = self.dram.latest(k)
-        if item is None:
-            item = self.navy.lookup_item_now(self.device, k)
-        if item is None or (item[1] and item[1] <= self._clock()):
-            return None
-        return item
-
     def add(self, key: Any, value: Any, ttl: float | None = None) -> bool:
         """Store ``value`` under ``key`` only if the key holds no live item; True if stored.
         Atomic: of many threads adding one new key, exactly one gets True."""
-        self._check_open("add")
-        k, v, exp = self._item(key, value, ttl)
+        core = self.core
+        core.check_open("add")
+        k, v, exp = core.item(key, value, ttl)
 
-        def step() -> tuple[bool, list | None, int]:
-            if self._held(k) is not None:
+        def step() -> tuple[bool, list | None, int | None]:
+            if core.held(k) is not None:
                 return False, None, None
-            return (True,) + self._set_step(k, v, exp)[1:]
-        added = self._change(k, step)
+            return (True,) + core.set_step(k, v, exp)[1:]
+        added = core.change(k, step)
         if added:
-            self._count(sets=1, item_bytes_set=len(k) + len(v))
+            core.count(sets=1, item_bytes_set=len(k) + len(v))
         return added
 
     def incr(self, key: Any, delta: int = 1, default: int | None = None) -> int:
@@ -649,79 +375,71 @@ class Cache:
         return self._bump("decr", key, delta, default)
 
     def _bump(self, op: str, key: Any, delta: int, default: int | None) -> int:
-        self._check_open(op)
-        k = self._key(key)
+        core = self.core
+        core.check_open(op)
+        k = core.key(key)
         _check_u64(op, "delta", delta)
         if default is not None:
             _check_u64(op, "default", default)
-        exp_new = self._expiry(None) if default is not None else 0.0
+        exp_new = core.expiry(None) if default is not None else 0.0
 
-        def step() -> tuple[int, list | None, int]:
-            item = self._held(k)
+        def step() -> tuple[Any, list | None, int | None]:
+            item = core.held(k)
             if item is None:
                 if default is None:
-                    return _Raise(KeyError(key)), None, None
+                    return Raise(KeyError(key)), None, None
                 n, exp = default, exp_new
             else:
                 try:
                     n, exp = self._counter(key, item[0]), item[1]
                 except ValueError as e:
-                    return _Raise(e), None, None
+                    return Raise(e), None, None
             n = (n + delta) % _U64 if op == "incr" else max(n - delta, 0)
-            v = b"%d" % n if self.codec is None else self._encode(n)
-            self._count(sets=1, item_bytes_set=len(k) + len(v))
-            return (n,) + self._set_step(k, v, exp)[1:]
-        return self._change(k, step)
+            v = b"%d" % n if self.codec is None else core.encode(n)
+            core.count(sets=1, item_bytes_set=len(k) + len(v))
+            return (n,) + core.set_step(k, v, exp)[1:]
+        return core.change(k, step)
 
     def _counter(self, key: Any, raw: bytes) -> int:
         """The counter a stored value holds (incr/decr); ValueError if it holds none."""
         if self.codec is None:
             if raw.isdigit() and len(raw) <= 20 and int(raw) < _U64:
                 return int(raw)
-            what = f"{_show(raw[:24])} is not"
+            what = f"{show(raw[:24])} is not"
         else:
-            n = self._decode(raw)
+            n = self.core.decode(raw)
             if type(n) is int and 0 <= n < _U64:
                 return n
-            what = f"{_show(n)} ({type(n).__name__}) is not"
-        raise ValueError(f"flashcache: incr/decr of {_show(key)}: its value {what} an unsigned 64-bit integer; "
+            what = f"{show(n)} ({type(n).__name__}) is not"
+        raise ValueError(f"flashcache: incr/decr of {show(key)}: its value {what} an unsigned 64-bit integer; "
                          + ('store counters as ASCII digits, like b"0"' if self.codec is None else
                             "store counters as ints from 0 to 2**64 - 1"))
 
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
         """Remove ``key`` and return its value, atomically (of threads popping one key, one
         gets the value); ``default`` if it held nothing, else KeyError."""
-        self._check_open("pop")
-        k = self._key(key)
-        self._count(deletes=1)
+        core = self.core
+        core.check_open("pop")
+        k = core.key(key)
+        core.count(deletes=1)
 
         def step() -> tuple[Any, None, int]:
-            item = self._held(k)
-            self._delete_step(k)
+            item = core.held(k)
+            core.delete_step(k)
             return item, None, 0
-        item = self._change(k, step)
+        item = core.change(k, step)
         if item is None:
             if default is _MISSING:
                 raise KeyError(key)
             return default
-        return self._decode(item[0])
+        return core.decode(item[0])
 
     def clear(self) -> None:
         """Drop every item, from DRAM and from flash (both engines start a new generation:
         no I/O but the superblock). Every value set before ``clear`` began is gone once it
         returns; a set made while it runs may survive it or not."""
-        self._check_open("clear")
-        order = self._order
-        # every key's lock: no change, demotion or promotion of any key runs meanwhile
-        order.lock_all()
-        try:
-            self.dram.clear()
-            self.navy.clear()
-        finally:
-            # after the emptying, so a demotion or promotion ticketed before it is dropped
-            # later (they check changed_since under the key's lock, which clear held)
-            order.clear()
-            order.unlock_all()
+        self.core.check_open("clear")
+        self.core.clear()
 
     def memoize(self, ttl: float | None = None, key: Callable[..., Any] | None = None,
                 typed: bool = False) -> Callable[[Callable], Callable]:
@@ -740,7 +458,7 @@ class Cache:
         names). The result is stored with the cache's codec: with codec=None the function
         must return bytes (else TypeError: open the cache with codec="msgpack" or
         "pickle"). Two threads missing the same call at once both run the function."""
-        self._expiry(ttl)                        # a bad ttl fails here, not at every call
+        self.core.expiry(ttl)                    # a bad ttl fails here, not at every call
         if not isinstance(typed, bool):
             raise TypeError(f"flashcache memoize: typed = {typed!r}: use True or False")
 
@@ -833,7 +551,7 @@ class Cache:
         The figures:
 
         """
-        c = self._counts()
+        c = self.core.counts()
         fl = self.navy.stats()
         dr = self.dram.stats()
         life = stats_mod.flash_lifetime(fl)
@@ -880,20 +598,18 @@ class Cache:
         An error on the way costs only what it touched: close goes on (the other items,
         the metadata, the device) and raises the first error at the end, with a note of
         what else failed. So one bad write loses one item, not the warm restart."""
-        if self._closed:
+        if self.core.closed:
             return
-        self._closed = True
-        if self._hot is not None:
-            self._hot.closed = True          # from now on every call takes the Python path
+        self._close_core()                   # from now on every call takes the Python path, which refuses
         failed: list[tuple[bytes, BaseException]] = []
         errors: list[tuple[str, BaseException]] = []     # (what it cost, the error)
         done: list[str] = []                              # what went through all the same
         try:
             items = list(self.dram.drain())
-            self._demote(items, self._order.ticket(), failed=failed)
+            self.core.demote(items, self.core.ticket(), failed=failed)
             if failed:
                 errors.append((f"{len(failed)} of {len(items)} DRAM items could not be written to flash and are "
-                               f"lost (the first: key {_show(failed[0][0])})", failed[0][1]))
+                               f"lost (the first: key {show(failed[0][0])})", failed[0][1]))
                 done.append("the other DRAM items were written")
             try:
                 saved = self.navy.close()
@@ -925,7 +641,7 @@ class Cache:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<flashcache.Cache on {self.device.path} ({'closed' if self._closed else self.navy.start})>"
+        return f"<flashcache.Cache on {self.device.path} ({'closed' if self.core.closed else self.navy.start})>"
 
 
 def many_keys(keys: Iterable[Any]) -> list:
@@ -943,22 +659,8 @@ def _check_u64(op: str, what: str, n: Any) -> None:
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"flashcache: {op}: {what} must be an int, not {type(n).__name__}")
     if not 0 <= n < _U64:
-        raise ValueError(f"flashcache: {op}: {what} = {_show(n)}: use an int from 0 to 2**64 - 1"
+        raise ValueError(f"flashcache: {op}: {what} = {show(n)}: use an int from 0 to 2**64 - 1"
                          + ("; use decr to subtract" if op == "incr" and n < 0 else ""))
-
-
-def _show(x: Any, limit: int = 40) -> str:
-    r = repr(x)
-    return r if len(r) <= limit else r[:limit] + "..."
-
-
-def _too_long(ttl: float, now: float) -> str:
-    """Why ``ttl`` (seconds from ``now``) is out of range, and what to do."""
-    if ttl == float("inf"):
-        return "use 0 for an item that never expires"
-    return (f"at most {max(0, int(MAX_EXPIRY - now))} seconds from now: the flash engines keep the absolute "
-            "expiry as whole seconds below 2**32 (early 2106 on the wall clock). ttl is relative seconds, "
-            "never an absolute time; use 0 for an item that never expires")
 
 
 def blockcache_options(f: "config_mod.FlashConfig") -> dict[str, Any]:

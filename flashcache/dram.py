@@ -48,7 +48,7 @@ class DramTier(Lru):
     the moment when neither DRAM nor flash holds it. Any later insert, removal or touch of
     the key in the tier forgets it.
 
-    The structure and the hot methods are C (``flashcache/_hot.c``: a dict from key to
+    The structure and the hot methods are C (``flashcache/_dram.c``: a dict from key to
     node and an intrusive recency list); keys must be bytes, values bytes-like bytes. The
     methods, all in C unless said:
 

@@ -146,7 +146,7 @@ class DeviceCollector(Collector):
 
 class LatencyHistogram(Histogram):
     """A histogram for the hot path: ``observe(seconds)`` is one C call (a binary search
-    and two additions, atomic under the GIL; flashcache/_hot.c), against ~1.4 us for
+    and two additions, atomic under the GIL; flashcache/_metrics.c), against ~1.4 us for
     prometheus_client's locked Histogram. ``bounds``, ``counts`` (a new list; the last
     bucket counts what is above every bound) and ``sum`` read it."""
 

@@ -114,3 +114,38 @@ def test_the_api_matches_cache(tmp_path):
         with pytest.raises(flashcache.ClosedError):
             await c.add("b", b"1")
     run(main())
+
+
+def test_every_entry_point_counts_and_times_a_get_the_same_way(tmp_path):
+    """One request core: Cache.get, each key of Cache.get_many, AsyncCache.get and each key
+    of AsyncCache.get_many take one latency sample and the same counters per key (DRAM
+    hits, flash hits and misses alike)."""
+    keys = [b"key%d" % i for i in range(60)] + [b"absent1", b"absent2"]
+
+    def gets_and_samples(st, hist):
+        s = st["since_open"]
+        return (s["gets"], s["hits"]["dram"] + s["hits"]["flash"] + s["misses"], sum(hist.counts))
+
+    async def main():
+        seen = []
+        for how in ("get", "get_many", "aget", "aget_many"):
+            (tmp_path / how).mkdir()
+            async with AsyncCache(cfg(tmp_path / how, dram="16KiB")) as a:
+                c = a.cache
+                for k in keys[:60]:
+                    c.set(k, b"v" * 400)                  # most of them pushed to flash
+                before = gets_and_samples(c.stats(), c.metrics.get_seconds)
+                if how == "get":
+                    found = sum(c.get(k) is not None for k in keys)
+                elif how == "get_many":
+                    found = len(c.get_many(keys))
+                elif how == "aget":
+                    found = sum(v is not None for v in await asyncio.gather(*(a.get(k) for k in keys)))
+                else:
+                    found = len(await a.get_many(keys))
+                after = gets_and_samples(c.stats(), c.metrics.get_seconds)
+                assert [y - x for x, y in zip(before, after)] == [len(keys)] * 3, how
+                assert c.stats()["since_open"]["hits"]["flash"] > 10, how
+                seen.append(found)
+        assert seen == [60] * 4
+    run(main())

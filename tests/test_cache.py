@@ -311,9 +311,9 @@ def _make_twin(tmp_path, name, clock, hot, monkeypatch):
     (tmp_path / name).mkdir(exist_ok=True)
     monkeypatch.setattr(cache_mod, "HOT_PATH", hot)
     c = flashcache.Cache(cfg(tmp_path / name, dram="4KiB", kind="file"), clock=clock)
-    assert (c._hot is not None) == hot
-    assert not hot or c._hot.hooked          # flash lookups through the Router's C hook
-    assert not hot or c._hot.insert_hooked   # demotions through its C insert
+    assert (c.core.hot is not None) == hot
+    assert not hot or c.core.hot.hooked          # flash lookups through the Router's C hook
+    assert not hot or c.core.hot.insert_hooked   # demotions through its C insert
     return c
 
 
@@ -373,10 +373,10 @@ def test_hot_path_does_exactly_what_the_python_methods_do(tmp_path, monkeypatch)
                 assert res[0] == res[1], (op, i, n)
             sa, sb = _comparable(a.stats()), _comparable(b.stats())
             flash_hits.append(sa["since_open"]["hits"]["flash"])
-            c_demotions.append(b._hot.counters()["demotions"])
+            c_demotions.append(b.core.hot.counters()["demotions"])
             assert {k: v for k, v in sa.items() if sb[k] != v} == {}, {k: v for k, v in sb.items() if sa[k] != v}
-            assert a._get_hist.counts and sum(a._get_hist.counts) == sum(b._get_hist.counts)
-            assert sum(a._set_hist.counts) == sum(b._set_hist.counts)
+            assert a.metrics.get_seconds.counts and sum(a.metrics.get_seconds.counts) == sum(b.metrics.get_seconds.counts)
+            assert sum(a.metrics.set_seconds.counts) == sum(b.metrics.set_seconds.counts)
         finally:
             a.close()
             b.close()
@@ -388,7 +388,7 @@ def test_hot_path_does_exactly_what_the_python_methods_do(tmp_path, monkeypatch)
 
 def test_hot_path_closes_with_the_cache(tmp_path, clock):
     c = flashcache.Cache(cfg(tmp_path, kind="file"), clock=clock)
-    assert c._hot is not None
+    assert c.core.hot is not None
     get, set_ = c.get, c.set                  # held by a caller across close()
     set_(b"k", b"v")
     assert get(b"k") == b"v"
@@ -405,6 +405,6 @@ def test_hot_path_is_off_where_it_does_not_apply(tmp_path, clock):
         c = flashcache.Cache(cfg(tmp_path / str(len(extra)), kind="file", cache_extra=extra), clock=clock,
                              codec=codec)
         try:
-            assert c._hot is None and c.get.__func__ is flashcache.Cache.get
+            assert c.core.hot is None and c.get.__func__ is flashcache.Cache.get
         finally:
             c.close()

@@ -328,10 +328,10 @@ def test_clear_empties_dram_and_both_engines_for_good(tmp_path, clock):
 def test_clear_drops_a_demotion_ticketed_before_it(cache):
     """An item evicted before clear() whose write to flash comes after it must not land."""
     cache.set(b"late", b"x" * 300)
-    ticket = cache._order.ticket()
+    ticket = cache.core.ticket()
     evicted = [e for e in cache.dram.snapshot() if e.key == b"late"]
     cache.clear()
-    cache._demote(evicted, ticket)
+    cache.core.demote(evicted, ticket)
     assert cache.get(b"late") is None
     assert cache.stats()["flash"]["inserts"] == 0
 

@@ -267,14 +267,14 @@ def test_incr_from_many_threads_loses_no_increment(tmp_path, monkeypatch, hot):
     threads, times = 8, 400
     with flashcache.Cache(stress_config(tmp_path, dram="8KiB")) as c:
         where = {"dram": 0, "in flight": 0, "flash": 0}
-        held = c._held
+        held = c.core.held
 
         def spy(k):
             if k == b"ctr":
                 where["dram" if c.dram.peek_expiry(k) is not None else
                       "in flight" if c.dram.latest(k) is not None else "flash"] += 1
             return held(k)
-        c._held = spy
+        c.core.held = spy
         c.set(b"ctr", b"0")
 
         def work(t: int) -> None:
@@ -299,7 +299,7 @@ def test_a_read_modify_write_sees_a_value_evicted_by_another_thread_and_not_yet_
     with flashcache.Cache(stress_config(tmp_path, dram="4KiB")) as c:
         c.set(b"ctr", b"41")
         evicted, go = threading.Event(), threading.Event()
-        demote = c._demote
+        demote = c.core.demote
 
         def paused_demote(out, ticket, mine=0, failed=None):
             out = list(out)
@@ -307,7 +307,7 @@ def test_a_read_modify_write_sees_a_value_evicted_by_another_thread_and_not_yet_
                 evicted.set()
                 go.wait(10)
             return demote(out, ticket, mine, failed)
-        c._demote = paused_demote
+        c.core.demote = paused_demote
         t = threading.Thread(target=lambda: [c.set(b"f%d" % i, b"x" * 500) for i in range(20)])
         t.start()
         try:
