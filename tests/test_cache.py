@@ -3,7 +3,6 @@ threads, and the WAF and placement it reports."""
 from __future__ import annotations
 
 import random
-import threading
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -254,46 +253,6 @@ def test_prometheus_registry_is_the_callers(tmp_path):
         assert reg.get_sample_value("flashcache_placement_enabled",
                                     {"cache": "t", "engine": "bighash", "pid": "1", "reason": ""}) == 1
         assert reg.get_sample_value("flashcache_get_latency_seconds_count", {"cache": "t"}) == 1
-
-
-def test_threads_against_a_dict_model(cache):
-    """Each thread owns its keys and keeps a dict of what it last did; afterwards every key
-    holds that value, or nothing (evicted), never another value; deleted keys stay gone."""
-    models: list[dict[bytes, bytes | None]] = []
-    errors: list[BaseException] = []
-
-    def work(t: int):
-        rng = random.Random(t)
-        model: dict[bytes, bytes | None] = {}
-        try:
-            for i in range(400):
-                k = b"t%d-%d" % (t, rng.randrange(40))
-                op = rng.random()
-                if op < 0.6:
-                    v = bytes([t]) * rng.choice([10, 200, 900, 3000])
-                    cache.set(k, v)
-                    model[k] = v
-                elif op < 0.8:
-                    cache.delete(k)
-                    model[k] = None
-                else:
-                    got = cache.get(k)
-                    if model.get(k) is None:
-                        assert got is None, (k, got)
-                    else:
-                        assert got in (None, model[k])
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-        models.append(model)
-
-    ts = [threading.Thread(target=work, args=(t,)) for t in range(6)]
-    [t.start() for t in ts]
-    [t.join() for t in ts]
-    assert not errors, errors
-    for model in models:
-        for k, v in model.items():
-            got = cache.get(k)
-            assert got is None if v is None else got in (None, v), (k, got, v)
 
 
 # --------------------------------------------------------------------------- the C hot path
