@@ -405,10 +405,11 @@ class EmulatedDevice(NvmeDevice):
 
     kind = "emulated"
 
-    def __init__(self, controller: EmulatedController, *, placement: bool = True):
+    def __init__(self, controller: EmulatedController, *, placement: bool = True, size: int | None = None,
+                 utilization: float = 1.0):
         self.controller = controller
         self.ftl = controller.ftl
-        super().__init__(controller, placement=placement, kind="emulated")
+        super().__init__(controller, placement=placement, kind="emulated", size=size, utilization=utilization)
 
     def _probe_waf(self) -> str | None:
         if not self.controller.fdp:
@@ -475,9 +476,11 @@ def state_path_for(data_path: str) -> str:
 
 
 def open_emulated(path: str, geometry: Geometry, *, format: bool = False, placement: bool = True,
-                  debug: bool = False) -> EmulatedDevice:
+                  debug: bool = False, size: int | None = None, utilization: float = 1.0) -> EmulatedDevice:
     """Open (creating if needed) an emulated FDP SSD whose data lives in sparse file ``path``
-    and whose FTL state persists in ``path + ".ftl"`` across close and open."""
+    and whose FTL state persists in ``path + ".ftl"`` across close and open. The device's
+    ``size`` (what the cache uses) is ``size`` (None: the whole exported capacity) times
+    ``utilization``; the rest stays spare."""
     state = state_path_for(path)
     existed = os.path.exists(path)
     ftl = None
@@ -495,4 +498,8 @@ def open_emulated(path: str, geometry: Geometry, *, format: bool = False, placem
         if os.path.exists(state):
             os.unlink(state)
     ctrl = EmulatedController(path, ftl, format=format, state_path=state, known=known)
-    return EmulatedDevice(ctrl, placement=placement)
+    try:
+        return EmulatedDevice(ctrl, placement=placement, size=size, utilization=utilization)
+    except BaseException:
+        ctrl.close()
+        raise

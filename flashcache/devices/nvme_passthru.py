@@ -233,12 +233,14 @@ class PassthroughTransport:
 
 
 def open_nvme_device(path: str, *, size: int | None = None, queue_depth: int = 64,
-                     placement: bool = True):
-    """Open a real NVMe namespace (or a partition of one) as a cache device."""
+                     placement: bool = True, utilization: float = 1.0):
+    """Open a real NVMe namespace (or a partition of one) as a cache device; the cache uses
+    ``size`` (None: all of it) times ``utilization``."""
     from .nvme import NvmeDevice
 
     t = PassthroughTransport(path, queue_depth=queue_depth)
     psize = t.nodes.partition_size_bytes
     if psize is not None and (size is None or size > psize):
         size = psize
-    return NvmeDevice(t, size=size, start_bytes=t.nodes.partition_start_bytes, placement=placement)
+    return NvmeDevice(t, size=size, start_bytes=t.nodes.partition_start_bytes, placement=placement,
+                      utilization=utilization, extent=psize)
