@@ -187,7 +187,8 @@ def add_parser(sub) -> None:
     v.add_argument("-o", "--output", choices=("normal", "json"), default="normal")
 
 
-def run(args, out=sys.stdout) -> int:
+def run(args, out=None) -> int:
+    out = out or sys.stdout
     if args.waf_cmd == "run":
         return run_one(args, out)
     if args.waf_cmd == "sweep":
@@ -204,7 +205,8 @@ def _log_level(data: dict) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def run_one(args, out=sys.stdout) -> int:
+def run_one(args, out=None) -> int:
+    out = out or sys.stdout
     import time
     from pathlib import Path
 
@@ -220,7 +222,8 @@ def run_one(args, out=sys.stdout) -> int:
     return 130 if res.interrupted and "Ctrl-C" in res.summary.get("stopped", "") else 0
 
 
-def run_sweep(args, out=sys.stdout) -> int:
+def run_sweep(args, out=None) -> int:
+    out = out or sys.stdout
     from pathlib import Path
 
     from .waf import experiment as ex
@@ -246,7 +249,8 @@ def run_sweep(args, out=sys.stdout) -> int:
     return 0 if len(rows) == len(grid.points()) else 1
 
 
-def run_plot(args, out=sys.stdout) -> int:
+def run_plot(args, out=None) -> int:
+    out = out or sys.stdout
     from pathlib import Path
 
     from .waf.plot import plot
@@ -260,7 +264,8 @@ def run_plot(args, out=sys.stdout) -> int:
     return 0
 
 
-def validate(args, out=sys.stdout) -> int:
+def validate(args, out=None) -> int:
+    out = out or sys.stdout
     from .emulator.validate import grid
 
     if args.pages < 1024:
