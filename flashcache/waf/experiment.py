@@ -124,9 +124,14 @@ def config_data(source: str | Path | None) -> tuple[dict[str, Any], str, Path | 
 
 
 def point_config(data: dict[str, Any], point: Point, source: str, base_dir: Path | None,
-                 scratch: Path) -> config_mod.Config:
+                 scratch: Path, notes: list[str] | None = None) -> config_mod.Config:
     """The validated config of one point. An emulated SSD always starts afresh in
-    ``scratch`` (its path in the config is not used: an experiment needs a new drive)."""
+    ``scratch`` (its path in the config is not used: an experiment needs a new drive).
+
+    Persistently isolated handles each need a GC frontier of their own, so 8 of them may
+    not fit a drive's spare RUs where 8 initially isolated ones do; then the point uses as
+    many as fit (at least 3: the default handle and one per engine) and says so in
+    ``notes``."""
     d = copy.deepcopy(data)
     kind = d.get("device", {}).get("kind", "emulated")
     if point.fdp is not None:
@@ -145,7 +150,23 @@ def point_config(data: dict[str, Any], point: Point, source: str, base_dir: Path
     if kind == "emulated":
         _set(d, "device.path", str(scratch / "device.img"))
         _set(d, "device.format", True)
-    return config_mod.from_dict(d, source, base_dir)
+    try:
+        return config_mod.from_dict(d, source, base_dir)
+    except ConfigError as e:
+        if point.handle_type != "PI" or not any("spare reclaim units" in x for x in e.errors):
+            raise
+        asked = d["device"]["emulator"].get("handles") or 8
+        for n in range(asked - 1, 2, -1):
+            d["device"]["emulator"]["handles"] = n
+            try:
+                cfg = config_mod.from_dict(d, source, base_dir)
+            except ConfigError:
+                continue
+            if notes is not None:
+                notes.append(f"{asked} persistently isolated handles need more spare reclaim units than the "
+                             f"drive has (each keeps its own GC frontier): this point uses {n}")
+            return cfg
+        raise
 
 
 # -- the device ---------------------------------------------------------------------------------
@@ -281,7 +302,8 @@ def run(data: dict[str, Any], source: str, base_dir: Path | None, point: Point, 
     out_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(scratch) if scratch is not None else out_dir
     scratch.mkdir(parents=True, exist_ok=True)
-    cfg = point_config(data, point, source, base_dir, scratch)
+    notes: list[str] = []
+    cfg = point_config(data, point, source, base_dir, scratch, notes)
     if cfg.device.kind == "emulated":
         for p in (cfg.device.path, cfg.device.path + ".ftl"):
             if os.path.exists(p):
@@ -302,7 +324,7 @@ def run(data: dict[str, Any], source: str, base_dir: Path | None, point: Point, 
         cache = Cache(cfg, device=dev, clock=clock)
         try:
             result = _loop(cache, dev, cfg, point, workload, rules, out_dir, clock, source, t_start,
-                           progress, echo)
+                           progress, echo, notes)
         finally:
             cache.close()
     finally:
@@ -320,7 +342,7 @@ def _snapshot(cache, dev) -> tuple[int, int, int]:
 
 
 def _loop(cache, dev, cfg, point: Point, workload, rules: Rules, out_dir: Path, clock, source: str,
-          t_start: float, progress: bool, echo) -> Result:
+          t_start: float, progress: bool, echo, notes: list[str]) -> Result:
     from ..workload import Driver, WorkloadSpec
 
     navy = cache.navy
@@ -337,6 +359,7 @@ def _loop(cache, dev, cfg, point: Point, workload, rules: Rules, out_dir: Path, 
         "label": point.label(), "workload": wl, "seed": wl.get("seed"), "rules": dataclasses.asdict(rules),
         "device": describe_device(dev, cfg),
         "layout": {k: navy.layout[k] for k in ("bc_size", "region_size", "bh_size", "bucket_size")},
+        "notes": notes,
     }
     res = Result(out_dir, meta)
     if echo:
@@ -365,8 +388,13 @@ def _loop(cache, dev, cfg, point: Point, workload, rules: Rules, out_dir: Path, 
     try:
         while True:
             goal = prev_written + window_bytes
+            ended = False
             while written.bytes_written < goal:
-                drv.apply(next(it))
+                batch = next(it, None)
+                if batch is None:           # a trace without --loop ran out
+                    ended = True
+                    break
+                drv.apply(batch)
                 if time.perf_counter() > deadline:
                     break
                 if bar is not None:
@@ -388,9 +416,10 @@ def _loop(cache, dev, cfg, point: Point, workload, rules: Rules, out_dir: Path, 
             prev, prev_counts, prev_written, prev_eng, t_prev = snap, drv.counts.copy(), written.bytes_written, eng, now
             if bar is not None:
                 bar.window(w, measuring)
-            if now > deadline:
-                res.interrupted = True
-                res.summary["stopped"] = f"max_seconds = {rules.max_seconds:g} reached"
+            if now > deadline or ended:
+                res.interrupted = not ended     # a trace's end is the end of the run
+                res.summary["stopped"] = (f"max_seconds = {rules.max_seconds:g} reached" if not ended else
+                                          "the trace ended (replay it again with loop)")
                 break
             if measuring:
                 n_measured += 1
@@ -477,6 +506,7 @@ def _header(meta: dict[str, Any]) -> str:
              f"point     {meta['label']}",
              f"workload  {wl.get('describe') or wl.get('path')}",
              f"WAF from  {d['waf_source']}"]
+    lines += [f"note      {n}" for n in meta.get("notes", [])]
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -172,7 +173,9 @@ def sweep(data: dict[str, Any], source: str, base_dir: Path | None, grid: Grid, 
     failed: list[str] = []
     t0 = time.time()
     if todo:
-        pool = _DaskPool(executor) if executor else ProcessPoolExecutor(max_workers=jobs or os.cpu_count() or 1)
+        # spawned, not forked: the parent may hold threads (tqdm's monitor, a cache's)
+        pool = _DaskPool(executor) if executor else ProcessPoolExecutor(
+            max_workers=min(jobs or os.cpu_count() or 1, len(todo)), mp_context=multiprocessing.get_context("spawn"))
         bar = None
         if progress:
             from tqdm import tqdm

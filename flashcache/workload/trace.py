@@ -62,30 +62,33 @@ class TraceReader:
         while True:
             self.passes += 1
             got = 0
+            # what a pass cannot use is the same every pass: counted in the first only
+            bad = counts if self.passes == 1 else Counter()
             with open_text(self.path) as f:
                 for line in f:
                     counts["lines"] += 1
                     parts = line.rstrip("\r\n").split(",")
                     if len(parts) < 7:
-                        counts["malformed"] += 1
+                        bad["malformed"] += 1
                         continue
                     if len(parts) > 7:                 # a key holding commas
                         parts = [parts[0], ",".join(parts[1:-5]), *parts[-5:]]
                     op = OPS.get(parts[5].strip().lower())
                     if op is None:
-                        counts["unknown_op"] += 1
-                        unknown[parts[5].strip()[:32]] += 1
+                        bad["unknown_op"] += 1
+                        if self.passes == 1:
+                            unknown[parts[5].strip()[:32]] += 1
                         continue
                     try:
                         ts = float(parts[0])
                         ksize, vsize = int(parts[2]), int(parts[3])
                         ttl = float(parts[6]) if parts[6].strip() else 0.0
                     except ValueError:
-                        counts["malformed"] += 1
+                        bad["malformed"] += 1
                         continue
                     key = parts[1].encode()
                     if not key or ksize < 0 or vsize < 0 or ttl < 0:
-                        counts["malformed"] += 1
+                        bad["malformed"] += 1
                         continue
                     if len(key) < ksize:
                         key = key.ljust(ksize, b".")
@@ -121,7 +124,8 @@ class TraceReader:
             yield Batch(ops, keys, sizes, ttls, t0)
 
     def report(self) -> dict:
-        """What the replay used and skipped: lines, ops, malformed, unknown_op (with names)."""
+        """What the replay used and skipped: lines and ops over every pass; malformed lines
+        and unknown operations (with their names) of one pass of the file."""
         return {"path": self.path, "passes": self.passes, "lines": self.counts["lines"], "ops": self.counts["ops"],
                 "malformed": self.counts["malformed"], "unknown_op": self.counts["unknown_op"],
                 "unknown_ops": dict(self.unknown_ops.most_common(10))}

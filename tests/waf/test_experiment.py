@@ -139,3 +139,25 @@ def test_bad_rules_are_refused():
 
 def test_the_config_of_a_dict_validates_as_a_file():
     assert from_dict(ex.DEFAULT_CONFIG).device.emulator.capacity == 1 << 30
+
+
+def test_persistently_isolated_handles_that_do_not_fit_are_fewer_and_it_says_so(tmp_path):
+    """8 PI handles need 8 GC frontiers of their own besides 8 host ones: more spare RUs
+    than 12 % OP leaves on 144 RUs. The point takes as many as fit, and notes it."""
+    data, src, base = ex.config_data(None)
+    notes: list[str] = []
+    cfg = ex.point_config(data, ex.Point(handle_type="PI"), src, base, tmp_path, notes)
+    g = cfg.device.emulator.geometry(cfg.device.emulated_capacity())
+    assert set(g.handles) == {"PI"} and 3 <= len(g.handles) < 8
+    assert notes == [f"8 persistently isolated handles need more spare reclaim units than the drive has (each "
+                     f"keeps its own GC frontier): this point uses {len(g.handles)}"]
+    assert ex.point_config(data, ex.Point(handle_type="II"), src, base, tmp_path).device.emulator.handles == 8
+
+
+def test_a_trace_that_ends_ends_the_run_with_what_it_measured(tmp_path):
+    data, src, base = small()
+    rules = dataclasses.replace(QUICK, window=0.001, max_warmup=100)
+    res = ex.run(data, src, base, ex.Point(), {"path": str(SAMPLE), "loop": False}, rules, tmp_path,
+                 progress=False, echo=None)
+    assert res.summary["stopped"] == "the trace ended (replay it again with loop)"
+    assert res.summary["trace"]["passes"] == 1 and res.windows
