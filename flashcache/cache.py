@@ -174,6 +174,13 @@ class Cache:
                              region_size=f.region_size, alignment=f.alignment, clean_regions=f.clean_regions,
                              metadata_fraction=f.metadata_fraction, admission=adm, clock=clock,
                              blockcache_options=blockcache_options(f))
+            if self.navy.start.startswith("formatted") and hasattr(self.device, "deallocate_unused"):
+                # the share of the device the cache leaves (device.utilization) is spare
+                # only if the drive holds nothing there: deallocate it once, now
+                freed = self.device.deallocate_unused()
+                if freed:
+                    log.info("%s: deallocated the %d bytes past the cache's %d (device.utilization = %g)",
+                             self.device.path, freed, self.device.size, cfg.device.utilization)
         except ValueError as e:
             if self._own_device:
                 self.device.close()

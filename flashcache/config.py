@@ -185,6 +185,10 @@ def _presets() -> tuple[str, ...]:
 class EmulatorConfig:
     """[device.emulator]: the emulated FDP SSD's shape (a preset, with overrides)."""
 
+    capacity: int = field(default=0, metadata=opt(
+        'exported capacity of the emulated SSD ("1GiB"); 0 = device.size, or the preset\'s when that is 0 too. '
+        "Set it with device.size or device.utilization to give the cache only part of the drive",
+        kind="size"))
     preset: str = field(default="qemu-like", metadata=opt(
         "geometry preset: paper-1.88tb-scaled (8 II handles, 1 RG, 24 MiB RUs, 7 % OP), "
         "qemu-like (8 II handles, 8 MiB RUs, 12 % OP), small-test (4 handles, 1 MiB RUs)",
@@ -213,8 +217,9 @@ class EmulatorConfig:
     check_invariants: bool = field(default=False, metadata=opt(
         "debug: check every FTL invariant after each GC (slow: a full scan per GC)"))
 
-    def geometry(self, capacity_bytes: int, key: str = "device.emulator"):
-        """The Geometry this table describes, for an exported capacity (0 = the preset's)."""
+    def geometry(self, capacity_bytes: int, key: str = "device.emulator", given_as: str = "device.size"):
+        """The Geometry this table describes, for an exported capacity (0 = the preset's);
+        ``given_as`` names the option the capacity came from, for errors."""
         from .emulator.geometry import preset
         over: dict[str, Any] = {"fdp": self.fdp}
         if capacity_bytes:
@@ -237,7 +242,7 @@ class EmulatorConfig:
         try:
             return preset(self.preset, **over)
         except ValueError as e:
-            raise ConfigError(f"[{key}] with device.size = {capacity_bytes or 'the preset capacity'}: {e}") from None
+            raise ConfigError(f"[{key}] with {given_as} = {capacity_bytes or 'the preset capacity'}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -251,7 +256,12 @@ class DeviceConfig:
         "or NVMe device (nvme: /dev/ngXnY, /dev/nvmeXnY or a partition); a relative path starts at "
         "the config file's folder (in a dict, or this default, at the working directory)", kind="path"))
     size: int = field(default=0, metadata=opt(
-        'bytes the cache may use ("1GiB"); 0 = the whole device, existing file or emulator preset', kind="size"))
+        'bytes the cache may use ("1GiB"); 0 = the whole device, existing file or emulator preset. '
+        "kind = emulated without emulator.capacity: also the emulated SSD's exported capacity", kind="size"))
+    utilization: float = field(default=1.0, metadata=opt(
+        "nvme and emulated: share of the device (of device.size, else of the whole device) the cache uses, "
+        "e.g. 0.5 as the 50 % runs of FDP papers; the cache never writes the rest, and deallocates it once "
+        "when it formats the device, so the drive holds it as spare", min=0.0, max=1.0))
     engine: str = field(default="uring", metadata=opt(
         "I/O engine for kind = file: uring (io_uring, batched) or psync (pread/pwrite)",
         choices=("uring", "psync")))
@@ -268,8 +278,29 @@ class DeviceConfig:
     emulator: EmulatorConfig = section(EmulatorConfig, "the emulated FDP SSD (device.kind = \"emulated\")")
 
     def validate(self, prefix: str) -> None:
+        problems = []
+        if self.utilization <= 0:
+            problems.append(f"{prefix}.utilization = {self.utilization:g}: use a share above 0, up to 1 "
+                            "(e.g. 0.5 for half the device)")
+        if self.kind == "file" and self.utilization < 1:
+            problems.append(f"{prefix}.utilization = {self.utilization:g}: kind = \"file\" has no spare to "
+                            "leave to a drive; set device.size instead (utilization is for nvme and emulated)")
         if self.kind == "emulated":
-            self.emulator.geometry(self.size, f"{prefix}.emulator")
+            cap = self.emulator.capacity
+            if cap and self.size > cap:
+                problems.append(f"{prefix}.size = {self.size}: larger than the emulated SSD "
+                                f"({prefix}.emulator.capacity = {cap}); lower it or leave it out")
+            try:
+                self.emulator.geometry(cap or self.size, f"{prefix}.emulator",
+                                       f"{prefix}.emulator.capacity" if cap else f"{prefix}.size")
+            except ConfigError as e:
+                problems.extend(e.errors)
+        if problems:
+            raise ConfigError(*problems)
+
+    def emulated_capacity(self) -> int:
+        """kind = emulated: the exported capacity asked for (0: the preset's)."""
+        return self.emulator.capacity or self.size
 
 
 @dataclass(frozen=True)

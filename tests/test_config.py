@@ -35,7 +35,7 @@ ERRORS = [
     ('[device]\nsize = -5', "t.toml: device.size = -5: a size cannot be negative"),
     ('[device]\nsize = "0.3B"', 't.toml: device.size = "0.3B": not a whole number of bytes'),
     ('[device]\nsise = "1GiB"', 't.toml: device.sise: unknown key; did you mean "size"? (known keys here: '
-                                'block_size, direct, emulator, engine, format, kind, path, placement, queue_depth, size)'),
+                                'block_size, direct, emulator, engine, format, kind, path, placement, queue_depth, size, utilization)'),
     ('[devise]\nsize = 1', 't.toml: devise: unknown key; did you mean "device"? (known keys here: cache, device, log, server)'),
     ('[device]\nengine = "urin"', 't.toml: device.engine = "urin": must be one of "uring", "psync" (did you mean "uring"?)'),
     ('[device]\nblock_size = 1000', "t.toml: device.block_size = 1000: must be a power of two (e.g. 512, 4096)"),
@@ -195,7 +195,7 @@ level = 3
 BAD_ERRORS = [
     'bad.toml: device.size = "1 GB": use a size like "1GiB" or "512MiB"',
     'bad.toml: device.sise: unknown key; did you mean "size"? (known keys here: block_size, direct, emulator, '
-    'engine, format, kind, path, placement, queue_depth, size)',
+    'engine, format, kind, path, placement, queue_depth, size, utilization)',
     'bad.toml: device.engine = "urin": must be one of "uring", "psync" (did you mean "uring"?)',
     'bad.toml: device.emulator.lba_size = 1024: must be one of 0, 512, 4096',
     'bad.toml: cache.write_through = "yes": use true or false',

@@ -35,13 +35,16 @@ def open_device(cfg: "DeviceConfig") -> BaseDevice:
         d = os.path.dirname(cfg.path)
         if d:
             os.makedirs(d, exist_ok=True)
-        return open_emulated(cfg.path, cfg.emulator.geometry(cfg.size), format=cfg.format,
-                             placement=cfg.placement, debug=cfg.emulator.check_invariants)
+        # device.size is the SSD's capacity unless emulator.capacity says that instead
+        size = cfg.size if cfg.emulator.capacity and cfg.size else None
+        return open_emulated(cfg.path, cfg.emulator.geometry(cfg.emulated_capacity()), format=cfg.format,
+                             placement=cfg.placement, debug=cfg.emulator.check_invariants, size=size,
+                             utilization=cfg.utilization)
     if cfg.kind == "nvme":
         from .nvme_passthru import open_nvme_device
         from .safety import check_device
         dev = open_nvme_device(cfg.path, size=cfg.size or None, queue_depth=cfg.queue_depth,
-                               placement=cfg.placement)
+                               placement=cfg.placement, utilization=cfg.utilization)
         try:
             check_device(dev, cfg.format, log)          # the namespace may hold a filesystem
         except BaseException:

@@ -88,9 +88,12 @@ class BaseDevice:
     kind = "base"
     _forked = False           # set in a forked child (see _inherited)
 
-    def __init__(self, path: str, size: int, block_size: int, max_io: int):
+    def __init__(self, path: str, size: int, block_size: int, max_io: int, capacity: int | None = None):
         self.path = path
         self.size = size
+        # the extent the device could give (a namespace, an emulated SSD); the cache uses
+        # ``size`` of it, less when device.utilization leaves the rest to the drive as spare
+        self.capacity = size if capacity is None else capacity
         self.block_size = block_size
         self._bs_mask = block_size - 1
         self.max_io = max_io
@@ -235,6 +238,19 @@ class BaseDevice:
             self._trim(offset, length)
         self._count("t", length)
 
+    def deallocate_unused(self) -> int:
+        """Deallocate (TRIM) the bytes between ``size`` and ``capacity``, which the cache
+        never writes; returns how many. The cache calls it once when it formats the device:
+        on a drive they may hold an earlier user's data, which its FTL would otherwise keep
+        copying as live; deallocated, they are spare, as on a fresh drive."""
+        n = self.capacity - self.size
+        if n <= 0:
+            return 0
+        self._check_open("deallocate_unused")
+        self._trim(self.size, n)
+        self._count("t", n)
+        return n
+
     def read_many(self, reqs: Sequence[tuple[int, int]]) -> list[bytes]:
         return [self.read(off, ln) for off, ln in reqs]
 
@@ -294,7 +310,7 @@ class BaseDevice:
 
     def stats(self) -> dict[str, Any]:
         return {
-            "kind": self.kind, "path": self.path, "size_bytes": self.size,
+            "kind": self.kind, "path": self.path, "size_bytes": self.size, "capacity_bytes": self.capacity,
             "block_size": self.block_size, "max_io": self.max_io,
             **self.counters.as_dict(),
             "placement": {name: s.placement for name, s in self._streams.items()},

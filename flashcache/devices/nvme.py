@@ -133,7 +133,8 @@ class NvmeDevice(BaseDevice):
     kind = "nvme"
 
     def __init__(self, transport: Transport, *, size: int | None = None, start_bytes: int = 0,
-                 placement: bool = True, kind: str | None = None):
+                 placement: bool = True, kind: str | None = None, utilization: float = 1.0,
+                 extent: int | None = None):
         self.transport = transport
         if kind:
             self.kind = kind
@@ -152,15 +153,19 @@ class NvmeDevice(BaseDevice):
             transport.close()
             raise DeviceError(transport.path, f"partition start {start_bytes} is not a multiple of the LBA size {self.lba_size}")
         avail = ns_bytes - start_bytes
+        if extent is not None:            # a partition: never past its end
+            avail = min(avail, extent)
         if size is not None and size > avail:
             transport.close()
             raise DeviceError(transport.path, f"device.size {size} is larger than the namespace ({avail} bytes)",
                               None, "lower device.size or leave it out to use the whole namespace")
         use = size if size is not None else avail
+        if 0 < utilization < 1:           # a share: whole 4 KiB pages, the FTL's mapping unit
+            use = int(use * utilization) // 4096 * 4096
         use -= use % self.lba_size
         self.start_bytes = start_bytes
         max_io = transport.max_transfer_bytes(self.id_ctrl)
-        super().__init__(transport.path, use, self.lba_size, max_io)
+        super().__init__(transport.path, use, self.lba_size, max_io, capacity=avail - avail % self.lba_size)
         self.fdp = self._discover_fdp() if placement else FdpInfo(
             placement_off="placement disabled by configuration (device.placement = false)")
         if self.fdp.placement_off:

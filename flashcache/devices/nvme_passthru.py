@@ -288,13 +288,15 @@ class PassthroughTransport:
 
 
 def open_nvme_device(path: str, *, size: int | None = None, queue_depth: int = 64,
-                     placement: bool = True, exclusive: bool = True):
+                     placement: bool = True, exclusive: bool = True, utilization: float = 1.0):
     """Open a real NVMe namespace (or a partition of one) as a cache device, locked so one
-    process owns it; ``exclusive=False`` only to inspect one a cache may be using."""
+    process owns it; ``exclusive=False`` only to inspect one a cache may be using. The cache
+    uses ``size`` (None: all of it) times ``utilization``."""
     from .nvme import NvmeDevice
 
     t = PassthroughTransport(path, queue_depth=queue_depth, exclusive=exclusive)
     psize = t.nodes.partition_size_bytes
     if psize is not None and (size is None or size > psize):
         size = psize
-    return NvmeDevice(t, size=size, start_bytes=t.nodes.partition_start_bytes, placement=placement)
+    return NvmeDevice(t, size=size, start_bytes=t.nodes.partition_start_bytes, placement=placement,
+                      utilization=utilization, extent=psize)

@@ -26,6 +26,7 @@ typedef struct fc_ftl {
     uint16_t *ru_owner;     /* nru: handle for host RUs, handle or 0xFFFF (shared) for gc RUs */
     uint8_t  *ruh_pi;       /* nruh: 1 when the handle is persistently isolated */
     uint64_t *ru_stamp;     /* nru: host page clock when closed */
+    uint64_t *ru_seq;       /* nru: close order (1, 2, ...): greedy takes the oldest of equals */
     int32_t  *ru_next;      /* nru: bucket / free list links */
     int32_t  *ru_prev;      /* nru */
     int32_t  *bucket_head;  /* nrg * (ru_pages + 1): closed RUs by valid count */
@@ -47,6 +48,7 @@ typedef struct fc_ftl {
     uint64_t erases;        /* MBE in RUs */
     uint64_t mapped;        /* mapped logical pages */
     uint64_t clock;         /* host pages ever written (for ages) */
+    uint64_t closes;        /* RUs ever closed (the last ru_seq) */
     uint64_t reloc_n;       /* relocations recorded in total */
     uint64_t gc_runs;       /* victims reclaimed */
     int32_t  check_error;   /* first invariant broken in debug mode (0: none) */

@@ -39,6 +39,7 @@ _ARRAYS = {
     "ru_owner": (np.uint16, lambda g: g.nru),
     "ruh_pi": (np.uint8, lambda g: g.nruh),
     "ru_stamp": (np.uint64, lambda g: g.nru),
+    "ru_seq": (np.uint64, lambda g: g.nru),
     "ru_next": (np.int32, lambda g: g.nru),
     "ru_prev": (np.int32, lambda g: g.nru),
     "bucket_head": (np.int32, lambda g: g.nrg * (g.ru_pages + 1)),
@@ -53,7 +54,7 @@ _ARRAYS = {
     "ruh_host": (np.uint64, lambda g: g.nruh),
     "ruh_media": (np.uint64, lambda g: g.nruh),
 }
-_SCALARS = ("host_pages", "gc_pages", "erases", "mapped", "clock", "reloc_n", "gc_runs")
+_SCALARS = ("host_pages", "gc_pages", "erases", "mapped", "clock", "reloc_n", "gc_runs", "closes")
 
 
 class FtlError(FlashCacheError):

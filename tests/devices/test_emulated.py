@@ -247,3 +247,29 @@ def test_batched_reads_go_out_in_one_ring_submission(dev):
     assert isinstance(dev.controller._ring, Ring)                  # a ring served the batch
     with pytest.raises(NvmeError, match="LBA Out of Range"):
         dev.transport.rw(False, [0, SMALL.exported_pages], [4096, 4096], [-1, -1], 12)
+
+
+def test_single_reads_take_the_c_path_with_the_same_answers_and_counts(dev):
+    """Reads need no FTL accounting, so a single read is one C call on the backing file;
+    what it returns, refuses and counts is what the NVMe Read path does."""
+    assert dev._c_reads is not None and dev.read == dev._c_reads.read
+    data = bytes(range(256)) * 32
+    dev.write(8192, data)
+    assert dev.read(8192, 8192) == data
+    assert dev.read(1 << 20, 4096) == bytes(4096)                 # never written: zeros
+    with pytest.raises(ValueError, match="not aligned"):
+        dev.read(100, 4096)
+    with pytest.raises(ValueError, match="ends past"):
+        dev.read(dev.size, 4096)
+    st = dev.stats()
+    assert (st["reads"], st["bytes_read"]) == (2, 12288)
+    h, m, _ = dev.ftl.counters()
+    assert h == m == 8192                                         # reads program nothing
+
+
+def test_reads_on_a_closed_device_are_refused(tmp_path):
+    d = open_emulated(str(tmp_path / "c.img"), preset("small-test"))
+    d.close()
+    from flashcache.errors import ClosedError
+    with pytest.raises(ClosedError):
+        d.read(0, 4096)
