@@ -527,6 +527,9 @@ def table(res: Result) -> str:
                    f"({s['waf_min']:.3f}-{s['waf_max']:.3f}), app WA {_f(s['app_wa'], 2)}, hit ratio "
                    f"{_f(s['hit_ratio'], 3)}, {s['ops_per_s']:.0f} ops/s, BigHash "
                    f"{_f(s['bighash_share_of_host_writes'], 2)} of host writes")
+    elif res.windows:
+        out.append(f"result    none: the run stopped during warm-up (the last window's WAF: "
+                   f"{_f(res.windows[-1].waf, 3)})")
     if s.get("stopped"):
         out.append(f"stopped   {s['stopped']}")
     if s.get("trace"):

@@ -42,14 +42,14 @@ def caption(runs: list[dict[str, Any]]) -> str:
             f"workload {work}, seed {wl.get('seed')}")
 
 
-def _figure(plt, title: str, xlabel: str, ylabel: str, cap: str):
-    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=100)
+def _figure(plt, title: str, xlabel: str, ylabel: str, cap: str, wide: bool = False):
+    fig, ax = plt.subplots(figsize=(10.5 if wide else 7.5, 4.6), dpi=100)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     fig.text(0.01, 0.01, cap, fontsize=7, wrap=True, va="bottom")
-    fig.subplots_adjust(bottom=0.24)
+    fig.subplots_adjust(bottom=0.22, right=0.66 if wide else 0.95)
     return fig, ax
 
 
@@ -79,16 +79,21 @@ def plot(paths: list[Path], out: Path) -> list[Path]:
 
     # 1. WAF over time, one line per run
     fig, ax = _figure(plt, "Device WAF over time", "host writes (device writes: host bytes / capacity)",
-                      "device WAF per window (media / host bytes)", cap)
-    for r in runs:
+                      "device WAF per window (media / host bytes)", cap, wide=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, r in enumerate(sorted(runs, key=lambda r: r["label"])):
         ws = r["windows"]
         xs = [w["device_writes"] for w in ws if w["waf"] is not None]
         ys = [w["waf"] for w in ws if w["waf"] is not None]
-        line, = ax.plot(xs, ys, marker=".", label=r["label"])
+        off = r["point"].get("fdp") is False
+        line, = ax.plot(xs, ys, marker=".", color=colors[i % len(colors)], linestyle="--" if off else "-",
+                        label=r["label"])
         wu = r.get("warmup") or {}
-        if wu.get("device_writes") is not None:
-            ax.axvline(wu["device_writes"], color=line.get_color(), alpha=0.25, linestyle=":")
-    ax.legend(fontsize=7, ncol=2, title="run (dotted: end of warm-up)", title_fontsize=7)
+        if wu.get("device_writes") is not None:        # the window where measuring began
+            ax.plot([wu["device_writes"]], [ys[min(len(ys) - 1, wu.get("windows", 1) - 1)]] if ys else [],
+                    marker="|", markersize=14, color=line.get_color())
+    ax.legend(fontsize=7, title="run (dashed: FDP off; |: end of warm-up)", title_fontsize=7,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save(fig, out, "waf-over-time", written)
     plt.close(fig)
 

@@ -143,15 +143,16 @@ class _DaskPool:
         self.client.close()
 
 
-def sweep(data: dict[str, Any], source: str, base_dir: Path | None, grid: Grid, workload: Any, rules: Rules,
-          out_dir: Path, *, jobs: int = 0, executor: str | None = None, progress: bool = True,
+def sweep(data: dict[str, Any], source: str, base_dir: Path | None, grid: Grid | list[Point], workload: Any,
+          rules: Rules, out_dir: Path, *, jobs: int = 0, executor: str | None = None, progress: bool = True,
           echo: Callable[[str], None] | None = print) -> list[dict[str, Any]]:
-    """Run every point of ``grid`` not already done in ``out_dir``; write summary.csv and
-    summary.json there and return the summary rows. ``jobs``: processes here (0: the core
-    count); ``executor``: a Dask scheduler address ("tcp://host:8786") instead."""
+    """Run every point of ``grid`` (or a list of points) not already done in ``out_dir``;
+    write summary.csv and summary.json there and return the summary rows. ``jobs``:
+    processes here (0: the core count); ``executor``: a Dask scheduler address
+    ("tcp://host:8786") instead."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    points = grid.points()
+    points = grid.points() if isinstance(grid, Grid) else list(grid)
     wl = workload.as_dict() if hasattr(workload, "as_dict") else dict(workload)
     todo, done = [], {}
     for p in points:
@@ -166,21 +167,23 @@ def sweep(data: dict[str, Any], source: str, base_dir: Path | None, grid: Grid, 
                          "key": key})
     (out_dir / "sweep.json").write_text(json.dumps(
         {"source": source, "config": data, "workload": wl, "rules": dataclasses.asdict(rules),
-         "grid": dataclasses.asdict(grid), "points": [p.label() for p in points]}, indent=2, default=str))
+         "grid": dataclasses.asdict(grid) if isinstance(grid, Grid) else None,
+         "points": [p.label() for p in points]}, indent=2, default=str))
     if echo:
         echo(f"sweep     {len(points)} points: {len(done)} done before, {len(todo)} to run "
              f"({'on ' + executor if executor else f'{jobs or os.cpu_count()} processes here'}); output {out_dir}")
     failed: list[str] = []
     t0 = time.time()
     if todo:
-        # spawned, not forked: the parent may hold threads (tqdm's monitor, a cache's)
+        # forked (spawn would re-run a calling script that lacks a __main__ guard), all
+        # workers at the first submissions, before tqdm starts its monitor thread
         pool = _DaskPool(executor) if executor else ProcessPoolExecutor(
-            max_workers=min(jobs or os.cpu_count() or 1, len(todo)), mp_context=multiprocessing.get_context("spawn"))
+            max_workers=min(jobs or os.cpu_count() or 1, len(todo)), mp_context=multiprocessing.get_context("fork"))
+        futures = {pool.submit(run_point, j): j for j in todo}
         bar = None
         if progress:
             from tqdm import tqdm
             bar = tqdm(total=len(points), initial=len(done), unit="point", desc="sweep", file=sys.stderr)
-        futures = {pool.submit(run_point, j): j for j in todo}
         try:
             pending = set(futures)
             while pending:
@@ -255,10 +258,11 @@ def _f(x: Any, nd: int) -> str:
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
-    out = [f"{'point':32} {'FDP':>4} {'util':>5} {'BigHash':>7} {'WAF':>6} {'range':>13} {'app WA':>6} "
+    n = max([len(r["label"]) for r in rows] + [5])
+    out = [f"{'point':{n}} {'FDP':>4} {'util':>5} {'BigHash':>7} {'WAF':>6} {'range':>13} {'app WA':>6} "
            f"{'hit':>5} {'ops/s':>7} {'warm-up':>8} {'steady':>6}"]
     for r in rows:
-        out.append(f"{r['label']:32} {'on' if r['fdp'] else 'off':>4} {r['utilization'] * 100:4.0f}% "
+        out.append(f"{r['label']:{n}} {'on' if r['fdp'] else 'off':>4} {r['utilization'] * 100:4.0f}% "
                    f"{r['bighash_fraction'] * 100:6.0f}% {_f(r['waf'], 3):>6} "
                    f"{_f(r['waf_min'], 3) + '-' + _f(r['waf_max'], 3):>13} {_f(r['app_wa'], 2):>6} "
                    f"{_f(r['hit_ratio'], 3):>5} {_f(r['ops_per_s'], 0):>7} "

@@ -42,15 +42,16 @@ def test_a_large_bighash_erodes_fdps_benefit(full_sweep):
 
 
 def test_regions_as_large_as_rus_separate_the_engines_by_accident(tmp_path):
-    """Without FDP, 8 MiB regions in 8 MiB RUs: each RU holds one region, which dies whole,
-    and WAF stays far below what 256 KiB regions give on the same drive."""
+    """Without FDP, CacheLib's default 16 MiB regions in 8 MiB RUs: whole RUs fall inside a
+    region, die with it, and WAF stays far below what 256 KiB regions give on the same
+    drive (4.35 and 2.15 when measured)."""
     data, src, base = ex.config_data(None)
     big = copy.deepcopy(data)
-    big["cache"]["flash"]["region_size"] = "8MiB"
+    big["cache"]["flash"]["region_size"] = "16MiB"
     rules = ex.Rules(windows=3)
     wl = workload.load("write-only")
     small = ex.run(data, src, base, ex.Point(fdp=False), wl, rules, Path(tmp_path) / "256k", progress=False,
                    echo=None).summary["waf"]
-    large = ex.run(big, src, base, ex.Point(fdp=False), wl, rules, Path(tmp_path) / "8m", progress=False,
+    large = ex.run(big, src, base, ex.Point(fdp=False), wl, rules, Path(tmp_path) / "16m", progress=False,
                    echo=None).summary["waf"]
-    assert large < 0.75 * small, (large, small)
+    assert large < 0.6 * small, (large, small)
