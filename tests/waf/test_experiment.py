@@ -161,3 +161,13 @@ def test_a_trace_that_ends_ends_the_run_with_what_it_measured(tmp_path):
                  progress=False, echo=None)
     assert res.summary["stopped"] == "the trace ended (replay it again with loop)"
     assert res.summary["trace"]["passes"] == 1 and res.windows
+
+
+def test_a_run_is_repeatable_byte_for_byte(tmp_path):
+    """The same config, point, workload and seed give the same windows: host and media
+    bytes alike (what a reader of a published table needs to reproduce it)."""
+    data, src, base = small()
+    runs = [ex.run(data, src, base, ex.Point(fdp=False), workload.load("kvcache"), QUICK, tmp_path / str(i),
+                   progress=False, echo=None) for i in range(2)]
+    a, b = ([(w.host_bytes, w.media_bytes, w.ops) for w in r.windows] for r in runs)
+    assert a == b and a[-1][1] > a[-1][0]
