@@ -336,7 +336,7 @@ def run(data: dict[str, Any], source: str, base_dir: Path | None, point: Point, 
     return result
 
 
-def _snapshot(cache, dev) -> tuple[int, int, int]:
+def _snapshot(dev) -> tuple[int, int, int]:
     s = dev.waf_snapshot()
     return s.hbmw, s.mbmw, s.mbe
 
@@ -371,15 +371,15 @@ def _loop(cache, dev, cfg, point: Point, workload, rules: Rules, out_dir: Path, 
         return per.get("bighash", 0), per.get("blockcache", 0)
 
     def wraps() -> float:
-        return navy.blockcache._counters["region_writes"] / nregions if nregions else 0.0
+        return navy.blockcache.stats()["region_writes"] / nregions if nregions else 0.0
 
     written = dev.counters
-    base_host, _, base_mbe = _snapshot(cache, dev)
+    prev = _snapshot(dev)
+    base_host, base_mbe = prev[0], prev[2]
     warm_t0 = time.perf_counter()
     warm: dict[str, Any] = {}
     measuring = False
     n_measured = 0
-    prev = _snapshot(cache, dev)
     prev_counts = drv.counts.copy()
     prev_written = written.bytes_written
     prev_eng = engine_bytes()
@@ -399,7 +399,7 @@ def _loop(cache, dev, cfg, point: Point, workload, rules: Rules, out_dir: Path, 
                     break
                 if bar is not None:
                     bar.update_to((written.bytes_written - base_host) / capacity)
-            snap = _snapshot(cache, dev)
+            snap = _snapshot(dev)
             now = time.perf_counter()
             c = drv.counts.minus(prev_counts)
             eng = engine_bytes()
