@@ -552,10 +552,11 @@ class _Bar:
         self.rules = rules
         self.t = tqdm(total=(2 * rules.steady_windows + rules.windows) * rules.window, unit="DW",
                       desc="warm-up", bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} DW "
-                      "[{elapsed}<{remaining}] {postfix}", file=sys.stderr, leave=False)
+                      "[{elapsed}<{remaining}{postfix}]", file=sys.stderr, leave=False)
 
     def update_to(self, dw: float) -> None:
         if dw - self.t.n >= 0.02:
+            self.t.total = max(self.t.total, dw)      # a window ends after its last batch
             self.t.update(dw - self.t.n)
 
     def window(self, w: Window, measuring: bool) -> None:
@@ -564,7 +565,7 @@ class _Bar:
         self.t.set_postfix_str(f"WAF {_f(w.waf, 3)}, {w.ops_per_s:.0f} ops/s")
 
     def measuring(self, done: int, windows: int) -> None:
-        self.t.set_description("measure")
+        self.t.set_description_str("measure")
         self.t.total = self.t.n + windows * self.rules.window
 
     def close(self) -> None:
