@@ -55,8 +55,8 @@ def test_a_thousand_concurrent_tasks_coalesce_their_flash_reads(tmp_path):
 
 
 def test_ttl_with_async_lookups(tmp_path):
-    from tests.test_cache import Clock
-    clock = Clock()
+    from tests.clock import FakeClock
+    clock = FakeClock()
 
     async def main():
         async with AsyncCache(cfg(tmp_path, dram="64KiB"), clock=clock) as c:

@@ -10,14 +10,7 @@ from prometheus_client import CollectorRegistry
 import flashcache
 from flashcache import config
 from flashcache.errors import ClosedError
-
-
-class Clock:
-    def __init__(self):
-        self.t = 1_000_000.0
-
-    def __call__(self):
-        return self.t
+from tests.clock import FakeClock
 
 
 def cfg(tmp_path, *, dram="256KiB", device_extra="", cache_extra="", emulator="", kind="emulated"):
@@ -43,7 +36,7 @@ small_item_max = "1KiB"
 
 @pytest.fixture
 def clock():
-    return Clock()
+    return FakeClock()
 
 
 @pytest.fixture
@@ -297,7 +290,7 @@ def test_hot_path_does_exactly_what_the_python_methods_do(tmp_path, monkeypatch)
     @given(_twin_ops())
     def run_ops(ops):
         import shutil
-        clock = Clock()
+        clock = FakeClock()
         for d in ("a", "b"):                     # a fresh device for every example
             shutil.rmtree(tmp_path / d, ignore_errors=True)
         a = _make_twin(tmp_path, "a", clock, False, monkeypatch)

@@ -7,18 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flashcache.dram import DramTier, item_charge
-
-
-class Clock:
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self):
-        return self.t
+from tests.clock import FakeClock
 
 
 def test_lru_order_and_demotion():
-    c = Clock()
+    c = FakeClock(1000.0)
     per = item_charge(b"k0", b"x" * 100)
     d = DramTier(per * 3, c)
     for i in range(3):
@@ -31,7 +24,7 @@ def test_lru_order_and_demotion():
 
 
 def test_expiry_never_returned_and_not_demoted():
-    c = Clock()
+    c = FakeClock(1000.0)
     d = DramTier(10 * item_charge(b"a", b"v"), c)
     d.set(b"a", b"v", c.t + 5)
     d.set(b"b", b"v", c.t + 50)
@@ -49,7 +42,7 @@ def test_expiry_never_returned_and_not_demoted():
 
 
 def test_replace_and_delete_keep_accounting():
-    d = DramTier(1 << 20, Clock())
+    d = DramTier(1 << 20, FakeClock(1000.0))
     d.set(b"a", b"1" * 10, 0)
     d.set(b"a", b"2" * 1000, 0)
     assert d.used_bytes == item_charge(b"a", b"2" * 1000)
@@ -58,7 +51,7 @@ def test_replace_and_delete_keep_accounting():
 
 
 def test_too_big_goes_straight_out():
-    d = DramTier(100, Clock())
+    d = DramTier(100, FakeClock(1000.0))
     out = d.set(b"a", b"v" * 1000, 0)
     assert [e.key for e in out] == [b"a"] and len(d) == 0
 
@@ -66,7 +59,7 @@ def test_too_big_goes_straight_out():
 def test_charge_covers_real_memory():
     tracemalloc.start()
     try:
-        d = DramTier(1 << 40, Clock())
+        d = DramTier(1 << 40, FakeClock(1000.0))
         n = 20000
         keys = [b"key-%010d" % i for i in range(n)]
         vals = [bytes(64 + i % 200) for i in range(n)]
@@ -83,7 +76,7 @@ def test_charge_covers_real_memory():
 
 
 def test_threads_keep_budget():
-    d = DramTier(50 * item_charge(b"k-0000", b"v" * 50), Clock())
+    d = DramTier(50 * item_charge(b"k-0000", b"v" * 50), FakeClock(1000.0))
 
     def work(t):
         for i in range(2000):
@@ -98,7 +91,7 @@ def test_threads_keep_budget():
 
 
 def test_add_never_overwrites_and_clean_travels_with_eviction():
-    c = Clock()
+    c = FakeClock(1000.0)
     per = item_charge(b"k0", b"x" * 100)
     d = DramTier(per * 2, c)
     d.set(b"k0", b"x" * 100, 0)
@@ -224,7 +217,7 @@ _ops = st.lists(st.tuples(st.sampled_from(["get", "set", "set", "add", "delete",
 def test_c_lru_matches_the_model(ops, cap):
     """Every answer, eviction (order, expiry, clean flag), item in flight, counter and byte
     count of the C LRU equals the plain Python model's, over random operations with expiry."""
-    clock = Clock()
+    clock = FakeClock(1000.0)
     d, m = DramTier(cap, clock), ModelTier(cap, clock)
     for op, i, n, ttl, clean in ops:
         k, v = b"key%d" % i, bytes([i]) * n
@@ -263,7 +256,7 @@ def test_c_lru_matches_the_model(ops, cap):
 
 
 def test_keys_must_be_bytes_and_errors_leave_the_tier_whole():
-    d = DramTier(1 << 20, Clock())
+    d = DramTier(1 << 20, FakeClock(1000.0))
     d.set(b"a", b"1", 0)
     for bad in ("a", bytearray(b"a"), 1):
         with pytest.raises(TypeError, match="keys and values are bytes"):
@@ -298,7 +291,7 @@ def test_a_clock_that_lets_other_threads_run_is_safe():
 
 
 def test_an_expiry_given_by_touch_is_honoured_on_eviction():
-    c = Clock()
+    c = FakeClock(1000.0)
     per = item_charge(b"a", b"v")
     d = DramTier(per, c)
     d.set(b"a", b"v", 0)

@@ -66,11 +66,6 @@ class EntryHeader(NamedTuple):
     length: int  # header + key + value bytes (unaligned)
 
 
-def entry_length(key_len: int, value_len: int) -> int:
-    """Bytes an entry of this key and value takes before alignment padding."""
-    return HEADER_SIZE + key_len + value_len
-
-
 def checksum(mv: memoryview, pos: int, end: int) -> int:
     """The checksum of the entry occupying ``mv[pos:end]`` (see the module docstring)."""
     h = _xxh3(seed=CHECKSUM_SEED)

@@ -196,11 +196,6 @@ class Ring:
         op = OP_READ_FIXED if buf_index >= 0 else OP_READ
         self._prep_ret(lib.fc_prep_rw(self._r, op, fd, ffi.cast("void *", addr), length, offset, user_data, buf_index))
 
-    def prep_write(self, fd: int, addr: int, length: int, offset: int, user_data: int, buf_index: int = -1) -> None:
-        self._check()
-        op = OP_WRITE_FIXED if buf_index >= 0 else OP_WRITE
-        self._prep_ret(lib.fc_prep_rw(self._r, op, fd, ffi.cast("void *", addr), length, offset, user_data, buf_index))
-
     def prep_nop(self, user_data: int) -> None:
         self._check()
         self._prep_ret(lib.fc_prep_nop(self._r, user_data))

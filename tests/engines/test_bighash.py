@@ -22,17 +22,10 @@ from engines.bighash import (
     key_hash,
 )
 from engines.device import Read, Write, run, run_many
-from tests.engines.conftest import MemDevice
+from tests.clock import FakeClock
+from tests.engines.memdevice import MemDevice
 
 BS = 512
-
-
-class FakeClock:
-    def __init__(self, t: float = 1_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def make(nbuckets=8, bucket_size=BS, offset=0, **kw):

@@ -12,20 +12,13 @@ from engines.blockcache import ENTRY_HEADER, FORMAT_VERSION, HEADER_SIZE, MAGIC,
 from engines.blockcache.entry import CHECKSUM_SEED
 from engines.blockcache.regions import CLEAN, OPEN, SEALED
 from engines.device import Read, Write, run, run_many
-from tests.engines.conftest import MemDevice, MemStream
+from tests.clock import FakeClock
+from tests.engines.memdevice import MemDevice, MemStream
 
 A = 512
 R = 64 * 1024  # small regions keep the tests fast
 PER_REGION = 8  # items of ENTRY bytes fill a region
 ENTRY = R // PER_REGION
-
-
-class FakeClock:
-    def __init__(self, t: float = 1_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def make(nregions=6, region_size=R, **kw):

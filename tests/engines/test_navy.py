@@ -8,7 +8,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from engines import admission
 from engines.device import SUPERBLOCK_MAGIC, run
 from engines.navy import Navy
-from tests.engines.conftest import MemDevice, MemStream
+from tests.clock import FakeClock
+from tests.engines.memdevice import MemDevice, MemStream
 
 MIB = 1 << 20
 
@@ -175,14 +176,6 @@ def test_stale_index_after_reformat_never_serves_old_items(dev):
     assert all(run(n3.lookup(k), dev) is None for k in items)
 
 
-class Clock:
-    def __init__(self):
-        self.t = 1_000_000.0
-
-    def __call__(self):
-        return self.t
-
-
 class NavyVsDict(RuleBasedStateMachine):
     """Lookups may miss (eviction, admission, a crash), but a hit returns exactly the last
     value set, a removed key never comes back, and an expired item is never returned."""
@@ -190,7 +183,7 @@ class NavyVsDict(RuleBasedStateMachine):
     @initialize()
     def setup(self):
         self.dev = PidDevice(16 * MIB, block_size=4096)
-        self.clock = Clock()
+        self.clock = FakeClock()
         self.nv = self.open()
         self.model: dict[bytes, tuple[bytes, float]] = {}
         self.removed: set[bytes] = set()

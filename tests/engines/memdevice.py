@@ -1,10 +1,8 @@
-"""Fixtures for the engine tests: a tiny in-memory device that honours the Device protocol
+"""The engine tests' device: a tiny in-memory device that honours the Device protocol
 (aligned offsets and lengths, batched forms, streams) and logs every request."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import pytest
 
 
 @dataclass
@@ -64,8 +62,3 @@ class MemDevice:
     def close(self) -> None:
         pass
 
-
-@pytest.fixture
-def mem_device():
-    """A factory: ``mem_device(size)`` -> a fresh MemDevice."""
-    return MemDevice

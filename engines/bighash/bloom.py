@@ -134,10 +134,6 @@ class BloomFilters:
         """Mark every bucket known empty (after a reset of the engine)."""
         self.bits.fill(0)
 
-    def invalidate_all(self) -> None:
-        """Mark every bucket unknown (the state of a fresh, cold engine)."""
-        self.bits.fill(0xFF)
-
     def to_bytes(self) -> bytes:
         """Serialise the filters (a small header naming the geometry, then the bits)."""
         return _HEADER.pack(_MAGIC, _VERSION, self.nbuckets, self.nbytes, self.num_hashes) + self.bits.tobytes()
