@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/default.toml
-SRC    := pyproject.toml setup.py $(wildcard flashcache/*.c flashcache/*.h flashcache/*/_build.py flashcache/*/*.c flashcache/*/*.h engines/*_build.py engines/*.c engines/*.h)
+SRC    := pyproject.toml setup.py $(filter-out %_c.c,$(wildcard flashcache/*.c flashcache/*.h flashcache/*/_build.py flashcache/*/*.c flashcache/*/*.h engines/*.c engines/*.h engines/*/*_build.py engines/*/*.c engines/*/*.h))
 
 .PHONY: run test test-slow test-vm test-all bench bench-server clean setup
 
@@ -44,4 +44,4 @@ bench-server: $(STAMP)
 	$(PY) tools/bench_server.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info flashcache/_*_c.*.so flashcache/*/_*_c.*.so flashcache/*/_*_c.c engines/_*_c.*.so engines/_*_c.c var
+	rm -rf $(VENV) build *.egg-info flashcache/_*_c.*.so flashcache/*/_*_c.*.so flashcache/*/_*_c.c engines/_*_c.*.so engines/_*_c.c engines/*/_*_c.*.so engines/*/_*_c.c var

@@ -16,13 +16,20 @@ setup(
                  Extension("flashcache._hot_c", ["flashcache/_core.c", "flashcache/_dram.c", "flashcache/_metrics.c"],
                            include_dirs=["flashcache", "engines"],
                            extra_compile_args=["-O2", "-std=gnu11", "-Wall"]),
-                 # BigHash's blocking lookup and insert in one C call each (engines/_core.c;
-                 # the bucket core _bucket.c compiled in as well)
-                 Extension("engines._core_c", ["engines/_core.c", "engines/_bucket.c", "engines/_bucket_avx2.c"],
+                 # The engines' C, each beside its Python and owning the state it touches:
+                 # BigHash's blocking lookup and insert (the bucket core _bucket.c compiled in),
+                 # BlockCache's entry format, index table and lookup, and the router over the
+                 # engines' C operations (engines/_engine.h). _xxh3_avx2.c: the hash for AVX2 CPUs.
+                 Extension("engines.bighash._core_c",
+                           ["engines/bighash/_core.c", "engines/bighash/_bucket.c", "engines/_xxh3_avx2.c"],
+                           include_dirs=["engines/bighash", "engines"], extra_compile_args=["-O2", "-std=gnu11", "-Wall"]),
+                 Extension("engines.blockcache._core_c", ["engines/blockcache/_core.c", "engines/_xxh3_avx2.c"],
+                           include_dirs=["engines"], extra_compile_args=["-O2", "-std=gnu11", "-Wall"]),
+                 Extension("engines._router_c", ["engines/_router.c"],
                            include_dirs=["engines"], extra_compile_args=["-O2", "-std=gnu11", "-Wall"])],
     cffi_modules=[
         "flashcache/uring/_build.py:ffibuilder",
         "flashcache/emulator/_build.py:ffibuilder",
-        "engines/_bucket_build.py:ffibuilder",
+        "engines/bighash/_bucket_build.py:ffibuilder",
     ],
 )

@@ -1,5 +1,6 @@
 /* The C hooks passed between flashcache's extension modules in capsules, declared once.
- * engines/_core.c makes the Navy ones and takes the device one; flashcache/_hot.c takes
+ * engines/_router.c makes the Navy ones and the engines' C cores (engines/bighash/_core.c,
+ * engines/blockcache/_core.c) take the device one; flashcache/_hot.c takes
  * the Navy ones; flashcache/uring/results.c makes the device one. Include after Python.h. */
 #ifndef FC_HOOKS_H
 #define FC_HOOKS_H

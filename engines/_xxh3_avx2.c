@@ -1,5 +1,5 @@
-/* xxh3_64 compiled for AVX2 (about twice the speed on a 4 KiB bucket), used by _bucket.c
- * only when the CPU has AVX2; everything else is built for the baseline x86-64 (SSE2). */
+/* xxh3_64 compiled for AVX2 (about twice the speed on a 4 KiB bucket), used through
+ * _xxh3.h only when the CPU has AVX2; everything else is built for the baseline x86-64 (SSE2). */
 #include <stddef.h>
 #include <stdint.h>
 

@@ -34,7 +34,7 @@ class Device(Protocol):
     ValueError (a programming error). ``max_io`` is the largest single transfer the
     device takes; larger calls are split by the device itself.
 
-    Optional, for C callers (engines/_core.c): when ``read`` is a bound C method whose
+    Optional, for C callers (the engines' C cores, engines/_device.h): when ``read`` is a bound C method whose
     object has ``read_into_hook()``, that returns a capsule named
     ``"engines.device.read_into"`` holding ``struct { int (*fn)(void *ctx, char *buf,
     unsigned long long len, unsigned long long off); void *ctx; }``: fn reads into the

@@ -1,66 +1,80 @@
-"""The Navy-style router: one device, a superblock, BlockCache for large items, BigHash
-for small ones, admission in front, warm restart behind.
+"""The Navy-style router: one device, a superblock, a list of engines by size class,
+admission in front, warm restart behind.
 
-Owns the device layout ``| superblock | metadata | BlockCache regions | BigHash buckets |``,
-routing by size, admission, placement streams (one per engine, from the device), and the
-clean-shutdown metadata. Item operations are sans-I/O generators (see ``engines.device``);
-opening and closing do blocking I/O on the device they were given. The surprise: the
-metadata is invalidated right after a successful recovery, so a crash later starts cold
-instead of trusting a stale index; BigHash's buckets survive that (their generation is in
-the superblock), BlockCache's regions do not (its index was in DRAM).
-
-Superblock, block 0 (little-endian)::
-
-    0  magic        8s   engines.device.SUPERBLOCK_MAGIC (b"FLCACHE\\x01")
-    8  version      u16  FORMAT_VERSION
-   10  header_size  u16  SUPERBLOCK.size
-   12  flags        u32  0
-   16  fingerprint  u64  xxh64 of the layout (below): any change resets the cache
-   24  bh_gen       u64  BigHash generation
-   32  bc_gen       u64  BlockCache generation
-   40  meta_len     u64  bytes of valid metadata after block 0; 0 = none (crash or recovered)
-   48  meta_sum     u64  xxh64 of those bytes
-   56  layout_len   u32  bytes of the layout (msgpack) that follow the header
-   60  layout       ...  the layout, so a mismatch can say what changed
-   ..  checksum     u64  xxh64 of everything before it
+Owns the device layout ``| superblock | metadata | engine extents, in list order |``,
+routing by size, admission, placement streams (one per engine, from the device), the
+superblock (``engines.superblock``) and the clean-shutdown metadata. It knows its engines
+only through the Engine interface (``engines.engine``): ``default_engines`` below is the
+one place that names the default ones (BlockCache, then BigHash). Item operations are sans-I/O
+generators (see ``engines.device``); the blocking forms are one C call each (the Router,
+engines/_router.c) over the engines' own C forms. Opening and closing do blocking I/O on
+the device they were given. The surprise: the metadata is invalidated right after a
+successful recovery, so a crash later starts cold instead of trusting a stale index;
+an engine whose data outlive that (BigHash's buckets: their generation is in the
+superblock) keeps them, one whose index lived in DRAM (BlockCache) starts empty.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import os
-import struct
-import threading
 import time
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 import msgpack
 import xxhash
 
-_xxh3 = xxhash.xxh3_64_intdigest
-
+from . import superblock
+from ._router_c import Router
 from .admission import AcceptAll, Admission
-from ._core_c import Router
-from .bighash import BigHash, key_hash
-from .blockcache.entry import KEY_SEED as BC_KEY_SEED
+from .bighash import BigHash
 from .blockcache import BlockCache
-from .device import SUPERBLOCK_MAGIC, Device, Op, Write, run
+from .device import Device, Op, Write, run
+from .engine import Engine
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-SUPERBLOCK = struct.Struct("<8sHHIQQQQQI")
-SEED = 0x3C6EF372FE94F82B
-_M64 = (1 << 64) - 1
+FORMAT_VERSION = superblock.FORMAT_VERSION
 
 # The router's own counters (lifetime: saved in the warm-restart metadata).
 COUNTERS = ("lookups", "hits", "misses", "inserts", "admission_rejects", "too_large", "removes",
             "removed")
 
 
-def _xxh(data) -> int:
-    return xxhash.xxh64_intdigest(data, SEED)
+@dataclass(frozen=True)
+class Slot:
+    """One engine's place in the router: its class, its ``share`` of the flash after the
+    metadata (the first engine with a share takes what the others leave, the last one
+    what remains after rounding), the largest key + value its size class takes
+    (``max_item``; None: as large as the engine takes) and its own ``options``."""
+
+    engine: type[Engine]
+    share: float
+    max_item: int | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+def default_engines(*, small_item_max: int = 2048, bighash_fraction: float = 0.1, bucket_size: int = 4096,
+            bloom_bytes_per_bucket: int = 8, region_size: int = 16 << 20, alignment: int = 512,
+            clean_regions: int = 1, blockcache_options: Mapping[str, Any] | None = None) -> list[Slot]:
+    """The default engines, in device and lookup order: BlockCache for large items (its
+    index is in DRAM: a lookup it does not hold costs no I/O), BigHash for items up to
+    ``small_item_max``. A third engine is one more line here (and its folder)."""
+    return [
+        Slot(BlockCache, 1.0 - bighash_fraction, None,
+             {"region_size": region_size, "alignment": alignment, "clean_regions": clean_regions,
+              **(blockcache_options or {})}),
+        Slot(BigHash, bighash_fraction, small_item_max,
+             {"bucket_size": bucket_size, "bloom_bytes_per_bucket": bloom_bytes_per_bucket}),
+    ]
+
+
+def _class_order(slot: Slot) -> tuple[bool, int]:
+    """Smallest size class first; classes without a bound last."""
+    return slot.max_item is None, slot.max_item or 0
 
 
 def _round_up(x: int, unit: int) -> int:
@@ -68,13 +82,16 @@ def _round_up(x: int, unit: int) -> int:
 
 
 class Navy:
-    """Both engines on one device (see the module docstring).
+    """The engines on one device (see the module docstring).
 
-    ``small_item_max``: key + value bytes up to which an item goes to BigHash.
-    ``bighash_fraction``: share of the space after the metadata for BigHash (0: none,
-    1: no BlockCache). ``metadata_fraction``: share of the device kept for clean-shutdown
-    metadata (at least 1 MiB). ``blockcache_options`` go to BlockCache as they are
-    (eviction, reinsertion, trim_on_reclaim, ...).
+    ``engines``: the Slots, in device and lookup order (default: ``default_engines(...)`` with
+    the keyword arguments it shares with this constructor: ``small_item_max``, key +
+    value bytes up to which an item goes to BigHash; ``bighash_fraction``, BigHash's share
+    of the space after the metadata (0: none, 1: no BlockCache); ``bucket_size``,
+    ``bloom_bytes_per_bucket``, ``region_size``, ``alignment``, ``clean_regions``, and
+    ``blockcache_options`` for BlockCache as they are: eviction, reinsertion, ...).
+    ``metadata_fraction``: share of the device kept for clean-shutdown metadata (at least
+    1 MiB).
 
     After construction ``start`` says how the cache came up: ``"warm"``, or
     ``"cold: <why>"`` / ``"formatted: <why>"``.
@@ -84,69 +101,68 @@ class Navy:
                  bucket_size: int = 4096, bloom_bytes_per_bucket: int = 8, region_size: int = 16 << 20,
                  alignment: int = 512, clean_regions: int = 1, metadata_fraction: float = 0.01,
                  blockcache_options: dict[str, Any] | None = None, admission: Admission | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, engines: Sequence[Slot] | None = None):
         if not 0.0 <= bighash_fraction <= 1.0:
             raise ValueError(f"navy: bighash_fraction = {bighash_fraction!r}: use a share from 0 to 1")
         if not 0.0 < metadata_fraction < 0.5:
             raise ValueError(f"navy: metadata_fraction = {metadata_fraction!r}: use a share above 0, below 0.5")
         if small_item_max < 1:
             raise ValueError(f"navy: small_item_max = {small_item_max!r}: use a positive number of bytes")
+        if engines is None:
+            engines = default_engines(small_item_max=small_item_max, bighash_fraction=bighash_fraction,
+                              bucket_size=bucket_size, bloom_bytes_per_bucket=bloom_bytes_per_bucket,
+                              region_size=region_size, alignment=alignment, clean_regions=clean_regions,
+                              blockcache_options=blockcache_options)
+        self.slots = list(engines)
+        names = [s.engine.name for s in self.slots]
+        if not self.slots or len(set(names)) != len(names):
+            raise ValueError(f"navy: engines {names}: name each engine once")
+        if any(not 0.0 <= s.share <= 1.0 for s in self.slots):
+            raise ValueError(f"navy: engine shares {[s.share for s in self.slots]}: use shares from 0 to 1")
         self.device = device
         self.clock = clock
         self.admission = admission or AcceptAll()
-        self.small_item_max = small_item_max
-        bs = device.block_size
-        self.block = max(bs, 4096)
-        unit = region_size if bighash_fraction < 1.0 else bucket_size
-        meta_want = max(1 << 20, int(device.size * metadata_fraction))
-        self.meta_end = _round_up(self.block + meta_want, max(unit, bs))
-        rest = device.size - self.meta_end
-        if rest <= 0:
-            raise ValueError(f"navy: device of {device.size} bytes leaves no room after {self.meta_end} bytes "
-                             "of superblock and metadata; use a larger device or a smaller region_size")
-        bh_want = int(rest * bighash_fraction) // bucket_size * bucket_size
-        bc_size = (rest - bh_want) // region_size * region_size if bighash_fraction < 1.0 else 0
-        bh_off = self.meta_end + bc_size
-        bh_size = (device.size - bh_off) // bucket_size * bucket_size if bighash_fraction > 0.0 else 0
-        opts = dict(blockcache_options or {})
-        self.layout = {
-            "version": FORMAT_VERSION, "device_size": device.size, "block": self.block,
-            "meta_end": self.meta_end, "small_item_max": small_item_max,
-            "bc_offset": self.meta_end, "bc_size": bc_size, "region_size": region_size, "alignment": alignment,
-            "bh_offset": bh_off, "bh_size": bh_size, "bucket_size": bucket_size,
-            "bloom_bytes_per_bucket": bloom_bytes_per_bucket,
-        }
-        self.fingerprint = _xxh(msgpack.packb(self.layout, use_bin_type=True))
-        self.streams = {}
-        self.bighash: BigHash | None = None
-        self.blockcache: BlockCache | None = None
-        if bh_size:
-            self.streams["bighash"] = device.open_stream("bighash")
-            self.bighash = BigHash(bh_off, bh_size, bucket_size, bloom_bytes_per_bucket,
-                                   stream=self.streams["bighash"], clock=clock)
-        if bc_size:
-            self.streams["blockcache"] = device.open_stream("blockcache")
-            self.blockcache = BlockCache(self.meta_end, bc_size, region_size=region_size, alignment=alignment,
-                                         clean_regions=clean_regions, stream=self.streams["blockcache"],
-                                         clock=clock, io_alignment=max(alignment, bs), **opts)
-        if self.bighash is None and self.blockcache is None:
-            raise ValueError(f"navy: a {device.size}-byte device has room for neither engine; use a larger device")
-        self.small_item_max = min(small_item_max, self.bighash.max_item_size) if self.bighash else 0
+        self.block = max(device.block_size, 4096)
+        extents = self._split(metadata_fraction)
+        self.engines: dict[str, Engine] = {}
+        """The engines that got space, by name, in device and lookup order."""
+        # streams open smallest size class first (Navy's order: BigHash takes placement
+        # handle 1, BlockCache the next)
+        self.streams = {s.engine.name: device.open_stream(s.engine.name)
+                        for s, (_, size) in sorted(zip(self.slots, extents), key=lambda x: _class_order(x[0]))
+                        if size}
+        limits: dict[str, int] = {}
+        layouts: dict[str, dict[str, Any]] = {}
+        for slot, (offset, size) in zip(self.slots, extents):
+            if not size:
+                continue
+            name = slot.engine.name
+            eng = slot.engine.build(offset, size, stream=self.streams[name], clock=clock,
+                                    block_size=device.block_size, options=slot.options)
+            self.engines[name] = eng
+            limits[name] = eng.max_item_size if slot.max_item is None else min(slot.max_item, eng.max_item_size)
+            layouts[name] = {"offset": offset, "size": size, "max_item": slot.max_item, **eng.layout()}
+        if not self.engines:
+            raise ValueError(f"navy: a {device.size}-byte device has room for no engine; use a larger device")
+        self._limits = limits
+        self._by_size = sorted(self.engines.values(), key=lambda e: limits[e.name])
+        self._place_at = {name: i for i, name in enumerate(self.engines)}   # the Router's engine numbers
+        bounded = [e for e in self._by_size if self._slot(e.name).max_item is not None]
+        self.small_item_max = limits[bounded[0].name] if bounded else 0
+        """The largest key + value of the smallest explicit size class (BigHash's), or 0."""
+        self.layout = {"version": FORMAT_VERSION, "device_size": device.size, "block": self.block,
+                       "meta_end": self.meta_end, "engines": layouts}
+        self.fingerprint = superblock.fingerprint(self.layout)
         self._counters = dict.fromkeys(COUNTERS, 0)
-        self._rejects = {"bighash": 0, "blockcache": 0}
+        self._rejects = dict.fromkeys(self.engines, 0)
         self._closed = False
-
-        # Thread safety: BlockCache's state is one structure, so its operations hold one
-        # lock (across their I/O); BigHash serialises inserts and removes per bucket
-        # (striped locks), and its lookups need none. Locks are re-entrant so one thread
-        # may drive several lookups together (get_many). Single-threaded drivers (asyncio)
-        # must serialise mutations themselves: see ``mutation_key``.
-        self._bc_lock = threading.RLock()
-        self._bh_locks = [threading.RLock() for _ in range(64)]
-        # BigHash's one-call C forms (engines/_core.c), for bytes keys on the blocking paths
-        self._bh_core = self.bighash._core if self.bighash else None
-        # lookup_item_now on this Navy's own device, for a bytes key, in one C call
-        self._router = Router(self._bh_core, self.blockcache, self._bc_lookup_now, device, BC_KEY_SEED)
+        # The blocking forms in C: the engines in lookup order, each with its C operations
+        # where it has them and its Python forms where not.
+        self._router = Router(device)
+        for name, eng in self.engines.items():
+            self._router.add(eng.c_ops(), limits[name], functools.partial(eng.lookup_item_now, device),
+                             eng.may_hold, functools.partial(self._remove_now, eng))
+        self._router.accept_all = self._accept_all
         self.lookup_now = self._router.lookup
         """``lookup_item_now(self.device, key)`` for a bytes key, as one C call."""
         self.may_hold_now = self._router.may_hold
@@ -154,106 +170,111 @@ class Navy:
         self.insert_hook = self._router.insert_hook
         """``insert_hook()``: a capsule "engines.navy.insert" for a C caller (the cache's
         demotions): ``insert_now(self.device, ...)`` for what the C form takes, declining
-        the rest (see engines/_core.c)."""
-        if self.blockcache:
-            # BlockCache's lookup in C too, under the same lock; anything but a plain hit
-            # goes to its _lookup_found with the bytes already read
-            self._router.set_bc(self._bc_lock, self.blockcache._lookup_found)
-        if self.bighash:
-            self._router.set_insert(self._bh_locks, self.bighash.stream, self.small_item_max, self._bc_remove_now)
-        self._router.accept_all = self._accept_all
+        the rest (see engines/_router.c)."""
         self.start = self._open()
         log.info("%s: flash cache %s", device.path, self.start)
 
-    # -- superblock and metadata ----------------------------------------------------------
-    def _read_superblock(self) -> tuple[dict | None, str]:
-        raw = self.device.read(0, self.block)
-        if raw[:8] != SUPERBLOCK_MAGIC:
-            return None, ("new device" if not any(raw) else "no flashcache superblock (block 0 holds other data)")
-        try:
-            (magic, version, hsize, flags, fp, bh_gen, bc_gen, meta_len, meta_sum,
-             layout_len) = SUPERBLOCK.unpack_from(raw, 0)
-            end = SUPERBLOCK.size + layout_len
-            if end + 8 > len(raw):
-                return None, "superblock corrupt (layout length out of range)"
-            (stored,) = struct.unpack_from("<Q", raw, end)
-            if stored != _xxh(raw[:end]):
-                return None, "superblock corrupt (checksum mismatch)"
-            layout = msgpack.unpackb(raw[SUPERBLOCK.size:end], raw=False)
-        except (struct.error, ValueError, msgpack.UnpackException) as e:
-            return None, f"superblock corrupt ({e})"
-        return {"version": version, "fingerprint": fp, "bh_gen": bh_gen, "bc_gen": bc_gen,
-                "meta_len": meta_len, "meta_sum": meta_sum, "layout": layout}, ""
+    def _slot(self, name: str) -> Slot:
+        return next(s for s in self.slots if s.engine.name == name)
 
+    def _split(self, metadata_fraction: float) -> list[tuple[int, int]]:
+        """(offset, size) of each slot's extent (size 0: no room or no share); sets
+        ``meta_end``. See ``Slot`` for how the shares are honoured."""
+        dev = self.device
+        units = [max(s.engine.extent_unit(s.options), 1) for s in self.slots]
+        shared = [i for i, s in enumerate(self.slots) if s.share > 0.0]
+        if not shared:
+            raise ValueError("navy: every engine has a share of 0; give at least one a share")
+        first, last = shared[0], shared[-1]
+        meta_want = max(1 << 20, int(dev.size * metadata_fraction))
+        self.meta_end = _round_up(self.block + meta_want, max(units[first], dev.block_size))
+        rest = dev.size - self.meta_end
+        if rest <= 0:
+            raise ValueError(f"navy: device of {dev.size} bytes leaves no room after {self.meta_end} bytes "
+                             "of superblock and metadata; use a larger device or a smaller region_size")
+        wants = [int(rest * s.share) // u * u if i in shared and i != first else 0
+                 for i, (s, u) in enumerate(zip(self.slots, units))]
+        out, at = [], self.meta_end
+        for i, unit in enumerate(units):
+            if i not in shared:
+                out.append((at, 0))
+                continue
+            at = _round_up(at, unit)
+            if i == first and i != last:
+                size = max(0, rest - sum(wants)) // unit * unit
+            elif i == last:
+                size = max(0, dev.size - at) // unit * unit
+            else:
+                size = wants[i]
+            out.append((at, size))
+            at += size
+        return out
+
+    # -- compatible names for the default engines (flashcache.Cache uses them) -------------
+    @property
+    def bighash(self) -> BigHash | None:
+        return self.engines.get("bighash")        # type: ignore[return-value]
+
+    @property
+    def blockcache(self) -> BlockCache | None:
+        return self.engines.get("blockcache")     # type: ignore[return-value]
+
+    # -- superblock and metadata ----------------------------------------------------------
     def _write_superblock(self, meta_len: int = 0, meta_sum: int = 0) -> None:
-        lay = msgpack.packb(self.layout, use_bin_type=True)
-        head = SUPERBLOCK.pack(SUPERBLOCK_MAGIC, FORMAT_VERSION, SUPERBLOCK.size, 0, self.fingerprint,
-                               self.bighash.generation if self.bighash else 0,
-                               self.blockcache.generation if self.blockcache else 0,
-                               meta_len, meta_sum, len(lay)) + lay
-        body = head + struct.pack("<Q", _xxh(head))
-        if len(body) > self.block:
-            raise ValueError(f"navy: superblock of {len(body)} bytes does not fit in {self.block}")
-        self.device.write(0, body.ljust(self.block, b"\0"))
+        sb = superblock.Superblock(self.fingerprint, self.layout,
+                                   {name: eng.generation for name, eng in self.engines.items()}, meta_len, meta_sum)
+        self.device.write(0, sb.encode(self.block))
         self.device.flush()
 
     def _format(self, why: str) -> str:
         gen = int.from_bytes(os.urandom(8), "little")
-        if self.bighash:
-            self.bighash.generation = gen
-            self.bighash.reset()
-        if self.blockcache:
-            self.blockcache.generation = gen
-            self.blockcache.reset()
+        for eng in self.engines.values():
+            eng.generation = gen
+            eng.reset()
         self._write_superblock()
         return f"formatted: {why}"
 
     def _open(self) -> str:
-        sb, why = self._read_superblock()
-        if sb is None:
-            return self._format(why)
-        if sb["version"] != FORMAT_VERSION or sb["fingerprint"] != self.fingerprint:
-            old = sb["layout"] if isinstance(sb["layout"], dict) else {}
-            diff = {k: (old.get(k), v) for k, v in self.layout.items() if old.get(k) != v}
+        try:
+            sb = superblock.Superblock.decode(self.device.read(0, self.block))
+        except superblock.Unreadable as e:
+            return self._format(str(e))
+        if sb.fingerprint != self.fingerprint:
             return self._format("layout changed, the cache was reset (was -> now: "
-                                + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items()) + ")")
-        if self.bighash:
-            self.bighash.generation = sb["bh_gen"]
-        if self.blockcache:
-            self.blockcache.generation = sb["bc_gen"]
+                                + ", ".join(superblock.changes(sb.layout, self.layout)) + ")")
+        for name, eng in self.engines.items():
+            eng.generation = sb.generations.get(name, 0)
         state, why = self._read_metadata(sb)
-        warm_bh = warm_bc = False
+        saved = (state or {}).get("engines") or {}
+        lost, kept = [], []
+        for eng in self.engines.values():
+            if state is not None and eng.recover(saved.get(eng.name)):
+                continue
+            lost.append(eng.name)
+            kept.append(eng.start_cold())
         if state is not None:
-            warm_bh = self.bighash is None or self.bighash.recover(state.get("bighash"))
-            warm_bc = self.blockcache is None or self.blockcache.recover(state.get("blockcache"))
             counters = state.get("router") or {}
             for name, table in (("counters", self._counters), ("rejects", self._rejects)):
                 for k in table:
                     table[k] = int((counters.get(name) or {}).get(k, 0))
-        if self.blockcache and not warm_bc:
-            # its index is gone: the regions' contents cannot be found, start them clean
-            self.blockcache.generation = sb["bc_gen"]
-            self.blockcache.reset()
-        if self.bighash and self.bighash.items is None:
-            # its buckets are kept but their count was not saved: sample them (256 bucket reads)
-            self.drive(self.bighash.estimate_items())
+        for eng in self.engines.values():
+            self.drive(eng.after_open())
         # invalidate the metadata at once: a crash from here on must not resurrect it
         self._write_superblock()
-        if state is not None and warm_bh and warm_bc:
+        if not lost:
             return "warm"
         if state is not None:
-            lost = [n for n, ok in (("BigHash", warm_bh), ("BlockCache", warm_bc)) if not ok]
-            return f"cold: saved state of {' and '.join(lost)} did not match; BigHash buckets kept"
-        return f"cold: {why}; BigHash buckets kept, BlockCache starts empty"
+            return f"cold: saved state of {' and '.join(lost)} did not match; {', '.join(kept)}"
+        return f"cold: {why}; {', '.join(kept)}"
 
-    def _read_metadata(self, sb: dict) -> tuple[dict | None, str]:
-        n = sb["meta_len"]
+    def _read_metadata(self, sb: superblock.Superblock) -> tuple[dict | None, str]:
+        n = sb.meta_len
         if not n:
             return None, "no clean-shutdown metadata (the last run did not close cleanly)"
         if self.block + n > self.meta_end:
             return None, "metadata length out of range"
         raw = self.device.read(self.block, _round_up(n, self.device.block_size))[:n]
-        if _xxh(raw) != sb["meta_sum"]:
+        if superblock.xxh(raw) != sb.meta_sum:
             return None, "metadata checksum mismatch"
         try:
             state = msgpack.unpackb(raw, raw=False, strict_map_key=False)
@@ -264,22 +285,24 @@ class Navy:
         return state, ""
 
     def close(self) -> str:
-        """Flush BlockCache's buffer and write the warm-restart metadata. Returns what was
-        saved, or why not. The device stays open (its owner closes it)."""
+        """Flush what the engines hold only in DRAM and write the warm-restart metadata.
+        Returns what was saved, or why not. The device stays open (its owner closes it)."""
         if self._closed:
             return "already closed"
         self._closed = True
         flush_error = None
-        if self.blockcache:
+        for eng in self.engines.values():
             try:
-                self.drive(self._bc(self.blockcache.flush()))
+                self.drive(self._through(eng.flush()))
             except Exception as e:
                 # persist() leaves out what the buffer holds beyond the last good flush, so
-                # the metadata below is still true: save it, then report the error
-                flush_error = e
+                # the metadata below is still true: save it, then report the (first) error
+                if flush_error is None:
+                    flush_error = e
+                    flush_error.add_note(f"navy: {eng.name}'s buffer could not be written; the warm-restart "
+                                         "metadata was saved without the items only it held")
         state = {"fingerprint": self.fingerprint,
-                 "bighash": self.bighash.persist() if self.bighash else None,
-                 "blockcache": self.blockcache.persist() if self.blockcache else None,
+                 "engines": {name: eng.persist() for name, eng in self.engines.items()},
                  "router": {"counters": self._counts(), "rejects": self._rejects}}
         blob = msgpack.packb(state, use_bin_type=True)
         room = self.meta_end - self.block
@@ -291,25 +314,21 @@ class Navy:
         padded = blob.ljust(_round_up(len(blob), self.device.block_size), b"\0")
         self.device.write(self.block, padded)
         self.device.flush()
-        self._write_superblock(len(blob), _xxh(blob))
+        self._write_superblock(len(blob), superblock.xxh(blob))
         if flush_error is not None:
-            flush_error.add_note("navy: BlockCache's buffer could not be written; the warm-restart metadata was "
-                                 "saved without the items only it held")
             raise flush_error
         return f"saved {len(blob)} bytes of metadata"
 
     def clear(self) -> None:
-        """Empty both engines at once: each ``reset()``s (a new generation, so nothing written
-        before reads back; no I/O) under its locks, and the superblock records the new
-        generations before this returns, so a restart does not bring the old items back."""
+        """Empty every engine at once: each ``reset()``s (a new generation, so nothing written
+        before reads back; no I/O) while all the engines' locks are held, and the superblock
+        records the new generations before this returns, so a restart does not bring the old
+        items back."""
         with contextlib.ExitStack() as held:
-            held.enter_context(self._bc_lock)
-            for lock in self._bh_locks:
-                held.enter_context(lock)
-            if self.bighash:
-                self.bighash.reset()
-            if self.blockcache:
-                self.blockcache.reset()
+            for eng in self.engines.values():
+                held.enter_context(eng.held())
+            for eng in self.engines.values():
+                eng.reset()
             self._write_superblock()
 
     def drive(self, op: Op[Any]) -> Any:
@@ -317,7 +336,7 @@ class Navy:
         return run(op, self.device)
 
     # -- item operations (sans-I/O) -----------------------------------------------------
-    def _through(self, op: Any, engine: str) -> Op[Any]:
+    def _through(self, op: Any) -> Op[Any]:
         """Pass an engine's requests through; when the admission policy steers by write
         rate, tell it the bytes each Write carries."""
         if not inspect.isgenerator(op):
@@ -347,38 +366,12 @@ class Navy:
         if "_router" in self.__dict__:
             self._router.accept_all = self._accept_all   # its insert() runs only under AcceptAll
 
-    def mutation_key(self, key: bytes) -> tuple[str, int]:
-        """What an insert or remove of ``key`` must not overlap with: BigHash's bucket
-        (BlockCache is one structure: the same token for every key)."""
-        return ("bighash", self.bighash.bucket_of(key_hash(key))) if self.bighash else ("none", 0)
-
     def may_hold(self, key: bytes) -> bool:
-        """False when neither engine can hold ``key``, decided in DRAM alone (BlockCache's
+        """False when no engine can hold ``key``, decided in DRAM alone (BlockCache's
         index, BigHash's bloom filter): a caller can then skip a remove entirely."""
         if key.__class__ is bytes:
             return self._router.may_hold(key)      # the same in C
-        return (self.blockcache is not None and self._bc_may_hold(key)) or \
-            (self.bighash is not None and self._bh_may_hold(key))
-
-    def _bc_may_hold(self, key: bytes) -> bool:
-        return self.blockcache.index.find(_xxh3(key, BC_KEY_SEED) >> 32) >= 0
-
-    def _bh_may_hold(self, key: bytes) -> bool:
-        kh = key_hash(key)
-        return self.bighash.bloom.may_contain(self.bighash.bucket_of(kh), kh)
-
-    def _bh_lock(self, key: bytes) -> threading.RLock:
-        if key.__class__ is bytes:
-            return self._bh_locks[self._bh_core.bucket(key) % len(self._bh_locks)]
-        return self._bh_locks[self.bighash.bucket_of(key_hash(key)) % len(self._bh_locks)]
-
-    def _bc(self, op: Any) -> Op[Any]:
-        with self._bc_lock:
-            return (yield from self._through(op, "blockcache"))
-
-    def _bh_mutate(self, key: bytes, op: Any) -> Op[Any]:
-        with self._bh_lock(key):
-            return (yield from self._through(op, "bighash"))
+        return any(eng.may_hold(key) for eng in self.engines.values())
 
     def lookup(self, key: bytes) -> Op[bytes | None]:
         """The value for ``key`` from flash, or None."""
@@ -386,45 +379,25 @@ class Navy:
         return None if item is None else item[0]
 
     def lookup_item(self, key: bytes) -> Op[tuple[bytes, float] | None]:
-        """``(value, expiry)`` for ``key``, or None. BlockCache first (its index is in DRAM:
-        a miss there costs no I/O), then BigHash (its bloom filter usually answers a miss
-        without I/O)."""
-        self._counters["lookups"] += 1
-        if self.blockcache and self._bc_may_hold(key):
-            item = yield from self._bc(self.blockcache.lookup_item(key))
-            if item is not None:
-                self._counters["hits"] += 1
-                return item
-        if self.bighash:
-            item = yield from self._through(self.bighash.lookup_item(key), "bighash")
-            if item is not None:
-                self._counters["hits"] += 1
-                return item
-        self._counters["misses"] += 1
-        return None
-
-    def lookup_item_now(self, device: Device, key: bytes) -> tuple[bytes, float] | None:
-        """``lookup_item`` done at once on ``device`` with blocking calls (BigHash's part
-        without a generator: a blocking caller's hot path)."""
-        if device is self.device and key.__class__ is bytes:
-            return self._router.lookup(key)      # the same steps in C (engines/_core.c)
+        """``(value, expiry)`` for ``key``, or None: the engines in order until one has it
+        (each rules out what its DRAM state can without I/O: BlockCache's index, BigHash's
+        bloom filter)."""
         c = self._counters
         c["lookups"] += 1
-        if self.blockcache is not None and self._bc_may_hold(key):
-            with self._bc_lock:
-                item = self.blockcache.lookup_item_now(device, key)
-            if item is not None:
-                c["hits"] += 1
-                return item
-        if self._bh_core is not None:
-            # reads take no lock (see _through); a bytes key in one C call
-            item = self._bh_core.lookup(device.read, key) if key.__class__ is bytes else \
-                self.bighash.lookup_item_now(device, key)
+        for eng in self.engines.values():
+            item = yield from self._through(eng.lookup_item(key))
             if item is not None:
                 c["hits"] += 1
                 return item
         c["misses"] += 1
         return None
+
+    def lookup_item_now(self, device: Device, key: bytes) -> tuple[bytes, float] | None:
+        """``lookup_item`` done at once on ``device`` with blocking calls: one C call for a
+        bytes key on this Navy's own device (engines/_router.c), else the generator."""
+        if device is self.device and key.__class__ is bytes:
+            return self._router.lookup(key)
+        return run(self.lookup_item(key), device)
 
     def _counts(self) -> dict[str, int]:
         """The router's counters: the Python paths' plus the C Router's."""
@@ -433,115 +406,92 @@ class Navy:
             c[k] += v
         return c
 
-    def _bc_remove_now(self, key: bytes) -> bool:
-        """BlockCache's remove on this Navy's device, under its lock (the Router's step)."""
-        return run(self._bc(self.blockcache.remove(key)), self.device)
+    def _remove_now(self, eng: Engine, key: bytes) -> bool:
+        """An engine's remove on this Navy's device (the C Router's step after an insert)."""
+        return run(self._through(eng.remove(key)), self.device)
 
-    def _bc_lookup_now(self, key: bytes) -> tuple[bytes, float] | None:
-        """BlockCache's lookup on this Navy's device, under its lock (the Router's step;
-        a lookup writes nothing, so admission has nothing to hear)."""
-        with self._bc_lock:
-            return self.blockcache.lookup_item_now(self.device, key)
+    def _engine_for(self, size: int) -> Engine | None:
+        for eng in self._by_size:
+            if size <= self._limits[eng.name]:
+                return eng
+        return None
 
     def engine_for(self, key_len: int, value_len: int) -> str | None:
-        """The engine an item of this size goes to, or None when it fits neither."""
-        size = key_len + value_len
-        if self.bighash and size <= self.small_item_max:
-            return "bighash"
-        if self.blockcache and size <= self.blockcache.max_item_size:
-            return "blockcache"
-        return None
+        """The engine an item of this size goes to, or None when it fits none."""
+        eng = self._engine_for(key_len + value_len)
+        return None if eng is None else eng.name
 
     @property
     def max_item_size(self) -> int:
-        """The largest key + value either engine takes."""
-        return max(self.blockcache.max_item_size if self.blockcache else 0, self.small_item_max)
+        """The largest key + value an engine takes."""
+        return max(self._limits.values())
 
     def insert(self, key: bytes, value: bytes, expiry: float = 0) -> Op[bool]:
         """Offer an item to flash: admission decides, then the size routes it. Returns
-        whether it was written. The key is removed from the other engine either way."""
+        whether it was written. The key is removed from the other engines either way."""
         return (yield from self._placed(self._admit(key, value), key, value, expiry))
 
     def insert_now(self, device: Device, key: bytes, value: bytes, expiry: float = 0) -> bool:
-        """``insert`` done at once on ``device`` with blocking calls: a small item's
-        bucket read-modify-write runs without a generator (a blocking caller's hot path:
-        the cache's demotions); the rest as ``run(insert(...))``."""
-        if device is self.device and self._router.insert(key, value, expiry):
-            return True                          # a small item under AcceptAll: all in C
-        if self._accept_all and self._bh_core is not None and len(key) + len(value) <= self.small_item_max:
-            self._counters["inserts"] += 1      # _admit's answer for a small item under AcceptAll
-        else:
-            engine = self._admit(key, value)
-            if engine != "bighash":
-                return run(self._placed(engine, key, value, expiry), device)
-        with self._bh_lock(key):
-            # one C call for bytes; None: the Python form judges the item (and raises)
-            if key.__class__ is not bytes or self._bh_core.insert(device.read, device.write, key, value, expiry,
-                                                                  self.bighash.stream) is None:
-                self.bighash.insert_now(device, key, value, expiry)
-        if self._feed_admission:
-            self.admission.record_write(self.bighash.bucket_size)   # what _through tells it
-        if self.blockcache is not None and (self._router.bc_may_hold(key) if key.__class__ is bytes
-                                            else self._bc_may_hold(key)):
-            run(self._bc(self.blockcache.remove(key)), device)
-        return True
+        """``insert`` done at once on ``device`` with blocking calls: in C (the Router over
+        the engine's C insert) when it can, else ``run(insert(...))``."""
+        own = device is self.device
+        if own and self._router.insert(key, value, expiry):
+            return True                          # admission accepts all: the whole insert in C
+        eng = self._admit(key, value)
+        if (eng is not None and own and not self._feed_admission
+                and self._router.place(self._place_at[eng.name], key, value, expiry)):
+            return True
+        return run(self._placed(eng, key, value, expiry), device)
 
-    def _placed(self, engine: str | None, key: bytes, value: bytes, expiry: float) -> Op[bool]:
-        """insert's steps once admission has answered (engine None: rejected)."""
-        if engine is None:
-            yield from self._remove_from_all(key)
-            return False
-        if engine == "bighash":
-            yield from self._bh_mutate(key, self.bighash.insert(key, value, expiry))
-            if self.blockcache and self._bc_may_hold(key):
-                yield from self._bc(self.blockcache.remove(key))
-        else:
-            yield from self._bc(self.blockcache.insert(key, value, expiry))
-            if self.bighash and self._bh_may_hold(key):
-                yield from self._bh_mutate(key, self.bighash.remove(key))
-        return True
+    def _placed(self, eng: Engine | None, key: bytes, value: bytes, expiry: float) -> Op[bool]:
+        """insert's steps once admission has answered (None: rejected)."""
+        if eng is not None:
+            yield from self._through(eng.insert(key, value, expiry))
+        for other in self.engines.values():
+            if other is not eng and other.may_hold(key):
+                yield from self._through(other.remove(key))
+        return eng is not None
 
-    def _admit(self, key: bytes, value: bytes) -> str | None:
+    def _admit(self, key: bytes, value: bytes) -> Engine | None:
         """The engine an offered item goes to, or None when admission rejects it (counted);
-        ValueError when it fits neither engine."""
-        engine = self.engine_for(len(key), len(value))
-        if engine is None:
+        ValueError when it fits no engine."""
+        size = len(key) + len(value)
+        eng = self._engine_for(size)
+        if eng is None:
             self._counters["too_large"] += 1
-            raise ValueError(f"navy: an item of {len(key) + len(value)} bytes (key + value) is larger than "
+            raise ValueError(f"navy: an item of {size} bytes (key + value) is larger than "
                              f"the largest the flash engines take ({self.max_item_size} bytes)")
         self._counters["inserts"] += 1
-        if not self._accept_all and not self.admission.accept(xxhash.xxh3_64_intdigest(key), len(key) + len(value)):
+        if not self._accept_all and not self.admission.accept(xxhash.xxh3_64_intdigest(key), size):
             self._counters["admission_rejects"] += 1
-            self._rejects[engine] += 1
+            self._rejects[eng.name] += 1
             return None
-        return engine
-
-    def _remove_from_all(self, key: bytes) -> Op[bool]:
-        found = False
-        if self.blockcache and self._bc_may_hold(key):
-            found = bool((yield from self._bc(self.blockcache.remove(key))))
-        if self.bighash and self._bh_may_hold(key):
-            found = bool((yield from self._bh_mutate(key, self.bighash.remove(key)))) or found
-        return found
+        return eng
 
     def remove(self, key: bytes) -> Op[bool]:
-        """Delete from both engines; True if either held the key."""
+        """Delete from every engine; True if any held the key."""
         self._counters["removes"] += 1
-        found = yield from self._remove_from_all(key)
+        found = False
+        for eng in self.engines.values():
+            if eng.may_hold(key):
+                found = bool((yield from self._through(eng.remove(key)))) or found
         self._counters["removed"] += found
         return found
 
     # -- reporting ------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Router counters, and per engine its own stats plus hits, inserts, bytes written,
-        ``items`` and ``items_exact``, and placement (the placement identifier, or why
-        placement is off). The counters are lifetime: since the cache was formatted, kept
-        across clean restarts in the warm-restart metadata (a cold start begins them anew)."""
+        """Router counters, and per engine (by name; None for one that got no space) its
+        own stats plus admission rejects, bytes written, ``items`` and ``items_exact``,
+        and placement (the placement identifier, or why placement is off). The counters
+        are lifetime: since the cache was formatted, kept across clean restarts in the
+        warm-restart metadata (a cold start begins them anew)."""
         s: dict[str, Any] = self._counts()
         s["start"] = self.start
         s["admission"] = self.admission.stats()
         s["layout"] = dict(self.layout)
-        for name, eng in (("bighash", self.bighash), ("blockcache", self.blockcache)):
+        for slot in self.slots:
+            name = slot.engine.name
+            eng = self.engines.get(name)
             if eng is None:
                 s[name] = None
                 continue

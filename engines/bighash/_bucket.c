@@ -6,41 +6,23 @@
 #include <stdint.h>
 #include <string.h>
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
-
+#include "_xxh3.h"
 #include "_bucket.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the bucket layout is little-endian; this code assumes a little-endian host"
 #endif
 
-/* xxh3_64: the AVX2 build (_bucket_avx2.c) for long inputs when the CPU has it. Inputs up
- * to 240 bytes take no vector code, so they stay inline here. */
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-uint64_t fc_xxh3_64_avx2(const void *data, size_t len, uint64_t seed);
-static int have_avx2 = -1;
-static inline uint64_t hash(const void *p, size_t n, uint64_t seed)
-{
-    if (n > 240) {
-        if (have_avx2 < 0)
-            have_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;  /* a benign race: same value */
-        if (have_avx2)
-            return fc_xxh3_64_avx2(p, n, seed);
-    }
-    return XXH3_64bits_withSeed(p, n, seed);
-}
-#else
-#define hash XXH3_64bits_withSeed
-#endif
+#define hash fc_hash
 
 const uint64_t fc_key_seed = 0x6A09E667F3BCC908ull;
 const uint64_t fc_checksum_seed = 0xBB67AE8584CAA73Bull;
 
-#define HSIZE 32u
-#define ESIZE 22u
-#define VERSION 1u
-static const uint8_t MAGIC[4] = {'F', 'C', 'B', 'H'};
+#define HSIZE ((uint32_t)FC_BH_SIZE)
+#define ESIZE ((uint32_t)FC_BE_SIZE)
+#define VERSION FC_BH_FORMAT_VERSION
+const char fc_bucket_magic[4] = {'F', 'C', 'B', 'H'};
+#define MAGIC fc_bucket_magic
 
 static inline uint16_t ld16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 static inline uint32_t ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
@@ -57,11 +39,11 @@ typedef struct {
 
 static inline void ld_entry(const uint8_t *p, entry *e)
 {
-    e->kh = ld64(p);
-    e->vsum = ld32(p + 8);
-    e->expiry = ld32(p + 12);
-    e->vlen = ld32(p + 16);
-    e->klen = ld16(p + 20);
+    e->kh = ld64(p + FC_BE_KEY_HASH);
+    e->vsum = ld32(p + FC_BE_VALUE_SUM);
+    e->expiry = ld32(p + FC_BE_EXPIRY);
+    e->vlen = ld32(p + FC_BE_VALUE_LEN);
+    e->klen = ld16(p + FC_BE_KEY_LEN);
 }
 
 static int all_zero(const uint8_t *p, uint32_t n)
@@ -75,6 +57,13 @@ static int all_zero(const uint8_t *p, uint32_t n)
     return acc == 0;
 }
 
+/* The bucket checksum: bytes [FC_BH_GENERATION, header end + used) (the generation, the
+ * count, the used bytes and the entries), seeded with the bucket index. */
+static inline uint64_t sum_of(const uint8_t *d, uint32_t used, uint32_t bucket)
+{
+    return hash(d + FC_BH_GENERATION, HSIZE - FC_BH_GENERATION + (size_t)used, fc_checksum_seed ^ bucket);
+}
+
 /* Validate the image; FC_OK with *count / *used (0 / 0 for an all-zero image) or a reason. */
 static int check(const uint8_t *d, uint32_t size, uint32_t bucket, uint64_t generation,
                  uint32_t *count, uint32_t *used, uint32_t *aux)
@@ -83,22 +72,22 @@ static int check(const uint8_t *d, uint32_t size, uint32_t bucket, uint64_t gene
     *used = 0;
     if (size < HSIZE)
         return FC_BAD_USED;
-    if (memcmp(d, MAGIC, 4) != 0)
+    if (memcmp(d + FC_BH_MAGIC, MAGIC, 4) != 0)
         return all_zero(d, size) ? FC_OK : FC_BAD_MAGIC;
-    if (ld16(d + 4) != VERSION || ld16(d + 6) != HSIZE)
+    if (ld16(d + FC_BH_VERSION) != VERSION || ld16(d + FC_BH_HEADER_SIZE) != HSIZE)
         return FC_BAD_VERSION;
-    uint32_t n = ld32(d + 24), u = ld32(d + 28);
+    uint32_t n = ld32(d + FC_BH_ITEM_COUNT), u = ld32(d + FC_BH_USED_BYTES);
     if (u > size - HSIZE)
         return FC_BAD_USED;
-    if (hash(d + 16, 16 + (size_t)u, fc_checksum_seed ^ bucket) != ld64(d + 8))
+    if (sum_of(d, u, bucket) != ld64(d + FC_BH_CHECKSUM))
         return FC_BAD_CHECKSUM;
-    if (ld64(d + 16) != generation)
+    if (ld64(d + FC_BH_GENERATION) != generation)
         return FC_STALE;
     uint64_t pos = HSIZE, end = HSIZE + (uint64_t)u;
     for (uint32_t i = 0; i < n; i++) {
         if (pos + ESIZE > end)
             return FC_OVERRUN;
-        uint64_t nxt = pos + ESIZE + ld16(d + pos + 20) + (uint64_t)ld32(d + pos + 16);
+        uint64_t nxt = pos + ESIZE + ld16(d + pos + FC_BE_KEY_LEN) + (uint64_t)ld32(d + pos + FC_BE_VALUE_LEN);
         if (nxt > end)
             return FC_OVERRUN;
         pos = nxt;
@@ -175,14 +164,14 @@ int64_t fc_bucket_lookup(const char *data, uint32_t size, uint32_t bucket, uint6
 /* Header + zero tail + checksum of an image whose entries fill [32, 32 + used). */
 static void finish(uint8_t *o, uint32_t size, uint32_t bucket, uint64_t generation, uint32_t count, uint32_t used)
 {
-    memcpy(o, MAGIC, 4);
-    st16(o + 4, VERSION);
-    st16(o + 6, HSIZE);
-    st64(o + 16, generation);
-    st32(o + 24, count);
-    st32(o + 28, used);
+    memcpy(o + FC_BH_MAGIC, MAGIC, 4);
+    st16(o + FC_BH_VERSION, VERSION);
+    st16(o + FC_BH_HEADER_SIZE, HSIZE);
+    st64(o + FC_BH_GENERATION, generation);
+    st32(o + FC_BH_ITEM_COUNT, count);
+    st32(o + FC_BH_USED_BYTES, used);
     memset(o + HSIZE + used, 0, size - HSIZE - used);
-    st64(o + 8, hash(o + 16, 16 + (size_t)used, fc_checksum_seed ^ bucket));
+    st64(o + FC_BH_CHECKSUM, sum_of(o, used, bucket));
 }
 
 int64_t fc_bucket_insert(const char *old, char *out, uint32_t size, uint32_t bucket, uint64_t generation,
@@ -233,11 +222,11 @@ int64_t fc_bucket_insert(const char *old, char *out, uint32_t size, uint32_t buc
         }
         pos += len;
     }
-    st64(o + w, kh);
-    st32(o + w + 8, (uint32_t)(hash(value, vlen, fc_key_seed) & 0xFFFFFFFFu));
-    st32(o + w + 12, expiry);
-    st32(o + w + 16, vlen);
-    st16(o + w + 20, (uint16_t)klen);
+    st64(o + w + FC_BE_KEY_HASH, kh);
+    st32(o + w + FC_BE_VALUE_SUM, (uint32_t)(hash(value, vlen, fc_key_seed) & 0xFFFFFFFFu));
+    st32(o + w + FC_BE_EXPIRY, expiry);
+    st32(o + w + FC_BE_VALUE_LEN, vlen);
+    st16(o + w + FC_BE_KEY_LEN, (uint16_t)klen);
     memcpy(o + w + ESIZE, key, klen);
     memcpy(o + w + ESIZE + klen, value, vlen);
     w += (uint32_t)need;
@@ -341,8 +330,8 @@ int fc_bloom_rebuild_image(fc_bloom *bf, uint64_t bucket, const char *image, uin
     if (bucket >= bf->nbuckets || bf->nbytes == 0 || bf->nbytes > sizeof row)
         return -1;
     memset(row, 0, bf->nbytes);
-    if (size >= HSIZE && memcmp(d, MAGIC, 4) == 0) {
-        uint32_t n = ld32(d + 24), used = ld32(d + 28);
+    if (size >= HSIZE && memcmp(d + FC_BH_MAGIC, MAGIC, 4) == 0) {
+        uint32_t n = ld32(d + FC_BH_ITEM_COUNT), used = ld32(d + FC_BH_USED_BYTES);
         uint64_t pos = HSIZE, end = HSIZE + (uint64_t)used;
         if (end > size)
             n = 0, memset(row, 0xFF, bf->nbytes);
@@ -351,8 +340,8 @@ int fc_bloom_rebuild_image(fc_bloom *bf, uint64_t bucket, const char *image, uin
                 memset(row, 0xFF, bf->nbytes);
                 break;
             }
-            set_bits(row, bf->nbytes * 8, bf->k, ld64(d + pos));
-            pos += ESIZE + ld16(d + pos + 20) + (uint64_t)ld32(d + pos + 16);
+            set_bits(row, bf->nbytes * 8, bf->k, ld64(d + pos + FC_BE_KEY_HASH));
+            pos += ESIZE + ld16(d + pos + FC_BE_KEY_LEN) + (uint64_t)ld32(d + pos + FC_BE_VALUE_LEN);
         }
     } else if (!(size >= HSIZE && all_zero(d, size))) {
         memset(row, 0xFF, bf->nbytes);
@@ -369,60 +358,4 @@ static void learn_image(fc_bloom *bf, uint32_t bucket, const uint8_t *d, uint32_
         fc_bloom_rebuild_image(bf, bucket, (const char *)d, size);
     else
         fc_bloom_rebuild(bf, bucket, NULL, 0);
-}
-
-/* ---- BlockCache's index probes (see _bucket.h) ---------------------------------------- */
-
-#define FC_IDX_EMPTY 0xFFFFFFFFu
-#define FC_IDX_TOMB 0xFFFFFFFEu
-
-int64_t fc_index_find(const uint32_t *tag, const uint32_t *addr, uint64_t cap, uint32_t t)
-{
-    uint64_t i = ((uint64_t)t * cap) >> 32;
-    for (uint64_t n = 0; n < cap; n++) {
-        uint32_t x = addr[i];
-        if (x == FC_IDX_EMPTY)
-            return -1;
-        if (x != FC_IDX_TOMB && tag[i] == t)
-            return (int64_t)i;
-        if (++i == cap)
-            i = 0;
-    }
-    return -1;   /* a table with no empty slot (never at the index's load limits) */
-}
-
-int64_t fc_index_put(uint32_t *tag, uint32_t *addr, uint16_t *size, uint16_t *hits, uint64_t cap,
-                     uint32_t t, uint32_t a, uint16_t code, int allow_new)
-{
-    uint64_t i = ((uint64_t)t * cap) >> 32;
-    int64_t tomb = -1;
-    uint64_t n;
-    for (n = 0; n < cap; n++) {
-        uint32_t x = addr[i];
-        if (x == FC_IDX_EMPTY)
-            break;
-        if (x == FC_IDX_TOMB) {
-            if (tomb < 0)
-                tomb = (int64_t)i;
-        } else if (tag[i] == t) {
-            addr[i] = a;
-            size[i] = code;
-            hits[i] = 0;
-            return x;
-        }
-        if (++i == cap)
-            i = 0;
-    }
-    int64_t ret = -2;
-    if (tomb >= 0)
-        i = (uint64_t)tomb;
-    else if (!allow_new || n == cap)
-        return -3;
-    else
-        ret = -1;
-    tag[i] = t;
-    addr[i] = a;
-    size[i] = code;
-    hits[i] = 0;
-    return ret;
 }

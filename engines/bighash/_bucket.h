@@ -2,12 +2,23 @@
  * image for an insert or a remove, and the per-bucket bloom filters. Python (bighash.py,
  * bloom.py) owns every buffer, the geometry, counters and log messages; these functions
  * only read and write the memory they are handed, and keep no state.
- * The on-flash layout is the one in bighash.py's docstring (little-endian).
+ * The on-flash layout is the one in bighash.py's docstring (little-endian); the FC_BH_* and
+ * FC_BE_* offsets below are its one C definition (bighash.py checks them on import).
  * This header is also fed to cffi's cdef, so it holds no preprocessor lines. */
 
-/* The seeds (must equal bighash.KEY_SEED and bighash.CHECKSUM_SEED; checked on import). */
+/* The bucket header and the entry header: each field's offset, then the header's size. */
+enum {
+    FC_BH_MAGIC = 0, FC_BH_VERSION = 4, FC_BH_HEADER_SIZE = 6, FC_BH_CHECKSUM = 8, FC_BH_GENERATION = 16,
+    FC_BH_ITEM_COUNT = 24, FC_BH_USED_BYTES = 28, FC_BH_SIZE = 32,
+    FC_BE_KEY_HASH = 0, FC_BE_VALUE_SUM = 8, FC_BE_EXPIRY = 12, FC_BE_VALUE_LEN = 16, FC_BE_KEY_LEN = 20,
+    FC_BE_SIZE = 22,
+    FC_BH_FORMAT_VERSION = 1
+};
+
+/* The seeds and the bucket magic (bighash.py checks them against its own on import). */
 extern const uint64_t fc_key_seed;
 extern const uint64_t fc_checksum_seed;
+extern const char fc_bucket_magic[4];
 
 /* Per-bucket bloom filters over a caller-owned array of nbuckets * nbytes bytes.
  * Positions by double hashing from the low 32 bits of the key hash (see bloom.py). */
@@ -34,7 +45,7 @@ enum {
 /* fc_bucket_lookup's answer when > 0, for the last entry of the key: the value's offset in
  * the image (bits 0-19), its length (bits 20-39), the key length (bits 40-55), FC_FOUND,
  * FC_SUM_OK if the value matches its value_sum, FC_HAS_EXPIRY if its expiry is not 0
- * (it sits at value offset - key length - 10). 0: no entry of the key (or an empty
+ * (it sits at value offset - key length - FC_BE_SIZE + FC_BE_EXPIRY). 0: no entry of the key (or an empty
  * bucket). < 0: minus an FC_* reason (the image reads as empty). */
 enum { FC_LEN_MASK = 0xFFFFF, FC_VLEN_SHIFT = 20, FC_KLEN_SHIFT = 40 };
 static const int64_t FC_FOUND = 0x100000000000000;
@@ -69,7 +80,7 @@ int64_t fc_bucket_insert(const char *old, char *out, uint32_t size, uint32_t buc
 int64_t fc_bucket_remove(const char *old, char *out, uint32_t size, uint32_t bucket, uint64_t generation,
                          double now, uint64_t key_hash, const char *key, uint32_t key_len, fc_bloom *learn);
 
-/* xxh3_64 with a seed (what python-xxhash's xxh3_64_intdigest(data, seed) returns). */
+/* xxh3_64 with a seed (what python-xxhash's xxh3_64_intdigest(data, seed) returns; _xxh3.h). */
 uint64_t fc_xxh3_64(const char *data, size_t len, uint64_t seed);
 
 /* The bloom filter functions below. */
@@ -84,13 +95,3 @@ int fc_bloom_rebuild(fc_bloom *bf, uint64_t bucket, const uint64_t *key_hashes, 
  * gives an empty filter; an image that is not "FCBH" or whose entries do not fit its
  * used_bytes (never the case for those) gives an unknown one (all bits set). */
 int fc_bloom_rebuild_image(fc_bloom *bf, uint64_t bucket, const char *image, uint32_t size);
-
-/* BlockCache's DRAM index (engines/blockcache/index.py): linear probing over parallel
- * arrays, home slot tag * cap >> 32, addr 0xFFFFFFFF empty, 0xFFFFFFFE tombstone. */
-/* The slot holding tag t, or -1. */
-int64_t fc_index_find(const uint32_t *tag, const uint32_t *addr, uint64_t cap, uint32_t t);
-/* Point tag t at address a (size code, hits 0). Returns the address it replaced (>= 0);
- * -1 when it took an empty slot; -2 when it took a tombstone; -3 when it would need an
- * empty slot and allow_new is 0 (nothing written: the caller grows the table first). */
-int64_t fc_index_put(uint32_t *tag, uint32_t *addr, uint16_t *size, uint16_t *hits, uint64_t cap,
-                     uint32_t t, uint32_t a, uint16_t code, int allow_new);

@@ -1,14 +1,15 @@
 """cffi build of BigHash's bucket and bloom filter core (API mode, compiled at install time).
 
-Owns only the build: the C lives in _bucket.c/_bucket.h (and _bucket_avx2.c, xxh3 for
-AVX2 CPUs) beside this file and includes xxHash's header (Debian libxxhash-dev, inlined:
-no library to link).
+Owns only the build: the C lives in _bucket.c/_bucket.h beside this file; the hash is
+engines/_xxh3.h (xxHash's header inlined, Debian libxxhash-dev: no library to link) with
+engines/_xxh3_avx2.c for AVX2 CPUs.
 """
 import os
 
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ENGINES = os.path.dirname(HERE)
 
 ffibuilder = FFI()
 with open(os.path.join(HERE, "_bucket.h")) as f:
@@ -26,12 +27,12 @@ _KEEP_GIL = """
 #define Py_END_ALLOW_THREADS }
 """
 ffibuilder.set_source(
-    "engines._bucket_c",
+    "engines.bighash._bucket_c",
     '#include <stddef.h>\n#include <stdint.h>\n#include "_bucket.h"\n' + _KEEP_GIL,
-    sources=[os.path.relpath(os.path.join(HERE, name)) for name in ("_bucket.c", "_bucket_avx2.c")],
-    include_dirs=[HERE],
+    sources=[os.path.relpath(os.path.join(HERE, "_bucket.c")), os.path.relpath(os.path.join(ENGINES, "_xxh3_avx2.c"))],
+    include_dirs=[HERE, ENGINES],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
 )
 
 if __name__ == "__main__":
-    ffibuilder.compile(tmpdir=os.path.dirname(HERE), verbose=False)
+    ffibuilder.compile(tmpdir=os.path.dirname(ENGINES), verbose=False)

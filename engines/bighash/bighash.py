@@ -33,23 +33,30 @@ The bucket is ``(key_hash >> 32) * nbuckets >> 32`` (the high 32 bits); the bloo
 filters use the low 32 bits.
 
 The per-bucket work (validating an image, finding a key, building the image an insert or a
-remove writes, the bloom filters) runs in C: ``engines/_bucket.c``, built by cffi at
-install time with xxHash's header. This module keeps the I/O generators, the counters and
-the log messages; the C functions are called between yields and keep no state.
+remove writes, the bloom filters) runs in C: ``_bucket.c`` beside this file, built by cffi
+at install time. This module keeps the I/O generators, the counters and the log messages;
+the C functions are called between yields and keep no state. The blocking forms are one
+C call each (``_core.c``: the BucketCore, which owns the state both forms share). The
+layout above is declared once per language, ``BUCKET_LAYOUT``/``ENTRY_LAYOUT`` here and the
+FC_BH_*/FC_BE_* offsets in ``_bucket.h``, and checked against each other on import.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
+import threading
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 import xxhash
 
-from engines.bloom import BloomFilters, _ffi, _lib  # _ffi, _lib: the C core, imported once, there
-from engines._core_c import BucketCore
-from engines.device import Device, Op, Read, Write, as_bytes, expiry_seconds
-
+from .. import formats
+from ..device import Device, Op, Read, Write, as_bytes, expiry_seconds, run
+from ..engine import Engine
+from . import _core_c
+from ._core_c import BucketCore
+from .bloom import BloomFilters, _ffi, _lib  # _ffi, _lib: the C core, imported once, there
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +64,14 @@ MAGIC = b"FCBH"
 FORMAT_VERSION = 1
 KEY_SEED = 0x6A09E667F3BCC908
 CHECKSUM_SEED = 0xBB67AE8584CAA73B
-BUCKET_HEADER = struct.Struct("<4sHHQQII")  # magic, version, header_size, checksum, generation, count, used
-ENTRY_HEADER = struct.Struct("<QIIIH")  # key_hash, value_sum, expiry, value_len, key_len
+BUCKET_LAYOUT = formats.Layout("BigHash bucket header", (
+    ("magic", "4s"), ("version", "H"), ("header_size", "H"), ("checksum", "Q"), ("generation", "Q"),
+    ("item_count", "I"), ("used_bytes", "I")))
+ENTRY_LAYOUT = formats.Layout("BigHash entry header", (
+    ("key_hash", "Q"), ("value_sum", "I"), ("expiry", "I"), ("value_len", "I"), ("key_len", "H")))
+BUCKET_HEADER = BUCKET_LAYOUT.struct
+ENTRY_HEADER = ENTRY_LAYOUT.struct
+DEFAULT_BUCKET_SIZE = 4096
 MIN_BUCKET_SIZE = 512
 MAX_BUCKET_SIZE = 1 << 20
 MAX_KEY_LEN = 0xFFFF
@@ -81,14 +94,24 @@ _KLEN_SHIFT = _lib.FC_KLEN_SHIFT
 _SUM_OK = _lib.FC_SUM_OK
 _HAS_EXPIRY = _lib.FC_HAS_EXPIRY
 _U32 = struct.Struct("<I").unpack_from
+_EXPIRY_BACK = _ESIZE - ENTRY_LAYOUT.offset("expiry")  # the expiry, counted back from the key's start
 _REASON_MASK = _lib.FC_REASON_MASK
 _CHANGED = _lib.FC_REPLACED  # == FC_REMOVED
 _EVICTED_SHIFT = _lib.FC_EVICTED_SHIFT
 _EXPIRED_SHIFT = _lib.FC_EXPIRED_SHIFT
 _COUNT_MASK = _lib.FC_COUNT_MASK
 _FC_STALE = _lib.FC_STALE
-if (_lib.fc_key_seed, _lib.fc_checksum_seed) != (KEY_SEED, CHECKSUM_SEED):  # pragma: no cover
-    raise ImportError("engines._bucket_c was built from another engines/_bucket.c (its seeds differ): run `make setup`")
+_C_SOURCE = "engines/bighash/_bucket.h (FC_BH_*, FC_BE_*)"
+formats.check(BUCKET_LAYOUT, _core_c.BUCKET_FIELDS, _C_SOURCE, {
+    "magic": (MAGIC, _core_c.MAGIC), "format version": (FORMAT_VERSION, _core_c.FORMAT_VERSION),
+    "header size": (_HSIZE, _core_c.BUCKET_HEADER_SIZE), "KEY_SEED": (KEY_SEED, _core_c.KEY_SEED),
+    "CHECKSUM_SEED": (CHECKSUM_SEED, _core_c.CHECKSUM_SEED)})
+formats.check(ENTRY_LAYOUT, _core_c.ENTRY_FIELDS, _C_SOURCE, {"header size": (_ESIZE, _core_c.ENTRY_HEADER_SIZE)})
+# the cffi module is another build of the same C: a stale one says so here
+formats.check(ENTRY_LAYOUT, _core_c.ENTRY_FIELDS, "engines.bighash._bucket_c (a stale build)", {
+    "KEY_SEED": (KEY_SEED, _lib.fc_key_seed), "CHECKSUM_SEED": (CHECKSUM_SEED, _lib.fc_checksum_seed),
+    "header sizes": ((_HSIZE, _ESIZE), (_lib.FC_BH_SIZE, _lib.FC_BE_SIZE))})
+LOCK_STRIPES = 64
 
 _COUNTERS = (
     "lookups", "hits", "misses", "bloom_rejects", "flash_misses", "expired_misses",
@@ -120,7 +143,7 @@ class InsertResult(NamedTuple):
     expired: int  # expired entries dropped on the way
 
 
-class BigHash:
+class BigHash(Engine):
     """The small-item engine over ``[offset, offset + size)`` of a device.
 
     ``bucket_size`` bytes per bucket (a multiple of 512); ``offset`` and ``size`` multiples
@@ -130,13 +153,14 @@ class BigHash:
     buckets were written with; pass the value ``persist()`` saved (the default 0 fits an
     engine that was never ``reset()``).
 
-    Bloom filters start *unknown* (all bits set, see ``engines.bloom``): a cold engine
+    Bloom filters start *unknown* (all bits set, see ``bloom.py``): a cold engine
     reads each bucket once and learns its filter from that read or from its next write.
     On a freshly formatted extent call ``reset()``: the filters become known empty and a
     miss costs no I/O.
 
-    Operations on one bucket must not interleave with an insert or remove on that bucket
-    (the driver serialises them, e.g. a lock per bucket); lookups may interleave freely.
+    Threads: an insert or a remove holds its bucket's lock stripe (``locks``, chosen by
+    bucket) across its read and write; lookups take no lock. One thread may drive several
+    operations together (the locks are re-entrant), but not two mutations of one bucket.
 
     Example, with any ``engines.device.Device`` as ``dev``::
 
@@ -145,11 +169,13 @@ class BigHash:
         run(bh.lookup(b"k"), dev)   # -> b"v"
     """
 
+    name = "bighash"
+
     def __init__(
         self,
         offset: int,
         size: int,
-        bucket_size: int = 4096,
+        bucket_size: int = DEFAULT_BUCKET_SIZE,
         bloom_bytes_per_bucket: int = 8,
         stream: Any = None,
         clock: Callable[[], float] = time.time,
@@ -192,19 +218,23 @@ class BigHash:
         self.size = size
         self.bucket_size = bucket_size
         self.nbuckets = size // bucket_size
-        self.stream = stream
         self._clock = clock
         self.max_item_size = bucket_size - _HSIZE
         """Largest key + value + entry header (22 B) that fits in one bucket."""
         self._bloom = BloomFilters(self.nbuckets, bloom_bytes_per_bucket, bloom_hashes)
         self._counters = dict.fromkeys(_COUNTERS, 0)
-        # The blocking forms' C core (engines/_core.c). It holds the state both forms share:
-        # the generation, the write epoch and the bloom filters (through the properties
-        # below), and the counters of its own steps (merged by _counts()).
-        self._core = BucketCore(offset, bucket_size, self.nbuckets, generation, self._bloom, clock,
-                                self._unreadable, self._corrupt)
+        self.locks = [threading.RLock() for _ in range(LOCK_STRIPES)]
+        """The lock stripes: an insert or remove holds ``locks[bucket % len(locks)]``."""
+        # The blocking forms' C core (_core.c). It holds the state both forms share: the
+        # generation, the write epoch, the bloom filters' C view, the stream (through the
+        # properties below), and the counters of its own steps (merged by _counts()).
+        self._core = BucketCore(offset=offset, bucket_size=bucket_size, nbuckets=self.nbuckets,
+                                generation=generation, bloom_bits=self._bloom.bits,
+                                bloom_hashes=self._bloom.num_hashes, clock=clock, unreadable=self._unreadable,
+                                corrupt=self._corrupt, locks=self.locks, stream=stream)
         self._core_lookup = self._core.lookup
         self._core_insert = self._core.insert
+        self._core_may_hold = self._core.may_hold
         # The item count is kept, not scanned: items = base + _net_items(counters), so the
         # C core's inserts move it too. base None: not known (a cold engine has not seen its
         # buckets). Exact unless base is an estimate, corruption dropped a bucket's entries
@@ -239,8 +269,13 @@ class BigHash:
 
     @bloom.setter
     def bloom(self, value: BloomFilters) -> None:
-        self._core.set_bloom(value)
+        self._core.set_bloom(value.bits, value.num_hashes)
         self._bloom = value
+
+    @property
+    def stream(self) -> Any:
+        """The placement stream every bucket Write carries (fixed at construction)."""
+        return self._core.stream
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -264,11 +299,45 @@ class BigHash:
         """Device offset of ``bucket``."""
         return self.offset + bucket * self.bucket_size
 
+    def _stripe(self, bucket: int) -> threading.RLock:
+        return self.locks[bucket % LOCK_STRIPES]
+
+    # ------------------------------------------------------------------ the Engine interface
+
+    @classmethod
+    def extent_unit(cls, options: Mapping[str, Any]) -> int:
+        return options.get("bucket_size", DEFAULT_BUCKET_SIZE)
+
+    @classmethod
+    def build(cls, offset: int, size: int, *, stream: Any, clock: Callable[[], float], block_size: int,
+              options: Mapping[str, Any]) -> "BigHash":
+        return cls(offset, size, stream=stream, clock=clock, **options)
+
+    def layout(self) -> dict[str, Any]:
+        return {"bucket_size": self.bucket_size, "bloom_bytes_per_bucket": self.bloom.nbytes}
+
+    def c_ops(self) -> Any:
+        return self._core.engine_ops()
+
+    def may_hold(self, key: bytes | bytearray | memoryview) -> bool:
+        """False when the key's bucket filter says it is surely absent (no I/O)."""
+        if key.__class__ is bytes:
+            return self._core_may_hold(key)
+        kh = _hash(_check_bytes("key", key), KEY_SEED)
+        return _c_may_contain(self.bloom.c, self.bucket_of(kh), kh) != 0
+
+    def start_cold(self) -> str:
+        return "BigHash buckets kept"
+
+    def after_open(self) -> Op[None]:
+        if self.items is None:          # a cold engine: sample its buckets (256 reads)
+            yield from self.estimate_items()
+
     # ------------------------------------------------------------------ on-flash format
 
     def _unreadable(self, bucket: int, reason: int, data: bytes | bytearray | memoryview) -> None:
         """Count (and log, if it is corruption) why the C core read bucket image ``data``
-        as empty: ``reason`` is one of the FC_* codes of ``engines/_bucket.h``."""
+        as empty: ``reason`` is one of the FC_* codes of ``_bucket.h``."""
         if reason == _FC_STALE:
             self._counters["stale_buckets"] += 1
             return
@@ -327,11 +396,8 @@ class BigHash:
         """``lookup_item`` done at once with a blocking ``device.read``: the same steps
         and counters without a generator (a blocking caller's hot path, ~1/3 cheaper)."""
         if key.__class__ is bytes:
-            return self._core_lookup(device.read, key)   # the same steps in one C call
-        plan = self._lookup_plan(key)
-        if plan is None:
-            return None
-        return self._lookup_read(plan, device.read(plan[0], self.bucket_size), True)
+            return self._core_lookup(device, key)   # the same steps in one C call
+        return run(self._lookup(key, True), device)
 
     def _lookup(self, key, with_expiry: bool) -> Op[bytes | tuple[bytes, float] | None]:
         plan = self._lookup_plan(key)
@@ -376,7 +442,7 @@ class BigHash:
             return None
         vstart = r & _LEN_MASK
         if r & _HAS_EXPIRY:
-            expiry = _U32(data, vstart - (r >> _KLEN_SHIFT & 0xFFFF) - 10)[0]  # the entry's bytes 12-16
+            expiry = _U32(data, vstart - (r >> _KLEN_SHIFT & 0xFFFF) - _EXPIRY_BACK)[0]
             if expiry <= self.clock():
                 c["expired_misses"] += 1
                 c["misses"] += 1
@@ -409,17 +475,11 @@ class BigHash:
         """``insert`` done at once with blocking ``device.read``/``device.write``: the
         same steps, checks and counters without a generator (a blocking caller's hot path,
         ~1/3 cheaper). The caller holds whatever lock it holds around ``insert``."""
-        r = self._core_insert(device.read, device.write, key, value, expiry, self.stream)
+        r = self._core_insert(device, key, value, expiry)
         if r is not None:           # done in one C call; None: the Python form judges the item
             return _new_tuple(InsertResult, (bool(r & _CHANGED), (r >> _EVICTED_SHIFT) & _COUNT_MASK,
                                              (r >> _EXPIRED_SHIFT) & _COUNT_MASK))
-        key, value, klen, vlen, expiry = self._insert_args(key, value, expiry)
-        kh = _hash(key, KEY_SEED)
-        b = (kh >> 32) * self.nbuckets >> 32
-        off = self.offset + b * self.bucket_size
-        buf, cbuf, r = self._insert_image(b, device.read(off, self.bucket_size), kh, key, klen, value, vlen, expiry)
-        self._write_now(device, b, buf, cbuf)
-        return self._inserted(r, klen, vlen)
+        return run(self.insert(key, value, expiry), device)
 
     def _insert_args(self, key, value, expiry: float):
         """insert's checks: (key, value, key length, value length, expiry in seconds)."""
@@ -443,8 +503,10 @@ class BigHash:
         kh = _hash(key, KEY_SEED)
         b = (kh >> 32) * self.nbuckets >> 32
         off = self.offset + b * self.bucket_size
-        buf, cbuf, r = self._insert_image(b, (yield Read(off, self.bucket_size)), kh, key, klen, value, vlen, expiry)
-        yield from self._write_bucket(b, buf, cbuf)
+        with self._stripe(b):
+            buf, cbuf, r = self._insert_image(b, (yield Read(off, self.bucket_size)), kh, key, klen, value, vlen,
+                                              expiry)
+            yield from self._write_bucket(b, buf, cbuf)
         return self._inserted(r, klen, vlen)
 
     def _insert_image(self, b: int, data, kh: int, key, klen: int, value, vlen: int, expiry: int):
@@ -492,20 +554,21 @@ class BigHash:
         if not _c_may_contain(bloom.c, b, kh):
             c["bloom_rejects"] += 1
             return False
-        epoch = self._write_epoch
         size = self.bucket_size
-        data = yield Read(self.offset + b * size, size)
-        self._bucket_read(b, data)
-        buf = bytearray(size)
-        cbuf = _from_buffer(buf)
-        r = _c_remove(data if data.__class__ is bytes else _from_buffer(data), cbuf, size, b, self.generation,
-                      self.clock(), kh, ckey, len(key),
-                      bloom.c if epoch == self._write_epoch else _NULL)
-        if r & _REASON_MASK:
-            self._unreadable(b, r & _REASON_MASK, data)
-        if not r & _CHANGED:
-            return False
-        yield from self._write_bucket(b, buf, cbuf)
+        with self._stripe(b):
+            epoch = self._write_epoch
+            data = yield Read(self.offset + b * size, size)
+            self._bucket_read(b, data)
+            buf = bytearray(size)
+            cbuf = _from_buffer(buf)
+            r = _c_remove(data if data.__class__ is bytes else _from_buffer(data), cbuf, size, b, self.generation,
+                          self.clock(), kh, ckey, len(key),
+                          bloom.c if epoch == self._write_epoch else _NULL)
+            if r & _REASON_MASK:
+                self._unreadable(b, r & _REASON_MASK, data)
+            if not r & _CHANGED:
+                return False
+            yield from self._write_bucket(b, buf, cbuf)
         c["removed"] += 1
         return True
 
@@ -514,15 +577,6 @@ class BigHash:
         holds exactly the image's keys."""
         try:
             yield Write(self.offset + b * self.bucket_size, buf, self.stream)
-        except BaseException:
-            self._write_failed(b)
-            raise
-        self._written(b, cbuf)
-
-    def _write_now(self, device: Device, b: int, buf: bytearray, cbuf) -> None:
-        """_write_bucket with a blocking ``device.write``."""
-        try:
-            device.write(self.offset + b * self.bucket_size, buf, self.stream)
         except BaseException:
             self._write_failed(b)
             raise
@@ -545,8 +599,17 @@ class BigHash:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def flush(self) -> None:
+    def flush(self) -> Op[None]:
         """Nothing to do: every insert and remove has written its bucket when it returns."""
+        yield from ()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Every lock stripe held (see ``Engine.held``)."""
+        with contextlib.ExitStack() as stack:
+            for lock in self.locks:
+                stack.enter_context(lock)
+            yield
 
     def reset(self) -> None:
         """Empty the engine without I/O: bump the generation so every bucket reads as empty.

@@ -10,9 +10,10 @@ Bit positions come from the *low 32 bits* of the 64-bit key hash by double hashi
 (h1 = bits 0-15, h2 = bits 16-31, position i = (h1 + i*h2) mod nbits); the engine picks
 the bucket from the high 32 bits, so the keys of one bucket do not share filter bits.
 
-The bit work (may_contain, is_unknown, rebuild) runs in C (``engines/_bucket.c``, built by
-cffi at install time) directly on the numpy array's memory; ``c`` is that filter set as a
-C ``fc_bloom *`` for other C callers (BigHash rebuilds a filter from a bucket image).
+The bit work (may_contain, is_unknown, rebuild) runs in C (``_bucket.c`` beside this file,
+built by cffi at install time) directly on the numpy array's memory; ``c`` is that filter
+set as a C ``fc_bloom *`` for the cffi calls (BigHash rebuilds a filter from a bucket
+image). BigHash's C core takes the filters as ``bits`` (a buffer) and ``num_hashes``.
 """
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ import struct
 import numpy as np
 
 try:
-    from engines._bucket_c import ffi as _ffi, lib as _lib
+    from engines.bighash._bucket_c import ffi as _ffi
+    from engines.bighash._bucket_c import lib as _lib
 except ImportError as exc:  # pragma: no cover - only without the build
     raise ImportError(
-        "engines._bucket_c (the C core of BigHash and its bloom filters) is not built: "
+        "engines.bighash._bucket_c (the C core of BigHash and its bloom filters) is not built: "
         "run `make setup` (or `.venv/bin/pip install -e .`)"
     ) from exc
 
@@ -72,9 +74,7 @@ class BloomFilters:
         self._cbits = _ffi.from_buffer("uint8_t[]", self.bits) if nbytes else _ffi.NULL
         self.c = _ffi.new("fc_bloom *", {"bits": self._cbits, "nbuckets": nbuckets, "nbytes": nbytes,
                                         "k": num_hashes})
-        """This filter set as a C ``fc_bloom *`` (see ``engines/_bucket.h``)."""
-        self.c_addr = int(_ffi.cast("uintptr_t", self.c))
-        """The address of ``c``, for C code outside cffi (engines/_core.c)."""
+        """This filter set as a C ``fc_bloom *`` for cffi calls (see ``_bucket.h``)."""
 
     @property
     def enabled(self) -> bool:

@@ -13,23 +13,32 @@ entries are found by one vectorised scan of the index (no per-region key lists, 
 the items reinsertion keeps are read back (one whole-region Read, only if any qualify)
 and appended to the fresh buffer, the rest are dropped from the index, and the region is
 optionally trimmed and joins the clean pool.
+
+Threads: every operation holds ``lock`` (one re-entrant lock: the engine's state is one
+structure) across its I/O, except that a lookup the index rules out takes no lock in its
+C form. The C (``_core.c``) owns what its lookup touches: the generation, the open
+region's buffer and cursor (through ``Regions``), the index table in use and the counters
+of its own steps; this module reads and sets them there.
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
+from ..device import Device, Op, Read, Trim, Write, as_bytes, expiry_seconds, run
+from ..engine import Engine
 from . import eviction as eviction_mod
-from .entry import (FORMAT_VERSION, HEADER_SIZE, MAX_KEY_LEN, CorruptEntry, decode, encode_into,
-                    key_hash)
+from ._core_c import Core
+from .entry import FORMAT_VERSION, HEADER_SIZE, MAX_KEY_LEN, CorruptEntry, decode, encode_into, key_hash
 from .index import MAX_ADDR, SLOT_BYTES, Index
 from .regions import SEALED, Regions
 from .reinsertion import MAX_HITS_THRESHOLD, Reinsertion
-from ..device import Op, Read, Trim, Write, as_bytes, expiry_seconds
 
 log = logging.getLogger(__name__)
 
+DEFAULT_REGION_SIZE = 16 << 20
 MIN_ALIGNMENT = 512
 MAX_ALIGNMENT = 4096
 MIN_REGION_UNITS = 8
@@ -57,7 +66,7 @@ class InsertResult(NamedTuple):
     reinserted: int  # items those reclaims re-appended instead
 
 
-class BlockCache:
+class BlockCache(Engine):
     """The large-item engine over ``[offset, offset + size)`` of a device.
 
     ``region_size``: bytes per region, the unit of writes and evictions (16 MiB default,
@@ -74,8 +83,8 @@ class BlockCache:
     ``io_alignment``: the device's block size when it is larger than ``alignment``; entry
     reads are widened to whole blocks (default: ``alignment``).
 
-    Inserts (and ``flush``) must not interleave with each other (the driver serialises
-    them); lookups and removes may interleave with anything.
+    Every operation holds ``lock`` (re-entrant: one thread may drive several lookups
+    together), so threads may share the engine.
 
     Example, with any ``engines.device.Device`` as ``dev``::
 
@@ -85,11 +94,13 @@ class BlockCache:
         run(bc.flush(), dev)        # the buffer's region is on flash
     """
 
+    name = "blockcache"
+
     def __init__(
         self,
         offset: int,
         size: int,
-        region_size: int = 16 << 20,
+        region_size: int = DEFAULT_REGION_SIZE,
         alignment: int = 512,
         clean_regions: int = 1,
         eviction: str = "fifo",
@@ -190,15 +201,47 @@ class BlockCache:
         self.trim_on_reclaim = trim_on_reclaim
         self.stream = stream
         self.clock = clock
-        self.generation = generation
         self.max_item_size = region_size - HEADER_SIZE
         """Largest key + value (bytes) one entry can hold: a region minus the entry header."""
         self._upr = region_size // alignment  # alignment units per region
-        self.regions = Regions(nregions, region_size, alignment)
-        self.index = Index()
-        self.eviction = eviction_mod.make(eviction, nregions, ratio)
+        self.lock = threading.RLock()
+        """Held by every operation (see the class docstring)."""
+        # The lookup's C core (_core.c): it owns the generation, the open region's buffer
+        # and cursor, the index table in use and the counters of its own steps.
+        self._core = Core(offset=offset, region_size=region_size, alignment=alignment, io_alignment=io_alignment,
+                          clock=clock, lock=self.lock, forget=self._forget, corrupt=self._log_corrupt)
+        self._core.generation = generation
+        self._core_lookup = self._core.lookup
+        self._core_may_hold = self._core.may_hold
+        self.regions = Regions(nregions, region_size, alignment, self._core)
+        self._use_index(Index())
+        self._use_eviction(eviction_mod.make(eviction, nregions, ratio))
         self.reinsertion = Reinsertion(reinsertion_hits, reinsertion_percent, reinsertion_seed)
         self._counters = dict.fromkeys(_COUNTERS, 0)
+
+    @property
+    def generation(self) -> int:
+        """The generation entries are written with; any other reads as a stale miss."""
+        return self._core.generation
+
+    @generation.setter
+    def generation(self, value: int) -> None:
+        self._core.generation = value
+
+    def _use_index(self, index: Index) -> None:
+        self.index = index
+        self._core.index = index.table
+
+    def _use_eviction(self, policy: eviction_mod.Eviction) -> None:
+        self.eviction = policy
+        self._core.on_hit = policy.touch if policy.hears_hits else None
+
+    def _counts(self) -> dict[str, int]:
+        """Every counter: the Python forms' plus the C core's."""
+        c = dict(self._counters)
+        for k, v in self._core.counters().items():
+            c[k] += v
+        return c
 
     # ------------------------------------------------------------------ geometry
 
@@ -210,6 +253,34 @@ class BlockCache:
         """The region the index places ``key``'s entry in, or None (for tests and tools)."""
         slot = self.index.find(key_hash(key) >> 32)
         return None if slot < 0 else self.index.addr_of(slot) // self._upr
+
+    # ------------------------------------------------------------------ the Engine interface
+
+    @classmethod
+    def extent_unit(cls, options: Mapping[str, Any]) -> int:
+        return options.get("region_size", DEFAULT_REGION_SIZE)
+
+    @classmethod
+    def build(cls, offset: int, size: int, *, stream: Any, clock: Callable[[], float], block_size: int,
+              options: Mapping[str, Any]) -> "BlockCache":
+        io = max(options.get("alignment", MIN_ALIGNMENT), block_size)
+        return cls(offset, size, stream=stream, clock=clock, io_alignment=io, **options)
+
+    def layout(self) -> dict[str, Any]:
+        return {"region_size": self.region_size, "alignment": self.alignment}
+
+    def c_ops(self) -> Any:
+        return self._core.engine_ops()
+
+    def may_hold(self, key: bytes | bytearray | memoryview) -> bool:
+        """Whether the index holds ``key``'s tag (no I/O, no lock)."""
+        if key.__class__ is bytes:
+            return self._core_may_hold(key)
+        return self.index.find(key_hash(_check_bytes("key", key)) >> 32) >= 0
+
+    def start_cold(self) -> str:
+        self.reset()       # its index is gone: the regions' contents cannot be found
+        return "BlockCache starts empty"
 
     # ------------------------------------------------------------------ operations
 
@@ -226,22 +297,19 @@ class BlockCache:
         key = _check_bytes("key", key)
         return self._lookup(key)
 
-    def lookup_item_now(self, device: Any, key: bytes | bytearray | memoryview) -> tuple[bytes, int] | None:
-        """``lookup_item`` done at once with a blocking ``device.read``: the same steps and
-        counters without a generator (a blocking caller's hot path). The caller holds
-        whatever lock it holds around ``lookup_item``."""
-        if key.__class__ is not bytes:
-            key = _check_bytes("key", key)
-        plan = self._lookup_plan(key)
-        if plan is None:
-            return None
-        return self._lookup_found(plan, None if plan[5] is None else device.read(plan[5], plan[6]))
+    def lookup_item_now(self, device: Device, key: bytes | bytearray | memoryview) -> tuple[bytes, float] | None:
+        """``lookup_item`` done at once with a blocking ``device.read``: for a bytes key the
+        same steps and counters in one C call (``_core.c``), else the generator driven."""
+        if key.__class__ is bytes:
+            return self._core_lookup(device, key)
+        return run(self.lookup_item(key), device)
 
     def _lookup(self, key) -> Op[tuple[bytes, int] | None]:
-        plan = self._lookup_plan(key)
-        if plan is None:
-            return None
-        return self._lookup_found(plan, None if plan[5] is None else (yield Read(plan[5], plan[6])))
+        with self.lock:
+            plan = self._lookup_plan(key)
+            if plan is None:
+                return None
+            return self._lookup_found(plan, None if plan[5] is None else (yield Read(plan[5], plan[6])))
 
     def _lookup_plan(self, key):
         """What a lookup reads: (key, key hash, tag, addr, pos, start, length), start None
@@ -293,8 +361,7 @@ class BlockCache:
         except CorruptEntry as exc:
             c["checksum_failures"] += 1
             c["misses"] += 1
-            log.warning("BlockCache: entry at offset %d (region %d) is corrupt (%s); a miss",
-                        self.offset + addr * self.alignment, region, exc)
+            self._log_corrupt(self.offset + addr * self.alignment, region, str(exc))
             self._forget(tag, addr)
             return None
         if h.generation != self.generation:
@@ -322,6 +389,9 @@ class BlockCache:
             idx.hit(slot)
             self.eviction.touch(region)
         return value, h.expiry
+
+    def _log_corrupt(self, offset: int, region: int, why: str) -> None:
+        log.warning("BlockCache: entry at offset %d (region %d) is corrupt (%s); a miss", offset, region, why)
 
     def _forget(self, tag: int, addr: int) -> None:
         """Drop ``tag``'s index entry if it still points at ``addr``."""
@@ -353,26 +423,27 @@ class BlockCache:
         return self._insert(key, value, expiry)
 
     def _insert(self, key, value, expiry: int) -> Op[InsertResult]:
-        c = self._counters
-        evicted0, reinserted0 = c["evicted_items"], c["reinsertions"]
-        klen, vlen = len(key), len(value)
-        units = -(-(HEADER_SIZE + klen + vlen) // self.alignment)
-        regions = self.regions
-        if not regions.loaded:  # after recover(): what flush() wrote of the open region
-            data = yield Read(self.region_offset(regions.open), self.region_size)
-            self._counters["bytes_read"] += self.region_size
-            if not regions.loaded:
-                regions.load_buffer(data)
-        if regions.room() < units:
-            yield from self._seal(reserve=units)
-        kh = key_hash(key)
-        unit = regions.take(units)
-        encode_into(regions.buf, unit * self.alignment, kh, self.generation, expiry, key, value)
-        old = self.index.put(kh >> 32, regions.open * self._upr + unit, units)
-        c["inserts"] += 1
-        c["inserted_bytes"] += klen + vlen
-        c["replaced"] += old is not None
-        return InsertResult(old is not None, c["evicted_items"] - evicted0, c["reinsertions"] - reinserted0)
+        with self.lock:
+            c = self._counters
+            evicted0, reinserted0 = c["evicted_items"], c["reinsertions"]
+            klen, vlen = len(key), len(value)
+            units = -(-(HEADER_SIZE + klen + vlen) // self.alignment)
+            regions = self.regions
+            if not regions.loaded:  # after recover(): what flush() wrote of the open region
+                data = yield Read(self.region_offset(regions.open), self.region_size)
+                self._counters["bytes_read"] += self.region_size
+                if not regions.loaded:
+                    regions.load_buffer(data)
+            if regions.room() < units:
+                yield from self._seal(reserve=units)
+            kh = key_hash(key)
+            unit = regions.take(units)
+            encode_into(regions.buf, unit * self.alignment, kh, self.generation, expiry, key, value)
+            old = self.index.put(kh >> 32, regions.open * self._upr + unit, units)
+            c["inserts"] += 1
+            c["inserted_bytes"] += klen + vlen
+            c["replaced"] += old is not None
+            return InsertResult(old is not None, c["evicted_items"] - evicted0, c["reinsertions"] - reinserted0)
 
     def _write_open(self) -> Op[None]:
         regions = self.regions
@@ -461,14 +532,15 @@ class BlockCache:
 
     def _remove(self, key) -> Op[bool]:
         yield from ()
-        c = self._counters
-        c["removes"] += 1
-        slot = self.index.find(key_hash(key) >> 32)
-        if slot < 0:
-            return False
-        self.index.delete(slot)
-        c["removed"] += 1
-        return True
+        with self.lock:
+            c = self._counters
+            c["removes"] += 1
+            slot = self.index.find(key_hash(key) >> 32)
+            if slot < 0:
+                return False
+            self.index.delete(slot)
+            c["removed"] += 1
+            return True
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -479,11 +551,16 @@ class BlockCache:
         return self._flush()
 
     def _flush(self) -> Op[bool]:
-        if not self.regions.dirty:
-            return False
-        yield from self._write_open()
-        self._counters["flushes"] += 1
-        return True
+        with self.lock:
+            if not self.regions.dirty:
+                return False
+            yield from self._write_open()
+            self._counters["flushes"] += 1
+            return True
+
+    def held(self) -> threading.RLock:
+        """The engine's one lock (see ``Engine.held``)."""
+        return self.lock
 
     def reset(self) -> None:
         """Empty the engine without I/O: an empty index, every region clean, and a new
@@ -495,7 +572,7 @@ class BlockCache:
         self.generation = (self.generation + 1) & _M64
         self.index.clear()
         self.regions.reset()
-        self.eviction = eviction_mod.make(self.eviction_name, self.nregions, self.segment_ratio)
+        self._use_eviction(eviction_mod.make(self.eviction_name, self.nregions, self.segment_ratio))
 
     def persist(self) -> dict:
         """The DRAM state as msgpack-friendly plain types (geometry, generation, counters,
@@ -514,7 +591,7 @@ class BlockCache:
             "region_size": self.region_size,
             "alignment": self.alignment,
             "generation": self.generation,
-            "counters": dict(self._counters),
+            "counters": self._counts(),
             "index": self.index.to_state(exclude),
             "regions": regions.to_state(),
             "eviction": self.eviction.to_state(),
@@ -562,21 +639,22 @@ class BlockCache:
             return False
         self.regions.load_state(parsed)
         self.generation = generation
-        self.index = index
-        self.eviction = eviction
+        self._use_index(index)
+        self._use_eviction(eviction)
         self._counters = restored
+        self._core.reset_counters()
         return True
 
     def stats(self) -> dict:
         """Counters since creation (kept across ``recover``), plus geometry, the index's
         DRAM use, regions by state and ``items``: the index's entries, so exact
         (``items_exact``), expired entries not yet evicted included."""
-        s: dict[str, Any] = dict(self._counters)
+        s: dict[str, Any] = self._counts()
         items = len(self.index)
         dram = self.index.dram_bytes
         st = self.regions.state
         s.update(
-            evictions=self._counters["evicted_items"],
+            evictions=s["evicted_items"],
             items=items,
             items_exact=True,
             index_dram_bytes=dram,

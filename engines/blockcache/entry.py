@@ -25,6 +25,10 @@ On-flash layout (little-endian), one entry, starting on an ``alignment`` boundar
 
 An entry takes ``ceil((44 + key_len + value_len) / alignment)`` alignment units; the
 largest fits a whole region, so ``max_item_size`` (key + value) is ``region_size - 44``.
+
+The layout is declared once per language: ``ENTRY_LAYOUT`` here, the E_* offsets in
+``_core.c`` (which reads and writes entries in C); they are checked against each other,
+with the magic, version and seeds, on import.
 """
 from __future__ import annotations
 
@@ -33,17 +37,28 @@ from typing import NamedTuple
 
 import xxhash
 
-from engines._core_c import encode_entry as _encode_entry
-from engines.device import MAX_EXPIRY  # noqa: F401 - the header's u32 expiry field holds up to this
+from .. import formats
+from ..device import MAX_EXPIRY  # noqa: F401 - the header's u32 expiry field holds up to this
+from . import _core_c
+from ._core_c import encode_entry as _encode_entry
 
 MAGIC = b"FCBC"
 FORMAT_VERSION = 1
 KEY_SEED = 0x510E527FADE682D1
 CHECKSUM_SEED = 0x9B05688C2B3E6C1F
-ENTRY_HEADER = struct.Struct("<4sHHQQQIIHH")  # magic, version, hsize, checksum, generation, key_hash, vlen, expiry, klen, flags
+ENTRY_LAYOUT = formats.Layout("BlockCache entry header", (
+    ("magic", "4s"), ("version", "H"), ("header_size", "H"), ("checksum", "Q"), ("generation", "Q"),
+    ("key_hash", "Q"), ("value_len", "I"), ("expiry", "I"), ("key_len", "H"), ("flags", "H")))
+ENTRY_HEADER = ENTRY_LAYOUT.struct
 HEADER_SIZE = ENTRY_HEADER.size
+formats.check(ENTRY_LAYOUT, _core_c.ENTRY_FIELDS, "engines/blockcache/_core.c (E_*)", {
+    "magic": (MAGIC, _core_c.MAGIC), "format version": (FORMAT_VERSION, _core_c.FORMAT_VERSION),
+    "header size": (HEADER_SIZE, _core_c.HEADER_SIZE), "KEY_SEED": (KEY_SEED, _core_c.KEY_SEED),
+    "CHECKSUM_SEED": (CHECKSUM_SEED, _core_c.CHECKSUM_SEED)})
 MAX_KEY_LEN = 0xFFFF
 _CHECKSUM_FIELD = struct.Struct("<Q")
+_SUM_AT = ENTRY_LAYOUT.offset("checksum")
+_SUM_END = _SUM_AT + _CHECKSUM_FIELD.size
 _hash = xxhash.xxh3_64_intdigest
 _xxh3 = xxhash.xxh3_64
 
@@ -69,8 +84,8 @@ class EntryHeader(NamedTuple):
 def checksum(mv: memoryview, pos: int, end: int) -> int:
     """The checksum of the entry occupying ``mv[pos:end]`` (see the module docstring)."""
     h = _xxh3(seed=CHECKSUM_SEED)
-    h.update(mv[pos:pos + 8])
-    h.update(mv[pos + 16:end])
+    h.update(mv[pos:pos + _SUM_AT])
+    h.update(mv[pos + _SUM_END:end])
     return h.intdigest()
 
 
@@ -78,7 +93,7 @@ def encode_into(buf: bytearray, pos: int, khash: int, generation: int, expiry: i
                 key: bytes | bytearray | memoryview, value: bytes | bytearray | memoryview) -> int:
     """Write one entry at ``buf[pos:]`` (the caller checked that it fits); returns its
     unaligned length. The padding after it is left as it is (the buffer keeps it zero).
-    Bytes into a bytearray is one C call (engines/_core.c ``encode_entry``: the same bytes
+    Bytes into a bytearray is one C call (``_core.c``'s ``encode_entry``: the same bytes
     as ``encode_into_py``, the reference, which does everything else)."""
     if key.__class__ is bytes and value.__class__ is bytes and buf.__class__ is bytearray:
         return _encode_entry(buf, pos, khash, generation, expiry, key, value)
@@ -94,7 +109,7 @@ def encode_into_py(buf: bytearray, pos: int, khash: int, generation: int, expiry
     buf[kstart:kstart + klen] = key
     buf[kstart + klen:end] = value
     ENTRY_HEADER.pack_into(buf, pos, MAGIC, FORMAT_VERSION, HEADER_SIZE, 0, generation, khash, vlen, expiry, klen, 0)
-    _CHECKSUM_FIELD.pack_into(buf, pos + 8, checksum(memoryview(buf), pos, end))
+    _CHECKSUM_FIELD.pack_into(buf, pos + _SUM_AT, checksum(memoryview(buf), pos, end))
     return end - pos
 
 

@@ -50,6 +50,11 @@ class Eviction:
         self.tracked[region] = True
         self.seq[region] = self._next()
 
+    @property
+    def hears_hits(self) -> bool:
+        """Whether ``touch`` can change anything (a caller may skip it when not)."""
+        return self.bump_on_hit
+
     def touch(self, region: int) -> None:
         """A lookup hit an item of ``region``."""
         if self.bump_on_hit and self.tracked[region]:
@@ -113,6 +118,10 @@ class SegmentedFifo(Eviction):
         self.seg[region] = 0
         self.counts[0] += 1
         self._rebalance()
+
+    @property
+    def hears_hits(self) -> bool:
+        return True
 
     def touch(self, region: int) -> None:
         s = int(self.seg[region])

@@ -34,8 +34,7 @@ import math
 
 import numpy as np
 
-from engines._core_c import TagProbe
-from engines.bloom import _ffi, _lib   # the engines' C core: the scalar probes (_bucket.c)
+from ._core_c import IndexTable
 
 EMPTY = 0xFFFFFFFF
 TOMB = 0xFFFFFFFE
@@ -103,10 +102,11 @@ class Index:
     def _alloc(self, cap: int, fill: tuple | None = None) -> None:
         """A fresh table of ``cap`` slots (holding the entries ``fill``), swapped in whole.
 
-        Threads: BlockCache's lock covers every change, but ``find`` (and the C Router's
-        probes) read without it, through ``probe`` alone: the new arrays are filled
-        before ``probe`` points at them, so such a reader sees the old table or the new
-        one, never a half-built one or a capacity that belongs to other arrays."""
+        Threads: BlockCache's lock covers every change, but ``find`` (and BlockCache's C
+        probes) read without it, through ``table`` alone: the new arrays are filled
+        before ``table.swap`` takes all four in one C call, so such a reader sees the old
+        table or the new one, never a half-built one or a capacity that belongs to other
+        arrays."""
         if not MIN_CAPACITY <= cap <= 1 << 31:
             raise ValueError(f"index: capacity = {cap}: use {MIN_CAPACITY} to 2**31 slots")
         tag = np.zeros(cap, np.uint32)
@@ -119,9 +119,13 @@ class Index:
             for arr, vals in zip((tag, addr, size, hits), fill):
                 arr[pos] = vals
             n = len(fill[0])
-        probe = TagProbe(tag, addr, size, hits)
-        self.probe = probe
-        """The arrays as C pointers: probed, and a hit counted, from C (engines/_core.c's Router)."""
+        # ``table``: the arrays as C views (_core.c), one object for this index's life:
+        # probed, and a hit counted, from C (BlockCache's core holds it as its ``index``)
+        if "table" in self.__dict__:
+            self.table.swap(tag, addr, size, hits)
+        else:
+            self.table = IndexTable(tag, addr, size, hits)
+        self._put = self.table.put
         self.capacity = cap
         self.tag, self.addr, self.size, self.hits = tag, addr, size, hits
         # memoryviews index ~3x faster than numpy scalars and give plain ints
@@ -129,11 +133,6 @@ class Index:
         self._a = memoryview(self.addr)
         self._s = memoryview(self.size)
         self._h = memoryview(self.hits)
-        # the C probes work on the same arrays (which live as long as this table)
-        self._ct = _ffi.cast("uint32_t *", self.tag.ctypes.data)
-        self._ca = _ffi.cast("uint32_t *", self.addr.ctypes.data)
-        self._cs = _ffi.cast("uint16_t *", self.size.ctypes.data)
-        self._ch = _ffi.cast("uint16_t *", self.hits.ctypes.data)
         self.live = self.used = n  # used: live + tombstones
         self._limit = int(cap * MAX_LOAD)
 
@@ -141,7 +140,7 @@ class Index:
 
     def find(self, tag: int) -> int:
         """The slot holding ``tag``, or -1 (a C probe: at 80 % load a miss walks ~13 slots)."""
-        return self.probe.find(tag)
+        return self.table.find(tag)
 
     def get(self, slot: int) -> tuple[int, int, int]:
         """(addr, size hint in units, hits) of a live slot."""
@@ -156,8 +155,7 @@ class Index:
         if not 0 <= addr <= MAX_ADDR:
             raise ValueError(f"index: address {addr} outside 0..{MAX_ADDR}")
         code = size_code(units)
-        r = _lib.fc_index_put(self._ct, self._ca, self._cs, self._ch, self.capacity, tag, addr, code,
-                              self.used + 1 <= self._limit)
+        r = self._put(tag, addr, code, self.used + 1 <= self._limit)
         if r >= 0:
             return r                   # replaced the tag's old address
         if r == -3:                    # needs an empty slot past the load limit: grow first

@@ -1,11 +1,14 @@
 """BlockCache's regions: geometry, life cycle and the one DRAM buffer being filled.
 
 Owns which region is clean, open or sealed, the pool of clean regions (oldest-released
-first) and the open region's buffer (a zeroed bytearray of ``region_size`` and its fill
-mark); does no I/O and knows nothing of items. The surprise: the open region's bytes
-live only in DRAM until the engine writes the whole buffer (when it is full, or on
-``flush()``); until then its items are served from the buffer. After a recovery the
-open region stays open, and the engine reads its flushed part back before appending.
+first) and the life cycle of the open region's buffer (a zeroed bytearray of
+``region_size`` and its fill mark); does no I/O and knows nothing of items. The open
+region, its buffer, fill mark and ``loaded`` flag are kept in BlockCache's C core (the
+``cursor``), whose lookups read them: this class reads and writes them there. The
+surprise: the open region's bytes live only in DRAM until the engine writes the whole
+buffer (when it is full, or on ``flush()``); until then its items are served from the
+buffer. After a recovery the open region stays open, and the engine reads its flushed
+part back before appending.
 
 Life cycle: CLEAN (in the pool) -> OPEN (the buffer's target) -> SEALED (written, in the
 eviction order) -> reclaimed by the engine -> CLEAN again.
@@ -13,6 +16,7 @@ eviction order) -> reclaimed by the engine -> CLEAN again.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import numpy as np
 
@@ -21,21 +25,53 @@ STATE_NAMES = ("clean", "open", "sealed")
 
 
 class Regions:
-    def __init__(self, nregions: int, region_size: int, alignment: int) -> None:
+    """The regions' states and the open region's buffer. ``cursor`` holds the open region's
+    part: ``buffer`` (a bytearray of ``region_size``), ``open_region``, ``fill`` and
+    ``loaded`` (BlockCache's C core)."""
+
+    def __init__(self, nregions: int, region_size: int, alignment: int, cursor: Any) -> None:
         self.nregions = nregions
         self.region_size = region_size
         self.alignment = alignment
         self.units = region_size // alignment  # alignment units per region
-        self.buf = bytearray(region_size)
+        self._cur = cursor
+        self.buf = cursor.buffer
+        if len(self.buf) != region_size:
+            raise ValueError(f"regions: a buffer of {len(self.buf)} bytes for regions of {region_size}")
         self.view = memoryview(self.buf)
         self._bytes = np.frombuffer(self.buf, np.uint8)   # for zeroing: a memset, ~5x a bytes copy
         self.state = np.zeros(nregions, np.int8)
         self.pool: deque[int] = deque()
-        self.open = 0
-        self.fill = 0  # units of the buffer in use
         self.flushed = 0  # units of the buffer already on flash
-        self.loaded = True  # False after load_state until the buffer is read back
         self.reset()
+
+    @property
+    def open(self) -> int:
+        """The region the buffer fills."""
+        return self._cur.open_region
+
+    @open.setter
+    def open(self, region: int) -> None:
+        self._cur.open_region = region
+
+    @property
+    def fill(self) -> int:
+        """Units of the buffer in use."""
+        return self._cur.fill
+
+    @fill.setter
+    def fill(self, units: int) -> None:
+        self._cur.fill = units
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the buffer holds the open region (False after ``load_state`` until
+        ``load_buffer``)."""
+        return self._cur.loaded
+
+    @loaded.setter
+    def loaded(self, value: bool) -> None:
+        self._cur.loaded = value
 
     def reset(self) -> None:
         """All regions clean; region 0 open with an empty buffer, the rest in the pool."""
@@ -55,12 +91,13 @@ class Regions:
 
     def room(self) -> int:
         """Free alignment units left in the buffer."""
-        return self.units - self.fill
+        return self.units - self._cur.fill
 
     def take(self, units: int) -> int:
         """Reserve ``units`` of the buffer; returns the unit offset in the region."""
-        at = self.fill
-        self.fill = at + units
+        cur = self._cur
+        at = cur.fill
+        cur.fill = at + units
         return at
 
     @property

@@ -142,7 +142,7 @@ def test_navy_blockcache_lookup_in_c_matches_the_generator_form(tmp_path, kind, 
                 addr = a.blockcache.index.addr_of(slot) if slot >= 0 else None
                 if addr is None or addr // a.blockcache._upr == a.blockcache.regions.open:
                     continue
-                off = lay["bc_offset"] + addr * a.blockcache.alignment + rnd.randrange(2000)
+                off = lay["engines"]["blockcache"]["offset"] + addr * a.blockcache.alignment + rnd.randrange(2000)
                 for d in (da, db):
                     blk = bytearray(d.read(off & ~4095, 4096))
                     blk[off & 4095] ^= 1 << rnd.randrange(8)
@@ -159,7 +159,7 @@ def test_navy_blockcache_lookup_in_c_matches_the_generator_form(tmp_path, kind, 
         # entry for another key of the same length that carries this key's hash
         ka = next(k for k in keys if a.blockcache.region_of(k) not in (None, a.blockcache.regions.open))
         for n, d in ((a, da), (b, db)):
-            off = lay["bc_offset"] + n.blockcache.index.addr_of(n.blockcache.index.find(key_hash(ka) >> 32)) * 512
+            off = lay["engines"]["blockcache"]["offset"] + n.blockcache.index.addr_of(n.blockcache.index.find(key_hash(ka) >> 32)) * 512
             span = bytearray(d.read(off & ~4095, 8192))
             encode_into(span, off & 4095, key_hash(ka), n.blockcache.generation, 0, ka[:-1] + b"~", b"w" * 100)
             d.write(off & ~4095, bytes(span))
@@ -171,7 +171,7 @@ def test_navy_blockcache_lookup_in_c_matches_the_generator_form(tmp_path, kind, 
         bc = sb["blockcache"]
         assert bc["entry_reads"] > 200 and bc["buffer_hits"] > 50 and bc["expired_misses"] > 5
         assert bc["checksum_failures"] > 10 and bc["collision_misses"] > 1 and bc["stale_misses"] > 5
-        assert b._router.bc_hooked_reads == bc["entry_reads"] and a._router.bc_hooked_reads == 0
+        assert b.blockcache._core.hooked_reads == bc["entry_reads"] and a.blockcache._core.hooked_reads == 0
         ia, ib = a.blockcache.index, b.blockcache.index
         assert (ia.addr == ib.addr).all() and (ia.hits == ib.hits).all() and ib.hits.max() > 3
         assert a.blockcache.eviction.to_state() == b.blockcache.eviction.to_state()

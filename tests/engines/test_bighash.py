@@ -1,4 +1,4 @@
-"""Tests for engines/bighash.py, driven through engines.device.run over an in-memory device."""
+"""Tests for engines/bighash/bighash.py, driven through engines.device.run over an in-memory device."""
 from __future__ import annotations
 
 import array
@@ -334,7 +334,7 @@ def test_failed_write_makes_the_bucket_filter_unknown():
 
 def entries_on_flash(bh, dev) -> int:
     """The ground truth: entries in every bucket that reads as valid, by a full scan."""
-    from engines.bighash import _ffi, _lib
+    from engines.bighash.bighash import _ffi, _lib
     aux = _ffi.new("uint32_t *")
     n = 0
     for b in range(bh.nbuckets):
@@ -581,7 +581,7 @@ def test_stats_has_the_named_counters():
                  "checksum_failures", "bytes_written", "bloom_dram_bytes"):
         assert name in s
     assert s["bloom_dram_bytes"] == 8 * 8
-    bh.flush()
+    assert run(bh.flush(), dev) is None
 
 
 # --------------------------------------------------------------------------- arguments
@@ -697,11 +697,11 @@ TestBigHashVsDict = BigHashVsDict.TestCase
 
 
 # --------------------------------------------------------------------------- the C core
-# engines/_bucket.c does the per-bucket work; these pin it to the pure-Python reference
+# engines/bighash/_bucket.c does the per-bucket work; these pin it to the pure-Python reference
 # below (the code it replaced), byte for byte, and to python-xxhash.
 
 from engines.bighash import KEY_SEED  # noqa: E402
-from engines._bucket_c import lib as c_lib  # noqa: E402
+from engines.bighash._bucket_c import lib as c_lib  # noqa: E402
 
 
 @pytest.mark.parametrize("n", [0, 1, 3, 4, 8, 9, 16, 17, 128, 129, 240, 241, 300, 1024, 4096, 4097, 70000])
@@ -878,7 +878,7 @@ def test_reads_as_bytearray_or_memoryview_work(kind):
 def test_a_missing_c_module_names_make_setup():
     import subprocess
     import sys
-    code = "import sys; sys.modules['engines._bucket_c'] = None; import engines.bighash"
+    code = "import sys; sys.modules['engines.bighash._bucket_c'] = None; import engines.bighash"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode != 0 and "make setup" in r.stderr and "ImportError" in r.stderr
 
@@ -891,7 +891,7 @@ def test_a_missing_c_module_names_make_setup():
                           st.integers(0, 200), st.sampled_from([0, 5, 50, 7.25])), max_size=120),
        st.booleans())
 def test_now_forms_do_exactly_what_the_generators_do(ops, warm):
-    """insert_now / lookup_item_now (one C call each, engines/_core.c) against
+    """insert_now / lookup_item_now (one C call each, engines/bighash/_core.c) against
     run(insert) / run(lookup_item) on twin engines: same answers, same device bytes and
     I/O, same counters, filters and log lines, with expiry (whole and fractional seconds),
     corrupt buckets (a flipped byte), buckets of another generation, and cold or warm

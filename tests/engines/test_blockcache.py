@@ -231,7 +231,7 @@ def test_the_c_encoder_writes_the_bytes_the_python_one_does(key, value, pos, kha
 
 
 def test_the_c_encoder_refuses_what_does_not_fit():
-    from engines._core_c import encode_entry
+    from engines.blockcache._core_c import encode_entry
     with pytest.raises(ValueError, match="does not fit the buffer"):
         encode_entry(bytearray(100), 60, 0, 0, 0, b"k", b"v")
     with pytest.raises(ValueError, match="a field overflows"):

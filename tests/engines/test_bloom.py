@@ -1,4 +1,4 @@
-"""Tests for engines/bloom.py: the per-bucket bloom filters."""
+"""Tests for engines/bighash/bloom.py: the per-bucket bloom filters."""
 from __future__ import annotations
 
 import random
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engines.bloom import BloomFilters, positions
+from engines.bighash.bloom import BloomFilters, positions
 
 u64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
 
@@ -78,7 +78,7 @@ def test_false_positive_rate_is_low(shared_high_bits):
 @settings(max_examples=100, deadline=None)
 @given(nbytes=st.integers(1, 64), k=st.integers(1, 8), keyhashes=st.lists(u64, max_size=40))
 def test_rebuild_sets_exactly_the_documented_positions(nbytes, k, keyhashes):
-    # The C rebuild (engines/_bucket.c) must set exactly the bits `positions` documents.
+    # The C rebuild (engines/bighash/_bucket.c) must set exactly the bits `positions` documents.
     bf = BloomFilters(2, nbytes, k)
     bf.rebuild(1, keyhashes)
     mask = 0

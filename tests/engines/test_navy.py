@@ -42,12 +42,14 @@ def dev():
 def test_layout_superblock_regions_then_buckets(dev):
     n = navy(dev)
     lay = n.layout
+    bc, bh = lay["engines"]["blockcache"], lay["engines"]["bighash"]
     assert n.start == "formatted: new device"
     assert dev.buf[:8] == SUPERBLOCK_MAGIC
-    assert lay["bc_offset"] == lay["meta_end"] and lay["bc_offset"] % MIB == 0
-    assert lay["bh_offset"] == lay["bc_offset"] + lay["bc_size"]
-    assert lay["bh_offset"] + lay["bh_size"] <= dev.size
-    assert lay["bc_size"] % MIB == 0 and lay["bh_size"] % 4096 == 0
+    assert list(lay["engines"]) == ["blockcache", "bighash"]
+    assert bc["offset"] == lay["meta_end"] and bc["offset"] % MIB == 0
+    assert bh["offset"] == bc["offset"] + bc["size"]
+    assert bh["offset"] + bh["size"] <= dev.size
+    assert bc["size"] % MIB == 0 and bh["size"] % 4096 == 0
     st = n.stats()
     assert st["bighash"]["placement"] == {"state": "on", "pid": 1}
     assert st["blockcache"]["placement"] == {"state": "on", "pid": 2}
@@ -63,7 +65,7 @@ def test_items_route_by_size_and_move_between_engines(dev):
     assert st["bighash"]["inserts"] == 1 and st["blockcache"]["inserts"] == 1
     # writes carry each engine's own stream
     bh_writes = [s for (op, off, _), s in zip([x for x in dev.log if x[0] == "write"], dev.streams)
-                 if off >= n.layout["bh_offset"]]
+                 if off >= n.layout["engines"]["bighash"]["offset"]]
     assert bh_writes and all(s is n.streams["bighash"] for s in bh_writes)
     # the same key grows into a large item: it leaves BigHash
     run(n.insert(b"small", b"x" * 5000), dev)
@@ -150,7 +152,7 @@ def test_layout_change_resets_and_says_what_changed(dev):
     n.close()
     n2 = navy(dev, bighash_fraction=0.5)
     assert n2.start.startswith("formatted: layout changed, the cache was reset")
-    assert "bh_offset" in n2.start
+    assert "engines.bighash.offset" in n2.start and "engines.bighash.size" in n2.start
     assert run(n2.lookup(b"key1"), dev) is None and run(n2.lookup(b"key2"), dev) is None
 
 
@@ -288,8 +290,7 @@ def test_corruption_gives_misses_and_counts_never_wrong_bytes():
         else:
             run(n.blockcache.flush(), dev)
         lay = n.layout
-        spans = [(n.block, lay["meta_end"]), (lay["bc_offset"], lay["bc_offset"] + lay["bc_size"]),
-                 (lay["bh_offset"], lay["bh_offset"] + lay["bh_size"])]
+        spans = [(n.block, lay["meta_end"])] + [(e["offset"], e["offset"] + e["size"]) for e in lay["engines"].values()]
         for _ in range(400):
             lo, hi = rnd.choice(spans)
             dev.buf[rnd.randrange(lo, hi)] ^= 1 << rnd.randrange(8)
@@ -363,9 +364,11 @@ def test_blocking_forms_do_what_the_generators_do(policy):
         b.insert_now(db, b"huge", b"x" * (64 * MIB))
     # may_hold in C (the Router) answers as the Python probes do, for every key
     for n in (a, b):
-        answers = [(n.may_hold(b"k%d" % i), n._bc_may_hold(b"k%d" % i) or n._bh_may_hold(b"k%d" % i),
-                    n._router.bc_may_hold(b"k%d" % i), n._bc_may_hold(b"k%d" % i)) for i in range(200)]
-        assert all(x[0] == x[1] and x[2] == x[3] for x in answers)
+        for eng in n.engines.values():         # each engine's C may_hold answers as its Python probe
+            keys = [b"k%d" % i for i in range(200)]
+            assert [eng.may_hold(k) for k in keys] == [eng.may_hold(bytearray(k)) for k in keys]
+        answers = [(n.may_hold(b"k%d" % i), n.may_hold(bytearray(b"k%d" % i))) for i in range(200)]
+        assert all(x[0] == x[1] for x in answers)
         assert any(x[0] for x in answers) and not all(x[0] for x in answers)
 
 
@@ -391,7 +394,7 @@ def test_a_failed_small_insert_in_c_releases_its_lock_and_raises():
     free = []
 
     def take_each():
-        for lk in n._bh_locks:
+        for lk in n.bighash.locks:
             got = lk.acquire(timeout=1)
             free.append(got)
             if got:

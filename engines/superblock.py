@@ -1,0 +1,120 @@
+"""The superblock: block 0 of a flashcache device, naming its format, layout and engines.
+
+Owns the superblock's bytes (``HEADER``, the one definition of its layout) and their
+encoding and checks; knows no engine, only their records (a name, a generation and a
+layout each, in device order). The surprise: the fingerprint covers the layout (the
+router's and every engine's) but not the generations, which change at every format; a
+different fingerprint, or any other format version, resets the cache and says why.
+
+Block 0 (little-endian)::
+
+    0  magic        8s   engines.device.SUPERBLOCK_MAGIC (b"FLCACHE\\x01")
+    8  version      u16  FORMAT_VERSION
+   10  header_size  u16  HEADER.size
+   12  flags        u32  0
+   16  fingerprint  u64  xxh64 of the layout (msgpack): any change resets the cache
+   24  meta_len     u64  bytes of valid metadata after block 0; 0 = none (crash or recovered)
+   32  meta_sum     u64  xxh64 of those bytes
+   40  body_len     u32  bytes of the body that follow the header
+   44  body         ...  msgpack: {"layout": the router's layout (device_size, block,
+                         meta_end, ...), "engines": [{"name", "generation", "layout"}, ...]}
+   ..  checksum     u64  xxh64 of everything before it
+
+Version 1 kept exactly two engines' generations in fixed fields (bh_gen, bc_gen at 24 and
+32); version 2 records any list of engines in the body. The magic, version and header
+size stay at 0, 8 and 10 in every version, so an old superblock reads as another format.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import xxhash
+
+from .device import SUPERBLOCK_MAGIC
+from .formats import Layout
+
+FORMAT_VERSION = 2
+HEADER = Layout("superblock", (
+    ("magic", "8s"), ("version", "H"), ("header_size", "H"), ("flags", "I"), ("fingerprint", "Q"),
+    ("meta_len", "Q"), ("meta_sum", "Q"), ("body_len", "I")))
+_PREFIX = struct.Struct("<8sHH")        # magic, version, header_size: the same in every version
+_SUM = struct.Struct("<Q")
+SEED = 0x3C6EF372FE94F82B
+
+
+def xxh(data: bytes | bytearray | memoryview) -> int:
+    """The superblock's and the metadata's checksum (xxh64 with SEED)."""
+    return xxhash.xxh64_intdigest(data, SEED)
+
+
+def fingerprint(layout: dict[str, Any]) -> int:
+    """What identifies a layout: any change to it resets the cache."""
+    return xxh(msgpack.packb(layout, use_bin_type=True))
+
+
+class Unreadable(Exception):
+    """Block 0 is not a superblock this code can use; the message says why."""
+
+
+@dataclass
+class Superblock:
+    """A superblock's contents. ``layout`` is the router's layout with each engine's under
+    ``layout["engines"][name]``; ``generations`` each engine's generation by name."""
+
+    fingerprint: int
+    layout: dict[str, Any]
+    generations: dict[str, int]
+    meta_len: int = 0
+    meta_sum: int = 0
+
+    def encode(self, block: int) -> bytes:
+        """Block 0's bytes (``block`` long); ValueError if the superblock does not fit."""
+        router = {k: v for k, v in self.layout.items() if k != "engines"}
+        engines = [{"name": name, "generation": self.generations.get(name, 0), "layout": lay}
+                   for name, lay in self.layout.get("engines", {}).items()]
+        body = msgpack.packb({"layout": router, "engines": engines}, use_bin_type=True)
+        head = HEADER.struct.pack(SUPERBLOCK_MAGIC, FORMAT_VERSION, HEADER.size, 0, self.fingerprint,
+                                  self.meta_len, self.meta_sum, len(body)) + body
+        out = head + _SUM.pack(xxh(head))
+        if len(out) > block:
+            raise ValueError(f"superblock of {len(out)} bytes does not fit in {block}")
+        return out.ljust(block, b"\0")
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "Superblock":
+        """The superblock in ``raw`` (block 0); Unreadable says why not."""
+        if raw[:8] != SUPERBLOCK_MAGIC:
+            raise Unreadable("new device" if not any(raw) else "no flashcache superblock (block 0 holds other data)")
+        _, version, hsize = _PREFIX.unpack_from(raw, 0)
+        if version != FORMAT_VERSION or hsize != HEADER.size:
+            raise Unreadable(f"format changed, the cache was reset (superblock format version {version}, "
+                             f"this code reads {FORMAT_VERSION})")
+        try:
+            (_, _, _, _, fp, meta_len, meta_sum, body_len) = HEADER.struct.unpack_from(raw, 0)
+            end = HEADER.size + body_len
+            if end + _SUM.size > len(raw):
+                raise Unreadable("superblock corrupt (body length out of range)")
+            if _SUM.unpack_from(raw, end)[0] != xxh(raw[:end]):
+                raise Unreadable("superblock corrupt (checksum mismatch)")
+            body = msgpack.unpackb(raw[HEADER.size:end], raw=False)
+            layout = dict(body["layout"])
+            layout["engines"] = {e["name"]: e["layout"] for e in body["engines"]}
+            generations = {e["name"]: int(e["generation"]) for e in body["engines"]}
+        except (struct.error, ValueError, TypeError, KeyError, msgpack.UnpackException) as e:
+            raise Unreadable(f"superblock corrupt ({e})") from None
+        return cls(fp, layout, generations, meta_len, meta_sum)
+
+
+def changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """What differs between two layouts, as "key old -> new" (nested keys dotted)."""
+    out = []
+    for k in dict.fromkeys([*old, *new]):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} {a} -> {b}")
+    return out
