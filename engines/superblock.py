@@ -115,6 +115,10 @@ def changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
             out += changes(a, b, f"{prefix}{k}.")
+        elif k not in new:
+            out.append(f"{prefix}{k} removed")
+        elif k not in old:
+            out.append(f"{prefix}{k} added")
         elif a != b:
             out.append(f"{prefix}{k} {a} -> {b}")
     return out

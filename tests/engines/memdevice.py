@@ -62,3 +62,15 @@ class MemDevice:
     def close(self) -> None:
         pass
 
+
+class PidDevice(MemDevice):
+    """A MemDevice whose streams get placement identifiers, like an FDP drive."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.next_pid = 1
+
+    def open_stream(self, name):
+        s = MemStream(name, pid=self.next_pid, placement="on")
+        self.next_pid += 1
+        return s

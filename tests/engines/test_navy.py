@@ -9,22 +9,9 @@ from engines import admission
 from engines.device import SUPERBLOCK_MAGIC, run
 from engines.navy import Navy
 from tests.clock import FakeClock
-from tests.engines.memdevice import MemDevice, MemStream
+from tests.engines.memdevice import MemDevice, PidDevice
 
 MIB = 1 << 20
-
-
-class PidDevice(MemDevice):
-    """A MemDevice whose streams get placement identifiers, like an FDP drive."""
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.next_pid = 1
-
-    def open_stream(self, name):
-        s = MemStream(name, pid=self.next_pid, placement="on")
-        self.next_pid += 1
-        return s
 
 
 def navy(dev, **kw) -> Navy:
