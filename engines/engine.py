@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import operator
 from typing import Any, Callable, ClassVar, Mapping
 
 from .device import Device, Op, run
@@ -118,3 +119,22 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def stats(self) -> dict[str, Any]:
         """Its counters and state; ``bytes_written``, ``items`` and ``items_exact`` at least."""
+
+
+def core_field(path: str, doc: str) -> property:
+    """A property for state a C core owns: read and written at ``path`` (like
+    ``"_core.generation"``), so Python and C share one copy."""
+    holder, name = path.rsplit(".", 1)
+
+    def set_(self: Any, value: Any) -> None:
+        setattr(getattr(self, holder), name, value)
+
+    return property(operator.attrgetter(path), set_, doc=doc)
+
+
+def merged_counters(python: Mapping[str, int], c: Mapping[str, int]) -> dict[str, int]:
+    """A Python form's counters plus its C twin's (each counts the steps it ran)."""
+    out = dict(python)
+    for k, v in c.items():
+        out[k] += v
+    return out

@@ -33,7 +33,7 @@ from .admission import AcceptAll, Admission
 from .bighash import BigHash
 from .blockcache import BlockCache
 from .device import Device, Op, Write, run
-from .engine import Engine
+from .engine import Engine, merged_counters
 
 log = logging.getLogger(__name__)
 
@@ -401,10 +401,7 @@ class Navy:
 
     def _counts(self) -> dict[str, int]:
         """The router's counters: the Python paths' plus the C Router's."""
-        c = dict(self._counters)
-        for k, v in self._router.counters().items():
-            c[k] += v
-        return c
+        return merged_counters(self._counters, self._router.counters())
 
     def _remove_now(self, eng: Engine, key: bytes) -> bool:
         """An engine's remove on this Navy's device (the C Router's step after an insert)."""

@@ -39,6 +39,7 @@
 #include "_device.h"
 #include "_engine.h"
 #include "_locks.h"
+#include "_module.h"
 
 enum { C_LOOKUPS, C_HITS, C_MISSES, C_BLOOM_REJECTS, C_FLASH_MISSES, C_EXPIRED_MISSES, C_INSERTS,
        C_REPLACED, C_EVICTIONS, C_EXPIRED_DROPPED, C_INSERTED_BYTES, C_STALE, C_BUCKET_READS,
@@ -509,17 +510,7 @@ static PyObject *core_engine_ops(Core *s, PyObject *unused)
 static PyObject *core_counters(Core *s, PyObject *unused)
 {
     (void)unused;
-    PyObject *d = PyDict_New();
-    for (int i = 0; d && i < C_N; i++) {
-        PyObject *v = PyLong_FromLongLong(s->c[i]);
-        if (!v || PyDict_SetItemString(d, NAMES[i], v) < 0) {
-            Py_XDECREF(v);
-            Py_CLEAR(d);
-            break;
-        }
-        Py_DECREF(v);
-    }
-    return d;
+    return fc_counters_dict(NAMES, s->c, C_N);
 }
 
 static PyObject *core_reset_counters(Core *s, PyObject *unused)
@@ -583,34 +574,13 @@ static PyTypeObject CoreType = {
 };
 
 /* The on-flash layout as _bucket.c reads and writes it: field -> (offset, size). */
-typedef struct { const char *name; int offset, size; } field;
-static const field BUCKET_FIELDS[] = {
+static const fc_field BUCKET_FIELDS[] = {
     {"magic", FC_BH_MAGIC, 4}, {"version", FC_BH_VERSION, 2}, {"header_size", FC_BH_HEADER_SIZE, 2},
     {"checksum", FC_BH_CHECKSUM, 8}, {"generation", FC_BH_GENERATION, 8}, {"item_count", FC_BH_ITEM_COUNT, 4},
     {"used_bytes", FC_BH_USED_BYTES, 4}, {NULL, 0, 0}};
-static const field ENTRY_FIELDS[] = {
+static const fc_field ENTRY_FIELDS[] = {
     {"key_hash", FC_BE_KEY_HASH, 8}, {"value_sum", FC_BE_VALUE_SUM, 4}, {"expiry", FC_BE_EXPIRY, 4},
     {"value_len", FC_BE_VALUE_LEN, 4}, {"key_len", FC_BE_KEY_LEN, 2}, {NULL, 0, 0}};
-
-static PyObject *fields_dict(const field *f)
-{
-    PyObject *d = PyDict_New();
-    for (; d && f->name; f++) {
-        PyObject *v = Py_BuildValue("(ii)", f->offset, f->size);
-        if (!v || PyDict_SetItemString(d, f->name, v) < 0)
-            Py_CLEAR(d);
-        Py_XDECREF(v);
-    }
-    return d;
-}
-
-/* PyModule_AddObjectRef, taking the reference: 0 or -1. */
-static int add(PyObject *m, const char *name, PyObject *obj)
-{
-    int rc = obj ? PyModule_AddObjectRef(m, name, obj) : -1;
-    Py_XDECREF(obj);
-    return rc;
-}
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "engines.bighash._core_c",
@@ -625,14 +595,14 @@ PyMODINIT_FUNC PyInit__core_c(void)
     if (!m)
         return NULL;
     if (PyModule_AddObjectRef(m, "BucketCore", (PyObject *)&CoreType) < 0 ||
-        add(m, "BUCKET_FIELDS", fields_dict(BUCKET_FIELDS)) < 0 ||
-        add(m, "ENTRY_FIELDS", fields_dict(ENTRY_FIELDS)) < 0 ||
-        add(m, "MAGIC", PyBytes_FromStringAndSize(fc_bucket_magic, 4)) < 0 ||
+        fc_add(m, "BUCKET_FIELDS", fc_fields_dict(BUCKET_FIELDS)) < 0 ||
+        fc_add(m, "ENTRY_FIELDS", fc_fields_dict(ENTRY_FIELDS)) < 0 ||
+        fc_add(m, "MAGIC", PyBytes_FromStringAndSize(fc_bucket_magic, 4)) < 0 ||
         PyModule_AddIntConstant(m, "FORMAT_VERSION", FC_BH_FORMAT_VERSION) < 0 ||
         PyModule_AddIntConstant(m, "BUCKET_HEADER_SIZE", FC_BH_SIZE) < 0 ||
         PyModule_AddIntConstant(m, "ENTRY_HEADER_SIZE", FC_BE_SIZE) < 0 ||
-        add(m, "KEY_SEED", PyLong_FromUnsignedLongLong(fc_key_seed)) < 0 ||
-        add(m, "CHECKSUM_SEED", PyLong_FromUnsignedLongLong(fc_checksum_seed)) < 0) {
+        fc_add(m, "KEY_SEED", PyLong_FromUnsignedLongLong(fc_key_seed)) < 0 ||
+        fc_add(m, "CHECKSUM_SEED", PyLong_FromUnsignedLongLong(fc_checksum_seed)) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -53,7 +53,7 @@ import xxhash
 
 from .. import formats
 from ..device import Device, Op, Read, Write, as_bytes, expiry_seconds, run
-from ..engine import Engine
+from ..engine import Engine, core_field, merged_counters
 from . import _core_c
 from ._core_c import BucketCore
 from .bloom import BloomFilters, _ffi, _lib  # _ffi, _lib: the C core, imported once, there
@@ -243,24 +243,10 @@ class BigHash(Engine):
         self._items_exact = False
         self._failures_at_base = 0
 
-    @property
-    def generation(self) -> int:
-        """The generation buckets are written with; any other reads as empty."""
-        return self._core.generation
-
-    @generation.setter
-    def generation(self, value: int) -> None:
-        self._core.generation = value
-
-    @property
-    def _write_epoch(self) -> int:
-        # Bumped by every completed bucket write: a lookup refreshes a bucket's filter from
-        # what it read only if no write landed while its Read was in flight.
-        return self._core.epoch
-
-    @_write_epoch.setter
-    def _write_epoch(self, value: int) -> None:
-        self._core.epoch = value
+    generation = core_field("_core.generation", "The generation buckets are written with; any other reads as empty.")
+    # Bumped by every completed bucket write: a lookup refreshes a bucket's filter from what
+    # it read only if no write landed while its Read was in flight.
+    _write_epoch = core_field("_core.epoch", "The write epoch.")
 
     @property
     def bloom(self) -> BloomFilters:
@@ -284,10 +270,7 @@ class BigHash(Engine):
 
     def _counts(self) -> dict:
         """Every counter: the Python forms' plus the C core's."""
-        c = dict(self._counters)
-        for k, v in self._core.counters().items():
-            c[k] += v
-        return c
+        return merged_counters(self._counters, self._core.counters())
 
     # ------------------------------------------------------------------ geometry
 

@@ -30,6 +30,7 @@
 #include "_device.h"
 #include "_engine.h"
 #include "_locks.h"
+#include "_module.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the entry layout is little-endian; this code assumes a little-endian host"
@@ -47,8 +48,7 @@ static const char E_MAGIC_BYTES[4] = {'F', 'C', 'B', 'C'};
 static const uint64_t KEY_SEED = 0x510E527FADE682D1ull;
 static const uint64_t CHECKSUM_SEED = 0x9B05688C2B3E6C1Full;
 
-typedef struct { const char *name; int offset, size; } field;
-static const field ENTRY_FIELDS[] = {
+static const fc_field ENTRY_FIELDS[] = {
     {"magic", E_MAGIC, 4}, {"version", E_VERSION, 2}, {"header_size", E_HEADER_SIZE, 2},
     {"checksum", E_CHECKSUM, 8}, {"generation", E_GENERATION, 8}, {"key_hash", E_KEY_HASH, 8},
     {"value_len", E_VALUE_LEN, 4}, {"expiry", E_EXPIRY, 4}, {"key_len", E_KEY_LEN, 2}, {"flags", E_FLAGS, 2},
@@ -687,14 +687,7 @@ static PyObject *core_engine_ops(Core *s, PyObject *unused)
 static PyObject *core_counters(Core *s, PyObject *unused)
 {
     (void)unused;
-    PyObject *d = PyDict_New();
-    for (int i = 0; d && i < C_N; i++) {
-        PyObject *v = PyLong_FromLongLong(s->c[i]);
-        if (!v || PyDict_SetItemString(d, NAMES[i], v) < 0)
-            Py_CLEAR(d);
-        Py_XDECREF(v);
-    }
-    return d;
+    return fc_counters_dict(NAMES, s->c, C_N);
 }
 
 static PyObject *core_reset_counters(Core *s, PyObject *unused)
@@ -805,26 +798,6 @@ static PyTypeObject CoreType = {
 
 /* ------------------------------------------------------------------ the module */
 
-static PyObject *fields_dict(const field *f)
-{
-    PyObject *d = PyDict_New();
-    for (; d && f->name; f++) {
-        PyObject *v = Py_BuildValue("(ii)", f->offset, f->size);
-        if (!v || PyDict_SetItemString(d, f->name, v) < 0)
-            Py_CLEAR(d);
-        Py_XDECREF(v);
-    }
-    return d;
-}
-
-/* PyModule_AddObjectRef, taking the reference: 0 or -1. */
-static int add(PyObject *m, const char *name, PyObject *obj)
-{
-    int rc = obj ? PyModule_AddObjectRef(m, name, obj) : -1;
-    Py_XDECREF(obj);
-    return rc;
-}
-
 static PyMethodDef module_methods[] = {
     {"encode_entry", (PyCFunction)(void (*)(void))encode_entry, METH_FASTCALL,
      "encode_entry(buf, pos, khash, generation, expiry, key, value) -> length: entry.encode_into in C"},
@@ -846,12 +819,12 @@ PyMODINIT_FUNC PyInit__core_c(void)
         return NULL;
     if (PyModule_AddObjectRef(m, "IndexTable", (PyObject *)&TableType) < 0 ||
         PyModule_AddObjectRef(m, "Core", (PyObject *)&CoreType) < 0 ||
-        add(m, "ENTRY_FIELDS", fields_dict(ENTRY_FIELDS)) < 0 ||
-        add(m, "MAGIC", PyBytes_FromStringAndSize(E_MAGIC_BYTES, 4)) < 0 ||
+        fc_add(m, "ENTRY_FIELDS", fc_fields_dict(ENTRY_FIELDS)) < 0 ||
+        fc_add(m, "MAGIC", PyBytes_FromStringAndSize(E_MAGIC_BYTES, 4)) < 0 ||
         PyModule_AddIntConstant(m, "FORMAT_VERSION", E_FORMAT_VERSION) < 0 ||
         PyModule_AddIntConstant(m, "HEADER_SIZE", E_SIZE) < 0 ||
-        add(m, "KEY_SEED", PyLong_FromUnsignedLongLong(KEY_SEED)) < 0 ||
-        add(m, "CHECKSUM_SEED", PyLong_FromUnsignedLongLong(CHECKSUM_SEED)) < 0) {
+        fc_add(m, "KEY_SEED", PyLong_FromUnsignedLongLong(KEY_SEED)) < 0 ||
+        fc_add(m, "CHECKSUM_SEED", PyLong_FromUnsignedLongLong(CHECKSUM_SEED)) < 0) {
         Py_DECREF(m);
         return NULL;
     }

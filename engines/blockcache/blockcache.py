@@ -28,7 +28,7 @@ import time
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from ..device import Device, Op, Read, Trim, Write, as_bytes, expiry_seconds, run
-from ..engine import Engine
+from ..engine import Engine, core_field, merged_counters
 from . import eviction as eviction_mod
 from ._core_c import Core
 from .entry import FORMAT_VERSION, HEADER_SIZE, MAX_KEY_LEN, CorruptEntry, decode, encode_into, key_hash
@@ -219,14 +219,8 @@ class BlockCache(Engine):
         self.reinsertion = Reinsertion(reinsertion_hits, reinsertion_percent, reinsertion_seed)
         self._counters = dict.fromkeys(_COUNTERS, 0)
 
-    @property
-    def generation(self) -> int:
-        """The generation entries are written with; any other reads as a stale miss."""
-        return self._core.generation
-
-    @generation.setter
-    def generation(self, value: int) -> None:
-        self._core.generation = value
+    generation = core_field("_core.generation", "The generation entries are written with; any other reads as "
+                                                "a stale miss.")
 
     def _use_index(self, index: Index) -> None:
         self.index = index
@@ -238,10 +232,7 @@ class BlockCache(Engine):
 
     def _counts(self) -> dict[str, int]:
         """Every counter: the Python forms' plus the C core's."""
-        c = dict(self._counters)
-        for k, v in self._core.counters().items():
-            c[k] += v
-        return c
+        return merged_counters(self._counters, self._core.counters())
 
     # ------------------------------------------------------------------ geometry
 

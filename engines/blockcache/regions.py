@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ..engine import core_field
+
 CLEAN, OPEN, SEALED = 0, 1, 2
 STATE_NAMES = ("clean", "open", "sealed")
 
@@ -45,33 +47,10 @@ class Regions:
         self.flushed = 0  # units of the buffer already on flash
         self.reset()
 
-    @property
-    def open(self) -> int:
-        """The region the buffer fills."""
-        return self._cur.open_region
-
-    @open.setter
-    def open(self, region: int) -> None:
-        self._cur.open_region = region
-
-    @property
-    def fill(self) -> int:
-        """Units of the buffer in use."""
-        return self._cur.fill
-
-    @fill.setter
-    def fill(self, units: int) -> None:
-        self._cur.fill = units
-
-    @property
-    def loaded(self) -> bool:
-        """Whether the buffer holds the open region (False after ``load_state`` until
-        ``load_buffer``)."""
-        return self._cur.loaded
-
-    @loaded.setter
-    def loaded(self, value: bool) -> None:
-        self._cur.loaded = value
+    open = core_field("_cur.open_region", "The region the buffer fills.")
+    fill = core_field("_cur.fill", "Units of the buffer in use.")
+    loaded = core_field("_cur.loaded", "Whether the buffer holds the open region (False after ``load_state`` "
+                                       "until ``load_buffer``).")
 
     def reset(self) -> None:
         """All regions clean; region 0 open with an empty buffer, the rest in the pool."""
