@@ -110,9 +110,9 @@ class Navy:
             raise ValueError(f"navy: small_item_max = {small_item_max!r}: use a positive number of bytes")
         if engines is None:
             engines = default_engines(small_item_max=small_item_max, bighash_fraction=bighash_fraction,
-                              bucket_size=bucket_size, bloom_bytes_per_bucket=bloom_bytes_per_bucket,
-                              region_size=region_size, alignment=alignment, clean_regions=clean_regions,
-                              blockcache_options=blockcache_options)
+                                      bucket_size=bucket_size, bloom_bytes_per_bucket=bloom_bytes_per_bucket,
+                                      region_size=region_size, alignment=alignment, clean_regions=clean_regions,
+                                      blockcache_options=blockcache_options)
         self.slots = list(engines)
         names = [s.engine.name for s in self.slots]
         if not self.slots or len(set(names)) != len(names):
@@ -477,15 +477,17 @@ class Navy:
 
     # -- reporting ------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Router counters, and per engine (by name; None for one that got no space) its
-        own stats plus admission rejects, bytes written, ``items`` and ``items_exact``,
-        and placement (the placement identifier, or why placement is off). The counters
-        are lifetime: since the cache was formatted, kept across clean restarts in the
-        warm-restart metadata (a cold start begins them anew)."""
+        """Router counters, ``engines`` (every configured engine's name, in device order),
+        and per engine (by name; None for one that got no space) its own stats plus
+        admission rejects, bytes written, ``items`` and ``items_exact``, and placement (the
+        placement identifier, or why placement is off). The counters are lifetime: since
+        the cache was formatted, kept across clean restarts in the warm-restart metadata (a
+        cold start begins them anew)."""
         s: dict[str, Any] = self._counts()
         s["start"] = self.start
         s["admission"] = self.admission.stats()
         s["layout"] = dict(self.layout)
+        s["engines"] = [slot.engine.name for slot in self.slots]
         for slot in self.slots:
             name = slot.engine.name
             eng = self.engines.get(name)

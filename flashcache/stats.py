@@ -145,20 +145,17 @@ def delta(now: dict[str, int], then: dict[str, int]) -> dict[str, int]:
     return {k: v - then.get(k, 0) for k, v in now.items()}
 
 
-ENGINES = ("bighash", "blockcache")
-
-
 def flash_lifetime(flash: dict[str, Any]) -> dict[str, Any]:
     """From ``Navy.stats()``: the lifetime figures the cache also reports since open (by
     subtracting what they were at open): the router's counters and each engine's bytes
     written (0 for an engine the layout has not)."""
     return {"flash": {k: flash[k] for k in ROUTER_COUNTERS},
-            "device_bytes_written": {e: flash[e]["device_bytes_written"] if flash.get(e) else 0 for e in ENGINES}}
+            "device_bytes_written": {e: flash[e]["device_bytes_written"] if flash[e] else 0 for e in flash["engines"]}}
 
 
 def flash_items(flash: dict[str, Any]) -> tuple[int | None, bool]:
     """From ``Navy.stats()``: (items on flash, whether that is exact); None when an engine
     does not know its count."""
-    engines = [flash[e] for e in ENGINES if flash.get(e)]
+    engines = [flash[e] for e in flash["engines"] if flash[e]]
     counts = [e["items"] for e in engines]
     return (None if None in counts else sum(counts)), all(e["items_exact"] for e in engines)

@@ -282,9 +282,6 @@ class BigHash(Engine):
         """Device offset of ``bucket``."""
         return self.offset + bucket * self.bucket_size
 
-    def _stripe(self, bucket: int) -> threading.RLock:
-        return self.locks[bucket % LOCK_STRIPES]
-
     # ------------------------------------------------------------------ the Engine interface
 
     @classmethod
@@ -486,7 +483,7 @@ class BigHash(Engine):
         kh = _hash(key, KEY_SEED)
         b = (kh >> 32) * self.nbuckets >> 32
         off = self.offset + b * self.bucket_size
-        with self._stripe(b):
+        with self.locks[b % LOCK_STRIPES]:
             buf, cbuf, r = self._insert_image(b, (yield Read(off, self.bucket_size)), kh, key, klen, value, vlen,
                                               expiry)
             yield from self._write_bucket(b, buf, cbuf)
@@ -538,7 +535,7 @@ class BigHash(Engine):
             c["bloom_rejects"] += 1
             return False
         size = self.bucket_size
-        with self._stripe(b):
+        with self.locks[b % LOCK_STRIPES]:
             epoch = self._write_epoch
             data = yield Read(self.offset + b * size, size)
             self._bucket_read(b, data)
@@ -559,7 +556,7 @@ class BigHash(Engine):
         """Write the image ``buf`` (``cbuf``: its C view) to bucket ``b``; then its filter
         holds exactly the image's keys."""
         try:
-            yield Write(self.offset + b * self.bucket_size, buf, self.stream)
+            yield Write(self.offset + b * self.bucket_size, buf, self._core.stream)
         except BaseException:
             self._write_failed(b)
             raise
@@ -569,11 +566,11 @@ class BigHash(Engine):
         # The bucket on flash may now be old, new or torn: its filter must not lie (and
         # the item count may be off by what it held: counted, so items_exact says so).
         self.bloom.invalidate(b)
-        self._write_epoch += 1
+        self._core.epoch += 1
         self._counters["write_failures"] += 1
 
     def _written(self, b: int, cbuf) -> None:
-        self._write_epoch += 1
+        self._core.epoch += 1
         c = self._counters
         c["bucket_writes"] += 1
         c["bytes_written"] += self.bucket_size
