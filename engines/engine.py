@@ -10,6 +10,11 @@ generators; an engine may do them in C and offer them to the router's C as ``c_o
 (engines/_engine.h). The surprise: an engine takes its own locks inside its operations
 (BigHash a stripe per bucket, BlockCache one lock), so the router holds none and any
 driver (blocking, batched, asyncio) gets the same guarantees.
+
+Adding an engine: a folder ``engines/<name>/`` with a subclass of ``Engine`` (its on-flash
+format declared with ``engines.formats``, checked against its C if it has any), and one
+``Slot`` line in ``engines.navy.default_engines``. The router, its C, the superblock and
+the stats take it from there (tests/engines/tiny_engine.py is such an engine).
 """
 from __future__ import annotations
 
