@@ -316,8 +316,8 @@ class BlockCache(Engine):
             return None
         addr, units, _ = idx.get(slot)
         region, unit = divmod(addr, self._upr)
-        regions = self.regions
-        if region == regions.open and regions.loaded:
+        cur = self._core                # the open region's cursor lives there
+        if region == cur.open_region and cur.loaded:
             return (key, kh, tag, addr, unit * self.alignment, None, 0)
         start = self.offset + addr * self.alignment
         end = start + min(units, self._upr - unit) * self.alignment
@@ -337,9 +337,8 @@ class BlockCache(Engine):
         c = self._counters
         region = addr // self._upr
         if data is None:
-            regions = self.regions
-            data = regions.view
-            end = regions.fill * self.alignment
+            data = self.regions.view
+            end = self._core.fill * self.alignment
             verify = False  # DRAM: nothing can have rotted
             from_buffer = True
         else:
@@ -355,7 +354,7 @@ class BlockCache(Engine):
             self._log_corrupt(self.offset + addr * self.alignment, region, str(exc))
             self._forget(tag, addr)
             return None
-        if h.generation != self.generation:
+        if h.generation != self._core.generation:
             c["stale_misses"] += 1
             c["misses"] += 1
             self._forget(tag, addr)
