@@ -22,7 +22,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 import flashcache
 from engines.device import MAX_EXPIRY
-from tests.test_cache import Clock, cfg
+from tests.clock import FakeClock
+from tests.test_cache import cfg
 
 _MISSING = object()
 _U64 = 1 << 64
@@ -78,7 +79,7 @@ class CacheVsModel(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="flashcache-fuzz-"))
-        self.clock = Clock()
+        self.clock = FakeClock()
         self.conf = cfg(self.dir, dram="4KiB")
         self.cache = flashcache.Cache(self.conf, clock=self.clock)
         self.model: dict[bytes, tuple[bytes, float]] = {}

@@ -9,7 +9,8 @@ import pytest
 import flashcache
 from flashcache.async_cache import AsyncCache
 from flashcache.memoize import call_key
-from tests.test_cache import Clock, cfg, fill_until_flash
+from tests.clock import FakeClock
+from tests.test_cache import cfg, fill_until_flash
 
 
 def test_the_default_key_is_the_same_in_every_process():
@@ -36,7 +37,7 @@ def test_an_argument_that_is_not_plain_data_asks_for_a_key_function():
 
 @pytest.fixture
 def clock():
-    return Clock()
+    return FakeClock()
 
 
 def test_memoize_runs_once_per_call_and_respects_the_ttl(tmp_path, clock):

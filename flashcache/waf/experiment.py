@@ -358,7 +358,7 @@ def _loop(cache, dev, cfg, point: Point, workload, rules: Rules, out_dir: Path, 
         "config_source": source, "config": dataclasses.asdict(cfg), "point": dataclasses.asdict(point),
         "label": point.label(), "workload": wl, "seed": wl.get("seed"), "rules": dataclasses.asdict(rules),
         "device": describe_device(dev, cfg),
-        "layout": {k: navy.layout[k] for k in ("bc_size", "region_size", "bh_size", "bucket_size")},
+        "layout": navy.layout["engines"],   # per engine: offset, size and its own geometry
         "notes": notes,
     }
     res = Result(out_dir, meta)

@@ -415,14 +415,15 @@ def test_clear_waits_for_an_engine_operation_in_progress(dev):
     in the middle of another thread's insert."""
     import threading
     n = navy(dev)
-    n._bh_locks[7].acquire()                       # another thread's BigHash insert, say
-    done = threading.Event()
-    t = threading.Thread(target=lambda: (n.clear(), done.set()))
-    t.start()
-    assert not done.wait(0.2)
-    n._bh_locks[7].release()
-    assert done.wait(10)
-    t.join()
+    for lock in (n.bighash.locks[7], n.blockcache.lock):   # another thread's insert, say
+        lock.acquire()
+        done = threading.Event()
+        t = threading.Thread(target=lambda: (n.clear(), done.set()))
+        t.start()
+        assert not done.wait(0.2)
+        lock.release()
+        assert done.wait(10)
+        t.join()
 
 
 def test_close_saves_the_metadata_when_blockcache_flush_fails(dev):
@@ -435,7 +436,8 @@ def test_close_saves_the_metadata_when_blockcache_flush_fails(dev):
         run(n.insert(k, v), dev)
     run(n.insert(b"buffered", b"B" * 5000), dev)                          # only in the buffer
     real = dev.write
-    bc_lo, bc_hi = n.layout["bc_offset"], n.layout["bc_offset"] + n.layout["bc_size"]
+    bc = n.layout["engines"]["blockcache"]
+    bc_lo, bc_hi = bc["offset"], bc["offset"] + bc["size"]
 
     def failing(offset, data, stream=None):
         if bc_lo <= offset < bc_hi:
