@@ -2,8 +2,6 @@
 threads, and the WAF and placement it reports."""
 from __future__ import annotations
 
-import random
-
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -32,18 +30,6 @@ bighash_fraction = 0.25
 small_item_max = "1KiB"
 """
     return config.loads(text, "test.toml")
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def cache(tmp_path, clock):
-    c = flashcache.Cache(cfg(tmp_path), clock=clock)
-    yield c
-    c.close()
 
 
 def fill_until_flash(c, n=1000, size=300, prefix=b"fill"):
