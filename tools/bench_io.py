@@ -25,8 +25,9 @@ Both sides get the same work, checked rather than assumed:
   default length, so no offset list is cycled inside a run);
 * duration: fio gets the same length in milliseconds (--runtime=750ms: fio 3.33 reads
   --runtime=0.75 as zero, warns on stderr, drops --time_based and does one full pass of
-  the file instead); after each fio run its reported job_runtime must be within 10 % of
-  it, and flashcache's own measured window likewise;
+  the file instead); after each fio run its reported job_runtime must be within 25 % of
+  it (CPU steal bursts on a shared VM), and flashcache's own measured window likewise; both
+  sides' shortest and longest runs are printed and kept in the JSON;
 * fio's stderr is read: any output there, or text before its JSON, fails the bench with
   that text (a warning is a sign the two sides did not run the same job).
 
@@ -124,7 +125,10 @@ def settle(path: str) -> None:
 
 
 NOFFS = 1 << 20          # flashcache's offsets per run: 4 GiB of 4 KiB I/O, drawn from the whole span
-DURATION_TOLERANCE = 0.10
+# a run may overrun by this much: the CPU time a shared VM's host steals comes in bursts of
+# a tenth of a second and more; fio's runtime-0 bug (a full pass of the file) is far outside
+DURATION_TOLERANCE = 0.25
+RAN_MS: dict[str, list[float]] = {"flashcache": [], "fio": []}   # every run's length, for the JSON
 
 
 class PeerError(SystemExit):
@@ -148,6 +152,7 @@ def fio_iops(fio: str, path: str, size: int, rw: str, engine: str, qd: int, dire
                         f"fix the options and run again:\n  {where}\n{noise or out.stdout.strip()}")
     job = json.loads(out.stdout[start:])["jobs"][0]
     ran_ms = job["job_runtime"]
+    RAN_MS["fio"].append(ran_ms)
     if abs(ran_ms - ms) > DURATION_TOLERANCE * ms:
         raise PeerError(f"bench_io: fio ran {ran_ms} ms where {ms} ms were asked (more than "
                         f"{DURATION_TOLERANCE:.0%} off), so the two sides did not run for the same time:\n  {where}")
@@ -183,11 +188,11 @@ def ours_iops(dev, rw: str, qd: int, seconds: float, nblocks: int, seed: int) ->
     if qd == 1:
         # read(off, BS) and write(off, data) have the same shape: one loop serves both
         op, arg = (dev.read, BS) if reading else (dev.write, data)
-        while True:
-            for _ in range(256):
+        while True:      # the clock read every 16 I/Os: an O_DIRECT read can take 0.5 ms
+            for _ in range(16):
                 op(offs[i & mask], arg)
                 i += 1
-            n += 256
+            n += 16
             if time.perf_counter() >= deadline:
                 break
     else:
@@ -200,6 +205,7 @@ def ours_iops(dev, rw: str, qd: int, seconds: float, nblocks: int, seed: int) ->
             n += per
     took = time.perf_counter() - t0
     gc.unfreeze()
+    RAN_MS["flashcache"].append(took * 1000)
     if n > len(offs):
         print(f"bench_io: note: flashcache issued {n:,} I/Os in the run, more than its {len(offs):,} random "
               f"offsets: it went through them {n / len(offs):.1f} times", file=sys.stderr)
@@ -295,10 +301,12 @@ def main() -> int:
           f"{args.seconds:g} s each; ratio: median of the {args.pairs} pairs' ratios; 4 KiB, "
           f"{args.size_mib} MiB file {args.file}, buffered case in {args.folios} folios; both sides: uniformly "
           f"random blocks over the whole file, fio --runtime={round(args.seconds * 1000)}ms checked against its "
-          f"job_runtime, fio's stderr empty")
+          f"job_runtime, fio's stderr empty; runs lasted {min(RAN_MS['flashcache']):.0f}-{max(RAN_MS['flashcache']):.0f} ms "
+          f"(flashcache), {min(RAN_MS['fio']):.0f}-{max(RAN_MS['fio']):.0f} ms (fio)")
     print(json.dumps({"bench": "io", "ratios": ratios, "spread": spread, "iops": iops, "seconds": args.seconds,
                       "pairs": args.pairs, "folios": args.folios,
-                      "span_mib": {"flashcache": args.size_mib, "fio": args.size_mib}, "file_mib": args.size_mib, "target": 0.8, "worst": worst}))
+                      "span_mib": {"flashcache": args.size_mib, "fio": args.size_mib},
+                      "run_ms": {k: [round(min(v)), round(max(v))] for k, v in RAN_MS.items()}, "file_mib": args.size_mib, "target": 0.8, "worst": worst}))
     return 0
 
 
