@@ -25,7 +25,7 @@ Both sides get the same work, checked rather than assumed:
   default length, so no offset list is cycled inside a run);
 * duration: fio gets the same length in milliseconds (--runtime=750ms: fio 3.33 reads
   --runtime=0.75 as zero, warns on stderr, drops --time_based and does one full pass of
-  the file instead); after each fio run its reported job_runtime must be within 25 % of
+  the file instead); after each fio run its reported job_runtime must be within 50 % of
   it (CPU steal bursts on a shared VM), and flashcache's own measured window likewise; both
   sides' shortest and longest runs are printed and kept in the JSON;
 * fio's stderr is read: any output there, or text before its JSON, fails the bench with
@@ -125,9 +125,10 @@ def settle(path: str) -> None:
 
 
 NOFFS = 1 << 20          # flashcache's offsets per run: 4 GiB of 4 KiB I/O, drawn from the whole span
-# a run may overrun by this much: the CPU time a shared VM's host steals comes in bursts of
-# a tenth of a second and more; fio's runtime-0 bug (a full pass of the file) is far outside
-DURATION_TOLERANCE = 0.25
+# a run may be off by this much: the CPU time a shared VM's host steals comes in bursts of
+# a tenth of a second and more (measured: 0.97 s for a 0.75 s run on a loaded machine); every
+# run's length is reported, and fio's stderr check is what catches its runtime-0 bug
+DURATION_TOLERANCE = 0.5
 RAN_MS: dict[str, list[float]] = {"flashcache": [], "fio": []}   # every run's length, for the JSON
 
 
@@ -211,7 +212,8 @@ def ours_iops(dev, rw: str, qd: int, seconds: float, nblocks: int, seed: int) ->
               f"offsets: it went through them {n / len(offs):.1f} times", file=sys.stderr)
     if took > seconds * (1 + DURATION_TOLERANCE):
         raise SystemExit(f"bench_io: flashcache's run took {took:.3f} s where {seconds:g} s were asked: "
-                         "its loop checks the clock too rarely for this rate; use a longer --seconds")
+                         "the machine stalled it (CPU steal) or its loop checks the clock too rarely; run again or use a "
+                         "longer --seconds")
     return n / took
 
 
