@@ -123,7 +123,8 @@ class Navy:
                  blockcache_options: dict[str, Any] | None = None, admission: Admission | None = None,
                  clock: Callable[[], float] = time.time, engines: Sequence[Slot] | None = None):
         self.auto = bighash_fraction == "auto" and engines is None
-        if not self.auto and (isinstance(bighash_fraction, str) or not 0.0 <= bighash_fraction <= 1.0):
+        if engines is None and not self.auto and (isinstance(bighash_fraction, str)
+                                                  or not 0.0 <= bighash_fraction <= 1.0):
             raise ValueError(f"navy: bighash_fraction = {bighash_fraction!r}: use a share from 0 to 1, or \"auto\"")
         if not 0.0 < metadata_fraction < 0.5:
             raise ValueError(f"navy: metadata_fraction = {metadata_fraction!r}: use a share above 0, below 0.5")
@@ -275,10 +276,11 @@ class Navy:
 
     def _inserted(self) -> dict[str, float]:
         """Item bytes the engines took in their lifetime, by size class (small: a bounded
-        class, BigHash's; large: the rest)."""
+        class, BigHash's; large: the rest), from their ``inserted_bytes`` (0 for an engine
+        that does not count it)."""
         out = {"small": 0.0, "large": 0.0}
         for name, eng in self.engines.items():
-            out["small" if self._slot(name).max_item is not None else "large"] += eng.stats()["inserted_bytes"]
+            out["small" if self._slot(name).max_item is not None else "large"] += eng.stats().get("inserted_bytes", 0)
         return out
 
     def mix(self) -> dict[str, float]:
