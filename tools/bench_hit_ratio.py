@@ -130,21 +130,40 @@ class LRU:
         return e is not None
 
 
+MAX_KEYS = 1 << 23
+
+
+def touched_bytes(spec: WorkloadSpec, ops: int) -> int:
+    """Bytes of the distinct items ``ops`` operations of ``spec`` (bound) touch."""
+    g = Generator(spec)
+    ids = np.unique(g.ids(ops))
+    return int((g.key_sizes(ids) + g.value_sizes(ids)).sum())
+
+
 def size_keys(spec: WorkloadSpec, ops: int, target: float) -> tuple[WorkloadSpec, int]:
     """``spec`` with as many keys as make the distinct items ``ops`` operations touch total
-    ``target`` bytes (a few rounds of a multiplicative search on the same draws)."""
+    ``target`` bytes (a few rounds of a multiplicative search on the same draws), at most
+    MAX_KEYS (a steep Zipf touches few distinct keys however many there are)."""
     item = spec.key_size.mean + spec.value_size.mean
     n = max(16, int(target / item))
     touched = 0
     for _ in range(12):
-        s = dataclasses.replace(spec, keys=n)
-        g = Generator(s)
-        ids = np.unique(g.ids(ops))
-        touched = int((g.key_sizes(ids) + g.value_sizes(ids)).sum())
-        if abs(touched - target) <= 0.03 * target:
+        n = min(n, MAX_KEYS)
+        touched = touched_bytes(dataclasses.replace(spec, keys=n), ops)
+        if abs(touched - target) <= 0.03 * target or (n == MAX_KEYS and touched < target):
             break
         n = max(16, int(n * (target / touched) ** 1.6))
     return dataclasses.replace(spec, keys=n), touched
+
+
+def capacity_for(spec: WorkloadSpec, ops: int, capacity: int, touched: float) -> int:
+    """The flash bytes for ``spec``: ``capacity``, halved (down to 16 MiB) while ``ops``
+    operations cannot touch ``touched`` times it even with MAX_KEYS keys, so the cache
+    really fills (a steep Zipf, like Twitter's 1.37, touches few distinct keys)."""
+    most = touched_bytes(dataclasses.replace(spec, keys=MAX_KEYS), ops)
+    while capacity > 16 * MIB and most < touched * capacity * 0.97 * 0.93:     # ~usable share
+        capacity //= 2
+    return capacity
 
 
 def replay(cache: Any, spec: WorkloadSpec, ops: int, clock: VirtualClock, warm: int, small_max: int,
@@ -203,7 +222,8 @@ def replay(cache: Any, spec: WorkloadSpec, ops: int, clock: VirtualClock, warm: 
 
 def one(name: str, spec: WorkloadSpec, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench_hit_") as tmp:
-        cfg = config(args.capacity, args.bighash, tmp)
+        capacity = capacity_for(spec, args.ops, args.capacity, args.touched)
+        cfg = config(capacity, args.bighash, tmp)
         dev = open_device(cfg.device)
         clock = VirtualClock()
         try:
@@ -212,10 +232,10 @@ def one(name: str, spec: WorkloadSpec, args: argparse.Namespace) -> dict[str, An
             cache = Cache(cfg, device=dev, clock=clock)
             try:
                 usable = usable_bytes(cache)
-                capacity = sum(usable.values())
+                lru_bytes = sum(usable.values())
                 small_max = cache.navy.small_item_max
                 maxv = cache.max_value_size
-                spec, touched = size_keys(spec, args.ops, args.touched * capacity)
+                spec, touched = size_keys(spec, args.ops, args.touched * lru_bytes)
                 warm = int(args.ops * args.warmup)
                 fc = replay(cache, spec, args.ops, clock, warm, small_max, dev)
                 st = cache.stats()
@@ -228,12 +248,12 @@ def one(name: str, spec: WorkloadSpec, args: argparse.Namespace) -> dict[str, An
         finally:
             dev.close()
     c1, c2 = VirtualClock(), VirtualClock()
-    lru = replay(LRU(capacity, c1, maxv), spec, args.ops, c1, warm, small_max)
+    lru = replay(LRU(lru_bytes, c1, maxv), spec, args.ops, c1, warm, small_max)
     dram = replay(LRU(usable["dram"], c2, maxv), spec, args.ops, c2, warm, small_max)
     fc.update(split, promotions=counters.get("promotions"),
               demotions=counters.get("demotions"), demotions_skipped_clean=counters.get("demotions_skipped_clean"),
               flash_hit_share=st.get("since_open", {}).get("hit_ratio"))
-    return {"workload": name, "keys": spec.keys, "touched_mib": round(touched / MIB, 1),
+    return {"workload": name, "flash_bytes": capacity, "keys": spec.keys, "touched_mib": round(touched / MIB, 1),
             "usable_mib": {k: round(v / MIB, 2) for k, v in usable.items()}, "flashcache": fc, "lru": lru,
             "lru_dram": dram, "ratio": fc["hit_ratio"] / lru["hit_ratio"] if lru["hit_ratio"] else None}
 
@@ -256,7 +276,8 @@ def main() -> int:
     args.ops = args.ops or (4_800_000 if args.full else 1_200_000)
     specs = workloads()
     results = []
-    print(f"flash {args.capacity // MIB} MiB, DRAM {args.capacity // 64 // 1024} KiB, {args.ops:,} ops per workload "
+    print(f"flash {args.capacity // MIB} MiB (less where the trace cannot fill it), DRAM 1/64 of it, "
+          f"{args.ops:,} ops per workload "
           f"(first {args.warmup:.0%} warm-up), keys touching {args.touched:g}x the LRU's bytes, "
           f"bighash_fraction {args.bighash or 'default'}")
     print(f"{'workload':13} {'side':11} {'hit':>6} {'small':>6} {'large':>6} {'ratio':>6} {'WAF':>6}  notes")
@@ -270,7 +291,7 @@ def main() -> int:
               f"{fc['blockcache_bytes'] / MIB:.1f} MiB; {fc['ops_per_s']:,} ops/s")
         print(f"{'':13} {'LRU':11} {pct(lru['hit_ratio'])} {pct(lru['small'])} {pct(lru['large'])} "
               f"{1:6.3f} {'':>6}  {sum(r['usable_mib'].values()):.1f} MiB usable {r['usable_mib']}; "
-              f"{r['keys']:,} keys, {r['touched_mib']} MiB touched")
+              f"{r['keys']:,} keys, {r['touched_mib']} MiB touched; flash {r['flash_bytes'] // MIB} MiB")
         print(f"{'':13} {'LRU DRAM':11} {pct(dram['hit_ratio'])} {pct(dram['small'])} {pct(dram['large'])} "
               f"{dram['hit_ratio'] / lru['hit_ratio']:6.3f}", flush=True)
     print(json.dumps({"bench": "hit_ratio", "ratios": {r["workload"]: round(r["ratio"], 4) for r in results},
