@@ -567,7 +567,7 @@ class Navy:
         s["engines"] = [slot.engine.name for slot in self.slots]
         mix = self.mix()
         total = sum(mix.values())
-        bh = self.engines.get("bighash")
+        bh = self.bighash
         s["split"] = {"mode": "auto" if self.auto else "fixed",
                       "bighash_share": bh.size / (self.device.size - self.meta_end) if bh is not None else 0.0,
                       "observed_small_share": mix["small"] / total if total else None,

@@ -56,7 +56,7 @@ from flashcache.cache import Cache  # noqa: E402
 from flashcache.devices import open_device  # noqa: E402
 from flashcache.workload import Generator, VirtualClock, WorkloadSpec  # noqa: E402
 from flashcache.workload import spec as spec_mod  # noqa: E402
-from flashcache.workload.generator import DELETE, GET, SET  # noqa: E402
+from flashcache.workload.generator import DELETE, GET  # noqa: E402
 
 MIB = 1 << 20
 ZIPF_VALUES = spec_mod.Dist(((0.70, 100, 100), (0.25, 1024, 1024), (0.05, 16384, 16384)))
