@@ -11,9 +11,11 @@ setup(
                            extra_compile_args=["-O2", "-std=gnu11", "-Wall"]),
                  # the Cache's per-request structures, one C file per component sharing the
                  # structs of flashcache/_hot.h: the DRAM tier's LRU and KeyOrder (_dram.c), the
-                 # latency histogram (_metrics.c), the request core's accelerator (_core.c)
+                 # latency histogram (_metrics.c), the request core's accelerator (_core.c), the
+                 # server's text protocol accelerator (_server.c)
                  # (both modules include engines/_hooks.h: the C hooks passed between them)
-                 Extension("flashcache._hot_c", ["flashcache/_core.c", "flashcache/_dram.c", "flashcache/_metrics.c"],
+                 Extension("flashcache._hot_c", ["flashcache/_core.c", "flashcache/_dram.c", "flashcache/_metrics.c",
+                                                "flashcache/_server.c"],
                            include_dirs=["flashcache", "engines"],
                            extra_compile_args=["-O2", "-std=gnu11", "-Wall"]),
                  # The engines' C, each beside its Python and owning the state it touches:

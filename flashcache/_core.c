@@ -28,27 +28,10 @@
  * goes to demote([item]), the one place that decides it.
  * Counters (counters()) merge into RequestCore.counts(); latencies go to the two histograms,
  * one sample per call, as RequestCore's. */
-enum { H_GETS, H_SETS, H_MISSES, H_HITS_DRAM, H_HITS_FLASH, H_ITEM_BYTES_SET, H_PROMOTIONS,
-       H_DEMOTIONS, H_DEMOTIONS_RACED, H_PROMOTIONS_RACED, H_N };
 static const char *const HOT_NAMES[H_N] = {"gets", "sets", "misses", "hits_dram", "hits_flash", "item_bytes_set",
                                            "promotions", "demotions", "demotions_raced", "promotions_raced"};
 
-typedef struct {
-    PyObject_HEAD
-    Lru *dram;
-    KeyOrder *order;
-    Hist *get_hist, *set_hist;
-    PyObject *flash_lookup, *may_hold, *remove, *demote, *clock, *slow_get, *slow_set;
-    PyObject *lookup_cap;       /* the hook's capsule, or NULL */
-    struct fc_lookup *lookup;
-    PyObject *insert_cap;       /* the insert hook's capsule, or NULL */
-    struct fc_insert *insert;
-    Py_ssize_t max_key, fits_max;
-    int closed;
-    long long c[H_N];
-} Hot;
 
-static PyTypeObject HotType;
 
 static int hot_traverse(Hot *h, visitproc visit, void *arg)
 {
@@ -140,13 +123,6 @@ static int hot_init(Hot *h, PyObject *args, PyObject *kw)
     h->closed = 0;
     memset(h->c, 0, sizeof h->c);
     return 0;
-}
-
-static inline double mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 /* demote(list, ticket) in Python: RequestCore.demote, which takes each key's lock itself. */
@@ -344,21 +320,18 @@ static PyObject *hot_get(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObje
     return v;
 }
 
-/* set(key, value, ttl=None) */
-static PyObject *hot_set(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+/* The set's steps once its checks passed (the common case): counted, under the key's lock
+ * (KeyOrder) flash's older copy out, DRAM's in, the key stamped; what the DRAM change
+ * evicted demoted after the lock is let go; the latency sampled. HotPath.set and the
+ * server's TextPath (_server.c) both run it. 0, or -1 with an exception. */
+FC_SHARED int hot_store(Hot *h, PyObject *key, PyObject *value)
 {
-    if (h->closed || kwnames || nargs != 2 || !plain_key(h, args[0]) || !PyBytes_CheckExact(args[1]) ||
-        PyBytes_GET_SIZE(args[0]) + PyBytes_GET_SIZE(args[1]) > h->fits_max)
-        return PyObject_Vectorcall(h->slow_set, args, nargs, kwnames);
-    PyObject *key = args[0];
     double t0 = mono();
     h->c[H_SETS]++;
-    h->c[H_ITEM_BYTES_SET] += PyBytes_GET_SIZE(args[0]) + PyBytes_GET_SIZE(args[1]);
-    /* under the key's lock (KeyOrder): flash's older copy out, DRAM's in, the key stamped;
-     * what the DRAM change evicted is demoted after the lock is let go */
+    h->c[H_ITEM_BYTES_SET] += PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(value);
     unsigned slot;
     if (ko_slot(key, &slot) < 0)
-        return NULL;
+        return -1;
     ko_acquire(h->order, slot);
     PyObject *out = NULL;
     unsigned long long ticket = 0;
@@ -379,17 +352,28 @@ static PyObject *hot_set(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObje
         if (old)
             Py_DECREF(remove_node(d, old));
         if (old || !PyErr_Occurred())
-            out = put(d, key, args[1], 0.0, 0, t);
+            out = put(d, key, value, 0.0, 0, t);
     }
     unsigned long long mine = ko_stamp(h->order, slot);   /* even on an error: flash's copy may be gone */
     ko_release(h->order, slot);
     if (!out)
-        return NULL;
+        return -1;
     int failed = demote(h, out, ticket, mine) < 0;
     Py_DECREF(out);
     if (failed)
-        return NULL;
+        return -1;
     observe(h->set_hist, mono() - t0);
+    return 0;
+}
+
+/* set(key, value, ttl=None) */
+static PyObject *hot_set(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (h->closed || kwnames || nargs != 2 || !plain_key(h, args[0]) || !PyBytes_CheckExact(args[1]) ||
+        PyBytes_GET_SIZE(args[0]) + PyBytes_GET_SIZE(args[1]) > h->fits_max)
+        return PyObject_Vectorcall(h->slow_set, args, nargs, kwnames);
+    if (hot_store(h, args[0], args[1]) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -444,7 +428,7 @@ static PyMemberDef hot_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
-static PyTypeObject HotType = {
+FC_SHARED PyTypeObject HotType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "flashcache._hot_c.HotPath",
     .tp_basicsize = sizeof(Hot),
@@ -463,13 +447,15 @@ static PyTypeObject HotType = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "flashcache._hot_c",
     "The Cache's per-request structures in C: the DRAM tier's LRU and KeyOrder (flashcache/_dram.c), "
-    "the latency histogram (_metrics.c) and the accelerator of RequestCore.get/set (_core.c)", -1, NULL, NULL, NULL, NULL, NULL,
+    "the latency histogram (_metrics.c), the accelerator of RequestCore.get/set (_core.c) and the server's "
+    "text protocol accelerator (_server.c)", -1, NULL, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__hot_c(void)
 {
     if (PyType_Ready(&NodeType) < 0 || PyType_Ready(&LruType) < 0 || PyType_Ready(&HistType) < 0 ||
-        PyType_Ready(&KeyOrderType) < 0 || PyType_Ready(&HotType) < 0)
+        PyType_Ready(&KeyOrderType) < 0 || PyType_Ready(&HotType) < 0 ||
+        PyType_Ready(&ItemIdsType) < 0 || PyType_Ready(&TextPathType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
@@ -477,7 +463,9 @@ PyMODINIT_FUNC PyInit__hot_c(void)
     if (PyModule_AddObjectRef(m, "Lru", (PyObject *)&LruType) < 0 ||
         PyModule_AddObjectRef(m, "Histogram", (PyObject *)&HistType) < 0 ||
         PyModule_AddObjectRef(m, "KeyOrder", (PyObject *)&KeyOrderType) < 0 ||
-        PyModule_AddObjectRef(m, "HotPath", (PyObject *)&HotType) < 0) {
+        PyModule_AddObjectRef(m, "HotPath", (PyObject *)&HotType) < 0 ||
+        PyModule_AddObjectRef(m, "ItemIds", (PyObject *)&ItemIdsType) < 0 ||
+        PyModule_AddObjectRef(m, "TextPath", (PyObject *)&TextPathType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -138,4 +138,38 @@ typedef struct {
 
 FC_SHARED void observe(Hist *hist, double v);
 
+/* -- HotPath (_core.c): the accelerator of RequestCore.get/set ------------------------ */
+enum { H_GETS, H_SETS, H_MISSES, H_HITS_DRAM, H_HITS_FLASH, H_ITEM_BYTES_SET, H_PROMOTIONS,
+       H_DEMOTIONS, H_DEMOTIONS_RACED, H_PROMOTIONS_RACED, H_N };
+typedef struct {
+    PyObject_HEAD
+    Lru *dram;
+    KeyOrder *order;
+    Hist *get_hist, *set_hist;
+    PyObject *flash_lookup, *may_hold, *remove, *demote, *clock, *slow_get, *slow_set;
+    PyObject *lookup_cap;       /* the hook's capsule, or NULL */
+    struct fc_lookup *lookup;
+    PyObject *insert_cap;       /* the insert hook's capsule, or NULL */
+    struct fc_insert *insert;
+    Py_ssize_t max_key, fits_max;
+    int closed;
+    long long c[H_N];
+} Hot;
+
+extern FC_SHARED PyTypeObject HotType;
+
+/* A set of a checked key and value (bytes, key + value within fits_max, the cache open)
+ * through HotPath's steps: RequestCore.set's, counted in h->c. 0, or -1 with an exception. */
+FC_SHARED int hot_store(Hot *h, PyObject *key, PyObject *value);
+
+static inline double mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* -- the server's text protocol accelerator (_server.c) -------------------------------- */
+extern FC_SHARED PyTypeObject TextPathType, ItemIdsType;
+
 #endif

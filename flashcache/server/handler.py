@@ -34,7 +34,8 @@ COUNTERS = ("cmd_get", "cmd_set", "cmd_touch", "cmd_flush", "cmd_meta", "get_hit
 
 
 class Handler:
-    """Runs requests against a Store. ``counters`` holds memcached's command counters;
+    """Runs requests against a Store. ``counters`` holds memcached's command counters
+    (``counts()`` adds those the C text path bumped: ``fast``, set by the server, or None);
     ``server`` (optional) supplies connection numbers and settings for ``stats``."""
 
     def __init__(self, store: Store, item_size_max: int, server: Any = None):
@@ -43,6 +44,7 @@ class Handler:
         self.server = server
         self.started = time.time()
         self.counters = dict.fromkeys(COUNTERS, 0)
+        self.fast: Any = None                    # the server's TextPath (flashcache/_server.c), if on
         self.run = {b"get": self.get, b"gets": self.get, b"gat": self.get, b"gats": self.get,
                     b"set": self.storage, b"add": self.storage, b"replace": self.storage,
                     b"append": self.storage, b"prepend": self.storage, b"cas": self.storage,
@@ -409,6 +411,8 @@ class Handler:
         sub = req.args[0] if req.args else b""
         if sub == b"reset":
             self.counters = dict.fromkeys(COUNTERS, 0)
+            if self.fast is not None:
+                self.fast.reset_counters()
             if self.server is not None:
                 self.server.reset_counters()
             return b"RESET\r\n"
@@ -425,6 +429,14 @@ class Handler:
         else:
             return b"ERROR\r\n"
         return b"".join(b"STAT %s %s\r\n" % (k.encode(), str(v).encode()) for k, v in rows) + END
+
+    def counts(self) -> dict:
+        """Every command counter: this handler's plus the C text path's."""
+        c = dict(self.counters)
+        if self.fast is not None:
+            for k, v in self.fast.counters().items():
+                c[k] += v
+        return c
 
     def _cache_counts(self) -> dict:
         st = self.store.stats()
@@ -445,13 +457,14 @@ class Handler:
             rows += [("max_connections", srv.settings.max_connections), ("curr_connections", srv.current),
                      ("total_connections", srv.counters["connections"]),
                      ("rejected_connections", srv.counters["rejected"])]
-        rows += [(k, v) for k, v in self.counters.items()]
+        counts = self.counts()
+        rows += [(k, v) for k, v in counts.items()]
         if srv is not None:
             rows += [("bytes_read", srv.counters["bytes_in"]), ("bytes_written", srv.counters["bytes_out"]),
                      ("protocol_errors", srv.counters["protocol_errors"])]
         rows += [("limit_maxbytes", st["dram"]["capacity_bytes"]), ("threads", 1),
                  ("bytes", cc["bytes"]), ("curr_items", cc["curr_items"]),
-                 ("total_items", self.counters["cmd_set"]), ("evictions", st["dram"]["evictions"]),
+                 ("total_items", counts["cmd_set"]), ("evictions", st["dram"]["evictions"]),
                  ("flash_hits", st["since_open"]["hits"]["flash"]), ("dram_hits", st["since_open"]["hits"]["dram"])]
         return rows
 
@@ -463,7 +476,8 @@ class Handler:
             s = srv.settings
             rows += [("interface", s.listen), ("tcpport", s.port), ("maxconns", s.max_connections),
                      ("idle_timeout", int(s.idle_timeout)), ("read_buf_mem_limit", s.read_buffer),
-                     ("metrics_port", s.metrics_port)]
+                     ("metrics_port", s.metrics_port), ("event_loop", srv.loop_name),
+                     ("text_fast_path", srv.fast_state.replace(" ", "_"))]
         return rows
 
     def _items(self) -> list:

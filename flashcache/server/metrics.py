@@ -35,7 +35,7 @@ class ServerCollector(Collector):
         yield CounterMetricFamily("flashcache_server_connections_rejected",
                                   "connections refused at the connection limit", value=c["rejected"])
         cmds = CounterMetricFamily("flashcache_server_commands", "requests run, by command", labels=["command"])
-        for name, n in sorted(s.commands.items()):
+        for name, n in sorted(s.command_counts().items()):
             cmds.add_metric([name.decode("ascii", "replace")], n)
         yield cmds
         yield CounterMetricFamily("flashcache_server_protocol_errors",
@@ -44,7 +44,7 @@ class ServerCollector(Collector):
                                   value=c["server_errors"])
         yield CounterMetricFamily("flashcache_server_read_bytes", "bytes received from clients", value=c["bytes_in"])
         yield CounterMetricFamily("flashcache_server_written_bytes", "bytes sent to clients", value=c["bytes_out"])
-        k = s.handler.counters
+        k = s.handler.counts()
         hits = CounterMetricFamily("flashcache_server_get_results", "keys asked by get/gets/mg, by result",
                                    labels=["result"])
         hits.add_metric(["hit"], k["get_hits"])

@@ -179,6 +179,16 @@ class Parser:
             self._buf = self._buf[self._pos:] + data
         self._pos = 0
 
+    def run_fast(self, serve) -> "bytes | None":
+        """Let ``serve(buf, pos)`` (the server's TextPath.serve, flashcache/_server.c) answer
+        the whole requests at the read position that it can; it returns where it stopped
+        and their replies (None: none), and this parser goes on from there. Not while a
+        data block is awaited or discarded: that is this parser's state."""
+        if self._pending is not None or self._swallow or self._pos >= len(self._buf):
+            return None
+        self._pos, out = serve(self._buf, self._pos)
+        return out
+
     def next(self) -> "Request | Reply | None":
         buf = self._buf
         pos = self._pos

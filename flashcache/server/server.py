@@ -1,7 +1,10 @@
 """The asyncio server: connections, limits, backpressure, signals and shutdown.
 
 Owns sockets and connection state only: bytes go to a ``protocol.Parser``, requests to
-``handler.Handler``, replies back in request order (pipelining). Limits: a connection
+``handler.Handler``, replies back in request order (pipelining). With ``server.fast_path``
+the common requests (get/gets DRAM hits, plain sets) are answered first by the C
+TextPath (flashcache/_server.c), which stops at the first request it cannot finish
+without I/O; the parser and handler take it from there, so replies stay in order. Limits: a connection
 cap, an idle timeout, per-connection read and write caps (a slow reader stops being read;
 see ``Connection``), and the parser's line and length limits. SIGTERM and SIGINT stop
 accepting, finish the requests already received, then close the cache with its
@@ -37,6 +40,7 @@ class Connection(asyncio.Protocol):
         s = server.settings
         self.parser = Parser(s.item_size_max, s.max_line, s.swallow_max, s.strict_keys)
         self.handler = server.handler
+        self.fast = server.fast
         self.transport: Any = None
         self.peer = "?"
         self._out: list = []
@@ -114,7 +118,18 @@ class Connection(asyncio.Protocol):
         run = self.handler.run
         cmds = self.server.commands
         srv = self.server
+        fast = self.fast
         while not self._write_paused and not self._closing:
+            if fast is not None:
+                out = parser.run_fast(fast.serve)
+                if out is not None:
+                    self._out.append(out)
+                    self._out_bytes += len(out)
+                if fast.error is not None:
+                    self._failed(fast.take_error())
+                if self._out_bytes > srv.settings.write_buffer:
+                    self._flush()
+                    continue
             r = parser.next()
             if r is None:
                 break
@@ -225,6 +240,9 @@ class Server:
         self.store = store
         self.settings = settings
         self.handler = Handler(store, settings.item_size_max, self)
+        self.fast: Any = None                   # the C TextPath, once start() made it
+        self.fast_state = "not started"
+        self.loop_name = "not started"
         self.connections: set[Connection] = set()
         self.commands: dict[bytes, int] = {}
         self.counters = dict.fromkeys(("connections", "rejected", "bytes_in", "bytes_out", "protocol_errors",
@@ -236,6 +254,14 @@ class Server:
         self._idle_timer: asyncio.TimerHandle | None = None
         self.address: tuple | None = None
         self.metrics_address: tuple | None = None
+
+    def command_counts(self) -> dict:
+        """Requests run by command: the Python path's plus the C text path's."""
+        c = dict(self.commands)
+        if self.fast is not None:
+            for k, v in self.fast.commands().items():
+                c[k] = c.get(k, 0) + v
+        return c
 
     @property
     def current(self) -> int:
@@ -250,6 +276,15 @@ class Server:
         s = self.settings
         info = await self.store.open()
         log.info("store_open %s", " ".join(f"{k}={v}" for k, v in info.items()))
+        self.loop_name = type(loop).__module__.split(".")[0]       # "uvloop" or "asyncio"
+        if s.fast_path:
+            self.fast, why = self.store.text_path(s.item_size_max, s.strict_keys, batch_max=64 << 10)
+            self.fast_state = why if self.fast is not None else f"off: {why}"
+        else:
+            self.fast_state = "off: server.fast_path = false"
+        self.handler.fast = self.fast
+        (log.info if self.fast is not None or not s.fast_path else log.warning)(
+            "serving event_loop=%s text_fast_path=%r", self.loop_name, self.fast_state)
         self._server = await loop.create_server(lambda: Connection(self), s.listen, s.port,
                                                 reuse_address=True, backlog=1024)
         self.address = self._server.sockets[0].getsockname()[:2]

@@ -16,7 +16,8 @@ Item format on the cache, little-endian, 18 bytes then the data::
     6  cas      u64  CAS unique
     14 expiry   u32  absolute Unix seconds, 0 = never (the cache expires the item too)
 
-CAS uniques come from one 64-bit counter. At start it resumes at the larger of the high
+CAS uniques come from one 64-bit counter (``ids``, a C ``ItemIds`` it shares with the
+server's text accelerator, flashcache/_server.c). At start it resumes at the larger of the high
 water mark saved at the last clean shutdown (a side key no client can name: it is longer
 than memcached's 250-byte key limit) and the wall clock in microseconds, then counts up
 by one per change. A server does far fewer than a million changes per second, so even
@@ -33,6 +34,8 @@ import time
 from typing import Any, Callable, NamedTuple
 
 import msgpack
+
+from .._hot_c import ItemIds, TextPath
 
 HEADER = struct.Struct("<BBIQI")
 ITEM_VERSION = 1
@@ -85,18 +88,18 @@ class KeyLocks:
     connection runs one request at a time: at most one per connection)."""
 
     def __init__(self) -> None:
-        self._locks: dict[bytes, list] = {}
+        self.held: dict[bytes, list] = {}   # key -> [lock, holders and waiters]; TextPath reads its keys
 
     def __len__(self) -> int:
-        return len(self._locks)
+        return len(self.held)
 
     def busy(self, key: bytes) -> bool:
-        return key in self._locks
+        return key in self.held
 
     async def acquire(self, key: bytes) -> None:
-        entry = self._locks.get(key)
+        entry = self.held.get(key)
         if entry is None:
-            entry = self._locks[key] = [asyncio.Lock(), 0]
+            entry = self.held[key] = [asyncio.Lock(), 0]
         entry[1] += 1
         try:
             await entry[0].acquire()
@@ -105,14 +108,14 @@ class KeyLocks:
             raise
 
     def release(self, key: bytes) -> None:
-        entry = self._locks[key]
+        entry = self.held[key]
         entry[0].release()
         self._drop(key, entry)
 
     def _drop(self, key: bytes, entry: list) -> None:
         entry[1] -= 1
         if entry[1] == 0:
-            del self._locks[key]
+            del self.held[key]
 
 
 class Store:
@@ -124,8 +127,7 @@ class Store:
         self.cache = cache
         self.clock = clock
         self.locks = KeyLocks()
-        self._cas = 0
-        self.flush_cas = 0
+        self.ids = ItemIds()              # the CAS counter and flush_all's watermark
         self.flush_at = 0.0               # a delayed flush_all pending until this Unix time
         self._flush_timer: asyncio.TimerHandle | None = None
         self.foreign = 0                  # values found that are not server items (read as misses)
@@ -143,16 +145,16 @@ class Store:
                 state = {}
             if not isinstance(state, dict):
                 state = {}
-        self._cas = max(int(state.get("cas", 0)), time.time_ns() // 1000)
-        self.flush_cas = int(state.get("flush_cas", 0))
+        self.ids.cas = max(int(state.get("cas", 0)), time.time_ns() // 1000)
+        self.ids.flush_cas = int(state.get("flush_cas", 0))
         at = float(state.get("flush_at", 0.0))
         if at:
             self.schedule_flush(at)
-        return {"saved_state": bool(state), "cas_start": self._cas, "flush_cas": self.flush_cas}
+        return {"saved_state": bool(state), "cas_start": self.ids.cas, "flush_cas": self.ids.flush_cas}
 
     async def save(self) -> None:
         """Write the CAS high-water mark and flush state to the side key."""
-        state = {"cas": self._cas, "flush_cas": self.flush_cas, "flush_at": self.flush_at}
+        state = {"cas": self.ids.cas, "flush_cas": self.ids.flush_cas, "flush_at": self.flush_at}
         await self.cache.set(STATE_KEY, msgpack.packb(state), 0)
 
     async def close(self) -> None:
@@ -164,8 +166,12 @@ class Store:
 
     # -- CAS and flush -------------------------------------------------------------------------
     def next_cas(self) -> int:
-        self._cas += 1
-        return self._cas
+        return self.ids.next()
+
+    @property
+    def flush_cas(self) -> int:
+        """flush_all's watermark: an item whose CAS is at or below it is gone."""
+        return self.ids.flush_cas
 
     def flush(self, exptime: int) -> None:
         """flush_all: every item now (exptime <= 0), or every item that exists at the
@@ -190,7 +196,7 @@ class Store:
     def _flush_now(self) -> None:
         self._flush_timer = None
         self.flush_at = 0.0
-        self.flush_cas = self._cas
+        self.ids.flush_cas = self.ids.cas
 
     # -- reads ---------------------------------------------------------------------------------
     def _live(self, raw: Any) -> Item | None:
@@ -259,6 +265,18 @@ class Store:
     async def drop(self, key: bytes) -> None:
         """Remove ``key`` (the caller holds its lock)."""
         await self.cache.delete(key)
+
+    # -- the text protocol's C accelerator -------------------------------------------------------
+    def text_path(self, item_size_max: int, strict_keys: bool, batch_max: int) -> "tuple[TextPath | None, str]":
+        """The C accelerator of plain get/gets DRAM hits and exptime-0 sets over this store
+        (flashcache/_server.c), and "on"; or None and why not. It runs the cache's own C
+        hot path (``AsyncCache.core.hot``: RequestCore's get/set steps), so it exists only
+        where that does (no codec, no default TTL, no write-through)."""
+        hot = self.cache.core.hot
+        if hot is None:
+            return None, "the cache's C hot path is off (a codec, a default TTL or write-through)"
+        return TextPath(hot=hot, ids=self.ids, locks=self.locks.held, item_size_max=item_size_max,
+                        strict_keys=strict_keys, batch_max=batch_max), "on"
 
     # -- reporting -----------------------------------------------------------------------------
     def stats(self) -> dict:
