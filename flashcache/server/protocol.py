@@ -172,6 +172,11 @@ class Parser:
     def buffered(self) -> int:
         return len(self._buf) - self._pos
 
+    @property
+    def idle(self) -> bool:
+        """Nothing buffered, no data block awaited or being discarded."""
+        return self._pos >= len(self._buf) and self._pending is None and not self._swallow
+
     def feed(self, data: bytes) -> None:
         if self._pos >= len(self._buf):
             self._buf = bytes(data)

@@ -75,10 +75,22 @@ class Connection(asyncio.Protocol):
             log.info("conn_lost peer=%s error=%r", self.peer, str(exc))
 
     def data_received(self, data: bytes) -> None:
-        self.server.counters["bytes_in"] += len(data)
+        counters = self.server.counters
+        counters["bytes_in"] += len(data)
         self.last_active = time.monotonic()
         if self._closing:
             return
+        fast = self.fast
+        if fast is not None and self._running is None and not self._write_paused and self.parser.idle:
+            # the common case, one C call: nothing is buffered or queued on this connection,
+            # so what the C path answers is written at once, in order
+            pos, out = fast.serve(data, 0)
+            if out is not None:
+                counters["bytes_out"] += len(out)
+                self.transport.write(out)
+            if pos == len(data) and fast.error is None:
+                return
+            data = data[pos:]
         self.parser.feed(data)
         if self._running is None:
             self._process()
@@ -272,6 +284,22 @@ class Server:
             self.counters[k] = 0
 
     async def start(self) -> None:
+        """``open()``, then listen (and serve /metrics)."""
+        await self.open()
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        self._server = await loop.create_server(lambda: Connection(self), s.listen, s.port,
+                                                reuse_address=True, backlog=1024)
+        self.address = self._server.sockets[0].getsockname()[:2]
+        if s.metrics_port:
+            from .metrics import start_metrics
+            self._metrics = await start_metrics(self, s.metrics_listen, s.metrics_port)
+            self.metrics_address = self._metrics.sockets[0].getsockname()[:2]
+        if s.idle_timeout:
+            self._idle_timer = loop.call_later(min(s.idle_timeout / 4, 5.0), self._reap_idle)
+
+    async def open(self) -> None:
+        """Open the store and make the C text path (``server.fast_path``); no socket yet."""
         loop = asyncio.get_running_loop()
         s = self.settings
         info = await self.store.open()
@@ -285,15 +313,6 @@ class Server:
         self.handler.fast = self.fast
         (log.info if self.fast is not None or not s.fast_path else log.warning)(
             "serving event_loop=%s text_fast_path=%r", self.loop_name, self.fast_state)
-        self._server = await loop.create_server(lambda: Connection(self), s.listen, s.port,
-                                                reuse_address=True, backlog=1024)
-        self.address = self._server.sockets[0].getsockname()[:2]
-        if s.metrics_port:
-            from .metrics import start_metrics
-            self._metrics = await start_metrics(self, s.metrics_listen, s.metrics_port)
-            self.metrics_address = self._metrics.sockets[0].getsockname()[:2]
-        if s.idle_timeout:
-            self._idle_timer = loop.call_later(min(s.idle_timeout / 4, 5.0), self._reap_idle)
 
     def _reap_idle(self) -> None:
         s = self.settings

@@ -1,0 +1,282 @@
+"""The twin test of the server's C text path (TextPath, flashcache/_server.c): the same byte
+streams, split at random points, go to a server with ``server.fast_path = true`` and to
+one with it off (the pure-Python path, the reference); replies, counters, latency sample
+counts and the items left must be identical. Pipelines mix what the C path answers (get/gets
+DRAM hits, exptime-0 sets) with everything it must hand over unchanged: flash reads in the
+middle of a pipeline, misses, other commands, partial lines, bad input, noreply, values over
+the size limit, flush_all, keys held by a read-modify-write.
+
+Both servers run in this process on one event loop, without sockets: a Connection on a
+transport that records what it is given."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from flashcache import config as config_mod
+from flashcache.async_cache import AsyncCache
+from flashcache.server.server import Connection, Server
+from flashcache.server.store import Store
+
+CLOCK = 1_800_000_000.0
+ITEM_SIZE_MAX = 4096
+KEYS = [b"k%d" % i for i in range(6)] + [b"key:" + b"x" * 60, b"\x01ctl"]
+
+
+class Transport:
+    """What a Connection needs of an asyncio transport; records the bytes written."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closed = False
+
+    def write(self, b: bytes) -> None:
+        self.data += b
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str):
+        return ("127.0.0.1", 1) if name == "peername" else None
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def make_config(tmp, name: str, fast: bool):
+    return config_mod.loads(f"""
+[device]
+kind = "emulated"
+path = "{name}.img"
+size = "64MiB"
+[device.emulator]
+preset = "small-test"
+[cache]
+dram_size = "256KiB"
+[cache.flash]
+region_size = "2MiB"
+[server]
+metrics_port = 0
+fast_path = {"true" if fast else "false"}
+item_size_max = {ITEM_SIZE_MAX}
+strict_keys = true
+""", base_dir=tmp)
+
+
+class Twin:
+    """One server: its cache, store, and a fresh connection per stream."""
+
+    def __init__(self, tmp, name: str, fast: bool):
+        self.cfg = make_config(tmp, name, fast)
+        self.cache = AsyncCache(self.cfg)
+        self.store = Store(self.cache, clock=lambda: CLOCK)
+        self.server = Server(self.store, self.cfg.server)
+
+    async def feed(self, chunks: list) -> bytes:
+        t = Transport()
+        conn = Connection(self.server)
+        conn.connection_made(t)
+        for c in chunks:
+            conn.data_received(c)
+            await settle(conn)
+        conn.eof_received()
+        await settle(conn)
+        conn.connection_lost(None)
+        return bytes(t.data)
+
+    def state(self) -> dict:
+        core = self.cache.core
+        return {"handler": self.server.handler.counts(), "commands": self.server.command_counts(),
+                "server": {k: v for k, v in self.server.counters.items()}, "core": core.counts(),
+                "get_samples": sum(core.get_hist.counts), "set_samples": sum(core.set_hist.counts),
+                "cas": self.store.ids.cas, "flush_cas": self.store.ids.flush_cas, "foreign": self.store.foreign,
+                "locks": len(self.store.locks)}
+
+
+async def settle(conn: Connection) -> None:
+    for _ in range(10_000):
+        if not conn.busy:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("a request never finished")
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("twins")
+    loop = asyncio.new_event_loop()
+    fast, slow = Twin(tmp, "fast", True), Twin(tmp, "slow", False)
+
+    async def open_both():
+        await fast.server.open()
+        await slow.server.open()
+    loop.run_until_complete(open_both())
+    assert fast.server.fast is not None and fast.server.fast_state == "on"
+    assert slow.server.fast is None
+    yield loop, fast, slow
+    loop.run_until_complete(fast.store.close())
+    loop.run_until_complete(slow.store.close())
+    loop.close()
+
+
+# -- the streams ------------------------------------------------------------------------------
+keys = st.sampled_from(KEYS)
+values = st.one_of(st.binary(max_size=40), st.binary(min_size=900, max_size=3000),
+                   st.sampled_from([b"", b"12", b"\r\n", b"a\r\nb", b"x" * ITEM_SIZE_MAX]))
+noreply = st.sampled_from([b"", b" noreply"])
+exptime = st.sampled_from([b"0", b"0", b"0", b"00", b"100", b"-1", b"+0"])
+flags = st.sampled_from([b"0", b"7", b"4294967295", b"4294967296", b"+5", b"x"])
+
+
+@st.composite
+def command(draw) -> bytes:
+    kind = draw(st.sampled_from(["get", "get", "get", "gets", "set", "set", "set", "add", "append", "cas",
+                                 "delete", "incr", "touch", "gat", "flush_all", "mg", "ms", "bad", "raw"]))
+    if kind in ("get", "gets"):
+        ks = draw(st.lists(keys, min_size=1, max_size=4))
+        sep = draw(st.sampled_from([b" ", b"  "]))
+        return kind.encode() + sep + sep.join(ks) + draw(st.sampled_from([b"\r\n", b"\n", b" \r\n"]))
+    if kind in ("set", "add", "append"):
+        v = draw(values)
+        n = len(v) + draw(st.sampled_from([0, 0, 0, 0, 1, -1])) if v else 0
+        if draw(st.integers(0, 20)) == 0:
+            n = ITEM_SIZE_MAX + 10                              # over the limit: swallowed
+            v = b"y" * n
+        return (b"%s %s %s %s %d%s\r\n" % (kind.encode(), draw(keys), draw(flags), draw(exptime), n, draw(noreply))
+                + v + b"\r\n")
+    if kind == "cas":
+        v = draw(values)
+        return b"cas %s 0 0 %d %d%s\r\n%s\r\n" % (draw(keys), len(v), draw(st.integers(0, 3)), draw(noreply), v)
+    if kind == "delete":
+        return b"delete %s%s\r\n" % (draw(keys), draw(noreply))
+    if kind == "incr":
+        return b"%s %s %d\r\n" % (draw(st.sampled_from([b"incr", b"decr"])), draw(keys), draw(st.integers(0, 9)))
+    if kind == "touch":
+        return b"touch %s %s\r\n" % (draw(keys), draw(exptime))
+    if kind == "gat":
+        return b"gat 100 %s\r\n" % draw(keys)
+    if kind == "flush_all":
+        return b"flush_all\r\n"
+    if kind == "mg":
+        return b"mg %s v f c t\r\n" % draw(keys)
+    if kind == "ms":
+        v = draw(values)[:100]
+        return b"ms %s %d T0 F3\r\n%s\r\n" % (draw(keys), len(v), v)
+    if kind == "bad":
+        return draw(st.sampled_from([b"get\r\n", b"set k 0 0\r\n", b"set k 0 0 abc\r\n", b"bogus\r\n", b"\r\n",
+                                     b"gets " + b"k" * 251 + b"\r\n", b"get k0\x00junk\r\n"]))
+    return draw(st.binary(max_size=30))
+
+
+@st.composite
+def stream(draw) -> list:
+    # most streams first store a few keys, so that gets find them (in DRAM, or flash)
+    preamble = [b"set %s %d 0 %d\r\n%s\r\n" % (k, i, len(v), v)
+                for i, (k, v) in enumerate(draw(st.lists(st.tuples(keys, values), max_size=6)))]
+    data = b"".join(preamble + draw(st.lists(command(), min_size=1, max_size=25)))
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=6)))
+    out, prev = [], 0
+    for c in cuts + [len(data)]:
+        if c > prev:
+            out.append(data[prev:c])
+            prev = c
+    return out
+
+
+def delta(after: dict, before: dict) -> dict:
+    """What changed, counter by counter (so each example stands alone, and shrinks alone)."""
+    out = {}
+    for k, v in after.items():
+        if isinstance(v, dict):
+            out[k] = {kk: vv - before[k].get(kk, 0) for kk, vv in v.items() if vv != before[k].get(kk, 0)}
+        else:
+            out[k] = v - before[k]
+    return out
+
+
+def run_both(twins, chunks: list, fresh: bool = True) -> None:
+    """Feed ``chunks`` to both; the replies, the counters' changes and the items must match.
+    ``fresh``: empty both caches first, and start both CAS counters at the same value."""
+    loop, fast, slow = twins
+    if fresh:
+        loop.run_until_complete(fast.cache.clear())
+        loop.run_until_complete(slow.cache.clear())
+        fast.store.ids.cas = slow.store.ids.cas = max(fast.store.ids.cas, slow.store.ids.cas)
+        fast.store.ids.flush_cas = slow.store.ids.flush_cas = 0
+    before = fast.state(), slow.state()
+    a = loop.run_until_complete(fast.feed(chunks))
+    b = loop.run_until_complete(slow.feed(chunks))
+    assert a == b
+    assert delta(fast.state(), before[0]) == delta(slow.state(), before[1])
+
+    async def items(t: Twin) -> list:
+        return [await t.cache.get(k) for k in KEYS]
+    assert loop.run_until_complete(items(fast)) == loop.run_until_complete(items(slow))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(stream())
+def test_fast_path_answers_as_the_python_path(twins, chunks):
+    run_both(twins, chunks)
+
+
+def test_fast_path_serves_dram_hits_and_sets_itself(twins):
+    """The C path does take the common requests (not everything handed over)."""
+    loop, fast, slow = twins
+    before = dict(fast.server.fast.commands())
+    run_both(twins, [b"set k0 5 0 3\r\nabc\r\nget k0\r\ngets k0 k0\r\nset k1 0 0 1 noreply\r\nz\r\n"])
+    after = fast.server.fast.commands()
+    assert after.get(b"set", 0) - before.get(b"set", 0) == 2
+    assert after.get(b"get", 0) - before.get(b"get", 0) == 1
+    assert after.get(b"gets", 0) - before.get(b"gets", 0) == 1
+
+
+def test_a_flash_read_in_the_middle_keeps_reply_order(twins):
+    """Push k0 out of DRAM (to flash), then a pipeline: DRAM hit, flash read, DRAM hit."""
+    filler = b"".join(b"set f%d 0 0 2000\r\n%s\r\n" % (i, bytes([65 + i % 26]) * 2000) for i in range(300))
+    loop, fast, slow = twins
+    for t in (fast, slow):
+        loop.run_until_complete(t.feed([b"set k0 0 0 2\r\nhi\r\n" + filler]))
+        assert t.cache.core.dram.peek_expiry(b"k0") is None      # on flash now
+    fast.store.ids.cas = slow.store.ids.cas = max(fast.store.ids.cas, slow.store.ids.cas)
+    run_both(twins, [b"set k1 0 0 1\r\nA\r\nget k1\r\nget k0\r\nget k1\r\n"], fresh=False)
+    assert fast.state()["core"]["hits_flash"] > 0
+
+
+def test_a_set_of_a_key_held_by_a_read_modify_write_is_left_to_python(twins):
+    loop, fast, slow = twins
+
+    async def held(t: Twin) -> bytes:
+        await t.store.locks.acquire(b"k2")
+        tr = Transport()
+        conn = Connection(t.server)
+        conn.connection_made(tr)
+        conn.data_received(b"set k2 0 0 1\r\nQ\r\nget k3\r\n")
+        assert conn.busy                                      # waiting for the lock, in Python
+        t.store.locks.release(b"k2")
+        await settle(conn)
+        return bytes(tr.data)
+    before = fast.state(), slow.state()
+    assert loop.run_until_complete(held(fast)) == loop.run_until_complete(held(slow)) == b"STORED\r\nEND\r\n"
+    assert delta(fast.state(), before[0]) == delta(slow.state(), before[1])
+
+
+def test_stats_say_whether_the_fast_path_is_on(twins):
+    loop, fast, slow = twins
+    a = loop.run_until_complete(fast.feed([b"stats settings\r\n"]))
+    b = loop.run_until_complete(slow.feed([b"stats settings\r\n"]))
+    assert b"STAT text_fast_path on\r\n" in a
+    assert b"STAT text_fast_path off:_server.fast_path_=_false\r\n" in b
+    assert b"STAT event_loop " in a
