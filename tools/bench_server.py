@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
 """flashcache serve against memcached, driven by the same load generator in the same run.
 
-memaslap (Debian's libmemcached-tools ships it as memcaslap) drives both on loopback,
-alternating, round after round: 90 % get, 10 % set; values 70 % 100 B, 25 % 1 KiB, 5 %
-16 KiB; 16-byte keys; 32 connections over 2 threads. flashcache's DRAM tier is a small
-fraction of what memaslap stores, so flash serves most hits; the share it served comes
-from the server's own stats. memaslap's keys carry control bytes, so flashcache runs with
-server.strict_keys = false (memcached accepts them too). When uvloop is installed the
-flashcache side runs twice per round, on uvloop and on asyncio's own loop.
+memaslap (Debian's libmemcached-tools ships it as memcaslap) drives both on loopback with
+the same arguments and duration, alternating, round after round: 90 % get, 10 % set;
+values 70 % 100 B, 25 % 1 KiB, 5 % 16 KiB; 16-byte keys; 32 connections over 2 threads.
+Neither side writes anything durable per request (memcached keeps nothing; flashcache
+writes DRAM's evictions to its emulated device, no fsync). flashcache's DRAM tier is a
+small fraction of what memaslap stores, so flash holds most items; the share of hits it
+served comes from the server's own stats. memaslap's keys carry control bytes, so
+flashcache runs with server.strict_keys = false (memcached accepts them too). flashcache
+runs on uvloop (its default; --loop asyncio for asyncio's own loop).
 
-Prints ops/s and p50/p99 latency per side (memaslap's log2 histogram: a percentile is
-reported as the upper edge of its power-of-two bucket) and the ratio, then one JSON line
+Each side's figure is the median of its rounds, and the ratio the median of the rounds'
+ratios (never the best round). The run fails if memaslap or memcached write anything to
+stderr, or flashcache's log holds an error. Prints ops/s and p50/p99 latency per side
+(memaslap's log2 histogram over all rounds: a percentile is reported as the upper edge of
+its power-of-two bucket) and the ratio, then one JSON line
 ``{"bench": "server", "ratios": {"ops": ...}, ...}``.
 """
 from __future__ import annotations
@@ -22,6 +27,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,7 +85,9 @@ def memaslap(exe: str, port: int, cfg: Path, seconds: int, conns: int, threads: 
     r = subprocess.run([exe, "-s", f"127.0.0.1:{port}", "-F", str(cfg), "-T", str(threads), "-c", str(conns),
                         "-t", f"{seconds}s", "-S", f"{seconds}s"], capture_output=True, text=True,
                        timeout=seconds + 120)
-    out = r.stdout + r.stderr
+    if r.stderr.strip():
+        sys.exit(f"bench_server: memaslap wrote to stderr (the run does not count):\n{r.stderr[-2000:]}")
+    out = r.stdout
     m = re.search(r"Run time: ([\d.]+)s Ops: (\d+) TPS: (\d+)", out)
     if not m:
         sys.exit(f"bench_server: memaslap gave no result:\n{out[-2000:]}")
@@ -145,16 +153,17 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dram", default="4MiB", help="flashcache's DRAM tier (keep it under a quarter of the data set)")
     ap.add_argument("--device-size", default="1GiB")
+    ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="flashcache's event loop")
     args = ap.parse_args()
     exe = shutil.which("memcaslap") or shutil.which("memaslap")
     mc = shutil.which("memcached")
     if not exe or not mc:
         sys.exit("bench_server: needs memcached and memaslap: tools/bootstrap.sh memcached libmemcached-tools")
-    try:
-        import uvloop  # noqa: F401
-        loops = ["uvloop", "asyncio"]
-    except ImportError:
-        loops = ["asyncio"]
+    if args.loop == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            sys.exit("bench_server: uvloop is not installed (a default dependency: pip install -e .)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-server-", dir=ROOT / "var" if (ROOT / "var").is_dir() else None))
     cfg = tmp / "workload.cfg"
     cfg.write_text(WORKLOAD)
@@ -162,48 +171,63 @@ def main() -> int:
     margs = [mc, "-l", "127.0.0.1", "-p", str(mport), "-U", "0", "-t", "2", "-m", "2048"]
     if os.geteuid() == 0:
         margs += ["-u", "root"]
-    procs = [subprocess.Popen(margs, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    merr = open(tmp / "memcached.err", "w")
+    procs = [subprocess.Popen(margs, stdout=subprocess.DEVNULL, stderr=merr)]
+    fc = "flashcache"
     try:
         wait_port(mport, procs[0], "memcached")
-        sides = {"memcached": mport}
-        for loop in loops:
-            p, port = start_flashcache(tmp, loop, args.dram, args.device_size)
-            procs.append(p)
-            sides[f"flashcache/{loop}"] = port
-        res = {name: {"ops": 0, "seconds": 0.0, "hist": {}} for name in sides}
-        share = {name: [0, 0] for name in sides if name != "memcached"}
+        p, port = start_flashcache(tmp, args.loop, args.dram, args.device_size)
+        procs.append(p)
+        sides = {"memcached": mport, fc: port}
+        settings = stats(port, "settings")
+        print(f"flashcache: event_loop={settings.get('event_loop')} text_fast_path={settings.get('text_fast_path')}; "
+              f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+        per_round: list[dict] = []
+        hists: dict = {name: {} for name in sides}
+        share = [0, 0]
         for rnd in range(args.rounds):
+            row = {}
             for name, port in sides.items():
-                before = stats(port) if name != "memcached" else None
+                before = stats(port) if name == fc else None
                 r = memaslap(exe, port, cfg, args.seconds, args.conns, args.threads)
                 if before is not None:
                     after = stats(port)
-                    share[name][0] += int(after["flash_hits"]) - int(before["flash_hits"])
-                    share[name][1] += int(after["dram_hits"]) - int(before["dram_hits"])
-                acc = res[name]
-                acc["ops"] += r["ops"]
-                acc["seconds"] += r["seconds"]
+                    share[0] += int(after["flash_hits"]) - int(before["flash_hits"])
+                    share[1] += int(after["dram_hits"]) - int(before["dram_hits"])
                 for b, n in r["hist"].items():
-                    acc["hist"][b] = acc["hist"].get(b, 0) + n
-                print(f"round {rnd + 1} {name:20} {r['ops'] / r['seconds']:9.0f} ops/s", flush=True)
-        base = res["memcached"]["ops"] / res["memcached"]["seconds"]
-        print(f"\n{'side':22} {'ops/s':>9} {'p50 us':>8} {'p99 us':>8} {'ratio':>6} {'flash share of hits':>20}")
-        ratios = {}
+                    hists[name][b] = hists[name].get(b, 0) + n
+                row[name] = r["ops"] / r["seconds"]
+                print(f"round {rnd + 1} {name:12} {row[name]:9.0f} ops/s", flush=True)
+            row["ratio"] = row[fc] / row["memcached"]
+            per_round.append(row)
+        merr.flush()
+        if (tmp / "memcached.err").read_text().strip():
+            sys.exit(f"bench_server: memcached wrote to stderr:\n{(tmp / 'memcached.err').read_text()[-2000:]}")
+        log_text = (tmp / f"fc-{args.loop}.log").read_text(errors="replace")
+        bad = [ln for ln in log_text.splitlines() if " ERROR " in ln or "Traceback" in ln]
+        if bad:
+            sys.exit("bench_server: flashcache logged errors:\n" + "\n".join(bad[:20]))
+        ratio = statistics.median(r["ratio"] for r in per_round)
+        f, d = share
+        sh = f"{f / (f + d):.0%} ({f} flash, {d} DRAM)" if f + d else "n/a"
+        print(f"\n{'side':12} {'ops/s':>9} {'p50 us':>8} {'p99 us':>8}   (medians of {args.rounds} rounds of "
+              f"{args.seconds} s; latency over all rounds)")
         out = {}
-        for name, r in res.items():
-            ops = r["ops"] / r["seconds"]
-            p50, p99 = percentile_us(r["hist"], 0.5), percentile_us(r["hist"], 0.99)
-            sh = ""
-            if name in share:
-                f, d = share[name]
-                sh = f"{f / (f + d):.0%} ({f} flash, {d} DRAM)" if f + d else "n/a"
-                ratios[name] = round(ops / base, 3)
-            print(f"{name:22} {ops:9.0f} {'<=' + str(p50):>8} {'<=' + str(p99):>8} {ops / base:6.2f} {sh:>20}")
+        for name in sides:
+            ops = statistics.median(r[name] for r in per_round)
+            p50, p99 = percentile_us(hists[name], 0.5), percentile_us(hists[name], 0.99)
+            print(f"{name:12} {ops:9.0f} {'<=' + str(p50):>8} {'<=' + str(p99):>8}")
             out[name] = {"ops_per_s": round(ops), "p50_us_le": p50, "p99_us_le": p99}
-        best = max(ratios, key=ratios.get)
-        print(json.dumps({"bench": "server", "ratios": {"ops": ratios[best]}, "side": best, "by_side": ratios,
-                          "results": out, "flash_share": {k: (v[0] / sum(v) if sum(v) else None)
-                                                          for k, v in share.items()}}))
+        print(f"ratio (median of the rounds' ratios): {ratio:.3f}; rounds: "
+              f"{', '.join(format(r['ratio'], '.3f') for r in per_round)}")
+        print(f"flashcache: share of hits served by flash: {sh}")
+        print(json.dumps({"bench": "server", "ratios": {"ops": round(ratio, 3)}, "rounds": args.rounds,
+                          "seconds": args.seconds, "event_loop": settings.get("event_loop"),
+                          "text_fast_path": settings.get("text_fast_path"), "results": out,
+                          "per_round": [{k: round(v, 3 if k == "ratio" else 0) for k, v in r.items()}
+                                        for r in per_round],
+                          "flash_share": f / (f + d) if f + d else None,
+                          "load_average_after": [round(x, 2) for x in os.getloadavg()]}))
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -212,6 +236,7 @@ def main() -> int:
                 p.wait(60)
             except subprocess.TimeoutExpired:
                 p.kill()
+        merr.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
