@@ -9,7 +9,9 @@ writes DRAM's evictions to its emulated device, no fsync). flashcache's DRAM tie
 small fraction of what memaslap stores, so flash holds most items; the share of hits it
 served comes from the server's own stats. memaslap's keys carry control bytes, so
 flashcache runs with server.strict_keys = false (memcached accepts them too). flashcache
-runs on uvloop (its default; --loop asyncio for asyncio's own loop).
+runs on uvloop (its default; --loop asyncio for asyncio's own loop). --python-side adds a
+third side each round, flashcache with server.fast_path = false, so the C text path's
+gain is measured under the same load.
 
 Each side's figure is the median of its rounds, and the ratio the median of the rounds'
 ratios (never the best round). The run fails if memaslap or memcached write anything to
@@ -119,13 +121,14 @@ def percentile_us(hist: dict, q: float) -> int | None:
     return None
 
 
-def start_flashcache(tmp: Path, loop: str, dram: str, size: str) -> tuple[subprocess.Popen, int]:
+def start_flashcache(tmp: Path, loop: str, dram: str, size: str, fast_path: bool) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    cfg = tmp / f"fc-{loop}.toml"
+    tag = f"{loop}{'' if fast_path else '-python'}"
+    cfg = tmp / f"fc-{tag}.toml"
     cfg.write_text(f"""
 [device]
 kind = "emulated"
-path = "fc-{loop}.img"
+path = "fc-{tag}.img"
 size = "{size}"
 [cache]
 dram_size = "{dram}"
@@ -135,12 +138,13 @@ bighash_fraction = 0.5
 port = {port}
 metrics_port = 0
 strict_keys = false
+fast_path = {"true" if fast_path else "false"}
 [log]
 level = "warning"
 """)
     env = dict(os.environ, FLASHCACHE_EVENT_LOOP=loop)
     proc = subprocess.Popen([sys.executable, "-m", "flashcache.cli", "serve", "-c", str(cfg)], cwd=ROOT, env=env,
-                            stdout=open(tmp / f"fc-{loop}.log", "w"), stderr=subprocess.STDOUT)
+                            stdout=open(tmp / f"fc-{tag}.log", "w"), stderr=subprocess.STDOUT)
     wait_port(port, proc, f"flashcache serve ({loop})")
     return proc, port
 
@@ -154,6 +158,10 @@ def main() -> int:
     ap.add_argument("--dram", default="4MiB", help="flashcache's DRAM tier (keep it under a quarter of the data set)")
     ap.add_argument("--device-size", default="1GiB")
     ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="flashcache's event loop")
+    ap.add_argument("--no-fast-path", action="store_true",
+                    help="server.fast_path = false: every request through the Python path (to measure the C path)")
+    ap.add_argument("--python-side", action="store_true",
+                    help="also run a third side each round: flashcache with server.fast_path = false")
     args = ap.parse_args()
     exe = shutil.which("memcaslap") or shutil.which("memaslap")
     mc = shutil.which("memcached")
@@ -176,9 +184,13 @@ def main() -> int:
     fc = "flashcache"
     try:
         wait_port(mport, procs[0], "memcached")
-        p, port = start_flashcache(tmp, args.loop, args.dram, args.device_size)
+        p, port = start_flashcache(tmp, args.loop, args.dram, args.device_size, not args.no_fast_path)
         procs.append(p)
         sides = {"memcached": mport, fc: port}
+        if args.python_side:
+            p2, port2 = start_flashcache(tmp, args.loop, args.dram, args.device_size, False)
+            procs.append(p2)
+            sides["fc/python"] = port2
         settings = stats(port, "settings")
         print(f"flashcache: event_loop={settings.get('event_loop')} text_fast_path={settings.get('text_fast_path')}; "
               f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
@@ -188,9 +200,9 @@ def main() -> int:
         for rnd in range(args.rounds):
             row = {}
             for name, port in sides.items():
-                before = stats(port) if name == fc else None
+                before = stats(port) if name != "memcached" else None
                 r = memaslap(exe, port, cfg, args.seconds, args.conns, args.threads)
-                if before is not None:
+                if name == fc:
                     after = stats(port)
                     share[0] += int(after["flash_hits"]) - int(before["flash_hits"])
                     share[1] += int(after["dram_hits"]) - int(before["dram_hits"])
@@ -199,12 +211,14 @@ def main() -> int:
                 row[name] = r["ops"] / r["seconds"]
                 print(f"round {rnd + 1} {name:12} {row[name]:9.0f} ops/s", flush=True)
             row["ratio"] = row[fc] / row["memcached"]
+            if args.python_side:
+                row["ratio_python"] = row["fc/python"] / row["memcached"]
             per_round.append(row)
         merr.flush()
         if (tmp / "memcached.err").read_text().strip():
             sys.exit(f"bench_server: memcached wrote to stderr:\n{(tmp / 'memcached.err').read_text()[-2000:]}")
-        log_text = (tmp / f"fc-{args.loop}.log").read_text(errors="replace")
-        bad = [ln for ln in log_text.splitlines() if " ERROR " in ln or "Traceback" in ln]
+        bad = [ln for log in tmp.glob("fc-*.log") for ln in log.read_text(errors="replace").splitlines()
+               if " ERROR " in ln or "Traceback" in ln]
         if bad:
             sys.exit("bench_server: flashcache logged errors:\n" + "\n".join(bad[:20]))
         ratio = statistics.median(r["ratio"] for r in per_round)
@@ -220,11 +234,17 @@ def main() -> int:
             out[name] = {"ops_per_s": round(ops), "p50_us_le": p50, "p99_us_le": p99}
         print(f"ratio (median of the rounds' ratios): {ratio:.3f}; rounds: "
               f"{', '.join(format(r['ratio'], '.3f') for r in per_round)}")
+        if args.python_side:
+            print("ratio with server.fast_path = false (median): "
+                  f"{statistics.median(r['ratio_python'] for r in per_round):.3f}")
         print(f"flashcache: share of hits served by flash: {sh}")
-        print(json.dumps({"bench": "server", "ratios": {"ops": round(ratio, 3)}, "rounds": args.rounds,
+        ratios = {"ops": round(ratio, 3)}
+        if args.python_side:
+            ratios["ops_python_path"] = round(statistics.median(r["ratio_python"] for r in per_round), 3)
+        print(json.dumps({"bench": "server", "ratios": ratios, "rounds": args.rounds,
                           "seconds": args.seconds, "event_loop": settings.get("event_loop"),
                           "text_fast_path": settings.get("text_fast_path"), "results": out,
-                          "per_round": [{k: round(v, 3 if k == "ratio" else 0) for k, v in r.items()}
+                          "per_round": [{k: round(v, 3 if k.startswith("ratio") else 0) for k, v in r.items()}
                                         for r in per_round],
                           "flash_share": f / (f + d) if f + d else None,
                           "load_average_after": [round(x, 2) for x in os.getloadavg()]}))
