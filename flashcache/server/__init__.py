@@ -4,7 +4,10 @@ with a Prometheus endpoint.
 Modules, one idea each: ``protocol`` (bytes in, requests out; no I/O), ``store`` (the one
 adapter to ``flashcache.AsyncCache``: item format, CAS, expiry, per-key locks),
 ``handler`` (what each command does), ``server`` (asyncio connections, limits, signals),
-``metrics`` (the /metrics endpoint). Only this package opens sockets.
+``metrics`` (the /metrics endpoint). Only this package opens sockets. The common requests
+(get/gets DRAM hits, plain sets) are answered by a C accelerator of that same path,
+``TextPath`` (flashcache/_server.c; ``Store.text_path`` makes it, ``server.fast_path``
+turns it off), tested against it by tests/server/test_fastpath.py.
 """
 from __future__ import annotations
 
@@ -17,13 +20,15 @@ log = logging.getLogger("flashcache.server")
 
 
 def event_loop_factory() -> "Callable[[], asyncio.AbstractEventLoop] | None":
-    """uvloop's loop when it is installed, else None (asyncio's default);
-    FLASHCACHE_EVENT_LOOP=asyncio forces asyncio's (the benchmark compares both)."""
+    """uvloop's loop (a default dependency), else None (asyncio's default, with a warning:
+    about a third slower under memaslap); FLASHCACHE_EVENT_LOOP=asyncio asks for asyncio's."""
     if os.environ.get("FLASHCACHE_EVENT_LOOP") == "asyncio":
         return None
     try:
         import uvloop
     except ImportError:
+        log.warning("uvloop is not installed (a dependency of flashcache): serving on asyncio's own loop, "
+                    "which is slower; pip install uvloop")
         return None
     return uvloop.new_event_loop
 
