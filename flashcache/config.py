@@ -412,7 +412,7 @@ class ServerConfig:
     strict_keys: bool = field(default=True, metadata=opt(
         "refuse keys with control characters (memcached protocol.txt's rule); false accepts them as memcached "
         "1.6 does (memaslap sends such keys)"))
-    fast_path: bool = field(default=True, metadata=opt(
+    accelerate: bool = field(default=True, metadata=opt(
         "answer get/gets DRAM hits and plain sets (exptime 0) in C (flashcache/_server.c), the rest in Python; "
         "false runs every request through the Python path (the reference the C is tested against)"))
     max_line: int = field(default=64 << 10, metadata=opt(

@@ -10,7 +10,7 @@ small fraction of what memaslap stores, so flash holds most items; the share of 
 served comes from the server's own stats. memaslap's keys carry control bytes, so
 flashcache runs with server.strict_keys = false (memcached accepts them too). flashcache
 runs on uvloop (its default; --loop asyncio for asyncio's own loop). --python-side adds a
-third side each round, flashcache with server.fast_path = false, so the C text path's
+third side each round, flashcache with server.accelerate = false, so the C text path's
 gain is measured under the same load.
 
 Each side's figure is the median of its rounds, and the ratio the median of the rounds'
@@ -138,7 +138,7 @@ bighash_fraction = 0.5
 port = {port}
 metrics_port = 0
 strict_keys = false
-fast_path = {"true" if fast_path else "false"}
+accelerate = {"true" if fast_path else "false"}
 [log]
 level = "warning"
 """)
@@ -159,9 +159,9 @@ def main() -> int:
     ap.add_argument("--device-size", default="1GiB")
     ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="flashcache's event loop")
     ap.add_argument("--no-fast-path", action="store_true",
-                    help="server.fast_path = false: every request through the Python path (to measure the C path)")
+                    help="server.accelerate = false: every request through the Python path (to measure the C path)")
     ap.add_argument("--python-side", action="store_true",
-                    help="also run a third side each round: flashcache with server.fast_path = false")
+                    help="also run a third side each round: flashcache with server.accelerate = false")
     args = ap.parse_args()
     exe = shutil.which("memcaslap") or shutil.which("memaslap")
     mc = shutil.which("memcached")
@@ -235,7 +235,7 @@ def main() -> int:
         print(f"ratio (median of the rounds' ratios): {ratio:.3f}; rounds: "
               f"{', '.join(format(r['ratio'], '.3f') for r in per_round)}")
         if args.python_side:
-            print("ratio with server.fast_path = false (median): "
+            print("ratio with server.accelerate = false (median): "
                   f"{statistics.median(r['ratio_python'] for r in per_round):.3f}")
         print(f"flashcache: share of hits served by flash: {sh}")
         ratios = {"ops": round(ratio, 3)}

@@ -6,7 +6,7 @@ adapter to ``flashcache.AsyncCache``: item format, CAS, expiry, per-key locks),
 ``handler`` (what each command does), ``server`` (asyncio connections, limits, signals),
 ``metrics`` (the /metrics endpoint). Only this package opens sockets. The common requests
 (get/gets DRAM hits, plain sets) are answered by a C accelerator of that same path,
-``TextPath`` (flashcache/_server.c; ``Store.text_path`` makes it, ``server.fast_path``
+``TextPath`` (flashcache/_server.c; ``Store.text_path`` makes it, ``server.accelerate``
 turns it off), tested against it by tests/server/test_fastpath.py.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The asyncio server: connections, limits, backpressure, signals and shutdown.
 
 Owns sockets and connection state only: bytes go to a ``protocol.Parser``, requests to
-``handler.Handler``, replies back in request order (pipelining). With ``server.fast_path``
+``handler.Handler``, replies back in request order (pipelining). With ``server.accelerate``
 the common requests (get/gets DRAM hits, plain sets) are answered first by the C
 TextPath (flashcache/_server.c), which stops at the first request it cannot finish
 without I/O; the parser and handler take it from there, so replies stay in order. Limits: a connection
@@ -299,19 +299,19 @@ class Server:
             self._idle_timer = loop.call_later(min(s.idle_timeout / 4, 5.0), self._reap_idle)
 
     async def open(self) -> None:
-        """Open the store and make the C text path (``server.fast_path``); no socket yet."""
+        """Open the store and make the C text path (``server.accelerate``); no socket yet."""
         loop = asyncio.get_running_loop()
         s = self.settings
         info = await self.store.open()
         log.info("store_open %s", " ".join(f"{k}={v}" for k, v in info.items()))
         self.loop_name = type(loop).__module__.split(".")[0]       # "uvloop" or "asyncio"
-        if s.fast_path:
+        if s.accelerate:
             self.fast, why = self.store.text_path(s.item_size_max, s.strict_keys, batch_max=64 << 10)
             self.fast_state = why if self.fast is not None else f"off: {why}"
         else:
-            self.fast_state = "off: server.fast_path = false"
+            self.fast_state = "off: server.accelerate = false"
         self.handler.fast = self.fast
-        (log.info if self.fast is not None or not s.fast_path else log.warning)(
+        (log.info if self.fast is not None or not s.accelerate else log.warning)(
             "serving event_loop=%s text_fast_path=%r", self.loop_name, self.fast_state)
 
     def _reap_idle(self) -> None:

@@ -1,5 +1,5 @@
 """The twin test of the server's C text path (TextPath, flashcache/_server.c): the same byte
-streams, split at random points, go to a server with ``server.fast_path = true`` and to
+streams, split at random points, go to a server with ``server.accelerate = true`` and to
 one with it off (the pure-Python path, the reference); replies, counters, latency sample
 counts and the items left must be identical. Pipelines mix what the C path answers (get/gets
 DRAM hits, exptime-0 sets) with everything it must hand over unchanged: flash reads in the
@@ -68,7 +68,7 @@ dram_size = "256KiB"
 region_size = "2MiB"
 [server]
 metrics_port = 0
-fast_path = {"true" if fast else "false"}
+accelerate = {"true" if fast else "false"}
 item_size_max = {ITEM_SIZE_MAX}
 strict_keys = true
 """, base_dir=tmp)
@@ -278,5 +278,5 @@ def test_stats_say_whether_the_fast_path_is_on(twins):
     a = loop.run_until_complete(fast.feed([b"stats settings\r\n"]))
     b = loop.run_until_complete(slow.feed([b"stats settings\r\n"]))
     assert b"STAT text_fast_path on\r\n" in a
-    assert b"STAT text_fast_path off:_server.fast_path_=_false\r\n" in b
+    assert b"STAT text_fast_path off:_server.accelerate_=_false\r\n" in b
     assert b"STAT event_loop " in a
