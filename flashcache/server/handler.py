@@ -504,7 +504,7 @@ class Handler:
             rows.append((f"engine:{eng}:device_bytes_written_since_open", n))
         for eng, n in st["lifetime"]["device_bytes_written"].items():
             rows.append((f"engine:{eng}:device_bytes_written_lifetime", n))
-        for eng in ("bighash", "blockcache"):
+        for eng in st["flash"].get("engines", ()):       # every engine the router has, in its order
             e = st["flash"].get(eng)
             if e:
                 for k, v in e.items():

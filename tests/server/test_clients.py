@@ -105,10 +105,13 @@ def test_flush_all_now_and_delayed(mc):
 
 
 def test_stats_version_verbosity_quit(mc, server):
+    mc.get("stats-probe")                   # counted even on its own, whatever ran before
     st = mc.stats()
     assert st[b"cmd_get"] > 0 and b"curr_connections" in st
     flash = mc.stats("flash")
     assert flash[b"placement:bighash"].startswith(b"on:pid=") and b"device_waf_since_open" in flash
+    for eng in (b"bighash", b"blockcache"):            # each engine's own counters, named by the router
+        assert b"engine:" + eng + b":inserts" in flash or b"engine:" + eng + b":lookups" in flash, sorted(flash)
     for sub in ("settings", "items", "slabs"):
         assert mc.stats(sub)
     assert mc.version().startswith(b"1.6")
