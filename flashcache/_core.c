@@ -143,7 +143,7 @@ static int settle_keeping_error(Lru *s, PyObject *e)
 {
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
-    int r = settle(s, PyTuple_GET_ITEM(e, 0), PyTuple_GET_ITEM(e, 1), PyTuple_GET_ITEM(e, 2));
+    int r = settle(s, PyTuple_GET_ITEM(e, EV_KEY), PyTuple_GET_ITEM(e, EV_VALUE), PyTuple_GET_ITEM(e, EV_EXPIRY));
     if (et)
         PyErr_Restore(et, ev, tb);
     return et ? 0 : r;
@@ -169,21 +169,21 @@ static int demote_one_py(Hot *h, PyObject *e, unsigned long long ticket, unsigne
 
 static int demote_one(Hot *h, PyObject *e, unsigned long long ticket, unsigned long long mine)
 {
-    if (PyTuple_GET_ITEM(e, 3) == Py_True)      /* clean: RequestCore.demote asks whether */
+    if (PyTuple_GET_ITEM(e, EV_CLEAN) == Py_True)      /* clean: RequestCore.demote asks whether */
         return demote_one_py(h, e, ticket, mine);   /* flash still holds it */
     unsigned slot;
-    if (ko_slot(PyTuple_GET_ITEM(e, 0), &slot) < 0)
+    if (ko_slot(PyTuple_GET_ITEM(e, EV_KEY), &slot) < 0)
         return -1;
     ko_acquire(h->order, slot);
-    int fresh = in_flight_is(h->dram, PyTuple_GET_ITEM(e, 0), PyTuple_GET_ITEM(e, 1), PyTuple_GET_ITEM(e, 2));
+    int fresh = in_flight_is(h->dram, PyTuple_GET_ITEM(e, EV_KEY), PyTuple_GET_ITEM(e, EV_VALUE), PyTuple_GET_ITEM(e, EV_EXPIRY));
     if (fresh < 0 || (!fresh && ko_changed(h->order, slot, ticket, mine))) {
         int failed = fresh < 0 || settle_keeping_error(h->dram, e) < 0;
         ko_release(h->order, slot);
         h->c[H_DEMOTIONS_RACED] += !failed;
         return failed ? -1 : 0;
     }
-    int done = h->insert->fn(h->insert->ctx, PyTuple_GET_ITEM(e, 0), PyTuple_GET_ITEM(e, 1),
-                             PyTuple_GET_ITEM(e, 2));
+    int done = h->insert->fn(h->insert->ctx, PyTuple_GET_ITEM(e, EV_KEY), PyTuple_GET_ITEM(e, EV_VALUE),
+                             PyTuple_GET_ITEM(e, EV_EXPIRY));
     if (done != 0 && settle_keeping_error(h->dram, e) < 0)     /* written, or failed */
         done = -1;
     ko_release(h->order, slot);
@@ -466,6 +466,13 @@ PyMODINIT_FUNC PyInit__hot_c(void)
         PyModule_AddObjectRef(m, "HotPath", (PyObject *)&HotType) < 0 ||
         PyModule_AddObjectRef(m, "ItemIds", (PyObject *)&ItemIdsType) < 0 ||
         PyModule_AddObjectRef(m, "TextPath", (PyObject *)&TextPathType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyObject *fields = Py_BuildValue("(ssss)", EV_FIELD_NAMES);
+    int added = fields ? PyModule_AddObjectRef(m, "EVICTED_FIELDS", fields) : -1;
+    Py_XDECREF(fields);
+    if (added < 0) {
         Py_DECREF(m);
         return NULL;
     }

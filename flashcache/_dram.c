@@ -168,7 +168,7 @@ static int check_bytes(PyObject *key, PyObject *value)
 
 static PyObject *evicted_item(Lru *s, Node *n)
 {
-    PyObject *t = s->evicted->tp_alloc(s->evicted, 4);
+    PyObject *t = s->evicted->tp_alloc(s->evicted, EV_NFIELDS);
     if (!t)
         return NULL;
     PyObject *e = PyFloat_FromDouble(n->expiry);
@@ -178,10 +178,10 @@ static PyObject *evicted_item(Lru *s, Node *n)
     }
     Py_INCREF(n->key);
     Py_INCREF(n->value);
-    PyTuple_SET_ITEM(t, 0, n->key);
-    PyTuple_SET_ITEM(t, 1, n->value);
-    PyTuple_SET_ITEM(t, 2, e);
-    PyTuple_SET_ITEM(t, 3, Py_NewRef(n->clean ? Py_True : Py_False));
+    PyTuple_SET_ITEM(t, EV_KEY, n->key);
+    PyTuple_SET_ITEM(t, EV_VALUE, n->value);
+    PyTuple_SET_ITEM(t, EV_EXPIRY, e);
+    PyTuple_SET_ITEM(t, EV_CLEAN, Py_NewRef(n->clean ? Py_True : Py_False));
     return t;
 }
 

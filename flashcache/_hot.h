@@ -15,6 +15,13 @@
 #define FC_SHARED __attribute__((visibility("hidden")))
 
 /* -- the DRAM tier (_dram.c) ------------------------------------------------------------- */
+/* An evicted item crosses to Python as flashcache.dram.Evicted, a tuple subclass declared in
+ * Python; these are its fields in order, declared once here. The module exports them as
+ * EVICTED_FIELDS and dram.py checks at import that Evicted's fields agree, naming the first
+ * that does not. */
+enum { EV_KEY, EV_VALUE, EV_EXPIRY, EV_CLEAN, EV_NFIELDS };
+#define EV_FIELD_NAMES "key", "value", "expiry", "clean"
+
 typedef struct Node {
     PyObject_HEAD
     PyObject *key, *value;      /* bytes, owned */

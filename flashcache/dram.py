@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Callable, Iterable, NamedTuple
 
-from ._hot_c import Lru
+from ._hot_c import EVICTED_FIELDS, Lru
 
 # The C node (key and value pointers, expiry, recency links) + its dict entry: measured
 # well under this on CPython 3.11 x86_64; tests/test_dram.py checks the charge covers reality.
@@ -26,6 +26,19 @@ class Evicted(NamedTuple):
     expiry: float  # absolute, seconds since the epoch; 0 = never
     clean: bool = False  # flash already holds this very item (it was promoted from there)
 
+
+def _check_evicted_fields(c_fields: tuple, py_fields: tuple) -> None:
+    """C builds ``Evicted`` by position (flashcache/_hot.h, EV_*): its field order must be
+    Python's. Raises ImportError naming the first field that differs."""
+    for i in range(max(len(c_fields), len(py_fields))):
+        c = c_fields[i] if i < len(c_fields) else None
+        p = py_fields[i] if i < len(py_fields) else None
+        if c != p:
+            raise ImportError(f"flashcache.dram.Evicted: field {i} is {p!r} in Python but {c!r} in flashcache/_hot.h "
+                              "(EV_*); make them agree and rebuild (make setup)")
+
+
+_check_evicted_fields(EVICTED_FIELDS, Evicted._fields)
 
 # keys and values are bytes: sys.getsizeof(b) == len(b) + the bytes header, so the charge
 # is plain arithmetic on the hot path

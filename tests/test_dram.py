@@ -302,3 +302,15 @@ def test_an_expiry_given_by_touch_is_honoured_on_eviction():
     d.touch(b"b", 0)                                          # and taken back
     c.t += 10
     assert [e.key for e in d.set(b"c", b"v", 0)] == [b"b"]
+
+
+def test_evicted_fields_agree_with_c_and_a_planted_swap_fails_naming_the_field():
+    """C builds Evicted by position (flashcache/_hot.h EV_*); dram.py checks the order at
+    import. A swap of two fields fails, naming the first position that differs."""
+    from flashcache import _hot_c
+    from flashcache.dram import Evicted, _check_evicted_fields
+    assert _hot_c.EVICTED_FIELDS == Evicted._fields
+    with pytest.raises(ImportError, match=r"field 2 is 'expiry' in Python but 'clean' in flashcache/_hot.h"):
+        _check_evicted_fields(("key", "value", "clean", "expiry"), Evicted._fields)
+    with pytest.raises(ImportError, match=r"field 4 is 'extra' in Python but None"):
+        _check_evicted_fields(_hot_c.EVICTED_FIELDS, (*Evicted._fields, "extra"))
