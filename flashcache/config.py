@@ -353,7 +353,7 @@ class FlashConfig:
     eviction: str = field(default="fifo", metadata=opt(
         "BlockCache region eviction: fifo, lru or sfifo (segmented FIFO)", choices=("fifo", "lru", "sfifo")))
     reinsertion_hits: int = field(default=0, metadata=opt(
-        "re-append items read at least this often when their region is evicted (0: off)", min=0, max=65535))
+        "re-append items read at least this often when their region is evicted (0: off)", min=0, max=255))
     reinsertion_percent: int = field(default=0, metadata=opt(
         "re-append this percentage of an evicted region's items (0: off)", min=0, max=100))
     trim_on_reclaim: bool = field(default=False, metadata=opt("deallocate (TRIM) each BlockCache region before reuse"))

@@ -7,8 +7,8 @@
   lookup one read; so the ideal engine/device ratios are 0.5 for inserts and 1.0 for
   lookups).
 * BlockCache's index: DRAM bytes per item at every fill level, not at the table's best
-  point (it grows by rebuilds, so its bytes per item saw-tooth between 12 B / 0.8 = 15 B
-  just before a rebuild and 12 B / 0.7 = 17.1 B just after): the worst and the mean over
+  point (it grows by rebuilds, so its bytes per item saw-tooth between 11 B / 0.8 = 13.75 B
+  just before a rebuild and 11 B / 0.7 = 15.7 B just after): the worst and the mean over
   every item count from a quarter of --index-items to all of it, and over a full cache's
   steady state (a log of regions, the oldest evicted for each new one, as BlockCache
   does), against the 16 B target and CacheLib's ~12 B. Also a rebuild's transient peak
@@ -165,8 +165,7 @@ def probes(load: float) -> tuple[float, float]:
 
 # alternatives to today's layout, each (name, slot bytes, max load, rebuild load)
 WHAT_IF = (
-    ("hits u16 -> u8 (11 B slots), loads as today", 11, MAX_LOAD, REBUILD_LOAD),
-    ("12 B slots, loads 0.86 / 0.76", 12, 0.86, 0.76),
+    ("12 B slots (u16 hits, before 2026-12), loads as today", 12, MAX_LOAD, REBUILD_LOAD),
     ("11 B slots, loads 0.85 / 0.75", 11, 0.85, 0.75),
 )
 

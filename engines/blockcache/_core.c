@@ -6,7 +6,7 @@
  *   definition against them on import. encode_entry(buf, pos, khash, generation, expiry,
  *   key, value) -> length writes one entry (entry.encode_into's C form).
  * - IndexTable(tag, addr, size, hits): the DRAM index's four arrays (index.py: numpy,
- *   uint32 tag and addr, uint16 size hint and hits; held) as C views. find(tag), put(tag,
+ *   uint32 tag and addr, uint16 size hint, uint8 hits; held) as C views. find(tag), put(tag,
  *   addr, code, allow_new) and swap(tag, addr, size, hits), which replaces all four in one
  *   step, so a reader without BlockCache's lock sees the old table or the new one.
  * - Core(offset, region_size, alignment, io_alignment, clock, lock, forget, corrupt):
@@ -119,7 +119,7 @@ static PyObject *encode_entry(PyObject *mod, PyObject *const *args, Py_ssize_t n
 
 /* ------------------------------------------------------------------ the index table */
 
-enum { IDX_EMPTY = 0xFFFFFFFFu, IDX_TOMB = 0xFFFFFFFEu, MAX_HITS = 0xFFFF };
+enum { IDX_EMPTY = 0xFFFFFFFFu, IDX_TOMB = 0xFFFFFFFEu, MAX_HITS = 0xFF };
 
 typedef struct {
     PyObject_HEAD
@@ -133,7 +133,7 @@ static PyTypeObject TableType;
 static inline uint32_t *t_tag(Table *t) { return t->view[0].buf; }
 static inline uint32_t *t_addr(Table *t) { return t->view[1].buf; }
 static inline uint16_t *t_size(Table *t) { return t->view[2].buf; }
-static inline uint16_t *t_hits(Table *t) { return t->view[3].buf; }
+static inline uint8_t *t_hits(Table *t) { return t->view[3].buf; }
 
 static void table_release(Table *t)
 {
@@ -154,7 +154,7 @@ static void table_dealloc(Table *t)
 /* Take the four arrays (replacing any held): 0, or -1 with an exception (nothing changed). */
 static int table_take(Table *t, PyObject *const *o)
 {
-    static const Py_ssize_t width[4] = {4, 4, 2, 2};
+    static const Py_ssize_t width[4] = {4, 4, 2, 1};
     Py_buffer v[4];
     int i;
     for (i = 0; i < 4; i++)
@@ -170,7 +170,7 @@ static int table_take(Table *t, PyObject *const *o)
             PyBuffer_Release(&v[i]);
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError,
-                            "IndexTable: tag and addr must be uint32 arrays, size and hits uint16, all of one length");
+                            "IndexTable: tag and addr must be uint32 arrays, size uint16 and hits uint8, all of one length");
         return -1;
     }
     table_release(t);
@@ -592,7 +592,7 @@ static int find_locked(Core *s, PyObject *device, PyObject *key, uint64_t kh, Py
     Py_SETREF(t, (Table *)Py_NewRef(s->index));   /* a Python read() may have let the table change */
     slot = table_find(t, tag);
     if (slot >= 0 && t_addr(t)[slot] == addr) {
-        uint16_t *hits = t_hits(t) + slot;
+        uint8_t *hits = t_hits(t) + slot;
         if (*hits < MAX_HITS)
             ++*hits;
         if (s->on_hit != Py_None) {

@@ -7,13 +7,14 @@ half of the 64-bit key hash), so two keys with the same tag share a slot and the
 insert makes the earlier look evicted, as in CacheLib. The entry on flash carries the
 full key, so such a lookup is a miss, never another key's bytes.
 
-Slot layout, 12 B (element ``i`` of each array)::
+Slot layout, 11 B (element ``i`` of each array)::
 
     tag   u32  key_hash >> 32; the home slot is tag * capacity >> 32
     addr  u32  entry address in alignment units from the start of the extent;
                EMPTY (2**32 - 1) and TOMB (2**32 - 2) mark free slots
     size  u16  size hint: the entry's length in alignment units (``size_code``)
-    hits  u16  lookup hits since insert or reinsertion, saturating at 65535
+    hits  u8   lookup hits since insert or reinsertion, saturating at 255 (CacheLib's
+               index keeps a u8 too; reinsertion thresholds go up to it)
 
 Sizing: an insert that would take live + tombstone slots past MAX_LOAD (80 %) of the
 table first rebuilds it with ``ceil((live + 1) / REBUILD_LOAD)`` slots (70 % full, at
@@ -22,11 +23,11 @@ capacity works (the home slot is a multiply-shift, not a mask). A rebuild is vec
 (sort by home slot, place runs with a running maximum); evicting a region tombstones its
 entries in one numpy pass; so no Python loop runs per item on either path.
 
-DRAM per item: 12 B / 0.8 = 15.0 B at the table's maximum load and 12 B / 0.7 = 17.1 B
-just after a rebuild; a cache churning through evictions sits between the two. Measured
-(tests/engines/test_blockcache.py): 15.0 B at 4804 items in 6005 slots, at most 15.11 B
-before any rebuild of a small table (rounding); 17.2 B in a churning 200 k-insert run
-with 44 k items. CacheLib's index is about 12 B per item.
+DRAM per item: 11 B / 0.8 = 13.75 B at the table's maximum load and 11 B / 0.7 = 15.7 B
+just after a rebuild, so at most 15.7 B at any fill level (the target is 16 B; with a u16
+hit count the slot was 12 B and the worst 17.1 B). ``tools/bench_engines.py --index-only``
+measures the worst and the mean over fill levels and in steady churn. CacheLib's index is
+about 12 B per item.
 """
 from __future__ import annotations
 
@@ -42,8 +43,8 @@ MAX_ADDR = TOMB - 1
 MAX_LOAD = 0.8
 REBUILD_LOAD = 0.7
 MIN_CAPACITY = 64
-MAX_HITS = 0xFFFF
-SLOT_BYTES = 4 + 4 + 2 + 2
+MAX_HITS = 0xFF
+SLOT_BYTES = 4 + 4 + 2 + 1
 # Size hint: lengths up to 32768 units are exact (code = units - 1); longer ones are
 # rounded up to 16 units (code = 0x8000 | (ceil(units / 16) - 1)), up to 524288 units.
 _EXACT = 0x8000
@@ -112,7 +113,7 @@ class Index:
         tag = np.zeros(cap, np.uint32)
         addr = np.full(cap, EMPTY, np.uint32)
         size = np.zeros(cap, np.uint16)
-        hits = np.zeros(cap, np.uint16)
+        hits = np.zeros(cap, np.uint8)
         n = 0
         if fill is not None:
             pos = _place(self.homes(fill[0], cap), cap)
@@ -246,6 +247,7 @@ class Index:
                 raise ValueError(f"index: {name} is not a {dt} array")
             arrays.append(np.frombuffer(raw, dt).astype(dt[1:]))
         tag, addr, size, hits = arrays
+        hits = np.minimum(hits, MAX_HITS)       # kept as u16 in the state (older states: up to 65535)
         n = len(tag)
         if not (len(addr) == len(size) == len(hits) == n):
             raise ValueError("index: arrays of different lengths")

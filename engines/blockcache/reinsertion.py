@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-MAX_HITS_THRESHOLD = 0xFFFF
+MAX_HITS_THRESHOLD = 0xFF      # the index's u8 hit count saturates there
 
 
 class Reinsertion:
