@@ -173,7 +173,7 @@ class Cache:
                              bucket_size=f.bucket_size, bloom_bytes_per_bucket=f.bloom_bytes_per_bucket,
                              region_size=f.region_size, alignment=f.alignment, clean_regions=f.clean_regions,
                              metadata_fraction=f.metadata_fraction, admission=adm, clock=clock,
-                             blockcache_options=blockcache_options(f))
+                             blockcache_options=blockcache_options(f, durable=c.write_through))
             if self.navy.start.startswith("formatted") and hasattr(self.device, "deallocate_unused"):
                 # the share of the device the cache leaves (device.utilization) is spare
                 # only if the drive holds nothing there: deallocate it once, now
@@ -670,10 +670,12 @@ def _check_u64(op: str, what: str, n: Any) -> None:
                          + ("; use decr to subtract" if op == "incr" and n < 0 else ""))
 
 
-def blockcache_options(f: "config_mod.FlashConfig") -> dict[str, Any]:
-    """BlockCache's keyword arguments from [cache.flash]."""
+def blockcache_options(f: "config_mod.FlashConfig", durable: bool = False) -> dict[str, Any]:
+    """BlockCache's keyword arguments from [cache.flash] (``durable``: cache.write_through)."""
     return {"eviction": f.eviction, "reinsertion_hits": f.reinsertion_hits,
-            "reinsertion_percent": f.reinsertion_percent, "trim_on_reclaim": f.trim_on_reclaim}
+            "reinsertion_percent": f.reinsertion_percent, "trim_on_reclaim": f.trim_on_reclaim,
+            "checkpoint_regions": f.checkpoint_regions, "checkpoint_seconds": f.checkpoint_seconds,
+            "durable": durable}
 
 
 def open(config: "config_mod.Config | str | Path | None" = None, **kw: Any) -> Cache:  # noqa: A001

@@ -107,15 +107,16 @@ def test_overwrite_returns_the_latest_and_replaces_the_index_entry():
     assert get(bc, dev, b"k") == b"three"
 
 
-def test_remove_is_index_only():
+def test_remove_writes_one_tombstone_tail():
     bc, dev = make()
     put(bc, dev, b"k", b"v")
     fill_regions(bc, dev, 1)
     n = len(dev.log)
     assert run(bc.remove(b"k"), dev) is True
+    assert len(dev.log) == n + 1 and dev.log[-1][0] == "write"   # the tombstone, block-aligned tail
     assert run(bc.remove(b"k"), dev) is False
     assert get(bc, dev, b"k") is None
-    assert len(dev.log) == n  # no I/O at all
+    assert len(dev.log) == n + 1  # a remove the index rules out does no I/O
     assert bc.stats()["removes"] == 2 and bc.stats()["removed"] == 1
 
 
