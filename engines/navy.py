@@ -322,7 +322,7 @@ class Navy:
             head = superblock.CheckpointHead.decode(self.device.read(self._slot_at(slot), self.block))
             if head is not None and head.fingerprint == self.fingerprint:
                 heads.append((head.seq, slot, head))
-        why = "no checkpoint (the last run wrote none)"
+        why = "no valid checkpoint"
         for seq, slot, head in sorted(heads, reverse=True):
             n = head.body_len
             if self.block + n > self.slot_size:

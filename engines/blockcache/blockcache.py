@@ -575,7 +575,8 @@ class BlockCache(Engine):
             c["trims"] += 1
         if regions.dirty and self.durable:
             yield from self._write_tail()   # reinserted copies first, then the originals go
-        yield from self._write_marker(victim)
+        if self.checkpoint_hook is not None:   # under a router that checkpoints: crash-safe
+            yield from self._write_marker(victim)
         regions.release(victim)
 
     def _write_marker(self, region: int) -> Op[None]:
@@ -728,7 +729,7 @@ class BlockCache(Engine):
         """``persist()``'s state checked and parsed, or None (logged) if it does not fit."""
         try:
             if not isinstance(state, dict) or state.get("engine") != "blockcache":
-                return False
+                return None
             same = (
                 state["format_version"] == FORMAT_VERSION
                 and state["offset"] == self.offset
@@ -738,10 +739,10 @@ class BlockCache(Engine):
             )
             if not same:
                 log.info("BlockCache: saved state has another geometry or format; starting cold")
-                return False
+                return None
             generation = state["generation"]
             if not isinstance(generation, int) or not 0 <= generation <= _M64:
-                return False
+                return None
             index = Index.from_state(state["index"], self.nregions * self._upr)
             parsed = self.regions.parse_state(state["regions"])
             eviction = eviction_mod.make(self.eviction_name, self.nregions, self.segment_ratio)
