@@ -196,6 +196,9 @@ class Navy:
         for eng in self.engines.values():
             if hasattr(eng, "checkpoint_hook"):
                 eng.checkpoint_hook = functools.partial(self._checkpoint, eng)
+                if self.start != "warm" and self.recovery is None:
+                    with eng.held():       # a first checkpoint: a crash before the first seal replays
+                        self._checkpoint(eng)
         log.info("%s: flash cache %s", device.path, self.start)
 
     def _slot(self, name: str) -> Slot:
