@@ -310,6 +310,8 @@ class Navy:
                              f"regions replayed ({info['entries_replayed']} entries, {info['items']} items), "
                              f"{info['bytes_read']} bytes read in {secs:.3f} s")
             return f"recovered after a crash: {'; '.join(parts)}; {', '.join(kept)}"
+        if state is not None and not clean:
+            return f"cold: no clean-shutdown metadata, and the last checkpoint did not match; {', '.join(kept)}"
         if state is not None:
             return f"cold: saved state of {' and '.join(lost)} did not match; {', '.join(kept)}"
         return f"cold: {why}; {', '.join(kept)}"
@@ -440,6 +442,9 @@ class Navy:
             for eng in self.engines.values():
                 eng.reset()
             self._write_superblock()
+            for eng in self.engines.values():
+                if getattr(eng, "checkpoint_hook", None) is not None:
+                    self._checkpoint(eng)     # so a crash now recovers the empty index
 
     def drive(self, op: Op[Any]) -> Any:
         """Run one operation to completion with blocking device calls."""
@@ -596,6 +601,8 @@ class Navy:
         cold start begins them anew)."""
         s: dict[str, Any] = self._counts()
         s["start"] = self.start
+        s["recovery"] = self.recovery
+        s["checkpoint"] = {k: self._ckpt[k] for k in ("seq", "written", "bytes", "skipped")}
         s["admission"] = self.admission.stats()
         s["layout"] = dict(self.layout)
         s["engines"] = [slot.engine.name for slot in self.slots]

@@ -517,6 +517,9 @@ class Cache:
                 "window": stats_mod.waf(snap, old, empty["window"]), "window_seconds": now - t_old,
                 "lifetime": stats_mod.waf(snap, None, empty["lifetime"])}
 
+    def _recovery(self, fl: dict[str, Any]) -> dict[str, Any]:
+        return _recovery_figures(fl, self.navy.recovery)
+
     def _placement(self) -> dict[str, dict[str, Any]]:
         out = {}
         for name, s in self.navy.streams.items():
@@ -569,6 +572,7 @@ class Cache:
         hits = c["hits_dram"] + c["hits_flash"]
         return {
             "start": self.navy.start,
+            "recovery": self._recovery(fl),
             "placement": self._placement(),
             "items": {"dram": dr["items"], "flash": flash_items, "flash_exact": exact},
             "bytes": {"dram": dr["bytes"], "flash": None},
@@ -668,6 +672,14 @@ def _check_u64(op: str, what: str, n: Any) -> None:
     if not 0 <= n < _U64:
         raise ValueError(f"flashcache: {op}: {what} = {show(n)}: use an int from 0 to 2**64 - 1"
                          + ("; use decr to subtract" if op == "incr" and n < 0 else ""))
+
+
+def _recovery_figures(navy_stats: dict[str, Any], recovery: dict[str, Any] | None) -> dict[str, Any]:
+    r = recovery or {}
+    ck = navy_stats.get("checkpoint") or {}
+    return {"crash": recovery is not None, "bytes_read": r.get("bytes_read", 0), "seconds": r.get("seconds"),
+            "regions_replayed": r.get("regions_replayed", 0), "entries_replayed": r.get("entries_replayed", 0),
+            "checkpoints": ck.get("written", 0), "checkpoints_skipped": ck.get("skipped", 0)}
 
 
 def blockcache_options(f: "config_mod.FlashConfig", durable: bool = False) -> dict[str, Any]:
