@@ -78,6 +78,7 @@ class Target:
     durable: bool
     sizes: tuple[int, ...] = (40, 300, 900, 3000, 20_000, 60_000, 150_000)
     keys: int = 80
+    close_rate: float = 0.005     # the share of operations that are a clean close and reopen
 
 
 @dataclass
@@ -122,7 +123,7 @@ def _writer(target: Target, img: str, logpath: str, seed: int, seq: int, kill_at
                 os.write(fd, b"B %d G %s 0\n" % (seq, key))
                 got = h.get(key)
                 os.write(fd, b"G %d %s %d\n" % (seq, key, -1 if got is None else int(got.split(b"|")[1])))
-            elif r < 0.255:
+            elif r < 0.25 + target.close_rate:
                 os.write(fd, b"B %d C - 0\n" % seq)
                 h.close()
                 os.write(fd, b"W %d\n" % seq)
