@@ -14,6 +14,44 @@ the items reinsertion keeps are read back (one whole-region Read, only if any qu
 and appended to the fresh buffer, the rest are dropped from the index, and the region is
 optionally trimmed and joins the clean pool.
 
+Crash recovery and no resurrection (under a router that checkpoints: ``engines.navy``).
+The log is the sequence of entries in the order they were appended; every entry (item,
+TOMBSTONE, MARKER) carries ``seq``, which strictly increases along it (a reinserted copy
+is stamped anew: a copy of the live version is the newest in log order). A checkpoint is
+``persist()``'s state taken with ``checkpoint_seq`` = C, the seq of the first entry not
+yet on flash: the index it holds is the result of applying every entry below C. Replay
+(``replay()``) rebuilds the index at the crash from it: it reads the first block of every
+region (the seq there says whether the region was rewritten since C), drops the
+checkpoint's entries in every region whose first seq is >= C (reclaimed since: a reclaim
+writes a MARKER with a fresh seq at the region's start before the region is reused),
+then applies, in seq order, each valid entry with seq >= C found in those regions and in
+the tail of the region open at C (valid: magic, version, checksum, the generation, the
+key's hash; a region's walk stops at the first entry that is not, or whose seq does not
+increase: the end of what was written there). An item entry puts its key, a TOMBSTONE
+drops it. So the index after replay is the index at the crash restricted to what reached
+flash, *provided every index change is an entry on flash*. The three that are not
+entries are made so:
+
+* a remove (a delete, or the router moving the key to another engine) appends a
+  TOMBSTONE and writes the buffer's tail before it returns;
+* an insert is an entry; with ``durable`` it writes the tail before it returns. Without,
+  an overwrite still in the buffer at a crash is lost and the older copy, if one is on
+  flash, is what comes back: the default mode's contract ("what is on flash survives,
+  nothing older than it"); the Cache never relies on more, since its set removes the
+  flash copy (a tombstone, written at once) before the new value goes anywhere;
+* an eviction drops a region's entries: its MARKER makes replay drop them too.
+
+Tombstones must outlive what they shadow while a replay may see it: a region written
+since the last checkpoint is never reclaimed before a new checkpoint is taken (the router's
+``checkpoint_hook``, asked at the start of ``_reclaim``), and the router checkpoints right
+after a replay. Across engines the router removes before it inserts (navy.py), so the
+older copy's tombstone is on flash before the newer copy anywhere else. Hence after a
+crash a key is served only with the newest of its values that reached flash, and never
+with one that a delete, or a later set that reached flash, superseded. What a crash can lose: the
+DRAM buffer's items not yet written (default mode), nothing acknowledged with
+``durable``. Writes reach stable media (fdatasync) at checkpoints and close only: a power
+loss can also lose, or reorder, what was written after the last checkpoint.
+
 Threads: every operation holds ``lock`` (one re-entrant lock: the engine's state is one
 structure) across its I/O, except that a lookup the index rules out takes no lock in its
 C form. The C (``_core.c``) owns what its lookup touches: the generation, the open
@@ -96,7 +134,10 @@ class BlockCache(Engine):
     in seconds that ``expiry`` is measured in; ``generation`` is the one the entries were
     written with (what ``persist()`` saved; 0 for an engine never ``reset()``).
     ``io_alignment``: the device's block size when it is larger than ``alignment``; entry
-    reads are widened to whole blocks (default: ``alignment``).
+    reads are widened to whole blocks (default: ``alignment``). ``durable`` (write_through):
+    every insert writes the buffer's new tail before it returns. ``checkpoint_regions`` and
+    ``checkpoint_seconds``: how often, at a seal, to ask ``checkpoint_hook`` (set by the
+    router) for a checkpoint (0 turns either off; see the module docstring).
 
     Every operation holds ``lock`` (re-entrant: one thread may drive several lookups
     together), so threads may share the engine.
@@ -464,8 +505,8 @@ class BlockCache(Engine):
             c["inserts"] += 1
             c["inserted_bytes"] += klen + vlen
             c["replaced"] += old is not None
-            if self.durable or (old is not None and self._on_flash(old)):
-                yield from self._write_tail()   # an older copy is on flash: this one must be too
+            if self.durable:
+                yield from self._write_tail()
             return InsertResult(old is not None, c["evicted_items"] - evicted0, c["reinsertions"] - reinserted0)
 
     def _append(self, units: int, kh: int, expiry: int, key, value, flags: int) -> Op[int]:
@@ -483,12 +524,6 @@ class BlockCache(Engine):
         encode_into(regions.buf, unit * self.alignment, kh, self.generation, expiry, key, value, self.seq, flags)
         self.seq += 1
         return unit
-
-    def _on_flash(self, addr: int) -> bool:
-        """Whether the entry at ``addr`` has been written (a sealed region or the written
-        part of the open one)."""
-        region, unit = divmod(addr, self._upr)
-        return region != self.regions.open or unit < self.regions.flushed
 
     def _write_tail(self) -> Op[None]:
         """Write what the open region's buffer holds beyond what is on flash: from the
@@ -585,7 +620,9 @@ class BlockCache(Engine):
         block = bytearray(self.io_alignment)
         encode_into(block, 0, 0, self.generation, 0, b"", b"", self.seq, MARKER)
         self.seq += 1
-        yield Write(self.region_offset(region), bytes(block), self.stream)
+        # not on the engine's stream: a block there would shift every later region off its
+        # reclaim-unit boundary on an FDP device (the region's rewrite overwrites it anyway)
+        yield Write(self.region_offset(region), bytes(block), None)
         self._counters["markers"] += 1
         self._counters["bytes_written"] += len(block)
 

@@ -8,8 +8,8 @@ sets (small items for BigHash, large ones for BlockCache), deletes and gets, and
 then a clean close and reopen. Before each operation it appends "B seq kind key size" to
 an op log and after it "A seq" (unbuffered: the parent knows what was acknowledged and
 what was in flight); "G seq key got" records what a get returned (got: the seq of the set
-whose value it was, -1 a miss), "W seq" that every acknowledged set up to seq is on the
-device (the BlockCache buffer is clean, or a clean close returned).
+whose value it was, -1 a miss), "W seq" that every set this writer acknowledged up to seq
+is on the device (the BlockCache buffer is clean, or a clean close returned).
 
 How it dies: either the parent kills it after a random delay, or the child's device
 kills it at its Nth write (N random, counted from the child's open, so the recovery's
@@ -17,9 +17,12 @@ own writes, region seals, checkpoints and close() are all hit), half of those af
 writing only the first half of that write (a torn write).
 
 The checker, per key, after each restart: a value that was never set for the key is
-*wrong*; a value older than the newest acknowledged set or delete of the key, or older
-than what an earlier read (the child's or a previous restart's) saw, or any value a
-previous read saw as deleted or lost, is a *resurrection*. Survival: of the keys whose
+*wrong*; a value older than the newest acknowledged operation of the key that was on the
+device (a delete: always, its tombstone or bucket is written before it returns; a set:
+see below), or older than what an earlier read saw (a previous restart's; the writer's
+own only when every acknowledged operation is on the device), or any value a previous
+read saw as deleted or lost, is a *resurrection*. (By default a set may live in DRAM
+only: if it is lost, the older value on flash may come back; that is the contract.) Survival: of the keys whose
 newest operation is an acknowledged set that was on the device before the kill (a
 BigHash-size set through the router, any set with write_through, or a set covered by a
 "W"), the share served with exactly that value.
@@ -149,18 +152,20 @@ class Op:
     kind: str
     size: int
     acked: bool = False
+    flushed: bool = False      # a "W" of the same writer covered it
 
 
 class History:
     """The op log, parsed incrementally, and per key what reads have seen."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, writer_reads: bool) -> None:
         self.path = path
+        self.writer_reads = writer_reads      # whether the writer's reads set floors
         self.at = 0
         self.ops: dict[bytes, list[Op]] = {}
         self.by_seq: dict[int, Op] = {}
         self.last_seq = 0
-        self.flushed = 0            # every acked set up to this seq is on the device
+        self.unflushed: list[Op] = []           # this writer's sets no "W" covered yet
         self.floor: dict[bytes, int] = {}      # values with a lower seq may not come back
         self.errors: list[str] = []
 
@@ -175,20 +180,27 @@ class History:
             p = line.split()
             if not p:
                 continue
-            if p[0] == b"B":
+            if p[0] == b"S":
+                self.unflushed = []                  # a new writer: its "W"s say nothing of the last one's
+            elif p[0] == b"B":
                 seq, kind, key, size = int(p[1]), p[2].decode(), p[3], int(p[4])
                 op = Op(seq, kind, size)
                 self.by_seq[seq] = op
                 self.last_seq = max(self.last_seq, seq)
                 if kind in "SR":
                     self.ops.setdefault(key, []).append(op)
+                if kind == "S":
+                    self.unflushed.append(op)
             elif p[0] == b"A":
                 op = self.by_seq.get(int(p[1]))
                 if op is not None:
                     op.acked = True
             elif p[0] == b"W":
-                self.flushed = max(self.flushed, int(p[1]))
-            elif p[0] == b"G":
+                w = int(p[1])
+                for op in self.unflushed:
+                    op.flushed = op.flushed or (op.acked and op.seq <= w)
+                self.unflushed = [op for op in self.unflushed if not op.flushed and op.seq > w]
+            elif p[0] == b"G" and self.writer_reads:
                 self.observe(p[2], int(p[3]), int(p[1]))
             elif p[0] == b"E":
                 self.errors.append(line.decode(errors="replace"))
@@ -200,14 +212,17 @@ class History:
 
 def check(hist: History, target: Target, get: Callable[[bytes], bytes | None], fig: Figures) -> None:
     """Every key of the history through ``get`` (after a restart): see the module docstring."""
+    def on_device(o: Op) -> bool:
+        return (o.kind == "R" or target.durable or o.size + len(key) <= target.small
+                or o.flushed)
+
     for key, ops in hist.ops.items():
         got = get(key)
         fig.keys_checked += 1
         newest = ops[-1]
-        acked = max((o.seq for o in ops if o.acked), default=0)
+        acked = max((o.seq for o in ops if o.acked and on_device(o)), default=0)
         floor = max(acked, hist.floor.get(key, 0))
-        if newest.kind == "S" and newest.acked and (
-                target.durable or newest.size + len(key) <= target.small or newest.seq <= hist.flushed):
+        if newest.kind == "S" and newest.acked and on_device(newest):
             fig.expected += 1
             fig.survived += got == value(key, newest.seq, newest.size)
         if got is None:
@@ -226,7 +241,7 @@ def check(hist: History, target: Target, get: Callable[[bytes], bytes | None], f
         if s < floor:
             fig.resurrections += 1
             fig.failures.append(f"{key!r}: set {s} came back, older than {floor} (acked {acked}); "
-                                f"ops {[(o.seq, o.kind, o.acked) for o in ops[-4:]]}")
+                                f"ops {[(o.seq, o.kind, o.size, o.acked, o.flushed) for o in ops[-4:]]}")
         hist.observe(key, s, s)
 
 
@@ -237,7 +252,7 @@ def run_kills(target: Target, tmp: Path, kills: int, seed: int, check_open: Call
     fig = fig or Figures()
     rnd = random.Random(seed)
     img, logp = tmp / f"{target.name}.img", tmp / f"{target.name}.log"
-    hist = History(logp)
+    hist = History(logp, target.durable)
     for kill in range(kills):
         kill_at = rnd.choice([0, rnd.randrange(1, 80)])
         torn = kill_at > 0 and rnd.random() < 0.5
