@@ -11,7 +11,9 @@ engines/_router.c) over the engines' own C forms. Opening and closing do blockin
 the device they were given.
 
 Checkpoints and crash recovery. The metadata area holds two checkpoint slots
-(``engines.superblock``). BlockCache asks for a checkpoint every ``checkpoint_regions``
+(``engines.superblock``) and, at its end, BlockCache's tombstone journal (``journal_blocks``
+blocks: one per remove of a key BlockCache held, since the last checkpoint; a full journal
+asks for a checkpoint). BlockCache asks for a checkpoint every ``checkpoint_regions``
 sealed regions or ``checkpoint_seconds`` (checked at each seal), and before it reclaims a
 region written since the last one; the router then writes BlockCache's ``persist()``
 state to the older slot and fdatasyncs. A clean ``close()`` writes every engine's state
@@ -169,7 +171,10 @@ class Navy:
         """The largest key + value of the smallest explicit size class (BigHash's), or 0."""
         self.layout = {"version": FORMAT_VERSION, "device_size": device.size, "block": self.block,
                        "meta_end": self.meta_end, "meta_format": META_FORMAT, "engines": layouts}
-        self.slot_size = (self.meta_end - self.block) // 2 // self.block * self.block
+        # the metadata area: two checkpoint slots, then BlockCache's tombstone journal
+        self.journal_blocks = max(8, min(1024, (self.meta_end - self.block) // 8 // self.block))
+        self.journal_at = self.meta_end - self.journal_blocks * self.block
+        self.slot_size = (self.journal_at - self.block) // 2 // self.block * self.block
         self._ckpt = {"seq": 0, "slot": 1, "written": 0, "bytes": 0, "skipped": 0, "last_skip": ""}
         self.recovery: dict[str, Any] | None = None
         """After a crash recovery: what BlockCache's replay read (bytes_read, seconds, ...)."""
@@ -192,6 +197,9 @@ class Navy:
         """``insert_hook()``: a capsule "engines.navy.insert" for a C caller (the cache's
         demotions): ``insert_now(self.device, ...)`` for what the C form takes, declining
         the rest (see engines/_router.c)."""
+        for eng in self.engines.values():
+            if hasattr(eng, "journal"):
+                eng.journal = (self.journal_at, self.journal_blocks, self.block)
         self.start = self._open()
         for eng in self.engines.values():
             if hasattr(eng, "checkpoint_hook"):

@@ -32,8 +32,13 @@ drops it. So the index after replay is the index at the crash restricted to what
 flash, *provided every index change is an entry on flash*. The three that are not
 entries are made so:
 
-* a remove (a delete, or the router moving the key to another engine) appends a
-  TOMBSTONE and writes the buffer's tail before it returns;
+* a remove (a delete, or the router moving the key to another engine) writes a
+  tombstone (its seq and the key's hash) to the journal, a ring of blocks in the
+  router's metadata area, before it returns: one block, off the engine's stream, and no
+  rewrite of region data (a TOMBSTONE entry in the log, with the tail written, only if
+  no checkpoint can be saved to empty a full journal). The journal holds the tombstones
+  since the last checkpoint (its epoch, in the checkpoint, tells them from older ones);
+  replay merges them with the log's entries by seq;
 * an insert is an entry; with ``durable`` it writes the tail before it returns. Without,
   an overwrite still in the buffer at a crash is lost and the older copy, if one is on
   flash, is what comes back: the default mode's contract ("what is on flash survives,
@@ -41,10 +46,11 @@ entries are made so:
   flash copy (a tombstone, written at once) before the new value goes anywhere;
 * an eviction drops a region's entries: its MARKER makes replay drop them too.
 
-Tombstones must outlive what they shadow while a replay may see it: a region written
-since the last checkpoint is never reclaimed before a new checkpoint is taken (the router's
-``checkpoint_hook``, asked at the start of ``_reclaim``), and the router checkpoints right
-after a replay. Across engines the router removes before it inserts (navy.py), so the
+What a replay applies must outlive what it shadows: a region written since the last
+checkpoint is never reclaimed before a new checkpoint is taken (the router's
+``checkpoint_hook``, asked at the start of ``_reclaim``: else a newer copy evicted with it
+would let the checkpoint's older one back), the journal restarts only after a checkpoint,
+and the router checkpoints right after a replay. Across engines the router removes before it inserts (navy.py), so the
 older copy's tombstone is on flash before the newer copy anywhere else. Hence after a
 crash a key is served only with the newest of its values that reached flash, and never
 with one that a delete, or a later set that reached flash, superseded. What a crash can lose: the
@@ -72,7 +78,7 @@ from ..engine import Engine, core_field, merged_counters
 from . import eviction as eviction_mod
 from ._core_c import Core
 from .entry import (FORMAT_VERSION, HEADER_SIZE, MARKER, MAX_KEY_LEN, TOMBSTONE, CorruptEntry, decode, encode_into,
-                    key_hash, restamp)
+                    journal_block, journal_records, key_hash, restamp)
 from .index import MAX_ADDR, SLOT_BYTES, Index
 from .regions import CLEAN, OPEN, SEALED, Regions
 from .reinsertion import MAX_HITS_THRESHOLD, Reinsertion
@@ -299,6 +305,11 @@ class BlockCache(Engine):
         self._checkpoint_at = clock()
         self._saved_ckpt = 0      # the checkpoint_seq of the last checkpoint the router saved
         self._sealed_at = np.zeros(nregions, np.uint64)   # self.seq when each region was sealed
+        self.journal: tuple[int, int, int] | None = None
+        """(offset, blocks, block size) of the tombstone journal on the device (the router
+        sets it beside ``checkpoint_hook``); None: removes are index-only."""
+        self._journal_epoch = 1
+        self._journal_next = 0
 
     generation = core_field("_core.generation", "The generation entries are written with; any other reads as "
                                                 "a stale miss.")
@@ -573,10 +584,13 @@ class BlockCache(Engine):
                 self.checkpoint_hook()
 
     def checkpointed(self, state: dict) -> None:
-        """The router saved ``state`` (``persist()``'s) as a checkpoint: restart the period."""
+        """The router saved ``state`` (``persist()``'s) as a checkpoint: restart the period
+        and the tombstone journal (the checkpoint covers every tombstone before it)."""
         self._seals_since = 0
         self._checkpoint_at = self.clock()
         self._saved_ckpt = state["checkpoint_seq"]
+        self._journal_epoch = state["journal_epoch"]
+        self._journal_next = 0
 
     def _reclaim(self, reserve: int = 0) -> Op[None]:
         """Evict one sealed region: reinsert what qualifies, drop the rest, trim, release."""
@@ -662,10 +676,10 @@ class BlockCache(Engine):
 
     def remove(self, key: bytes | bytearray | memoryview) -> Op[bool]:
         """Drop ``key`` from the index. True if an index entry with the key's tag was there
-        (it may have been another key's: dropping it is always safe); then a TOMBSTONE
-        entry for the key is appended and the buffer's tail written before this returns
-        (one small Write, and a seal if the buffer is full), so that no crash recovery
-        replays an older copy. No I/O when the index did not hold the tag."""
+        (it may have been another key's: dropping it is always safe). Under a router
+        (``journal`` set) a tombstone for the key is then written to the journal before
+        this returns (one block Write), so that no crash recovery replays an older copy.
+        No I/O when the index did not hold the tag."""
         key = _check_bytes("key", key)
         return self._remove(key)
 
@@ -679,8 +693,23 @@ class BlockCache(Engine):
                 return False
             self.index.delete(slot)
             c["removed"] += 1
-            yield from self._append(-(-(HEADER_SIZE + len(key)) // self.alignment), kh, 0, key, b"", TOMBSTONE)
+            if self.journal is None:
+                return True
             c["tombstones"] += 1
+            offset, blocks, bsize = self.journal
+            if self._journal_next >= blocks and self.checkpoint_hook is not None:
+                c["checkpoints_due"] += 1
+                self.checkpoint_hook()          # the journal is full: a checkpoint covers it, it restarts
+            if self._journal_next < blocks:
+                at = self._journal_next
+                self._journal_next += 1
+                data = journal_block(bsize, self._journal_epoch, self.generation, [(self.seq, kh)])
+                self.seq += 1
+                yield Write(offset + at * bsize, data, None)
+                c["bytes_written"] += bsize
+                return True
+            # no checkpoint could be saved: the tombstone goes in the log, written at once
+            yield from self._append(-(-(HEADER_SIZE + len(key)) // self.alignment), kh, 0, key, b"", TOMBSTONE)
             yield from self._write_tail()
             return True
 
@@ -737,6 +766,7 @@ class BlockCache(Engine):
             "generation": self.generation,
             "seq": self.seq,
             "checkpoint_seq": self._flushed_seq,
+            "journal_epoch": self._journal_epoch + 1,   # the tombstones written after this state
             "counters": self._counts(),
             "index": self.index.to_state(exclude),
             "regions": regions.to_state(),
@@ -753,6 +783,7 @@ class BlockCache(Engine):
         if parsed is None:
             return False
         generation, index, regions, eviction, restored, seq, _ = parsed
+        self._journal_epoch, self._journal_next = state["journal_epoch"], 0
         self.regions.load_state(regions)
         self.generation = generation
         self._use_index(index)
@@ -795,7 +826,9 @@ class BlockCache(Engine):
                 raise ValueError("eviction order does not match the sealed regions")
             counters = state.get("counters") or {}
             restored = {k: int(counters.get(k, 0)) for k in _COUNTERS}
-            seq, ckpt = state["seq"], state["checkpoint_seq"]
+            seq, ckpt, epoch = state["seq"], state["checkpoint_seq"], state["journal_epoch"]
+            if not isinstance(epoch, int) or not 1 <= epoch <= _M64:
+                raise ValueError(f"bad journal epoch {epoch!r}")
             if not (isinstance(seq, int) and isinstance(ckpt, int) and 1 <= ckpt <= seq <= _M64):
                 raise ValueError(f"bad log sequence numbers {seq!r}, {ckpt!r}")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -865,6 +898,16 @@ class BlockCache(Engine):
                     kinds[r] = kinds.get(r, 0) | (1 << h.flags)
                 top = max(top, h.seq + 1)
                 pos += units * align
+        if self.journal is not None:        # the tombstones written since the checkpoint
+            offset, blocks, bsize = self.journal
+            data = yield Read(offset, blocks * bsize)
+            nread += blocks * bsize
+            for b in range(blocks):
+                for s, kh in journal_records(memoryview(data)[b * bsize:(b + 1) * bsize], state["journal_epoch"],
+                                             generation):
+                    if s >= ckpt:
+                        entries.append((s, TOMBSTONE, kh >> 32, 0, 0))
+                        top = max(top, s + 1)
         entries.sort()
         tombs = 0
         for _, flags, tag, addr, units in entries:
@@ -887,6 +930,7 @@ class BlockCache(Engine):
         sealed = sorted((r for r in range(self.nregions) if st[r] == SEALED), key=lambda r: first[r] or 0)
         self.generation = generation
         self.seq = self._flushed_seq = top
+        self._journal_epoch, self._journal_next = state["journal_epoch"], 0
         self._sealed_at[:] = 0    # the router checkpoints at once after a replay
         self._use_index(index)
         while int((st == CLEAN).sum()) < self.clean_regions + 1:

@@ -81,6 +81,38 @@ def key_hash(key: bytes | bytearray | memoryview) -> int:
     return _hash(key, KEY_SEED)
 
 
+JOURNAL_MAGIC = b"FCTJ"
+JOURNAL_HEADER = struct.Struct("<4sHHQQQ")   # magic, version, count, epoch, generation, checksum
+JOURNAL_RECORD = struct.Struct("<QQ")        # seq, key_hash
+
+
+def journal_block(block: int, epoch: int, generation: int, records: list[tuple[int, int]]) -> bytes:
+    """One block of the tombstone journal (blockcache.py): ``records`` (seq, key hash),
+    checksummed with the header (xxh3_64, CHECKSUM_SEED) so a torn block reads as none."""
+    body = b"".join(JOURNAL_RECORD.pack(s, k) for s, k in records)
+    head = JOURNAL_HEADER.pack(JOURNAL_MAGIC, FORMAT_VERSION, len(records), epoch, generation, 0)
+    raw = head[:-8] + body
+    out = head[:-8] + struct.pack("<Q", _hash(raw, CHECKSUM_SEED)) + body
+    if len(out) > block:
+        raise ValueError(f"journal block of {len(out)} bytes does not fit {block}")
+    return out.ljust(block, b"\0")
+
+
+def journal_records(data: bytes | bytearray | memoryview, epoch: int, generation: int) -> list[tuple[int, int]]:
+    """The (seq, key hash) records of a journal block of ``epoch`` and ``generation``;
+    [] for any other block, a torn one, or zeros."""
+    hsize = JOURNAL_HEADER.size
+    if len(data) < hsize or bytes(data[:4]) != JOURNAL_MAGIC:
+        return []
+    magic, version, count, ep, gen, csum = JOURNAL_HEADER.unpack_from(data, 0)
+    end = hsize + count * JOURNAL_RECORD.size
+    if version != FORMAT_VERSION or ep != epoch or gen != generation or end > len(data):
+        return []
+    if _hash(bytes(data[:hsize - 8]) + bytes(data[hsize:end]), CHECKSUM_SEED) != csum:
+        return []
+    return [JOURNAL_RECORD.unpack_from(data, hsize + i * JOURNAL_RECORD.size) for i in range(count)]
+
+
 class CorruptEntry(Exception):
     """The bytes at an entry's address are not an intact entry; the message says why."""
 

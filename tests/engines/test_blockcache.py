@@ -107,16 +107,30 @@ def test_overwrite_returns_the_latest_and_replaces_the_index_entry():
     assert get(bc, dev, b"k") == b"three"
 
 
-def test_remove_writes_one_tombstone_tail():
+def test_remove_is_index_only():
     bc, dev = make()
     put(bc, dev, b"k", b"v")
     fill_regions(bc, dev, 1)
     n = len(dev.log)
     assert run(bc.remove(b"k"), dev) is True
-    assert len(dev.log) == n + 1 and dev.log[-1][0] == "write"   # the tombstone, block-aligned tail
     assert run(bc.remove(b"k"), dev) is False
     assert get(bc, dev, b"k") is None
-    assert len(dev.log) == n + 1  # a remove the index rules out does no I/O
+    assert len(dev.log) == n  # no I/O at all (no journal: not under a router)
+
+
+def test_under_a_journal_a_remove_writes_one_tombstone_block_off_the_stream():
+    from engines.blockcache.entry import journal_records
+    bc, dev = make()
+    bc.journal = (7 * R, 4, 4096)           # the spare region past the extent, as a metadata area
+    put(bc, dev, b"k", b"v")
+    fill_regions(bc, dev, 1)
+    n = len(dev.log)
+    seq = bc.seq
+    assert run(bc.remove(b"k"), dev) is True
+    assert dev.log[n:] == [("write", 7 * R, 4096)]
+    assert journal_records(bytes(dev.buf[7 * R:7 * R + 4096]), 1, bc.generation) == [(seq, key_hash(b"k"))]
+    assert journal_records(bytes(dev.buf[7 * R:7 * R + 4096]), 2, bc.generation) == []   # another epoch
+    assert run(bc.remove(b"k"), dev) is False and len(dev.log) == n + 1
     assert bc.stats()["removes"] == 2 and bc.stats()["removed"] == 1
 
 
