@@ -313,6 +313,8 @@ class Navy:
             parts = []
             for name, info in replayed:
                 info["seconds"] = secs
+                info["checkpoint_bytes"] = self._meta_read
+                info["bytes_read"] += self._meta_read     # the checkpoint, then the log
                 self.recovery = {"engine": name, **info}
                 parts.append(f"{name} recovered from checkpoint {state.get('seq', 0)} + {info['regions_replayed']} "
                              f"regions replayed ({info['entries_replayed']} entries, {info['items']} items), "
@@ -331,6 +333,7 @@ class Navy:
         """The newest valid checkpoint's state, whether it is the clean one the superblock
         names, or why there is none."""
         heads = []
+        self._meta_read = 2 * self.block
         for slot in (0, 1):
             head = superblock.CheckpointHead.decode(self.device.read(self._slot_at(slot), self.block))
             if head is not None and head.fingerprint == self.fingerprint:
@@ -342,6 +345,7 @@ class Navy:
                 why = "checkpoint length out of range"
                 continue
             raw = self.device.read(self._slot_at(slot) + self.block, _round_up(max(n, 1), self.device.block_size))[:n]
+            self._meta_read += _round_up(max(n, 1), self.device.block_size)
             if superblock.xxh(raw) != head.body_sum:
                 why = "checkpoint checksum mismatch"
                 continue

@@ -54,8 +54,8 @@ FIGURES: dict[str, str] = {
     "recovery": ("how BlockCache came back after a crash (the numbers are also in start), and its checkpoints "
                  "since open"),
     "recovery.crash": "whether this open recovered BlockCache after a crash (checkpoint + log replay)",
-    "recovery.bytes_read": "bytes the crash recovery read (one block per region, then the regions written since "
-                           "the checkpoint); 0 without one",
+    "recovery.bytes_read": ("bytes the crash recovery read (the checkpoint, one block per region, the tombstone "
+                            "journal, then the regions written since the checkpoint); 0 without one"),
     "recovery.seconds": "seconds the recovery took at open (engines' recovery and replay); None without one",
     "recovery.regions_replayed": "regions the crash recovery replayed (written after its checkpoint)",
     "recovery.entries_replayed": "log entries (items, tombstones, markers) the crash recovery replayed",
