@@ -98,7 +98,7 @@ _COUNTERS = (
     "checksum_failures", "inserts", "replaced", "inserted_bytes", "removes", "removed",
     "evicted_regions", "evicted_items", "reinsertions", "reinsertion_reads", "reinsertion_dropped",
     "region_writes", "flushes", "bytes_written", "entry_reads", "bytes_read", "trims",
-    "tail_writes", "tombstones", "markers", "checkpoints_due",
+    "tail_writes", "tombstones", "markers", "checkpoints_due", "recovery_bytes_written",
 )
 DEFAULT_CHECKPOINT_REGIONS = 4
 DEFAULT_CHECKPOINT_SECONDS = 60.0
@@ -638,7 +638,7 @@ class BlockCache(Engine):
         # reclaim-unit boundary on an FDP device (the region's rewrite overwrites it anyway)
         yield Write(self.region_offset(region), bytes(block), None)
         self._counters["markers"] += 1
-        self._counters["bytes_written"] += len(block)
+        self._counters["recovery_bytes_written"] += len(block)
 
     def _reinsert(self, victim: int, data: bytes, tags: list[int], addrs: list[int], reserve: int) -> None:
         """Append the chosen entries, verbatim, to the buffer, keeping ``reserve`` units
@@ -706,7 +706,7 @@ class BlockCache(Engine):
                 data = journal_block(bsize, self._journal_epoch, self.generation, [(self.seq, kh)])
                 self.seq += 1
                 yield Write(offset + at * bsize, data, None)
-                c["bytes_written"] += bsize
+                c["recovery_bytes_written"] += bsize     # off the stream: not in bytes_written
                 return True
             # no checkpoint could be saved: the tombstone goes in the log, written at once
             yield from self._append(-(-(HEADER_SIZE + len(key)) // self.alignment), kh, 0, key, b"", TOMBSTONE)
