@@ -285,7 +285,7 @@ def run_kills(target: Target, tmp: Path, kills: int, seed: int, check_open: Call
         dev = FileDevice(str(img), target.device_size)
         try:
             h = check_open(dev)                            # zero exceptions on reopen
-            kind = h.start.split(":")[0]
+            kind = h.start.split(":")[0] if not h.start.startswith("cold") else h.start[:100]
             fig.starts[kind] = fig.starts.get(kind, 0) + 1
             check(hist, target, h.get, fig)
         finally:
