@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= config/default.toml
 SRC    := pyproject.toml setup.py $(filter-out %_c.c,$(wildcard flashcache/*.c flashcache/*.h flashcache/*/_build.py flashcache/*/*.c flashcache/*/*.h engines/*.c engines/*.h engines/*/*_build.py engines/*/*.c engines/*/*.h))
 
-.PHONY: run test test-slow test-vm test-all bench bench-server clean setup
+.PHONY: run test lint test-slow test-vm test-all bench bench-server clean setup
 
 setup: $(STAMP)
 
@@ -23,6 +23,12 @@ run: $(STAMP)
 test: $(STAMP)
 	@tools/bootstrap.sh nvme-cli memcached libmemcached-tools nutcracker
 	$(PY) -m pytest -q
+
+# ruff (rules in pyproject.toml) over the repo and mypy over engines/ and flashcache/; both
+# come with the test extra. .ci/run fails on any finding.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check --no-cache .
+	$(VENV)/bin/mypy
 
 # Experiments and long property runs (marked slow).
 test-slow: $(STAMP)

@@ -1,7 +1,8 @@
 /* The C hooks passed between flashcache's extension modules in capsules, declared once.
- * engines/_router.c makes the Navy ones and the engines' C cores (engines/bighash/_core.c,
- * engines/blockcache/_core.c) take the device one; flashcache/_hot.c takes
- * the Navy ones; flashcache/uring/results.c makes the device one. Include after Python.h. */
+ * engines/_router.c makes the Navy ones and flashcache/_core.c (the cache's HotPath) takes
+ * them; flashcache/uring/results.c makes the device one and the engines' C cores
+ * (engines/bighash/_core.c, engines/blockcache/_core.c, through engines/_device.h) take it.
+ * The engines' own C face for the router is engines/_engine.h. Include after Python.h. */
 #ifndef FC_HOOKS_H
 #define FC_HOOKS_H
 

@@ -130,7 +130,8 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def stats(self) -> dict[str, Any]:
-        """Its counters and state; ``bytes_written``, ``items`` and ``items_exact`` at least."""
+        """Its counters and state; ``bytes_written``, ``items`` and ``items_exact`` at least,
+        and ``inserted_bytes`` (key + value bytes it took) for the router's "auto" split."""
 
 
 def core_field(path: str, doc: str) -> property:

@@ -91,6 +91,26 @@ def default_engines(*, small_item_max: int = 2048, bighash_fraction: float = 0.1
     ]
 
 
+# bighash_fraction = "auto" (README, "The split"): BigHash's share is the small items' share
+# of the item bytes the engines took, as the device's superblock has recorded it (decayed:
+# halved while it holds more than MIX_WINDOW device sizes), decided when the cache formats;
+# before MIX_SAMPLE device sizes of items were seen, AUTO_PRIOR. Rounded to AUTO_STEP so a
+# split does not change for noise, within [AUTO_MIN, AUTO_MAX] so neither engine vanishes.
+AUTO_PRIOR = 0.25
+AUTO_MIN, AUTO_MAX, AUTO_STEP = 0.02, 0.9, 0.01
+MIX_SAMPLE, MIX_WINDOW = 0.5, 8.0
+
+
+def auto_fraction(mix: Mapping[str, float], device_size: int) -> float:
+    """BigHash's share for an "auto" split from the observed ``mix`` ({"small": bytes,
+    "large": bytes} of items the engines took)."""
+    small, large = float(mix.get("small", 0.0)), float(mix.get("large", 0.0))
+    if small + large < MIX_SAMPLE * device_size:
+        return AUTO_PRIOR
+    share = round(small / (small + large) / AUTO_STEP) * AUTO_STEP
+    return round(min(AUTO_MAX, max(AUTO_MIN, share)), 2)
+
+
 def _class_order(slot: Slot) -> tuple[bool, int]:
     """Smallest size class first; classes without a bound last."""
     return slot.max_item is None, slot.max_item or 0
@@ -116,33 +136,75 @@ class Navy:
     ``"cold: <why>"`` / ``"formatted: <why>"``.
     """
 
-    def __init__(self, device: Device, *, small_item_max: int = 2048, bighash_fraction: float = 0.1,
+    def __init__(self, device: Device, *, small_item_max: int = 2048, bighash_fraction: float | str = "auto",
                  bucket_size: int = 4096, bloom_bytes_per_bucket: int = 8, region_size: int = 16 << 20,
                  alignment: int = 512, clean_regions: int = 1, metadata_fraction: float = 0.01,
                  blockcache_options: dict[str, Any] | None = None, admission: Admission | None = None,
                  clock: Callable[[], float] = time.time, engines: Sequence[Slot] | None = None):
-        if not 0.0 <= bighash_fraction <= 1.0:
-            raise ValueError(f"navy: bighash_fraction = {bighash_fraction!r}: use a share from 0 to 1")
+        self.auto = bighash_fraction == "auto" and engines is None
+        if engines is None and not self.auto and (isinstance(bighash_fraction, str)
+                                                  or not 0.0 <= bighash_fraction <= 1.0):
+            raise ValueError(f"navy: bighash_fraction = {bighash_fraction!r}: use a share from 0 to 1, or \"auto\"")
         if not 0.0 < metadata_fraction < 0.5:
             raise ValueError(f"navy: metadata_fraction = {metadata_fraction!r}: use a share above 0, below 0.5")
         if small_item_max < 1:
             raise ValueError(f"navy: small_item_max = {small_item_max!r}: use a positive number of bytes")
-        if engines is None:
-            engines = default_engines(small_item_max=small_item_max, bighash_fraction=bighash_fraction,
-                                      bucket_size=bucket_size, bloom_bytes_per_bucket=bloom_bytes_per_bucket,
-                                      region_size=region_size, alignment=alignment, clean_regions=clean_regions,
-                                      blockcache_options=blockcache_options)
-        self.slots = list(engines)
+        self.device = device
+        self.clock = clock
+        self.admission = admission or AcceptAll()
+        self.block = max(device.block_size, 4096)
+        self._metadata_fraction = metadata_fraction
+        # the mix of item bytes this device has seen (superblock), for an "auto" split
+        sb = self._peek()
+        self._mix_base = dict(sb.mix) if sb is not None else {}
+
+        def slots(fraction: float) -> list[Slot]:
+            return default_engines(small_item_max=small_item_max, bighash_fraction=fraction,
+                                   bucket_size=bucket_size, bloom_bytes_per_bucket=bloom_bytes_per_bucket,
+                                   region_size=region_size, alignment=alignment, clean_regions=clean_regions,
+                                   blockcache_options=blockcache_options)
+        if not self.auto:
+            self._build(list(engines) if engines is not None else slots(float(bighash_fraction)), None)
+        else:
+            # the split recorded on the device, kept while the layout holds (warm restart,
+            # crash recovery); when the cache formats anyway, the one its mix says
+            recorded = ((sb.layout.get("split") or {}).get("auto") if sb is not None else None)
+            decided = auto_fraction(self._mix_base, device.size)
+            fraction = recorded if isinstance(recorded, float) else decided
+            self._build(slots(fraction), fraction)
+            if fraction != decided and (sb is None or sb.fingerprint != self.fingerprint):
+                self._build(slots(decided), decided)
+        self._counters = dict.fromkeys(COUNTERS, 0)
+        self._rejects = dict.fromkeys(self.engines, 0)
+        self._closed = False
+        self._ckpt = {"seq": 0, "slot": 1, "written": 0, "bytes": 0, "skipped": 0, "last_skip": ""}
+        self.recovery: dict[str, Any] | None = None
+        """After a crash recovery: what BlockCache's replay read (bytes_read, seconds, ...)."""
+        for eng in self.engines.values():
+            if hasattr(eng, "journal"):
+                eng.journal = (self.journal_at, self.journal_blocks, self.block)
+        self.start = self._open()
+        for eng in self.engines.values():
+            if hasattr(eng, "checkpoint_hook"):
+                eng.checkpoint_hook = functools.partial(self._checkpoint, eng)
+                if self.start != "warm" and self.recovery is None:
+                    with eng.held():       # a first checkpoint: a crash before the first seal replays
+                        self._checkpoint(eng)
+        self._inserted_at_open = self._inserted()
+        log.info("%s: flash cache %s", device.path, self.start)
+
+    def _build(self, engines: list[Slot], auto: float | None) -> None:
+        """The engines on their extents, the layout and the C Router (``auto``: the split
+        "auto" chose, recorded in the layout)."""
+        device, clock = self.device, self.clock
+        engines = list(engines)
+        self.slots = engines
         names = [s.engine.name for s in self.slots]
         if not self.slots or len(set(names)) != len(names):
             raise ValueError(f"navy: engines {names}: name each engine once")
         if any(not 0.0 <= s.share <= 1.0 for s in self.slots):
             raise ValueError(f"navy: engine shares {[s.share for s in self.slots]}: use shares from 0 to 1")
-        self.device = device
-        self.clock = clock
-        self.admission = admission or AcceptAll()
-        self.block = max(device.block_size, 4096)
-        extents = self._split(metadata_fraction)
+        extents = self._split(self._metadata_fraction)
         self.engines: dict[str, Engine] = {}
         """The engines that got space, by name, in device and lookup order."""
         # streams open smallest size class first (Navy's order: BigHash takes placement
@@ -171,17 +233,13 @@ class Navy:
         """The largest key + value of the smallest explicit size class (BigHash's), or 0."""
         self.layout = {"version": FORMAT_VERSION, "device_size": device.size, "block": self.block,
                        "meta_end": self.meta_end, "meta_format": META_FORMAT, "engines": layouts}
+        if auto is not None:
+            self.layout["split"] = {"auto": auto}
         # the metadata area: two checkpoint slots, then BlockCache's tombstone journal
         self.journal_blocks = max(8, min(1024, (self.meta_end - self.block) // 8 // self.block))
         self.journal_at = self.meta_end - self.journal_blocks * self.block
         self.slot_size = (self.journal_at - self.block) // 2 // self.block * self.block
-        self._ckpt = {"seq": 0, "slot": 1, "written": 0, "bytes": 0, "skipped": 0, "last_skip": ""}
-        self.recovery: dict[str, Any] | None = None
-        """After a crash recovery: what BlockCache's replay read (bytes_read, seconds, ...)."""
         self.fingerprint = superblock.fingerprint(self.layout)
-        self._counters = dict.fromkeys(COUNTERS, 0)
-        self._rejects = dict.fromkeys(self.engines, 0)
-        self._closed = False
         # The blocking forms in C: the engines in lookup order, each with its C operations
         # where it has them and its Python forms where not.
         self._router = Router(device)
@@ -197,17 +255,6 @@ class Navy:
         """``insert_hook()``: a capsule "engines.navy.insert" for a C caller (the cache's
         demotions): ``insert_now(self.device, ...)`` for what the C form takes, declining
         the rest (see engines/_router.c)."""
-        for eng in self.engines.values():
-            if hasattr(eng, "journal"):
-                eng.journal = (self.journal_at, self.journal_blocks, self.block)
-        self.start = self._open()
-        for eng in self.engines.values():
-            if hasattr(eng, "checkpoint_hook"):
-                eng.checkpoint_hook = functools.partial(self._checkpoint, eng)
-                if self.start != "warm" and self.recovery is None:
-                    with eng.held():       # a first checkpoint: a crash before the first seal replays
-                        self._checkpoint(eng)
-        log.info("%s: flash cache %s", device.path, self.start)
 
     def _slot(self, name: str) -> Slot:
         return next(s for s in self.slots if s.engine.name == name)
@@ -255,9 +302,37 @@ class Navy:
         return self.engines.get("blockcache")     # type: ignore[return-value]
 
     # -- superblock and metadata ----------------------------------------------------------
+    def _peek(self) -> superblock.Superblock | None:
+        """The device's superblock as it is before this open, or None if unreadable."""
+        try:
+            return superblock.Superblock.decode(self.device.read(0, self.block))
+        except superblock.Unreadable:
+            return None
+
+    def _inserted(self) -> dict[str, float]:
+        """Item bytes the engines took in their lifetime, by size class (small: a bounded
+        class, BigHash's; large: the rest), from their ``inserted_bytes`` (0 for an engine
+        that does not count it)."""
+        out = {"small": 0.0, "large": 0.0}
+        for name, eng in self.engines.items():
+            out["small" if self._slot(name).max_item is not None else "large"] += eng.stats().get("inserted_bytes", 0)
+        return out
+
+    def mix(self) -> dict[str, float]:
+        """The item bytes this device's engines took, by size class: what the superblock
+        had, plus what they took since this open, halved while above MIX_WINDOW device
+        sizes (so it follows a mix that shifts)."""
+        now = self._inserted()
+        at_open = getattr(self, "_inserted_at_open", now)
+        out = {k: self._mix_base.get(k, 0.0) + now[k] - at_open[k] for k in now}
+        while sum(out.values()) > MIX_WINDOW * self.device.size:
+            out = {k: v / 2 for k, v in out.items()}
+        return out
+
     def _write_superblock(self, meta_len: int = 0, meta_sum: int = 0) -> None:
         sb = superblock.Superblock(self.fingerprint, self.layout,
-                                   {name: eng.generation for name, eng in self.engines.items()}, meta_len, meta_sum)
+                                   {name: eng.generation for name, eng in self.engines.items()}, meta_len, meta_sum,
+                                   self.mix())
         self.device.write(0, sb.encode(self.block))
         self.device.flush()
 
@@ -451,8 +526,10 @@ class Navy:
         with contextlib.ExitStack() as held:
             for eng in self.engines.values():
                 held.enter_context(eng.held())
+            self._mix_base = self.mix()         # the mix outlives the items
             for eng in self.engines.values():
                 eng.reset()
+            self._inserted_at_open = self._inserted()
             self._write_superblock()
             for eng in self.engines.values():
                 if getattr(eng, "checkpoint_hook", None) is not None:
@@ -618,6 +695,13 @@ class Navy:
         s["admission"] = self.admission.stats()
         s["layout"] = dict(self.layout)
         s["engines"] = [slot.engine.name for slot in self.slots]
+        mix = self.mix()
+        total = sum(mix.values())
+        bh = self.bighash
+        s["split"] = {"mode": "auto" if self.auto else "fixed",
+                      "bighash_share": bh.size / (self.device.size - self.meta_end) if bh is not None else 0.0,
+                      "observed_small_share": mix["small"] / total if total else None,
+                      "auto_would_choose": auto_fraction(mix, self.device.size)}
         for slot in self.slots:
             name = slot.engine.name
             eng = self.engines.get(name)

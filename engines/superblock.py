@@ -17,7 +17,10 @@ Block 0 (little-endian)::
    32  meta_sum     u64  xxh64 of those bytes
    40  body_len     u32  bytes of the body that follow the header
    44  body         ...  msgpack: {"layout": the router's layout (device_size, block,
-                         meta_end, ...), "engines": [{"name", "generation", "layout"}, ...]}
+                         meta_end, ...), "engines": [{"name", "generation", "layout"}, ...],
+                         "mix": the bytes of items the engines took, by size class
+                         ({"small": ..., "large": ...}, decayed; outside the fingerprint:
+                         it carries the observed mix across formats for "auto" splits)}
    ..  checksum     u64  xxh64 of everything before it
 
 The metadata area after block 0 holds two checkpoint slots (``CHECKPOINT``, below): each
@@ -45,7 +48,7 @@ size stay at 0, 8 and 10 in every version, so an old superblock reads as another
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -93,13 +96,14 @@ class Superblock:
     generations: dict[str, int]
     meta_len: int = 0
     meta_sum: int = 0
+    mix: dict[str, float] = field(default_factory=dict)
 
     def encode(self, block: int) -> bytes:
         """Block 0's bytes (``block`` long); ValueError if the superblock does not fit."""
         router = {k: v for k, v in self.layout.items() if k != "engines"}
         engines = [{"name": name, "generation": self.generations.get(name, 0), "layout": lay}
                    for name, lay in self.layout.get("engines", {}).items()]
-        body = msgpack.packb({"layout": router, "engines": engines}, use_bin_type=True)
+        body = msgpack.packb({"layout": router, "engines": engines, "mix": self.mix}, use_bin_type=True)
         head = HEADER.struct.pack(SUPERBLOCK_MAGIC, FORMAT_VERSION, HEADER.size, 0, self.fingerprint,
                                   self.meta_len, self.meta_sum, len(body)) + body
         out = head + _SUM.pack(xxh(head))
@@ -127,9 +131,10 @@ class Superblock:
             layout = dict(body["layout"])
             layout["engines"] = {e["name"]: e["layout"] for e in body["engines"]}
             generations = {e["name"]: int(e["generation"]) for e in body["engines"]}
+            mix = {str(k): float(v) for k, v in (body.get("mix") or {}).items()}
         except (struct.error, ValueError, TypeError, KeyError, msgpack.UnpackException) as e:
             raise Unreadable(f"superblock corrupt ({e})") from None
-        return cls(fp, layout, generations, meta_len, meta_sum)
+        return cls(fp, layout, generations, meta_len, meta_sum, mix)
 
 
 def changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -19,19 +19,19 @@
  * errors). The steps are RequestCore's, calling back into Python (its public methods and
  * Navy's) for flash:
  *   get: DRAM; on a miss flash_lookup(key) -> (value, expiry) or None; an expired item
- *        is a miss; a hit is promoted (add, clean), and evicted items that are dirty go
- *        to demote(list) (clean ones are counted as skipped).
+ *        is a miss; a hit is promoted (add, clean), and evicted items go to demote(list).
  *   set: may_hold(key) -> remove(key) (no stale flash copy may outlive the set); DRAM set;
- *        dirty evicted items to demote(list).
+ *        evicted items to demote(list).
  * With set_insert_hook(), each dirty evicted item goes to the Router's insert hook first
- * (Navy.insert_now's C form) and only one it declines to demote([item]).
+ * (Navy.insert_now's C form) and only one it declines to demote([item]); a clean one (a
+ * promoted item: written back only if flash evicted its copy, RequestCore.on_flash) always
+ * goes to demote([item]), the one place that decides it.
  * Counters (counters()) merge into RequestCore.counts(); latencies go to the two histograms,
  * one sample per call, as RequestCore's. */
-enum { H_GETS, H_SETS, H_MISSES, H_HITS_DRAM, H_HITS_FLASH, H_ITEM_BYTES_SET, H_SKIPPED_CLEAN, H_PROMOTIONS,
+enum { H_GETS, H_SETS, H_MISSES, H_HITS_DRAM, H_HITS_FLASH, H_ITEM_BYTES_SET, H_PROMOTIONS,
        H_DEMOTIONS, H_DEMOTIONS_RACED, H_PROMOTIONS_RACED, H_N };
 static const char *const HOT_NAMES[H_N] = {"gets", "sets", "misses", "hits_dram", "hits_flash", "item_bytes_set",
-                                           "demotions_skipped_clean", "promotions", "demotions",
-                                           "demotions_raced", "promotions_raced"};
+                                           "promotions", "demotions", "demotions_raced", "promotions_raced"};
 
 typedef struct {
     PyObject_HEAD
@@ -180,8 +180,21 @@ static int settle_keeping_error(Lru *s, PyObject *e)
  * way settled in the tier under the lock. An item the hook declines goes, still in flight,
  * to demote([item], ticket) after the lock is let go (it takes it again, checks again and
  * settles it). 0, or -1 with an exception. */
+static int demote_one_py(Hot *h, PyObject *e, unsigned long long ticket, unsigned long long mine)
+{
+    PyObject *one = PyList_New(1);
+    if (!one)
+        return -1;
+    PyList_SET_ITEM(one, 0, Py_NewRef(e));
+    int failed = demote_py(h, one, ticket, mine) < 0;
+    Py_DECREF(one);
+    return failed ? -1 : 0;
+}
+
 static int demote_one(Hot *h, PyObject *e, unsigned long long ticket, unsigned long long mine)
 {
+    if (PyTuple_GET_ITEM(e, 3) == Py_True)      /* clean: RequestCore.demote asks whether */
+        return demote_one_py(h, e, ticket, mine);   /* flash still holds it */
     unsigned slot;
     if (ko_slot(PyTuple_GET_ITEM(e, 0), &slot) < 0)
         return -1;
@@ -204,16 +217,10 @@ static int demote_one(Hot *h, PyObject *e, unsigned long long ticket, unsigned l
         h->c[H_DEMOTIONS]++;
         return 0;
     }
-    PyObject *one = PyList_New(1);
-    if (!one)
-        return -1;
-    PyList_SET_ITEM(one, 0, Py_NewRef(e));
-    int failed = demote_py(h, one, ticket, mine) < 0;
-    Py_DECREF(one);
-    return failed ? -1 : 0;
+    return demote_one_py(h, e, ticket, mine);
 }
 
-/* Demote the evicted items in ``out`` (dirty ones: put() counted the clean), evicted by a
+/* Demote the evicted items in ``out``, evicted by a
  * DRAM change made after ``ticket`` (KeyOrder's rule), each by demote_one() when there is
  * an insert hook, else demote(out, ticket) in Python. After an error the rest are not
  * written, only settled (no longer in flight), and the first error is raised. */
@@ -317,7 +324,7 @@ static PyObject *hot_get(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObje
     } else {
         ticket = ko_ticket(h->order);               /* for what this DRAM change evicts */
         int has = PyDict_Contains(d->map, key);
-        out = has ? NULL : put(d, key, v, expiry, 1, t, &h->c[H_SKIPPED_CLEAN]);
+        out = has ? NULL : put(d, key, v, expiry, 1, t);
         ko_release(h->order, slot);
         if (has < 0 || (!has && !out)) {
             Py_DECREF(v);
@@ -372,7 +379,7 @@ static PyObject *hot_set(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObje
         if (old)
             Py_DECREF(remove_node(d, old));
         if (old || !PyErr_Occurred())
-            out = put(d, key, args[1], 0.0, 0, t, &h->c[H_SKIPPED_CLEAN]);
+            out = put(d, key, args[1], 0.0, 0, t);
     }
     unsigned long long mine = ko_stamp(h->order, slot);   /* even on an error: flash's copy may be gone */
     ko_release(h->order, slot);

@@ -225,10 +225,9 @@ FC_SHARED PyObject *lru_get(Lru *s, PyObject *key)
 
 /* Store (key, value) most recent, then evict down to the budget into a new list. The
  * caller has removed any node of the key. ``t``: the time, or NaN if no item expires.
- * ``skipped``: NULL, or where clean evicted items are counted instead of listed (the hot
- * path's demotion skips them anyway). */
-FC_SHARED PyObject *put(Lru *s, PyObject *key, PyObject *value, double expiry, int clean, double t,
-                     long long *skipped)
+ * Clean evicted items are listed too: their demotion decides whether flash still holds
+ * them (RequestCore.on_flash). */
+FC_SHARED PyObject *put(Lru *s, PyObject *key, PyObject *value, double expiry, int clean, double t)
 {
     Py_ssize_t charge = PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(value) + s->fixed;
     PyObject *out = PyList_New(0);
@@ -248,9 +247,7 @@ FC_SHARED PyObject *put(Lru *s, PyObject *key, PyObject *value, double expiry, i
     n->charge = charge;
     forget_pending(s, key);
     if (charge > s->capacity) {          /* too big for DRAM at all: straight to flash */
-        if (skipped && clean)
-            (*skipped)++;
-        else if ((!clean && PyDict_SetItem(s->pending, key, (PyObject *)n) < 0) || append_evicted(s, out, n) < 0)
+        if ((!clean && PyDict_SetItem(s->pending, key, (PyObject *)n) < 0) || append_evicted(s, out, n) < 0)
             Py_CLEAR(out);
         Py_DECREF(n);
         return out;
@@ -273,11 +270,6 @@ FC_SHARED PyObject *put(Lru *s, PyObject *key, PyObject *value, double expiry, i
             continue;
         }
         s->evictions++;
-        if (skipped && old->clean) {
-            (*skipped)++;
-            Py_DECREF(old);
-            continue;
-        }
         int failed = (!old->clean && PyDict_SetItem(s->pending, old->key, (PyObject *)old) < 0) ||
                      append_evicted(s, out, old) < 0;
         Py_DECREF(old);
@@ -334,7 +326,7 @@ static PyObject *lru_set(Lru *s, PyObject *const *args, Py_ssize_t nargs, PyObje
         Py_DECREF(remove_node(s, old));
     else if (PyErr_Occurred())
         return NULL;
-    return put(s, args[0], args[1], expiry, clean, t, NULL);
+    return put(s, args[0], args[1], expiry, clean, t);
 }
 
 /* add(key, value, expiry, clean=True) -> (added, [Evicted, ...]): only if absent. */
@@ -349,7 +341,7 @@ static PyObject *lru_add(Lru *s, PyObject *const *args, Py_ssize_t nargs, PyObje
         return NULL;
     if (has)
         return Py_BuildValue("(ON)", Py_False, PyList_New(0));
-    PyObject *out = put(s, args[0], args[1], expiry, clean, t, NULL);
+    PyObject *out = put(s, args[0], args[1], expiry, clean, t);
     return out ? Py_BuildValue("(ON)", Py_True, out) : NULL;
 }
 

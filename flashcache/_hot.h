@@ -40,7 +40,7 @@ extern FC_SHARED PyTypeObject NodeType, LruType, KeyOrderType, HistType;
 /* The Lru's steps HotPath takes (contracts at their definitions in _dram.c). */
 FC_SHARED int now(Lru *s, double *t);
 FC_SHARED PyObject *lru_get(Lru *s, PyObject *key);
-FC_SHARED PyObject *put(Lru *s, PyObject *key, PyObject *value, double expiry, int clean, double t, long long *skipped);
+FC_SHARED PyObject *put(Lru *s, PyObject *key, PyObject *value, double expiry, int clean, double t);
 FC_SHARED Node *remove_node(Lru *s, Node *n);
 FC_SHARED int in_flight_is(Lru *s, PyObject *key, PyObject *value, PyObject *expiry);
 FC_SHARED int settle(Lru *s, PyObject *key, PyObject *value, PyObject *expiry);

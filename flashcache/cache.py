@@ -8,7 +8,8 @@ through admission), and the device WAF windows. It composes a device
 (flashcache.devices), the Navy router (engines.navy) and the DRAM tier (dram.py). The
 surprise: a ``set`` removes any older copy of the key from flash at once (a DRAM-only
 write must never let a stale flash copy come back after a rejected demotion or a crash),
-and a promoted item stays on flash too, so evicting it again costs no write. A Cache a
+and a promoted item stays on flash too, so evicting it again costs no write, unless
+flash has evicted its copy since: then the eviction writes it back (CacheLib's rule). A Cache a
 forked child inherited refuses use there (ForkedError); its close() does nothing.
 
 Threads (``KeyOrder``, flashcache/_dram.c). DRAM evicts an item inside one thread's call,
@@ -583,6 +584,7 @@ class Cache:
                 "hit_ratio": hits / c["gets"] if c["gets"] else None,
                 "promotions": c["promotions"], "demotions": c["demotions"],
                 "demotions_skipped_clean": c["demotions_skipped_clean"],
+                "demotions_written_back": c["demotions_written_back"],
                 "demotions_raced": c["demotions_raced"], "promotions_raced": c["promotions_raced"],
                 "item_bytes_set": c["item_bytes_set"],
                 "flash": stats_mod.delta(life["flash"], at_open["flash"]),

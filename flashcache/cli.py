@@ -80,29 +80,79 @@ def selfcheck(cfg: config_mod.Config, out=None) -> int:
     return 0 if ok else 1
 
 
+def check_items(c, wanted: int) -> tuple[dict[bytes, bytes], str]:
+    """The cache check's items: ``wanted`` of them (one in ten 20 kB, the rest 100 B), or
+    as many as this cache holds with room to spare, so that none of them may be evicted
+    and every one must read back: the large ones in at most half of BlockCache's usable
+    regions, the small ones at most 4 to a BigHash bucket (a bucket holds ~30). Returns the
+    items and a note when there are fewer than asked."""
+    def make(n: int) -> dict[bytes, bytes]:
+        return {f"selfcheck:{i}".encode(): bytes([i % 256]) * (100 if i % 10 else 20_000) for i in range(n)}
+
+    fl = c.stats()["flash"]
+    bc, bh = fl.get("blockcache"), fl.get("bighash")
+    n = wanted
+    while n:
+        vals = make(n)
+        bc_bytes = bh_items = 0
+        for k, v in vals.items():
+            eng = c.navy.engine_for(len(k), len(v))
+            if eng == "blockcache":
+                al = bc["alignment"]
+                bc_bytes += -(-(len(k) + len(v) + 64) // al) * al
+            elif eng == "bighash":
+                bh_items += 1
+        # regions the log can fill: all but the ones kept clean and the open one
+        usable = bc["nregions"] - c.config.cache.flash.clean_regions - 1 if bc else 0
+        bc_room = max(usable, 0) * bc["region_size"] // 2 if bc else 0
+        if bc_bytes <= bc_room and bh_items <= (4 * bh["nbuckets"] if bh else 0):
+            return vals, ("" if n == wanted else f" ({wanted} asked: this device holds {n} with room to spare)")
+        n //= 2
+    raise FlashCacheError("flashcache run: the cache is too small to hold even one item of the check without "
+                          "evicting; give the device more space (device.size) or check the [cache.flash] layout")
+
+
 def cache_check(cfg: config_mod.Config, out=None, items: int = 2000) -> int:
-    """The cache on the configured device: set items of every size class, read them back,
-    delete them, and report tiers, placement and device WAF as stats() gives them."""
+    """The cache on the configured device: set items of every size class, read every one
+    back and compare it, delete them and see that none is served any more, and report
+    tiers, placement and device WAF as stats() gives them.
+
+    The check runs with a 1 MiB DRAM tier (most items go through flash) and admission
+    accept-all (the policy's choices are not what it checks), and with no more items than
+    the flash engines hold with room to spare (``check_items``): so a miss is a loss, and
+    fails the check, as does a wrong value or a deleted item served."""
     import dataclasses
 
     from .cache import Cache
 
     out = out or sys.stdout
     t0 = time.perf_counter()
-    # a 1 MiB DRAM tier, so that most of the items go through flash and come back from it
-    small = dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, dram_size=1 << 20))
+    cc = cfg.cache
+    small = dataclasses.replace(cfg, cache=dataclasses.replace(
+        cc, dram_size=1 << 20, admission=dataclasses.replace(cc.admission, policy="accept-all")))
     with Cache(small) as c:
-        print(f"cache      {c.stats()['start']}", file=out)
-        vals = {f"selfcheck:{i}".encode(): bytes([i % 256]) * (100 if i % 10 else 20_000) for i in range(items)}
+        print(f"cache      {c.stats()['start']}; checked with a 1 MiB DRAM tier and admission accept-all"
+              + (f" (configured: {cc.admission.policy})" if cc.admission.policy != "accept-all" else ""), file=out)
+        vals, fewer = check_items(c, items)
         c.set_many(vals)
         got = c.get_many(list(vals))
         wrong = [k for k, v in got.items() if v != vals[k]]
+        missing = [k for k in vals if k not in got]
         st = c.stats()
         for k in vals:
             c.delete(k)
+        served = c.get_many(list(vals))
     so = st["since_open"]
-    print(f"items      set {items}, read back {len(got)} (hits: DRAM {so['hits']['dram']}, flash "
-          f"{so['hits']['flash']}), wrong {len(wrong)}", file=out)
+    fl = st["flash"]
+    dropped = so["flash"]["admission_rejects"] + so["flash"]["too_large"] + \
+        sum(fl.get(e, {}).get("evictions", 0) for e in ("bighash", "blockcache"))
+    print(f"items      set {len(vals)}{fewer}, read back {len(got)} (hits: DRAM {so['hits']['dram']}, flash "
+          f"{so['hits']['flash']}), missing {len(missing)}, wrong {len(wrong)}; flash evictions and rejections "
+          f"{dropped}; deleted {len(vals)}, still served {len(served)}", file=out)
+    for what, keys in (("missing", missing), ("wrong", wrong), ("served after delete", list(served))):
+        if keys:
+            shown = ", ".join(k.decode() for k in keys[:5]) + (", ..." if len(keys) > 5 else "")
+            print(f"FAILED     {len(keys)} item(s) {what}: {shown}", file=out)
     for eng, p in st["placement"].items():
         print(f"placement  {eng}: " + (f"on, placement identifier {p['pid']}" if p["state"] == "on"
                                        else f"off: {p['reason']}"), file=out)
@@ -116,7 +166,7 @@ def cache_check(cfg: config_mod.Config, out=None, items: int = 2000) -> int:
     print("app WA     " + (f"{a['value']:.2f} since open (engines wrote {sum(so['device_bytes_written'].values()):,} B "
                            f"for {so['item_bytes_set']:,} B of items set)" if a["value"] is not None
                            else f"since open: {a['status']}"), file=out)
-    ok = not wrong
+    ok = not (wrong or missing or served)
     print(f"cachecheck {'passed' if ok else 'FAILED'} in {time.perf_counter() - t0:.2f} s", file=out)
     return 0 if ok else 1
 

@@ -79,6 +79,13 @@ def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
         v = _path(key, value)
     elif kind == "duration":
         v = parse_duration(key, value)
+    elif kind == "share_or_auto":
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ConfigError(f'{key} = {_show(value)}: use "auto" (sized from the items seen) or a share '
+                              "from 0 to 1, e.g. 0.25")
+        v = float(value)
     elif t.startswith("bool"):
         if not isinstance(value, bool):
             raise ConfigError(f"{key} = {_show(value)}: use true or false")
@@ -330,8 +337,10 @@ class FlashConfig:
     small_item_max: int = field(default=2048, metadata=opt(
         'key + value bytes up to which an item goes to BigHash ("2KiB"); larger ones to BlockCache',
         kind="size"))
-    bighash_fraction: float = field(default=0.1, metadata=opt(
-        "share of the flash space for BigHash (0: none, 1: no BlockCache)", min=0.0, max=1.0))
+    bighash_fraction: float | str = field(default="auto", metadata=opt(
+        'share of the flash space for BigHash (0: none, 1: no BlockCache), or "auto": the small items\' '
+        "byte share as this device has seen it, decided when the cache formats (README, \"The split\")",
+        kind="share_or_auto"))
     bucket_size: int = field(default=4096, metadata=opt(
         "BigHash bucket size in bytes", min=512, max=1 << 20, power_of_two=True))
     bloom_bytes_per_bucket: int = field(default=8, metadata=opt(

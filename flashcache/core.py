@@ -27,7 +27,8 @@ from .errors import ClosedError, ForkedError
 MISSING = object()
 _now = time.perf_counter
 COUNTERS = ("gets", "sets", "deletes", "touches", "misses", "hits_dram", "hits_flash", "item_bytes_set",
-            "demotions", "demotions_skipped_clean", "promotions", "demotions_raced", "promotions_raced")
+            "demotions", "demotions_skipped_clean", "demotions_written_back", "promotions", "demotions_raced",
+            "promotions_raced")
 
 Item = tuple[bytes, float]        # (value, absolute expiry; 0 = never), as the engines return it
 
@@ -344,17 +345,19 @@ class RequestCore:
         items = iter(evicted)
         try:
             for e in items:
-                if e.clean:
-                    c["demotions_skipped_clean"] += 1
-                    continue
                 order.lock(e.key)
                 try:
                     # still in flight: no event of the key since its eviction, so a later
                     # stamp was another key's of the same slot (written or dropped, it
-                    # is no longer in flight after this)
+                    # is no longer in flight after this); a clean item is never in flight
                     if not settle(e.key, e.value, e.expiry) and order.changed_since(e.key, ticket, mine):
                         c["demotions_raced"] += 1
                         continue
+                    if e.clean:
+                        if self.on_flash(e):
+                            c["demotions_skipped_clean"] += 1
+                            continue
+                        c["demotions_written_back"] += 1
                     c["demotions"] += 1
                     self.navy.insert_now(self.device, e.key, e.value, e.expiry)
                 except Exception as exc:
@@ -367,6 +370,21 @@ class RequestCore:
             for e in items:                       # not written after all
                 settle(e.key, e.value, e.expiry)
             raise
+
+    def on_flash(self, e: Evicted) -> bool:
+        """Whether flash still holds the clean evicted item ``e`` (promoted from there), so
+        its demotion can skip the write. Under the key's lock with no change of the key
+        since the eviction, so what flash holds under the key is this very item; flash may
+        have evicted it since the promotion, and then the item is written back (CacheLib's
+        rule: a promoted item flash evicted is dirty again). Decided in DRAM where it can
+        be (no engine may hold it; a large item's BlockCache index is exact up to its 32-bit
+        tag), else by reading BigHash's bucket."""
+        k = e.key
+        if not self.navy.may_hold_now(k):
+            return False
+        if len(k) + len(e.value) > self.navy.small_item_max:
+            return True
+        return self.lookup_now(k) is not None
 
     def clear(self) -> None:
         """Drop every item from DRAM and flash; no demotion or promotion ticketed before lands after."""

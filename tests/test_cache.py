@@ -2,8 +2,6 @@
 threads, and the WAF and placement it reports."""
 from __future__ import annotations
 
-import random
-
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -32,18 +30,6 @@ bighash_fraction = 0.25
 small_item_max = "1KiB"
 """
     return config.loads(text, "test.toml")
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def cache(tmp_path, clock):
-    c = flashcache.Cache(cfg(tmp_path), clock=clock)
-    yield c
-    c.close()
 
 
 def fill_until_flash(c, n=1000, size=300, prefix=b"fill"):
@@ -256,6 +242,42 @@ def _twin_ops():
     return st.lists(st.tuples(st.sampled_from(["get", "get", "set", "set", "set_ttl", "delete", "touch", "tick",
                                                "many", "get_str", "big"]),
                               st.integers(0, 30), st.sampled_from([10, 300, 900, 3000])), min_size=60, max_size=250)
+
+
+@pytest.mark.parametrize("hot", [False, True], ids=["python", "c"])
+@pytest.mark.parametrize("size", [300, 20_000], ids=["bighash", "blockcache"])
+def test_promoted_item_whose_flash_copy_was_evicted_is_written_back(tmp_path, clock, monkeypatch, hot, size):
+    """A promoted (clean) item is written again when DRAM evicts it if flash evicted its
+    copy meanwhile (CacheLib's rule); one flash still holds costs no write. Both paths."""
+    import flashcache.cache as cache_mod
+    monkeypatch.setattr(cache_mod, "HOT_PATH", hot)
+    c = flashcache.Cache(cfg(tmp_path, dram="64KiB"), clock=clock)
+    try:
+        assert (c.core.hot is not None) == hot
+        value = b"p" * size
+        c.set("p", value)
+        c.set("q", value)
+        fill_until_flash(c, n=400, size=300, prefix=b"a")
+        assert c.navy.lookup_now(b"p") is not None and c.navy.lookup_now(b"q") is not None
+        assert c.get("p") == value and c.get("q") == value      # flash hits, promoted clean
+        assert c.dram.get(b"p") == value and c.dram.get(b"q") == value
+        # flash (only flash: DRAM keeps its clean copies) evicts p's copy, not q's
+        dev, i = c.device, 0
+        while c.navy.lookup_now(b"p") is not None:
+            c.navy.insert_now(dev, b"direct%d" % i, bytes(size))
+            i += 1
+            if c.navy.lookup_now(b"q") is None:             # q went too: put it back as it was
+                c.navy.insert_now(dev, b"q", value)
+        before = c.stats()["since_open"]
+        fill_until_flash(c, n=400, size=300, prefix=b"b")    # DRAM evicts p and q
+        assert c.dram.get(b"p") is None and c.dram.get(b"q") is None
+        after = c.stats()["since_open"]
+        assert after["demotions_written_back"] - before["demotions_written_back"] >= 1
+        assert after["demotions_skipped_clean"] - before["demotions_skipped_clean"] >= 1
+        assert c.navy.lookup_now(b"p") == (value, 0)         # written back, not lost
+        assert c.get("p") == value and c.get("q") == value
+    finally:
+        c.close()
 
 
 def _make_twin(tmp_path, name, clock, hot, monkeypatch):

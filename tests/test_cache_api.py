@@ -8,7 +8,7 @@ import pytest
 
 import flashcache
 from engines.device import MAX_EXPIRY, run
-from tests.test_cache import cache, cfg, clock, fill_until_flash  # noqa: F401 - cache, clock: fixtures
+from tests.test_cache import cfg, fill_until_flash
 
 
 def on_flash_only(c, key: bytes) -> bool:

@@ -59,3 +59,64 @@ def test_run_reports_since_open_from_deltas_and_lifetime_as_lifetime(tmp_path, c
     assert s1 == s2 and w1 == w2
     assert int(l2[1].replace(",", "")) > int(l1[1].replace(",", "")) > int(s1[1].replace(",", ""))
     assert float(w1[0]) == round(int(w1[1].replace(",", "")) / int(w1[2].replace(",", "")), 2)
+
+
+def test_run_fails_when_an_item_is_lost(tmp_path, capsys, monkeypatch):
+    """A loss planted behind the cache's back (one large item and one small one gone from
+    DRAM and flash after they were set) fails the check and names them; the old check
+    compared only the items that came back, and passed."""
+    from engines.device import run
+    from flashcache.cache import Cache
+
+    lost = [b"selfcheck:1", b"selfcheck:10"]          # 100 B (BigHash) and 20 kB (BlockCache)
+    set_many = Cache.set_many
+
+    def set_then_lose(self, mapping, ttl=None):
+        set_many(self, mapping, ttl)
+        for k in lost:
+            self.dram.delete(k)
+            run(self.navy.remove(k), self.device)
+
+    monkeypatch.setattr(Cache, "set_many", set_then_lose)
+    assert cache_check(conf(tmp_path), items=500) == 1
+    out = capsys.readouterr().out
+    assert "missing 2, wrong 0" in out
+    assert "FAILED     2 item(s) missing: selfcheck:1, selfcheck:10" in out
+    assert "cachecheck FAILED" in out
+
+
+def test_run_fails_when_a_deleted_item_is_still_served(tmp_path, capsys, monkeypatch):
+    from flashcache.cache import Cache
+
+    delete = Cache.delete
+    monkeypatch.setattr(Cache, "delete", lambda self, k: k == b"selfcheck:3" or delete(self, k))
+    assert cache_check(conf(tmp_path), items=200) == 1
+    out = capsys.readouterr().out
+    assert "still served 1" in out and "FAILED     1 item(s) served after delete: selfcheck:3" in out
+
+
+def test_run_checks_every_item_with_a_sparing_admission_policy_and_a_small_device(tmp_path, capsys):
+    """The configured admission would drop most items (random, 10 %) and the device is too
+    small for 2000 items without eviction: the check takes accept-all and as many items as
+    fit, says so, and every one of them reads back."""
+    import re
+    cfg = config.loads(f"""
+[device]
+kind = "file"
+path = "{tmp_path}/dev.img"
+size = "12MiB"
+format = true
+[cache.admission]
+policy = "random"
+probability = 0.1
+[cache.flash]
+region_size = "1MiB"
+""", "t.toml")
+    assert cache_check(cfg, items=2000) == 0
+    out = capsys.readouterr().out
+    assert "admission accept-all (configured: random)" in out
+    m = re.search(r"items +set (\d+) \(2000 asked: this device holds \d+ with room to spare\), read back (\d+) "
+                  r"\(hits: DRAM \d+, flash (\d+)\), missing 0, wrong 0", out)
+    assert m, out
+    n, back, flash = map(int, m.groups())
+    assert 100 <= n < 2000 and back == n and flash > n // 2

@@ -118,7 +118,7 @@ def test_a_fork_while_another_thread_does_io_does_not_hang_the_child(tmp_path, e
     t.start()
     try:
         for _ in range(5):
-            got = in_child(lambda: [outcome(lambda: c.get(k)) for k in keys[:50:5]], timeout=20)
+            got = in_child(lambda: [outcome(lambda k=k: c.get(k)) for k in keys[:50:5]], timeout=20)
             assert all(g.startswith("ForkedError: ") for g in got), got
     finally:
         stop.set()

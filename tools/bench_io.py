@@ -18,19 +18,35 @@ can halve either side's rate in one run (measured: 10-25 % steal); pairs close i
 many of them, and a median keep one burst from deciding the result, and the swapped order
 keeps either side from always running first after a write-back.
 
+Both sides get the same work, checked rather than assumed:
+* span: every offset is a uniformly random 4 KiB block of the whole file, drawn with
+  replacement (fio: --size = the file, --norandommap, --randrepeat=0; flashcache: a fresh
+  seed per run and 2**20 offsets drawn from the whole file, more than a run issues at the
+  default length, so no offset list is cycled inside a run);
+* duration: fio gets the same length in milliseconds (--runtime=750ms: fio 3.33 reads
+  --runtime=0.75 as zero, warns on stderr, drops --time_based and does one full pass of
+  the file instead); each fio run's job_runtime is checked against it, and flashcache's own measured window
+  likewise: a run more than 50 % off (fio draining its queue or a CPU steal burst) is
+  printed as an OVERRUN and listed in the JSON; both
+  sides' shortest and longest runs are printed and kept in the JSON;
+* fio's stderr is read: any output there, or text before its JSON, fails the bench with
+  that text (a warning is a sign the two sides did not run the same job).
+
     python tools/bench_io.py [--seconds 0.75] [--pairs 8] [--file var/bench_io.img] [--size-mib 1024]
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
-import random
 import statistics
 import shutil
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -109,51 +125,99 @@ def settle(path: str) -> None:
         os.close(fd)
 
 
+NOFFS = 1 << 20          # flashcache's offsets per run: 4 GiB of 4 KiB I/O, drawn from the whole span
+# a run may be off by this much: the CPU time a shared VM's host steals comes in bursts of
+# a tenth of a second and more (measured: 0.97 s for a 0.75 s run on a loaded machine); every
+# run's length is reported, and fio's stderr check is what catches its runtime-0 bug
+DURATION_TOLERANCE = 0.5
+RAN_MS: dict[str, list[float]] = {"flashcache": [], "fio": []}   # every run's length, for the JSON
+OVERRUNS: list[str] = []          # runs more than DURATION_TOLERANCE off: printed, in the JSON
+
+
+class PeerError(SystemExit):
+    """fio did not run the job it was given: the bench stops with what fio said."""
+
+
 def fio_iops(fio: str, path: str, size: int, rw: str, engine: str, qd: int, direct: bool, seconds: float) -> float:
+    ms = round(seconds * 1000)
     cmd = [fio, "--name=bench", f"--filename={path}", f"--size={size}", f"--bs={BS}", f"--rw={rw}",
-           f"--ioengine={engine}", f"--iodepth={qd}", "--time_based", f"--runtime={seconds}",
+           f"--ioengine={engine}", f"--iodepth={qd}", "--time_based", f"--runtime={ms}ms",
            f"--direct={int(direct)}", "--invalidate=0", "--norandommap", "--randrepeat=0",
            "--output-format=json", "--thread"]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    job = json.loads(out.stdout[out.stdout.index("{"):])["jobs"][0]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    where = " ".join(cmd)
+    if out.returncode:
+        raise PeerError(f"bench_io: fio failed (exit {out.returncode}):\n  {where}\n{out.stderr.strip()}")
+    start = out.stdout.find("{")
+    noise = "\n".join(x for x in (out.stderr.strip(), out.stdout[:max(start, 0)].strip()) if x)
+    if noise or start < 0:
+        raise PeerError(f"bench_io: fio printed warnings, so it may not have run the job asked for; "
+                        f"fix the options and run again:\n  {where}\n{noise or out.stdout.strip()}")
+    job = json.loads(out.stdout[start:])["jobs"][0]
+    ran_ms = job["job_runtime"]
+    RAN_MS["fio"].append(ran_ms)
+    if abs(ran_ms - ms) > DURATION_TOLERANCE * ms:
+        # not fatal: fio measured its rate over the time it ran (it drains what is in flight,
+        # and a loaded host stalls it), but the run is listed as an overrun in the output
+        OVERRUNS.append(f"fio ran {ran_ms} ms of {ms}: {' '.join(cmd[3:8])}")
+        print(f"bench_io: WARNING: fio ran {ran_ms} ms where {ms} ms were asked: {where}", file=sys.stderr)
     side = job["read"] if "read" in rw else job["write"]
     return float(side["iops"])
 
 
-def ours_iops(dev, rw: str, qd: int, seconds: float, nblocks: int) -> float:
-    rng = random.Random(1)
-    offs = [rng.randrange(nblocks) * BS for _ in range(1 << 16)]
+def offsets(nblocks: int, seed: int) -> list[int]:
+    """NOFFS block offsets drawn uniformly, with replacement, from the whole span: fio's
+    --norandommap behaviour (numpy's PCG64 where fio uses its tausworthe generator)."""
+    return (np.random.default_rng(seed).integers(0, nblocks, NOFFS, dtype=np.int64) * BS).tolist()
+
+
+def ours_iops(dev, rw: str, qd: int, seconds: float, nblocks: int, seed: int) -> float:
+    offs = offsets(nblocks, seed)
     mask = len(offs) - 1
     data = os.urandom(BS)
+    reading = rw == "randread"
+    per = 16 * qd   # QD32: requests per call (fills the staging buffer); the ring bounds what is in flight
+    if qd > 1:      # built before the clock starts
+        if reading:
+            batches = [[(offs[k + j], BS) for j in range(per)] for k in range(0, len(offs), per)]
+        else:
+            batches = [[(offs[k + j], data, None) for j in range(per)] for k in range(0, len(offs), per)]
     n = 0
     i = 0
+    # the offset lists are millions of objects: a full collection triggered by the loop's
+    # allocations would walk them all (measured: 0.2 s pauses); they live until the run ends
+    gc.collect()
+    gc.freeze()
     t0 = time.perf_counter()
     deadline = t0 + seconds
-    reading = rw == "randread"
     if qd == 1:
         # read(off, BS) and write(off, data) have the same shape: one loop serves both
         op, arg = (dev.read, BS) if reading else (dev.write, data)
-        while True:
-            for _ in range(256):
+        while True:      # the clock read every 16 I/Os: an O_DIRECT read can take 0.5 ms
+            for _ in range(16):
                 op(offs[i & mask], arg)
                 i += 1
-            n += 256
+            n += 16
             if time.perf_counter() >= deadline:
                 break
     else:
-        per = 16 * qd   # requests per call (fills the staging buffer); the ring bounds what is in flight
-        batches = [[(offs[(k * per + j) & mask], BS) for j in range(per)] for k in range(len(offs) // per)]
-        if not reading:
-            batches = [[(o, data, None) for o, _ in b] for b in batches]
         op = dev.read_many if reading else dev.write_many
         nb = len(batches)
         k = 0
-        while time.perf_counter() < deadline:
-            for _ in range(4):
-                op(batches[k % nb])
-                k += 1
-            n += 4 * per
-    return n / (time.perf_counter() - t0)
+        while time.perf_counter() < deadline:    # the clock read each call: an O_DIRECT batch can take 50 ms
+            op(batches[k % nb])
+            k += 1
+            n += per
+    took = time.perf_counter() - t0
+    gc.unfreeze()
+    RAN_MS["flashcache"].append(took * 1000)
+    if n > len(offs):
+        print(f"bench_io: note: flashcache issued {n:,} I/Os in the run, more than its {len(offs):,} random "
+              f"offsets: it went through them {n / len(offs):.1f} times", file=sys.stderr)
+    if took > seconds * (1 + DURATION_TOLERANCE):
+        OVERRUNS.append(f"flashcache ran {took * 1000:.0f} ms of {seconds * 1000:.0f}: {rw} QD{qd}")
+        print(f"bench_io: WARNING: flashcache's run took {took:.3f} s where {seconds:g} s were asked", file=sys.stderr)
+    return n / took
 
 
 def run_case(fio: str, path: str, size: int, rw: str, engine: str, qd: int, direct: bool,
@@ -164,20 +228,24 @@ def run_case(fio: str, path: str, size: int, rw: str, engine: str, qd: int, dire
     kw = {} if engine == "psync" else {"queue_depth": max(qd, 8)}
     fio_engine = "psync" if engine == "psync" else "io_uring"
 
-    def ours() -> float:
-        with open(path, "r+b") as f:   # fio's writes may have hit block 0
-            f.write(SUPERBLOCK_MAGIC)
-        dev = cls(path, size, direct=direct, **kw)
-        try:
-            return ours_iops(dev, rw, qd, seconds, size // BS)
-        finally:
-            dev.close()
-
     def theirs() -> float:
         return fio_iops(fio, path, size, rw, fio_engine, qd, direct, seconds)
 
     a: list[float] = []
     b: list[float] = []
+    seed = 0
+
+    def ours() -> float:
+        nonlocal seed
+        seed += 1                      # a fresh draw every run, as fio's --randrepeat=0
+        with open(path, "r+b") as f:   # fio's writes may have hit block 0
+            f.write(SUPERBLOCK_MAGIC)
+        dev = cls(path, size, direct=direct, **kw)
+        try:
+            return ours_iops(dev, rw, qd, seconds, size // BS, seed)
+        finally:
+            dev.close()
+
     for p in range(pairs):
         for side in ((ours, theirs) if p % 2 == 0 else (theirs, ours)):
             (a if side is ours else b).append(side())
@@ -198,8 +266,9 @@ def main() -> int:
     ap.add_argument("--folios", choices=("small", "large"), default="small",
                     help="page-cache folio size the buffered case starts with (see warm())")
     args = ap.parse_args()
-    if args.pairs < 1 or args.seconds <= 0:
-        ap.error("--pairs must be at least 1 and --seconds above 0")
+    if args.pairs < 1 or args.seconds < 0.1 or abs(args.seconds * 1000 - round(args.seconds * 1000)) > 1e-6:
+        ap.error(f"--pairs must be at least 1, and --seconds at least 0.1 in whole milliseconds "
+                 f"(fio is given --runtime in ms); got --pairs {args.pairs} --seconds {args.seconds}")
     only = {k for k in args.only.split(",") if k}
     known = {f"{c}_{rw}_{e}" for c in ("buffered", "direct") for rw in ("read", "write")
              for e in ("psync_qd1", "uring_qd1", "uring_qd32")}
@@ -235,9 +304,17 @@ def main() -> int:
     worst = min(ratios.values())
     print(f"\nworst ratio {worst:.2f} (target >= 0.80); IOPS: median of {args.pairs} runs of each side, "
           f"{args.seconds:g} s each; ratio: median of the {args.pairs} pairs' ratios; 4 KiB, "
-          f"{args.size_mib} MiB file {args.file}, buffered case in {args.folios} folios")
-    print(json.dumps({"bench": "io", "ratios": ratios, "spread": spread, "iops": iops, "seconds": args.seconds,
-                      "pairs": args.pairs, "folios": args.folios, "file_mib": args.size_mib, "target": 0.8, "worst": worst}))
+          f"{args.size_mib} MiB file {args.file}, buffered case in {args.folios} folios; both sides: uniformly "
+          f"random blocks over the whole file, fio --runtime={round(args.seconds * 1000)}ms checked against its "
+          f"job_runtime, fio's stderr empty; runs lasted {min(RAN_MS['flashcache']):.0f}-{max(RAN_MS['flashcache']):.0f} ms "
+          f"(flashcache), {min(RAN_MS['fio']):.0f}-{max(RAN_MS['fio']):.0f} ms (fio)")
+    if OVERRUNS:
+        print(f"OVERRUNS: {len(OVERRUNS)} run(s) more than {DURATION_TOLERANCE:.0%} off the asked length "
+              "(each side's rate is over the time it ran): " + "; ".join(OVERRUNS))
+    print(json.dumps({"bench": "io", "overruns": OVERRUNS, "ratios": ratios, "spread": spread, "iops": iops, "seconds": args.seconds,
+                      "pairs": args.pairs, "folios": args.folios,
+                      "span_mib": {"flashcache": args.size_mib, "fio": args.size_mib},
+                      "run_ms": {k: [round(min(v)), round(max(v))] for k, v in RAN_MS.items()}, "file_mib": args.size_mib, "target": 0.8, "worst": worst}))
     return 0
 
 

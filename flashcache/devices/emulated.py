@@ -210,7 +210,7 @@ class EmulatedController:
                 return fn(cmd, memoryview(buf).cast("B") if buf is not None else None)
             except _Status as st:
                 nvme.check_status(st.status, self.path, nvme.describe(cmd))
-                raise AssertionError("unreachable")  # pragma: no cover
+                raise AssertionError("unreachable") from st  # pragma: no cover
 
     # -- admin ----------------------------------------------------------------------------------
     def _admin(self, cmd, buf) -> int:

@@ -498,9 +498,10 @@ def _mib(n: float | None) -> str:
 def _header(meta: dict[str, Any]) -> str:
     d = meta["device"]
     wl = meta["workload"]
+    bh = meta["config"]["cache"]["flash"]["bighash_fraction"]
     lines = [f"device    {d['describe']}",
              f"cache     {d['cache_bytes'] / 2**20:.0f} MiB of {d['capacity_bytes'] / 2**20:.0f} MiB "
-             f"(utilisation {d['utilization']:.0%}), BigHash {meta['config']['cache']['flash']['bighash_fraction']:.0%}, "
+             f"(utilisation {d['utilization']:.0%}), BigHash {bh if isinstance(bh, str) else f'{bh:.0%}'}, "
              f"region {_mib(d['region_bytes'])} vs RU {_mib(d['ru_bytes'])}"
              + (f" (1:{1 / d['region_to_ru']:g})" if d.get("region_to_ru") else ""),
              f"point     {meta['label']}",

@@ -347,7 +347,7 @@ def test_single_writes_run_in_c_on_each_threads_ring(tmp_path, direct):
         d.write(20480, memoryview(b"d" * 4096), x)                          # not bytes: Python
         d.write(24576, b"e" * 4096, stream=y)                               # a keyword: Python
         d.write(65536, b"f" * (256 << 10), x)                               # larger than a slot: Python
-        t = threading.Thread(target=lambda d=d: [d.write(i * 4096, b"t" * 4096, x) for i in range(40, 44)])
+        t = threading.Thread(target=lambda d=d, x=x: [d.write(i * 4096, b"t" * 4096, x) for i in range(40, 44)])
         t.start()
         t.join()
         with pytest.raises(ValueError, match="not aligned to the device block size 4096"):
@@ -406,7 +406,7 @@ def test_single_reads_run_in_c_on_each_threads_ring(img):
     assert [d.read(i * 4096, 4096) for i in range(8)] == blocks
     assert d._c_reads.reads == 8
     got = []
-    t = threading.Thread(target=lambda: got.extend(d.read(i * 4096, 4096) for i in range(8)))
+    t = threading.Thread(target=lambda dev: got.extend(dev.read(i * 4096, 4096) for i in range(8)), args=(d,))
     t.start()
     t.join()
     assert got == blocks

@@ -9,7 +9,7 @@ from engines import admission
 from engines.device import SUPERBLOCK_MAGIC, run
 from engines.navy import Navy
 from tests.clock import FakeClock
-from tests.engines.memdevice import MemDevice, PidDevice
+from tests.engines.memdevice import PidDevice
 
 MIB = 1 << 20
 
@@ -419,7 +419,7 @@ def test_clear_waits_for_an_engine_operation_in_progress(dev):
     for lock in (n.bighash.locks[7], n.blockcache.lock):   # another thread's insert, say
         lock.acquire()
         done = threading.Event()
-        t = threading.Thread(target=lambda: (n.clear(), done.set()))
+        t = threading.Thread(target=lambda done=done: (n.clear(), done.set()))
         t.start()
         assert not done.wait(0.2)
         lock.release()

@@ -157,7 +157,7 @@ def test_media_reallocated_helpers():
     e = FdpEvent(type=0x80, type_specific=pack_media_reallocated(3))
     assert (e.lbav, e.nlbam, e.lba) == (False, 3, None)
     with pytest.raises(ValueError, match="not Media Reallocated"):
-        FdpEvent(type=0).nlbam
+        FdpEvent(type=0).nlbam  # noqa: B018 - reading the property is what raises
 
 
 events = st.builds(FdpEvent, type=st.integers(0, 255), flags=st.integers(0, 255), pid=U16,

@@ -71,7 +71,7 @@ def test_flbas_high_index_bits_for_more_than_16_formats():
 def test_flbas_pointing_past_the_list_is_a_format_error():
     ns = IdentifyNamespace(nlbaf=0, flbas=3, lbafs=(LbaFormat(),))
     with pytest.raises(FormatError, match="FLBAS selects LBA format 3 but only 1 are listed"):
-        ns.lba_size
+        ns.lba_size  # noqa: B018 - reading the property is what raises
 
 
 @given(nsze=st.integers(0, 2**64 - 1), endgid=st.integers(0, 0xFFFF), nvmcap=st.integers(0, 2**128 - 1),
