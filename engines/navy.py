@@ -337,6 +337,12 @@ class Navy:
         self.device.flush()
 
     def _format(self, why: str) -> str:
+        # checkpoints go on numbering past any left on the device (another layout's, or a
+        # reset one's), so the newest is always this format's
+        for slot in (0, 1):
+            head = superblock.CheckpointHead.decode(self.device.read(self._slot_at(slot), self.block))
+            if head is not None and head.seq >= self._ckpt["seq"]:
+                self._ckpt.update(seq=head.seq, slot=slot)
         gen = int.from_bytes(os.urandom(8), "little")
         for eng in self.engines.values():
             eng.generation = gen

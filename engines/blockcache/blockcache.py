@@ -350,7 +350,8 @@ class BlockCache(Engine):
         return cls(offset, size, stream=stream, clock=clock, io_alignment=io, **options)
 
     def layout(self) -> dict[str, Any]:
-        return {"region_size": self.region_size, "alignment": self.alignment}
+        # the entry format too: a cache written with another resets once, and says so
+        return {"region_size": self.region_size, "alignment": self.alignment, "entry_format": FORMAT_VERSION}
 
     def c_ops(self) -> Any:
         return self._core.engine_ops()

@@ -137,3 +137,21 @@ def test_bad_checkpoint_options_say_what_to_use():
         config.from_dict({"cache": {"flash": {"checkpoint_regions": -1}}})
     with pytest.raises(ConfigError, match=r"cache.flash.checkpoint_seconds"):
         config.from_dict({"cache": {"flash": {"checkpoint_seconds": "soon"}}})
+
+
+def test_a_cache_written_before_crash_recovery_is_reset_once_and_says_why(dev):
+    from engines import superblock
+    n = navy(dev)
+    run(n.insert(b"k", big(1)), dev)
+    n.close()
+    old = dict(n.layout)                       # the layout as the previous format recorded it
+    del old["meta_format"]
+    old["engines"] = {k: dict(v) for k, v in old["engines"].items()}
+    del old["engines"]["blockcache"]["entry_format"]
+    sb = superblock.Superblock(superblock.fingerprint(old), old, {e: 0 for e in old["engines"]})
+    dev.buf[:n.block] = sb.encode(n.block)
+    n2 = navy(dev)
+    assert n2.start == ("formatted: layout changed, the cache was reset (was -> now: "
+                        "engines.blockcache.entry_format added, meta_format added)")
+    assert run(n2.lookup(b"k"), dev) is None
+    assert navy(dev).start.startswith("recovered after a crash")     # once only
