@@ -192,8 +192,9 @@ static PyObject *router_may_hold(Router *r, PyObject *key)
 }
 
 /* Put the item into engine ``at`` (-1: the smallest size class that fits, counted as an
- * insert, only under accept_all), then drop the key from the others that may hold it.
- * 1 done, 0 declined having changed nothing, -1 with an exception. */
+ * insert, only under accept_all), having first dropped the key from the others that may
+ * hold it. 1 done, 0 declined (nothing inserted; the removes may have run, which the
+ * Python form would do anyway), -1 with an exception. */
 static int router_put(Router *r, int at, PyObject *key, PyObject *value, PyObject *expiry)
 {
     int counted = at < 0;
@@ -210,13 +211,8 @@ static int router_put(Router *r, int at, PyObject *key, PyObject *value, PyObjec
     engine *e = &r->e[at];
     if (!e->ops || !e->ops->insert)
         return 0;
-    int done = e->ops->insert(e->ops->ctx, r->device, key, value, expiry);
-    if (!done)
-        return 0;
-    if (counted)
-        r->inserts++;           /* as Navy's admission step counts it: before the write's outcome */
-    if (done < 0)
-        return -1;
+    /* the key leaves the other engines first (a BlockCache remove writes its tombstone
+     * before returning), so no crash leaves an older copy beside the new one (navy.py) */
     for (int i = 0; i < r->n; i++) {
         if (i == at)
             continue;
@@ -230,6 +226,13 @@ static int router_put(Router *r, int at, PyObject *key, PyObject *value, PyObjec
             Py_DECREF(x);
         }
     }
+    int done = e->ops->insert(e->ops->ctx, r->device, key, value, expiry);
+    if (!done)
+        return 0;               /* declined: the Python form inserts it (the removes above stand) */
+    if (counted)
+        r->inserts++;           /* as Navy's admission step counts it: before the write's outcome */
+    if (done < 0)
+        return -1;
     return 1;
 }
 

@@ -111,6 +111,13 @@ class Engine(abc.ABC):
     def recover(self, state: dict[str, Any] | None) -> bool:
         """Restore what ``persist`` saved; False (nothing changed) if it does not fit."""
 
+    def replay(self, state: dict[str, Any]) -> Op[dict[str, Any] | None]:
+        """Crash recovery from a checkpoint of ``persist``'s state (saved while running, not
+        at a clean close): what it read, or None (nothing changed) if the engine cannot
+        (the default: it then starts cold)."""
+        yield from ()
+        return None
+
     def start_cold(self) -> str:
         """Come up without saved state; say what that keeps (default: nothing, the engine
         resets, as one whose index lived in DRAM must)."""

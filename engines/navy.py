@@ -8,10 +8,28 @@ only through the Engine interface (``engines.engine``): ``default_engines`` belo
 one place that names the default ones (BlockCache, then BigHash). Item operations are sans-I/O
 generators (see ``engines.device``); the blocking forms are one C call each (the Router,
 engines/_router.c) over the engines' own C forms. Opening and closing do blocking I/O on
-the device they were given. The surprise: the metadata is invalidated right after a
-successful recovery, so a crash later starts cold instead of trusting a stale index;
-an engine whose data outlive that (BigHash's buckets: their generation is in the
-superblock) keeps them, one whose index lived in DRAM (BlockCache) starts empty.
+the device they were given.
+
+Checkpoints and crash recovery. The metadata area holds two checkpoint slots
+(``engines.superblock``) and, at its end, BlockCache's tombstone journal (``journal_blocks``
+blocks: one per remove of a key BlockCache held, since the last checkpoint; a full journal
+asks for a checkpoint). BlockCache asks for a checkpoint every ``checkpoint_regions``
+sealed regions or ``checkpoint_seconds`` (checked at each seal), and before it reclaims a
+region written since the last one; the router then writes BlockCache's ``persist()``
+state to the older slot and fdatasyncs. A clean ``close()`` writes every engine's state
+as a checkpoint marked clean and names it in the superblock. On open: that clean
+checkpoint restores every engine (warm); otherwise (a crash) BlockCache replays the log
+written after the newest valid checkpoint (``BlockCache.replay``: one block per region,
+then only the regions written since) and the other engines start cold (BigHash keeps its
+buckets). The surprise: the superblock's clean mark is cleared right after open, so a
+later crash never trusts BigHash's saved bloom filters, while the checkpoint stays valid
+for BlockCache; and after a replay the router checkpoints at once, so a second crash
+does not replay a log whose tombstones the new run may overwrite.
+
+Ordering against resurrection: an insert drops the key from the other engines *before*
+it writes to its own (a BlockCache remove writes its tombstone before returning), so no
+crash leaves an older copy in one engine beside a newer one in another; see
+engines/blockcache/blockcache.py's docstring for BlockCache alone.
 """
 from __future__ import annotations
 
@@ -38,6 +56,7 @@ from .engine import Engine, merged_counters
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = superblock.FORMAT_VERSION
+META_FORMAT = 2     # the metadata area as two checkpoint slots (1: one clean-shutdown blob)
 
 # The router's own counters (lifetime: saved in the warm-restart metadata).
 COUNTERS = ("lookups", "hits", "misses", "inserts", "admission_rejects", "too_large", "removes",
@@ -158,7 +177,19 @@ class Navy:
         self._counters = dict.fromkeys(COUNTERS, 0)
         self._rejects = dict.fromkeys(self.engines, 0)
         self._closed = False
+        self._ckpt = {"seq": 0, "slot": 1, "written": 0, "bytes": 0, "skipped": 0, "last_skip": ""}
+        self.recovery: dict[str, Any] | None = None
+        """After a crash recovery: what BlockCache's replay read (bytes_read, seconds, ...)."""
+        for eng in self.engines.values():
+            if hasattr(eng, "journal"):
+                eng.journal = (self.journal_at, self.journal_blocks, self.block)
         self.start = self._open()
+        for eng in self.engines.values():
+            if hasattr(eng, "checkpoint_hook"):
+                eng.checkpoint_hook = functools.partial(self._checkpoint, eng)
+                if self.start != "warm" and self.recovery is None:
+                    with eng.held():       # a first checkpoint: a crash before the first seal replays
+                        self._checkpoint(eng)
         self._inserted_at_open = self._inserted()
         log.info("%s: flash cache %s", device.path, self.start)
 
@@ -201,9 +232,13 @@ class Navy:
         self.small_item_max = limits[bounded[0].name] if bounded else 0
         """The largest key + value of the smallest explicit size class (BigHash's), or 0."""
         self.layout = {"version": FORMAT_VERSION, "device_size": device.size, "block": self.block,
-                       "meta_end": self.meta_end, "engines": layouts}
+                       "meta_end": self.meta_end, "meta_format": META_FORMAT, "engines": layouts}
         if auto is not None:
             self.layout["split"] = {"auto": auto}
+        # the metadata area: two checkpoint slots, then BlockCache's tombstone journal
+        self.journal_blocks = max(8, min(1024, (self.meta_end - self.block) // 8 // self.block))
+        self.journal_at = self.meta_end - self.journal_blocks * self.block
+        self.slot_size = (self.journal_at - self.block) // 2 // self.block * self.block
         self.fingerprint = superblock.fingerprint(self.layout)
         # The blocking forms in C: the engines in lookup order, each with its C operations
         # where it has them and its Python forms where not.
@@ -302,6 +337,12 @@ class Navy:
         self.device.flush()
 
     def _format(self, why: str) -> str:
+        # checkpoints go on numbering past any left on the device (another layout's, or a
+        # reset one's), so the newest is always this format's
+        for slot in (0, 1):
+            head = superblock.CheckpointHead.decode(self.device.read(self._slot_at(slot), self.block))
+            if head is not None and head.seq >= self._ckpt["seq"]:
+                self._ckpt.update(seq=head.seq, slot=slot)
         gen = int.from_bytes(os.urandom(8), "little")
         for eng in self.engines.values():
             eng.generation = gen
@@ -319,45 +360,128 @@ class Navy:
                                 + ", ".join(superblock.changes(sb.layout, self.layout)) + ")")
         for name, eng in self.engines.items():
             eng.generation = sb.generations.get(name, 0)
-        state, why = self._read_metadata(sb)
+        state, clean, why = self._read_checkpoint(sb)
         saved = (state or {}).get("engines") or {}
-        lost, kept = [], []
+        lost, kept, replayed = [], [], []
+        t0 = time.monotonic()
         for eng in self.engines.values():
-            if state is not None and eng.recover(saved.get(eng.name)):
+            if clean and eng.recover(saved.get(eng.name)):
                 continue
+            if not clean and state is not None and saved.get(eng.name) is not None:
+                info = self.drive(eng.replay(saved[eng.name]))
+                if info is not None:
+                    replayed.append((eng.name, info))
+                    continue
             lost.append(eng.name)
             kept.append(eng.start_cold())
-        if state is not None:
+        if clean:
             counters = state.get("router") or {}
             for name, table in (("counters", self._counters), ("rejects", self._rejects)):
                 for k in table:
                     table[k] = int((counters.get(name) or {}).get(k, 0))
         for eng in self.engines.values():
             self.drive(eng.after_open())
-        # invalidate the metadata at once: a crash from here on must not resurrect it
+        for name, _ in replayed:      # a new checkpoint at once (see the module docstring)
+            eng = self.engines[name]
+            with eng.held():
+                self._checkpoint(eng)
+        # clear the clean mark at once: a crash from here on must not trust the saved state
         self._write_superblock()
         if not lost:
             return "warm"
+        if replayed:
+            secs = time.monotonic() - t0
+            parts = []
+            for name, info in replayed:
+                info["seconds"] = secs
+                info["checkpoint_bytes"] = self._meta_read
+                info["bytes_read"] += self._meta_read     # the checkpoint, then the log
+                self.recovery = {"engine": name, **info}
+                parts.append(f"{name} recovered from checkpoint {state.get('seq', 0)} + {info['regions_replayed']} "
+                             f"regions replayed ({info['entries_replayed']} entries, {info['items']} items), "
+                             f"{info['bytes_read']} bytes read in {secs:.3f} s")
+            return f"recovered after a crash: {'; '.join(parts)}; {', '.join(kept)}"
+        if state is not None and not clean:
+            return f"cold: no clean-shutdown metadata, and the last checkpoint did not match; {', '.join(kept)}"
         if state is not None:
             return f"cold: saved state of {' and '.join(lost)} did not match; {', '.join(kept)}"
         return f"cold: {why}; {', '.join(kept)}"
 
-    def _read_metadata(self, sb: superblock.Superblock) -> tuple[dict | None, str]:
-        n = sb.meta_len
-        if not n:
-            return None, "no clean-shutdown metadata (the last run did not close cleanly)"
-        if self.block + n > self.meta_end:
-            return None, "metadata length out of range"
-        raw = self.device.read(self.block, _round_up(n, self.device.block_size))[:n]
-        if superblock.xxh(raw) != sb.meta_sum:
-            return None, "metadata checksum mismatch"
-        try:
-            state = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-        except (ValueError, msgpack.UnpackException) as e:
-            return None, f"metadata unreadable ({e})"
-        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
-            return None, "metadata from another layout"
-        return state, ""
+    def _slot_at(self, slot: int) -> int:
+        return self.block + slot * self.slot_size
+
+    def _read_checkpoint(self, sb: superblock.Superblock) -> tuple[dict | None, bool, str]:
+        """The newest valid checkpoint's state, whether it is the clean one the superblock
+        names, or why there is none."""
+        heads = []
+        self._meta_read = 2 * self.block
+        for slot in (0, 1):
+            head = superblock.CheckpointHead.decode(self.device.read(self._slot_at(slot), self.block))
+            if head is not None and head.fingerprint == self.fingerprint:
+                heads.append((head.seq, slot, head))
+        why = "no valid checkpoint"
+        for seq, slot, head in sorted(heads, reverse=True):
+            n = head.body_len
+            if self.block + n > self.slot_size:
+                why = "checkpoint length out of range"
+                continue
+            raw = self.device.read(self._slot_at(slot) + self.block, _round_up(max(n, 1), self.device.block_size))[:n]
+            self._meta_read += _round_up(max(n, 1), self.device.block_size)
+            if superblock.xxh(raw) != head.body_sum:
+                why = "checkpoint checksum mismatch"
+                continue
+            try:
+                state = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+            except (ValueError, msgpack.UnpackException) as e:
+                why = f"checkpoint unreadable ({e})"
+                continue
+            if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
+                why = "checkpoint from another layout"
+                continue
+            self._ckpt.update(seq=seq, slot=slot)
+            state["seq"] = seq
+            clean = bool(head.flags & superblock.CLEAN) and sb.meta_len == n and sb.meta_sum == head.body_sum
+            if not clean and sb.meta_len:
+                log.warning("%s: the clean-shutdown checkpoint is not the newest valid one; recovering as after "
+                            "a crash", self.device.path)
+            return state, clean, ""
+        if sb.meta_len:
+            why = "clean-shutdown metadata unreadable (" + why + ")"
+        else:
+            why = "no clean-shutdown metadata (the last run did not close cleanly) and " + why
+        return None, False, why
+
+    def _write_checkpoint(self, engines: dict[str, Any], clean: bool) -> tuple[int, int] | str:
+        """Write a checkpoint of ``engines``' states to the slot not holding the newest one,
+        then fdatasync. (body length, body checksum), or why it was not written (it does
+        not fit its slot: half the metadata area)."""
+        state = {"fingerprint": self.fingerprint, "engines": engines}
+        if clean:
+            state["router"] = {"counters": self._counts(), "rejects": self._rejects}
+        blob = msgpack.packb(state, use_bin_type=True)
+        room = self.slot_size - self.block
+        if len(blob) > room:
+            self._ckpt["skipped"] += 1
+            why = (f"checkpoint of {len(blob)} bytes does not fit its {room}-byte slot (half the metadata area); "
+                   "raise metadata_fraction")
+            if self._ckpt["last_skip"] != why:
+                log.warning("%s: %s", self.device.path, why)
+            self._ckpt["last_skip"] = why
+            return why
+        seq, slot = self._ckpt["seq"] + 1, 1 - self._ckpt["slot"]
+        head = superblock.CheckpointHead(seq, superblock.CLEAN if clean else 0, self.fingerprint, len(blob),
+                                         superblock.xxh(blob))
+        data = head.encode(self.block) + blob.ljust(_round_up(len(blob), self.device.block_size), b"\0")
+        self.device.write(self._slot_at(slot), data)
+        self.device.flush()
+        self._ckpt.update(seq=seq, slot=slot, written=self._ckpt["written"] + 1, bytes=len(data))
+        return len(blob), head.body_sum
+
+    def _checkpoint(self, eng: Engine) -> None:
+        """BlockCache's periodic checkpoint (called under its lock, blocking)."""
+        st = eng.persist()
+        if not isinstance(self._write_checkpoint({eng.name: st}, False), str):
+            eng.checkpointed(st)   # type: ignore[attr-defined]
 
     def close(self) -> str:
         """Flush what the engines hold only in DRAM and write the warm-restart metadata.
@@ -376,23 +500,29 @@ class Navy:
                     flush_error = e
                     flush_error.add_note(f"navy: {eng.name}'s buffer could not be written; the warm-restart "
                                          "metadata was saved without the items only it held")
-        state = {"fingerprint": self.fingerprint,
-                 "engines": {name: eng.persist() for name, eng in self.engines.items()},
-                 "router": {"counters": self._counts(), "rejects": self._rejects}}
-        blob = msgpack.packb(state, use_bin_type=True)
-        room = self.meta_end - self.block
-        if len(blob) > room:
-            log.warning("%s: warm-restart metadata of %d bytes does not fit the %d-byte area; the next start "
-                        "will be cold (raise metadata_fraction)", self.device.path, len(blob), room)
-            self._write_superblock()
-            return f"not saved: {len(blob)} bytes of metadata, {room} bytes of room"
-        padded = blob.ljust(_round_up(len(blob), self.device.block_size), b"\0")
-        self.device.write(self.block, padded)
-        self.device.flush()
-        self._write_superblock(len(blob), superblock.xxh(blob))
+        with contextlib.ExitStack() as held:
+            for eng in self.engines.values():
+                held.enter_context(eng.held())
+            states = {name: eng.persist() for name, eng in self.engines.items()}
+            done = self._write_checkpoint(states, True)
+            if isinstance(done, str):
+                # the whole state does not fit: the next start is cold, but BlockCache's
+                # index alone may still fit as a crash checkpoint
+                for name, eng in self.engines.items():
+                    if hasattr(eng, "checkpointed") and not isinstance(
+                            self._write_checkpoint({name: states[name]}, False), str):
+                        eng.checkpointed(states[name])
+                self._write_superblock()
+                out = f"not saved: {done}"
+            else:
+                for name, eng in self.engines.items():
+                    if hasattr(eng, "checkpointed"):
+                        eng.checkpointed(states[name])
+                self._write_superblock(*done)
+                out = f"saved {done[0]} bytes of metadata"
         if flush_error is not None:
             raise flush_error
-        return f"saved {len(blob)} bytes of metadata"
+        return out
 
     def clear(self) -> None:
         """Empty every engine at once: each ``reset()``s (a new generation, so nothing written
@@ -407,6 +537,9 @@ class Navy:
                 eng.reset()
             self._inserted_at_open = self._inserted()
             self._write_superblock()
+            for eng in self.engines.values():
+                if getattr(eng, "checkpoint_hook", None) is not None:
+                    self._checkpoint(eng)     # so a crash now recovers the empty index
 
     def drive(self, op: Op[Any]) -> Any:
         """Run one operation to completion with blocking device calls."""
@@ -518,12 +651,13 @@ class Navy:
         return run(self._placed(eng, key, value, expiry), device)
 
     def _placed(self, eng: Engine | None, key: bytes, value: bytes, expiry: float) -> Op[bool]:
-        """insert's steps once admission has answered (None: rejected)."""
-        if eng is not None:
-            yield from self._through(eng.insert(key, value, expiry))
+        """insert's steps once admission has answered (None: rejected): the key leaves the
+        other engines first (durably: see the module docstring), then the item is written."""
         for other in self.engines.values():
             if other is not eng and other.may_hold(key):
                 yield from self._through(other.remove(key))
+        if eng is not None:
+            yield from self._through(eng.insert(key, value, expiry))
         return eng is not None
 
     def _admit(self, key: bytes, value: bytes) -> Engine | None:
@@ -562,6 +696,8 @@ class Navy:
         cold start begins them anew)."""
         s: dict[str, Any] = self._counts()
         s["start"] = self.start
+        s["recovery"] = self.recovery
+        s["checkpoint"] = {k: self._ckpt[k] for k in ("seq", "written", "bytes", "skipped")}
         s["admission"] = self.admission.stats()
         s["layout"] = dict(self.layout)
         s["engines"] = [slot.engine.name for slot in self.slots]

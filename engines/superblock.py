@@ -23,6 +23,24 @@ Block 0 (little-endian)::
                          it carries the observed mix across formats for "auto" splits)}
    ..  checksum     u64  xxh64 of everything before it
 
+The metadata area after block 0 holds two checkpoint slots (``CHECKPOINT``, below): each
+a header block then a msgpack body. The router writes each checkpoint to the slot not
+holding the newest one, so a crash while writing it leaves the other intact; on open the
+valid slot with the highest ``seq`` wins. A clean close writes one too, and the
+superblock's ``meta_len``/``meta_sum`` name its body: that one is "clean".
+
+Checkpoint slot header (little-endian), at the start of its slot::
+
+    0  magic        8s   CHECKPOINT_MAGIC (b"FCCKPT\x00\x01")
+    8  version      u16  CHECKPOINT_VERSION
+   10  header_size  u16  CHECKPOINT.size
+   12  flags        u32  1 = written by a clean close (all engines' state), 0 = periodic
+   16  seq          u64  checkpoints written since the format, + 1
+   24  fingerprint  u64  the layout's (as in block 0)
+   32  body_len     u64  msgpack bytes after the header's block
+   40  body_sum     u64  xxh64 (SEED) of the body
+   48  head_sum     u64  xxh64 (SEED) of bytes [0, 48)
+
 Version 1 kept exactly two engines' generations in fixed fields (bh_gen, bc_gen at 24 and
 32); version 2 records any list of engines in the body. The magic, version and header
 size stay at 0, 8 and 10 in every version, so an old superblock reads as another format.
@@ -43,6 +61,12 @@ FORMAT_VERSION = 2
 HEADER = Layout("superblock", (
     ("magic", "8s"), ("version", "H"), ("header_size", "H"), ("flags", "I"), ("fingerprint", "Q"),
     ("meta_len", "Q"), ("meta_sum", "Q"), ("body_len", "I")))
+CHECKPOINT = Layout("checkpoint slot", (
+    ("magic", "8s"), ("version", "H"), ("header_size", "H"), ("flags", "I"), ("seq", "Q"), ("fingerprint", "Q"),
+    ("body_len", "Q"), ("body_sum", "Q"), ("head_sum", "Q")))
+CHECKPOINT_MAGIC = b"FCCKPT\x00\x01"
+CHECKPOINT_VERSION = 1
+CLEAN = 1
 _PREFIX = struct.Struct("<8sHH")        # magic, version, header_size: the same in every version
 _SUM = struct.Struct("<Q")
 SEED = 0x3C6EF372FE94F82B
@@ -127,3 +151,32 @@ def changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[
         elif a != b:
             out.append(f"{prefix}{k} {a} -> {b}")
     return out
+
+
+@dataclass
+class CheckpointHead:
+    """A checkpoint slot's header: see the module docstring."""
+
+    seq: int
+    flags: int
+    fingerprint: int
+    body_len: int
+    body_sum: int
+
+    def encode(self, block: int) -> bytes:
+        head = CHECKPOINT.struct.pack(CHECKPOINT_MAGIC, CHECKPOINT_VERSION, CHECKPOINT.size, self.flags, self.seq,
+                                      self.fingerprint, self.body_len, self.body_sum, 0)
+        at = CHECKPOINT.offset("head_sum")
+        head = head[:at] + _SUM.pack(xxh(head[:at]))
+        return head.ljust(block, b"\0")
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "CheckpointHead | None":
+        """The header at the start of ``raw``, or None if it is not an intact one."""
+        if len(raw) < CHECKPOINT.size or raw[:8] != CHECKPOINT_MAGIC:
+            return None
+        (_, version, hsize, flags, seq, fp, body_len, body_sum, head_sum) = CHECKPOINT.struct.unpack_from(raw, 0)
+        if (version != CHECKPOINT_VERSION or hsize != CHECKPOINT.size
+                or head_sum != xxh(raw[:CHECKPOINT.offset("head_sum")])):
+            return None
+        return cls(seq, flags, fp, body_len, body_sum)

@@ -174,7 +174,7 @@ class Cache:
                              bucket_size=f.bucket_size, bloom_bytes_per_bucket=f.bloom_bytes_per_bucket,
                              region_size=f.region_size, alignment=f.alignment, clean_regions=f.clean_regions,
                              metadata_fraction=f.metadata_fraction, admission=adm, clock=clock,
-                             blockcache_options=blockcache_options(f))
+                             blockcache_options=blockcache_options(f, durable=c.write_through))
             if self.navy.start.startswith("formatted") and hasattr(self.device, "deallocate_unused"):
                 # the share of the device the cache leaves (device.utilization) is spare
                 # only if the drive holds nothing there: deallocate it once, now
@@ -518,6 +518,9 @@ class Cache:
                 "window": stats_mod.waf(snap, old, empty["window"]), "window_seconds": now - t_old,
                 "lifetime": stats_mod.waf(snap, None, empty["lifetime"])}
 
+    def _recovery(self, fl: dict[str, Any]) -> dict[str, Any]:
+        return _recovery_figures(fl, self.navy.recovery)
+
     def _placement(self) -> dict[str, dict[str, Any]]:
         out = {}
         for name, s in self.navy.streams.items():
@@ -570,6 +573,7 @@ class Cache:
         hits = c["hits_dram"] + c["hits_flash"]
         return {
             "start": self.navy.start,
+            "recovery": self._recovery(fl),
             "placement": self._placement(),
             "items": {"dram": dr["items"], "flash": flash_items, "flash_exact": exact},
             "bytes": {"dram": dr["bytes"], "flash": None},
@@ -672,10 +676,20 @@ def _check_u64(op: str, what: str, n: Any) -> None:
                          + ("; use decr to subtract" if op == "incr" and n < 0 else ""))
 
 
-def blockcache_options(f: "config_mod.FlashConfig") -> dict[str, Any]:
-    """BlockCache's keyword arguments from [cache.flash]."""
+def _recovery_figures(navy_stats: dict[str, Any], recovery: dict[str, Any] | None) -> dict[str, Any]:
+    r = recovery or {}
+    ck = navy_stats.get("checkpoint") or {}
+    return {"crash": recovery is not None, "bytes_read": r.get("bytes_read", 0), "seconds": r.get("seconds"),
+            "regions_replayed": r.get("regions_replayed", 0), "entries_replayed": r.get("entries_replayed", 0),
+            "checkpoints": ck.get("written", 0), "checkpoints_skipped": ck.get("skipped", 0)}
+
+
+def blockcache_options(f: "config_mod.FlashConfig", durable: bool = False) -> dict[str, Any]:
+    """BlockCache's keyword arguments from [cache.flash] (``durable``: cache.write_through)."""
     return {"eviction": f.eviction, "reinsertion_hits": f.reinsertion_hits,
-            "reinsertion_percent": f.reinsertion_percent, "trim_on_reclaim": f.trim_on_reclaim}
+            "reinsertion_percent": f.reinsertion_percent, "trim_on_reclaim": f.trim_on_reclaim,
+            "checkpoint_regions": f.checkpoint_regions, "checkpoint_seconds": f.checkpoint_seconds,
+            "durable": durable}
 
 
 def open(config: "config_mod.Config | str | Path | None" = None, **kw: Any) -> Cache:  # noqa: A001

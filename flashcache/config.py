@@ -358,7 +358,15 @@ class FlashConfig:
         "re-append this percentage of an evicted region's items (0: off)", min=0, max=100))
     trim_on_reclaim: bool = field(default=False, metadata=opt("deallocate (TRIM) each BlockCache region before reuse"))
     metadata_fraction: float = field(default=0.01, metadata=opt(
-        "share of the device kept for warm-restart metadata (at least 1 MiB)", min=0.001, max=0.4))
+        "share of the device kept for checkpoints and warm-restart metadata (at least 1 MiB; two slots of half "
+        "each: a checkpoint that does not fit its slot is skipped with a warning, and the next crash replays "
+        "from the last one that fit, or starts BlockCache cold)", min=0.001, max=0.4))
+    checkpoint_regions: int = field(default=4, metadata=opt(
+        "checkpoint BlockCache's index every this many sealed regions, so a crash replays at most about as "
+        "many (0: only by time, at close and before reclaiming an unsaved region)", min=0, max=1 << 20))
+    checkpoint_seconds: float = field(default=60.0, metadata=opt(
+        "checkpoint BlockCache's index at a region seal when this long (\"60s\") has passed since the last "
+        "one (0: only by regions)", kind="duration", min=0.0))
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,18 @@ def _waf_figures(span: str) -> dict[str, str]:
 FIGURES: dict[str, str] = {
     # -- now
     "start": 'how the flash cache came up at open: "warm", "cold: <why>" or "formatted: <why>"',
+    "recovery": ("how BlockCache came back after a crash (the numbers are also in start), and its checkpoints "
+                 "since open"),
+    "recovery.crash": "whether this open recovered BlockCache after a crash (checkpoint + log replay)",
+    "recovery.bytes_read": ("bytes the crash recovery read (the checkpoint, one block per region, the tombstone "
+                            "journal, then the regions written since the checkpoint); 0 without one"),
+    "recovery.seconds": "seconds the recovery took at open (engines' recovery and replay); None without one",
+    "recovery.regions_replayed": "regions the crash recovery replayed (written after its checkpoint)",
+    "recovery.entries_replayed": "log entries (items, tombstones, markers) the crash recovery replayed",
+    "recovery.checkpoints": "index checkpoints written since open (periodic, before reclaiming an unsaved "
+                            "region, and at close)",
+    "recovery.checkpoints_skipped": ("checkpoints skipped since open because they did not fit their slot (half "
+                                     "the metadata area; raise cache.flash.metadata_fraction)"),
     "placement": ('FDP placement per engine: {"state": "on", "pid": n} (writes carry placement identifier n) or '
                   '{"state": "off", "reason": why}'),
     "items": "items held now, by tier (dram, flash)",

@@ -321,7 +321,7 @@ def test_clear_empties_dram_and_both_engines_for_good(tmp_path, clock):
         c.clear()
         c.navy._closed = True                   # then a crash: no warm-restart metadata
     with flashcache.Cache(conf, clock=clock) as c:           # BigHash's buckets are kept, yet stay cleared
-        assert c.stats()["start"].startswith("cold: no clean-shutdown metadata")
+        assert c.stats()["start"].startswith("recovered after a crash: blockcache recovered from checkpoint")
         assert c.get_many(list(old)) == {}
 
 

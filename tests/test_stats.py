@@ -167,7 +167,8 @@ def test_after_a_crash_bighash_estimates_its_items_and_says_so(tmp_path):
     dev.close()                                     # no c.close(): no warm-restart metadata
     with flashcache.Cache(config_) as c2:
         st = c2.stats()
-        assert st["start"].startswith("cold: ")
+        assert st["start"].startswith("recovered after a crash: blockcache recovered from checkpoint")
+        assert st["recovery"]["crash"] and st["recovery"]["bytes_read"] > 0
         truth = readable_on_flash(c2, keys)
         assert truth > 4000
         assert st["items"]["flash_exact"] is False

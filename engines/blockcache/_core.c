@@ -4,7 +4,7 @@
  *   definition; ENTRY_FIELDS (field -> (offset, size)), MAGIC, FORMAT_VERSION,
  *   HEADER_SIZE, KEY_SEED and CHECKSUM_SEED export them, and entry.py checks its own
  *   definition against them on import. encode_entry(buf, pos, khash, generation, expiry,
- *   key, value) -> length writes one entry (entry.encode_into's C form).
+ *   key, value, seq, flags) -> length writes one entry (entry.encode_into's C form).
  * - IndexTable(tag, addr, size, hits): the DRAM index's four arrays (index.py: numpy,
  *   uint32 tag and addr, uint16 size hint, uint8 hits; held) as C views. find(tag), put(tag,
  *   addr, code, allow_new) and swap(tag, addr, size, hits), which replaces all four in one
@@ -41,8 +41,8 @@
 /* Each field's offset, then the header's size. */
 enum {
     E_MAGIC = 0, E_VERSION = 4, E_HEADER_SIZE = 6, E_CHECKSUM = 8, E_GENERATION = 16, E_KEY_HASH = 24,
-    E_VALUE_LEN = 32, E_EXPIRY = 36, E_KEY_LEN = 40, E_FLAGS = 42, E_SIZE = 44,
-    E_FORMAT_VERSION = 1
+    E_VALUE_LEN = 32, E_EXPIRY = 36, E_KEY_LEN = 40, E_FLAGS = 42, E_SEQ = 44, E_SIZE = 52,
+    E_FORMAT_VERSION = 2
 };
 static const char E_MAGIC_BYTES[4] = {'F', 'C', 'B', 'C'};
 static const uint64_t KEY_SEED = 0x510E527FADE682D1ull;
@@ -52,6 +52,7 @@ static const fc_field ENTRY_FIELDS[] = {
     {"magic", E_MAGIC, 4}, {"version", E_VERSION, 2}, {"header_size", E_HEADER_SIZE, 2},
     {"checksum", E_CHECKSUM, 8}, {"generation", E_GENERATION, 8}, {"key_hash", E_KEY_HASH, 8},
     {"value_len", E_VALUE_LEN, 4}, {"expiry", E_EXPIRY, 4}, {"key_len", E_KEY_LEN, 2}, {"flags", E_FLAGS, 2},
+    {"seq", E_SEQ, 8},
     {NULL, 0, 0}};
 
 static inline uint16_t le16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
@@ -78,28 +79,31 @@ static uint64_t entry_checksum(uint8_t *h, uint64_t length)
 static PyObject *encode_entry(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)mod;
-    unsigned long long pos, khash, generation, expiry;
-    if (nargs != 7 || !PyByteArray_CheckExact(args[0]) || !PyBytes_CheckExact(args[5]) ||
+    unsigned long long pos, khash, generation, expiry, seq, fl;
+    if (nargs != 9 || !PyByteArray_CheckExact(args[0]) || !PyBytes_CheckExact(args[5]) ||
         !PyBytes_CheckExact(args[6])) {
         PyErr_SetString(PyExc_TypeError,
-                        "encode_entry(buf: bytearray, pos, khash, generation, expiry, key: bytes, value: bytes)");
+                        "encode_entry(buf: bytearray, pos, khash, generation, expiry, key: bytes, value: bytes, "
+                        "seq, flags)");
         return NULL;
     }
     pos = PyLong_AsUnsignedLongLong(args[1]);
     khash = PyLong_AsUnsignedLongLong(args[2]);
     generation = PyLong_AsUnsignedLongLong(args[3]);
     expiry = PyLong_AsUnsignedLongLong(args[4]);
+    seq = PyLong_AsUnsignedLongLong(args[7]);
+    fl = PyLong_AsUnsignedLongLong(args[8]);
     if (PyErr_Occurred())
         return NULL;
     Py_ssize_t klen = PyBytes_GET_SIZE(args[5]), vlen = PyBytes_GET_SIZE(args[6]);
     uint64_t length = E_SIZE + (uint64_t)klen + (uint64_t)vlen;
-    if (klen > 0xFFFF || (uint64_t)vlen > 0xFFFFFFFFu || expiry > 0xFFFFFFFFu ||
+    if (klen > 0xFFFF || (uint64_t)vlen > 0xFFFFFFFFu || expiry > 0xFFFFFFFFu || fl > 0xFFFF ||
         pos + length > (uint64_t)PyByteArray_GET_SIZE(args[0])) {
         PyErr_SetString(PyExc_ValueError, "encode_entry: the entry does not fit the buffer, or a field overflows");
         return NULL;
     }
     uint8_t *h = (uint8_t *)PyByteArray_AS_STRING(args[0]) + pos;
-    uint16_t version = E_FORMAT_VERSION, hsize = E_SIZE, kl = (uint16_t)klen, flags = 0;
+    uint16_t version = E_FORMAT_VERSION, hsize = E_SIZE, kl = (uint16_t)klen, flags = (uint16_t)fl;
     uint32_t vl = (uint32_t)vlen, ex = (uint32_t)expiry;
     memcpy(h + E_MAGIC, E_MAGIC_BYTES, 4);
     memcpy(h + E_VERSION, &version, 2);
@@ -110,6 +114,7 @@ static PyObject *encode_entry(PyObject *mod, PyObject *const *args, Py_ssize_t n
     memcpy(h + E_EXPIRY, &ex, 4);
     memcpy(h + E_KEY_LEN, &kl, 2);
     memcpy(h + E_FLAGS, &flags, 2);
+    memcpy(h + E_SEQ, &seq, 8);
     memcpy(h + E_SIZE, PyBytes_AS_STRING(args[5]), (size_t)klen);
     memcpy(h + E_SIZE + klen, PyBytes_AS_STRING(args[6]), (size_t)vlen);
     uint64_t sum = entry_checksum(h, length);
@@ -800,7 +805,7 @@ static PyTypeObject CoreType = {
 
 static PyMethodDef module_methods[] = {
     {"encode_entry", (PyCFunction)(void (*)(void))encode_entry, METH_FASTCALL,
-     "encode_entry(buf, pos, khash, generation, expiry, key, value) -> length: entry.encode_into in C"},
+     "encode_entry(buf, pos, khash, generation, expiry, key, value, seq, flags) -> length: entry.encode_into in C"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -14,6 +14,50 @@ the items reinsertion keeps are read back (one whole-region Read, only if any qu
 and appended to the fresh buffer, the rest are dropped from the index, and the region is
 optionally trimmed and joins the clean pool.
 
+Crash recovery and no resurrection (under a router that checkpoints: ``engines.navy``).
+The log is the sequence of entries in the order they were appended; every entry (item,
+TOMBSTONE, MARKER) carries ``seq``, which strictly increases along it (a reinserted copy
+is stamped anew: a copy of the live version is the newest in log order). A checkpoint is
+``persist()``'s state taken with ``checkpoint_seq`` = C, the seq of the first entry not
+yet on flash: the index it holds is the result of applying every entry below C. Replay
+(``replay()``) rebuilds the index at the crash from it: it reads the first block of every
+region (the seq there says whether the region was rewritten since C), drops the
+checkpoint's entries in every region whose first seq is >= C (reclaimed since: a reclaim
+writes a MARKER with a fresh seq at the region's start before the region is reused),
+then applies, in seq order, each valid entry with seq >= C found in those regions and in
+the tail of the region open at C (valid: magic, version, checksum, the generation, the
+key's hash; a region's walk stops at the first entry that is not, or whose seq does not
+increase: the end of what was written there). An item entry puts its key, a TOMBSTONE
+drops it. So the index after replay is the index at the crash restricted to what reached
+flash, *provided every index change is an entry on flash*. The three that are not
+entries are made so:
+
+* a remove (a delete, or the router moving the key to another engine) writes a
+  tombstone (its seq and the key's hash) to the journal, a ring of blocks in the
+  router's metadata area, before it returns: one block, off the engine's stream, and no
+  rewrite of region data (a TOMBSTONE entry in the log, with the tail written, only if
+  no checkpoint can be saved to empty a full journal). The journal holds the tombstones
+  since the last checkpoint (its epoch, in the checkpoint, tells them from older ones);
+  replay merges them with the log's entries by seq;
+* an insert is an entry; with ``durable`` it writes the tail before it returns. Without,
+  an overwrite still in the buffer at a crash is lost and the older copy, if one is on
+  flash, is what comes back: the default mode's contract ("what is on flash survives,
+  nothing older than it"); the Cache never relies on more, since its set removes the
+  flash copy (a tombstone, written at once) before the new value goes anywhere;
+* an eviction drops a region's entries: its MARKER makes replay drop them too.
+
+What a replay applies must outlive what it shadows: a region written since the last
+checkpoint is never reclaimed before a new checkpoint is taken (the router's
+``checkpoint_hook``, asked at the start of ``_reclaim``: else a newer copy evicted with it
+would let the checkpoint's older one back), the journal restarts only after a checkpoint,
+and the router checkpoints right after a replay. Across engines the router removes before it inserts (navy.py), so the
+older copy's tombstone is on flash before the newer copy anywhere else. Hence after a
+crash a key is served only with the newest of its values that reached flash, and never
+with one that a delete, or a later set that reached flash, superseded. What a crash can lose: the
+DRAM buffer's items not yet written (default mode), nothing acknowledged with
+``durable``. Writes reach stable media (fdatasync) at checkpoints and close only: a power
+loss can also lose, or reorder, what was written after the last checkpoint.
+
 Threads: every operation holds ``lock`` (one re-entrant lock: the engine's state is one
 structure) across its I/O, except that a lookup the index rules out takes no lock in its
 C form. The C (``_core.c``) owns what its lookup touches: the generation, the open
@@ -27,13 +71,16 @@ import threading
 import time
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
+import numpy as np
+
 from ..device import Device, Op, Read, Trim, Write, as_bytes, expiry_seconds, run
 from ..engine import Engine, core_field, merged_counters
 from . import eviction as eviction_mod
 from ._core_c import Core
-from .entry import FORMAT_VERSION, HEADER_SIZE, MAX_KEY_LEN, CorruptEntry, decode, encode_into, key_hash
+from .entry import (FORMAT_VERSION, HEADER_SIZE, MARKER, MAX_KEY_LEN, TOMBSTONE, CorruptEntry, decode, encode_into,
+                    journal_block, journal_records, key_hash, restamp)
 from .index import MAX_ADDR, SLOT_BYTES, Index
-from .regions import SEALED, Regions
+from .regions import CLEAN, OPEN, SEALED, Regions
 from .reinsertion import MAX_HITS_THRESHOLD, Reinsertion
 
 log = logging.getLogger(__name__)
@@ -51,7 +98,19 @@ _COUNTERS = (
     "checksum_failures", "inserts", "replaced", "inserted_bytes", "removes", "removed",
     "evicted_regions", "evicted_items", "reinsertions", "reinsertion_reads", "reinsertion_dropped",
     "region_writes", "flushes", "bytes_written", "entry_reads", "bytes_read", "trims",
+    "tail_writes", "tombstones", "markers", "checkpoints_due", "recovery_bytes_written",
 )
+DEFAULT_CHECKPOINT_REGIONS = 4
+DEFAULT_CHECKPOINT_SECONDS = 60.0
+
+
+def _head_seq(data: bytes, generation: int) -> int | None:
+    """The seq of the entry header at the start of ``data`` if it is one of ``generation``."""
+    try:
+        h = decode(data, 0, 1 << 62, verify=False)
+    except CorruptEntry:
+        return None
+    return h.seq if h.generation == generation else None
 
 
 def _check_bytes(what: str, x: object):
@@ -81,7 +140,10 @@ class BlockCache(Engine):
     in seconds that ``expiry`` is measured in; ``generation`` is the one the entries were
     written with (what ``persist()`` saved; 0 for an engine never ``reset()``).
     ``io_alignment``: the device's block size when it is larger than ``alignment``; entry
-    reads are widened to whole blocks (default: ``alignment``).
+    reads are widened to whole blocks (default: ``alignment``). ``durable`` (write_through):
+    every insert writes the buffer's new tail before it returns. ``checkpoint_regions`` and
+    ``checkpoint_seconds``: how often, at a seal, to ask ``checkpoint_hook`` (set by the
+    router) for a checkpoint (0 turns either off; see the module docstring).
 
     Every operation holds ``lock`` (re-entrant: one thread may drive several lookups
     together), so threads may share the engine.
@@ -114,6 +176,9 @@ class BlockCache(Engine):
         segment_ratio: Sequence[int] = (1, 1),
         reinsertion_seed: int = 0,
         io_alignment: int | None = None,
+        durable: bool = False,
+        checkpoint_regions: int = DEFAULT_CHECKPOINT_REGIONS,
+        checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
     ) -> None:
         if not isinstance(alignment, int) or not (
             MIN_ALIGNMENT <= alignment <= MAX_ALIGNMENT and alignment & (alignment - 1) == 0
@@ -187,6 +252,15 @@ class BlockCache(Engine):
             raise ValueError(f"BlockCache: trim_on_reclaim = {trim_on_reclaim!r}: use True or False")
         if not isinstance(generation, int) or not 0 <= generation <= _M64:
             raise ValueError(f"BlockCache: generation = {generation!r}: use an int from 0 to 2**64 - 1")
+        if not isinstance(checkpoint_regions, int) or isinstance(checkpoint_regions, bool) or checkpoint_regions < 0:
+            raise ValueError(f"BlockCache: checkpoint_regions = {checkpoint_regions!r}: use a whole number of sealed "
+                             f"regions between index checkpoints, 0 for none but at close "
+                             f"({DEFAULT_CHECKPOINT_REGIONS} is the default)")
+        if (not isinstance(checkpoint_seconds, (int, float)) or isinstance(checkpoint_seconds, bool)
+                or not checkpoint_seconds >= 0):
+            raise ValueError(f"BlockCache: checkpoint_seconds = {checkpoint_seconds!r}: use seconds >= 0 between "
+                             f"index checkpoints while regions are sealed, 0 for none "
+                             f"({DEFAULT_CHECKPOINT_SECONDS:g} is the default)")
         if not callable(clock):
             raise ValueError(f"BlockCache: clock = {clock!r}: use a callable returning seconds, like time.time")
         self.offset = offset
@@ -218,6 +292,24 @@ class BlockCache(Engine):
         self._use_eviction(eviction_mod.make(eviction, nregions, ratio))
         self.reinsertion = Reinsertion(reinsertion_hits, reinsertion_percent, reinsertion_seed)
         self._counters = dict.fromkeys(_COUNTERS, 0)
+        self.durable = bool(durable)
+        """write_through: every insert and remove reaches the device before it returns."""
+        self.checkpoint_regions = checkpoint_regions
+        self.checkpoint_seconds = float(checkpoint_seconds)
+        self.checkpoint_hook: Callable[[], Any] | None = None
+        """Called (blocking, under ``lock``) when a checkpoint is due; the router sets it."""
+        self.seq = 1
+        """The log sequence number the next appended entry takes."""
+        self._flushed_seq = 1     # every entry with a lower seq is on flash (or gone)
+        self._seals_since = 0
+        self._checkpoint_at = clock()
+        self._saved_ckpt = 0      # the checkpoint_seq of the last checkpoint the router saved
+        self._sealed_at = np.zeros(nregions, np.uint64)   # self.seq when each region was sealed
+        self.journal: tuple[int, int, int] | None = None
+        """(offset, blocks, block size) of the tombstone journal on the device (the router
+        sets it beside ``checkpoint_hook``); None: removes are index-only."""
+        self._journal_epoch = 1
+        self._journal_next = 0
 
     generation = core_field("_core.generation", "The generation entries are written with; any other reads as "
                                                 "a stale miss.")
@@ -258,7 +350,8 @@ class BlockCache(Engine):
         return cls(offset, size, stream=stream, clock=clock, io_alignment=io, **options)
 
     def layout(self) -> dict[str, Any]:
-        return {"region_size": self.region_size, "alignment": self.alignment}
+        # the entry format too: a cache written with another resets once, and says so
+        return {"region_size": self.region_size, "alignment": self.alignment, "entry_format": FORMAT_VERSION}
 
     def c_ops(self) -> Any:
         return self._core.engine_ops()
@@ -418,28 +511,56 @@ class BlockCache(Engine):
             evicted0, reinserted0 = c["evicted_items"], c["reinsertions"]
             klen, vlen = len(key), len(value)
             units = -(-(HEADER_SIZE + klen + vlen) // self.alignment)
-            regions = self.regions
-            if not regions.loaded:  # after recover(): what flush() wrote of the open region
-                data = yield Read(self.region_offset(regions.open), self.region_size)
-                self._counters["bytes_read"] += self.region_size
-                if not regions.loaded:
-                    regions.load_buffer(data)
-            if regions.room() < units:
-                yield from self._seal(reserve=units)
             kh = key_hash(key)
-            unit = regions.take(units)
-            encode_into(regions.buf, unit * self.alignment, kh, self.generation, expiry, key, value)
-            old = self.index.put(kh >> 32, regions.open * self._upr + unit, units)
+            unit = yield from self._append(units, kh, expiry, key, value, 0)
+            old = self.index.put(kh >> 32, self.regions.open * self._upr + unit, units)
             c["inserts"] += 1
             c["inserted_bytes"] += klen + vlen
             c["replaced"] += old is not None
+            if self.durable:
+                yield from self._write_tail()
             return InsertResult(old is not None, c["evicted_items"] - evicted0, c["reinsertions"] - reinserted0)
+
+    def _append(self, units: int, kh: int, expiry: int, key, value, flags: int) -> Op[int]:
+        """Make room for ``units`` (reading the open region back after ``recover()``,
+        sealing a full one) and encode an entry there with the next ``seq``; its unit."""
+        regions = self.regions
+        if not regions.loaded:  # after recover(): what flush() wrote of the open region
+            data = yield Read(self.region_offset(regions.open), self.region_size)
+            self._counters["bytes_read"] += self.region_size
+            if not regions.loaded:
+                regions.load_buffer(data)
+        if regions.room() < units:
+            yield from self._seal(reserve=units)
+        unit = regions.take(units)
+        encode_into(regions.buf, unit * self.alignment, kh, self.generation, expiry, key, value, self.seq, flags)
+        self.seq += 1
+        return unit
+
+    def _write_tail(self) -> Op[None]:
+        """Write what the open region's buffer holds beyond what is on flash: from the
+        block holding the first unwritten unit to the block holding the last one
+        (rewriting a partial block is fine: its written part is the same bytes)."""
+        regions = self.regions
+        if not regions.dirty:
+            return
+        io, align = self.io_alignment, self.alignment
+        start = regions.flushed * align // io * io
+        end = -(-(regions.fill * align) // io) * io
+        fill, seq = regions.fill, self.seq
+        yield Write(self.region_offset(regions.open) + start, bytes(regions.view[start:end]), self.stream)
+        regions.flushed = fill
+        self._flushed_seq = seq
+        self._counters["tail_writes"] += 1
+        self._counters["bytes_written"] += end - start
 
     def _write_open(self) -> Op[None]:
         regions = self.regions
         fill = regions.fill
+        seq = self.seq
         yield Write(self.region_offset(regions.open), regions.buf, self.stream)
         regions.flushed = fill
+        self._flushed_seq = seq
         self._counters["region_writes"] += 1
         self._counters["bytes_written"] += self.region_size
 
@@ -450,15 +571,38 @@ class BlockCache(Engine):
         if regions.dirty:
             yield from self._write_open()
         sealed = regions.seal_open()
+        self._flushed_seq = self.seq      # the new open region is empty
+        self._sealed_at[sealed] = self.seq
         self.eviction.track(sealed)
         while len(regions.pool) < self.clean_regions:
             yield from self._reclaim(reserve)
+        self._seals_since += 1
+        now = self.clock()
+        if ((self.checkpoint_regions and self._seals_since >= self.checkpoint_regions)
+                or (self.checkpoint_seconds and now - self._checkpoint_at >= self.checkpoint_seconds)):
+            self._counters["checkpoints_due"] += 1
+            if self.checkpoint_hook is not None:
+                self.checkpoint_hook()
+
+    def checkpointed(self, state: dict) -> None:
+        """The router saved ``state`` (``persist()``'s) as a checkpoint: restart the period
+        and the tombstone journal (the checkpoint covers every tombstone before it)."""
+        self._seals_since = 0
+        self._checkpoint_at = self.clock()
+        self._saved_ckpt = state["checkpoint_seq"]
+        self._journal_epoch = state["journal_epoch"]
+        self._journal_next = 0
 
     def _reclaim(self, reserve: int = 0) -> Op[None]:
         """Evict one sealed region: reinsert what qualifies, drop the rest, trim, release."""
         c = self._counters
         idx, regions = self.index, self.regions
         victim = self.eviction.victim()
+        if self.checkpoint_hook is not None and self._sealed_at[victim] > self._saved_ckpt:
+            # written since the last checkpoint: its tombstones may still be needed by a
+            # replay, which after a checkpoint starts past them
+            self._counters["checkpoints_due"] += 1
+            self.checkpoint_hook()
         self.eviction.forget(victim)
         lo = victim * self._upr
         hi = lo + self._upr
@@ -479,7 +623,23 @@ class BlockCache(Engine):
         if self.trim_on_reclaim:
             yield Trim(self.region_offset(victim), self.region_size)
             c["trims"] += 1
+        if regions.dirty and self.durable:
+            yield from self._write_tail()   # reinserted copies first, then the originals go
+        if self.checkpoint_hook is not None:   # under a router that checkpoints: crash-safe
+            yield from self._write_marker(victim)
         regions.release(victim)
+
+    def _write_marker(self, region: int) -> Op[None]:
+        """Mark ``region`` reclaimed on flash (its first block: a MARKER entry with the
+        next seq, then zeros), so a crash recovery drops the checkpoint's entries in it."""
+        block = bytearray(self.io_alignment)
+        encode_into(block, 0, 0, self.generation, 0, b"", b"", self.seq, MARKER)
+        self.seq += 1
+        # not on the engine's stream: a block there would shift every later region off its
+        # reclaim-unit boundary on an FDP device (the region's rewrite overwrites it anyway)
+        yield Write(self.region_offset(region), bytes(block), None)
+        self._counters["markers"] += 1
+        self._counters["recovery_bytes_written"] += len(block)
 
     def _reinsert(self, victim: int, data: bytes, tags: list[int], addrs: list[int], reserve: int) -> None:
         """Append the chosen entries, verbatim, to the buffer, keeping ``reserve`` units
@@ -510,26 +670,48 @@ class BlockCache(Engine):
             unit = regions.take(units)
             start = unit * align
             regions.view[start:start + h.length] = mv[pos:pos + h.length]
+            restamp(regions.view, start, h.length, self.seq)   # a copy is the newest in log order
+            self.seq += 1
             idx.move(slot, regions.open * self._upr + unit)
             c["reinsertions"] += 1
 
     def remove(self, key: bytes | bytearray | memoryview) -> Op[bool]:
-        """Drop ``key`` from the index (no I/O; its bytes become garbage). True if an index
-        entry with the key's tag was there (it may have been another key's: dropping it is
-        always safe)."""
+        """Drop ``key`` from the index. True if an index entry with the key's tag was there
+        (it may have been another key's: dropping it is always safe). Under a router
+        (``journal`` set) a tombstone for the key is then written to the journal before
+        this returns (one block Write), so that no crash recovery replays an older copy.
+        No I/O when the index did not hold the tag."""
         key = _check_bytes("key", key)
         return self._remove(key)
 
     def _remove(self, key) -> Op[bool]:
-        yield from ()
         with self.lock:
             c = self._counters
             c["removes"] += 1
-            slot = self.index.find(key_hash(key) >> 32)
+            kh = key_hash(key)
+            slot = self.index.find(kh >> 32)
             if slot < 0:
                 return False
             self.index.delete(slot)
             c["removed"] += 1
+            if self.journal is None:
+                return True
+            c["tombstones"] += 1
+            offset, blocks, bsize = self.journal
+            if self._journal_next >= blocks and self.checkpoint_hook is not None:
+                c["checkpoints_due"] += 1
+                self.checkpoint_hook()          # the journal is full: a checkpoint covers it, it restarts
+            if self._journal_next < blocks:
+                at = self._journal_next
+                self._journal_next += 1
+                data = journal_block(bsize, self._journal_epoch, self.generation, [(self.seq, kh)])
+                self.seq += 1
+                yield Write(offset + at * bsize, data, None)
+                c["recovery_bytes_written"] += bsize     # off the stream: not in bytes_written
+                return True
+            # no checkpoint could be saved: the tombstone goes in the log, written at once
+            yield from self._append(-(-(HEADER_SIZE + len(key)) // self.alignment), kh, 0, key, b"", TOMBSTONE)
+            yield from self._write_tail()
             return True
 
     # ------------------------------------------------------------------ lifecycle
@@ -562,6 +744,8 @@ class BlockCache(Engine):
         self.generation = (self.generation + 1) & _M64
         self.index.clear()
         self.regions.reset()
+        self._sealed_at[:] = 0
+        self._flushed_seq = self.seq
         self._use_eviction(eviction_mod.make(self.eviction_name, self.nregions, self.segment_ratio))
 
     def persist(self) -> dict:
@@ -581,6 +765,9 @@ class BlockCache(Engine):
             "region_size": self.region_size,
             "alignment": self.alignment,
             "generation": self.generation,
+            "seq": self.seq,
+            "checkpoint_seq": self._flushed_seq,
+            "journal_epoch": self._journal_epoch + 1,   # the tombstones written after this state
             "counters": self._counts(),
             "index": self.index.to_state(exclude),
             "regions": regions.to_state(),
@@ -593,9 +780,25 @@ class BlockCache(Engine):
 
         The buffer's bytes are not in the state: the open region stays open with what
         ``flush()`` wrote of it, served from flash until the next insert reads it back."""
+        parsed = self._parse_state(state)
+        if parsed is None:
+            return False
+        generation, index, regions, eviction, restored, seq, _ = parsed
+        self._journal_epoch, self._journal_next = state["journal_epoch"], 0
+        self.regions.load_state(regions)
+        self.generation = generation
+        self._use_index(index)
+        self._use_eviction(eviction)
+        self._counters = restored
+        self._core.reset_counters()
+        self.seq = self._flushed_seq = seq
+        return True
+
+    def _parse_state(self, state: dict | None):
+        """``persist()``'s state checked and parsed, or None (logged) if it does not fit."""
         try:
             if not isinstance(state, dict) or state.get("engine") != "blockcache":
-                return False
+                return None
             same = (
                 state["format_version"] == FORMAT_VERSION
                 and state["offset"] == self.offset
@@ -605,10 +808,10 @@ class BlockCache(Engine):
             )
             if not same:
                 log.info("BlockCache: saved state has another geometry or format; starting cold")
-                return False
+                return None
             generation = state["generation"]
             if not isinstance(generation, int) or not 0 <= generation <= _M64:
-                return False
+                return None
             index = Index.from_state(state["index"], self.nregions * self._upr)
             parsed = self.regions.parse_state(state["regions"])
             eviction = eviction_mod.make(self.eviction_name, self.nregions, self.segment_ratio)
@@ -624,16 +827,134 @@ class BlockCache(Engine):
                 raise ValueError("eviction order does not match the sealed regions")
             counters = state.get("counters") or {}
             restored = {k: int(counters.get(k, 0)) for k in _COUNTERS}
+            seq, ckpt, epoch = state["seq"], state["checkpoint_seq"], state["journal_epoch"]
+            if not isinstance(epoch, int) or not 1 <= epoch <= _M64:
+                raise ValueError(f"bad journal epoch {epoch!r}")
+            if not (isinstance(seq, int) and isinstance(ckpt, int) and 1 <= ckpt <= seq <= _M64):
+                raise ValueError(f"bad log sequence numbers {seq!r}, {ckpt!r}")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             log.info("BlockCache: saved state unreadable (%s); starting cold", exc)
-            return False
-        self.regions.load_state(parsed)
+            return None
+        return generation, index, parsed, eviction, restored, seq, ckpt
+
+    def replay(self, state: dict | None) -> Op[dict | None]:
+        """Crash recovery: start from a checkpoint (``persist()``'s state, saved while
+        running), then replay the log written after it. None (nothing changed) if the
+        state does not fit; else what it read: ``bytes_read``, ``regions_replayed``,
+        ``entries_replayed``, ``tombstones``, ``dropped`` (checkpoint entries in regions
+        reclaimed since). Reads one block per region (its first entry's seq says whether
+        it was rewritten since the checkpoint) and the regions written since, never the
+        rest. See the module docstring for why nothing older than the newest copy on flash
+        comes back."""
+        parsed = self._parse_state(state)
+        if parsed is None:
+            return None
+        generation, index, (rstates, _, open0, flushed0), _, restored, seq, ckpt = parsed
+        if generation != self.generation:
+            log.info("BlockCache: checkpoint of generation %d, the superblock says %d; starting cold",
+                     generation, self.generation)
+            return None
+        align, io, upr = self.alignment, self.io_alignment, self._upr
+        nread = 0
+        first: list[int | None] = []          # each region's first entry's seq (None: no valid header)
+        for r in range(self.nregions):
+            data = yield Read(self.region_offset(r), io)
+            nread += io
+            first.append(_head_seq(data, generation))
+        cont0 = flushed0 > 0 and (first[open0] is None or first[open0] < ckpt)  # open0 continued
+        replay = sorted((r for r in range(self.nregions) if (r == open0 and cont0) or (first[r] or 0) >= ckpt),
+                        key=lambda r: -1 if r == open0 and cont0 else first[r])
+        entries = []
+        dropped = 0
+        top = seq
+        kinds = {}
+        for r in replay:
+            cont = r == open0 and cont0
+            start = flushed0 * align // io * io if cont else 0
+            if not cont:
+                slots = index.slots_in(r * upr, (r + 1) * upr)
+                dropped += len(slots)
+                index.drop(slots)
+            if start >= self.region_size:
+                continue
+            data = yield Read(self.region_offset(r) + start, self.region_size - start)
+            nread += self.region_size - start
+            mv = memoryview(data)
+            pos = flushed0 * align - start if cont else 0
+            prev = 0
+            while pos + HEADER_SIZE <= len(mv):
+                try:
+                    h = decode(mv, pos, len(mv))
+                except CorruptEntry:
+                    break
+                if h.generation != generation or h.seq <= prev:
+                    break                              # the end of what was written here
+                kstart = pos + HEADER_SIZE
+                if h.flags != MARKER and key_hash(mv[kstart:kstart + h.key_len]) != h.key_hash:
+                    break
+                prev = h.seq
+                units = -(-h.length // align)
+                if h.seq >= ckpt:
+                    entries.append((h.seq, h.flags, h.key_hash >> 32, r * upr + (start + pos) // align, units))
+                    kinds[r] = kinds.get(r, 0) | (1 << h.flags)
+                top = max(top, h.seq + 1)
+                pos += units * align
+        if self.journal is not None:        # the tombstones written since the checkpoint
+            offset, blocks, bsize = self.journal
+            data = yield Read(offset, blocks * bsize)
+            nread += blocks * bsize
+            for b in range(blocks):
+                for s, kh in journal_records(memoryview(data)[b * bsize:(b + 1) * bsize], state["journal_epoch"],
+                                             generation):
+                    if s >= ckpt:
+                        entries.append((s, TOMBSTONE, kh >> 32, 0, 0))
+                        top = max(top, s + 1)
+        entries.sort()
+        tombs = 0
+        for _, flags, tag, addr, units in entries:
+            if flags == TOMBSTONE:
+                tombs += 1
+                slot = index.find(tag)
+                if slot >= 0:
+                    index.delete(slot)
+            elif flags == 0:
+                index.put(tag, addr, units)
+        # Regions: what holds entries is sealed, oldest first in the eviction order; a new
+        # open region from the clean ones (reclaiming the oldest if none is left).
+        st = rstates.copy()
+        for r in replay:
+            holds = (r == open0 and cont0) or bool(kinds.get(r, 0) & 0b11)
+            st[r] = SEALED if holds else CLEAN
+        st[st == OPEN] = SEALED if flushed0 else CLEAN
+        for r in range(self.nregions):
+            top = max(top, (first[r] or 0) + 1)
+        sealed = sorted((r for r in range(self.nregions) if st[r] == SEALED), key=lambda r: first[r] or 0)
         self.generation = generation
+        self.seq = self._flushed_seq = top
+        self._journal_epoch, self._journal_next = state["journal_epoch"], 0
+        self._sealed_at[:] = 0    # the router checkpoints at once after a replay
         self._use_index(index)
+        while int((st == CLEAN).sum()) < self.clean_regions + 1:
+            victim = sealed.pop(0)
+            slots = index.slots_in(victim * upr, (victim + 1) * upr)
+            index.drop(slots)
+            restored["evicted_items"] += len(slots)
+            restored["evicted_regions"] += 1
+            yield from self._write_marker(victim)
+            st[victim] = CLEAN
+        pool = [int(r) for r in np.flatnonzero(st == CLEAN)]
+        opened = pool.pop(0)
+        st[opened] = OPEN
+        self.regions.load_state((st, pool, opened, 0))
+        eviction = eviction_mod.make(self.eviction_name, self.nregions, self.segment_ratio)
+        for r in sealed:
+            eviction.track(r)
         self._use_eviction(eviction)
+        restored["bytes_read"] += nread
         self._counters = restored
         self._core.reset_counters()
-        return True
+        return {"bytes_read": nread, "regions_replayed": len(replay), "entries_replayed": len(entries),
+                "tombstones": tombs, "dropped": dropped, "checkpoint_seq": ckpt, "items": len(index)}
 
     def stats(self) -> dict:
         """Counters since creation (kept across ``recover``), plus geometry, the index's

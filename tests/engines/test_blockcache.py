@@ -115,7 +115,22 @@ def test_remove_is_index_only():
     assert run(bc.remove(b"k"), dev) is True
     assert run(bc.remove(b"k"), dev) is False
     assert get(bc, dev, b"k") is None
-    assert len(dev.log) == n  # no I/O at all
+    assert len(dev.log) == n  # no I/O at all (no journal: not under a router)
+
+
+def test_under_a_journal_a_remove_writes_one_tombstone_block_off_the_stream():
+    from engines.blockcache.entry import journal_records
+    bc, dev = make()
+    bc.journal = (7 * R, 4, 4096)           # the spare region past the extent, as a metadata area
+    put(bc, dev, b"k", b"v")
+    fill_regions(bc, dev, 1)
+    n = len(dev.log)
+    seq = bc.seq
+    assert run(bc.remove(b"k"), dev) is True
+    assert dev.log[n:] == [("write", 7 * R, 4096)]
+    assert journal_records(bytes(dev.buf[7 * R:7 * R + 4096]), 1, bc.generation) == [(seq, key_hash(b"k"))]
+    assert journal_records(bytes(dev.buf[7 * R:7 * R + 4096]), 2, bc.generation) == []   # another epoch
+    assert run(bc.remove(b"k"), dev) is False and len(dev.log) == n + 1
     assert bc.stats()["removes"] == 2 and bc.stats()["removed"] == 1
 
 
@@ -207,37 +222,41 @@ def test_on_flash_layout_matches_the_docstring():
     put(bc, dev, b"key", b"value", expiry=1_000_100.5)
     run(bc.flush(), dev)
     raw = bytes(dev.buf[bc.region_offset(0):bc.region_offset(0) + A])
-    magic, version, hsize, csum, gen, kh, vlen, expiry, klen, flags = ENTRY_HEADER.unpack_from(raw)
-    assert (magic, version, hsize, gen, kh, vlen, expiry, klen, flags) == (
-        MAGIC, FORMAT_VERSION, HEADER_SIZE, 42, key_hash(b"key"), 5, 1_000_101, 3, 0)
-    assert HEADER_SIZE == 44
-    assert raw[44:52] == b"keyvalue" and raw[52:] == bytes(A - 52)
-    assert csum == xxhash.xxh3_64_intdigest(raw[:8] + raw[16:52], CHECKSUM_SEED)
+    magic, version, hsize, csum, gen, kh, vlen, expiry, klen, flags, seq = ENTRY_HEADER.unpack_from(raw)
+    assert (magic, version, hsize, gen, kh, vlen, expiry, klen, flags, seq) == (
+        MAGIC, FORMAT_VERSION, HEADER_SIZE, 42, key_hash(b"key"), 5, 1_000_101, 3, 0, 1)
+    assert HEADER_SIZE == 52 and FORMAT_VERSION == 2
+    assert raw[52:60] == b"keyvalue" and raw[60:] == bytes(A - 60)
+    assert csum == xxhash.xxh3_64_intdigest(raw[:8] + raw[16:60], CHECKSUM_SEED)
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(min_size=1, max_size=300), st.binary(max_size=5000), st.integers(0, 3000),
-       st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 2**32 - 1, 1_700_000_000]))
-def test_the_c_encoder_writes_the_bytes_the_python_one_does(key, value, pos, khash, generation, expiry):
+       st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 2**32 - 1, 1_700_000_000]),
+       st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 2]))
+def test_the_c_encoder_writes_the_bytes_the_python_one_does(key, value, pos, khash, generation, expiry, seq,
+                                                            flags):
     from engines.blockcache.entry import decode, encode_into, encode_into_py
     size = pos + HEADER_SIZE + len(key) + len(value) + 100
     a, b = bytearray(b"\xa5" * size), bytearray(b"\xa5" * size)     # padding left as it was
-    assert encode_into(a, pos, khash, generation, expiry, key, value) == \
-        encode_into_py(b, pos, khash, generation, expiry, key, value) == HEADER_SIZE + len(key) + len(value)
+    assert encode_into(a, pos, khash, generation, expiry, key, value, seq, flags) == \
+        encode_into_py(b, pos, khash, generation, expiry, key, value, seq, flags) == HEADER_SIZE + len(key) + len(value)
     assert a == b
     h = decode(a, pos, size)
-    assert (h.generation, h.key_hash, h.expiry, h.key_len, h.value_len) == (generation, khash, expiry, len(key),
-                                                                           len(value))
+    assert (h.generation, h.key_hash, h.expiry, h.key_len, h.value_len, h.seq, h.flags) == (
+        generation, khash, expiry, len(key), len(value), seq, flags)
 
 
 def test_the_c_encoder_refuses_what_does_not_fit():
     from engines.blockcache._core_c import encode_entry
     with pytest.raises(ValueError, match="does not fit the buffer"):
-        encode_entry(bytearray(100), 60, 0, 0, 0, b"k", b"v")
+        encode_entry(bytearray(100), 60, 0, 0, 0, b"k", b"v", 0, 0)
     with pytest.raises(ValueError, match="a field overflows"):
-        encode_entry(bytearray(100), 0, 0, 0, 2**32, b"k", b"v")
+        encode_entry(bytearray(100), 0, 0, 0, 2**32, b"k", b"v", 0, 0)
+    with pytest.raises(ValueError, match="a field overflows"):
+        encode_entry(bytearray(100), 0, 0, 0, 0, b"k", b"v", 0, 2**16)
     with pytest.raises(TypeError, match="bytearray"):
-        encode_entry(b"x" * 100, 0, 0, 0, 0, b"k", b"v")
+        encode_entry(b"x" * 100, 0, 0, 0, 0, b"k", b"v", 0, 0)
 
 
 def test_a_reused_buffer_starts_zeroed_so_padding_on_flash_is_zeros():

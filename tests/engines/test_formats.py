@@ -30,7 +30,7 @@ def test_a_layout_is_its_struct():
         assert offsets == sorted(offsets) and offsets[0] == 0
         last_off, last_size = list(lay.fields.values())[-1]
         assert last_off + last_size == lay.size == lay.struct.size
-    assert BC_ENTRY_LAYOUT.size == 44 and BUCKET_LAYOUT.size == 32 and BH_ENTRY_LAYOUT.size == 22
+    assert BC_ENTRY_LAYOUT.size == 52 and BUCKET_LAYOUT.size == 32 and BH_ENTRY_LAYOUT.size == 22
 
 
 def test_check_names_the_field_that_differs():
@@ -42,7 +42,7 @@ def test_check_names_the_field_that_differs():
     with pytest.raises(formats.FormatMismatch, match="field 'flags' .* is missing from test"):
         formats.check(BC_ENTRY_LAYOUT, {k: v for k, v in c.items() if k != "flags"}, "test")
     with pytest.raises(formats.FormatMismatch, match="field 'extra' of test is not in the Python layout"):
-        formats.check(BC_ENTRY_LAYOUT, {**c, "extra": (44, 2)}, "test")
+        formats.check(BC_ENTRY_LAYOUT, {**c, "extra": (52, 2)}, "test")
     with pytest.raises(formats.FormatMismatch, match="KEY_SEED is 1 in Python but 2 in test"):
         formats.check(BC_ENTRY_LAYOUT, c, "test", {"KEY_SEED": (1, 2)})
 

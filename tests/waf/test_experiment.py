@@ -107,7 +107,7 @@ def test_ctrl_c_keeps_the_windows_done_so_far(tmp_path, monkeypatch):
         return real(self, b)
     monkeypatch.setattr(Driver, "apply", apply)
     data, src, base = small()
-    rules = dataclasses.replace(QUICK, window=0.25, max_warmup=10, steady_windows=3, windows=5)
+    rules = dataclasses.replace(QUICK, window=0.25, max_warmup=10, steady_windows=12, windows=5)
     res = ex.run(data, src, base, ex.Point(), workload.load("kvcache"), rules, tmp_path, progress=False, echo=None)
     d = json.loads((tmp_path / "run.json").read_text())
     assert res.interrupted and d["interrupted"] and "Ctrl-C" in d["summary"]["stopped"]
