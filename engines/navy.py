@@ -177,7 +177,7 @@ class Navy:
         self._counters = dict.fromkeys(COUNTERS, 0)
         self._rejects = dict.fromkeys(self.engines, 0)
         self._closed = False
-        self._ckpt = {"seq": 0, "slot": 1, "written": 0, "bytes": 0, "skipped": 0, "last_skip": ""}
+        self._ckpt: dict[str, Any] = {"seq": 0, "slot": 1, "written": 0, "bytes": 0, "skipped": 0, "last_skip": ""}
         self.recovery: dict[str, Any] | None = None
         """After a crash recovery: what BlockCache's replay read (bytes_read, seconds, ...)."""
         for eng in self.engines.values():
@@ -375,7 +375,7 @@ class Navy:
             lost.append(eng.name)
             kept.append(eng.start_cold())
         if clean:
-            counters = state.get("router") or {}
+            counters = (state or {}).get("router") or {}
             for name, table in (("counters", self._counters), ("rejects", self._rejects)):
                 for k in table:
                     table[k] = int((counters.get(name) or {}).get(k, 0))
@@ -397,7 +397,7 @@ class Navy:
                 info["checkpoint_bytes"] = self._meta_read
                 info["bytes_read"] += self._meta_read     # the checkpoint, then the log
                 self.recovery = {"engine": name, **info}
-                parts.append(f"{name} recovered from checkpoint {state.get('seq', 0)} + {info['regions_replayed']} "
+                parts.append(f"{name} recovered from checkpoint {(state or {}).get('seq', 0)} + {info['regions_replayed']} "
                              f"regions replayed ({info['entries_replayed']} entries, {info['items']} items), "
                              f"{info['bytes_read']} bytes read in {secs:.3f} s")
             return f"recovered after a crash: {'; '.join(parts)}; {', '.join(kept)}"

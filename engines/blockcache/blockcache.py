@@ -783,6 +783,7 @@ class BlockCache(Engine):
         parsed = self._parse_state(state)
         if parsed is None:
             return False
+        assert state is not None                  # _parse_state(None) is None
         generation, index, regions, eviction, restored, seq, _ = parsed
         self._journal_epoch, self._journal_next = state["journal_epoch"], 0
         self.regions.load_state(regions)
@@ -849,6 +850,7 @@ class BlockCache(Engine):
         parsed = self._parse_state(state)
         if parsed is None:
             return None
+        assert state is not None                  # _parse_state(None) is None
         generation, index, (rstates, _, open0, flushed0), _, restored, seq, ckpt = parsed
         if generation != self.generation:
             log.info("BlockCache: checkpoint of generation %d, the superblock says %d; starting cold",
@@ -863,11 +865,11 @@ class BlockCache(Engine):
             first.append(_head_seq(data, generation))
         cont0 = flushed0 > 0 and (first[open0] is None or first[open0] < ckpt)  # open0 continued
         replay = sorted((r for r in range(self.nregions) if (r == open0 and cont0) or (first[r] or 0) >= ckpt),
-                        key=lambda r: -1 if r == open0 and cont0 else first[r])
+                        key=lambda r: -1 if r == open0 and cont0 else (first[r] or 0))
         entries = []
         dropped = 0
         top = seq
-        kinds = {}
+        kinds: dict[int, int] = {}
         for r in replay:
             cont = r == open0 and cont0
             start = flushed0 * align // io * io if cont else 0
