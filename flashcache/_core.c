@@ -369,7 +369,10 @@ FC_SHARED int hot_store(Hot *h, PyObject *key, PyObject *value)
 /* set(key, value, ttl=None) */
 static PyObject *hot_set(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (h->closed || kwnames || nargs != 2 || !plain_key(h, args[0]) || !PyBytes_CheckExact(args[1]) ||
+    /* set(key, value) or set(key, value, None): ttl None is the default TTL, which is 0 here
+     * (accelerate() declines a cache with another); AsyncCache passes it explicitly */
+    if (h->closed || kwnames || (nargs != 2 && !(nargs == 3 && args[2] == Py_None)) || !plain_key(h, args[0]) ||
+        !PyBytes_CheckExact(args[1]) ||
         PyBytes_GET_SIZE(args[0]) + PyBytes_GET_SIZE(args[1]) > h->fits_max)
         return PyObject_Vectorcall(h->slow_set, args, nargs, kwnames);
     if (hot_store(h, args[0], args[1]) < 0)

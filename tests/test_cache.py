@@ -239,7 +239,7 @@ def test_prometheus_registry_is_the_callers(tmp_path):
 
 def _twin_ops():
     from hypothesis import strategies as st
-    return st.lists(st.tuples(st.sampled_from(["get", "get", "set", "set", "set_ttl", "delete", "touch", "tick",
+    return st.lists(st.tuples(st.sampled_from(["get", "get", "set", "set", "set_none", "set_ttl", "delete", "touch", "tick",
                                                "many", "get_str", "big"]),
                               st.integers(0, 30), st.sampled_from([10, 300, 900, 3000])), min_size=60, max_size=250)
 
@@ -329,6 +329,8 @@ def test_hot_path_does_exactly_what_the_python_methods_do(tmp_path, monkeypatch)
                         res.append(c.get("key%d" % i))
                     elif op == "set":
                         res.append(c.set(k, v))
+                    elif op == "set_none":           # ttl None said explicitly (as AsyncCache does)
+                        res.append(c.set(k, v, None))
                     elif op == "set_ttl":
                         res.append(c.set(k, v, ttl=15))
                     elif op == "big":
@@ -358,6 +360,36 @@ def test_hot_path_does_exactly_what_the_python_methods_do(tmp_path, monkeypatch)
     run_ops()
     assert sum(flash_hits) > 100            # the flash paths ran too
     assert sum(c_demotions) > 20            # and demotions through the C insert hook
+
+
+def test_hot_path_takes_a_set_with_ttl_none_and_async_sets_use_it(tmp_path, clock):
+    """set(k, v, None) is the common case too (None: the default TTL, 0 here): the C path
+    serves it, so AsyncCache.set, which passes its ttl on, is accelerated as well."""
+    import asyncio
+
+    c = flashcache.Cache(cfg(tmp_path, kind="file"), clock=clock)
+    try:
+        hot = c.core.hot
+        assert hot is not None
+        before = hot.counters()["sets"]
+        c.set(b"k", b"v", None)
+        assert hot.counters()["sets"] == before + 1 and c.get(b"k") == b"v"
+        c.set(b"t", b"v", 5)                      # a ttl: handed to the Python path, counted there
+        assert hot.counters()["sets"] == before + 1 and c.get(b"t") == b"v"
+    finally:
+        c.close()
+
+    async def go():
+        (tmp_path / "async").mkdir()
+        async with flashcache.AsyncCache(cfg(tmp_path / "async", kind="file"), clock=clock) as ac:
+            hot = ac.core.hot
+            assert hot is not None
+            before = hot.counters()["sets"]
+            for i in range(10):
+                await ac.set(b"a%d" % i, b"x")
+            assert hot.counters()["sets"] == before + 10
+            assert await ac.get(b"a3") == b"x"
+    asyncio.run(go())
 
 
 def test_hot_path_closes_with_the_cache(tmp_path, clock):
