@@ -28,13 +28,11 @@ They do not promise the same durability, and the output says so:
   checkpoints: a process crash loses nothing, a power loss may lose the last commits);
 * flashcache by default returns once the item is in DRAM: a crash loses what DRAM holds.
   The ``sets`` and ``gets`` ratios compare that with diskcache's commits;
-* flashcache with write_through writes a small item's BigHash bucket to the device
-  (pwrite, no fdatasync) before set() returns: as durable as diskcache's commit against a
-  process crash. A large item (over cache.flash.small_item_max) is copied into
-  BlockCache's open region buffer and reaches the device when the region is sealed or at
-  close(): today a crash loses the open region. The ``durable_sets`` and ``durable_gets``
-  ratios measure that; writing the region's tail before set() returns is being added
-  (issue 19) and will cost the large items more.
+* flashcache with write_through writes a small item's BigHash bucket, or a large item's
+  new tail of BlockCache's open region (block-aligned), to the device (pwrite, no
+  fdatasync; fdatasync at checkpoints) before set() returns, and a delete's tombstone
+  likewise: as durable as diskcache's commit against a process crash. The
+  ``durable_sets`` and ``durable_gets`` ratios compare that with diskcache's commits.
 
     python tools/bench_vs_diskcache.py [--keys 200000] [--gets 200000] [--rounds 3] [--dram-kib 256]
 """
@@ -182,13 +180,11 @@ def durability(pragmas: dict, extra: dict, large_share: float, dram_kib: int) ->
                        "evicts it or at close(): a process crash loses what DRAM holds. Not as durable as "
                        "diskcache's commit"),
         "flashcache_wt": (f"write_through: a small item (key + value <= {extra['small_item_max']} B, "
-                          f"{100 - large_share:.0f} % of the sets) has its BigHash bucket written to the device "
-                          "(pwrite, no fdatasync) before set() returns: survives a process crash, as diskcache's "
-                          f"commit does; a large item ({large_share:.0f} % of the sets) is copied into BlockCache's "
-                          f"open region buffer ({extra['region_size'] >> 20} MiB) and reaches the device when the "
-                          "region is sealed or at close(): a process crash loses the open region's items. This is "
-                          "what the durable rows measure; the region-tail write before set() returns is being added "
-                          "(issue 19) and will cost the large items more"),
+                          f"{100 - large_share:.0f} % of the sets) has its BigHash bucket, a large item "
+                          f"({large_share:.0f} % of the sets) the new tail of BlockCache's open region "
+                          f"({extra['region_size'] >> 20} MiB regions), written to the device (pwrite, no fdatasync; "
+                          "fdatasync at checkpoints) before set() returns: survives a process crash, as diskcache's "
+                          "commit does; a power loss may lose what came after the last checkpoint"),
     }
 
 
@@ -258,7 +254,7 @@ def main() -> int:
           f"{hit['diskcache']:.3f}:")
     print(f"  default (DRAM set vs SQLite commit, not equally durable): sets {row('sets')}, gets {row('gets')}, "
           f"gets timed {ratios['gets_timed']:.2f}x")
-    print(f"  durable (write_through vs SQLite commit; large items still buffered, above): sets "
+    print(f"  durable (write_through vs SQLite commit, both survive a process crash): sets "
           f"{row('durable_sets')}, gets {row('durable_gets')}, gets timed {ratios['durable_gets_timed']:.2f}x")
     print(json.dumps({"bench": "vs_diskcache", "ratios": {k: round(v, 3) for k, v in ratios.items()},
                       "spread": {k: [round(x, 3) for x in v] for k, v in spread.items()},
