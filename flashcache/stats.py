@@ -86,8 +86,8 @@ FIGURES: dict[str, str] = {
     "since_open.demotions": "items the DRAM tier evicted and offered to flash since open",
     "since_open.demotions_skipped_clean": "DRAM evictions of items flash already held (nothing written) since open",
     "since_open.demotions_written_back": "DRAM evictions of promoted items whose flash copy flash had evicted "
-                                         "meanwhile, so they were written again (counted in demotions too), "
-                                         "since open",
+                                         "meanwhile (as the engines' indexes and bloom filters tell, without I/O), "
+                                         "so they were written again (counted in demotions too), since open",
     "since_open.demotions_raced": "DRAM evictions not written to flash because another thread changed the key "
                                   "first (KeyOrder), since open",
     "since_open.promotions_raced": "flash hits not put in DRAM because the key changed, or was being changed, "
