@@ -12,9 +12,8 @@ import pytest
 
 import flashcache
 from flashcache import config
-from tests.engines.crash_harness import MIB, REPORT, Target, run_kills
+from tests.engines.crash_harness import MIB, Target, assert_figures, run_kills
 
-FLOOR = 0.90
 
 
 def conf(write_through: bool):
@@ -52,12 +51,7 @@ def crash_run(tmp_path, write_through: bool, kills: int, seed: int):
                lambda dev: CacheHandle(dev, write_through), 16 * MIB, small=0, durable=write_through,
                close_rate=0.005 if write_through else 0.03)
     fig = run_kills(t, tmp_path, kills, seed, lambda dev: CacheHandle(dev, write_through))
-    REPORT.append(fig.line(t.name))
-    print(fig.line(t.name))
-    assert fig.kills == kills
-    assert fig.wrong == 0 and fig.resurrections == 0, fig.failures[:5]
-    assert fig.expected >= kills, "too few items were on the device at the kills to judge survival"
-    assert fig.survival >= FLOOR, fig.line(t.name)
+    assert_figures(fig, t.name, kills)
     return fig
 
 

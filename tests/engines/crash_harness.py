@@ -292,3 +292,20 @@ def run_kills(target: Target, tmp: Path, kills: int, seed: int, check_open: Call
             dev.close()                                    # no close(): the checker crashes too
         hist.last_seq += 1                                 # the checker's reads come after the writer's ops
     return fig
+
+
+FLOOR = 0.90
+"""Of the items on the device (sealed regions, written buckets) at a kill, the share that
+must be served after it."""
+
+
+def assert_figures(fig: Figures, name: str, kills: int) -> None:
+    """Record ``fig`` for the terminal summary, then hold it to the contract: every kill
+    done, no wrong value, no resurrection, enough items to judge and at least FLOOR of
+    them survived."""
+    REPORT.append(fig.line(name))
+    print(fig.line(name))
+    assert fig.kills == kills
+    assert fig.wrong == 0 and fig.resurrections == 0, fig.failures[:5]
+    assert fig.expected >= kills, "too few items were on the device at the kills to judge survival"
+    assert fig.survival >= FLOOR, fig.line(name)

@@ -12,9 +12,8 @@ import pytest
 
 from engines.device import run
 from engines.navy import Navy
-from tests.engines.crash_harness import MIB, REPORT, Target, run_kills
+from tests.engines.crash_harness import MIB, Target, assert_figures, run_kills
 
-FLOOR = 0.90
 
 
 def open_navy(dev, durable: bool):
@@ -51,12 +50,7 @@ def target(durable: bool) -> Target:
 def crash_run(tmp_path, durable: bool, kills: int, seed: int):
     t = target(durable)
     fig = run_kills(t, tmp_path, kills, seed, lambda dev: NavyHandle(dev, durable))
-    REPORT.append(fig.line(t.name))
-    print(fig.line(t.name))
-    assert fig.kills == kills
-    assert fig.wrong == 0 and fig.resurrections == 0, fig.failures[:5]
-    assert fig.expected >= kills, "too few items were on the device at the kills to judge survival"
-    assert fig.survival >= FLOOR, fig.line(t.name)
+    assert_figures(fig, t.name, kills)
     assert fig.starts.get("recovered after a crash", 0) >= kills // 2, fig.starts
     return fig
 
