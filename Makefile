@@ -15,7 +15,9 @@ $(STAMP): $(SRC) tools/bootstrap.sh
 
 # The server on the config's [server] address (127.0.0.1:11211, metrics :9150); Ctrl-C stops it
 # cleanly. `flashcache check` is the old device + cache self-check.
+# netcat-openbsd: for the README's first exchange with the server (`nc -q1`); the server needs nothing more
 run: $(STAMP)
+	@tools/bootstrap.sh netcat-openbsd
 	$(VENV)/bin/flashcache serve --config $(CONFIG)
 
 # nvme-cli: the nvme-cli JSON/text golden tests re-run Debian's nvme-cli against captures;
