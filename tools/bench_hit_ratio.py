@@ -179,11 +179,13 @@ def replay(cache: Any, spec: WorkloadSpec, ops: int, clock: VirtualClock, warm: 
     too_large = 0
     done = 0
     waf_at = None
+    measuring = False
     t0 = time.perf_counter()
     for b in Generator(spec).batches(4096):
         if done >= ops:
             break
-        if waf_at is None and done >= warm:
+        if not measuring and done >= warm:       # once: the warm-up's gets do not count
+            measuring = True
             waf_at = dev.waf_snapshot() if dev is not None else None
             g, h = [0, 0], [0, 0]
         clock.t = b.time
