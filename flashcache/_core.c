@@ -245,40 +245,41 @@ static inline int plain_key(Hot *h, PyObject *key)
     return PyBytes_CheckExact(key) && PyBytes_GET_SIZE(key) > 0 && PyBytes_GET_SIZE(key) <= h->max_key;
 }
 
-/* get(key, default=None) */
-static PyObject *hot_get(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+/* A get of a checked key (RequestCore.get's steps: DRAM, else the flash lookup, expiry,
+ * promotion and the demotion it causes, counters and the latency sample). 1 with a new
+ * reference in *value, 0 for a miss, -1 with an exception. HotPath.get and the server's
+ * TextPath (_server.c) both run it. */
+FC_SHARED int hot_fetch(Hot *h, PyObject *key, PyObject **value)
 {
-    if (h->closed || kwnames || nargs < 1 || nargs > 2 || !plain_key(h, args[0]))
-        return PyObject_Vectorcall(h->slow_get, args, nargs, kwnames);
-    PyObject *key = args[0], *dflt = nargs == 2 ? args[1] : Py_None;
     double t0 = mono();
     h->c[H_GETS]++;
     PyObject *v = lru_get(h->dram, key);
     if (!v)
-        return NULL;
+        return -1;
     if (v != Py_None) {
         h->c[H_HITS_DRAM]++;
         observe(h->get_hist, mono() - t0);
-        return v;
+        *value = v;
+        return 1;
     }
     Py_DECREF(v);
     double expiry = 0, t = 0;
     unsigned slot;
     if (ko_slot(key, &slot) < 0)
-        return NULL;
+        return -1;
     unsigned long long ticket = ko_ticket(h->order);
     int found = flash_find(h, key, &v, &expiry);
     if (found < 0 || (found && expiry && now(h->dram, &t) < 0)) {
         if (found > 0)
             Py_DECREF(v);
-        return NULL;
+        return -1;
     }
     if (!found || (expiry && expiry <= t)) {
         if (found)
             Py_DECREF(v);
         h->c[H_MISSES]++;
         observe(h->get_hist, mono() - t0);
-        return Py_NewRef(dflt);
+        return 0;
     }
     h->c[H_HITS_FLASH]++;
     /* promotion: DramTier.add(key, v, expiry, clean=True), the time asked first (the item's
@@ -287,7 +288,7 @@ static PyObject *hot_get(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObje
     Lru *d = h->dram;
     if (!expiry && d->expiring && now(d, &t) < 0) {
         Py_DECREF(v);
-        return NULL;
+        return -1;
     }
     if (!expiry && !d->expiring)
         t = NAN;
@@ -304,7 +305,7 @@ static PyObject *hot_get(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObje
         ko_release(h->order, slot);
         if (has < 0 || (!has && !out)) {
             Py_DECREF(v);
-            return NULL;
+            return -1;
         }
     }
     if (out) {
@@ -313,11 +314,22 @@ static PyObject *hot_get(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObje
         Py_DECREF(out);
         if (failed) {
             Py_DECREF(v);
-            return NULL;
+            return -1;
         }
     }
     observe(h->get_hist, mono() - t0);
-    return v;
+    *value = v;
+    return 1;
+}
+
+/* get(key, default=None) */
+static PyObject *hot_get(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (h->closed || kwnames || nargs < 1 || nargs > 2 || !plain_key(h, args[0]))
+        return PyObject_Vectorcall(h->slow_get, args, nargs, kwnames);
+    PyObject *v;
+    int r = hot_fetch(h, args[0], &v);
+    return r > 0 ? v : r == 0 ? Py_NewRef(nargs == 2 ? args[1] : Py_None) : NULL;
 }
 
 /* The set's steps once its checks passed (the common case): counted, under the key's lock

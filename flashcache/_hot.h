@@ -169,6 +169,11 @@ extern FC_SHARED PyTypeObject HotType;
  * through HotPath's steps: RequestCore.set's, counted in h->c. 0, or -1 with an exception. */
 FC_SHARED int hot_store(Hot *h, PyObject *key, PyObject *value);
 
+/* A get of a checked key (bytes within max_key, the cache open) through HotPath's steps:
+ * RequestCore.get's, flash lookup included (a blocking read), counted in h->c. 1 with a
+ * new reference in *value, 0 a miss, -1 with an exception. */
+FC_SHARED int hot_fetch(Hot *h, PyObject *key, PyObject **value);
+
 static inline double mono(void)
 {
     struct timespec ts;

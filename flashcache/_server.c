@@ -11,7 +11,12 @@
  *                    RequestCore.get_step's DRAM hit (the Lru's get, the core's counters
  *                    gets/hits_dram in HotPath's array, one get latency sample), then the
  *                    reply Handler.get builds. A key that misses DRAM needs a flash read:
- *                    the whole request goes to Python, nothing touched before.
+ *                    the whole request goes to Python, nothing touched before; except,
+ *                    where the cache reads flash inline (AsyncCache.inline: the read is a
+ *                    memory copy, so the Python path would block on it too), a single-key
+ *                    get/gets of a key DRAM does not hold: HotPath's whole get in C
+ *                    (hot_fetch, the C form of RequestCore.get that AsyncCache.get runs),
+ *                    then Store._live and Handler.get's reply and counters.
  *   set <key> <flags> 0 <bytes> [noreply]   exptime 0, the value within item_size_max and
  *                    the flash engines' fits_max, the key not held by a read-modify-write
  *                    (store.KeyLocks.held): Store.put's item (header + data, the next CAS
@@ -73,7 +78,7 @@ FC_SHARED PyTypeObject ItemIdsType = {
 };
 
 /* -- TextPath ----------------------------------------------------------------------------- */
-enum { T_CMD_GET, T_CMD_SET, T_GET_HITS, T_N_GET, T_N_GETS, T_N_SET, T_N };
+enum { T_CMD_GET, T_CMD_SET, T_GET_HITS, T_GET_MISSES, T_N_GET, T_N_GETS, T_N_SET, T_FOREIGN, T_N };
 
 typedef struct {
     PyObject_HEAD
@@ -83,6 +88,7 @@ typedef struct {
     PyObject *error;            /* a failed set's exception, for take_error() */
     Py_ssize_t item_size_max, batch_max;
     int strict_keys;
+    int flash;                  /* a single-key get that misses DRAM reads flash here (inline reads) */
     long long c[T_N];
 } Text;
 
@@ -113,12 +119,12 @@ static void text_dealloc(Text *t)
 
 static int text_init(Text *t, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"hot", "ids", "locks", "item_size_max", "strict_keys", "batch_max", NULL};
+    static char *kwlist[] = {"hot", "ids", "locks", "item_size_max", "strict_keys", "batch_max", "flash", NULL};
     PyObject *hot, *ids, *locks;
     Py_ssize_t item_size_max, batch_max;
-    int strict;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!O!npn", kwlist, &HotType, &hot, &ItemIdsType, &ids,
-                                     &PyDict_Type, &locks, &item_size_max, &strict, &batch_max))
+    int strict, flash = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!O!npn|p", kwlist, &HotType, &hot, &ItemIdsType, &ids,
+                                     &PyDict_Type, &locks, &item_size_max, &strict, &batch_max, &flash))
         return -1;
     if (item_size_max < 0 || item_size_max > INT32_MAX - 2 || batch_max < 1) {
         PyErr_SetString(PyExc_ValueError, "TextPath: item_size_max must be 0..2**31-3 and batch_max >= 1");
@@ -131,6 +137,7 @@ static int text_init(Text *t, PyObject *args, PyObject *kw)
     t->item_size_max = item_size_max;
     t->batch_max = batch_max;
     t->strict_keys = strict;
+    t->flash = flash;
     memset(t->c, 0, sizeof t->c);
     return 0;
 }
@@ -242,13 +249,15 @@ static inline unsigned long le32(const unsigned char *p)
 
 /* Whether key holds a live server item in DRAM that a get serves now with no doubt: held,
  * not expiring within a second (lru_get, called right after, asks the clock again),
- * version 1, CAS above the watermark (Store._live). 1 yes, 0 no, -1 with an exception. */
+ * version 1, CAS above the watermark (Store._live). 1 yes, 0 no, NOT_IN_DRAM (DRAM holds
+ * nothing under key), -1 with an exception. */
+#define NOT_IN_DRAM 3
 static int dram_live(Text *t, PyObject *key, double *tnow, int *have_now)
 {
     Lru *d = t->hot->dram;
     Node *n = (Node *)PyDict_GetItemWithError(d->map, key);
     if (!n)
-        return PyErr_Occurred() ? -1 : 0;
+        return PyErr_Occurred() ? -1 : NOT_IN_DRAM;
     if (n->expiry) {
         if (!*have_now) {
             if (now(d, tnow) < 0)
@@ -256,7 +265,7 @@ static int dram_live(Text *t, PyObject *key, double *tnow, int *have_now)
             *have_now = 1;
             n = (Node *)PyDict_GetItemWithError(d->map, key);
             if (!n)
-                return PyErr_Occurred() ? -1 : 0;
+                return PyErr_Occurred() ? -1 : NOT_IN_DRAM;
         }
         if (n->expiry <= *tnow + 1.0)
             return 0;
@@ -277,6 +286,57 @@ static void keep_error(Text *t)
     Py_XDECREF(tb);
 }
 
+/* One VALUE line of a get/gets reply for the server item v (Handler.get's). 0, or -1 with an exception. */
+static int put_value(Out *o, PyObject *key, PyObject *val, int with_cas)
+{
+    const unsigned char *v = (const unsigned char *)PyBytes_AS_STRING(val);
+    Py_ssize_t dlen = PyBytes_GET_SIZE(val) - ITEM_HEADER;
+    char head[96];
+    int hn = with_cas ? snprintf(head, sizeof head, " %lu %zd %llu\r\n", le32(v + 2), dlen, le64(v + 6))
+                      : snprintf(head, sizeof head, " %lu %zd\r\n", le32(v + 2), dlen);
+    if (out_put(o, "VALUE ", 6) < 0 || out_put(o, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)) < 0 ||
+        out_put(o, head, hn) < 0 || out_put(o, (const char *)v + ITEM_HEADER, dlen) < 0 ||
+        out_put(o, "\r\n", 2) < 0)
+        return -1;
+    return 0;
+}
+
+/* A single-key get/gets of a key DRAM does not hold, with inline flash reads: HotPath's
+ * whole get (hot_fetch: the flash lookup, promotion, demotion), then Store._live (a value
+ * that is no server item is counted foreign; one flushed is a miss) and Handler.get's
+ * counting and reply. The same return values as serve_get; a failed get is counted as
+ * the Python path counts it (the command, not cmd_get). */
+static int serve_flash_get(Text *t, PyObject *key, int with_cas, Out *o)
+{
+    t->c[with_cas ? T_N_GETS : T_N_GET]++;
+    PyObject *v;
+    int found = hot_fetch(t->hot, key, &v);
+    if (found < 0) {
+        keep_error(t);
+        return 2;
+    }
+    t->c[T_CMD_GET]++;
+    if (found) {
+        const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(v);
+        if (PyBytes_GET_SIZE(v) < ITEM_HEADER || p[0] != ITEM_VERSION) {
+            t->c[T_FOREIGN]++;
+            found = 0;
+        } else if (le64(p + 6) <= t->ids->flush_cas) {
+            found = 0;
+        }
+        if (!found)
+            Py_DECREF(v);
+    }
+    if (!found) {
+        t->c[T_GET_MISSES]++;
+        return out_put(o, "END\r\n", 5) < 0 ? -1 : 1;
+    }
+    t->c[T_GET_HITS]++;
+    int r = put_value(o, key, v, with_cas) < 0 || out_put(o, "END\r\n", 5) < 0 ? -1 : 1;
+    Py_DECREF(v);
+    return r;
+}
+
 /* get/gets: 1 served (reply in o), 0 not ours (nothing touched), -1 with an exception,
  * 2 served but failed (the error kept, no reply). */
 static int serve_get(Text *t, const Tok *toks, int ntok, int with_cas, Out *o)
@@ -295,9 +355,14 @@ static int serve_get(Text *t, const Tok *toks, int ntok, int with_cas, Out *o)
             goto done;
         }
         int live = dram_live(t, keys[made], &tnow, &have_now);
-        if (live <= 0) {
+        if (live == NOT_IN_DRAM && nk == 1 && t->flash) {
             made++;
-            r = live;
+            r = serve_flash_get(t, keys[0], with_cas, o);
+            goto done;
+        }
+        if (live != 1) {
+            made++;
+            r = live == NOT_IN_DRAM ? 0 : live;
             goto done;
         }
     }
@@ -324,17 +389,9 @@ static int serve_get(Text *t, const Tok *toks, int ntok, int with_cas, Out *o)
     }
     t->c[T_GET_HITS] += nk;
     r = 1;
-    for (int i = 0; i < nk && r == 1; i++) {
-        const unsigned char *v = (const unsigned char *)PyBytes_AS_STRING(vals[i]);
-        Py_ssize_t dlen = PyBytes_GET_SIZE(vals[i]) - ITEM_HEADER;
-        char head[96];
-        int hn = with_cas ? snprintf(head, sizeof head, " %lu %zd %llu\r\n", le32(v + 2), dlen, le64(v + 6))
-                          : snprintf(head, sizeof head, " %lu %zd\r\n", le32(v + 2), dlen);
-        if (out_put(o, "VALUE ", 6) < 0 || out_put(o, PyBytes_AS_STRING(keys[i]), PyBytes_GET_SIZE(keys[i])) < 0 ||
-            out_put(o, head, hn) < 0 || out_put(o, (const char *)v + ITEM_HEADER, dlen) < 0 ||
-            out_put(o, "\r\n", 2) < 0)
+    for (int i = 0; i < nk && r == 1; i++)
+        if (put_value(o, keys[i], vals[i], with_cas) < 0)
             r = -1;
-    }
     if (r == 1 && out_put(o, "END\r\n", 5) < 0)
         r = -1;
 done:
@@ -481,8 +538,8 @@ static PyObject *text_take_error(Text *t, PyObject *unused)
 static PyObject *text_counters(Text *t, PyObject *unused)
 {
     (void)unused;
-    return Py_BuildValue("{sLsLsL}", "cmd_get", t->c[T_CMD_GET], "cmd_set", t->c[T_CMD_SET], "get_hits",
-                         t->c[T_GET_HITS]);
+    return Py_BuildValue("{sLsLsLsL}", "cmd_get", t->c[T_CMD_GET], "cmd_set", t->c[T_CMD_SET], "get_hits",
+                         t->c[T_GET_HITS], "get_misses", t->c[T_GET_MISSES]);
 }
 
 static PyObject *text_commands(Text *t, PyObject *unused)
@@ -506,7 +563,7 @@ static PyObject *text_commands(Text *t, PyObject *unused)
 static PyObject *text_reset_counters(Text *t, PyObject *unused)
 {
     (void)unused;
-    t->c[T_CMD_GET] = t->c[T_CMD_SET] = t->c[T_GET_HITS] = 0;
+    t->c[T_CMD_GET] = t->c[T_CMD_SET] = t->c[T_GET_HITS] = t->c[T_GET_MISSES] = 0;
     Py_RETURN_NONE;
 }
 
@@ -521,14 +578,22 @@ static PyMethodDef text_methods[] = {
      "serve(buf, pos) -> (pos after the requests answered, their reply bytes or None); see flashcache/_server.c"},
     {"take_error", (PyCFunction)text_take_error, METH_NOARGS, "the kept exception of a failed set (then None)"},
     {"counters", (PyCFunction)text_counters, METH_NOARGS, "Handler's counters this path bumped: cmd_get, cmd_set, "
-     "get_hits"},
+     "get_hits, get_misses"},
     {"commands", (PyCFunction)text_commands, METH_NOARGS, "the requests this path ran, by command (non-zero only)"},
     {"reset_counters", (PyCFunction)text_reset_counters, METH_NOARGS, "stats reset: zero counters()"},
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *text_get_foreign(Text *t, void *unused)
+{
+    (void)unused;
+    return PyLong_FromLongLong(t->c[T_FOREIGN]);
+}
+
 static PyGetSetDef text_getset[] = {
     {"error", (getter)text_get_error, NULL, "a failed set's exception, kept until take_error(); None", NULL},
+    {"foreign", (getter)text_get_foreign, NULL, "values a flash get found that are not server items "
+     "(Store.foreign's share from this path)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

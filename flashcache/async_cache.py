@@ -7,7 +7,10 @@ get steps, counters and latency samples as ``Cache.get``) itself. Every ``get`` 
 misses DRAM parks its lookup (an engine generator); once per loop iteration all parked
 lookups advance together and their reads go to the device's async reader in one
 submission; the reader's eventfd wakes the loop when completions arrive
-(``loop.add_reader``), with no thread per request. The surprise:
+(``loop.add_reader``), with no thread per request. Where a read is a copy from memory
+(the emulated SSD: ``cache.async_reads = "auto"``, or ``"inline"`` by choice) a lookup
+runs at once on the loop instead, through the core's blocking (C) get: the same steps,
+without a submission, a wake-up and a loop round trip per read. The surprise:
 ``set``/``delete`` are not awaited on I/O: they complete on the loop thread at once (a
 DRAM write plus short flash writes of evicted items), which also keeps every engine
 mutation serial, as the engines require; so do the read-modify-writes (``add``, ``incr``,
@@ -45,7 +48,8 @@ class AsyncCache:
 
     Concurrent ``get``s from many tasks coalesce into batched submissions. Without an
     async-capable device (a psync file, NVMe passthrough for now) lookups still coalesce
-    but their reads run synchronously on the loop; ``stats()["async_io"]`` says which.
+    but their reads run synchronously on the loop. With inline reads (``inline``: why, or
+    None) each lookup runs at once. ``stats()["async_io"]`` says which.
 
     The API is ``Cache``'s with ``await``: ``get``, ``get_many``, ``set``, ``set_many``,
     ``delete``, ``touch``, ``add``, ``incr``, ``decr``, ``pop``, ``clear``, ``memoize``
@@ -65,6 +69,12 @@ class AsyncCache:
         self._backlog: deque = deque()            # (op, future, Read) waiting for ring room
         self.batches = 0
         self.batched_reads = 0
+        mode = self.cache.config.cache.async_reads
+        dev = self.cache.device
+        self.inline: str | None = ('cache.async_reads = "inline"' if mode == "inline" else
+                                   dev.inline_read_reason() if mode == "auto" else None)
+        """Why flash lookups run at once on the loop (a blocking read), or None: they are
+        submitted to the device's ring and completed on the loop."""
 
     # -- the loop side ---------------------------------------------------------------------
     def _bind(self) -> asyncio.AbstractEventLoop:
@@ -72,7 +82,9 @@ class AsyncCache:
         if self._loop is None:
             self._loop = loop
             reason = self.cache.device.async_unavailable_reason()
-            if reason is None:
+            if self.inline is not None:
+                log.info("%s: flash reads inline on the loop (%s)", self.cache.device.path, self.inline)
+            elif reason is None:
                 try:
                     self._reader = self.cache.device.async_reader()
                 except Exception as e:            # noqa: BLE001 - reported, then synchronous
@@ -91,6 +103,12 @@ class AsyncCache:
     def _lookup(self, key: bytes) -> "asyncio.Future":
         loop = self._bind()
         fut = loop.create_future()
+        if self.inline is not None:
+            try:
+                fut.set_result(self.core.lookup_now(key))
+            except Exception as e:              # noqa: BLE001 - goes to the awaiting task
+                fut.set_exception(e)
+            return fut
         self._parked.append((self.core.lookup(key), fut, None))
         if not self._kick_scheduled:
             self._kick_scheduled = True
@@ -194,6 +212,8 @@ class AsyncCache:
         """The value for ``key``, or ``default``; a DRAM miss awaits the flash lookup.
         Counted and timed as ``Cache.get`` (the core's steps; the wait on the loop included)."""
         self._bind()
+        if self.inline is not None:
+            return self.cache.get(key, default)   # RequestCore.get (its C form): the same steps, blocking
         core = self.core
         core.check_open("get")
         t0 = _now()
@@ -208,6 +228,10 @@ class AsyncCache:
     async def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
         """{key: value} for the keys held; all flash lookups in one submission."""
         keys = many_keys(keys)
+        if self.inline is not None:
+            self._bind()
+            get = self.cache.get
+            return {k: v for k in keys if (v := get(k, MISSING)) is not MISSING}
         vals = await asyncio.gather(*(self.get(k, MISSING) for k in keys))
         return {k: v for k, v in zip(keys, vals) if v is not MISSING}
 
@@ -305,10 +329,11 @@ class AsyncCache:
         return decorate
 
     def stats(self) -> dict[str, Any]:
-        """``Cache.stats()`` plus ``async_io``: "io_uring eventfd" or why reads are synchronous,
-        and how many read batches were submitted."""
+        """``Cache.stats()`` plus ``async_io``: "io_uring eventfd", "inline: <why>" or why reads
+        are synchronous, and how many read batches were submitted."""
         st = self.cache.stats()
-        st["async_io"] = {"mode": "io_uring eventfd" if self._reader is not None else
+        st["async_io"] = {"mode": f"inline: {self.inline}" if self.inline is not None else
+                          "io_uring eventfd" if self._reader is not None else
                           f"synchronous: {self._reader_error or self.cache.device.async_unavailable_reason()}",
                           "batches": self.batches, "reads": self.batched_reads}
         return st

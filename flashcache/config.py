@@ -381,6 +381,11 @@ class CacheConfig:
     default_ttl: float = field(default=0.0, metadata=opt(
         'time to live when set() gives none ("1h"); 0 = items never expire', kind="duration"))
     max_key_size: int = field(default=4096, metadata=opt("largest key in bytes", min=1, max=65535))
+    async_reads: str = field(default="auto", metadata=opt(
+        "how AsyncCache (and the server) read flash: ring (io_uring, completed on the event loop), inline "
+        "(a blocking read on the loop: right where a read is a memory copy), or auto: inline where the "
+        "device says its reads are memory copies (the emulated SSD), else ring (README, \"AsyncCache\")",
+        choices=("auto", "ring", "inline")))
     waf_window: float = field(default=60.0, metadata=opt(
         'device WAF is reported over this sliding window ("60s") and since open', kind="duration"))
     flash: FlashConfig = section(FlashConfig, "the flash engines")

@@ -27,7 +27,7 @@ from flashcache import config
 DELETE = object()
 
 
-def stress_config(tmp_path, *, kind="emulated", engine="", dram="64KiB"):
+def stress_config(tmp_path, *, kind="emulated", engine="", dram="64KiB", cache_extra=""):
     return config.loads(f"""
 [device]
 kind = "{kind}"
@@ -38,6 +38,7 @@ size = "64MiB"
 preset = "small-test"
 [cache]
 dram_size = "{dram}"
+{cache_extra}
 [cache.flash]
 region_size = "256KiB"
 bighash_fraction = 0.25
@@ -198,7 +199,7 @@ def test_threads_long(tmp_path, seed):
 
 
 def test_async_tasks_never_see_deleted_or_overwritten_values(tmp_path):
-    """Many tasks on one loop: a get awaits its flash read while other tasks set and delete
+    """Many tasks on one loop (flash read through the ring): a get awaits its flash read while other tasks set and delete
     the same keys; every get is checked against the history, as for threads."""
     import asyncio
 
@@ -239,7 +240,7 @@ def test_async_tasks_never_see_deleted_or_overwritten_values(tmp_path):
                 await asyncio.sleep(0)
 
     async def main():
-        async with AsyncCache(stress_config(tmp_path)) as c:
+        async with AsyncCache(stress_config(tmp_path, cache_extra='async_reads = "ring"')) as c:
             await asyncio.gather(*(task(c, t) for t in range(200)))
             return c.stats()["since_open"] | {"async_io": c.stats()["async_io"]}
 

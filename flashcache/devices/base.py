@@ -288,6 +288,12 @@ class BaseDevice:
         None when this device has none (``async_unavailable_reason`` says why)."""
         return None
 
+    def inline_read_reason(self) -> str | None:
+        """Why a blocking read of this device costs less than an asynchronous one (its reads
+        are copies from memory), or None: the device does real I/O, so event loops read it
+        asynchronously. AsyncCache's ``async_reads = "auto"`` asks this."""
+        return None
+
     def async_unavailable_reason(self) -> str | None:
         return f"{self.kind} device ({getattr(self, 'engine', 'psync')}) has no io_uring ring for asynchronous reads"
 

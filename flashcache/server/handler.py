@@ -477,7 +477,8 @@ class Handler:
             rows += [("interface", s.listen), ("tcpport", s.port), ("maxconns", s.max_connections),
                      ("idle_timeout", int(s.idle_timeout)), ("read_buf_mem_limit", s.read_buffer),
                      ("metrics_port", s.metrics_port), ("event_loop", srv.loop_name),
-                     ("text_fast_path", srv.fast_state.replace(" ", "_"))]
+                     ("text_fast_path", srv.fast_state.replace(" ", "_")),
+                     ("flash_reads", "inline" if self.store.cache.inline is not None else "ring")]
         return rows
 
     def _items(self) -> list:

@@ -312,7 +312,8 @@ class Server:
             self.fast_state = "off: server.accelerate = false"
         self.handler.fast = self.fast
         (log.info if self.fast is not None or not s.accelerate else log.warning)(
-            "serving event_loop=%s text_fast_path=%r", self.loop_name, self.fast_state)
+            "serving event_loop=%s text_fast_path=%r flash_reads=%s", self.loop_name, self.fast_state,
+            f"inline ({self.store.cache.inline})" if self.store.cache.inline is not None else "ring")
 
     def _reap_idle(self) -> None:
         s = self.settings

@@ -130,7 +130,8 @@ class Store:
         self.ids = ItemIds()              # the CAS counter and flush_all's watermark
         self.flush_at = 0.0               # a delayed flush_all pending until this Unix time
         self._flush_timer: asyncio.TimerHandle | None = None
-        self.foreign = 0                  # values found that are not server items (read as misses)
+        self._foreign = 0                 # values found that are not server items (read as misses)
+        self._text: Any = None            # the C TextPath, which counts its own
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def open(self) -> dict:
@@ -204,7 +205,7 @@ class Store:
             return None
         it = unpack_item(raw)
         if it is None:
-            self.foreign += 1
+            self._foreign += 1
             return None
         if it.cas <= self.flush_cas:
             return None
@@ -271,12 +272,20 @@ class Store:
         """The C accelerator of plain get/gets DRAM hits and exptime-0 sets over this store
         (flashcache/_server.c), and "on"; or None and why not. It runs the cache's own C
         hot path (``AsyncCache.core.hot``: RequestCore's get/set steps), so it exists only
-        where that does (no codec, no default TTL, no write-through)."""
+        where that does (no codec, no default TTL, no write-through). Where the cache reads
+        flash inline (``AsyncCache.inline``), it also serves single-key gets that read flash."""
         hot = self.cache.core.hot
         if hot is None:
             return None, "the cache's C hot path is off (a codec, a default TTL or write-through)"
-        return TextPath(hot=hot, ids=self.ids, locks=self.locks.held, item_size_max=item_size_max,
-                        strict_keys=strict_keys, batch_max=batch_max), "on"
+        flash = self.cache.inline is not None   # a flash read blocks the Python path too: C may do it
+        self._text = TextPath(hot=hot, ids=self.ids, locks=self.locks.held, item_size_max=item_size_max,
+                              strict_keys=strict_keys, batch_max=batch_max, flash=flash)
+        return self._text, "on"
+
+    @property
+    def foreign(self) -> int:
+        """Values found that are not server items (read as misses), on either path."""
+        return self._foreign + (self._text.foreign if self._text is not None else 0)
 
     # -- reporting -----------------------------------------------------------------------------
     def stats(self) -> dict:

@@ -54,7 +54,7 @@ class Transport:
         pass
 
 
-def make_config(tmp, name: str, fast: bool):
+def make_config(tmp, name: str, fast: bool, async_reads: str = "auto"):
     return config_mod.loads(f"""
 [device]
 kind = "emulated"
@@ -64,6 +64,7 @@ size = "64MiB"
 preset = "small-test"
 [cache]
 dram_size = "256KiB"
+async_reads = "{async_reads}"
 [cache.flash]
 region_size = "2MiB"
 [server]
@@ -77,8 +78,8 @@ strict_keys = true
 class Twin:
     """One server: its cache, store, and a fresh connection per stream."""
 
-    def __init__(self, tmp, name: str, fast: bool):
-        self.cfg = make_config(tmp, name, fast)
+    def __init__(self, tmp, name: str, fast: bool, async_reads: str):
+        self.cfg = make_config(tmp, name, fast, async_reads)
         self.cache = AsyncCache(self.cfg)
         self.store = Store(self.cache, clock=lambda: CLOCK)
         self.server = Server(self.store, self.cfg.server)
@@ -112,11 +113,14 @@ async def settle(conn: Connection) -> None:
     raise AssertionError("a request never finished")
 
 
-@pytest.fixture(scope="module")
-def twins(tmp_path_factory):
+@pytest.fixture(scope="module", params=["auto", "ring"])
+def twins(tmp_path_factory, request):
+    """Both modes of flash reads: "auto" (the emulated SSD reads inline, so the C path
+    serves single-key gets that read flash) and "ring" (it hands them to Python)."""
     tmp = tmp_path_factory.mktemp("twins")
     loop = asyncio.new_event_loop()
-    fast, slow = Twin(tmp, "fast", True), Twin(tmp, "slow", False)
+    fast, slow = (Twin(tmp, f"fast-{request.param}", True, request.param),
+                  Twin(tmp, f"slow-{request.param}", False, request.param))
 
     async def open_both():
         await fast.server.open()
@@ -124,6 +128,7 @@ def twins(tmp_path_factory):
     loop.run_until_complete(open_both())
     assert fast.server.fast is not None and fast.server.fast_state == "on"
     assert slow.server.fast is None
+    assert (fast.cache.inline is not None) == (request.param == "auto")
     yield loop, fast, slow
     loop.run_until_complete(fast.store.close())
     loop.run_until_complete(slow.store.close())
@@ -251,8 +256,13 @@ def test_a_flash_read_in_the_middle_keeps_reply_order(twins):
         loop.run_until_complete(t.feed([b"set k0 0 0 2\r\nhi\r\n" + filler]))
         assert t.cache.core.dram.peek_expiry(b"k0") is None      # on flash now
     fast.store.ids.cas = slow.store.ids.cas = max(fast.store.ids.cas, slow.store.ids.cas)
+    c_gets = fast.server.fast.commands().get(b"get", 0)
     run_both(twins, [b"set k1 0 0 1\r\nA\r\nget k1\r\nget k0\r\nget k1\r\n"], fresh=False)
     assert fast.state()["core"]["hits_flash"] > 0
+    # with inline flash reads the C path served the flash read too; with the ring, Python did
+    # (and the C path took the last get back)
+    served = fast.server.fast.commands().get(b"get", 0) - c_gets
+    assert served == (3 if fast.cache.inline is not None else 2)
 
 
 def test_a_set_of_a_key_held_by_a_read_modify_write_is_left_to_python(twins):
@@ -278,5 +288,6 @@ def test_stats_say_whether_the_fast_path_is_on(twins):
     a = loop.run_until_complete(fast.feed([b"stats settings\r\n"]))
     b = loop.run_until_complete(slow.feed([b"stats settings\r\n"]))
     assert b"STAT text_fast_path on\r\n" in a
+    assert (b"STAT flash_reads inline\r\n" if fast.cache.inline is not None else b"STAT flash_reads ring\r\n") in a
     assert b"STAT text_fast_path off:_server.accelerate_=_false\r\n" in b
     assert b"STAT event_loop " in a
