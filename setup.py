@@ -28,7 +28,10 @@ setup(
                  Extension("engines.blockcache._core_c", ["engines/blockcache/_core.c", "engines/_xxh3_avx2.c"],
                            include_dirs=["engines"], extra_compile_args=["-O2", "-std=gnu11", "-Wall"]),
                  Extension("engines._router_c", ["engines/_router.c"],
-                           include_dirs=["engines"], extra_compile_args=["-O2", "-std=gnu11", "-Wall"])],
+                           include_dirs=["engines"], extra_compile_args=["-O2", "-std=gnu11", "-Wall"]),
+                 # the server's writer thread: replies sent beside the event loop
+                 Extension("flashcache.server._sender_c", ["flashcache/server/_sender.c"],
+                           extra_compile_args=["-O2", "-std=gnu11", "-Wall"])],
     cffi_modules=[
         "flashcache/uring/_build.py:ffibuilder",
         "flashcache/emulator/_build.py:ffibuilder",

@@ -428,6 +428,9 @@ class ServerConfig:
     accelerate: bool = field(default=True, metadata=opt(
         "answer get/gets DRAM hits and plain sets (exptime 0) in C (flashcache/_server.c), the rest in Python; "
         "false runs every request through the Python path (the reference the C is tested against)"))
+    send_thread: bool = field(default=True, metadata=opt(
+        "send replies from a writer thread beside the event loop (flashcache/server/_sender.c), so the "
+        "socket sends run on another core; false sends from the loop"))
     max_line: int = field(default=64 << 10, metadata=opt(
         'longest command line (a multi-key get); a longer one closes the connection ("64KiB")', kind="size"))
     swallow_max: int = field(default=64 << 20, metadata=opt(

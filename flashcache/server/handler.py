@@ -478,7 +478,8 @@ class Handler:
                      ("idle_timeout", int(s.idle_timeout)), ("read_buf_mem_limit", s.read_buffer),
                      ("metrics_port", s.metrics_port), ("event_loop", srv.loop_name),
                      ("text_fast_path", srv.fast_state.replace(" ", "_")),
-                     ("flash_reads", "inline" if self.store.cache.inline is not None else "ring")]
+                     ("flash_reads", "inline" if self.store.cache.inline is not None else "ring"),
+                     ("send_thread", srv.send_state.replace(" ", "_"))]
         return rows
 
     def _items(self) -> list:

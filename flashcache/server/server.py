@@ -10,7 +10,10 @@ see ``Connection``), and the parser's line and length limits. SIGTERM and SIGINT
 accepting, finish the requests already received, then close the cache with its
 warm-restart metadata. The surprise: requests run eagerly inside ``data_received``; only
 one that must wait (a flash read, a contended key) is resumed from a future's callback,
-and the connection reads nothing more until it is done.
+and the connection reads nothing more until it is done. Replies go out through the
+writer thread (``server.send_thread``, flashcache/server/_sender.c) where the transport
+has a socket: the loop queues them and goes on, the thread does the send system calls,
+and a connection closes once its replies are sent.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import signal
 import time
 from typing import Any
 
+from ._sender_c import CLOSED, Sender
 from .handler import Handler
 from .protocol import Parser, Reply
 
@@ -50,6 +54,7 @@ class Connection(asyncio.Protocol):
         self._read_paused = False
         self._eof = False
         self._closing = False
+        self.out: int | None = None             # the writer thread's handle, if replies go through it
         self.last_active = time.monotonic()
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
@@ -65,12 +70,20 @@ class Connection(asyncio.Protocol):
             self._closing = True
             return
         transport.set_write_buffer_limits(high=srv.settings.write_buffer)
+        sock = transport.get_extra_info("socket")
+        if srv.sender is not None and sock is not None:
+            self.out = srv.sender.open(sock.fileno())
+            srv.outboxes[self.out] = self
         srv.connections.add(self)
         srv.counters["connections"] += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self.server.connections.discard(self)
+        if self.out is not None:                # the peer is gone: drop what is queued
+            self.server.sender.release(self.out)
+            self.server.outboxes.pop(self.out, None)
+            self.out = None
         if exc is not None and not isinstance(exc, (ConnectionResetError, BrokenPipeError)):
             log.info("conn_lost peer=%s error=%r", self.peer, str(exc))
 
@@ -87,7 +100,7 @@ class Connection(asyncio.Protocol):
             pos, out = fast.serve(data, 0)
             if out is not None:
                 counters["bytes_out"] += len(out)
-                self.transport.write(out)
+                self._write(out)
             if pos == len(data) and fast.error is None:
                 return
             data = data[pos:]
@@ -209,7 +222,15 @@ class Connection(asyncio.Protocol):
             self._out_bytes = 0
             self.server.counters["bytes_out"] += len(data)
             if not self.transport.is_closing():
-                self.transport.write(data)
+                self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        """Send ``data`` after every earlier reply: through the writer thread (queued;
+        more than ``write_buffer`` queued pauses reading until it drains), else the transport."""
+        if self.out is None:
+            self.transport.write(data)
+        elif self.server.sender.send(self.out, data) > self.server.settings.write_buffer:
+            self.pause_writing()
 
     def _protocol_error(self, r: Reply) -> None:
         self.server.counters["protocol_errors"] += 1
@@ -229,8 +250,34 @@ class Connection(asyncio.Protocol):
     def _close(self) -> None:
         self._flush()
         self._closing = True
+        if self.out is not None:
+            sender = self.server.sender
+            if sender.pending(self.out):        # the transport closes once the replies are sent
+                sender.close(self.out)
+                return
+            sender.release(self.out)            # all sent already: close now
+            self.server.outboxes.pop(self.out, None)
+            self.out = None
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def _abort(self) -> None:
+        """Close now, dropping replies not yet sent (shutdown's drain timed out)."""
+        self._closing = True
+        if self.out is not None:
+            self.server.sender.release(self.out)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _sent(self, kind: int) -> None:
+        """The writer thread's news: the queue drained below its low mark, or closed."""
+        if kind == CLOSED:
+            self.server.outboxes.pop(self.out, None)
+            self.out = None
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.close()
+        elif self._write_paused:
+            self.resume_writing()
 
     @property
     def busy(self) -> bool:
@@ -256,6 +303,9 @@ class Server:
         self.fast_state = "not started"
         self.loop_name = "not started"
         self.connections: set[Connection] = set()
+        self.sender: Any = None                 # the writer thread (server.send_thread), once start() made it
+        self.send_state = "not started"
+        self.outboxes: dict[int, Connection] = {}
         self.commands: dict[bytes, int] = {}
         self.counters = dict.fromkeys(("connections", "rejected", "bytes_in", "bytes_out", "protocol_errors",
                                        "server_errors"), 0)
@@ -288,6 +338,13 @@ class Server:
         await self.open()
         loop = asyncio.get_running_loop()
         s = self.settings
+        if s.send_thread:
+            self.sender = Sender(high_water=s.write_buffer)
+            loop.add_reader(self.sender.notify_fd, self._sender_events)
+            self.send_state = "on"
+        else:
+            self.send_state = "off: server.send_thread = false"
+        log.info("send_thread=%r", self.send_state)
         self._server = await loop.create_server(lambda: Connection(self), s.listen, s.port,
                                                 reuse_address=True, backlog=1024)
         self.address = self._server.sockets[0].getsockname()[:2]
@@ -314,6 +371,12 @@ class Server:
         (log.info if self.fast is not None or not s.accelerate else log.warning)(
             "serving event_loop=%s text_fast_path=%r flash_reads=%s", self.loop_name, self.fast_state,
             f"inline ({self.store.cache.inline})" if self.store.cache.inline is not None else "ring")
+
+    def _sender_events(self) -> None:
+        for handle, kind in self.sender.events():
+            conn = self.outboxes.get(handle)
+            if conn is not None:
+                conn._sent(kind)
 
     def _reap_idle(self) -> None:
         s = self.settings
@@ -358,7 +421,10 @@ class Server:
             await asyncio.sleep(0.01)
         left = len(self.connections)
         for c in list(self.connections):
-            c._close()
+            c._abort()
+        if self.sender is not None:
+            asyncio.get_running_loop().remove_reader(self.sender.notify_fd)
+            self.sender.stop()
         if self._metrics is not None:
             self._metrics.close()
         await asyncio.sleep(0)

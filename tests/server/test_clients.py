@@ -114,6 +114,9 @@ def test_stats_version_verbosity_quit(mc, server):
         assert b"engine:" + eng + b":inserts" in flash or b"engine:" + eng + b":lookups" in flash, sorted(flash)
     for sub in ("settings", "items", "slabs"):
         assert mc.stats(sub)
+    settings = mc.stats("settings")         # how requests are served, said where an operator looks
+    assert settings[b"send_thread"] == b"on" and settings[b"flash_reads"] == b"inline"
+    assert settings[b"text_fast_path"] == b"on"
     assert mc.version().startswith(b"1.6")
     assert mc.raw_command(b"verbosity 1", b"\r\n") == b"OK"
     assert request(server.port, b"quit\r\n", b"\r\n") == b""
