@@ -199,29 +199,35 @@ def test_fifo_eviction_drops_the_oldest_first():
     assert bh.stats()["evictions"] == 2
 
 
-def test_an_entry_found_since_the_last_write_gets_a_second_chance():
+@pytest.mark.parametrize("blocking", [False, True])
+def test_an_entry_found_since_the_last_write_gets_a_second_chance(blocking):
     """The hit bits (BigHash.hits): an insert evicts the oldest entry *not* found by a
     lookup since the bucket was written, and moves the found ones after the others (CLOCK's
     second chance, in the write the insert does anyway); the write clears the bits, so an
-    entry not found again goes in FIFO order later. Plain FIFO would evict k0 first."""
-    for blocking in (False, True):
-        bh, dev = make(nbuckets=1)
-        v = b"v" * 100                       # 124 B per entry: three fit in 480 B
-        ins = (lambda k: bh.insert_now(dev, k, v)) if blocking else (lambda k: put(bh, dev, k, v))
-        find = (lambda k: bh.lookup_item_now(dev, k)) if blocking else (lambda k: run(bh.lookup_item(k), dev))
-        for k in (b"k0", b"k1", b"k2"):
-            ins(k)
-        assert find(b"k0") == (v, 0.0)
-        assert int(bh.hits[0]) == 1          # entry 0, the oldest
-        assert ins(b"k3").evicted == 1
-        assert int(bh.hits[0]) == 0          # the write cleared them
-        assert [get(bh, dev, k) is not None for k in (b"k0", b"k1", b"k2", b"k3")] == [True, False, True, True]
-        bh.hits[0] = 0                       # forget the lookups just made
-        ins(b"k4")                           # now k2, then k0 (moved behind it) go, oldest first
-        assert get(bh, dev, b"k2") is None and get(bh, dev, b"k0") == v
-        bh.hits[0] = 0
-        ins(b"k5")
-        assert get(bh, dev, b"k0") is None
+    entry not found again goes in FIFO order later. Plain FIFO would evict k0 first. The C
+    forms (blocking) and the generators alike."""
+    bh, dev = make(nbuckets=1)
+    v = b"v" * 100                           # 124 B per entry: three fit in 480 B
+
+    def ins(k):
+        return bh.insert_now(dev, k, v) if blocking else put(bh, dev, k, v)
+
+    def find(k):
+        return bh.lookup_item_now(dev, k) if blocking else run(bh.lookup_item(k), dev)
+
+    for k in (b"k0", b"k1", b"k2"):
+        ins(k)
+    assert find(b"k0") == (v, 0.0)
+    assert int(bh.hits[0]) == 1          # entry 0, the oldest
+    assert ins(b"k3").evicted == 1
+    assert int(bh.hits[0]) == 0          # the write cleared them
+    assert [get(bh, dev, k) is not None for k in (b"k0", b"k1", b"k2", b"k3")] == [True, False, True, True]
+    bh.hits[0] = 0                       # forget the lookups just made
+    ins(b"k4")                           # now k2, then k0 (moved behind it) go, oldest first
+    assert get(bh, dev, b"k2") is None and get(bh, dev, b"k0") == v
+    bh.hits[0] = 0
+    ins(b"k5")
+    assert get(bh, dev, b"k0") is None
 
 
 def test_when_every_survivor_was_found_the_oldest_goes():
