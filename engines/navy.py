@@ -37,6 +37,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -101,14 +102,44 @@ AUTO_MIN, AUTO_MAX, AUTO_STEP = 0.02, 0.9, 0.01
 MIX_SAMPLE, MIX_WINDOW = 0.5, 8.0
 
 
-def auto_fraction(mix: Mapping[str, float], device_size: int) -> float:
+def auto_fraction(mix: Mapping[str, float], device_size: int, cap: float = 1.0) -> float:
     """BigHash's share for an "auto" split from the observed ``mix`` ({"small": bytes,
-    "large": bytes} of items the engines took)."""
+    "large": bytes} of items the engines took), at most ``cap`` (``waf_cap``)."""
     small, large = float(mix.get("small", 0.0)), float(mix.get("large", 0.0))
-    if small + large < MIX_SAMPLE * device_size:
-        return AUTO_PRIOR
-    share = round(small / (small + large) / AUTO_STEP) * AUTO_STEP
-    return round(min(AUTO_MAX, max(AUTO_MIN, share)), 2)
+    share = AUTO_PRIOR
+    if small + large >= MIX_SAMPLE * device_size:
+        share = round(small / (small + large) / AUTO_STEP) * AUTO_STEP
+    return round(min(AUTO_MAX, cap, max(AUTO_MIN, share)), 2)
+
+
+def soc_waf(alpha: float) -> float:
+    """Device WAF of uniform random page overwrites over a space of ``alpha`` times the
+    live data (Desnoyers 2012, eq. 4: alpha / (alpha + W(-alpha e^-alpha)), W the principal
+    Lambert W). BigHash's bucket rewrites behind a placement handle of their own behave so
+    with alpha = (BigHash + the device's spare) / BigHash (Allison et al. 2025, Theorem 1;
+    docs/waf-model.md); BlockCache's log adds WAF 1."""
+    if alpha <= 1.0:
+        return math.inf
+    x = -alpha * math.exp(-alpha)
+    w = -0.5 if alpha > 1.05 else -1.0 + math.sqrt(2 * (1 + math.e * x))   # near the branch point
+    for _ in range(60):                      # Newton on w e^w = x, w in (-1, 0)
+        ew = math.exp(w)
+        step = (w * ew - x) / (ew * (w + 1))
+        w -= step
+        if abs(step) < 1e-12:
+            break
+    return alpha / (alpha + w)
+
+
+def waf_cap(limit: float, spare: int, room: int) -> float:
+    """The largest BigHash share (of ``room``, the bytes after the metadata; a multiple of
+    AUTO_STEP, at least AUTO_MIN) whose bucket rewrites ``soc_waf`` predicts at most
+    ``limit`` on a device with ``spare`` bytes of spare area (its over-provisioning plus
+    what the cache leaves unused)."""
+    share = AUTO_MAX
+    while share > AUTO_MIN + 1e-9 and soc_waf(1 + spare / (share * room)) > limit:
+        share = round(share - AUTO_STEP, 2)
+    return max(AUTO_MIN, share)
 
 
 def _class_order(slot: Slot) -> tuple[bool, int]:
@@ -140,7 +171,8 @@ class Navy:
                  bucket_size: int = 4096, bloom_bytes_per_bucket: int = 8, region_size: int = 16 << 20,
                  alignment: int = 512, clean_regions: int = 1, metadata_fraction: float = 0.01,
                  blockcache_options: dict[str, Any] | None = None, admission: Admission | None = None,
-                 clock: Callable[[], float] = time.time, engines: Sequence[Slot] | None = None):
+                 clock: Callable[[], float] = time.time, engines: Sequence[Slot] | None = None,
+                 split_waf_limit: float = 0.0):
         self.auto = bighash_fraction == "auto" and engines is None
         if engines is None and not self.auto and (isinstance(bighash_fraction, str)
                                                   or not 0.0 <= bighash_fraction <= 1.0):
@@ -154,6 +186,9 @@ class Navy:
         self.admission = admission or AcceptAll()
         self.block = max(device.block_size, 4096)
         self._metadata_fraction = metadata_fraction
+        self.split_waf_limit = split_waf_limit
+        self.split_cap = self._waf_cap(split_waf_limit, metadata_fraction) if self.auto else 1.0
+        """The largest share "auto" gives BigHash (1.0: no limit; see ``waf_cap``)."""
         # the mix of item bytes this device has seen (superblock), for an "auto" split
         sb = self._peek()
         self._mix_base = dict(sb.mix) if sb is not None else {}
@@ -169,7 +204,7 @@ class Navy:
             # the split recorded on the device, kept while the layout holds (warm restart,
             # crash recovery); when the cache formats anyway, the one its mix says
             recorded = ((sb.layout.get("split") or {}).get("auto") if sb is not None else None)
-            decided = auto_fraction(self._mix_base, device.size)
+            decided = auto_fraction(self._mix_base, device.size, self.split_cap)
             fraction = recorded if isinstance(recorded, float) else decided
             self._build(slots(fraction), fraction)
             if fraction != decided and (sb is None or sb.fingerprint != self.fingerprint):
@@ -255,6 +290,22 @@ class Navy:
         """``insert_hook()``: a capsule "engines.navy.insert" for a C caller (the cache's
         demotions): ``insert_now(self.device, ...)`` for what the C form takes, declining
         the rest (see engines/_router.c)."""
+
+    def _waf_cap(self, limit: float, metadata_fraction: float) -> float:
+        """``waf_cap`` for this device, or 1.0 with no limit (0). ValueError for a limit
+        below 1 or a device that does not report its spare area."""
+        if not limit:
+            return 1.0
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 1.0:
+            raise ValueError(f"navy: split_waf_limit = {limit!r}: use a device WAF above 1 (e.g. 1.1), or 0 for none")
+        spare = getattr(self.device, "spare_bytes", None)
+        spare = spare() if callable(spare) else None
+        if spare is None:
+            raise ValueError(f"navy: split_waf_limit = {limit!r} needs the device's spare area, and "
+                             f"{getattr(self.device, 'path', 'this device')} does not report it (only the emulated "
+                             "SSD does); use 0 (no limit) or a fixed bighash_fraction")
+        room = self.device.size - max(1 << 20, int(self.device.size * metadata_fraction)) - self.block
+        return waf_cap(float(limit), spare, max(room, 1))
 
     def _slot(self, name: str) -> Slot:
         return next(s for s in self.slots if s.engine.name == name)
@@ -707,7 +758,8 @@ class Navy:
         s["split"] = {"mode": "auto" if self.auto else "fixed",
                       "bighash_share": bh.size / (self.device.size - self.meta_end) if bh is not None else 0.0,
                       "observed_small_share": mix["small"] / total if total else None,
-                      "auto_would_choose": auto_fraction(mix, self.device.size)}
+                      "auto_would_choose": auto_fraction(mix, self.device.size, self.split_cap),
+                      "waf_limit": self.split_waf_limit or None, "waf_cap": self.split_cap if self.auto else None}
         for slot in self.slots:
             name = slot.engine.name
             eng = self.engines.get(name)

@@ -341,6 +341,10 @@ class FlashConfig:
         'share of the flash space for BigHash (0: none, 1: no BlockCache), or "auto": the small items\' '
         "byte share as this device has seen it, decided when the cache formats (README, \"The split\")",
         kind="share_or_auto"))
+    split_waf_limit: float = field(default=0.0, metadata=opt(
+        'with bighash_fraction = "auto": the device WAF BigHash\'s random bucket rewrites may cost; "auto" then '
+        "gives BigHash at most the share the device's spare area absorbs within it (README, \"The split\"; "
+        "only a device that reports its spare area, the emulated SSD). 0: no limit", min=0.0, max=100.0))
     bucket_size: int = field(default=4096, metadata=opt(
         "BigHash bucket size in bytes", min=512, max=1 << 20, power_of_two=True))
     bloom_bytes_per_bucket: int = field(default=8, metadata=opt(

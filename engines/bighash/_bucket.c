@@ -122,18 +122,27 @@ static inline int key_matches(const uint8_t *d, uint32_t pos, const entry *e, ui
 }
 
 /* The offset of the last entry of ``key`` in a validated bucket of ``n`` entries (the last
- * one decides, as a lookup finds it), or 0 when it is not there. */
-static uint32_t find_key(const uint8_t *d, uint32_t n, uint64_t kh, const uint8_t *key, uint32_t klen)
+ * one decides, as a lookup finds it), or 0 when it is not there; *index gets its index. */
+static uint32_t find_key(const uint8_t *d, uint32_t n, uint64_t kh, const uint8_t *key, uint32_t klen,
+                         uint32_t *index)
 {
     uint32_t pos = HSIZE, hit = 0;
     entry e;
+    *index = 0;
     for (uint32_t i = 0; i < n; i++) {
         ld_entry(d + pos, &e);
-        if (key_matches(d, pos, &e, kh, key, klen))
+        if (key_matches(d, pos, &e, kh, key, klen)) {
             hit = pos;
+            *index = i;
+        }
         pos += ESIZE + e.klen + e.vlen;
     }
     return hit;
+}
+
+static inline int was_hit(uint64_t hits, uint32_t i)
+{
+    return i < 64 && (hits >> i & 1);
 }
 
 static inline int expired(uint32_t expiry, double now)
@@ -142,19 +151,21 @@ static inline int expired(uint32_t expiry, double now)
 }
 
 int64_t fc_bucket_lookup(const char *data, uint32_t size, uint32_t bucket, uint64_t generation,
-                         uint64_t kh, const char *key, uint32_t klen, fc_bloom *learn)
+                         uint64_t kh, const char *key, uint32_t klen, fc_bloom *learn, uint64_t *hits)
 {
     const uint8_t *d = (const uint8_t *)data;
-    uint32_t n, used, aux;
+    uint32_t n, used, aux, index;
     int why = check(d, size, bucket, generation, &n, &used, &aux);
     if (learn)
         learn_image(learn, bucket, d, size, why == FC_OK);
     if (why != FC_OK)
         return -why;
-    uint32_t hit = find_key(d, n, kh, (const uint8_t *)key, klen);
+    uint32_t hit = find_key(d, n, kh, (const uint8_t *)key, klen, &index);
     entry e;
     if (!hit)
         return 0;
+    if (hits && index < 64)
+        *hits |= 1ull << index;
     ld_entry(d + hit, &e);
     uint64_t vsum = hash(d + hit + ESIZE + e.klen, e.vlen, fc_key_seed) & 0xFFFFFFFFu;
     return (int64_t)(hit + ESIZE + e.klen) | ((int64_t)e.vlen << FC_VLEN_SHIFT) | ((int64_t)e.klen << FC_KLEN_SHIFT)
@@ -176,7 +187,7 @@ static void finish(uint8_t *o, uint32_t size, uint32_t bucket, uint64_t generati
 
 int64_t fc_bucket_insert(const char *old, char *out, uint32_t size, uint32_t bucket, uint64_t generation,
                          double now, uint64_t kh, const char *key, uint32_t klen,
-                         const char *value, uint32_t vlen, uint32_t expiry)
+                         const char *value, uint32_t vlen, uint32_t expiry, uint64_t hits)
 {
     const uint8_t *d = (const uint8_t *)old;
     uint8_t *o = (uint8_t *)out;
@@ -189,7 +200,7 @@ int64_t fc_bucket_insert(const char *old, char *out, uint32_t size, uint32_t buc
         n = 0;
     /* pass 1: what survives the key's own and the expired entries */
     uint64_t kept_used = 0;
-    uint32_t replaced = 0, nexpired = 0, evicted = 0, count = 0;
+    uint32_t replaced = 0, nexpired = 0, count = 0;
     uint32_t pos = HSIZE;
     entry e;
     for (uint32_t i = 0; i < n; i++) {
@@ -203,25 +214,41 @@ int64_t fc_bucket_insert(const char *old, char *out, uint32_t size, uint32_t buc
             kept_used += len;
         pos += len;
     }
-    /* pass 2: FIFO, the oldest survivors go until the new entry fits; copy the rest */
+    /* pass 2: how many survivors go until the new entry fits: drop[0] of those not hit
+     * (oldest first), then, only if that is not enough, drop[1] of the hit ones */
     uint64_t room = size - HSIZE - need;
-    uint32_t w = HSIZE;
-    pos = HSIZE;
-    for (uint32_t i = 0; i < n; i++) {
-        ld_entry(d + pos, &e);
-        uint32_t len = ESIZE + e.klen + e.vlen;
-        if (!key_matches(d, pos, &e, kh, (const uint8_t *)key, klen) && !expired(e.expiry, now)) {
-            if (kept_used > room) {
+    uint32_t drop[2] = {0, 0};
+    for (int hit = 0; hit < 2 && kept_used > room; hit++) {
+        pos = HSIZE;
+        for (uint32_t i = 0; i < n && kept_used > room; i++) {
+            ld_entry(d + pos, &e);
+            uint32_t len = ESIZE + e.klen + e.vlen;
+            if (!key_matches(d, pos, &e, kh, (const uint8_t *)key, klen) && !expired(e.expiry, now)
+                && was_hit(hits, i) == hit) {
                 kept_used -= len;
-                evicted++;
-            } else {
+                drop[hit]++;
+            }
+            pos += len;
+        }
+    }
+    /* pass 3: copy the survivors not hit, then the hit ones, each oldest first */
+    uint32_t w = HSIZE;
+    for (int hit = 0; hit < 2; hit++) {
+        uint32_t seen = 0;
+        pos = HSIZE;
+        for (uint32_t i = 0; i < n; i++) {
+            ld_entry(d + pos, &e);
+            uint32_t len = ESIZE + e.klen + e.vlen;
+            if (!key_matches(d, pos, &e, kh, (const uint8_t *)key, klen) && !expired(e.expiry, now)
+                && was_hit(hits, i) == hit && seen++ >= drop[hit]) {
                 memcpy(o + w, d + pos, len);
                 w += len;
                 count++;
             }
+            pos += len;
         }
-        pos += len;
     }
+    uint32_t evicted = drop[0] + drop[1];
     st64(o + w + FC_BE_KEY_HASH, kh);
     st32(o + w + FC_BE_VALUE_SUM, (uint32_t)(hash(value, vlen, fc_key_seed) & 0xFFFFFFFFu));
     st32(o + w + FC_BE_EXPIRY, expiry);
@@ -236,18 +263,19 @@ int64_t fc_bucket_insert(const char *old, char *out, uint32_t size, uint32_t buc
 }
 
 int64_t fc_bucket_remove(const char *old, char *out, uint32_t size, uint32_t bucket, uint64_t generation,
-                         double now, uint64_t kh, const char *key, uint32_t klen, fc_bloom *learn)
+                         double now, uint64_t kh, const char *key, uint32_t klen, fc_bloom *learn,
+                         uint64_t *hits)
 {
     const uint8_t *d = (const uint8_t *)old;
     uint8_t *o = (uint8_t *)out;
-    uint32_t n, used, aux;
+    uint32_t n, used, aux, index;
     int why = check(d, size, bucket, generation, &n, &used, &aux);
     if (learn)
         learn_image(learn, bucket, d, size, why == FC_OK);
     if (why != FC_OK || n == 0)
         return why;
     /* the last entry of the key decides (as a lookup would find it) */
-    uint32_t hit = find_key(d, n, kh, (const uint8_t *)key, klen);
+    uint32_t hit = find_key(d, n, kh, (const uint8_t *)key, klen, &index);
     entry e;
     if (!hit)
         return why;
@@ -256,16 +284,21 @@ int64_t fc_bucket_remove(const char *old, char *out, uint32_t size, uint32_t buc
         return why;
     uint32_t w = HSIZE, count = 0;
     uint32_t pos = HSIZE;
+    uint64_t renumbered = 0;
     for (uint32_t i = 0; i < n; i++) {
         ld_entry(d + pos, &e);
         uint32_t len = ESIZE + e.klen + e.vlen;
         if (!key_matches(d, pos, &e, kh, (const uint8_t *)key, klen)) {
             memcpy(o + w, d + pos, len);
             w += len;
+            if (hits && was_hit(*hits, i) && count < 64)
+                renumbered |= 1ull << count;
             count++;
         }
         pos += len;
     }
+    if (hits)
+        *hits = renumbered;
     finish(o, size, bucket, generation, count, w - HSIZE);
     return why | FC_REMOVED;
 }

@@ -65,20 +65,34 @@ enum { FC_REASON_MASK = 7, FC_REPLACED = 8, FC_REMOVED = 8, FC_EVICTED_SHIFT = 4
  * *aux gets the entries' end (relative to the header) for FC_BAD_END. */
 int fc_bucket_check(const char *data, uint32_t size, uint32_t bucket, uint64_t generation, uint32_t *aux);
 
+/* Hit bits (DRAM, one uint64_t per bucket, owned by the caller): bit i set = entry i of the
+ * bucket as it is on flash (oldest first) was found by a lookup since the bucket was last
+ * written; entries past the 64th have none. An insert gives hit entries a second chance
+ * (see fc_bucket_insert); whoever writes the bucket then zeroes its word. A wrong word is
+ * harmless: it only changes which entries an insert evicts first. */
+
 /* ``learn``: NULL, or the filters to warm: if the bucket's filter is unknown (all bits set)
- * it becomes exactly the image's keys (none if the image reads as empty). */
+ * it becomes exactly the image's keys (none if the image reads as empty). ``hits``: NULL,
+ * or the bucket's hit bits, where a found entry's bit is set. */
 int64_t fc_bucket_lookup(const char *data, uint32_t size, uint32_t bucket, uint64_t generation,
-                         uint64_t key_hash, const char *key, uint32_t key_len, fc_bloom *learn);
+                         uint64_t key_hash, const char *key, uint32_t key_len, fc_bloom *learn,
+                         uint64_t *hits);
 
 /* ``out`` (``size`` bytes, not overlapping ``old``) gets the whole new image: the old live
  * entries minus any of the key, minus expired ones (expiry != 0 and <= now), minus the
- * oldest until the new entry fits, then the new entry; zeros after it; header + checksum. */
+ * oldest until the new entry fits, then the new entry; zeros after it; header + checksum.
+ * ``hits``: the old image's hit bits (0: none). Entries not hit go first, oldest first, and
+ * those hit only when no unhit one is left; hit survivors move after the unhit ones, just
+ * before the new entry (a second chance, as CLOCK gives, for no extra write). */
 int64_t fc_bucket_insert(const char *old, char *out, uint32_t size, uint32_t bucket, uint64_t generation,
                          double now, uint64_t key_hash, const char *key, uint32_t key_len,
-                         const char *value, uint32_t value_len, uint32_t expiry);
+                         const char *value, uint32_t value_len, uint32_t expiry, uint64_t hits);
 
+/* ``hits``: NULL, or the bucket's hit bits, renumbered for the new image when an entry is
+ * removed (the caller writes that image). */
 int64_t fc_bucket_remove(const char *old, char *out, uint32_t size, uint32_t bucket, uint64_t generation,
-                         double now, uint64_t key_hash, const char *key, uint32_t key_len, fc_bloom *learn);
+                         double now, uint64_t key_hash, const char *key, uint32_t key_len, fc_bloom *learn,
+                         uint64_t *hits);
 
 /* xxh3_64 with a seed (what python-xxhash's xxh3_64_intdigest(data, seed) returns; _xxh3.h). */
 uint64_t fc_xxh3_64(const char *data, size_t len, uint64_t seed);

@@ -5,10 +5,13 @@
  * errors) and owns the state those steps touch: the generation, the write epoch, the bloom
  * filters' C view, the lock stripes, the stream and its counters.
  *
- * BucketCore(offset, bucket_size, nbuckets, generation, bloom_bits, bloom_hashes, clock,
+ * BucketCore(offset, bucket_size, nbuckets, generation, bloom_bits, bloom_hashes, hits, clock,
  *            unreadable, corrupt, locks, stream)
  *   bloom_bits  the filters' bytes: a writable buffer of nbuckets * bytes-per-bucket bytes
  *               (BloomFilters.bits; held), bloom_hashes their hash count
+ *   hits        the buckets' hit bits (_bucket.h): a writable buffer of nbuckets uint64
+ *               (BigHash.hits; held): a lookup sets its entry's bit, an insert hands the
+ *               word to fc_bucket_insert and zeroes it once the bucket is written
  *   clock       the engine's clock (seconds), called for an item with an expiry and per insert
  *   unreadable  unreadable(bucket, reason, image): logs a bucket image read as empty
  *   corrupt     corrupt(bucket, why): logs a value checksum mismatch
@@ -60,6 +63,9 @@ typedef struct {
     uint32_t size;
     fc_bloom bloom;                     /* over bloom_view's bytes */
     Py_buffer bloom_view;
+    uint64_t *hits;                     /* over hits_view's bytes: nbuckets words */
+    Py_buffer hits_view;
+    PyObject *hits_obj;
     PyObject *bloom_bits, *clock, *unreadable, *corrupt, *locks, *stream;
     fc_hook_cache hk;
     long long hooked_reads;             /* bucket reads done through the hook */
@@ -69,6 +75,7 @@ typedef struct {
 static int core_traverse(Core *s, visitproc visit, void *arg)
 {
     Py_VISIT(s->bloom_bits);
+    Py_VISIT(s->hits_obj);
     Py_VISIT(s->clock);
     Py_VISIT(s->unreadable);
     Py_VISIT(s->corrupt);
@@ -89,6 +96,11 @@ static void drop_bloom(Core *s)
 static int core_clear(Core *s)
 {
     drop_bloom(s);
+    if (s->hits_obj) {
+        PyBuffer_Release(&s->hits_view);
+        Py_CLEAR(s->hits_obj);
+    }
+    s->hits = NULL;
     Py_CLEAR(s->clock);
     Py_CLEAR(s->unreadable);
     Py_CLEAR(s->corrupt);
@@ -132,13 +144,14 @@ static int set_bloom(Core *s, PyObject *bits, int hashes)
 static int core_init(Core *s, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"offset", "bucket_size", "nbuckets", "generation", "bloom_bits", "bloom_hashes",
-                             "clock", "unreadable", "corrupt", "locks", "stream", NULL};
+                             "hits", "clock", "unreadable", "corrupt", "locks", "stream", NULL};
     unsigned long long offset, nbuckets, generation;
     unsigned int size;
     int hashes;
-    PyObject *bits, *clock, *unreadable, *corrupt, *locks, *stream;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "KIKKOiOOOO!O", kwlist, &offset, &size, &nbuckets, &generation,
-                                     &bits, &hashes, &clock, &unreadable, &corrupt, &PyList_Type, &locks, &stream))
+    PyObject *bits, *hits, *clock, *unreadable, *corrupt, *locks, *stream;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KIKKOiOOOOO!O", kwlist, &offset, &size, &nbuckets, &generation,
+                                     &bits, &hashes, &hits, &clock, &unreadable, &corrupt, &PyList_Type, &locks,
+                                     &stream))
         return -1;
     if (size < 512 || size > (1u << 20) || !nbuckets || nbuckets >= (1ull << 32) || !PyList_GET_SIZE(locks)) {
         PyErr_SetString(PyExc_ValueError, "BucketCore: bucket_size, nbuckets or locks out of range");
@@ -153,6 +166,15 @@ static int core_init(Core *s, PyObject *args, PyObject *kw)
     memset(s->c, 0, sizeof s->c);
     if (set_bloom(s, bits, hashes) < 0)
         return -1;
+    if (PyObject_GetBuffer(hits, &s->hits_view, PyBUF_SIMPLE | PyBUF_WRITABLE) < 0)
+        return -1;
+    s->hits_obj = Py_NewRef(hits);
+    if ((uint64_t)s->hits_view.len != nbuckets * 8) {
+        PyErr_Format(PyExc_ValueError, "BucketCore: hits of %zd bytes do not fit %llu buckets (8 bytes each)",
+                     s->hits_view.len, nbuckets);
+        return -1;
+    }
+    s->hits = s->hits_view.buf;
     s->clock = Py_NewRef(clock);
     s->unreadable = Py_NewRef(unreadable);
     s->corrupt = Py_NewRef(corrupt);
@@ -284,8 +306,9 @@ static int core_find(Core *s, PyObject *read, PyObject *key, PyObject **value, d
     const char *img = get_bucket(s, read, b, stack, &data, &view);
     if (!img)
         goto release;
+    int same = epoch == s->epoch && bloom_bits == s->bloom_bits;   /* no write landed during the read */
     int64_t r = fc_bucket_lookup(img, s->size, (uint32_t)b, s->generation, kh, k, (uint32_t)klen,
-                                 epoch == s->epoch && bloom_bits == s->bloom_bits ? &s->bloom : NULL);
+                                 same ? &s->bloom : NULL, same ? s->hits + b : NULL);
     if (r < 0 && unreadable(s, b, (int)-r, img, data) < 0)
         goto release;
     if (r <= 0) {
@@ -397,7 +420,7 @@ static int put_locked(Core *s, PyObject *device, PyObject *key, PyObject *value,
         goto release;
     int64_t r = fc_bucket_insert(img, PyBytes_AS_STRING(image), s->size, (uint32_t)b, s->generation, t, kh,
                                  PyBytes_AS_STRING(key), (uint32_t)klen, PyBytes_AS_STRING(value), (uint32_t)vlen,
-                                 (uint32_t)expiry);
+                                 (uint32_t)expiry, s->hits[b]);
     if (r < 0) {
         PyErr_Format(PyExc_RuntimeError, "BigHash: the C core refused an item of %zd + %zd B", klen, vlen);
         goto release;
@@ -415,11 +438,13 @@ static int put_locked(Core *s, PyObject *device, PyObject *key, PyObject *value,
          * BigHash's item count, which the failure makes approximate) */
         if (s->bloom.nbytes)
             memset(s->bloom.bits + b * s->bloom.nbytes, 0xFF, s->bloom.nbytes);
+        s->hits[b] = 0;
         s->epoch++;
         s->c[C_WRITE_FAILURES]++;
         goto release;
     }
     Py_DECREF(w);
+    s->hits[b] = 0;
     s->epoch++;
     s->c[C_BUCKET_WRITES]++;
     s->c[C_BYTES_WRITTEN] += s->size;

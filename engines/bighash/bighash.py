@@ -1,8 +1,9 @@
 """BigHash: the small-item engine, a fixed array of buckets on one extent of the device.
 
-Owns its extent and a bloom filter per bucket in DRAM; no DRAM index. The key hash picks
-the bucket; every insert or remove reads the whole bucket and writes it back, FIFO inside
-the bucket. Operations are sans-I/O generators (see ``engines.device``): they yield
+Owns its extent, a bloom filter and a word of hit bits per bucket in DRAM; no DRAM index.
+The key hash picks the bucket; every insert or remove reads the whole bucket and writes it
+back, FIFO inside the bucket with a second chance: an entry a lookup found since the bucket
+was last written is evicted only after the others, and moves behind them (``hits``). Operations are sans-I/O generators (see ``engines.device``): they yield
 ``Read``/``Write`` and never touch a device. The surprise: a bucket that fails its checksum
 reads as *empty* (counted, logged), and a cold engine still serves old buckets from flash
 (so it does not know how many items it holds until ``estimate_items`` samples them).
@@ -49,6 +50,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
+import numpy as np
 import xxhash
 
 from .. import formats
@@ -222,6 +224,12 @@ class BigHash(Engine):
         self.max_item_size = bucket_size - _HSIZE
         """Largest key + value + entry header (22 B) that fits in one bucket."""
         self._bloom = BloomFilters(self.nbuckets, bloom_bytes_per_bucket, bloom_hashes)
+        self.hits = np.zeros(self.nbuckets, dtype=np.uint64)
+        """Each bucket's hit bits (DRAM only, ``_bucket.h``): bit i set when a lookup found
+        entry i of the bucket as it is on flash; an insert evicts entries not hit first and
+        moves the hit ones after them (a second chance, CLOCK-like, at no extra write), and
+        every bucket write zeroes the word. Not saved: a restart begins with none."""
+        self._chits = _ffi.cast("uint64_t *", _ffi.from_buffer(self.hits))
         self._counters = dict.fromkeys(_COUNTERS, 0)
         self.locks = [threading.RLock() for _ in range(LOCK_STRIPES)]
         """The lock stripes: an insert or remove holds ``locks[bucket % len(locks)]``."""
@@ -230,7 +238,7 @@ class BigHash(Engine):
         # properties below), and the counters of its own steps (merged by _counts()).
         self._core = BucketCore(offset=offset, bucket_size=bucket_size, nbuckets=self.nbuckets,
                                 generation=generation, bloom_bits=self._bloom.bits,
-                                bloom_hashes=self._bloom.num_hashes, clock=clock, unreadable=self._unreadable,
+                                bloom_hashes=self._bloom.num_hashes, hits=self.hits, clock=clock, unreadable=self._unreadable,
                                 corrupt=self._corrupt, locks=self.locks, stream=stream)
         self._core_lookup = self._core.lookup
         self._core_insert = self._core.insert
@@ -413,7 +421,7 @@ class BigHash(Engine):
         # core warms its filter if unknown (a cold engine learns its filters from lookups
         # as well as from writes).
         r = _c_lookup(data if data.__class__ is bytes else _from_buffer(data), size, b, self.generation, kh,
-                      ckey, len(key), self.bloom.c if epoch == self._write_epoch else _NULL)
+                      ckey, len(key), *((self.bloom.c, self._chits + b) if epoch == self._write_epoch else (_NULL, _NULL)))
         if r < 0:
             self._unreadable(b, -r, data)
         if r <= 0:
@@ -498,7 +506,7 @@ class BigHash(Engine):
         cbuf = _from_buffer(buf)
         r = _c_insert(data if data.__class__ is bytes else _from_buffer(data), cbuf, size, b, self.generation,
                       self.clock(), kh, key if key.__class__ is bytes else _from_buffer(key), klen,
-                      value if value.__class__ is bytes else _from_buffer(value), vlen, expiry)
+                      value if value.__class__ is bytes else _from_buffer(value), vlen, expiry, int(self.hits[b]))
         if r < 0:  # pragma: no cover - insert() checked the sizes
             raise RuntimeError(f"BigHash: the C core refused an item of {klen} + {vlen} B")
         if r & _REASON_MASK:
@@ -541,14 +549,15 @@ class BigHash(Engine):
             self._bucket_read(b, data)
             buf = bytearray(size)
             cbuf = _from_buffer(buf)
+            hits = _ffi.new("uint64_t *", int(self.hits[b]))     # renumbered for the new image
             r = _c_remove(data if data.__class__ is bytes else _from_buffer(data), cbuf, size, b, self.generation,
-                          self.clock(), kh, ckey, len(key),
-                          bloom.c if epoch == self._write_epoch else _NULL)
+                          self.clock(), kh, ckey, len(key), bloom.c if epoch == self._write_epoch else _NULL, hits)
             if r & _REASON_MASK:
                 self._unreadable(b, r & _REASON_MASK, data)
             if not r & _CHANGED:
                 return False
             yield from self._write_bucket(b, buf, cbuf)
+            self.hits[b] = hits[0]      # the remaining entries keep their hits
         c["removed"] += 1
         return True
 
@@ -566,10 +575,12 @@ class BigHash(Engine):
         # The bucket on flash may now be old, new or torn: its filter must not lie (and
         # the item count may be off by what it held: counted, so items_exact says so).
         self.bloom.invalidate(b)
+        self.hits[b] = 0
         self._core.epoch += 1
         self._counters["write_failures"] += 1
 
     def _written(self, b: int, cbuf) -> None:
+        self.hits[b] = 0
         self._core.epoch += 1
         c = self._counters
         c["bucket_writes"] += 1
@@ -600,6 +611,7 @@ class BigHash(Engine):
         """
         self.generation = (self.generation + 1) & _M64
         self.bloom.clear_all()
+        self.hits[:] = 0
         self._write_epoch += 1
         self._set_items(0, True)
 
@@ -702,6 +714,7 @@ class BigHash(Engine):
         self.bloom = bloom
         self._counters = restored
         self._core.reset_counters()
+        self.hits[:] = 0
         self._write_epoch += 1
         self._set_items(items, bool(state.get("items_exact")), restored)
         return True

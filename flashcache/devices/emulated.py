@@ -443,6 +443,12 @@ class EmulatedDevice(NvmeDevice):
             return None          # the FTL's own counters (see waf_snapshot)
         return super()._probe_waf()
 
+    def spare_bytes(self) -> int:
+        """Physical bytes the drive does not export to the cache: its over-provisioning plus
+        the exported bytes past the cache's share (``utilization``, deallocated at format)."""
+        g = self.ftl.geometry
+        return g.physical_pages * g.page_bytes - self.size
+
     def waf_source(self) -> str:
         return ("FDP Statistics log (LID 0x22)" if self.controller.fdp
                 else "emulator FTL counters (FDP disabled: a real drive would have no FDP log)")

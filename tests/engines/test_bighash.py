@@ -199,6 +199,85 @@ def test_fifo_eviction_drops_the_oldest_first():
     assert bh.stats()["evictions"] == 2
 
 
+@pytest.mark.parametrize("blocking", [False, True])
+def test_an_entry_found_since_the_last_write_gets_a_second_chance(blocking):
+    """The hit bits (BigHash.hits): an insert evicts the oldest entry *not* found by a
+    lookup since the bucket was written, and moves the found ones after the others (CLOCK's
+    second chance, in the write the insert does anyway); the write clears the bits, so an
+    entry not found again goes in FIFO order later. Plain FIFO would evict k0 first. The C
+    forms (blocking) and the generators alike."""
+    bh, dev = make(nbuckets=1)
+    v = b"v" * 100                           # 124 B per entry: three fit in 480 B
+
+    def ins(k):
+        return bh.insert_now(dev, k, v) if blocking else put(bh, dev, k, v)
+
+    def find(k):
+        return bh.lookup_item_now(dev, k) if blocking else run(bh.lookup_item(k), dev)
+
+    for k in (b"k0", b"k1", b"k2"):
+        ins(k)
+    assert find(b"k0") == (v, 0.0)
+    assert int(bh.hits[0]) == 1          # entry 0, the oldest
+    assert ins(b"k3").evicted == 1
+    assert int(bh.hits[0]) == 0          # the write cleared them
+    assert [get(bh, dev, k) is not None for k in (b"k0", b"k1", b"k2", b"k3")] == [True, False, True, True]
+    bh.hits[0] = 0                       # forget the lookups just made
+    ins(b"k4")                           # now k2, then k0 (moved behind it) go, oldest first
+    assert get(bh, dev, b"k2") is None and get(bh, dev, b"k0") == v
+    bh.hits[0] = 0
+    ins(b"k5")
+    assert get(bh, dev, b"k0") is None
+
+
+def test_when_every_survivor_was_found_the_oldest_goes():
+    bh, dev = make(nbuckets=1)
+    v = b"v" * 100
+    for k in (b"k0", b"k1", b"k2"):
+        put(bh, dev, k, v)
+    for k in (b"k2", b"k0", b"k1"):
+        assert get(bh, dev, k) == v
+    assert int(bh.hits[0]) == 0b111
+    assert put(bh, dev, b"k3", v).evicted == 1
+    assert get(bh, dev, b"k0") is None and all(get(bh, dev, k) == v for k in (b"k1", b"k2", b"k3"))
+
+
+def test_a_remove_keeps_the_other_entries_hit_bits():
+    bh, dev = make(nbuckets=1)
+    v = b"v" * 100
+    for k in (b"k0", b"k1", b"k2"):
+        put(bh, dev, k, v)
+    assert get(bh, dev, b"k2") == v
+    assert int(bh.hits[0]) == 0b100
+    assert run(bh.remove(b"k0"), dev)
+    assert int(bh.hits[0]) == 0b10           # k2 is entry 1 now
+    put(bh, dev, b"k3", v)                   # fits: nothing goes
+    put(bh, dev, b"k4", v)                   # k1 goes, not k2
+    assert get(bh, dev, b"k1") is None and get(bh, dev, b"k2") == v
+
+
+def test_a_lookup_that_raced_a_write_sets_no_hit_bit():
+    bh, dev = make(nbuckets=1)
+    put(bh, dev, b"k0", b"v")
+    op = bh.lookup(b"k0")
+    req = next(op)
+    put(bh, dev, b"k1", b"v")                # a write lands while the lookup's read is out
+    with pytest.raises(StopIteration):
+        op.send(dev.read(req.offset, req.length))
+    assert int(bh.hits[0]) == 0
+
+
+def test_restarts_and_resets_begin_with_no_hit_bits():
+    bh, dev = make(nbuckets=1)
+    put(bh, dev, b"k0", b"v")
+    assert get(bh, dev, b"k0") == b"v" and int(bh.hits[0]) == 1
+    state = msgpack.unpackb(msgpack.packb(bh.persist()), raw=False)
+    fresh = BigHash(0, bh.size, BS)
+    assert fresh.recover(state) and int(fresh.hits[0]) == 0
+    bh.reset()
+    assert int(bh.hits[0]) == 0
+
+
 def test_a_big_item_evicts_as_many_as_needed():
     bh, dev = make(nbuckets=1)
     for i in range(4):
@@ -927,6 +1006,7 @@ def test_now_forms_do_exactly_what_the_generators_do(ops, warm):
     assert da.buf == db.buf and da.log == db.log
     assert a.stats() == b.stats()
     assert bytes(a.bloom.bits) == bytes(b.bloom.bits)
+    assert a.hits.tobytes() == b.hits.tobytes()
 
 
 def test_blocking_forms_log_what_the_generators_log(caplog):

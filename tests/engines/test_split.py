@@ -97,3 +97,57 @@ def test_a_fixed_split_stays_available_and_records_the_mix_too():
     n = auto(dev)                                  # switching to "auto" formats, from the mix seen
     assert n.start.startswith("formatted") and n.layout["split"]["auto"] <= 0.15
     n.close()
+
+
+# -- the WAF limit (split_waf_limit) ------------------------------------------------------------
+
+
+def test_soc_waf_matches_the_published_table():
+    """docs/waf-model.md's FIFO column, from OP = (T - U) / U: alpha = 1 + OP."""
+    for op, waf in ((0.07, 7.82), (0.12, 4.85), (0.28, 2.48), (0.5, 1.72), (1.0, 1.26)):
+        assert navy_mod.soc_waf(1 + op) == pytest.approx(waf, abs=0.01)
+    assert navy_mod.soc_waf(1.0) == float("inf")
+
+
+def test_waf_cap_is_the_largest_share_within_the_limit():
+    spare, room = 8 * MIB, 64 * MIB
+    for limit in (1.02, 1.1, 1.5, 2.0):
+        cap = navy_mod.waf_cap(limit, spare, room)
+        assert navy_mod.soc_waf(1 + spare / (cap * room)) <= limit
+        if cap < navy_mod.AUTO_MAX:
+            assert navy_mod.soc_waf(1 + spare / ((cap + 0.01) * room)) > limit
+    assert navy_mod.waf_cap(1.02, spare, room) < navy_mod.waf_cap(1.5, spare, room)
+    assert navy_mod.waf_cap(1.01, 0, room) == navy_mod.AUTO_MIN       # no spare: the smallest share
+
+
+class SpareDevice(PidDevice):
+    """A device that reports its spare area, as the emulated SSD does."""
+
+    def __init__(self, size: int, spare: int):
+        super().__init__(size, block_size=4096)
+        self.spare = spare
+
+    def spare_bytes(self) -> int:
+        return self.spare
+
+
+def test_auto_split_stays_within_the_waf_limit_and_says_so():
+    dev = SpareDevice(8 * MIB, spare=MIB)
+    n = Navy(dev, region_size=512 << 10, bighash_fraction="auto", small_item_max=1024, split_waf_limit=1.1)
+    cap = n.stats()["split"]["waf_cap"]
+    assert cap < AUTO_PRIOR and n.layout["split"] == {"auto": cap}
+    assert n.stats()["split"]["waf_limit"] == 1.1 and bighash_share(n) <= cap + 0.08     # whole regions
+    feed(n, dev, small=3000, large=20, tag=b"s")          # small items dominate: still within the cap
+    assert n.stats()["split"]["auto_would_choose"] == cap
+    n.close()
+    # without the limit the same mix would choose more (at the next format: a restart keeps the split)
+    n = Navy(dev, region_size=512 << 10, bighash_fraction="auto", small_item_max=1024)
+    assert n.start == "warm" and n.layout["split"] == {"auto": cap}
+    assert n.stats()["split"]["auto_would_choose"] > cap and n.stats()["split"]["waf_cap"] == 1.0
+
+
+def test_a_waf_limit_needs_a_device_that_reports_its_spare_and_a_value_above_one():
+    with pytest.raises(ValueError, match="needs the device's spare area"):
+        Navy(PidDevice(8 * MIB, block_size=4096), bighash_fraction="auto", split_waf_limit=1.1)
+    with pytest.raises(ValueError, match="use a device WAF above 1"):
+        Navy(SpareDevice(8 * MIB, MIB), bighash_fraction="auto", split_waf_limit=0.9)
