@@ -13,8 +13,10 @@ runs on uvloop (its default; --loop asyncio for asyncio's own loop). --python-si
 third side each round, flashcache with server.accelerate = false, so the C text path's
 gain is measured under the same load.
 
-Each side's figure is the median of its rounds, and the ratio the median of the rounds'
-ratios (never the best round). The run fails if memaslap or memcached write anything to
+Before the rounds, each side gets one warm-up run of --warmup seconds with the same load,
+not counted (both sides alike: memcached's slabs and flashcache's DRAM tier, device and
+page cache start filled, as in the rounds that follow). Each side's figure is the median
+of its rounds, and the ratio the median of the rounds' ratios (never the best round). The run fails if memaslap or memcached write anything to
 stderr, or flashcache's log holds an error. Prints ops/s and p50/p99 latency per side
 (memaslap's log2 histogram over all rounds: a percentile is reported as the upper edge of
 its power-of-two bucket) and the ratio, then one JSON line
@@ -153,6 +155,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=8, help="per side per round")
+    ap.add_argument("--warmup", type=int, default=6, help="seconds of uncounted load per side before the rounds")
     ap.add_argument("--conns", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dram", default="4MiB", help="flashcache's DRAM tier (keep it under a quarter of the data set)")
@@ -194,6 +197,9 @@ def main() -> int:
         settings = stats(port, "settings")
         print(f"flashcache: event_loop={settings.get('event_loop')} text_fast_path={settings.get('text_fast_path')}; "
               f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+        for name, port in sides.items():                    # warm-up, not counted
+            if args.warmup:
+                memaslap(exe, port, cfg, args.warmup, args.conns, args.threads)
         per_round: list[dict] = []
         hists: dict = {name: {} for name in sides}
         share = [0, 0]

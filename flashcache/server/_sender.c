@@ -5,6 +5,10 @@
  * kernel does in the sender's context) was a third of the server's CPU time and the
  * largest single cost once the C text path answered most requests (tools/bench_server.py).
  *
+ * send() only queues: the loop calls kick() once per loop iteration (after every
+ * connection that was ready has been answered), which wakes the thread if it sleeps, so
+ * a batch of replies costs one wake-up, not one each.
+ *
  * Per connection (an integer handle from open(fd)): a FIFO of reply buffers, sent in
  * order on a dup of the socket's fd that the thread owns, so the fd number cannot be
  * reused under it whatever the loop does with its own. A send that would block arms
@@ -70,7 +74,7 @@ typedef struct {
     conn *ready_head, *ready_tail;
     event *events;
     size_t nevents, cap_events;
-    unsigned long long sends, bytes_sent, would_block, failed, live;
+    unsigned long long sends, bytes_sent, would_block, failed, live, wakes;
 } Sender;
 
 static inline unsigned slot_of(uint64_t h) { return (unsigned)(h & ((1u << SLOT_BITS) - 1)); }
@@ -425,7 +429,6 @@ static PyObject *sender_send(Sender *s, PyObject *const *args, Py_ssize_t nargs)
     }
     PyBuffer_Release(&v);
     size_t pending = 0;
-    int do_wake = 0;
     pthread_mutex_lock(&s->mu);
     conn *c = lookup(s, h);
     if (c && b && !(c->flags & (F_CLOSING | F_RELEASED)) && !c->error) {
@@ -439,16 +442,31 @@ static PyObject *sender_send(Sender *s, PyObject *const *args, Py_ssize_t nargs)
         if (c->pending > s->high_water)
             c->flags |= F_OVER;
         push_ready(s, c);
-        do_wake = s->idle;
         pending = c->pending;
     } else if (c) {
         pending = c->pending;
     }
     pthread_mutex_unlock(&s->mu);
     free(b);
-    if (do_wake)
-        wake(s->wake_fd);
     return PyLong_FromSize_t(pending);
+}
+
+/* kick(): wake the thread if it sleeps while replies wait; True if it had to. */
+static PyObject *sender_kick(Sender *s, PyObject *unused)
+{
+    (void)unused;
+    if (!s->started)
+        Py_RETURN_FALSE;
+    pthread_mutex_lock(&s->mu);
+    int do_wake = s->idle && s->ready_head;
+    if (do_wake)
+        s->idle = 0;                    /* one wake-up is enough until it sleeps again */
+    pthread_mutex_unlock(&s->mu);
+    if (do_wake) {
+        s->wakes++;
+        wake(s->wake_fd);
+    }
+    return PyBool_FromLong(do_wake);
 }
 
 /* close(h) / release(h): finish h once its queue is sent / at once, dropping it. */
@@ -520,8 +538,8 @@ static PyObject *sender_stats(Sender *s, PyObject *unused)
 {
     (void)unused;
     pthread_mutex_lock(&s->mu);
-    PyObject *d = Py_BuildValue("{sKsKsKsKsK}", "sends", s->sends, "bytes_sent", s->bytes_sent, "would_block",
-                                s->would_block, "failed", s->failed, "connections", s->live);
+    PyObject *d = Py_BuildValue("{sKsKsKsKsKsK}", "sends", s->sends, "bytes_sent", s->bytes_sent, "would_block",
+                                s->would_block, "failed", s->failed, "connections", s->live, "wakes", s->wakes);
     pthread_mutex_unlock(&s->mu);
     return d;
 }
@@ -535,12 +553,14 @@ static PyObject *sender_notify_fd(Sender *s, void *unused)
 static PyMethodDef sender_methods[] = {
     {"open", (PyCFunction)sender_open, METH_O, "open(fd) -> handle: send on a dup of this socket fd"},
     {"send", (PyCFunction)(void (*)(void))sender_send, METH_FASTCALL,
-     "send(handle, data) -> bytes queued for it: data (copied) goes out after what was queued before"},
+     "send(handle, data) -> bytes queued for it: data (copied) goes out after what was queued before, "
+     "once kick() is called"},
+    {"kick", (PyCFunction)sender_kick, METH_NOARGS, "kick() -> bool: wake the thread if replies wait (once per batch)"},
     {"close", (PyCFunction)sender_close, METH_O, "close(handle): once its queue is sent, close the dup; CLOSED"},
     {"release", (PyCFunction)sender_release, METH_O, "release(handle): drop its queue and close the dup; CLOSED"},
     {"pending", (PyCFunction)sender_pending, METH_O, "pending(handle) -> bytes queued, not yet sent"},
     {"events", (PyCFunction)sender_events, METH_NOARGS, "events() -> [(handle, 1 DRAINED | 2 CLOSED)]"},
-    {"stats", (PyCFunction)sender_stats, METH_NOARGS, "sends, bytes_sent, would_block, failed, connections"},
+    {"stats", (PyCFunction)sender_stats, METH_NOARGS, "sends, bytes_sent, would_block, failed, connections, wakes"},
     {"stop", (PyCFunction)sender_stop, METH_NOARGS, "stop the thread (what is queued is dropped)"},
     {NULL, NULL, 0, NULL},
 };

@@ -229,8 +229,13 @@ class Connection(asyncio.Protocol):
         more than ``write_buffer`` queued pauses reading until it drains), else the transport."""
         if self.out is None:
             self.transport.write(data)
-        elif self.server.sender.send(self.out, data) > self.server.settings.write_buffer:
+            return
+        srv = self.server
+        if srv.sender.send(self.out, data) > srv.settings.write_buffer:
             self.pause_writing()
+        if not srv.kick_pending:                # one wake-up of the thread per loop iteration
+            srv.kick_pending = True
+            asyncio.get_running_loop().call_soon(srv.kick)
 
     def _protocol_error(self, r: Reply) -> None:
         self.server.counters["protocol_errors"] += 1
@@ -306,6 +311,7 @@ class Server:
         self.sender: Any = None                 # the writer thread (server.send_thread), once start() made it
         self.send_state = "not started"
         self.outboxes: dict[int, Connection] = {}
+        self.kick_pending = False
         self.commands: dict[bytes, int] = {}
         self.counters = dict.fromkeys(("connections", "rejected", "bytes_in", "bytes_out", "protocol_errors",
                                        "server_errors"), 0)
@@ -371,6 +377,11 @@ class Server:
         (log.info if self.fast is not None or not s.accelerate else log.warning)(
             "serving event_loop=%s text_fast_path=%r flash_reads=%s", self.loop_name, self.fast_state,
             f"inline ({self.store.cache.inline})" if self.store.cache.inline is not None else "ring")
+
+    def kick(self) -> None:
+        """The loop iteration's replies are queued: let the writer thread send them."""
+        self.kick_pending = False
+        self.sender.kick()
 
     def _sender_events(self) -> None:
         for handle, kind in self.sender.events():

@@ -48,6 +48,8 @@ def test_replies_keep_their_order_through_full_buffers_and_close_follows_the_las
         t = reader(b, got, delay=0.3)
         for c in chunks:
             s.send(h, c)
+            if c[0] % 50 == 0:
+                s.kick()                         # a batch, as the loop does once per iteration
         s.close(h)
         assert (h, CLOSED) in wait_events(s, CLOSED)
         a.close()                                # the loop's close, after CLOSED: the reader sees EOF
@@ -67,6 +69,7 @@ def test_backpressure_a_queue_over_high_water_reports_when_it_drained():
     try:
         h = s.open(a.fileno())
         queued = [s.send(h, b"x" * (64 << 10)) for _ in range(32)]     # 2 MiB, nobody reading
+        s.kick()
         assert max(queued) > 256 << 10 and s.pending(h) > 256 << 10
         assert not [e for e in s.events() if e[1] == DRAINED]
         got = bytearray()
@@ -90,12 +93,14 @@ def test_release_drops_the_queue_and_a_finished_handle_never_aliases():
         h = s.open(a.fileno())
         for _ in range(200):
             s.send(h, b"y" * 65536)              # more than the socket takes: some stays queued
+        s.kick()
         s.release(h)
         assert (h, CLOSED) in wait_events(s, CLOSED)
         assert s.send(h, b"late") == 0 and s.pending(h) == 0      # dropped, not sent to anyone
         h2 = s.open(a.fileno())                  # the same slot again, another generation
         assert h2 != h
         s.send(h2, b"fresh")
+        s.kick()
         s.close(h2)
         got = bytearray()
         t = reader(b, got, delay=0)              # the socket is still full of h's first sends
