@@ -430,15 +430,12 @@ class EmulatedDevice(NvmeDevice):
         super().__init__(controller, placement=placement, kind="emulated", size=size, utilization=utilization)
         self._c_reads = None
         if Reader is not None:
-            # Reads need no FTL accounting: the checks, a copy from the backing file and the
+            # Reads need no FTL accounting: the checks, a pread of the backing file and the
             # counters in one C call (BigHash's core reads buckets through it into its own
             # buffer), with the NVMe Read path as the fallback that says what is wrong.
-            # Experiments spend a third of their time in reads otherwise. The copy is from
-            # a read-only shared mapping of the file (mode 3): the same page-cache pages the
-            # controller's pwrites fill, without a pread system call per read (8 % of the
-            # server's CPU under memaslap).
+            # Experiments spend a third of their time in reads otherwise.
             self._c_reads = Reader(controller.fd, self.size, self._bs_mask, self.max_io,
-                                   types.MethodType(NvmeDevice.read, self), 3)
+                                   types.MethodType(NvmeDevice.read, self), 0)
             self.read = self._c_reads.read
 
     def _probe_waf(self) -> str | None:
@@ -470,11 +467,6 @@ class EmulatedDevice(NvmeDevice):
 
     def async_unavailable_reason(self) -> str | None:
         return None
-
-    def _let_go(self) -> None:
-        r = self._c_reads
-        if r is not None:
-            r.close()                             # the C reads test only their own flag (and unmap)
 
     def inline_read_reason(self) -> str | None:
         # The emulated SSD models placement and WAF, not latency: its data is a buffered

@@ -23,16 +23,13 @@
 #include <structmember.h>
 #include <string.h>
 #include <unistd.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <linux/io_uring.h>
 #include "ring.h"
 #include "_hooks.h"          /* engines/_hooks.h: struct fc_read_into */
 #include <stdlib.h>
 
-/* Reader modes (see direct_stage; mmap: reads copy from a shared read-only mapping of
- * the file, for a buffered file whose pages are memory anyway: no system call per read) */
-enum { MODE_PSYNC = 0, MODE_RING = 1, MODE_DIRECT = 2, MODE_MMAP = 3 };
+/* Reader modes (see direct_stage) */
+enum { MODE_PSYNC = 0, MODE_RING = 1, MODE_DIRECT = 2 };
 #define DIRECT_STAGE (64u << 10)
 
 /* What new_bytes and pin start with: the argument as a sequence, a list of as many items
@@ -198,7 +195,6 @@ typedef struct {
     int fd;
     int ring_mode;
     int closed;
-    char *map;                  /* mmap mode: the file, size bytes, read-only */
     int tss_ok;
     Py_tss_t tss;
     unsigned long long size, mask, max_len;
@@ -219,28 +215,9 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTuple(args, "iKKKOi:Reader", &self->fd, &self->size, &self->mask, &self->max_len, &fallback,
                           &self->ring_mode))
         return -1;
-    if (self->ring_mode < MODE_PSYNC || self->ring_mode > MODE_MMAP) {
-        PyErr_SetString(PyExc_ValueError, "Reader: mode must be 0 (psync), 1 (ring), 2 (psync, O_DIRECT) or 3 "
-                                          "(mmap reads, psync writes)");
+    if (self->ring_mode < MODE_PSYNC || self->ring_mode > MODE_DIRECT) {
+        PyErr_SetString(PyExc_ValueError, "Reader: mode must be 0 (psync), 1 (ring) or 2 (psync, O_DIRECT)");
         return -1;
-    }
-    if (self->ring_mode == MODE_MMAP && !self->map) {
-        struct stat st;
-        if (fstat(self->fd, &st) < 0) {
-            PyErr_SetFromErrno(PyExc_OSError);
-            return -1;
-        }
-        if (!S_ISREG(st.st_mode) || (unsigned long long)st.st_size < self->size || !self->size) {
-            PyErr_Format(PyExc_ValueError, "Reader: mmap mode needs a regular file of at least %llu bytes",
-                         self->size);
-            return -1;
-        }
-        void *m = mmap(NULL, (size_t)self->size, PROT_READ, MAP_SHARED, self->fd, 0);
-        if (m == MAP_FAILED) {
-            PyErr_SetFromErrno(PyExc_OSError);
-            return -1;
-        }
-        self->map = m;
     }
     if (!PyCallable_Check(fallback)) {
         PyErr_SetString(PyExc_TypeError, "Reader: fallback must be callable");
@@ -279,18 +256,9 @@ static int Reader_clear(Reader *self)
     return 0;
 }
 
-static void unmap(Reader *self)
-{
-    if (self->map) {
-        munmap(self->map, (size_t)self->size);
-        self->map = NULL;
-    }
-}
-
 static void Reader_dealloc(Reader *self)
 {
     PyObject_GC_UnTrack(self);
-    unmap(self);
     Reader_clear(self);
     if (self->tss_ok)
         PyThread_tss_delete(&self->tss);
@@ -401,11 +369,6 @@ static PyObject *Reader_read(Reader *self, PyObject *const *args, Py_ssize_t nar
         b = PyBytes_FromStringAndSize(t->stage, len);
         if (!b)
             return NULL;
-    } else if (self->ring_mode == MODE_MMAP) {
-        /* the GIL held: close() (which unmaps) cannot run meanwhile */
-        b = PyBytes_FromStringAndSize(self->map + off, len);
-        if (!b)
-            return NULL;
     } else {
         b = PyBytes_FromStringAndSize(NULL, len);
         if (!b)
@@ -446,8 +409,6 @@ static int Reader_read_into(void *ctx, char *buf, unsigned long long len, unsign
         if (got < 0 || (unsigned long long)got != len)
             return 0;
         memcpy(buf, t->stage, len);
-    } else if (self->ring_mode == MODE_MMAP) {
-        memcpy(buf, self->map + off, len);
     } else {
         ssize_t got = psync_rw(self, 0, buf, len, off);
         if (got < 0 || (unsigned long long)got != len)
@@ -584,7 +545,7 @@ static PyObject *Reader_write(Reader *self, PyObject *const *args, Py_ssize_t na
         goto careful;
     }
     ssize_t put;
-    if (self->ring_mode == MODE_RING || self->ring_mode == MODE_DIRECT) {
+    if (self->ring_mode != MODE_PSYNC) {
         struct thread_ring *t = self->ring_mode == MODE_RING ? PyThread_tss_get(&self->tss) :
                                 len <= DIRECT_STAGE ? direct_stage(self, 1) : NULL;
         if (!t) {                           /* this thread's ring is made by the fallback */
@@ -624,8 +585,7 @@ careful:
 static PyObject *Reader_close(Reader *self, PyObject *unused)
 {
     (void)unused;
-    self->closed = 1;       /* every later read goes to the fallback; none is copying now (the GIL) */
-    unmap(self);
+    self->closed = 1;
     Py_RETURN_NONE;
 }
 
@@ -648,7 +608,6 @@ static PyMethodDef Reader_methods[] = {
 static PyMemberDef Reader_members[] = {
     {"reads", T_ULONGLONG, offsetof(Reader, reads), READONLY, "reads done here"},
     {"bytes_read", T_ULONGLONG, offsetof(Reader, bytes_read), READONLY, "bytes read here"},
-    {"mode", T_INT, offsetof(Reader, ring_mode), READONLY, "0 psync, 1 ring, 2 psync O_DIRECT, 3 mmap reads"},
     {"busy", T_ULONGLONG, offsetof(Reader, busy), READONLY,
      "I/Os inside the kernel now (the device's close() waits for none before closing the fd)"},
     {"writes", T_ULONGLONG, offsetof(Reader, writes), READONLY, "writes done here"},

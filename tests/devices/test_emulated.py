@@ -252,7 +252,7 @@ def test_batched_reads_go_out_in_one_ring_submission(dev):
 def test_single_reads_take_the_c_path_with_the_same_answers_and_counts(dev):
     """Reads need no FTL accounting, so a single read is one C call on the backing file;
     what it returns, refuses and counts is what the NVMe Read path does."""
-    assert dev._c_reads is not None and dev.read == dev._c_reads.read and dev._c_reads.mode == 3
+    assert dev._c_reads is not None and dev.read == dev._c_reads.read
     data = bytes(range(256)) * 32
     dev.write(8192, data)
     assert dev.read(8192, 8192) == data
@@ -273,30 +273,3 @@ def test_reads_on_a_closed_device_are_refused(tmp_path):
     from flashcache.errors import ClosedError
     with pytest.raises(ClosedError):
         d.read(0, 4096)
-
-
-def test_reads_copy_from_a_mapping_that_sees_every_write_and_close_ends_it(tmp_path):
-    """The emulated SSD's C reads copy from a shared mapping of its backing file (mode 3):
-    each write (pwrite, and the FTL's accounting) is visible to the next read at once, a
-    read after close() goes to the fallback (a clear error), never to an unmapped page,
-    and a file shorter than the device is refused."""
-    import types
-
-    from flashcache.devices.file import Reader
-    from flashcache.errors import DeviceError
-    dev = open_emulated(str(tmp_path / "m.img"), SMALL)
-    assert dev._c_reads is not None and dev.read == dev._c_reads.read and dev._c_reads.mode == 3
-    for i in range(64):
-        dev.write(i * 4096, bytes([i + 1]) * 4096, None)
-        assert dev.read(i * 4096, 4096) == bytes([i + 1]) * 4096
-    dev.write(0, b"\x77" * 8192, None)                    # overwritten: the mapping shows the new bytes
-    assert dev.read(0, 8192) == b"\x77" * 8192 and dev.read(8192, 4096) == bytes([3]) * 4096
-    reads = dev.stats()["reads"]
-    assert reads >= 66
-    dev.close()
-    with pytest.raises(DeviceError):
-        dev.read(0, 4096)
-    short = tmp_path / "short.img"
-    short.write_bytes(b"\0" * 4096)
-    with open(short, "rb") as f, pytest.raises(ValueError, match="mmap mode needs a regular file"):
-        Reader(f.fileno(), 8192, 4095, 1 << 20, types.SimpleNamespace, 3)
