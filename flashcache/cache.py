@@ -215,7 +215,8 @@ class Cache:
         # hands everything else to the Python methods below)
         if HOT_PATH and self.core.accelerate(Cache.get.__get__(self), Cache.set.__get__(self)) is not None:
             self.get = self.core.hot.get
-            self.set = self.core.hot.set
+            if self.core.hot.sets:           # else (write-through, a default TTL) sets stay Python's
+                self.set = self.core.hot.set
         log.info("cache on %s: %s; DRAM %d MiB; placement %s", self.device.path, self.navy.start,
                  c.dram_size >> 20, {k: v["state"] for k, v in self._placement().items()})
         self._pid = forksafe.track(self)

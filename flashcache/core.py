@@ -401,17 +401,20 @@ class RequestCore:
 
     # -- the C accelerator --------------------------------------------------------------------
     def accelerate(self, slow_get: Callable, slow_set: Callable) -> HotPath | None:
-        """The C form of ``get`` and ``set`` for the common case (bytes in and out, no TTL
-        by default, no write-through; flashcache/_core.c), or None where it does not
-        apply. It does these same steps on the same structures and counts into its own
-        array (``counts()`` merges it); anything else it hands to ``slow_get``/``slow_set``.
-        Its Python reference is this class: tests/test_cache.py's twin test runs both."""
-        if self.codec is not None or self.default_ttl or self.write_through:
+        """The C form of ``get`` and ``set`` for the common case (bytes in and out;
+        flashcache/_core.c), or None where it does not apply (a codec). A get is the same
+        whatever the set does, so with a default TTL or write-through only ``get`` is
+        accelerated (``hot.sets`` is False: every set goes to ``slow_set``). It does these
+        same steps on the same structures and counts into its own array (``counts()``
+        merges it); anything else it hands to ``slow_get``/``slow_set``. Its Python
+        reference is this class: tests/test_cache.py's twin test runs both."""
+        if self.codec is not None:
             return None
         hot = HotPath(dram=self.dram, order=self.order, get_hist=self.get_hist, set_hist=self.set_hist,
                       flash_lookup=self.navy.lookup_now, may_hold=self.navy.may_hold_now, remove=self.remove_flash,
                       demote=self.demote, clock=self.clock, slow_get=slow_get, slow_set=slow_set,
-                      max_key=self.max_key_size, fits_max=self.fits_max)
+                      max_key=self.max_key_size, fits_max=self.fits_max,
+                      sets=not (self.default_ttl or self.write_through))
         if self.device is self.navy.device:       # demotions through the Router's C insert
             hot.set_insert_hook(self.navy.insert_hook())
         self.hot = hot

@@ -271,12 +271,14 @@ class Store:
         """The C accelerator of plain get/gets DRAM hits and exptime-0 sets over this store
         (flashcache/_server.c), and "on"; or None and why not. It runs the cache's own C
         hot path (``AsyncCache.core.hot``: RequestCore's get/set steps), so it exists only
-        where that does (no codec, no default TTL, no write-through)."""
+        where that does (no codec), and takes sets only where that does (``hot.sets``: no
+        default TTL, no write-through; else every set goes to the Python path)."""
         hot = self.cache.core.hot
         if hot is None:
-            return None, "the cache's C hot path is off (a codec, a default TTL or write-through)"
+            return None, "the cache's C hot path is off (a codec)"
         return TextPath(hot=hot, ids=self.ids, locks=self.locks.held, item_size_max=item_size_max,
-                        strict_keys=strict_keys, batch_max=batch_max), "on"
+                        strict_keys=strict_keys, batch_max=batch_max), \
+            "on" if hot.sets else "on for gets (sets through Python: write-through or a default TTL)"
 
     # -- reporting -----------------------------------------------------------------------------
     def stats(self) -> dict:
