@@ -432,3 +432,45 @@ def test_hot_path_is_off_where_it_does_not_apply(tmp_path, clock):
             assert c.set.__func__ is flashcache.Cache.set
         finally:
             c.close()
+
+
+@pytest.mark.parametrize("mode", ['"sync"', "true"])
+def test_write_through_sync_flushes_every_change_before_it_returns(tmp_path, clock, monkeypatch, mode):
+    """write_through = "sync": each set, delete, touch, read-modify-write and clear() has
+    its writes on the device, then waits for device.flush() (fdatasync), before it
+    returns; a get, or an add refused, flushes nothing; since_open.syncs counts them.
+    write_through = true writes the same but flushes nothing per call (the engines still
+    flush their checkpoints, as clear() takes one)."""
+    c = flashcache.Cache(cfg(tmp_path, kind="file", cache_extra=f"write_through = {mode}"), clock=clock)
+    try:
+        assert c.stats()["write_through"] == (mode == "true" or "sync")
+        real = c.device.flush
+        seen: dict = {}
+        op = ""
+
+        def flush():
+            real()
+            seen.setdefault(op, []).append(c.navy.lookup_now(b"k"))   # what flash held once flushed
+
+        monkeypatch.setattr(c.device, "flush", flush)
+        big = b"B" * 20_000
+        for op, call in (("set", lambda: c.set(b"k", b"v1")),
+                         ("set big", lambda: c.set(b"k", big)),   # BlockCache: its region's tail
+                         ("get", lambda: c.get(b"k")),
+                         ("add refused", lambda: c.add(b"k", b"x")),
+                         ("incr", lambda: c.incr(b"n", default=0)),
+                         ("touch", lambda: c.touch(b"k", 100)),
+                         ("delete", lambda: c.delete(b"k"))):
+            call()
+        op = "clear"
+        c.clear()
+        if mode == "true":
+            assert set(seen) <= {"clear"} and c.stats()["since_open"]["syncs"] == 0, seen
+        else:
+            assert seen["set"] == [(b"v1", 0)] and seen["set big"] == [(big, 0)]
+            assert "get" not in seen and "add refused" not in seen
+            assert len(seen["incr"]) == len(seen["touch"]) == 1 and seen["delete"] == [None]
+            assert seen["clear"][-1] is None
+            assert c.stats()["since_open"]["syncs"] == 6
+    finally:
+        c.close()
