@@ -19,17 +19,22 @@
  * errors). The steps are RequestCore's, calling back into Python (its public methods and
  * Navy's) for flash:
  *   get: DRAM; on a miss flash_lookup(key) -> (value, expiry) or None; an expired item
- *        is a miss; a hit is promoted (add, clean), and evicted items go to demote(list).
+ *        is a miss; a hit is promoted (add, clean), and evicted items are demoted.
  *   set: may_hold(key) -> remove(key) (no stale flash copy may outlive the set); DRAM set;
- *        evicted items to demote(list).
- * With set_insert_hook(), each dirty evicted item goes to the Router's insert hook first
- * (Navy.insert_now's C form) and only one it declines to demote([item]); a clean one (a
- * promoted item: written back only if flash evicted its copy, RequestCore.on_flash) always
- * goes to demote([item]), the one place that decides it.
+ *        evicted items are demoted.
+ * A get does not depend on how sets are done: with ``sets`` false (RequestCore.accelerate
+ * passes it for a default TTL or write-through, whose sets are Python's) only get runs
+ * here and every set goes to slow_set.
+ * Demotion, RequestCore.demote's steps per item: a clean one (a promoted item) is dropped
+ * here if its key changed, skipped if flash still holds it (may_hold: RequestCore.on_flash)
+ * and otherwise goes to demote([item]), which writes it back; a dirty one goes to the
+ * Router's insert hook (Navy.insert_now's C form; set_insert_hook()) and only one it
+ * declines, or any without the hook, to demote([item]).
  * Counters (counters()) merge into RequestCore.counts(); latencies go to the two histograms,
  * one sample per call, as RequestCore's. */
 static const char *const HOT_NAMES[H_N] = {"gets", "sets", "misses", "hits_dram", "hits_flash", "item_bytes_set",
-                                           "promotions", "demotions", "demotions_raced", "promotions_raced"};
+                                           "promotions", "demotions", "demotions_raced", "promotions_raced",
+                                           "demotions_skipped_clean"};
 
 
 
@@ -81,12 +86,13 @@ static void hot_dealloc(Hot *h)
 static int hot_init(Hot *h, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"dram", "order", "get_hist", "set_hist", "flash_lookup", "may_hold", "remove",
-                             "demote", "clock", "slow_get", "slow_set", "max_key", "fits_max", NULL};
+                             "demote", "clock", "slow_get", "slow_set", "max_key", "fits_max", "sets", NULL};
     PyObject *o[10], *order;
     Py_ssize_t max_key, fits_max;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!O!O!OOOOOOOnn", kwlist, &LruType, &o[0], &KeyOrderType, &order,
+    int sets = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!O!O!OOOOOOOnn|p", kwlist, &LruType, &o[0], &KeyOrderType, &order,
                                      &HistType, &o[1], &HistType, &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
-                                     &o[9], &max_key, &fits_max))
+                                     &o[9], &max_key, &fits_max, &sets))
         return -1;
     hot_clear(h);
     for (int i = 0; i < 10; i++)
@@ -104,6 +110,7 @@ static int hot_init(Hot *h, PyObject *args, PyObject *kw)
     h->slow_set = o[9];
     h->max_key = max_key;
     h->fits_max = fits_max;
+    h->sets = sets;
     /* flash_lookup bound to an object with lookup_hook(): call its C function directly */
     if (PyCFunction_Check(o[3]) && PyCFunction_GET_SELF(o[3]) && !PyModule_Check(PyCFunction_GET_SELF(o[3]))) {
         PyObject *cap = PyObject_CallMethod(PyCFunction_GET_SELF(o[3]), "lookup_hook", NULL);
@@ -167,10 +174,49 @@ static int demote_one_py(Hot *h, PyObject *e, unsigned long long ticket, unsigne
     return failed ? -1 : 0;
 }
 
+/* A clean evicted item ``e`` (a promoted one: flash held this very item) of demote() below,
+ * RequestCore.demote's steps for it under its key's lock: dropped if the key changed since
+ * ``ticket`` (a clean item is never the key's in flight), else skipped if flash still holds
+ * it (may_hold: RequestCore.on_flash, decided in DRAM), both counted here. One still in
+ * flight (never seen: the tier keeps only dirty items in flight) or that flash no longer
+ * holds goes to demote([item], ticket) after the lock is let go, which takes it again,
+ * decides again and writes it back (CacheLib's rule). 0, or -1 with an exception. */
+static int demote_clean(Hot *h, PyObject *e, unsigned long long ticket, unsigned long long mine)
+{
+    PyObject *key = PyTuple_GET_ITEM(e, EV_KEY);
+    unsigned slot;
+    if (ko_slot(key, &slot) < 0)
+        return -1;
+    ko_acquire(h->order, slot);
+    int held = in_flight_is(h->dram, key, PyTuple_GET_ITEM(e, EV_VALUE), PyTuple_GET_ITEM(e, EV_EXPIRY));
+    if (held == 0 && ko_changed(h->order, slot, ticket, mine)) {
+        ko_release(h->order, slot);
+        h->c[H_DEMOTIONS_RACED]++;
+        return 0;
+    }
+    if (held == 0) {
+        PyObject *m = PyObject_CallOneArg(h->may_hold, key);
+        held = m ? PyObject_IsTrue(m) : -1;
+        Py_XDECREF(m);
+        if (held > 0)
+            h->c[H_DEMOTIONS_SKIPPED_CLEAN]++;
+        else if (held == 0)
+            held = 2;                   /* flash evicted its copy: written back by demote() */
+    } else if (held > 0) {
+        held = 2;                       /* in flight after all: demote() decides it */
+    }
+    ko_release(h->order, slot);
+    if (held < 0)
+        return -1;
+    return held == 2 ? demote_one_py(h, e, ticket, mine) : 0;
+}
+
 static int demote_one(Hot *h, PyObject *e, unsigned long long ticket, unsigned long long mine)
 {
-    if (PyTuple_GET_ITEM(e, EV_CLEAN) == Py_True)      /* clean: RequestCore.demote asks whether */
-        return demote_one_py(h, e, ticket, mine);   /* flash still holds it */
+    if (PyTuple_GET_ITEM(e, EV_CLEAN) == Py_True)
+        return demote_clean(h, e, ticket, mine);
+    if (!h->insert)
+        return demote_one_py(h, e, ticket, mine);
     unsigned slot;
     if (ko_slot(PyTuple_GET_ITEM(e, EV_KEY), &slot) < 0)
         return -1;
@@ -196,17 +242,14 @@ static int demote_one(Hot *h, PyObject *e, unsigned long long ticket, unsigned l
     return demote_one_py(h, e, ticket, mine);
 }
 
-/* Demote the evicted items in ``out``, evicted by a
- * DRAM change made after ``ticket`` (KeyOrder's rule), each by demote_one() when there is
- * an insert hook, else demote(out, ticket) in Python. After an error the rest are not
- * written, only settled (no longer in flight), and the first error is raised. */
+/* Demote the evicted items in ``out``, evicted by a DRAM change made after ``ticket``
+ * (KeyOrder's rule), each by demote_one(): a clean one here (demote_clean), a dirty one
+ * through the insert hook when there is one, else by demote([item], ticket) in Python.
+ * After an error the rest are not written, only settled (no longer in flight), and the
+ * first error is raised. */
 static int demote(Hot *h, PyObject *out, unsigned long long ticket, unsigned long long mine)
 {
     Py_ssize_t n = PyList_GET_SIZE(out);
-    if (!n)
-        return 0;
-    if (!h->insert)
-        return demote_py(h, out, ticket, mine);
     for (Py_ssize_t i = 0; i < n; i++) {
         if (demote_one(h, PyList_GET_ITEM(out, i), ticket, mine) < 0) {
             while (++i < n)
@@ -383,7 +426,8 @@ static PyObject *hot_set(Hot *h, PyObject *const *args, Py_ssize_t nargs, PyObje
 {
     /* set(key, value) or set(key, value, None): ttl None is the default TTL, which is 0 here
      * (accelerate() declines a cache with another); AsyncCache passes it explicitly */
-    if (h->closed || kwnames || (nargs != 2 && !(nargs == 3 && args[2] == Py_None)) || !plain_key(h, args[0]) ||
+    if (!h->sets || h->closed || kwnames || (nargs != 2 && !(nargs == 3 && args[2] == Py_None)) ||
+        !plain_key(h, args[0]) ||
         !PyBytes_CheckExact(args[1]) ||
         PyBytes_GET_SIZE(args[0]) + PyBytes_GET_SIZE(args[1]) > h->fits_max)
         return PyObject_Vectorcall(h->slow_set, args, nargs, kwnames);
@@ -440,6 +484,7 @@ static PyGetSetDef hot_getset[] = {
 
 static PyMemberDef hot_members[] = {
     {"closed", T_INT, offsetof(Hot, closed), 0, "set when the cache closes: every call takes the slow path"},
+    {"sets", T_INT, offsetof(Hot, sets), READONLY, "whether sets run here (else every set takes slow_set)"},
     {NULL, 0, 0, 0, NULL},
 };
 

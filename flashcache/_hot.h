@@ -147,7 +147,7 @@ FC_SHARED void observe(Hist *hist, double v);
 
 /* -- HotPath (_core.c): the accelerator of RequestCore.get/set ------------------------ */
 enum { H_GETS, H_SETS, H_MISSES, H_HITS_DRAM, H_HITS_FLASH, H_ITEM_BYTES_SET, H_PROMOTIONS,
-       H_DEMOTIONS, H_DEMOTIONS_RACED, H_PROMOTIONS_RACED, H_N };
+       H_DEMOTIONS, H_DEMOTIONS_RACED, H_PROMOTIONS_RACED, H_DEMOTIONS_SKIPPED_CLEAN, H_N };
 typedef struct {
     PyObject_HEAD
     Lru *dram;
@@ -159,6 +159,7 @@ typedef struct {
     PyObject *insert_cap;       /* the insert hook's capsule, or NULL */
     struct fc_insert *insert;
     Py_ssize_t max_key, fits_max;
+    int sets;                   /* sets run here too (else each goes to slow_set) */
     int closed;
     long long c[H_N];
 } Hot;

@@ -17,7 +17,8 @@
  *                    get/gets of a key DRAM does not hold: HotPath's whole get in C
  *                    (hot_fetch, the C form of RequestCore.get that AsyncCache.get runs),
  *                    then Store._live and Handler.get's reply and counters.
- *   set <key> <flags> 0 <bytes> [noreply]   exptime 0, the value within item_size_max and
+ *   set <key> <flags> 0 <bytes> [noreply]   the HotPath takes sets (not with write-through
+ *                    or a default TTL), exptime 0, the value within item_size_max and
  *                    the flash engines' fits_max, the key not held by a read-modify-write
  *                    (store.KeyLocks.held): Store.put's item (header + data, the next CAS
  *                    from ItemIds) through HotPath's set steps (hot_store in _core.c), the
@@ -414,8 +415,8 @@ static Py_ssize_t serve_set(Text *t, const Tok *toks, int ntok, const char *data
         return 0;
     if ((Py_ssize_t)vlen + 2 > avail || data[vlen] != '\r' || data[vlen + 1] != '\n')
         return 0;
-    if (toks[1].n + ITEM_HEADER + (Py_ssize_t)vlen > t->hot->fits_max)
-        return 0;
+    if (!t->hot->sets || toks[1].n + ITEM_HEADER + (Py_ssize_t)vlen > t->hot->fits_max)
+        return 0;               /* sets through Python (write-through), or too big for flash */
     PyObject *key = PyBytes_FromStringAndSize(toks[1].p, toks[1].n);
     if (!key)
         return -1;

@@ -175,7 +175,7 @@ class Cache:
                              region_size=f.region_size, alignment=f.alignment, clean_regions=f.clean_regions,
                              metadata_fraction=f.metadata_fraction, admission=adm, clock=clock,
                              split_waf_limit=f.split_waf_limit,
-                             blockcache_options=blockcache_options(f, durable=c.write_through))
+                             blockcache_options=blockcache_options(f, durable=bool(c.write_through)))
             if self.navy.start.startswith("formatted") and hasattr(self.device, "deallocate_unused"):
                 # the share of the device the cache leaves (device.utilization) is spare
                 # only if the drive holds nothing there: deallocate it once, now
@@ -194,12 +194,13 @@ class Cache:
         self.dram = DramTier(c.dram_size, clock)
         self.max_key_size = c.max_key_size
         self.default_ttl = c.default_ttl
-        self.write_through = c.write_through
+        self.write_through = c.write_through          # False, True or "sync"
         # every request's decisions (DRAM, flash, promotion, demotion, TTL, counting,
         # latency): flashcache/core.py; this class is the API in front of it
         self.core = RequestCore(dram=self.dram, navy=self.navy, device=self.device, clock=clock, get_hist=None,
                                 set_hist=None, codec=codec, max_key_size=self.max_key_size,
-                                default_ttl=self.default_ttl, write_through=self.write_through)
+                                default_ttl=self.default_ttl, write_through=bool(self.write_through),
+                                sync=self.write_through == "sync")
         # since-open figures of the engines' lifetime counters are their growth since now
         self._opened_at = clock()
         self._lifetime_at_open = stats_mod.flash_lifetime(self.navy.stats())
@@ -216,7 +217,8 @@ class Cache:
         # hands everything else to the Python methods below)
         if HOT_PATH and self.core.accelerate(Cache.get.__get__(self), Cache.set.__get__(self)) is not None:
             self.get = self.core.hot.get
-            self.set = self.core.hot.set
+            if self.core.hot.sets:           # else (write-through, a default TTL) sets stay Python's
+                self.set = self.core.hot.set
         log.info("cache on %s: %s; DRAM %d MiB; placement %s", self.device.path, self.navy.start,
                  c.dram_size >> 20, {k: v["state"] for k, v in self._placement().items()})
         self._pid = forksafe.track(self)
@@ -541,7 +543,7 @@ class Cache:
             {"start": "warm",
              "placement": {"bighash": {"state": "on", "pid": 1}, "blockcache": {...}},
              "items": {"dram": 120, "flash": 3400, "flash_exact": True},
-             "bytes": {"dram": 40960, "flash": None},
+             "bytes": {"dram": 40960, "flash": None}, "write_through": False,
              "since_open": {"seconds": 12.5, "gets": 10, "sets": 4, "deletes": 1, "touches": 0,
                             "misses": 2, "hits": {"dram": 5, "flash": 3}, "hit_ratio": 0.8,
                             "promotions": 3, "demotions": 100, "demotions_skipped_clean": 2,
@@ -578,6 +580,7 @@ class Cache:
             "placement": self._placement(),
             "items": {"dram": dr["items"], "flash": flash_items, "flash_exact": exact},
             "bytes": {"dram": dr["bytes"], "flash": None},
+            "write_through": self.write_through,
             "since_open": {
                 "seconds": self._clock() - self._opened_at,
                 "gets": c["gets"], "sets": c["sets"], "deletes": c["deletes"], "touches": c["touches"],
@@ -587,7 +590,7 @@ class Cache:
                 "demotions_skipped_clean": c["demotions_skipped_clean"],
                 "demotions_written_back": c["demotions_written_back"],
                 "demotions_raced": c["demotions_raced"], "promotions_raced": c["promotions_raced"],
-                "item_bytes_set": c["item_bytes_set"],
+                "syncs": c["syncs"], "item_bytes_set": c["item_bytes_set"],
                 "flash": stats_mod.delta(life["flash"], at_open["flash"]),
                 "device_bytes_written": written,
                 "app_write_amplification": stats_mod.ratio(sum(written.values()), c["item_bytes_set"],

@@ -79,6 +79,11 @@ def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
         v = _path(key, value)
     elif kind == "duration":
         v = parse_duration(key, value)
+    elif kind == "write_through":
+        if not (isinstance(value, bool) or value == "sync"):
+            raise ConfigError(f'{key} = {_show(value)}: use true, false or "sync" (true, and fdatasync before each '
+                              "set or delete returns)")
+        return value
     elif kind == "share_or_auto":
         if value == "auto":
             return value
@@ -380,8 +385,10 @@ class CacheConfig:
     dram_size: int = field(default=64 << 20, metadata=opt(
         'DRAM item tier budget ("64MiB"); every item is charged key + value + ~200 B of overhead',
         kind="size"))
-    write_through: bool = field(default=False, metadata=opt(
-        "write every set to flash at once (default: on DRAM eviction, as CacheLib's hybrid cache does)"))
+    write_through: bool | str = field(default=False, metadata=opt(
+        "write every set to flash at once (default: on DRAM eviction, as CacheLib's hybrid cache does); "
+        '"sync": that, and fdatasync before each set or delete returns (survives a power loss)',
+        kind="write_through"))
     default_ttl: float = field(default=0.0, metadata=opt(
         'time to live when set() gives none ("1h"); 0 = items never expire', kind="duration"))
     max_key_size: int = field(default=4096, metadata=opt("largest key in bytes", min=1, max=65535))

@@ -59,7 +59,7 @@ class CacheCollector(Collector):
             return m
 
         # since open: counters
-        for key in ("gets", "sets", "deletes", "touches", "misses", "promotions", "demotions"):
+        for key in ("gets", "sets", "deletes", "touches", "misses", "promotions", "demotions", "syncs"):
             yield one(CounterMetricFamily, f"flashcache_{key}", f"since_open.{key}", so[key])
         yield by(CounterMetricFamily, "flashcache_hits", "since_open.hits", "tier", so["hits"])
         yield one(CounterMetricFamily, "flashcache_item_set_bytes", "since_open.item_bytes_set", so["item_bytes_set"])

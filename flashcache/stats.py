@@ -72,6 +72,9 @@ FIGURES: dict[str, str] = {
                     "(BigHash after a cold start, a corrupt bucket or a failed bucket write)"),
     "items.flash_exact": "whether items.flash is exact (see items.flash)",
     "bytes": "bytes of keys and values held now, by tier (flash: None, the engines do not count them)",
+    "write_through": ('cache.write_through: false (a set reaches flash when DRAM evicts it), true (every set and '
+                      'delete is written to the device before it returns: survives a process crash) or "sync" '
+                      "(and flushed to stable media before it returns: survives a power loss)"),
     # -- since open
     "since_open": "figures counted from zero at this open of the cache",
     "since_open.seconds": "seconds since this open, by the cache's clock",
@@ -92,6 +95,9 @@ FIGURES: dict[str, str] = {
                                   "first (KeyOrder), since open",
     "since_open.promotions_raced": "flash hits not put in DRAM because the key changed, or was being changed, "
                                    "during the lookup, since open",
+    "since_open.syncs": ('device flushes (fdatasync, or an NVMe Flush) a change waited for before it returned, '
+                         'since open: one per set, delete, touch, read-modify-write and clear() with '
+                         'write_through = "sync", else 0'),
     "since_open.item_bytes_set": "bytes of keys and values the application set since open",
     "since_open.flash": "the flash router's counters since open",
     **{f"since_open.flash.{k}": f"{v} since open" for k, v in _ROUTER.items()},

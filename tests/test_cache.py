@@ -290,14 +290,15 @@ def test_promoted_item_whose_flash_copy_was_evicted_is_written_back(tmp_path, cl
         c.close()
 
 
-def _make_twin(tmp_path, name, clock, hot, monkeypatch):
+def _make_twin(tmp_path, name, clock, hot, monkeypatch, cache_extra=""):
     import flashcache.cache as cache_mod
     (tmp_path / name).mkdir(exist_ok=True)
     monkeypatch.setattr(cache_mod, "HOT_PATH", hot)
-    c = flashcache.Cache(cfg(tmp_path / name, dram="4KiB", kind="file"), clock=clock)
+    c = flashcache.Cache(cfg(tmp_path / name, dram="4KiB", kind="file", cache_extra=cache_extra), clock=clock)
     assert (c.core.hot is not None) == hot
     assert not hot or c.core.hot.hooked          # flash lookups through the Router's C hook
     assert not hot or c.core.hot.insert_hooked   # demotions through its C insert
+    assert not hot or c.core.hot.sets == (not cache_extra)
     return c
 
 
@@ -310,13 +311,16 @@ def _comparable(st):
     return st
 
 
-def test_hot_path_does_exactly_what_the_python_methods_do(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cache_extra", ["", "write_through = true", "default_ttl = 500"],
+                         ids=["default", "write_through", "default_ttl"])
+def test_hot_path_does_exactly_what_the_python_methods_do(tmp_path, monkeypatch, cache_extra):
     """Cache.get/set bound to the C hot path against the Python methods on twin caches:
     same answers, same stats (every counter and histogram count, the device's I/O), over
     random operations that mix the hot path's common case with everything it hands back
-    (str keys, TTLs, too-large values, get_many, delete, touch, expiry)."""
+    (str keys, TTLs, too-large values, get_many, delete, touch, expiry). With
+    write-through or a default TTL only gets run in C (sets are Python's on both)."""
     from hypothesis import HealthCheck, given, settings
-    flash_hits, c_demotions = [], []
+    flash_hits, c_demotions, skipped_clean = [], [], []
 
     @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(_twin_ops())
@@ -325,8 +329,8 @@ def test_hot_path_does_exactly_what_the_python_methods_do(tmp_path, monkeypatch)
         clock = FakeClock()
         for d in ("a", "b"):                     # a fresh device for every example
             shutil.rmtree(tmp_path / d, ignore_errors=True)
-        a = _make_twin(tmp_path, "a", clock, False, monkeypatch)
-        b = _make_twin(tmp_path, "b", clock, True, monkeypatch)
+        a = _make_twin(tmp_path, "a", clock, False, monkeypatch, cache_extra)
+        b = _make_twin(tmp_path, "b", clock, True, monkeypatch, cache_extra)
         try:
             for op, i, n in ops:
                 k = b"key%d" % i
@@ -360,6 +364,7 @@ def test_hot_path_does_exactly_what_the_python_methods_do(tmp_path, monkeypatch)
             sa, sb = _comparable(a.stats()), _comparable(b.stats())
             flash_hits.append(sa["since_open"]["hits"]["flash"])
             c_demotions.append(b.core.hot.counters()["demotions"])
+            skipped_clean.append(b.core.hot.counters()["demotions_skipped_clean"])
             assert {k: v for k, v in sa.items() if sb[k] != v} == {}, {k: v for k, v in sb.items() if sa[k] != v}
             assert a.metrics.get_seconds.counts and sum(a.metrics.get_seconds.counts) == sum(b.metrics.get_seconds.counts)
             assert sum(a.metrics.set_seconds.counts) == sum(b.metrics.set_seconds.counts)
@@ -369,7 +374,9 @@ def test_hot_path_does_exactly_what_the_python_methods_do(tmp_path, monkeypatch)
 
     run_ops()
     assert sum(flash_hits) > 100            # the flash paths ran too
-    assert sum(c_demotions) > 20            # and demotions through the C insert hook
+    assert sum(skipped_clean) > 5           # promoted items' evictions decided in C
+    if not cache_extra:
+        assert sum(c_demotions) > 20        # and demotions through the C insert hook
 
 
 def test_hot_path_takes_a_set_with_ttl_none_and_async_sets_use_it(tmp_path, clock):
@@ -416,11 +423,64 @@ def test_hot_path_closes_with_the_cache(tmp_path, clock):
 
 
 def test_hot_path_is_off_where_it_does_not_apply(tmp_path, clock):
-    for extra, codec in (("default_ttl = 60", None), ("write_through = true", None), ("", "msgpack")):
+    """A codec: no C path (values are decoded). A default TTL or write-through: gets in C
+    (a get is the same whatever sets do), every set in Python."""
+    for extra, codec, gets in (("default_ttl = 60", None, True), ("write_through = true", None, True),
+                               ("", "msgpack", False)):
         (tmp_path / str(len(extra))).mkdir(exist_ok=True)
         c = flashcache.Cache(cfg(tmp_path / str(len(extra)), kind="file", cache_extra=extra), clock=clock,
                              codec=codec)
         try:
-            assert c.core.hot is None and c.get.__func__ is flashcache.Cache.get
+            if gets:
+                assert c.core.hot is not None and not c.core.hot.sets and c.get == c.core.hot.get
+                sets = c.core.hot.counters()["sets"]
+                c.set(b"k", b"v")
+                assert c.core.hot.counters()["sets"] == sets and c.core.hot.set(b"j", b"w") is None
+                assert c.core.hot.counters()["sets"] == sets and c.get(b"k") == b"v" and c.get(b"j") == b"w"
+            else:
+                assert c.core.hot is None and c.get.__func__ is flashcache.Cache.get
+            assert c.set.__func__ is flashcache.Cache.set
         finally:
             c.close()
+
+
+@pytest.mark.parametrize("mode", ['"sync"', "true"])
+def test_write_through_sync_flushes_every_change_before_it_returns(tmp_path, clock, monkeypatch, mode):
+    """write_through = "sync": each set, delete, touch, read-modify-write and clear() has
+    its writes on the device, then waits for device.flush() (fdatasync), before it
+    returns; a get, or an add refused, flushes nothing; since_open.syncs counts them.
+    write_through = true writes the same but flushes nothing per call (the engines still
+    flush their checkpoints, as clear() takes one)."""
+    c = flashcache.Cache(cfg(tmp_path, kind="file", cache_extra=f"write_through = {mode}"), clock=clock)
+    try:
+        assert c.stats()["write_through"] == (mode == "true" or "sync")
+        real = c.device.flush
+        seen: dict = {}
+        op = ""
+
+        def flush():
+            real()
+            seen.setdefault(op, []).append(c.navy.lookup_now(b"k"))   # what flash held once flushed
+
+        monkeypatch.setattr(c.device, "flush", flush)
+        big = b"B" * 20_000
+        for op, call in (("set", lambda: c.set(b"k", b"v1")),
+                         ("set big", lambda: c.set(b"k", big)),   # BlockCache: its region's tail
+                         ("get", lambda: c.get(b"k")),
+                         ("add refused", lambda: c.add(b"k", b"x")),
+                         ("incr", lambda: c.incr(b"n", default=0)),
+                         ("touch", lambda: c.touch(b"k", 100)),
+                         ("delete", lambda: c.delete(b"k"))):
+            call()
+        op = "clear"
+        c.clear()
+        if mode == "true":
+            assert set(seen) <= {"clear"} and c.stats()["since_open"]["syncs"] == 0, seen
+        else:
+            assert seen["set"] == [(b"v1", 0)] and seen["set big"] == [(big, 0)]
+            assert "get" not in seen and "add refused" not in seen
+            assert len(seen["incr"]) == len(seen["touch"]) == 1 and seen["delete"] == [None]
+            assert seen["clear"][-1] is None
+            assert c.stats()["since_open"]["syncs"] == 6
+    finally:
+        c.close()

@@ -198,7 +198,8 @@ BAD_ERRORS = [
     'engine, format, kind, path, placement, queue_depth, size, utilization)',
     'bad.toml: device.engine = "urin": must be one of "uring", "psync" (did you mean "uring"?)',
     'bad.toml: device.emulator.lba_size = 1024: must be one of 0, 512, 4096',
-    'bad.toml: cache.write_through = "yes": use true or false',
+    'bad.toml: cache.write_through = "yes": use true, false or "sync" (true, and fdatasync before each set or '
+    'delete returns)',
     'bad.toml: log.level = 3: use a string in quotes',
 ]
 

@@ -28,10 +28,11 @@ def stats(placement_off=False, waf=None):
                       else {"state": "on", "pid": 1},
                       "blockcache": {"state": "on", "pid": 2}},
         "items": {"dram": 7, "flash": 30, "flash_exact": True}, "bytes": {"dram": 700, "flash": None},
+        "write_through": False,
         "since_open": {
             "seconds": 1.0, "gets": 10, "sets": 4, "deletes": 1, "touches": 0, "misses": 2,
             "hits": {"dram": 5, "flash": 3}, "hit_ratio": 0.8, "promotions": 3, "demotions": 6,
-            "demotions_skipped_clean": 0, "item_bytes_set": 4000, "flash": {**flash, "inserts": 6},
+            "demotions_skipped_clean": 0, "syncs": 0, "item_bytes_set": 4000, "flash": {**flash, "inserts": 6},
             "device_bytes_written": {"bighash": 8192, "blockcache": 0},
             "app_write_amplification": {"value": 2.048, "status": "available"},
             "device_waf": since,

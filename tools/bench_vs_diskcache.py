@@ -6,7 +6,9 @@ Workload: 200 k keys; values 70 % 100 B, 25 % 1 KiB, 5 % 16 KiB; Zipf-like popul
 (s = 0.99 over key ranks) for gets. flashcache runs with a small DRAM tier (--dram-kib,
 256 KiB by default: Zipf's head is heavy, so even a few hundred hot items in DRAM answer
 ~45 % of gets; at this size most hits come from flash, as the issue asks);
-its device is a file through pread/pwrite (psync): on this ext4, io_uring punts buffered
+its device is a file through the psync engine (pwrite; pread, or for a read of a page or
+less, a BigHash bucket, a copy from a read-only mapping of the file, the same page cache
+without a system call; README, the engines paragraph): on this ext4, io_uring punts buffered
 writes to its worker threads (30-45 us per 4 KiB write against 2-3 us for pwrite; see the note
 of issue 6), so for a page-cache-backed file psync is the engine to use. Each round loads
 every key (sets/s, with per-operation latency for p50/p99), then runs the --gets Zipf gets
@@ -209,7 +211,7 @@ def main() -> int:
     os.makedirs(args.dir, exist_ok=True)
     print(f"{args.keys} keys, {total / 2**20:.0f} MiB of values (70 % 100 B, 25 % 1 KiB, 5 % 16 KiB), "
           f"{args.gets} Zipf(0.99) gets; flashcache DRAM tier {args.dram_kib} KiB, device: a "
-          f"{args.device_mib} MiB file via pread/pwrite (no FDP placement); diskcache {diskcache.__version__} in {args.dir}; "
+          f"{args.device_mib} MiB file via psync (pwrite; pread, or a copy from a read-only mapping for a page or less; no FDP placement); diskcache {diskcache.__version__} in {args.dir}; "
           f"{args.rounds} rounds, the sides' order rotated each round", flush=True)
     per: dict[str, list[dict]] = {s: [] for s in SIDES}
     extra: dict = {}

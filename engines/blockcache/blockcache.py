@@ -55,8 +55,10 @@ older copy's tombstone is on flash before the newer copy anywhere else. Hence af
 crash a key is served only with the newest of its values that reached flash, and never
 with one that a delete, or a later set that reached flash, superseded. What a crash can lose: the
 DRAM buffer's items not yet written (default mode), nothing acknowledged with
-``durable``. Writes reach stable media (fdatasync) at checkpoints and close only: a power
-loss can also lose, or reorder, what was written after the last checkpoint.
+``durable``. This engine makes writes reach stable media (fdatasync) at checkpoints and
+close only: a power loss can also lose, or reorder, what was written after the last
+checkpoint, unless the Cache flushes the device after each operation (write_through =
+"sync", flashcache/core.py's ``change``).
 
 Threads: every operation holds ``lock`` (one re-entrant lock: the engine's state is one
 structure) across its I/O, except that a lookup the index rules out takes no lock in its

@@ -437,6 +437,7 @@ class EmulatedDevice(NvmeDevice):
             self._c_reads = Reader(controller.fd, self.size, self._bs_mask, self.max_io,
                                    types.MethodType(NvmeDevice.read, self), 0)
             self.read = self._c_reads.read
+            self._c_reads.map_reads()         # reads of up to a page: no system call each
 
     def _probe_waf(self) -> str | None:
         if not self.controller.fdp:
@@ -481,12 +482,18 @@ class EmulatedDevice(NvmeDevice):
         d["waf_source"] = self.waf_source()
         return d
 
+    def _let_go(self) -> None:
+        r = self._c_reads
+        if r is not None:
+            r.close()                         # in a forked child: every read to the fallback, which refuses
+
     def close(self) -> None:
         r = self._c_reads
         if r is not None and not self._closed:
             r.close()                         # later reads fall back, and are refused...
             while r.busy:
                 time.sleep(0.0001)            # ...and those in the kernel finish before the fd closes
+            r.unmap()                         # the mapping holds the file, and the lock
         super().close()
 
     def stats(self) -> dict[str, Any]:

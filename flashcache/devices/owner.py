@@ -8,30 +8,80 @@ second open in the same process is refused too; fork() shares the description, s
 child must never LOCK_UN (that unlocks the parent) and instead points its copies at
 /dev/null; the lock goes when the owner closes. On NFS, flock is a byte-range lock that
 belongs to the process, so there only other processes are kept out.
+
+A holder that has exited can keep the lock a moment: the kernel lets go of a dead
+process's files only once everything that holds them is done, and an io_uring process
+killed by SIGKILL keeps its ring's files until the ring's teardown (asynchronous) ends.
+So while every holder /proc/locks names has exited, ``lock`` waits for the lock, at most
+``EXITED_HOLDER_WAIT`` seconds; a live holder is refused at once.
 """
 from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
+import time
 
 from ..errors import DeviceError, DeviceInUseError
 
+log = logging.getLogger("flashcache.devices")
+
 PROC_LOCKS = "/proc/locks"
 ONE_OWNER = "one process owns a device at a time"
+EXITED_HOLDER_WAIT = 5.0      # seconds lock() waits while every holder has exited
+EXITED_HOLDER_POLL = 0.02     # seconds between its tries
 
 
 def lock(fd: int, path: str, *, shared: bool = False) -> None:
-    """Take the exclusive (or, with ``shared``, the shared) lock on ``fd`` now, or raise
-    DeviceInUseError naming the holder. Released when the device closes ``fd``."""
+    """Take the exclusive (or, with ``shared``, the shared) lock on ``fd``, or raise
+    DeviceInUseError naming the holder. Released when the device closes ``fd``. Refused at
+    once while a live process holds it; held only by processes that have exited (the
+    kernel not yet done with their files), waited for, at most ``EXITED_HOLDER_WAIT``
+    seconds."""
+    first = None                  # when the first try was refused
+    while True:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno != errno.EWOULDBLOCK:
+                raise DeviceError(path, "taking the device's lock (flock) failed", e.errno,
+                                  "flashcache locks the device so one process owns it at a time: "
+                                  "put it on a filesystem that supports flock (a local one)") from None
+        else:
+            if first is not None:
+                log.info("%s: took the device's lock after waiting %.2f s for exited holders to let go of it",
+                         path, time.monotonic() - first)
+            return
+        pids = holders(fd)
+        now = time.monotonic()
+        first = now if first is None else first
+        if not pids or not all(map(exited, pids)) or now - first >= EXITED_HOLDER_WAIT:
+            raise in_use(path, pids, now - first) from None
+        time.sleep(EXITED_HOLDER_POLL)
+
+
+def exited(pid: int) -> bool:
+    """Whether process ``pid`` has exited: no /proc/<pid>, or every thread of it a zombie
+    (its files are closed; what may still hold them is the kernel's)."""
     try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno != errno.EWOULDBLOCK:
-            raise DeviceError(path, "taking the device's lock (flock) failed", e.errno,
-                              "flashcache locks the device so one process owns it at a time: "
-                              "put it on a filesystem that supports flock (a local one)") from None
-        raise in_use(path, holders(fd)) from None
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    for t in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{t}/stat", "rb") as f:
+                line = f.read()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False
+        # "tid (comm) S ...": the state follows the last ')' (comm may hold any byte)
+        if line[line.rfind(b")") + 2:][:1] not in (b"Z", b"X"):
+            return False
+    return True
 
 
 def holders(fd: int, proc_locks: str = PROC_LOCKS) -> list[int]:
@@ -87,21 +137,23 @@ def _has_open(pid: int, st: os.stat_result) -> bool:
     return False
 
 
-def _describe(pid: int, path: str) -> str:
+def _describe(pid: int, path: str, waited: float) -> str:
     if pid == os.getpid():
         return f"{pid} (this process)"
+    if exited(pid):
+        return (f"{pid} (which has exited; its lock was still held after waiting {waited:.1f} s for the "
+                f"kernel to let go of its files: a process it forked without Python still has the device "
+                f"open; `fuser -v {path}` names it)")
     try:
         with open(f"/proc/{pid}/comm") as f:
             return f"{pid} ({f.read().strip()})"
-    except FileNotFoundError:
-        return (f"{pid} (which has exited: a process it forked without Python still has the "
-                f"device open; `fuser -v {path}` names it)")
     except OSError:
         return str(pid)
 
 
-def in_use(path: str, pids: list[int]) -> DeviceInUseError:
-    """The error for a lock another open holds: who, and what to do."""
+def in_use(path: str, pids: list[int], waited: float = 0.0) -> DeviceInUseError:
+    """The error for a lock another open holds: who, and what to do (``waited``: seconds
+    lock() waited for holders that have exited)."""
     me = os.getpid()
     if not pids:
         return DeviceInUseError(path, "is in use: another process holds its lock (its PID is not in "
@@ -112,7 +164,8 @@ def in_use(path: str, pids: list[int]) -> DeviceInUseError:
                                 "device opened on it has not been closed", tuple(pids),
                                 f"close that one first (close(), or a with block); {ONE_OWNER}")
     other = next(p for p in pids if p != me)
-    return DeviceInUseError(path, f"is in use by process {', '.join(_describe(p, path) for p in pids)}",
+    return DeviceInUseError(path, "is in use by process "
+                            f"{', '.join(_describe(p, path, waited) for p in pids)}",
                             tuple(pids), f"stop process {other} or close its cache first; {ONE_OWNER}")
 
 

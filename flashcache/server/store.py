@@ -272,15 +272,17 @@ class Store:
         """The C accelerator of plain get/gets DRAM hits and exptime-0 sets over this store
         (flashcache/_server.c), and "on"; or None and why not. It runs the cache's own C
         hot path (``AsyncCache.core.hot``: RequestCore's get/set steps), so it exists only
-        where that does (no codec, no default TTL, no write-through). Where the cache reads
-        flash inline (``AsyncCache.inline``), it also serves single-key gets that read flash."""
+        where that does (no codec), and takes sets only where that does (``hot.sets``: no
+        default TTL, no write-through; else every set goes to the Python path). Where the
+        cache reads flash inline (``AsyncCache.inline``), it also serves single-key gets
+        that read flash."""
         hot = self.cache.core.hot
         if hot is None:
-            return None, "the cache's C hot path is off (a codec, a default TTL or write-through)"
+            return None, "the cache's C hot path is off (a codec)"
         flash = self.cache.inline is not None   # a flash read blocks the Python path too: C may do it
         self._text = TextPath(hot=hot, ids=self.ids, locks=self.locks.held, item_size_max=item_size_max,
                               strict_keys=strict_keys, batch_max=batch_max, flash=flash)
-        return self._text, "on"
+        return self._text, "on" if hot.sets else "on for gets (sets through Python: write-through or a default TTL)"
 
     @property
     def foreign(self) -> int:

@@ -9,9 +9,10 @@
  *   pin(datas)       a batched write's sources, held still, so the ring loop copies each into
  *                    the staging buffer just before its SQE (fc_rw_batch_packed_from);
  *   read_one(...)    one read on a thread's own ring, returned as bytes (Ring.reader);
- *   Reader           a device's whole single-read hot path: checks, the I/O (pread, or the
- *                    calling thread's ring), bytes and counters, with a Python fallback;
- *                    also into a C caller's buffer (read_into_hook: the engines' hook).
+ *   Reader           a device's whole single-read hot path: checks, the I/O (pread, a copy
+ *                    from a read-only mapping of the file, or the calling thread's ring),
+ *                    bytes and counters, with a Python fallback; also into a C caller's
+ *                    buffer (read_into_hook: the engines' hook).
  *
  * new_bytes(lens) -> (list of bytes, bytes of pointers): for each length a new bytes
  * object whose contents are NOT yet written, and, packed as native pointers, where each
@@ -27,6 +28,10 @@
 #include "ring.h"
 #include "_hooks.h"          /* engines/_hooks.h: struct fc_read_into */
 #include <stdlib.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <pthread.h>
 
 /* Reader modes (see direct_stage) */
 enum { MODE_PSYNC = 0, MODE_RING = 1, MODE_DIRECT = 2 };
@@ -198,6 +203,8 @@ typedef struct {
     int tss_ok;
     Py_tss_t tss;
     unsigned long long size, mask, max_len;
+    char *map;                  /* map_reads(): the file's first size bytes, read-only; or NULL */
+    unsigned long map_forks;    /* forks_seen when it was mapped: a forked child has no mapping */
     unsigned long long reads, bytes_read, busy;
     unsigned long long writes, bytes_written;
     PyObject *fallback;
@@ -256,9 +263,12 @@ static int Reader_clear(Reader *self)
     return 0;
 }
 
+static void unmap(Reader *self);
+
 static void Reader_dealloc(Reader *self)
 {
     PyObject_GC_UnTrack(self);
+    unmap(self);
     Reader_clear(self);
     if (self->tss_ok)
         PyThread_tss_delete(&self->tss);
@@ -307,6 +317,145 @@ static struct thread_ring *direct_stage(Reader *self, int make)
     if (PyThread_tss_set(&self->tss, t) != 0)
         return NULL;
     return t;
+}
+
+/* Mapped reads (map_reads()): a read of at most MAPPED_MAX bytes on a psync Reader copies
+ * from a read-only shared mapping of the file instead of calling pread: the same page
+ * cache, so the same bytes (pwrite, hole punching and other processes' writes show at
+ * once), without a system call per read, which on a virtual machine costs more than the
+ * copy. Bounded to a page because a page not in memory is read on its own at the fault
+ * (MADV_RANDOM: no readahead, as pread of one page reads one), so a longer read of pages
+ * not in memory would be several reads where pread makes one. The copy runs with the GIL
+ * released (a fault may wait for the disk) and counted in busy, as pread does.
+ *
+ * The surprise: where pread fails with EIO, a copy from a mapping raises SIGBUS (a page
+ * the disk cannot read, or a file cut short under the mapping). A SIGBUS handler, put in
+ * once per process in front of whatever handler was there, jumps out of a mapped copy of
+ * the thread that faulted (the read then goes to pread, whose error the device reports);
+ * any other SIGBUS goes back to the handler before it (a fault repeats into it, a sent
+ * signal is raised again). The mapping is MADV_DONTFORK: a forked child has none, so it
+ * neither reads through it (its reads go to pread, which its devices refuse) nor unmaps
+ * what is not its own (forks_seen tells). */
+#define MAPPED_MAX 4096u
+
+static struct sigaction bus_prev;
+static int bus_installed;
+static volatile unsigned long forks_seen;    /* bumped in each forked child (pthread_atfork) */
+
+static void forked_child(void)
+{
+    forks_seen++;
+}
+/* the calling thread's mapped copy in progress: volatile, and fenced around the copy, so
+ * the compiler neither drops the store (the copy reads no global) nor moves the copy past it */
+static __thread sigjmp_buf *volatile bus_jump __attribute__((tls_model("initial-exec")));
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc)
+{
+    (void)uc;
+    sigjmp_buf *j = bus_jump;
+    if (j) {
+        bus_jump = NULL;
+        siglongjmp(*j, 1);
+    }
+    sigaction(SIGBUS, &bus_prev, NULL);
+    if (si->si_code <= 0)       /* sent (kill, tgkill), not a fault: it would not repeat */
+        raise(sig);
+}
+
+/* 0, or -1 with errno. Only with the GIL held (once per process). */
+static int install_sigbus(void)
+{
+    if (bus_installed)
+        return 0;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;   /* NODEFER: the jump leaves SIGBUS unblocked */
+    sigemptyset(&sa.sa_mask);
+    if (pthread_atfork(NULL, NULL, forked_child) != 0 || sigaction(SIGBUS, &sa, &bus_prev) != 0)
+        return -1;
+    bus_installed = 1;
+    return 0;
+}
+
+/* Copy len bytes at off from the mapping into buf, the GIL released, counted in busy: 1,
+ * or 0 if a page could not be read (SIGBUS; nothing is counted as read) or the Reader was
+ * closed since the caller's check (making the caller's bytes object may have run Python
+ * code: from this check to busy++ none runs, and close() unmaps only once busy is 0). */
+static int mapped_copy(Reader *self, char *buf, unsigned long long len, unsigned long long off)
+{
+    volatile int ok = 0;
+    sigjmp_buf jb;
+    if (self->closed || !self->map)
+        return 0;
+    self->busy++;
+    Py_BEGIN_ALLOW_THREADS
+    if (!sigsetjmp(jb, 0)) {
+        bus_jump = &jb;
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        memcpy(buf, self->map + off, (size_t)len);
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        ok = 1;
+    }
+    bus_jump = NULL;
+    Py_END_ALLOW_THREADS
+    self->busy--;
+    return ok;
+}
+
+/* Whether a read of len bytes copies from the mapping: one of up to a page, in the process
+ * that mapped it (in a forked child the read goes to pread, as an unmapped one does). */
+static inline int mapped(Reader *self, unsigned long long len)
+{
+    return self->map && len <= MAPPED_MAX && self->map_forks == forks_seen;
+}
+
+static void unmap(Reader *self)
+{
+    if (self->map && self->map_forks == forks_seen)
+        munmap(self->map, (size_t)self->size);
+    self->map = NULL;
+}
+
+/* map_reads() -> whether reads of up to a page now copy from a mapping (psync mode only);
+ * False, changing nothing, where the file cannot be mapped (the reads stay preads). */
+static PyObject *Reader_map_reads(Reader *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->ring_mode != MODE_PSYNC) {
+        PyErr_SetString(PyExc_ValueError, "Reader.map_reads: only a psync Reader (mode 0) maps its file");
+        return NULL;
+    }
+    if (self->closed)
+        Py_RETURN_FALSE;
+    if (self->map)
+        Py_RETURN_TRUE;
+    if (!self->size || install_sigbus() < 0)
+        Py_RETURN_FALSE;
+    void *m = mmap(NULL, (size_t)self->size, PROT_READ, MAP_SHARED, self->fd, 0);
+    if (m == MAP_FAILED)
+        Py_RETURN_FALSE;
+    if (madvise(m, (size_t)self->size, MADV_RANDOM) != 0 || madvise(m, (size_t)self->size, MADV_DONTFORK) != 0) {
+        munmap(m, (size_t)self->size);
+        Py_RETURN_FALSE;
+    }
+    self->map = m;
+    self->map_forks = forks_seen;
+    Py_RETURN_TRUE;
+}
+
+/* unmap(): drop the mapping (the device calls it once closed and busy is 0: the mapping
+ * holds the file, and with it the device's lock, until then). */
+static PyObject *Reader_unmap(Reader *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->busy && self->map) {
+        PyErr_SetString(PyExc_RuntimeError, "Reader.unmap: reads are still copying from the mapping");
+        return NULL;
+    }
+    unmap(self);
+    Py_RETURN_NONE;
 }
 
 /* pread or pwrite of len bytes at off through buf, the GIL released, counted in busy. */
@@ -373,7 +522,9 @@ static PyObject *Reader_read(Reader *self, PyObject *const *args, Py_ssize_t nar
         b = PyBytes_FromStringAndSize(NULL, len);
         if (!b)
             return NULL;
-        if (psync_rw(self, 0, PyBytes_AS_STRING(b), (unsigned long long)len, (unsigned long long)off) != len) {
+        if (mapped(self, (unsigned long long)len)
+                ? !mapped_copy(self, PyBytes_AS_STRING(b), (unsigned long long)len, (unsigned long long)off)
+                : psync_rw(self, 0, PyBytes_AS_STRING(b), (unsigned long long)len, (unsigned long long)off) != len) {
             Py_DECREF(b);
             goto careful;
         }
@@ -409,6 +560,9 @@ static int Reader_read_into(void *ctx, char *buf, unsigned long long len, unsign
         if (got < 0 || (unsigned long long)got != len)
             return 0;
         memcpy(buf, t->stage, len);
+    } else if (mapped(self, len)) {
+        if (!mapped_copy(self, buf, len, off))
+            return 0;
     } else {
         ssize_t got = psync_rw(self, 0, buf, len, off);
         if (got < 0 || (unsigned long long)got != len)
@@ -595,6 +749,10 @@ static PyMethodDef Reader_methods[] = {
     {"adopt", (PyCFunction)(void (*)(void))Reader_adopt, METH_FASTCALL,
      "adopt(ring, stage): the calling thread's own ring and its registered buffer (ring mode)."},
     {"close", (PyCFunction)Reader_close, METH_NOARGS, "Send every later read and write to the fallbacks."},
+    {"map_reads", (PyCFunction)Reader_map_reads, METH_NOARGS,
+     "map_reads() -> bool: reads of up to a page copy from a read-only mapping of the file (psync mode)."},
+    {"unmap", (PyCFunction)Reader_unmap, METH_NOARGS,
+     "unmap(): drop map_reads()'s mapping (after close(), once busy is 0: it holds the file)."},
     {"set_write", (PyCFunction)Reader_set_write, METH_VARARGS,
      "set_write(fallback, streams): turn on write(); fallback is the device's Python write, "
      "streams its dict of open streams by name."},
@@ -617,6 +775,18 @@ static PyMemberDef Reader_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
+static PyObject *Reader_get_mapped(Reader *self, void *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(self->map && self->map_forks == forks_seen);
+}
+
+static PyGetSetDef Reader_getset[] = {
+    {"mapped", (getter)Reader_get_mapped, NULL, "whether reads of up to a page copy from a mapping (map_reads())",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyTypeObject ReaderType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "flashcache.uring._results_c.Reader",
@@ -632,6 +802,7 @@ static PyTypeObject ReaderType = {
     .tp_dealloc = (destructor)Reader_dealloc,
     .tp_methods = Reader_methods,
     .tp_members = Reader_members,
+    .tp_getset = Reader_getset,
 };
 
 static PyMethodDef methods[] = {

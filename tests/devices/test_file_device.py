@@ -348,3 +348,136 @@ def test_a_write_with_a_stream_this_device_did_not_open_is_refused_before_any_io
                 d.write_many([(8192, data, mine), (12288, data, bad), (16384, data, None)])
         assert {k: d.stats()[k] for k in counted} == before
         assert d.read_many([(8192, 4096), (12288, 4096), (16384, 4096)]) == [bytes(4096)] * 3
+
+
+# -- mapped reads (flashcache/uring/results.c: Reader.map_reads) ---------------------------
+
+def test_mapped_reads_read_what_pread_reads(tmp_path):
+    """A buffered device's reads of up to a page copy from a mapping of the file; against a
+    twin that preads everything: the same bytes through writes, hole punching, a write by
+    another descriptor and reads of every size, and the same counters."""
+    import random
+
+    a = FileDevice(str(tmp_path / "a.img"), 1 << 20)
+    b = FileDevice(str(tmp_path / "b.img"), 1 << 20)
+    try:
+        assert a._c_reads.mapped and b._c_reads.mapped
+        b._c_reads.unmap()                                   # the twin: pread only
+        assert not b._c_reads.mapped
+        other = [os.open(str(tmp_path / n), os.O_WRONLY) for n in ("a.img", "b.img")]
+        rnd = random.Random(5)
+        for step in range(600):
+            off = rnd.randrange(256) * 4096
+            what = rnd.random()
+            if what < 0.35:
+                data = bytes([step % 251]) * rnd.choice([4096, 8192])
+                off = min(off, (1 << 20) - len(data))
+                a.write(off, data)
+                b.write(off, data)
+            elif what < 0.4:
+                a.trim(off, 4096)
+                b.trim(off, 4096)
+            elif what < 0.45:
+                for fd in other:                             # behind the device, through the page cache
+                    os.pwrite(fd, b"o" * 4096, off)
+            else:
+                n = rnd.choice([4096, 4096, 8192, 65536])
+                off = min(off, (1 << 20) - n)
+                assert a.read(off, n) == b.read(off, n), (step, off, n)
+        for fd in other:
+            os.close(fd)
+        sa, sb = a.stats(), b.stats()
+        assert (sa["reads"], sa["bytes_read"]) == (sb["reads"], sb["bytes_read"])
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_mapped_read_of_a_page_the_file_lost_is_an_error_not_a_crash(img):
+    """Where pread fails, a copy from the mapping faults (SIGBUS): the read goes to pread,
+    whose error the device raises; the BigHash core's read through the hook too. The
+    device keeps working where the file is whole. (The SIGBUS handler sits in front of
+    pytest's faulthandler, so a crash here would end the run.)"""
+    from engines.bighash import BigHash
+
+    d = FileDevice(img, 4 << 20)
+    try:
+        assert d._c_reads.mapped
+        bh = BigHash(1 << 20, 1 << 20, 4096)                  # its buckets from 1 MiB on
+        bh.insert_now(d, b"k", b"v")
+        d.write(0, b"a" * 4096)
+        os.truncate(img, 8192)                                # behind its back: the bucket's page is gone
+        with pytest.raises(DeviceError, match="truncated behind flashcache's back"):
+            d.read(1 << 20, 4096)
+        with pytest.raises(DeviceError, match="truncated behind flashcache's back"):
+            bh.lookup_item_now(d, b"k")
+        assert d.read(0, 4096) == b"a" * 4096                  # still mapped, still reading
+        os.truncate(img, 4 << 20)
+    finally:
+        d.close()
+
+
+CHAINED = """
+import mmap, os, signal, sys
+sys.path.insert(0, {root!r})
+if sys.argv[1] == "faulthandler":
+    import faulthandler
+    faulthandler.enable()
+from flashcache.devices.file import FileDevice
+d = FileDevice({img!r}, 1 << 20)
+assert d._c_reads.mapped
+if sys.argv[2] == "sent":
+    os.kill(os.getpid(), signal.SIGBUS)
+else:                                                         # a fault outside flashcache's copies
+    with open({other!r}, "wb") as f:
+        f.write(bytes(8192))
+    with open({other!r}, "r+b") as f:
+        m = mmap.mmap(f.fileno(), 8192)
+        os.truncate({other!r}, 0)
+        m[4096]
+print("survived", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["sent", "fault"])
+@pytest.mark.parametrize("before", ["default", "faulthandler"])
+def test_a_sigbus_not_from_a_mapped_read_goes_to_the_handler_before(tmp_path, how, before):
+    """The handler passes every other SIGBUS on: a fault elsewhere, or the signal sent,
+    ends the process as it would have (the default action, or faulthandler first)."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    code = CHAINED.format(root=root, img=str(tmp_path / "dev.img"), other=str(tmp_path / "other"))
+    p = subprocess.run([sys.executable, "-c", code, before, how], capture_output=True, text=True, timeout=60)
+    assert p.returncode == -signal.SIGBUS and "survived" not in p.stdout, (p.returncode, p.stdout, p.stderr)
+    assert ("Fatal Python error: Bus error" in p.stderr) == (before == "faulthandler"), p.stderr
+
+
+def test_a_forked_child_has_no_mapping_and_reads_through_pread(img):
+    """The mapping is not inherited (MADV_DONTFORK): a Reader in a forked child reads with
+    pread, and its unmap() leaves the child's memory alone."""
+    from flashcache.uring._results_c import Reader
+    from tests.devices.helpers import in_child
+
+    fd = os.open(img, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, 1 << 20)
+        os.pwrite(fd, b"m" * 4096, 8192)
+        r = Reader(fd, 1 << 20, 4095, 1 << 20, lambda off, n: b"fallback", 0)
+        assert r.map_reads() and r.mapped and r.read(8192, 4096) == b"m" * 4096
+
+        def child():
+            state = (r.mapped, r.read(8192, 4096) == b"m" * 4096)
+            r.unmap()
+            return state + (bytes(100_000) == bytes(100_000),)
+
+        assert in_child(child) == (False, True, True)
+        assert r.mapped and r.read(8192, 4096) == b"m" * 4096 and r.reads == 2    # the parent's, still mapped
+        r.close()
+        r.unmap()
+        assert not r.mapped
+    finally:
+        os.close(fd)

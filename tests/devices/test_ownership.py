@@ -148,6 +148,142 @@ def test_a_process_holding_it_is_named_and_its_close_releases_it(kind, path):
     open_kind(kind, path).close()
 
 
+# A process that takes the lock on a file, forks a child sharing it (the lock is the open
+# file description's) and says "ready <pid>"; the child keeps the lock until its stdin
+# ends. Killing the parent then leaves the lock held under the parent's PID, which has
+# exited: as an io_uring process killed by SIGKILL leaves it until its ring's teardown
+# ends. Plain Python, no flashcache (whose fork handlers would let the lock go).
+EXITED_HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+if os.fork() == 0:
+    sys.stdin.buffer.read()
+    os._exit(0)
+print("ready", os.getpid(), flush=True)
+time.sleep(600)
+"""
+
+
+def _exited_holder(path: str) -> tuple[subprocess.Popen, int]:
+    """The lock on ``path`` held for a process that has exited (EXITED_HOLDER), and its PID;
+    the lock goes when the returned process's stdin is closed."""
+    p = subprocess.Popen([sys.executable, "-c", EXITED_HOLDER, path], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    word, pid = _line(p).split()
+    assert word == "ready" and int(pid) == p.pid
+    p.kill()
+    p.wait(30)
+    assert owner.exited(p.pid)
+    return p, p.pid
+
+
+def test_a_lock_held_for_a_process_that_has_exited_is_waited_for(kind, path, monkeypatch):
+    """The lock of a process that has exited, still held a moment (the kernel not yet done
+    with its files), is waited for: the open takes it once it goes, and says so in the log."""
+    p, dead = _exited_holder(path)
+    tries = []
+    real_sleep = owner.time.sleep
+
+    def sleep(s):
+        tries.append(owner.holders(fd_probe))
+        if len(tries) == 2:
+            p.stdin.close()                  # the last holder lets go, while the open waits
+        real_sleep(s)
+
+    fd_probe = os.open(path, os.O_RDONLY)
+    try:
+        monkeypatch.setattr(owner.time, "sleep", sleep)
+        dev = open_kind(kind, path)
+    finally:
+        os.close(fd_probe)
+        if not p.stdin.closed:
+            p.stdin.close()
+    dev.write(0, ours(b"mine"))
+    assert dev.read(0, 4096) == ours(b"mine")
+    dev.close()
+    assert len(tries) >= 2 and tries[0] == [dead], tries     # it waited, for the exited holder
+
+
+def test_a_cache_opens_once_the_exited_holder_lets_go(path, monkeypatch):
+    """The same through Cache(config), as tools/crash_check.py reopens after each kill."""
+    import flashcache
+
+    p, dead = _exited_holder(path)
+    real_sleep = owner.time.sleep
+    waits = []
+
+    def sleep(s):
+        waits.append(s)
+        if not p.stdin.closed:
+            p.stdin.close()
+        real_sleep(s)
+
+    monkeypatch.setattr(owner.time, "sleep", sleep)
+    try:
+        with flashcache.Cache({"device": {"kind": "file", "path": path, "size": "64MiB"},
+                               "cache": {"dram_size": "1MiB", "flash": {"region_size": "1MiB"}}}) as c:
+            c.set(b"k", b"v")
+            assert c.get(b"k") == b"v"
+    finally:
+        if not p.stdin.closed:
+            p.stdin.close()
+    assert waits
+
+
+def test_a_lock_an_exited_process_keeps_is_refused_after_the_wait_naming_it(path, monkeypatch):
+    """Held past EXITED_HOLDER_WAIT: DeviceInUseError naming the exited holder and the wait."""
+    p, dead = _exited_holder(path)
+    monkeypatch.setattr(owner, "EXITED_HOLDER_WAIT", 0.2)
+    try:
+        with pytest.raises(DeviceInUseError) as ei:
+            FileDevice(path, 1 << 20)
+    finally:
+        p.stdin.close()
+    e = ei.value
+    assert e.pids == (dead,), e
+    assert f"is in use by process {dead} (which has exited; its lock was still held after waiting" in str(e), e
+    assert f"`fuser -v {path}` names it" in str(e) and f"stop process {dead}" in str(e), e
+
+
+def test_a_live_holder_is_refused_at_once(path, monkeypatch):
+    """Only exited holders are waited for: with a live one, in another process or this
+    one, the open fails on its first try."""
+    def no_sleep(s):
+        raise AssertionError("lock() waited for a live holder")
+
+    p = _child("hold", "psync", path)
+    try:
+        assert _line(p) == "ready"
+        with monkeypatch.context() as m:
+            m.setattr(owner.time, "sleep", no_sleep)
+            with pytest.raises(DeviceInUseError, match=f"is in use by process {p.pid} \\(python"):
+                FileDevice(path, 8 << 20)
+    finally:
+        p.kill()
+        p.wait(30)
+    a = FileDevice(path, 8 << 20)
+    try:
+        monkeypatch.setattr(owner.time, "sleep", no_sleep)
+        with pytest.raises(DeviceInUseError, match="is already open in this process"):
+            FileDevice(path, 8 << 20)
+    finally:
+        a.close()
+
+
+def test_exited_reads_proc(tmp_path):
+    assert not owner.exited(os.getpid())
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait(30)
+    assert owner.exited(p.pid)                                   # reaped: no /proc/<pid>
+    z = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        os.waitid(os.P_PID, z.pid, os.WEXITED | os.WNOWAIT)       # ended, not reaped: a zombie
+        assert owner.exited(z.pid)
+    finally:
+        z.wait(30)
+
+
 def test_holders_come_from_proc_locks_by_device_and_inode(tmp_path):
     """Only FLOCK entries on this file count (not POSIX locks, not waiters, not another
     file); an entry with the same inode on another device number (btrfs subvolumes report

@@ -54,7 +54,7 @@ class Transport:
         pass
 
 
-def make_config(tmp, name: str, fast: bool, async_reads: str = "auto"):
+def make_config(tmp, name: str, fast: bool, cache_extra: str = ""):
     return config_mod.loads(f"""
 [device]
 kind = "emulated"
@@ -64,7 +64,7 @@ size = "64MiB"
 preset = "small-test"
 [cache]
 dram_size = "256KiB"
-async_reads = "{async_reads}"
+{cache_extra}
 [cache.flash]
 region_size = "2MiB"
 [server]
@@ -78,8 +78,8 @@ strict_keys = true
 class Twin:
     """One server: its cache, store, and a fresh connection per stream."""
 
-    def __init__(self, tmp, name: str, fast: bool, async_reads: str):
-        self.cfg = make_config(tmp, name, fast, async_reads)
+    def __init__(self, tmp, name: str, fast: bool, cache_extra: str = ""):
+        self.cfg = make_config(tmp, name, fast, cache_extra)
         self.cache = AsyncCache(self.cfg)
         self.store = Store(self.cache, clock=lambda: CLOCK)
         self.server = Server(self.store, self.cfg.server)
@@ -119,8 +119,9 @@ def twins(tmp_path_factory, request):
     serves single-key gets that read flash) and "ring" (it hands them to Python)."""
     tmp = tmp_path_factory.mktemp("twins")
     loop = asyncio.new_event_loop()
-    fast, slow = (Twin(tmp, f"fast-{request.param}", True, request.param),
-                  Twin(tmp, f"slow-{request.param}", False, request.param))
+    reads = f'async_reads = "{request.param}"'
+    fast, slow = (Twin(tmp, f"fast-{request.param}", True, reads),
+                  Twin(tmp, f"slow-{request.param}", False, reads))
 
     async def open_both():
         await fast.server.open()
@@ -291,3 +292,23 @@ def test_stats_say_whether_the_fast_path_is_on(twins):
     assert (b"STAT flash_reads inline\r\n" if fast.cache.inline is not None else b"STAT flash_reads ring\r\n") in a
     assert b"STAT text_fast_path off:_server.accelerate_=_false\r\n" in b
     assert b"STAT event_loop " in a
+
+
+def test_with_write_through_sets_take_the_python_path(tmp_path):
+    """With write-through the cache's C path does gets only, so TextPath answers DRAM hits
+    and leaves every set to the Python path, which writes it to flash before STORED."""
+    t = Twin(tmp_path, "wt", True, cache_extra="write_through = true")
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(t.server.open())
+        assert t.server.fast is not None and t.server.fast_state.startswith("on for gets"), t.server.fast_state
+        hot = t.cache.core.hot
+        assert not hot.sets
+        out = loop.run_until_complete(t.feed([b"set k 5 0 3\r\nabc\r\nget k\r\n"]))
+        assert out == b"STORED\r\nVALUE k 5 3\r\nabc\r\nEND\r\n"
+        assert t.server.fast.counters() == {"cmd_get": 1, "cmd_set": 0, "get_hits": 1, "get_misses": 0}  # in C
+        assert hot.counters()["sets"] == 0 and t.cache.core.counts()["sets"] == 1          # the set in Python
+        assert t.cache.core.lookup_now(b"k") is not None                                    # on flash already
+    finally:
+        loop.run_until_complete(t.store.close())
+        loop.close()
