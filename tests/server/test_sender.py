@@ -3,6 +3,7 @@ through full socket buffers, close only after the last byte, backpressure events
 handles that cannot alias once their connection is finished."""
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import threading
@@ -37,11 +38,23 @@ def reader(sock: socket.socket, out: bytearray, delay: float) -> threading.Threa
     return t
 
 
-def test_replies_keep_their_order_through_full_buffers_and_close_follows_the_last():
+@contextlib.contextmanager
+def sender_on_a_socketpair(**kw):
+    """A Sender and a connected socket pair: the server's end ``a`` (non-blocking, as the
+    loop's) and the client's ``b``; all stopped and closed after."""
     a, b = socket.socketpair()
     a.setblocking(False)
-    s = Sender(high_water=1 << 30)
+    s = Sender(**kw)
     try:
+        yield s, a, b
+    finally:
+        s.stop()
+        a.close()
+        b.close()
+
+
+def test_replies_keep_their_order_through_full_buffers_and_close_follows_the_last():
+    with sender_on_a_socketpair(high_water=1 << 30) as (s, a, b):
         h = s.open(a.fileno())
         chunks = [bytes([i % 251]) * (1 + (i * 7919) % 20000) for i in range(1500)]   # ~15 MB
         got = bytearray()
@@ -57,16 +70,10 @@ def test_replies_keep_their_order_through_full_buffers_and_close_follows_the_las
         assert bytes(got) == b"".join(chunks)
         st = s.stats()
         assert st["would_block"] > 0 and st["bytes_sent"] == len(got) and st["connections"] == 0
-    finally:
-        s.stop()
-        b.close()
 
 
 def test_backpressure_a_queue_over_high_water_reports_when_it_drained():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    s = Sender(high_water=256 << 10, low_water=64 << 10)
-    try:
+    with sender_on_a_socketpair(high_water=256 << 10, low_water=64 << 10) as (s, a, b):
         h = s.open(a.fileno())
         queued = [s.send(h, b"x" * (64 << 10)) for _ in range(32)]     # 2 MiB, nobody reading
         s.kick()
@@ -80,16 +87,10 @@ def test_backpressure_a_queue_over_high_water_reports_when_it_drained():
         a.close()
         t.join(30)
         assert len(got) == 32 * (64 << 10)
-    finally:
-        s.stop()
-        b.close()
 
 
 def test_release_drops_the_queue_and_a_finished_handle_never_aliases():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    s = Sender(high_water=1 << 20)
-    try:
+    with sender_on_a_socketpair(high_water=1 << 20) as (s, a, b):
         h = s.open(a.fileno())
         for _ in range(200):
             s.send(h, b"y" * 65536)              # more than the socket takes: some stays queued
@@ -108,9 +109,6 @@ def test_release_drops_the_queue_and_a_finished_handle_never_aliases():
         a.close()
         t.join(30)
         assert got.endswith(b"fresh") and b"late" not in got and len(got) < 200 * 65536 + 5
-    finally:
-        s.stop()
-        b.close()
 
 
 def test_bad_arguments_and_use_after_stop_are_refused():
