@@ -72,8 +72,14 @@ class Connection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=srv.settings.write_buffer)
         sock = transport.get_extra_info("socket")
         if srv.sender is not None and sock is not None:
-            self.out = srv.sender.open(sock.fileno())
-            srv.outboxes[self.out] = self
+            try:
+                self.out = srv.sender.open(sock.fileno())
+            except OSError as e:                # out of descriptors, say: this one sends from the loop
+                srv.counters["server_errors"] += 1
+                log.warning("conn_error peer=%s reason=%r action=send_from_loop", self.peer,
+                            f"writer thread cannot take the connection: {e}")
+            else:
+                srv.outboxes[self.out] = self
         srv.connections.add(self)
         srv.counters["connections"] += 1
 

@@ -312,3 +312,33 @@ def test_with_write_through_sets_take_the_python_path(tmp_path):
     finally:
         loop.run_until_complete(t.store.close())
         loop.close()
+
+
+def test_a_connection_the_writer_thread_cannot_take_is_answered_from_the_loop(twins, caplog):
+    """Sender.open failing (here: a socket whose fd is not open) is no traceback and no
+    lost reply: that connection sends from the loop, and the log and counters say so."""
+    from flashcache.server._sender_c import Sender
+
+    class BadSock:
+        def fileno(self) -> int:
+            return 10_000_000 - 1
+
+    loop, fast, _ = twins
+    srv = fast.server
+    srv.sender = Sender(high_water=1 << 20)
+    errors = srv.counters["server_errors"]
+    t = Transport()
+    t.get_extra_info = lambda name: BadSock() if name == "socket" else ("127.0.0.1", 1)
+    conn = Connection(srv)
+    try:
+        conn.connection_made(t)
+        assert conn.out is None and not srv.outboxes
+        conn.data_received(b"set kz 0 0 1\r\nx\r\nget kz\r\n")
+        loop.run_until_complete(settle(conn))
+        assert bytes(t.data) == b"STORED\r\nVALUE kz 0 1\r\nx\r\nEND\r\n"
+        assert srv.counters["server_errors"] == errors + 1
+        assert "writer thread cannot take the connection" in caplog.text
+    finally:
+        conn.connection_lost(None)
+        srv.sender.stop()
+        srv.sender = None
