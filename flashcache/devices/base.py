@@ -318,11 +318,28 @@ class BaseDevice:
         return {
             "kind": self.kind, "path": self.path, "size_bytes": self.size, "capacity_bytes": self.capacity,
             "block_size": self.block_size, "max_io": self.max_io,
-            **self.counters.as_dict(),
+            **self.io_counts(),
             "placement": {name: s.placement for name, s in self._streams.items()},
             "waf": "available" if self.waf_unavailable_reason() is None
                    else f"unavailable: {self.waf_unavailable_reason()}",
         }
+
+    def io_counts(self) -> dict[str, Any]:
+        """The I/O counters as ``stats()`` reports them (reads, writes, trims, bytes, bytes
+        written per stream name), with what a C fast path (``_c_reads``: results.c's
+        Reader, which counts the reads and writes it does itself) has counted added in."""
+        d = self.counters.as_dict()
+        r = getattr(self, "_c_reads", None)
+        if r is not None:
+            d["reads"] += r.reads
+            d["bytes_read"] += r.bytes_read
+            if r.stream_bytes is not None:
+                d["writes"] += r.writes
+                d["bytes_written"] += r.bytes_written
+                per = d["bytes_written_by_stream"]
+                for name, n in r.stream_bytes.items():
+                    per[name] = per.get(name, 0) + n
+        return d
 
     def __enter__(self):
         return self

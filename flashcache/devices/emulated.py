@@ -143,6 +143,16 @@ class EmulatedController:
                 os.pwrite(self.fd, datas[k], off)
         return out
 
+    @property
+    def lock(self) -> threading.Lock:
+        """The lock held over each command (a C write path holds it over its accounting
+        and write too: results.c's ``Reader.set_program``)."""
+        return self._lock
+
+    def placement_table(self) -> dict[int, tuple[int, int]]:
+        """{placement identifier: (reclaim group, placement handle)} (a copy)."""
+        return dict(self._pid_to)
+
     def _check_range(self, slba: int, n: int, what: str) -> None:
         nlb = n >> self.lba_shift
         if n & (self.lba_size - 1) or not nlb or slba + nlb > self.nsze:
@@ -438,6 +448,18 @@ class EmulatedDevice(NvmeDevice):
                                    types.MethodType(NvmeDevice.read, self), 0)
             self.read = self._c_reads.read
             self._c_reads.map_reads()         # reads of up to a page: no system call each
+            # Writes too: the same checks, FTL accounting (the C fc_ftl_write, with the
+            # write's placement handle, under the controller's lock, as EmulatedController.rw
+            # does), pwrite and counters in one C call, the class's write (the whole NVMe
+            # Write path) being the fallback for anything unusual and the error it names.
+            # A server demoting items from DRAM spent a tenth of its loop thread in the
+            # five Python layers of that path (tools/bench_server.py).
+            fn, state = controller.ftl.write_hook()
+            self._c_reads.set_write(types.MethodType(type(self).write, self), self._streams)
+            self._c_reads.set_program(fn, state, controller.ftl, controller.lba_shift, controller.lbas_per_page,
+                                      controller.placement_table() if controller.fdp else None,
+                                      controller.lock)
+            self.write = self._c_reads.write
 
     def _probe_waf(self) -> str | None:
         if not self.controller.fdp:
@@ -498,10 +520,6 @@ class EmulatedDevice(NvmeDevice):
 
     def stats(self) -> dict[str, Any]:
         st = super().stats()
-        r = self._c_reads
-        if r is not None:                     # the reads the C path counted
-            st["reads"] += r.reads
-            st["bytes_read"] += r.bytes_read
         st["emulator"] = self.ftl.stats()
         return st
 

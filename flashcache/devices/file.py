@@ -422,14 +422,4 @@ class FileDevice(BaseDevice):
     def stats(self) -> dict[str, Any]:
         st = {**super().stats(), "engine": self.engine, "direct": self.direct,
               "target": "block device" if self.is_block else "regular file"}
-        r = self._c_reads
-        if r is not None:                         # reads and writes the C fast path counted
-            st["reads"] += r.reads
-            st["bytes_read"] += r.bytes_read
-            if r.stream_bytes is not None:
-                st["writes"] += r.writes
-                st["bytes_written"] += r.bytes_written
-                per = st["bytes_written_by_stream"]
-                for name, n in r.stream_bytes.items():
-                    per[name] = per.get(name, 0) + n
         return st

@@ -304,7 +304,7 @@ int fc_ftl_write(fc_ftl *f, uint64_t lpn, uint64_t npages, uint32_t rg, uint32_t
     for (uint64_t i = 0; i < npages; i++)
         if ((r = write_page(f, (uint32_t)(lpn + i), rg, ruh)) < 0)
             return r;
-    return 0;
+    return f->check_error ? -EIO : 0;   /* a C caller (results.c's Reader) learns of it here */
 }
 
 int fc_ftl_write_pages(fc_ftl *f, const uint32_t *lpns, size_t n, uint32_t rg, uint32_t ruh)

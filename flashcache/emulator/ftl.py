@@ -102,6 +102,13 @@ class Ftl:
         """Program ``npages`` logical pages from ``lpn`` through handle ``ruh``."""
         self._check(lib.fc_ftl_write(self._c, lpn, npages, rg, ruh), "write", lpn, npages, ruh, rg)
 
+    def write_hook(self) -> tuple[int, int]:
+        """(address of the C ``fc_ftl_write``, address of this FTL's state): what a C write
+        path (results.c's ``Reader.set_program``) calls to account a write exactly as
+        ``write`` does. Valid while this object lives: the caller keeps a reference."""
+        return (int(ffi.cast("uintptr_t", ffi.addressof(lib, "fc_ftl_write"))),
+                int(ffi.cast("uintptr_t", self._c)))
+
     def write_pages(self, lpns: np.ndarray, ruh: int = 0, rg: int = 0) -> None:
         """Program many single pages (a uint32 array of lpns) in one C call."""
         a = np.ascontiguousarray(lpns, dtype=np.uint32)

@@ -213,6 +213,16 @@ typedef struct {
     PyObject *streams;          /* set_write(): the device's streams by name; a write's stream
                                    must be one of them (or None), else the fallback says why */
     PyObject *owned;   /* ring mode: bytes objects holding the adopted thread_ring structs */
+    /* set_program(): a device whose writes are accounted in an FTL first (the emulated
+     * SSD): its C function, its state, what keeps that alive, the placement table and the
+     * lock the device's own write path holds over the accounting and the write */
+    int (*program)(void *ftl, uint64_t lpn, uint64_t npages, uint32_t rg, uint32_t ruh);
+    void *ftl;
+    PyObject *ftl_owner;
+    PyObject *pids;             /* dict: placement identifier -> (reclaim group, handle); or None */
+    PyObject *lock_acquire, *lock_release;
+    unsigned lba_shift;
+    unsigned long long lbas_per_page;
 } Reader;
 
 static int Reader_init(Reader *self, PyObject *args, PyObject *kw)
@@ -250,6 +260,10 @@ static int Reader_traverse(Reader *self, visitproc visit, void *arg)
     Py_VISIT(self->write_fallback);
     Py_VISIT(self->stream_bytes);
     Py_VISIT(self->streams);
+    Py_VISIT(self->ftl_owner);
+    Py_VISIT(self->pids);
+    Py_VISIT(self->lock_acquire);
+    Py_VISIT(self->lock_release);
     return 0;
 }
 
@@ -260,6 +274,12 @@ static int Reader_clear(Reader *self)
     Py_CLEAR(self->write_fallback);
     Py_CLEAR(self->stream_bytes);
     Py_CLEAR(self->streams);
+    self->program = NULL;               /* the FTL's state is gone with its owner */
+    self->ftl = NULL;
+    Py_CLEAR(self->ftl_owner);
+    Py_CLEAR(self->pids);
+    Py_CLEAR(self->lock_acquire);
+    Py_CLEAR(self->lock_release);
     return 0;
 }
 
@@ -647,7 +667,79 @@ static PyObject *Reader_set_write(Reader *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyObject *s_name, *s_default;
+static PyObject *s_name, *s_default, *s_pid;
+
+/* set_program(function, state, owner, lba_shift, lbas_per_page, pids, lock): every later
+ * write() is first accounted by ``function(state, lpn, npages, rg, ruh)`` (the emulated
+ * SSD's FTL, fc_ftl_write: whole mapping units, as its Python write path does), with the
+ * write's placement identifier (its stream's ``pid``) looked up in ``pids`` ({pid: (rg,
+ * handle)}, None: FDP off, every write on (0, 0)), and ``lock`` (the device's, which its
+ * Python path holds over the accounting and the write) held over both. ``owner`` keeps
+ * ``state`` alive. A pid not in the table, a lock another thread holds, or the function
+ * failing goes to the fallback, which does it all the careful way (logs the event, waits
+ * for the lock, says what went wrong). */
+static PyObject *Reader_set_program(Reader *self, PyObject *args)
+{
+    unsigned long long fn, state, per_page;
+    unsigned shift;
+    PyObject *owner, *pids, *lock;
+    if (!PyArg_ParseTuple(args, "KKOIKOO:set_program", &fn, &state, &owner, &shift, &per_page, &pids, &lock))
+        return NULL;
+    if (!fn || !state || shift > 20 || !per_page || (pids != Py_None && !PyDict_Check(pids))) {
+        PyErr_SetString(PyExc_ValueError, "set_program(function, state, owner, lba_shift, lbas_per_page, pids, lock): "
+                        "non-zero addresses, a shift up to 20, a page of at least one block, pids a dict or None");
+        return NULL;
+    }
+    PyObject *acq = PyObject_GetAttrString(lock, "acquire"), *rel = acq ? PyObject_GetAttrString(lock, "release") : NULL;
+    if (!rel) {
+        Py_XDECREF(acq);
+        return NULL;
+    }
+    self->program = (int (*)(void *, uint64_t, uint64_t, uint32_t, uint32_t))(uintptr_t)fn;
+    self->ftl = (void *)(uintptr_t)state;
+    Py_XSETREF(self->ftl_owner, Py_NewRef(owner));
+    Py_XSETREF(self->pids, Py_NewRef(pids));
+    Py_XSETREF(self->lock_acquire, acq);
+    Py_XSETREF(self->lock_release, rel);
+    self->lba_shift = shift;
+    self->lbas_per_page = per_page;
+    Py_RETURN_NONE;
+}
+
+/* The placement of a write to a set_program() device: 0 with *rg, *ruh set; 1 when only
+ * the fallback can place it (an identifier outside the table); -1 with an exception. */
+static int placement_of(Reader *self, PyObject *stream, uint32_t *rg, uint32_t *ruh)
+{
+    *rg = *ruh = 0;
+    if (stream == Py_None || self->pids == Py_None)
+        return 0;
+    PyObject *pid = PyObject_GetAttr(stream, s_pid);
+    if (!pid)
+        return -1;
+    if (pid == Py_None) {               /* a stream without an identifier: the default handle */
+        Py_DECREF(pid);
+        return 0;
+    }
+    PyObject *to = PyDict_GetItemWithError(self->pids, pid);
+    Py_DECREF(pid);
+    if (!to)
+        return PyErr_Occurred() ? -1 : 1;
+    unsigned long a, b;
+    if (!PyTuple_Check(to) || PyTuple_GET_SIZE(to) != 2 ||
+        ((a = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(to, 0))) == (unsigned long)-1 && PyErr_Occurred()) ||
+        ((b = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(to, 1))) == (unsigned long)-1 && PyErr_Occurred()))
+        return PyErr_Occurred() ? -1 : 1;
+    *rg = (uint32_t)a;
+    *ruh = (uint32_t)b;
+    return 0;
+}
+
+static int release_lock(Reader *self)
+{
+    PyObject *r = PyObject_CallNoArgs(self->lock_release);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
 
 /* write(offset, data, stream=None): a device's single write in one C call: the checks,
  * one pwrite of the whole bytes or bytearray (psync), or in ring mode a copy into the
@@ -678,6 +770,15 @@ static PyObject *Reader_write(Reader *self, PyObject *const *args, Py_ssize_t na
         PyErr_Clear();
         goto careful;
     }
+    uint32_t rg = 0, ruh = 0;
+    if (self->program) {
+        int p = placement_of(self, stream, &rg, &ruh);
+        if (p) {
+            PyErr_Clear();
+            Py_DECREF(name);
+            goto careful;
+        }
+    }
     /* a stream this device did not open (another device's, or no stream at all): the
      * fallback refuses it, before any I/O */
     if (stream != Py_None && (!PyUnicode_CheckExact(name) || PyDict_GetItemWithError(self->streams, name) != stream)) {
@@ -698,6 +799,28 @@ static PyObject *Reader_write(Reader *self, PyObject *const *args, Py_ssize_t na
         Py_DECREF(name);
         goto careful;
     }
+    int locked = 0;
+    if (self->program) {
+        /* the device's lock, without waiting (the fallback waits); taking it may run other
+         * threads' Python code, so closed is checked once more after it */
+        PyObject *got = PyObject_CallOneArg(self->lock_acquire, Py_False);
+        locked = got == Py_True;
+        Py_XDECREF(got);
+        if (!got)
+            PyErr_Clear();
+        if (!locked || self->closed) {
+            PyBuffer_Release(&view);
+            Py_DECREF(name);
+            goto unlock_careful;
+        }
+        uint64_t blk = (unsigned long long)off >> self->lba_shift, nlb = len >> self->lba_shift;
+        uint64_t first = blk / self->lbas_per_page, last = (blk + nlb - 1) / self->lbas_per_page;
+        if (!nlb || self->program(self->ftl, first, last - first + 1, rg, ruh) < 0) {
+            PyBuffer_Release(&view);        /* nothing was accounted: the fallback says why */
+            Py_DECREF(name);
+            goto unlock_careful;
+        }
+    }
     ssize_t put;
     if (self->ring_mode != MODE_PSYNC) {
         struct thread_ring *t = self->ring_mode == MODE_RING ? PyThread_tss_get(&self->tss) :
@@ -705,7 +828,7 @@ static PyObject *Reader_write(Reader *self, PyObject *const *args, Py_ssize_t na
         if (!t) {                           /* this thread's ring is made by the fallback */
             PyBuffer_Release(&view);
             Py_DECREF(name);
-            goto careful;
+            goto unlock_careful;
         }
         memcpy(t->stage, view.buf, (size_t)len);
         PyBuffer_Release(&view);
@@ -715,7 +838,13 @@ static PyObject *Reader_write(Reader *self, PyObject *const *args, Py_ssize_t na
         put = psync_rw(self, 1, view.buf, len, (unsigned long long)off);
         PyBuffer_Release(&view);
     }
+    if (locked && release_lock(self) < 0) {
+        Py_DECREF(name);
+        return NULL;
+    }
     if (put < 0 || (unsigned long long)put != len) {
+        /* the fallback retries the whole write and says what is wrong; with set_program()
+         * it accounts it again, as a drive counts a host's retried write twice */
         Py_DECREF(name);
         goto careful;
     }
@@ -732,6 +861,9 @@ static PyObject *Reader_write(Reader *self, PyObject *const *args, Py_ssize_t na
     if (rc < 0)
         return NULL;
     Py_RETURN_NONE;
+unlock_careful:
+    if (locked && release_lock(self) < 0)
+        return NULL;
 careful:
     return PyObject_Vectorcall(self->write_fallback, args, nargs, kwnames);
 }
@@ -756,6 +888,9 @@ static PyMethodDef Reader_methods[] = {
     {"set_write", (PyCFunction)Reader_set_write, METH_VARARGS,
      "set_write(fallback, streams): turn on write(); fallback is the device's Python write, "
      "streams its dict of open streams by name."},
+    {"set_program", (PyCFunction)Reader_set_program, METH_VARARGS,
+     "set_program(function, state, owner, lba_shift, lbas_per_page, pids, lock): account every "
+     "write() in an FTL first (the emulated SSD), under the device's lock."},
     {"write", (PyCFunction)(void (*)(void))Reader_write, METH_FASTCALL | METH_KEYWORDS,
      "write(offset, data, stream=None): one checked pwrite, or the fallback's answer."},
     {"read_into_hook", (PyCFunction)Reader_read_into_hook, METH_NOARGS,
@@ -822,7 +957,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_results_c", NULL, 0
 PyMODINIT_FUNC PyInit__results_c(void)
 {
     if (PyType_Ready(&ReaderType) < 0 || !(s_name = PyUnicode_InternFromString("name")) ||
-        !(s_default = PyUnicode_InternFromString("default")))
+        !(s_default = PyUnicode_InternFromString("default")) ||
+        !(s_pid = PyUnicode_InternFromString("pid")))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)

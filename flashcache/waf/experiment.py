@@ -367,13 +367,15 @@ def _loop(cache, dev, cfg, point: Point, workload, rules: Rules, out_dir: Path, 
     bar = _bar(progress, rules)
 
     def engine_bytes() -> tuple[int, int]:
-        per = dev.counters.per_stream_bytes_written
+        per = dev.io_counts()["bytes_written_by_stream"]
         return per.get("bighash", 0), per.get("blockcache", 0)
 
     def wraps() -> float:
         return navy.blockcache.stats()["region_writes"] / nregions if nregions else 0.0
 
-    written = dev.counters
+    def written() -> int:
+        return dev.io_counts()["bytes_written"]
+
     prev = _snapshot(dev)
     base_host, base_mbe = prev[0], prev[2]
     warm_t0 = time.perf_counter()
@@ -381,7 +383,7 @@ def _loop(cache, dev, cfg, point: Point, workload, rules: Rules, out_dir: Path, 
     measuring = False
     n_measured = 0
     prev_counts = drv.counts.copy()
-    prev_written = written.bytes_written
+    prev_written = written()
     prev_eng = engine_bytes()
     t_prev = time.perf_counter()
     deadline = time.perf_counter() + rules.max_seconds if rules.max_seconds else math.inf
@@ -389,7 +391,7 @@ def _loop(cache, dev, cfg, point: Point, workload, rules: Rules, out_dir: Path, 
         while True:
             goal = prev_written + window_bytes
             ended = False
-            while written.bytes_written < goal:
+            while written() < goal:
                 batch = next(it, None)
                 if batch is None:           # a trace without --loop ran out
                     ended = True
@@ -398,13 +400,13 @@ def _loop(cache, dev, cfg, point: Point, workload, rules: Rules, out_dir: Path, 
                 if time.perf_counter() > deadline:
                     break
                 if bar is not None:
-                    bar.update_to((written.bytes_written - base_host) / capacity)
+                    bar.update_to((written() - base_host) / capacity)
             snap = _snapshot(dev)
             now = time.perf_counter()
             c = drv.counts.minus(prev_counts)
             eng = engine_bytes()
             dh, dm, de = snap[0] - prev[0], snap[1] - prev[1], snap[2] - prev[2]
-            cache_bytes = written.bytes_written - prev_written
+            cache_bytes = written() - prev_written
             w = Window(index=len(res.windows), phase="measure" if measuring else "warmup",
                        device_writes=(snap[0] - base_host) / capacity, host_bytes=dh, media_bytes=dm,
                        erased_bytes=de, waf=dm / dh if dh else None,
@@ -413,7 +415,7 @@ def _loop(cache, dev, cfg, point: Point, workload, rules: Rules, out_dir: Path, 
                        seconds=now - t_prev, bighash_bytes=eng[0] - prev_eng[0], blockcache_bytes=eng[1] - prev_eng[1],
                        blockcache_wraps=wraps())
             res.windows.append(w)
-            prev, prev_counts, prev_written, prev_eng, t_prev = snap, drv.counts.copy(), written.bytes_written, eng, now
+            prev, prev_counts, prev_written, prev_eng, t_prev = snap, drv.counts.copy(), written(), eng, now
             if bar is not None:
                 bar.window(w, measuring)
             if now > deadline or ended:

@@ -273,3 +273,81 @@ def test_reads_on_a_closed_device_are_refused(tmp_path):
     from flashcache.errors import ClosedError
     with pytest.raises(ClosedError):
         d.read(0, 4096)
+
+
+@pytest.mark.parametrize("fdp", [True, False])
+def test_single_writes_take_the_c_path_with_the_same_accounting_and_counts(tmp_path, fdp):
+    """A single write is one C call (results.c's Reader with set_program): the FTL is told
+    of it as EmulatedController.rw tells it, on the stream's handle, under the controller's
+    lock. The same writes on a twin held to the Python write (the whole NVMe Write path)
+    must leave the same FTL (mapping, handles, GC), bytes, counters and events."""
+    import types
+
+    g = Geometry(capacity_bytes=16 << 20, op=0.12, ru_bytes=256 << 10, handles=("II",) * 4, lba_size=4096, fdp=fdp)
+    a = open_emulated(str(tmp_path / "a.img"), g)
+    b = open_emulated(str(tmp_path / "b.img"), g)
+    b.write = types.MethodType(type(b).write, b)                              # the Python form
+    try:
+        assert a.write == a._c_reads.write
+        if fdp:
+            for d in (a, b):                                                  # GC moves show as events
+                d.set_events(0, [nvme.FDP_EVENT_MEDIA_REALLOCATED])
+        streams = [(d.open_stream("bighash"), d.open_stream("blockcache")) for d in (a, b)]
+        rng = random.Random(7)
+        pages = g.exported_pages
+        for i in range(3 * pages):                                            # enough to make GC run
+            npg = 1 if rng.random() < 0.9 else rng.randint(2, 8)
+            off = rng.randrange(pages - npg) * 4096
+            data = rng.randbytes(npg * 4096)
+            which = rng.choice((0, 1, None))
+            for d, (s1, s2) in zip((a, b), streams):
+                s = None if which is None else (s1, s2)[which]
+                d.write(off, bytearray(data) if i % 5 == 0 else data, s)
+        assert a._c_reads.writes == 3 * pages and b._c_reads.writes == 0
+        assert a.ftl.stats() == b.ftl.stats() and a.ftl.stats()["gc_copies_bytes"] > 0
+        assert a.ftl.handle_counters() == b.ftl.handle_counters()
+        sa, sb = a.ftl.state()[1], b.ftl.state()[1]
+        assert sa.keys() == sb.keys() and all(np.array_equal(sa[k], sb[k]) for k in sa)
+        assert a.waf_snapshot() == b.waf_snapshot()
+        assert {**a.stats(), "path": "", "emulator": None} == {**b.stats(), "path": "", "emulator": None}
+        assert a.stats()["bytes_written_by_stream"] == b.stats()["bytes_written_by_stream"]
+        if fdp:
+            ea, eb = a.events(host=False).events, b.events(host=False).events
+            assert len(ea) > 0 and [(e.type, e.type_specific) for e in ea] == [(e.type, e.type_specific) for e in eb]
+        assert a.read(0, g.capacity_bytes) == b.read(0, g.capacity_bytes)
+        # what the C path leaves to the Python write: the same errors, nothing accounted
+        before = a.ftl.stats()
+        with pytest.raises(ValueError, match="not aligned"):
+            a.write(100, bytes(4096))
+        with pytest.raises(ValueError, match="ends past"):
+            a.write(a.size, bytes(4096))
+        assert a.ftl.stats() == before
+    finally:
+        a.close()
+        b.close()
+    from flashcache.errors import ClosedError
+    with pytest.raises(ClosedError):
+        a.write(0, bytes(4096))
+
+
+def test_a_c_write_waits_for_the_controller_lock_like_the_python_path(dev):
+    """The C write takes the controller's lock without waiting; held by another thread, the
+    write goes to the Python path, which waits for it: accounted once, after the holder."""
+    import threading
+
+    s = dev.open_stream("a")
+    lock = dev.controller.lock
+    done = threading.Event()
+    lock.acquire()
+    t = threading.Thread(target=lambda: (dev.write(0, bytes(4096), s), done.set()))
+    t.start()
+    try:
+        assert not done.wait(0.2)                     # blocked behind the holder
+        assert dev.ftl.handle_counters()[s.pid]["hbmw"] == 0
+    finally:
+        lock.release()
+    t.join(10)
+    assert done.is_set() and dev.ftl.handle_counters()[s.pid]["hbmw"] == 4096
+    assert dev._c_reads.writes == 0 and dev.stats()["writes"] == 1
+    dev.write(4096, bytes(4096), s)                   # free again: C
+    assert dev._c_reads.writes == 1 and dev.ftl.handle_counters()[s.pid]["hbmw"] == 8192
