@@ -24,6 +24,8 @@
  * a stale one is refused, never aliased. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
+#include <time.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -75,6 +77,7 @@ typedef struct {
     event *events;
     size_t nevents, cap_events;
     unsigned long long sends, bytes_sent, would_block, failed, live, wakes;
+    int kick_pending;           /* the loop's thread only: a kick() is scheduled (ConnBase) */
 } Sender;
 
 static inline unsigned slot_of(uint64_t h) { return (unsigned)(h & ((1u << SLOT_BITS) - 1)); }
@@ -405,29 +408,20 @@ static int handle_arg(PyObject *o, uint64_t *h)
     return 0;
 }
 
-/* send(h, data) -> the bytes now queued for h (0 for a finished connection: data dropped) */
-static PyObject *sender_send(Sender *s, PyObject *const *args, Py_ssize_t nargs)
+/* Queue a copy of len bytes at p for handle h: the bytes now queued for h (0 for a
+ * finished connection: the data is dropped), or -1 if memory ran out (no exception set).
+ * The loop's thread, with the GIL. */
+static long long queue_reply(Sender *s, uint64_t h, const void *p, size_t len)
 {
-    uint64_t h;
-    Py_buffer v;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "Sender.send(handle, data)");
-        return NULL;
-    }
-    if (handle_arg(args[0], &h) < 0 || check_started(s) < 0 || PyObject_GetBuffer(args[1], &v, PyBUF_SIMPLE) < 0)
-        return NULL;
-    buf *b = v.len ? malloc(sizeof *b + (size_t)v.len) : NULL;
-    if (v.len && !b) {
-        PyBuffer_Release(&v);
-        return PyErr_NoMemory();
-    }
+    buf *b = len ? malloc(sizeof *b + len) : NULL;
+    if (len && !b)
+        return -1;
     if (b) {
         b->next = NULL;
-        b->len = (size_t)v.len;
+        b->len = len;
         b->off = 0;
-        memcpy(b->data, v.buf, (size_t)v.len);
+        memcpy(b->data, p, len);
     }
-    PyBuffer_Release(&v);
     size_t pending = 0;
     pthread_mutex_lock(&s->mu);
     conn *c = lookup(s, h);
@@ -448,13 +442,32 @@ static PyObject *sender_send(Sender *s, PyObject *const *args, Py_ssize_t nargs)
     }
     pthread_mutex_unlock(&s->mu);
     free(b);
-    return PyLong_FromSize_t(pending);
+    return (long long)pending;
+}
+
+/* send(h, data) -> the bytes now queued for h (0 for a finished connection: data dropped) */
+static PyObject *sender_send(Sender *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t h;
+    Py_buffer v;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "Sender.send(handle, data)");
+        return NULL;
+    }
+    if (handle_arg(args[0], &h) < 0 || check_started(s) < 0 || PyObject_GetBuffer(args[1], &v, PyBUF_SIMPLE) < 0)
+        return NULL;
+    long long pending = queue_reply(s, h, v.buf, (size_t)v.len);
+    PyBuffer_Release(&v);
+    if (pending < 0)
+        return PyErr_NoMemory();
+    return PyLong_FromLongLong(pending);
 }
 
 /* kick(): wake the thread if it sleeps while replies wait; True if it had to. */
 static PyObject *sender_kick(Sender *s, PyObject *unused)
 {
     (void)unused;
+    s->kick_pending = 0;                /* the next reply schedules the next kick */
     if (!s->started)
         Py_RETURN_FALSE;
     pthread_mutex_lock(&s->mu);
@@ -584,6 +597,272 @@ static PyTypeObject SenderType = {
     .tp_getset = sender_getset,
 };
 
+/* ---------------------------------------------------------------------------------------
+ * Traffic: the server's byte counters (bytes_in, bytes_out), one object shared by its
+ * connections, counted from C and Python alike.
+ *
+ * ConnBase: the C half of a server connection (flashcache/server/server.py's Connection
+ * subclasses it). uvloop calls data_received(data) for each read; in the common case (the
+ * connection has nothing buffered, running or paused: parser_idle, no running request, not
+ * write_paused, not closing) this one C call counts the bytes, stamps last_active, lets
+ * the C text path (``fast.serve``, flashcache/_server.c) answer what it can, queues the
+ * replies on the writer thread (send_reply) and returns; whatever the text path leaves
+ * goes to the Python method data_received_slow(rest), as all of it does otherwise. The
+ * state that decides this lives here, as members the Python side reads and writes:
+ * closing, write_paused, running, parser_idle (which the Python side may set true only
+ * after seeing its parser idle, and sets false before feeding it), last_active, out (the
+ * writer thread's handle or None). send_reply(data) is the one way replies leave: queued
+ * on the Sender (a connection over write_buffer calls pause_writing(); the loop's one
+ * kick per iteration is scheduled through kick_soon), or, with no handle, write_direct. */
+typedef struct {
+    PyObject_HEAD
+    unsigned long long bytes_in, bytes_out;
+} Traffic;
+
+static PyMemberDef traffic_members[] = {
+    {"bytes_in", T_ULONGLONG, offsetof(Traffic, bytes_in), 0, "bytes received from clients"},
+    {"bytes_out", T_ULONGLONG, offsetof(Traffic, bytes_out), 0, "reply bytes handed to the sockets"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject TrafficType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "flashcache.server._sender_c.Traffic",
+    .tp_basicsize = sizeof(Traffic),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Traffic(): the server's bytes_in and bytes_out",
+    .tp_new = PyType_GenericNew,
+    .tp_members = traffic_members,
+};
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *dict;             /* the Python subclass's attributes */
+    PyObject *fast, *serve;     /* the TextPath and its bound serve, or NULL */
+    PyObject *traffic;          /* Traffic */
+    PyObject *sender;           /* Sender, or NULL */
+    PyObject *kick_soon;        /* schedules the loop's kick (call_soon(server.kick)), or NULL */
+    PyObject *out;              /* the writer thread's handle (int), or NULL/None */
+    PyObject *running;          /* the request that waits, or NULL/None */
+    unsigned long long write_buffer;
+    double last_active;
+    char closing, write_paused, parser_idle;
+} ConnBase;
+
+static PyObject *s_slow, *s_pause_writing, *s_write_direct, *s_error, *s_serve;
+
+static int connbase_traverse(ConnBase *c, visitproc visit, void *arg)
+{
+    Py_VISIT(c->dict);
+    Py_VISIT(c->fast);
+    Py_VISIT(c->serve);
+    Py_VISIT(c->traffic);
+    Py_VISIT(c->sender);
+    Py_VISIT(c->kick_soon);
+    Py_VISIT(c->out);
+    Py_VISIT(c->running);
+    return 0;
+}
+
+static int connbase_clear(ConnBase *c)
+{
+    Py_CLEAR(c->dict);
+    Py_CLEAR(c->fast);
+    Py_CLEAR(c->serve);
+    Py_CLEAR(c->traffic);
+    Py_CLEAR(c->sender);
+    Py_CLEAR(c->kick_soon);
+    Py_CLEAR(c->out);
+    Py_CLEAR(c->running);
+    return 0;
+}
+
+static void connbase_dealloc(ConnBase *c)
+{
+    PyObject_GC_UnTrack(c);
+    connbase_clear(c);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+static double monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);            /* time.monotonic()'s clock */
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* setup(fast, traffic, sender, kick_soon, write_buffer): what the connection serves with. */
+static PyObject *connbase_setup(ConnBase *c, PyObject *args)
+{
+    PyObject *fast, *traffic, *sender, *kick_soon;
+    unsigned long long wb;
+    if (!PyArg_ParseTuple(args, "OO!OOK:setup", &fast, &TrafficType, &traffic, &sender, &kick_soon, &wb))
+        return NULL;
+    if (sender != Py_None && !PyObject_TypeCheck(sender, &SenderType)) {
+        PyErr_SetString(PyExc_TypeError, "ConnBase.setup: sender must be a Sender or None");
+        return NULL;
+    }
+    if ((sender != Py_None) != (kick_soon != Py_None) || (kick_soon != Py_None && !PyCallable_Check(kick_soon))) {
+        PyErr_SetString(PyExc_TypeError, "ConnBase.setup: kick_soon must be callable with a sender, None without");
+        return NULL;
+    }
+    PyObject *serve = fast == Py_None ? NULL : PyObject_GetAttr(fast, s_serve);
+    if (fast != Py_None && !serve)
+        return NULL;
+    Py_XSETREF(c->fast, fast == Py_None ? NULL : Py_NewRef(fast));
+    Py_XSETREF(c->serve, serve);
+    Py_XSETREF(c->traffic, Py_NewRef(traffic));
+    Py_XSETREF(c->sender, sender == Py_None ? NULL : Py_NewRef(sender));
+    Py_XSETREF(c->kick_soon, kick_soon == Py_None ? NULL : Py_NewRef(kick_soon));
+    c->write_buffer = wb;
+    c->last_active = monotonic();
+    Py_RETURN_NONE;
+}
+
+static inline int is_none(PyObject *o) { return !o || o == Py_None; }
+
+/* send_reply(data): see above. 0, or -1 with an exception. */
+static int send_reply(ConnBase *c, PyObject *data)
+{
+    if (is_none(c->out) || !c->sender) {
+        PyObject *r = PyObject_CallMethodOneArg((PyObject *)c, s_write_direct, data);
+        Py_XDECREF(r);
+        return r ? 0 : -1;
+    }
+    Sender *s = (Sender *)c->sender;
+    uint64_t h;
+    Py_buffer v;
+    if (handle_arg(c->out, &h) < 0 || check_started(s) < 0 || PyObject_GetBuffer(data, &v, PyBUF_SIMPLE) < 0)
+        return -1;
+    long long pending = queue_reply(s, h, v.buf, (size_t)v.len);
+    PyBuffer_Release(&v);
+    if (pending < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if ((unsigned long long)pending > c->write_buffer) {
+        PyObject *r = PyObject_CallMethodNoArgs((PyObject *)c, s_pause_writing);
+        if (!r)
+            return -1;
+        Py_DECREF(r);
+    }
+    if (!s->kick_pending) {             /* one wake-up of the thread per loop iteration */
+        s->kick_pending = 1;
+        PyObject *r = PyObject_CallNoArgs(c->kick_soon);
+        if (!r) {
+            s->kick_pending = 0;
+            return -1;
+        }
+        Py_DECREF(r);
+    }
+    return 0;
+}
+
+static PyObject *connbase_send_reply(ConnBase *c, PyObject *data)
+{
+    if (send_reply(c, data) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *connbase_data_received(ConnBase *c, PyObject *data)
+{
+    if (!c->traffic) {
+        PyErr_SetString(PyExc_RuntimeError, "ConnBase: data_received before setup()");
+        return NULL;
+    }
+    Py_ssize_t n = PyObject_Length(data);
+    if (n < 0)
+        return NULL;
+    ((Traffic *)c->traffic)->bytes_in += (unsigned long long)n;
+    c->last_active = monotonic();
+    if (c->closing)
+        Py_RETURN_NONE;
+    PyObject *rest = Py_NewRef(data);
+    if (c->serve && PyBytes_CheckExact(data) && is_none(c->running) && !c->write_paused && c->parser_idle) {
+        PyObject *zero = PyLong_FromLong(0);
+        PyObject *argv[2] = {data, zero};
+        PyObject *res = zero ? PyObject_Vectorcall(c->serve, argv, 2, NULL) : NULL;
+        Py_XDECREF(zero);
+        if (!res)
+            goto fail;
+        Py_ssize_t pos;
+        if (!PyTuple_Check(res) || PyTuple_GET_SIZE(res) != 2 ||
+            ((pos = PyLong_AsSsize_t(PyTuple_GET_ITEM(res, 0))) == -1 && PyErr_Occurred())) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "ConnBase: serve() must return (pos, reply or None)");
+            Py_DECREF(res);
+            goto fail;
+        }
+        PyObject *out = PyTuple_GET_ITEM(res, 1);
+        if (out != Py_None) {
+            ((Traffic *)c->traffic)->bytes_out += (unsigned long long)PyBytes_GET_SIZE(out);
+            if (!PyBytes_Check(out) || send_reply(c, out) < 0) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_TypeError, "ConnBase: serve() must return (pos, reply or None)");
+                Py_DECREF(res);
+                goto fail;
+            }
+        }
+        Py_DECREF(res);
+        PyObject *err = PyObject_GetAttr(c->fast, s_error);
+        if (!err)
+            goto fail;
+        int clean = err == Py_None;
+        Py_DECREF(err);
+        if (clean && pos == n) {
+            Py_DECREF(rest);
+            Py_RETURN_NONE;
+        }
+        Py_SETREF(rest, PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + pos, n - pos));
+        if (!rest)
+            return NULL;
+    }
+    PyObject *r = PyObject_CallMethodOneArg((PyObject *)c, s_slow, rest);
+    Py_DECREF(rest);
+    return r;
+fail:
+    Py_DECREF(rest);
+    return NULL;
+}
+
+static PyMethodDef connbase_methods[] = {
+    {"setup", (PyCFunction)connbase_setup, METH_VARARGS,
+     "setup(fast, traffic, sender, kick_soon, write_buffer): the TextPath (or None), the server's Traffic, "
+     "the writer thread (or None), what schedules its kick, the queued bytes that pause reading"},
+    {"data_received", (PyCFunction)connbase_data_received, METH_O,
+     "asyncio.Protocol.data_received: the C text path first, the rest to data_received_slow(rest)"},
+    {"send_reply", (PyCFunction)connbase_send_reply, METH_O,
+     "send_reply(data): after every earlier reply: queued on the writer thread (or write_direct(data))"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef connbase_members[] = {
+    {"closing", T_BOOL, offsetof(ConnBase, closing), 0, "closing: nothing more is read or run"},
+    {"write_paused", T_BOOL, offsetof(ConnBase, write_paused), 0, "the peer is not reading our replies"},
+    {"parser_idle", T_BOOL, offsetof(ConnBase, parser_idle), 0,
+     "the Python parser holds nothing (true only once seen so; false before feeding it)"},
+    {"running", T_OBJECT, offsetof(ConnBase, running), 0, "the request that waits (a coroutine), or None"},
+    {"out", T_OBJECT, offsetof(ConnBase, out), 0, "the writer thread's handle, or None"},
+    {"last_active", T_DOUBLE, offsetof(ConnBase, last_active), 0, "time.monotonic() of the last read"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject ConnBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "flashcache.server._sender_c.ConnBase",
+    .tp_basicsize = sizeof(ConnBase),
+    .tp_dictoffset = offsetof(ConnBase, dict),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The C half of a server connection (see flashcache/server/_sender.c)",
+    .tp_new = PyType_GenericNew,
+    .tp_traverse = (traverseproc)connbase_traverse,
+    .tp_clear = (inquiry)connbase_clear,
+    .tp_dealloc = (destructor)connbase_dealloc,
+    .tp_methods = connbase_methods,
+    .tp_members = connbase_members,
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "flashcache.server._sender_c",
     "The server's writer thread: replies sent beside the event loop (flashcache/server/_sender.c)",
@@ -592,11 +871,18 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__sender_c(void)
 {
-    if (PyType_Ready(&SenderType) < 0)
+    if (PyType_Ready(&SenderType) < 0 || PyType_Ready(&TrafficType) < 0 || PyType_Ready(&ConnBaseType) < 0)
+        return NULL;
+    if (!(s_slow = PyUnicode_InternFromString("data_received_slow")) ||
+        !(s_pause_writing = PyUnicode_InternFromString("pause_writing")) ||
+        !(s_write_direct = PyUnicode_InternFromString("write_direct")) ||
+        !(s_error = PyUnicode_InternFromString("error")) || !(s_serve = PyUnicode_InternFromString("serve")))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m && PyModule_AddIntConstant(m, "DRAINED", EV_DRAINED) == 0 && PyModule_AddIntConstant(m, "CLOSED", EV_CLOSED) == 0 &&
-        PyModule_AddObjectRef(m, "Sender", (PyObject *)&SenderType) == 0)
+        PyModule_AddObjectRef(m, "Sender", (PyObject *)&SenderType) == 0 &&
+        PyModule_AddObjectRef(m, "Traffic", (PyObject *)&TrafficType) == 0 &&
+        PyModule_AddObjectRef(m, "ConnBase", (PyObject *)&ConnBaseType) == 0)
         return m;
     Py_XDECREF(m);
     return NULL;

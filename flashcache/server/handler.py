@@ -460,8 +460,10 @@ class Handler:
         counts = self.counts()
         rows += [(k, v) for k, v in counts.items()]
         if srv is not None:
-            rows += [("bytes_read", srv.counters["bytes_in"]), ("bytes_written", srv.counters["bytes_out"]),
+            rows += [("bytes_read", srv.traffic.bytes_in), ("bytes_written", srv.traffic.bytes_out),
                      ("protocol_errors", srv.counters["protocol_errors"])]
+            if srv.sender is not None:           # the writer thread (server.send_thread)
+                rows += [(f"send_thread_{k}", v) for k, v in srv.sender.stats().items()]
         rows += [("limit_maxbytes", st["dram"]["capacity_bytes"]), ("threads", 1),
                  ("bytes", cc["bytes"]), ("curr_items", cc["curr_items"]),
                  ("total_items", counts["cmd_set"]), ("evictions", st["dram"]["evictions"]),

@@ -42,8 +42,8 @@ class ServerCollector(Collector):
                                   "requests answered with a protocol error (or cut off)", value=c["protocol_errors"])
         yield CounterMetricFamily("flashcache_server_errors", "requests that failed inside the server",
                                   value=c["server_errors"])
-        yield CounterMetricFamily("flashcache_server_read_bytes", "bytes received from clients", value=c["bytes_in"])
-        yield CounterMetricFamily("flashcache_server_written_bytes", "bytes sent to clients", value=c["bytes_out"])
+        yield CounterMetricFamily("flashcache_server_read_bytes", "bytes received from clients", value=s.traffic.bytes_in)
+        yield CounterMetricFamily("flashcache_server_written_bytes", "bytes sent to clients", value=s.traffic.bytes_out)
         k = s.handler.counts()
         hits = CounterMetricFamily("flashcache_server_get_results", "keys asked by get/gets/mg, by result",
                                    labels=["result"])

@@ -23,7 +23,7 @@ import signal
 import time
 from typing import Any
 
-from ._sender_c import CLOSED, Sender
+from ._sender_c import CLOSED, ConnBase, Sender, Traffic
 from .handler import Handler
 from .protocol import Parser, Reply
 
@@ -32,30 +32,34 @@ log = logging.getLogger("flashcache.server")
 TOO_MANY = b"ERROR Too many open connections\r\n"
 
 
-class Connection(asyncio.Protocol):
+class Connection(ConnBase, asyncio.Protocol):
     """One client. State: the parser (bytes received, not yet run), at most one request
-    running (``_running``: a suspended coroutine), replies gathered in ``_out`` and
+    running (``running``: a suspended coroutine), replies gathered in ``_out`` and
     written once per batch. Reading pauses while the transport holds more than
     ``write_buffer`` reply bytes (the client is not reading) or while a request runs and
-    more than ``read_buffer`` request bytes wait."""
+    more than ``read_buffer`` request bytes wait.
+
+    ``ConnBase`` (flashcache/server/_sender.c) is its C half: ``data_received`` (the C text
+    path's answers for a connection with nothing buffered, running or paused, the rest to
+    ``data_received_slow``), ``send_reply`` (the one way replies leave) and the state both
+    halves read: ``closing``, ``write_paused``, ``running``, ``parser_idle`` (true only once
+    the parser was seen idle, false before it is fed), ``last_active``, ``out``."""
 
     def __init__(self, server: "Server"):
         self.server = server
         s = server.settings
         self.parser = Parser(s.item_size_max, s.max_line, s.swallow_max, s.strict_keys)
+        self.parser_idle = True
         self.handler = server.handler
         self.fast = server.fast
         self.transport: Any = None
         self.peer = "?"
         self._out: list = []
         self._out_bytes = 0
-        self._running: Any = None
-        self._write_paused = False
         self._read_paused = False
         self._eof = False
-        self._closing = False
-        self.out: int | None = None             # the writer thread's handle, if replies go through it
-        self.last_active = time.monotonic()
+        self.setup(server.fast, server.traffic, server.sender,
+                   server.schedule_kick if server.sender is not None else None, s.write_buffer)
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -67,7 +71,7 @@ class Connection(asyncio.Protocol):
             srv.counters["rejected"] += 1
             transport.write(TOO_MANY)
             transport.close()
-            self._closing = True
+            self.closing = True
             return
         transport.set_write_buffer_limits(high=srv.settings.write_buffer)
         sock = transport.get_extra_info("socket")
@@ -84,7 +88,7 @@ class Connection(asyncio.Protocol):
         srv.counters["connections"] += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closing = True
+        self.closing = True
         self.server.connections.discard(self)
         if self.out is not None:                # the peer is gone: drop what is queued
             self.server.sender.release(self.out)
@@ -93,64 +97,58 @@ class Connection(asyncio.Protocol):
         if exc is not None and not isinstance(exc, (ConnectionResetError, BrokenPipeError)):
             log.info("conn_lost peer=%s error=%r", self.peer, str(exc))
 
-    def data_received(self, data: bytes) -> None:
-        counters = self.server.counters
-        counters["bytes_in"] += len(data)
-        self.last_active = time.monotonic()
-        if self._closing:
-            return
-        fast = self.fast
-        if fast is not None and self._running is None and not self._write_paused and self.parser.idle:
-            # the common case, one C call: nothing is buffered or queued on this connection,
-            # so what the C path answers is written at once, in order
-            pos, out = fast.serve(data, 0)
-            if out is not None:
-                counters["bytes_out"] += len(out)
-                self._write(out)
-            if pos == len(data) and fast.error is None:
-                return
-            data = data[pos:]
+    def data_received_slow(self, data: bytes) -> None:
+        """What ConnBase.data_received leaves to Python: the bytes its text path did not
+        answer (all of them when the connection has something buffered, running or paused,
+        or no text path) go to the parser."""
+        self.parser_idle = False
         self.parser.feed(data)
-        if self._running is None:
+        if self.running is None:
             self._process()
         elif self.parser.buffered > self.server.settings.read_buffer:
             self._pause_reading()
 
     def eof_received(self) -> bool:
         self._eof = True                        # answer what was sent, then close (half-close)
-        if self._running is None:
+        if self.running is None:
             self._process()
         return True
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.write_paused = True
         self._pause_reading()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._running is None:
+        self.write_paused = False
+        if self.running is None:
             self._process()
 
     # -- running requests ------------------------------------------------------------------------
     def _pause_reading(self) -> None:
-        if not self._read_paused and not self._closing:
+        if not self._read_paused and not self.closing:
             self._read_paused = True
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self._read_paused and not self._closing:
+        if self._read_paused and not self.closing:
             self._read_paused = False
             self.transport.resume_reading()
 
     def _process(self) -> None:
         """Run buffered requests in order until one must wait, the client stops reading
         our replies, or the buffer holds no complete request; then write the replies."""
+        try:
+            self._run_buffered()
+        finally:
+            self.parser_idle = self.parser.idle   # the C data_received may serve the next read
+
+    def _run_buffered(self) -> None:
         parser = self.parser
         run = self.handler.run
         cmds = self.server.commands
         srv = self.server
         fast = self.fast
-        while not self._write_paused and not self._closing:
+        while not self.write_paused and not self.closing:
             if fast is not None:
                 out = parser.run_fast(fast.serve)
                 if out is not None:
@@ -177,9 +175,9 @@ class Connection(asyncio.Protocol):
             if self._out_bytes > srv.settings.write_buffer:
                 self._flush()
         self._flush()
-        if self._closing:
+        if self.closing:
             return
-        if self._running is None and not self._write_paused:
+        if self.running is None and not self.write_paused:
             if self._eof:
                 self._close()
             elif self._read_paused:
@@ -197,7 +195,7 @@ class Connection(asyncio.Protocol):
         except Exception as e:                  # noqa: BLE001 - a bug or device error: one reply, one log line
             self._failed(e)
             return True
-        self._running = coro
+        self.running = coro
         if waiting is None:                     # a bare yield (asyncio.sleep(0))
             asyncio.get_running_loop().call_soon(self._resume)
         else:
@@ -205,8 +203,8 @@ class Connection(asyncio.Protocol):
         return False
 
     def _resume(self, _fut: Any = None) -> None:
-        coro = self._running
-        self._running = None
+        coro = self.running
+        self.running = None
         if self._drive(coro):                   # even for a closed connection: it may hold a key lock
             self.last_active = time.monotonic()
             self._process()
@@ -226,22 +224,13 @@ class Connection(asyncio.Protocol):
             data = b"".join(self._out)
             self._out.clear()
             self._out_bytes = 0
-            self.server.counters["bytes_out"] += len(data)
+            self.server.traffic.bytes_out += len(data)
             if not self.transport.is_closing():
-                self._write(data)
+                self.send_reply(data)
 
-    def _write(self, data: bytes) -> None:
-        """Send ``data`` after every earlier reply: through the writer thread (queued;
-        more than ``write_buffer`` queued pauses reading until it drains), else the transport."""
-        if self.out is None:
-            self.transport.write(data)
-            return
-        srv = self.server
-        if srv.sender.send(self.out, data) > srv.settings.write_buffer:
-            self.pause_writing()
-        if not srv.kick_pending:                # one wake-up of the thread per loop iteration
-            srv.kick_pending = True
-            asyncio.get_running_loop().call_soon(srv.kick)
+    def write_direct(self, data: bytes) -> None:
+        """send_reply's way out for a connection without the writer thread."""
+        self.transport.write(data)
 
     def _protocol_error(self, r: Reply) -> None:
         self.server.counters["protocol_errors"] += 1
@@ -260,7 +249,7 @@ class Connection(asyncio.Protocol):
 
     def _close(self) -> None:
         self._flush()
-        self._closing = True
+        self.closing = True
         if self.out is not None:
             sender = self.server.sender
             if sender.pending(self.out):        # the transport closes once the replies are sent
@@ -274,7 +263,7 @@ class Connection(asyncio.Protocol):
 
     def _abort(self) -> None:
         """Close now, dropping replies not yet sent (shutdown's drain timed out)."""
-        self._closing = True
+        self.closing = True
         if self.out is not None:
             self.server.sender.release(self.out)
         if self.transport is not None and not self.transport.is_closing():
@@ -287,19 +276,19 @@ class Connection(asyncio.Protocol):
             self.out = None
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.close()
-        elif self._write_paused:
+        elif self.write_paused:
             self.resume_writing()
 
     @property
     def busy(self) -> bool:
-        return self._running is not None
+        return self.running is not None
 
     def drain(self) -> None:
         """Shutdown: read nothing more; close once the requests already received are done."""
         self._eof = True
-        if not self._closing:
+        if not self.closing:
             self._pause_reading()
-            if self._running is None and not self._write_paused:
+            if self.running is None and not self.write_paused:
                 self._process()
 
 
@@ -317,10 +306,9 @@ class Server:
         self.sender: Any = None                 # the writer thread (server.send_thread), once start() made it
         self.send_state = "not started"
         self.outboxes: dict[int, Connection] = {}
-        self.kick_pending = False
+        self.traffic = Traffic()                # bytes in and out, counted by the connections (C and Python)
         self.commands: dict[bytes, int] = {}
-        self.counters = dict.fromkeys(("connections", "rejected", "bytes_in", "bytes_out", "protocol_errors",
-                                       "server_errors"), 0)
+        self.counters = dict.fromkeys(("connections", "rejected", "protocol_errors", "server_errors"), 0)
         self.draining = False
         self._server: asyncio.AbstractServer | None = None
         self._metrics: Any = None
@@ -342,8 +330,9 @@ class Server:
         return len(self.connections)
 
     def reset_counters(self) -> None:
-        for k in ("bytes_in", "bytes_out", "protocol_errors", "server_errors", "rejected"):
+        for k in ("protocol_errors", "server_errors", "rejected"):
             self.counters[k] = 0
+        self.traffic.bytes_in = self.traffic.bytes_out = 0
 
     async def start(self) -> None:
         """``open()``, then listen (and serve /metrics)."""
@@ -384,9 +373,13 @@ class Server:
             "serving event_loop=%s text_fast_path=%r flash_reads=%s", self.loop_name, self.fast_state,
             f"inline ({self.store.cache.inline})" if self.store.cache.inline is not None else "ring")
 
+    def schedule_kick(self) -> None:
+        """A reply was queued on the writer thread (the first this loop iteration: the
+        Sender keeps that flag): kick it once the iteration's other replies are queued too."""
+        asyncio.get_running_loop().call_soon(self.kick)
+
     def kick(self) -> None:
         """The loop iteration's replies are queued: let the writer thread send them."""
-        self.kick_pending = False
         self.sender.kick()
 
     def _sender_events(self) -> None:

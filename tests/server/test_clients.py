@@ -108,6 +108,8 @@ def test_stats_version_verbosity_quit(mc, server):
     mc.get("stats-probe")                   # counted even on its own, whatever ran before
     st = mc.stats()
     assert st[b"cmd_get"] > 0 and b"curr_connections" in st
+    assert st[b"bytes_read"] > 0 and st[b"bytes_written"] > 0
+    assert st[b"send_thread_sends"] > 0 and st[b"send_thread_wakes"] > 0       # the writer thread sent them
     flash = mc.stats("flash")
     assert flash[b"placement:bighash"].startswith(b"on:pid=") and b"device_waf_since_open" in flash
     for eng in (b"bighash", b"blockcache"):            # each engine's own counters, named by the router

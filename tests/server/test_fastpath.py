@@ -266,6 +266,24 @@ def test_a_flash_read_in_the_middle_keeps_reply_order(twins):
     assert served == (3 if fast.cache.inline is not None else 2)
 
 
+def test_what_follows_a_partial_request_goes_to_the_parser_even_if_it_looks_like_a_command(twins):
+    """The C data_received answers a read only while the parser holds nothing: a data
+    block split after its command line is value bytes, even when the next read starts
+    with a whole get line (served in C, that get would be answered and the value cut)."""
+    loop, fast, slow = twins
+    chunks = [b"set kp 0 0 8\r\n", b"get k1\r\n", b"\r\nget kp\r\n",       # the value is "get k1\r\n"
+              b"get k", b"p\r\n",                                            # a partial line, then its end
+              b"set kq 0 0 2\r\nab", b"\r\nget kq\r\n"]
+    before = fast.state(), slow.state()
+    c_gets = fast.server.fast.commands().get(b"get", 0)
+    a = loop.run_until_complete(fast.feed(chunks))
+    b = loop.run_until_complete(slow.feed(chunks))
+    assert a == b == (b"STORED\r\nVALUE kp 0 8\r\nget k1\r\n\r\nEND\r\nVALUE kp 0 8\r\nget k1\r\n\r\nEND\r\n"
+                      b"STORED\r\nVALUE kq 0 2\r\nab\r\nEND\r\n")
+    assert delta(fast.state(), before[0]) == delta(slow.state(), before[1])
+    assert fast.server.fast.commands().get(b"get", 0) - c_gets >= 1     # the C path served the last get
+
+
 def test_a_set_of_a_key_held_by_a_read_modify_write_is_left_to_python(twins):
     loop, fast, slow = twins
 
