@@ -82,7 +82,7 @@ from ._core_c import Core
 from .entry import (FORMAT_VERSION, HEADER_SIZE, MARKER, MAX_KEY_LEN, TOMBSTONE, CorruptEntry, decode, encode_into,
                     journal_block, journal_records, key_hash, restamp)
 from .index import MAX_ADDR, SLOT_BYTES, Index
-from .regions import CLEAN, OPEN, SEALED, Regions
+from .regions import CLEAN, LENT, OPEN, SEALED, Regions
 from .reinsertion import MAX_HITS_THRESHOLD, Reinsertion
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ _COUNTERS = (
     "checksum_failures", "inserts", "replaced", "inserted_bytes", "removes", "removed",
     "evicted_regions", "evicted_items", "reinsertions", "reinsertion_reads", "reinsertion_dropped",
     "region_writes", "flushes", "bytes_written", "entry_reads", "bytes_read", "trims",
-    "tail_writes", "tombstones", "markers", "checkpoints_due", "recovery_bytes_written",
+    "tail_writes", "tombstones", "markers", "checkpoints_due", "recovery_bytes_written", "lent_regions",
 )
 DEFAULT_CHECKPOINT_REGIONS = 4
 DEFAULT_CHECKPOINT_SECONDS = 60.0
@@ -145,7 +145,9 @@ class BlockCache(Engine):
     reads are widened to whole blocks (default: ``alignment``). ``durable`` (write_through):
     every insert writes the buffer's new tail before it returns. ``checkpoint_regions`` and
     ``checkpoint_seconds``: how often, at a seal, to ask ``checkpoint_hook`` (set by the
-    router) for a checkpoint (0 turns either off; see the module docstring).
+    router) for a checkpoint (0 turns either off; see the module docstring). ``limit``:
+    the regions in use, ``[0, limit)`` (default: all); the router's moving split lends the
+    last ones to BigHash (``lend``), so the addresses of the rest never change.
 
     Every operation holds ``lock`` (re-entrant: one thread may drive several lookups
     together), so threads may share the engine.
@@ -181,6 +183,7 @@ class BlockCache(Engine):
         durable: bool = False,
         checkpoint_regions: int = DEFAULT_CHECKPOINT_REGIONS,
         checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
+        limit: int | None = None,
     ) -> None:
         if not isinstance(alignment, int) or not (
             MIN_ALIGNMENT <= alignment <= MAX_ALIGNMENT and alignment & (alignment - 1) == 0
@@ -265,6 +268,10 @@ class BlockCache(Engine):
                              f"({DEFAULT_CHECKPOINT_SECONDS:g} is the default)")
         if not callable(clock):
             raise ValueError(f"BlockCache: clock = {clock!r}: use a callable returning seconds, like time.time")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
+                                  or not self.min_regions(clean_regions) <= limit <= nregions):
+            raise ValueError(f"BlockCache: limit = {limit!r}: use a number of regions in use from "
+                             f"{self.min_regions(clean_regions)} to the {nregions} the extent holds")
         self.offset = offset
         self.size = size
         self.region_size = region_size
@@ -289,7 +296,7 @@ class BlockCache(Engine):
         self._core.generation = generation
         self._core_lookup = self._core.lookup
         self._core_may_hold = self._core.may_hold
-        self.regions = Regions(nregions, region_size, alignment, self._core)
+        self.regions = Regions(nregions, region_size, alignment, self._core, limit)
         self._use_index(Index())
         self._use_eviction(eviction_mod.make(eviction, nregions, ratio))
         self.reinsertion = Reinsertion(reinsertion_hits, reinsertion_percent, reinsertion_seed)
@@ -329,6 +336,52 @@ class BlockCache(Engine):
         return merged_counters(self._counters, self._core.counters())
 
     # ------------------------------------------------------------------ geometry
+
+    @staticmethod
+    def min_regions(clean_regions: int) -> int:
+        """The fewest regions in use ``lend`` leaves: one open, ``clean_regions`` clean,
+        two sealed."""
+        return clean_regions + 3
+
+    @property
+    def limit(self) -> int:
+        """The regions in use, ``[0, limit)``; the rest are lent (see ``lend``)."""
+        return self.regions.limit
+
+    def set_limit(self, limit: int) -> None:
+        """Before a recovery (the router's, from its checkpoint): ``limit`` regions in
+        use, the engine empty. ValueError if out of range."""
+        if not self.min_regions(self.clean_regions) <= limit <= self.nregions:
+            raise ValueError(f"BlockCache: limit {limit} out of range {self.min_regions(self.clean_regions)}.."
+                             f"{self.nregions}")
+        self.regions.limit = limit
+        self.reset()
+
+    def lend(self) -> Op[bool]:
+        """Give the last region in use to another engine (the router's moving split): its
+        items are evicted (no I/O: the index forgets them) and it leaves the rotation, so
+        the other regions keep their addresses. False (nothing changed) when it is the open
+        region (try again after the next seal) or only ``min_regions`` are left. The
+        caller checkpoints (``persist()`` holds the new limit) before anything else writes
+        there: until then a crash recovers the region as BlockCache's."""
+        with self.lock:
+            regions = self.regions
+            r = regions.limit - 1
+            if regions.limit <= self.min_regions(self.clean_regions) or regions.state[r] == OPEN:
+                return False
+            if regions.state[r] == SEALED:
+                self.eviction.forget(r)
+                slots = self.index.slots_in(r * self._upr, (r + 1) * self._upr)
+                self.index.drop(slots)
+                self._counters["evicted_items"] += len(slots)
+                self._counters["evicted_regions"] += 1
+                regions.state[r] = CLEAN
+                regions.pool.append(r)
+            regions.lend()
+            self._counters["lent_regions"] += 1
+            while len(regions.pool) < self.clean_regions:
+                yield from self._reclaim()
+            return True
 
     def region_offset(self, region: int) -> int:
         """Device offset of ``region``."""
@@ -862,11 +915,15 @@ class BlockCache(Engine):
         nread = 0
         first: list[int | None] = []          # each region's first entry's seq (None: no valid header)
         for r in range(self.nregions):
+            if rstates[r] == LENT:             # another engine's now: never read
+                first.append(None)
+                continue
             data = yield Read(self.region_offset(r), io)
             nread += io
             first.append(_head_seq(data, generation))
         cont0 = flushed0 > 0 and (first[open0] is None or first[open0] < ckpt)  # open0 continued
-        replay = sorted((r for r in range(self.nregions) if (r == open0 and cont0) or (first[r] or 0) >= ckpt),
+        replay = sorted((r for r in range(self.nregions)
+                         if rstates[r] != LENT and ((r == open0 and cont0) or (first[r] or 0) >= ckpt)),
                         key=lambda r: -1 if r == open0 and cont0 else (first[r] or 0))
         entries = []
         dropped = 0
@@ -978,6 +1035,7 @@ class BlockCache(Engine):
             index_load=items / self.index.capacity,
             index_slot_bytes=SLOT_BYTES,
             nregions=self.nregions,
+            limit=self.limit,
             clean=int((st == 0).sum()),
             sealed=int((st == SEALED).sum()),
             buffer_bytes=self.regions.fill * self.alignment,
