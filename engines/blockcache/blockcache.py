@@ -349,13 +349,14 @@ class BlockCache(Engine):
         return self.regions.limit
 
     def set_limit(self, limit: int) -> None:
-        """Before a recovery (the router's, from its checkpoint): ``limit`` regions in
-        use, the engine empty. ValueError if out of range."""
+        """Before a recovery (the router's, from its checkpoint), on an engine that holds
+        nothing yet: ``limit`` regions in use (the generation stays). ValueError if out of
+        range."""
         if not self.min_regions(self.clean_regions) <= limit <= self.nregions:
             raise ValueError(f"BlockCache: limit {limit} out of range {self.min_regions(self.clean_regions)}.."
                              f"{self.nregions}")
         self.regions.limit = limit
-        self.reset()
+        self.regions.reset()
 
     def lend(self) -> Op[bool]:
         """Give the last region in use to another engine (the router's moving split): its
