@@ -316,8 +316,9 @@ class Navy:
                         ) -> tuple[list[Slot], list[tuple[int, int]]]:
         """The extents of a split that moves: BlockCache's from its start up to BigHash's
         end (its regions in use: the split's), BigHash's from the lowest it may grow to
-        (``split_cap``, at most AUTO_MAX; BlockCache keeps ``min_regions``) up to its end,
-        its buckets in use: the split's. The two overlap; the boundary is BlockCache's
+        (AUTO_MAX; BlockCache keeps ``min_regions``; ``split_cap`` bounds the target, not
+        the extent, so a changed limit does not reformat) up to its end, its buckets in
+        use: the split's (the bloom filters of the others are zeros, mapped lazily). The two overlap; the boundary is BlockCache's
         ``limit`` and BigHash's ``nbuckets``, kept in every checkpoint."""
         names = [s.engine.name for s in engines]
         if sorted(names) != ["bighash", "blockcache"]:
@@ -331,7 +332,7 @@ class Navy:
         end = h_off + h_size
         nregions = (end - c_off) // region
         room = self.device.size - self.meta_end
-        low = end - int(min(AUTO_MAX, self.split_cap) * room) // bucket * bucket
+        low = end - int(AUTO_MAX * room) // bucket * bucket
         low = max(low, c_off + BlockCache.min_regions(co.get("clean_regions", 1)) * region)
         low = min(_round_up(low, bucket), h_off)
         if nregions * region <= c_size:        # no whole region between them to move
@@ -404,7 +405,7 @@ class Navy:
                         self.device.path, split)
             return
         bc.set_limit(limit)
-        bh.nbuckets = n
+        bh.use_buckets(n)
         self._durable_limit = limit
 
     def _waf_cap(self, limit: float, metadata_fraction: float) -> float:

@@ -251,7 +251,8 @@ class BigHash(Engine):
         self._clock = clock
         self.max_item_size = bucket_size - _HSIZE
         """Largest key + value + entry header (22 B) that fits in one bucket."""
-        self._bloom = BloomFilters(capacity, bloom_bytes_per_bucket, bloom_hashes)
+        self._bloom = BloomFilters(capacity, bloom_bytes_per_bucket, bloom_hashes,
+                                   unknown=capacity if active is None else active)
         self.hits = np.zeros(capacity, dtype=np.uint64)
         """Each bucket's hit bits (DRAM only, ``_bucket.h``): bit i set when a lookup found
         entry i of the bucket as it is on flash; an insert evicts entries not hit first and
@@ -673,6 +674,19 @@ class BigHash(Engine):
             # what the parent let go beyond what moved: copies an interrupted split left
             c["evictions"] += max(0, (images[1][3] >> _EVICTED_SHIFT & _COUNT_MASK) - (images[0][3] >> _KEPT_SHIFT))
         return True
+
+    def use_buckets(self, n: int) -> None:
+        """Before a recovery (the router's, from its checkpoint): ``n`` buckets in use. The
+        filters of buckets that were not in use become unknown (their contents are not
+        known yet). ValueError if out of range."""
+        if not 1 <= n <= self.capacity or (n != self.capacity and not self.linear):
+            raise ValueError(f"BigHash: {n} buckets in use: out of range 1..{self.capacity}")
+        with self.held():
+            old = self.nbuckets
+            if n > old and self.bloom.nbytes:
+                self.bloom.bits[old:n] = 0xFF
+            self.nbuckets = n
+            self._write_epoch += 1
 
     # ------------------------------------------------------------------ lifecycle
 
