@@ -593,6 +593,15 @@ class BlockCache(Engine):
         self.seq += 1
         return unit
 
+    def write_tail(self) -> Op[None]:
+        """Write what the open region's buffer holds beyond what is on flash (nothing when
+        it is all there). The router does this before a checkpoint: a checkpoint restarts
+        the tombstone journal, whose tombstones must not outlive the entries they shadow
+        that are still only in the buffer (their seq is above the checkpoint's, so a
+        replay would apply the entry and no longer see the tombstone)."""
+        with self.lock:
+            yield from self._write_tail()
+
     def _write_tail(self) -> Op[None]:
         """Write what the open region's buffer holds beyond what is on flash: from the
         block holding the first unwritten unit to the block holding the last one
