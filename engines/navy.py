@@ -652,11 +652,7 @@ class Navy:
         return len(blob), head.body_sum
 
     def _checkpoint(self, eng: Engine) -> None:
-        """BlockCache's periodic checkpoint (called under its lock, blocking). Its buffer's
-        tail is written first (``BlockCache.write_tail``: else a tombstone the checkpoint's
-        journal restart drops could shadow an entry that reaches flash later)."""
-        if hasattr(eng, "write_tail"):
-            self.drive(eng.write_tail())
+        """BlockCache's periodic checkpoint (called under its lock, blocking)."""
         st = eng.persist()
         if not isinstance(self._write_checkpoint({eng.name: st}, False), str):
             eng.checkpointed(st)   # type: ignore[attr-defined]

@@ -38,7 +38,9 @@ entries are made so:
   rewrite of region data (a TOMBSTONE entry in the log, with the tail written, only if
   no checkpoint can be saved to empty a full journal). The journal holds the tombstones
   since the last checkpoint (its epoch, in the checkpoint, tells them from older ones);
-  replay merges them with the log's entries by seq;
+  replay merges them with the log's entries by seq. A checkpoint restarts the journal, so
+  it carries the tombstones at or above its checkpoint_seq itself (``tombstones``): one
+  may shadow an entry still in the buffer, which reaches flash, and a replay, later;
 * an insert is an entry; with ``durable`` it writes the tail before it returns. Without,
   an overwrite still in the buffer at a crash is lost and the older copy, if one is on
   flash, is what comes back: the default mode's contract ("what is on flash survives,
@@ -319,6 +321,11 @@ class BlockCache(Engine):
         sets it beside ``checkpoint_hook``); None: removes are index-only."""
         self._journal_epoch = 1
         self._journal_next = 0
+        # (seq, key hash) of the journal's tombstones that a checkpoint must carry: those at
+        # or above the first seq not yet on flash. A checkpoint restarts the journal, and
+        # such a tombstone may shadow an entry still in the buffer (seq above the
+        # checkpoint's), which a replay would otherwise apply once it reached flash.
+        self._pending: list[tuple[int, int]] = []
 
     generation = core_field("_core.generation", "The generation entries are written with; any other reads as "
                                                 "a stale miss.")
@@ -593,15 +600,6 @@ class BlockCache(Engine):
         self.seq += 1
         return unit
 
-    def write_tail(self) -> Op[None]:
-        """Write what the open region's buffer holds beyond what is on flash (nothing when
-        it is all there). The router does this before a checkpoint: a checkpoint restarts
-        the tombstone journal, whose tombstones must not outlive the entries they shadow
-        that are still only in the buffer (their seq is above the checkpoint's, so a
-        replay would apply the entry and no longer see the tombstone)."""
-        with self.lock:
-            yield from self._write_tail()
-
     def _write_tail(self) -> Op[None]:
         """Write what the open region's buffer holds beyond what is on flash: from the
         block holding the first unwritten unit to the block holding the last one
@@ -657,6 +655,7 @@ class BlockCache(Engine):
         self._saved_ckpt = state["checkpoint_seq"]
         self._journal_epoch = state["journal_epoch"]
         self._journal_next = 0
+        self._pending = [t for t in self._pending if t[0] >= state["checkpoint_seq"]]
 
     def _reclaim(self, reserve: int = 0) -> Op[None]:
         """Evict one sealed region: reinsert what qualifies, drop the rest, trim, release."""
@@ -770,6 +769,7 @@ class BlockCache(Engine):
                 at = self._journal_next
                 self._journal_next += 1
                 data = journal_block(bsize, self._journal_epoch, self.generation, [(self.seq, kh)])
+                self._pending.append((self.seq, kh))
                 self.seq += 1
                 yield Write(offset + at * bsize, data, None)
                 c["recovery_bytes_written"] += bsize     # off the stream: not in bytes_written
@@ -833,6 +833,7 @@ class BlockCache(Engine):
             "seq": self.seq,
             "checkpoint_seq": self._flushed_seq,
             "journal_epoch": self._journal_epoch + 1,   # the tombstones written after this state
+            "tombstones": [[q, kh] for q, kh in self._pending if q >= self._flushed_seq],
             "counters": self._counts(),
             "index": self.index.to_state(exclude),
             "regions": regions.to_state(),
@@ -851,6 +852,7 @@ class BlockCache(Engine):
         assert state is not None                  # _parse_state(None) is None
         generation, index, regions, eviction, restored, seq, _ = parsed
         self._journal_epoch, self._journal_next = state["journal_epoch"], 0
+        self._pending = []
         self.regions.load_state(regions)
         self.generation = generation
         self._use_index(index)
@@ -896,6 +898,11 @@ class BlockCache(Engine):
             seq, ckpt, epoch = state["seq"], state["checkpoint_seq"], state["journal_epoch"]
             if not isinstance(epoch, int) or not 1 <= epoch <= _M64:
                 raise ValueError(f"bad journal epoch {epoch!r}")
+            tombstones = state.get("tombstones") or []
+            if not isinstance(tombstones, list) or not all(
+                    isinstance(t, list) and len(t) == 2 and all(isinstance(x, int) and 0 <= x <= _M64 for x in t)
+                    for t in tombstones):
+                raise ValueError("bad carried tombstones")
             if not (isinstance(seq, int) and isinstance(ckpt, int) and 1 <= ckpt <= seq <= _M64):
                 raise ValueError(f"bad log sequence numbers {seq!r}, {ckpt!r}")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -980,6 +987,10 @@ class BlockCache(Engine):
                     if s >= ckpt:
                         entries.append((s, TOMBSTONE, kh >> 32, 0, 0))
                         top = max(top, s + 1)
+        for s, kh in state.get("tombstones") or ():   # carried by the checkpoint (see _pending)
+            if s >= ckpt:
+                entries.append((s, TOMBSTONE, kh >> 32, 0, 0))
+                top = max(top, s + 1)
         entries.sort()
         tombs = 0
         for _, flags, tag, addr, units in entries:
@@ -1003,6 +1014,7 @@ class BlockCache(Engine):
         self.generation = generation
         self.seq = self._flushed_seq = top
         self._journal_epoch, self._journal_next = state["journal_epoch"], 0
+        self._pending = []        # replayed: the checkpoint right after covers them
         self._sealed_at[:] = 0    # the router checkpoints at once after a replay
         self._use_index(index)
         while int((st == CLEAN).sum()) < self.clean_regions + 1:
