@@ -228,7 +228,10 @@ class Navy:
         for eng in self.engines.values():
             if hasattr(eng, "journal"):
                 eng.journal = (self.journal_at, self.journal_blocks, self.block)
-        self._durable_limit = self.blockcache.limit if self.moving else 0
+        bc = self.blockcache
+        self._durable_limit = bc.limit if self.moving and bc is not None else 0
+        """BlockCache's regions in use as the newest checkpoint records them: BigHash grows
+        only below them (see ``step_split``)."""
         self.start = self._open()
         for eng in self.engines.values():
             if hasattr(eng, "checkpoint_hook"):
