@@ -364,3 +364,60 @@ def test_bad_split_settings_are_refused_with_what_to_do():
         BigHash(0, 8 * 4096, 4096, active=4)
     with pytest.raises(ValueError, match=r"BlockCache: limit = 2: use a number of regions in use from 4"):
         BlockCache(0, 16 * 65536, region_size=65536, limit=2)
+
+
+def test_splits_racing_inserts_and_lookups_in_threads_never_serve_a_wrong_value():
+    """Inserts (the C form and the generator), removes and lookups from four threads while
+    a fifth splits: an insert or remove that waited for a split's locks chooses its bucket
+    again, so every lookup finds the key's newest value or misses."""
+    import threading
+
+    bh, dev = small_engine(active=2, capacity=256)
+    lock = threading.Lock()                     # the MemDevice is not thread-safe by itself
+    read, write = dev.read, dev.write
+
+    def locked_read(o, n):
+        with lock:
+            return read(o, n)
+
+    def locked_write(o, d, s=None):
+        with lock:
+            return write(o, d, s)
+    dev.read, dev.write = locked_read, locked_write
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def worker(t: int) -> None:
+        rnd = random.Random(t)
+        newest: dict[bytes, bytes | None] = {}
+        for i in range(3000):
+            k = b"t%d-%d" % (t, rnd.randrange(150))
+            r = rnd.random()
+            if r < 0.4:
+                v = k + b"=%d" % i
+                if rnd.random() < 0.5:
+                    bh.insert_now(dev, k, v)
+                else:
+                    run(bh.insert(k, v), dev)
+                newest[k] = v
+            elif r < 0.5:
+                run(bh.remove(k), dev)
+                newest[k] = None
+            else:
+                got = bh.lookup_item_now(dev, k) if rnd.random() < 0.5 else run(bh.lookup_item(k), dev)
+                if got is not None and got[0] != newest.get(k):
+                    errors.append(f"{k!r}: {got[0]!r}, newest {newest.get(k)!r}")
+
+    def splitter() -> None:
+        while not stop.is_set() and run(bh.split(), dev):
+            pass
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    sp = threading.Thread(target=splitter)
+    for th in threads + [sp]:
+        th.start()
+    for th in threads:
+        th.join()
+    stop.set()
+    sp.join()
+    assert not errors, errors[:5]
+    assert bh.stats()["splits"] >= 50, bh.stats()["splits"]
