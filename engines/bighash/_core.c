@@ -8,8 +8,9 @@
  * BucketCore(offset, bucket_size, nbuckets, generation, bloom_bits, bloom_hashes, hits, clock,
  *            unreadable, corrupt, locks, stream, linear=False)
  *   nbuckets    the buckets the extent holds (the capacity); bucket b sits at offset +
- *               (nbuckets - 1 - b) * bucket_size, from the extent's end down, so a BigHash
- *               that grows takes room below it (README, "The split")
+ *               b * bucket_size, or with ``linear`` at offset + (nbuckets - 1 - b) *
+ *               bucket_size, from the extent's end down, so a BigHash that grows takes
+ *               room below it (README, "The split")
  *   linear      the key -> bucket mapping (fc_bucket_of): linear hashing over ``active``
  *               buckets (a BigHash that grows), else the range mapping
  *   bloom_bits  the filters' bytes: a writable buffer of nbuckets * bytes-per-bucket bytes
@@ -210,10 +211,11 @@ static inline uint64_t bucket_of(const Core *s, uint64_t kh)
     return fc_bucket_of(kh, bucket_of_n(s), s->linear);
 }
 
-/* Bucket b's device offset: from the extent's end down. */
+/* Bucket b's device offset: from the extent's start up, or with ``linear`` (a BigHash that
+ * grows) from its end down. */
 static inline uint64_t bucket_at(const Core *s, uint64_t b)
 {
-    return s->offset + (s->nbuckets - 1 - b) * s->size;
+    return s->offset + (s->linear ? s->nbuckets - 1 - b : b) * s->size;
 }
 
 /* The clock's time as a double, or -1 with an exception set. */

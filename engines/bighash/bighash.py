@@ -30,8 +30,9 @@ On-flash layout (little-endian), one bucket of ``bucket_size`` bytes::
      22  key bytes, then value bytes
 
 A never-written bucket (all zeros, e.g. after a trim) is empty and is not a failure.
-Bucket b sits at ``offset + (capacity - 1 - b) * bucket_size``: from the extent's end
-down, so a BigHash that grows (``split``) takes the room below it. The bucket of a key is
+Bucket b sits at ``offset + b * bucket_size``; in a BigHash that grows (``linear``) at
+``offset + (capacity - 1 - b) * bucket_size``, from the extent's end down, so that it
+takes the room below it (``split``). The bucket of a key is
 ``fc_bucket_of`` (``_bucket.c``, the one definition, also used by ``_core.c``) on the high
 32 bits of its hash: the range mapping ``(key_hash >> 32) * nbuckets >> 32`` for a fixed
 bucket count, linear hashing (``linear``) for one that grows; the bloom filters use the
@@ -320,8 +321,8 @@ class BigHash(Engine):
         return _c_bucket_of(keyhash, core.active, core.linear)
 
     def bucket_offset(self, bucket: int) -> int:
-        """Device offset of ``bucket`` (from the extent's end down)."""
-        return self.offset + (self.capacity - 1 - bucket) * self.bucket_size
+        """Device offset of ``bucket`` (``linear``: from the extent's end down)."""
+        return self.offset + ((self.capacity - 1 - bucket) if self.linear else bucket) * self.bucket_size
 
     # ------------------------------------------------------------------ the Engine interface
 
@@ -335,8 +336,10 @@ class BigHash(Engine):
         return cls(offset, size, stream=stream, clock=clock, **options)
 
     def layout(self) -> dict[str, Any]:
-        return {"bucket_size": self.bucket_size, "bloom_bytes_per_bucket": self.bloom.nbytes,
-                "buckets": "from the end down", "mapping": "linear" if self.linear else "range"}
+        out: dict[str, Any] = {"bucket_size": self.bucket_size, "bloom_bytes_per_bucket": self.bloom.nbytes}
+        if self.linear:     # (a fixed BigHash's layout, and so its devices, as before)
+            out.update(buckets="from the end down", mapping="linear")
+        return out
 
     def c_ops(self) -> Any:
         return self._core.engine_ops()
