@@ -229,7 +229,8 @@ class Navy:
             if hasattr(eng, "journal"):
                 eng.journal = (self.journal_at, self.journal_blocks, self.block)
         bc = self.blockcache
-        self._durable_limit = bc.limit if self.moving and bc is not None else 0
+        self._limit0 = bc.limit if self.moving and bc is not None else 0     # the format's
+        self._durable_limit = self._limit0
         """BlockCache's regions in use as the newest checkpoint records them: BigHash grows
         only below them (see ``step_split``)."""
         self.start = self._open()
@@ -898,7 +899,7 @@ class Navy:
                       "target_buckets": self.split_target() if self.moving else None,
                       "splits": bh.stats()["splits"] if bh is not None else 0,
                       "blockcache_regions": self.blockcache.limit if self.blockcache is not None else 0,
-                      "lent_regions": self.blockcache.stats()["lent_regions"] if self.blockcache is not None else 0,
+                      "lent_regions": self._limit0 - self.blockcache.limit if self.moving and self.blockcache else 0,
                       "errors": self.split_errors, "split_every": self.split_every if self.moving else None,
                       "observed_small_share": mix["small"] / total if total else None,
                       "auto_would_choose": auto_fraction(mix, self.device.size, self.split_cap),

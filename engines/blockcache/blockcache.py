@@ -102,7 +102,7 @@ _COUNTERS = (
     "checksum_failures", "inserts", "replaced", "inserted_bytes", "removes", "removed",
     "evicted_regions", "evicted_items", "reinsertions", "reinsertion_reads", "reinsertion_dropped",
     "region_writes", "flushes", "bytes_written", "entry_reads", "bytes_read", "trims",
-    "tail_writes", "tombstones", "markers", "checkpoints_due", "recovery_bytes_written", "lent_regions",
+    "tail_writes", "tombstones", "markers", "checkpoints_due", "recovery_bytes_written",
 )
 DEFAULT_CHECKPOINT_REGIONS = 4
 DEFAULT_CHECKPOINT_SECONDS = 60.0
@@ -386,7 +386,6 @@ class BlockCache(Engine):
                 regions.state[r] = CLEAN
                 regions.pool.append(r)
             regions.lend()
-            self._counters["lent_regions"] += 1
             while len(regions.pool) < self.clean_regions:
                 yield from self._reclaim()
             return True
@@ -822,7 +821,7 @@ class BlockCache(Engine):
         if regions.dirty:  # entries past what flush() wrote are not on flash
             lo = regions.open * self._upr
             exclude = (lo + regions.flushed, lo + self._upr)
-        return {
+        state = {
             "engine": "blockcache",
             "format_version": FORMAT_VERSION,
             "offset": self.offset,
@@ -833,12 +832,15 @@ class BlockCache(Engine):
             "seq": self.seq,
             "checkpoint_seq": self._flushed_seq,
             "journal_epoch": self._journal_epoch + 1,   # the tombstones written after this state
-            "tombstones": [[q, kh] for q, kh in self._pending if q >= self._flushed_seq],
             "counters": self._counts(),
             "index": self.index.to_state(exclude),
             "regions": regions.to_state(),
             "eviction": self.eviction.to_state(),
         }
+        carried = [[q, kh] for q, kh in self._pending if q >= self._flushed_seq]
+        if carried:                 # (only when there are some: a state without them reads as before)
+            state["tombstones"] = carried
+        return state
 
     def recover(self, state: dict | None) -> bool:
         """Restore what ``persist()`` saved. False (and nothing changed) if the state is

@@ -125,8 +125,11 @@ class Regions:
     # ------------------------------------------------------------------ persistence
 
     def to_state(self) -> dict:
-        return {"state": self.state.astype(np.int8).tobytes(), "pool": list(self.pool), "open": self.open,
-                "fill": self.fill, "flushed": self.flushed, "limit": self.limit}
+        out = {"state": self.state.astype(np.int8).tobytes(), "pool": list(self.pool), "open": self.open,
+               "fill": self.fill, "flushed": self.flushed}
+        if self.limit < self.nregions:         # (a state with no region lent reads as before)
+            out["limit"] = self.limit
+        return out
 
     def parse_state(self, state: dict) -> tuple[np.ndarray, list[int], int, int]:
         """Check ``to_state()`` output without changing anything; returns what
