@@ -21,6 +21,10 @@
  *     (and counted) for the engine added ``engine``-th.
  *   lookup_hook() / insert_hook(): lookup and insert for a C caller (the cache's hot
  *     path), as capsules "engines.navy.lookup" / "engines.navy.insert" (engines/_hooks.h).
+ *   tick, tick_every: when ``tick`` is a callable, it is called with no arguments after
+ *     every ``tick_every``-th insert done here (Navy's moving split paces itself by it;
+ *     Navy's Python forms count their own inserts). An exception from it fails the insert
+ *     that called it: Navy's tick raises none.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -46,11 +50,14 @@ typedef struct {
     int by_size[MAX_ENGINES];            /* indices into e, smallest size class first */
     int accept_all;
     long long lookups, hits, misses, inserts;
+    PyObject *tick;                      /* a callable, or None */
+    int tick_every, since;
 } Router;
 
 static int router_traverse(Router *r, visitproc visit, void *arg)
 {
     Py_VISIT(r->device);
+    Py_VISIT(r->tick);
     for (int i = 0; i < r->n; i++) {
         Py_VISIT(r->e[i].cap);
         Py_VISIT(r->e[i].lookup);
@@ -63,6 +70,7 @@ static int router_traverse(Router *r, visitproc visit, void *arg)
 static int router_clear(Router *r)
 {
     Py_CLEAR(r->device);
+    Py_CLEAR(r->tick);
     for (int i = 0; i < r->n; i++) {
         Py_CLEAR(r->e[i].cap);
         Py_CLEAR(r->e[i].lookup);
@@ -91,6 +99,9 @@ static int router_init(Router *r, PyObject *args, PyObject *kw)
     r->device = Py_NewRef(device);
     r->accept_all = 0;
     r->lookups = r->hits = r->misses = r->inserts = 0;
+    r->tick = Py_NewRef(Py_None);
+    r->tick_every = 1;
+    r->since = 0;
     return 0;
 }
 
@@ -233,6 +244,13 @@ static int router_put(Router *r, int at, PyObject *key, PyObject *value, PyObjec
         r->inserts++;           /* as Navy's admission step counts it: before the write's outcome */
     if (done < 0)
         return -1;
+    if (r->tick && r->tick != Py_None && ++r->since >= r->tick_every) {
+        r->since = 0;
+        PyObject *x = PyObject_CallNoArgs(r->tick);
+        if (!x)
+            return -1;
+        Py_DECREF(x);
+    }
     return 1;
 }
 
@@ -357,6 +375,8 @@ static PyMemberDef router_members[] = {
     {"accept_all", T_INT, offsetof(Router, accept_all), 0,
      "whether admission accepts everything (insert() does the work only then); Navy keeps it"},
     {"engines", T_INT, offsetof(Router, n), READONLY, "engines added"},
+    {"tick", T_OBJECT, offsetof(Router, tick), 0, "None, or called after every tick_every-th insert done here"},
+    {"tick_every", T_INT, offsetof(Router, tick_every), 0, "inserts between two calls of tick"},
     {NULL, 0, 0, 0, NULL},
 };
 

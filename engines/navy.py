@@ -34,6 +34,7 @@ engines/blockcache/blockcache.py's docstring for BlockCache alone.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import logging
@@ -100,6 +101,10 @@ def default_engines(*, small_item_max: int = 2048, bighash_fraction: float = 0.1
 AUTO_PRIOR = 0.25
 AUTO_MIN, AUTO_MAX, AUTO_STEP = 0.02, 0.9, 0.01
 MIX_SAMPLE, MIX_WINDOW = 0.5, 8.0
+# The split moves while the cache runs (README, "The split"): every SPLIT_EVERY inserts
+# (``split_every``) the router compares BigHash with the share auto_fraction gives the
+# mix seen so far, and grows it by at most one bucket (one read, two bucket writes).
+SPLIT_EVERY = 32
 
 
 def auto_fraction(mix: Mapping[str, float], device_size: int, cap: float = 1.0) -> float:
@@ -172,7 +177,7 @@ class Navy:
                  alignment: int = 512, clean_regions: int = 1, metadata_fraction: float = 0.01,
                  blockcache_options: dict[str, Any] | None = None, admission: Admission | None = None,
                  clock: Callable[[], float] = time.time, engines: Sequence[Slot] | None = None,
-                 split_waf_limit: float = 0.0):
+                 split_waf_limit: float = 0.0, split_every: int = SPLIT_EVERY):
         self.auto = bighash_fraction == "auto" and engines is None
         if engines is None and not self.auto and (isinstance(bighash_fraction, str)
                                                   or not 0.0 <= bighash_fraction <= 1.0):
@@ -181,6 +186,11 @@ class Navy:
             raise ValueError(f"navy: metadata_fraction = {metadata_fraction!r}: use a share above 0, below 0.5")
         if small_item_max < 1:
             raise ValueError(f"navy: small_item_max = {small_item_max!r}: use a positive number of bytes")
+        if isinstance(split_every, bool) or not isinstance(split_every, int) or split_every < 0:
+            raise ValueError(f"navy: split_every = {split_every!r}: use a whole number of inserts between two steps "
+                             f"of the moving split ({SPLIT_EVERY} is the default), or 0 to decide the split only "
+                             "when the cache formats")
+        self.split_every = split_every
         self.device = device
         self.clock = clock
         self.admission = admission or AcceptAll()
@@ -218,6 +228,11 @@ class Navy:
         for eng in self.engines.values():
             if hasattr(eng, "journal"):
                 eng.journal = (self.journal_at, self.journal_blocks, self.block)
+        bc = self.blockcache
+        self._limit0 = bc.limit if self.moving and bc is not None else 0     # the format's
+        self._durable_limit = self._limit0
+        """BlockCache's regions in use as the newest checkpoint records them: BigHash grows
+        only below them (see ``step_split``)."""
         self.start = self._open()
         for eng in self.engines.values():
             if hasattr(eng, "checkpoint_hook"):
@@ -226,6 +241,11 @@ class Navy:
                     with eng.held():       # a first checkpoint: a crash before the first seal replays
                         self._checkpoint(eng)
         self._inserted_at_open = self._inserted()
+        self._since_step = 0
+        self.split_errors = 0
+        if self.moving and split_every:
+            self._router.tick = self._step_now
+            self._router.tick_every = split_every
         log.info("%s: flash cache %s", device.path, self.start)
 
     def _build(self, engines: list[Slot], auto: float | None) -> None:
@@ -240,6 +260,11 @@ class Navy:
         if any(not 0.0 <= s.share <= 1.0 for s in self.slots):
             raise ValueError(f"navy: engine shares {[s.share for s in self.slots]}: use shares from 0 to 1")
         extents = self._split(self._metadata_fraction)
+        self.moving = False
+        """Whether the split moves while the cache runs ("auto" with both engines)."""
+        if auto is not None:
+            engines, extents = self._moving_extents(engines, extents)
+            self.slots = engines
         self.engines: dict[str, Engine] = {}
         """The engines that got space, by name, in device and lookup order."""
         # streams open smallest size class first (Navy's order: BigHash takes placement
@@ -290,6 +315,102 @@ class Navy:
         """``insert_hook()``: a capsule "engines.navy.insert" for a C caller (the cache's
         demotions): ``insert_now(self.device, ...)`` for what the C form takes, declining
         the rest (see engines/_router.c)."""
+
+    def _moving_extents(self, engines: list[Slot], extents: list[tuple[int, int]]
+                        ) -> tuple[list[Slot], list[tuple[int, int]]]:
+        """The extents of a split that moves: BlockCache's from its start up to BigHash's
+        end (its regions in use: the split's), BigHash's from the lowest it may grow to
+        (AUTO_MAX; BlockCache keeps ``min_regions``; ``split_cap`` bounds the target, not
+        the extent, so a changed limit does not reformat) up to its end, its buckets in
+        use: the split's (the bloom filters of the others are zeros, mapped lazily). The two overlap; the boundary is BlockCache's
+        ``limit`` and BigHash's ``nbuckets``, kept in every checkpoint."""
+        names = [s.engine.name for s in engines]
+        if sorted(names) != ["bighash", "blockcache"]:
+            return engines, extents
+        ic, ih = names.index("blockcache"), names.index("bighash")
+        (c_off, c_size), (h_off, h_size) = extents[ic], extents[ih]
+        if not c_size or not h_size or h_off < c_off:
+            return engines, extents
+        co, ho = engines[ic].options, engines[ih].options
+        region, bucket = co["region_size"], ho["bucket_size"]
+        end = h_off + h_size
+        nregions = (end - c_off) // region
+        room = self.device.size - self.meta_end
+        low = end - int(AUTO_MAX * room) // bucket * bucket
+        low = max(low, c_off + BlockCache.min_regions(co.get("clean_regions", 1)) * region)
+        low = min(_round_up(low, bucket), h_off)
+        if nregions * region <= c_size:        # no whole region between them to move
+            return engines, extents
+        out = list(engines)
+        out[ic] = dataclasses.replace(engines[ic], options={**co, "limit": c_size // region})
+        out[ih] = dataclasses.replace(engines[ih], options={**ho, "linear": True, "active": h_size // bucket})
+        ext = list(extents)
+        ext[ic] = (c_off, nregions * region)
+        ext[ih] = (low, end - low)
+        self.moving = True
+        return out, ext
+
+    # -- the moving split ------------------------------------------------------------------
+    def split_target(self) -> int:
+        """The BigHash buckets the mix seen so far asks for (``auto_fraction`` of the room
+        after the metadata, within BigHash's extent)."""
+        bh = self.bighash
+        assert bh is not None
+        share = auto_fraction(self.mix(), self.device.size, self.split_cap)
+        return min(bh.capacity, int(share * (self.device.size - self.meta_end)) // bh.bucket_size)
+
+    def step_split(self) -> Op[int]:
+        """One step of the moving split: while BigHash has fewer buckets than
+        ``split_target``, one split (a bucket read, two bucket writes). When the next bucket
+        reaches into a region BlockCache uses, BlockCache lends it first (its items are
+        evicted) and a checkpoint records the new boundary before BigHash writes there.
+        Returns the splits done (0 or 1). It only grows: a mix that shifts back to large
+        items is followed at the next format."""
+        bh, bc = self.bighash, self.blockcache
+        if not self.moving or bh is None or bc is None or bh.nbuckets >= self.split_target():
+            return 0
+        low = bh.bucket_offset(bh.nbuckets)            # where the next bucket goes
+        if low < bc.region_offset(self._durable_limit):
+            if low < bc.region_offset(bc.limit) and not (yield from bc.lend()):
+                return 0                                # the open region, or BlockCache at its least
+            with bc.held():
+                self._checkpoint(bc)
+            if low < bc.region_offset(self._durable_limit):
+                return 0                                # the checkpoint did not fit: no write there
+        return int((yield from bh.split()))
+
+    def _step_now(self) -> None:
+        """The C Router's tick: ``step_split`` with blocking I/O; an error is logged and
+        counted (``split_errors``), never raised into the insert that ticked."""
+        try:
+            self.drive(self.step_split())
+        except Exception as e:       # the insert that ticked succeeded: it must not fail
+            self.split_errors += 1
+            log.warning("%s: a step of the moving split failed (%s); the split stays where it was",
+                        self.device.path, e)
+
+    def _split_state(self) -> dict[str, int] | None:
+        """The boundary of a moving split, as checkpoints record it."""
+        if not self.moving:
+            return None
+        return {"limit": self.blockcache.limit, "nbuckets": self.bighash.nbuckets}   # type: ignore[union-attr]
+
+    def _restore_split(self, split: Any) -> None:
+        """Before the engines recover: the boundary a checkpoint recorded, if it is one
+        this layout can hold (else the format's, which never overlaps)."""
+        bh, bc = self.bighash, self.blockcache
+        if not self.moving or not isinstance(split, dict) or bh is None or bc is None:
+            return
+        limit, n = split.get("limit"), split.get("nbuckets")
+        if (not isinstance(limit, int) or not isinstance(n, int) or not 1 <= n <= bh.capacity
+                or not BlockCache.min_regions(bc.clean_regions) <= limit <= bc.nregions
+                or bc.region_offset(limit) > bh.bucket_offset(n - 1)):
+            log.warning("%s: the checkpoint's split %r does not fit this layout; using the format's",
+                        self.device.path, split)
+            return
+        bc.set_limit(limit)
+        bh.use_buckets(n)
+        self._durable_limit = limit
 
     def _waf_cap(self, limit: float, metadata_fraction: float) -> float:
         """``waf_cap`` for this device, or 1.0 with no limit (0). ValueError for a limit
@@ -412,6 +533,7 @@ class Navy:
         for name, eng in self.engines.items():
             eng.generation = sb.generations.get(name, 0)
         state, clean, why = self._read_checkpoint(sb)
+        self._restore_split((state or {}).get("split"))
         saved = (state or {}).get("engines") or {}
         lost, kept, replayed = [], [], []
         t0 = time.monotonic()
@@ -506,7 +628,10 @@ class Navy:
         """Write a checkpoint of ``engines``' states to the slot not holding the newest one,
         then fdatasync. (body length, body checksum), or why it was not written (it does
         not fit its slot: half the metadata area)."""
-        state = {"fingerprint": self.fingerprint, "engines": engines}
+        state: dict[str, Any] = {"fingerprint": self.fingerprint, "engines": engines}
+        split = self._split_state()
+        if split is not None:
+            state["split"] = split
         if clean:
             state["router"] = {"counters": self._counts(), "rejects": self._rejects}
         blob = msgpack.packb(state, use_bin_type=True)
@@ -526,6 +651,8 @@ class Navy:
         self.device.write(self._slot_at(slot), data)
         self.device.flush()
         self._ckpt.update(seq=seq, slot=slot, written=self._ckpt["written"] + 1, bytes=len(data))
+        if split is not None:
+            self._durable_limit = split["limit"]
         return len(blob), head.body_sum
 
     def _checkpoint(self, eng: Engine) -> None:
@@ -709,6 +836,16 @@ class Navy:
                 yield from self._through(other.remove(key))
         if eng is not None:
             yield from self._through(eng.insert(key, value, expiry))
+            if self.moving and self.split_every:
+                self._since_step += 1
+                if self._since_step >= self.split_every:
+                    self._since_step = 0
+                    try:
+                        yield from self._through(self.step_split())
+                    except Exception as e:     # as _step_now: the insert is done
+                        self.split_errors += 1
+                        log.warning("%s: a step of the moving split failed (%s); the split stays where it was",
+                                    self.device.path, e)
         return eng is not None
 
     def _admit(self, key: bytes, value: bytes) -> Engine | None:
@@ -755,8 +892,15 @@ class Navy:
         mix = self.mix()
         total = sum(mix.values())
         bh = self.bighash
-        s["split"] = {"mode": "auto" if self.auto else "fixed",
-                      "bighash_share": bh.size / (self.device.size - self.meta_end) if bh is not None else 0.0,
+        bh_bytes = (bh.nbuckets * bh.bucket_size if self.moving else bh.size) if bh is not None else 0
+        s["split"] = {"mode": "auto" if self.auto else "fixed", "moving": self.moving,
+                      "bighash_share": bh_bytes / (self.device.size - self.meta_end),
+                      "bighash_buckets": bh.nbuckets if bh is not None else 0,
+                      "target_buckets": self.split_target() if self.moving else None,
+                      "splits": bh.stats()["splits"] if bh is not None else 0,
+                      "blockcache_regions": self.blockcache.limit if self.blockcache is not None else 0,
+                      "lent_regions": self._limit0 - self.blockcache.limit if self.moving and self.blockcache else 0,
+                      "errors": self.split_errors, "split_every": self.split_every if self.moving else None,
                       "observed_small_share": mix["small"] / total if total else None,
                       "auto_would_choose": auto_fraction(mix, self.device.size, self.split_cap),
                       "waf_limit": self.split_waf_limit or None, "waf_cap": self.split_cap if self.auto else None}

@@ -174,7 +174,7 @@ class Cache:
                              bucket_size=f.bucket_size, bloom_bytes_per_bucket=f.bloom_bytes_per_bucket,
                              region_size=f.region_size, alignment=f.alignment, clean_regions=f.clean_regions,
                              metadata_fraction=f.metadata_fraction, admission=adm, clock=clock,
-                             split_waf_limit=f.split_waf_limit,
+                             split_waf_limit=f.split_waf_limit, split_every=f.split_every,
                              blockcache_options=blockcache_options(f, durable=bool(c.write_through)))
             if self.navy.start.startswith("formatted") and hasattr(self.device, "deallocate_unused"):
                 # the share of the device the cache leaves (device.utilization) is spare

@@ -102,8 +102,9 @@ def check_items(c, wanted: int) -> tuple[dict[bytes, bytes], str]:
                 bc_bytes += -(-(len(k) + len(v) + 64) // al) * al
             elif eng == "bighash":
                 bh_items += 1
-        # regions the log can fill: all but the ones kept clean and the open one
-        usable = bc["nregions"] - c.config.cache.flash.clean_regions - 1 if bc else 0
+        # regions the log can fill: those in use (the rest are lent to a moving split's
+        # BigHash) but the ones kept clean and the open one
+        usable = bc["limit"] - c.config.cache.flash.clean_regions - 1 if bc else 0
         bc_room = max(usable, 0) * bc["region_size"] // 2 if bc else 0
         if bc_bytes <= bc_room and bh_items <= (4 * bh["nbuckets"] if bh else 0):
             return vals, ("" if n == wanted else f" ({wanted} asked: this device holds {n} with room to spare)")

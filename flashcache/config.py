@@ -344,8 +344,12 @@ class FlashConfig:
         kind="size"))
     bighash_fraction: float | str = field(default="auto", metadata=opt(
         'share of the flash space for BigHash (0: none, 1: no BlockCache), or "auto": the small items\' '
-        "byte share as this device has seen it, decided when the cache formats (README, \"The split\")",
+        "byte share as this device has seen it, followed while the cache runs (README, \"The split\")",
         kind="share_or_auto"))
+    split_every: int = field(default=32, metadata=opt(
+        'with bighash_fraction = "auto": inserts between two steps of the moving split (each step grows '
+        "BigHash by at most one bucket: one read, two bucket writes); 0: the split moves only when the cache "
+        "formats", min=0, max=1 << 30))
     split_waf_limit: float = field(default=0.0, metadata=opt(
         'with bighash_fraction = "auto": the device WAF BigHash\'s random bucket rewrites may cost; "auto" then '
         "gives BigHash at most the share the device's spare area absorbs within it (README, \"The split\"; "

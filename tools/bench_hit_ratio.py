@@ -16,6 +16,9 @@ workload has of its own:
   - BlockCache: (regions - clean_regions) x region_size (the regions kept clean for the
     next write never hold items; entry headers and alignment again charged to
     flashcache);
+  counted where the split starts: when it moves (the default "auto"), each region
+  BlockCache lends BigHash becomes buckets of 4064 usable bytes in 4096, so the LRU keeps
+  a little more than flashcache ends with;
   the LRU charges each item key + value bytes, so every overhead favours the LRU;
 * an LRU of the DRAM tier's bytes alone (what flash adds), charged the same way.
 
@@ -87,7 +90,7 @@ def usable_bytes(cache: Cache) -> dict[str, int]:
     out = {"dram": cache.dram.capacity}
     bh, bc = cache.navy.bighash, cache.navy.blockcache
     out["bighash"] = bh.nbuckets * (bh.bucket_size - 32) if bh is not None else 0
-    out["blockcache"] = ((bc.nregions - cache.config.cache.flash.clean_regions) * bc.region_size
+    out["blockcache"] = ((bc.limit - cache.config.cache.flash.clean_regions) * bc.region_size
                          if bc is not None else 0)
     return out
 
@@ -242,8 +245,12 @@ def one(name: str, spec: WorkloadSpec, args: argparse.Namespace) -> dict[str, An
                 fc = replay(cache, spec, args.ops, clock, warm, small_max, dev)
                 st = cache.stats()
                 navy = cache.navy
-                split = {"bighash_bytes": navy.bighash.size if navy.bighash is not None else 0,
-                         "blockcache_bytes": navy.blockcache.size if navy.blockcache is not None else 0}
+                # where the split ended (it moves while the cache runs: README, "The split")
+                split = {"bighash_bytes": navy.bighash.nbuckets * navy.bighash.bucket_size
+                         if navy.bighash is not None else 0,
+                         "blockcache_bytes": navy.blockcache.limit * navy.blockcache.region_size
+                         if navy.blockcache is not None else 0,
+                         **{k: navy.stats()["split"][k] for k in ("splits", "lent_regions")}}
                 counters = cache.core.counts()
             finally:
                 cache.close()
@@ -290,7 +297,8 @@ def main() -> int:
         waf = f"{fc['waf']:.3f}" if fc.get("waf") else "  -  "
         print(f"{name:13} {'flashcache':11} {pct(fc['hit_ratio'])} {pct(fc['small'])} {pct(fc['large'])} "
               f"{r['ratio']:6.3f} {waf:>6}  BigHash {fc['bighash_bytes'] / MIB:.1f} MiB, BlockCache "
-              f"{fc['blockcache_bytes'] / MIB:.1f} MiB; {fc['ops_per_s']:,} ops/s")
+              f"{fc['blockcache_bytes'] / MIB:.1f} MiB at the end ({fc['splits']} splits); "
+              f"{fc['ops_per_s']:,} ops/s")
         print(f"{'':13} {'LRU':11} {pct(lru['hit_ratio'])} {pct(lru['small'])} {pct(lru['large'])} "
               f"{1:6.3f} {'':>6}  {sum(r['usable_mib'].values()):.1f} MiB usable {r['usable_mib']}; "
               f"{r['keys']:,} keys, {r['touched_mib']} MiB touched; flash {r['flash_bytes'] // MIB} MiB")

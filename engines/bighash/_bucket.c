@@ -140,6 +140,24 @@ static uint32_t find_key(const uint8_t *d, uint32_t n, uint64_t kh, const uint8_
     return hit;
 }
 
+uint64_t fc_bucket_of(uint64_t kh, uint64_t nbuckets, int linear)
+{
+    uint64_t h = kh >> 32;
+    if (!linear)
+        return h * nbuckets >> 32;
+    uint64_t m = nbuckets;          /* the largest power of two <= nbuckets */
+    m |= m >> 1, m |= m >> 2, m |= m >> 4, m |= m >> 8, m |= m >> 16, m |= m >> 32;
+    m -= m >> 1;
+    uint64_t b = h & (2 * m - 1);
+    return b >= nbuckets ? b - m : b;
+}
+
+/* Whether an entry of key hash ``kh`` belongs in ``bucket`` (see fc_bucket_of). */
+static inline int owned(uint64_t kh, uint32_t bucket, uint64_t nbuckets, int linear)
+{
+    return fc_bucket_of(kh, nbuckets, linear) == bucket;
+}
+
 static inline int was_hit(uint64_t hits, uint32_t i)
 {
     return i < 64 && (hits >> i & 1);
@@ -187,7 +205,8 @@ static void finish(uint8_t *o, uint32_t size, uint32_t bucket, uint64_t generati
 
 int64_t fc_bucket_insert(const char *old, char *out, uint32_t size, uint32_t bucket, uint64_t generation,
                          double now, uint64_t kh, const char *key, uint32_t klen,
-                         const char *value, uint32_t vlen, uint32_t expiry, uint64_t hits)
+                         const char *value, uint32_t vlen, uint32_t expiry, uint64_t hits,
+                         uint64_t nbuckets, int linear)
 {
     const uint8_t *d = (const uint8_t *)old;
     uint8_t *o = (uint8_t *)out;
@@ -198,9 +217,9 @@ int64_t fc_bucket_insert(const char *old, char *out, uint32_t size, uint32_t buc
     int why = check(d, size, bucket, generation, &n, &used, &aux);
     if (why != FC_OK)
         n = 0;
-    /* pass 1: what survives the key's own and the expired entries */
+    /* pass 1: what survives the key's own, the expired and the foreign entries */
     uint64_t kept_used = 0;
-    uint32_t replaced = 0, nexpired = 0, count = 0;
+    uint32_t replaced = 0, nexpired = 0, count = 0, foreign = 0;
     uint32_t pos = HSIZE;
     entry e;
     for (uint32_t i = 0; i < n; i++) {
@@ -210,6 +229,8 @@ int64_t fc_bucket_insert(const char *old, char *out, uint32_t size, uint32_t buc
             replaced = 1;
         else if (expired(e.expiry, now))
             nexpired++;
+        else if (!owned(e.kh, bucket, nbuckets, linear))
+            foreign++;
         else
             kept_used += len;
         pos += len;
@@ -224,7 +245,7 @@ int64_t fc_bucket_insert(const char *old, char *out, uint32_t size, uint32_t buc
             ld_entry(d + pos, &e);
             uint32_t len = ESIZE + e.klen + e.vlen;
             if (!key_matches(d, pos, &e, kh, (const uint8_t *)key, klen) && !expired(e.expiry, now)
-                && was_hit(hits, i) == hit) {
+                && owned(e.kh, bucket, nbuckets, linear) && was_hit(hits, i) == hit) {
                 kept_used -= len;
                 drop[hit]++;
             }
@@ -240,7 +261,7 @@ int64_t fc_bucket_insert(const char *old, char *out, uint32_t size, uint32_t buc
             ld_entry(d + pos, &e);
             uint32_t len = ESIZE + e.klen + e.vlen;
             if (!key_matches(d, pos, &e, kh, (const uint8_t *)key, klen) && !expired(e.expiry, now)
-                && was_hit(hits, i) == hit && seen++ >= drop[hit]) {
+                && owned(e.kh, bucket, nbuckets, linear) && was_hit(hits, i) == hit && seen++ >= drop[hit]) {
                 memcpy(o + w, d + pos, len);
                 w += len;
                 count++;
@@ -248,7 +269,7 @@ int64_t fc_bucket_insert(const char *old, char *out, uint32_t size, uint32_t buc
             pos += len;
         }
     }
-    uint32_t evicted = drop[0] + drop[1];
+    uint32_t evicted = drop[0] + drop[1] + foreign;
     st64(o + w + FC_BE_KEY_HASH, kh);
     st32(o + w + FC_BE_VALUE_SUM, (uint32_t)(hash(value, vlen, fc_key_seed) & 0xFFFFFFFFu));
     st32(o + w + FC_BE_EXPIRY, expiry);
@@ -264,7 +285,7 @@ int64_t fc_bucket_insert(const char *old, char *out, uint32_t size, uint32_t buc
 
 int64_t fc_bucket_remove(const char *old, char *out, uint32_t size, uint32_t bucket, uint64_t generation,
                          double now, uint64_t kh, const char *key, uint32_t klen, fc_bloom *learn,
-                         uint64_t *hits)
+                         uint64_t *hits, uint64_t nbuckets, int linear)
 {
     const uint8_t *d = (const uint8_t *)old;
     uint8_t *o = (uint8_t *)out;
@@ -288,7 +309,7 @@ int64_t fc_bucket_remove(const char *old, char *out, uint32_t size, uint32_t buc
     for (uint32_t i = 0; i < n; i++) {
         ld_entry(d + pos, &e);
         uint32_t len = ESIZE + e.klen + e.vlen;
-        if (!key_matches(d, pos, &e, kh, (const uint8_t *)key, klen)) {
+        if (!key_matches(d, pos, &e, kh, (const uint8_t *)key, klen) && owned(e.kh, bucket, nbuckets, linear)) {
             memcpy(o + w, d + pos, len);
             w += len;
             if (hits && was_hit(*hits, i) && count < 64)
@@ -301,6 +322,38 @@ int64_t fc_bucket_remove(const char *old, char *out, uint32_t size, uint32_t buc
         *hits = renumbered;
     finish(o, size, bucket, generation, count, w - HSIZE);
     return why | FC_REMOVED;
+}
+
+int64_t fc_bucket_filter(const char *old, uint32_t from, char *out, uint32_t to, uint32_t size,
+                         uint64_t generation, double now, uint64_t nbuckets, int linear)
+{
+    const uint8_t *d = (const uint8_t *)old;
+    uint8_t *o = (uint8_t *)out;
+    uint32_t n, used, aux;
+    if (size < HSIZE)
+        return -1;
+    int why = check(d, size, from, generation, &n, &used, &aux);
+    if (why != FC_OK)
+        n = 0;
+    uint32_t w = HSIZE, kept = 0, other = 0, nexpired = 0, pos = HSIZE;
+    entry e;
+    for (uint32_t i = 0; i < n; i++) {
+        ld_entry(d + pos, &e);
+        uint32_t len = ESIZE + e.klen + e.vlen;
+        if (expired(e.expiry, now)) {
+            nexpired++;
+        } else if (!owned(e.kh, to, nbuckets, linear)) {
+            other++;
+        } else {
+            memcpy(o + w, d + pos, len);
+            w += len;
+            kept++;
+        }
+        pos += len;
+    }
+    finish(o, size, to, generation, kept, w - HSIZE);
+    return (int64_t)why | ((int64_t)other << FC_EVICTED_SHIFT) | ((int64_t)nexpired << FC_EXPIRED_SHIFT)
+           | ((int64_t)kept << FC_KEPT_SHIFT);
 }
 
 /* ------------------------------------------------------------------ bloom filters */

@@ -65,6 +65,18 @@ enum { FC_REASON_MASK = 7, FC_REPLACED = 8, FC_REMOVED = 8, FC_EVICTED_SHIFT = 4
  * *aux gets the entries' end (relative to the header) for FC_BAD_END. */
 int fc_bucket_check(const char *data, uint32_t size, uint32_t bucket, uint64_t generation, uint32_t *aux);
 
+/* The bucket a key hash maps to among ``nbuckets`` (the one definition: bighash.py calls
+ * it). ``linear`` 0: the range mapping, (high 32 bits * nbuckets) >> 32, for a BigHash whose
+ * bucket count never changes. ``linear`` 1: linear hashing on the high 32 bits, for one
+ * that grows: M = the largest power of two <= nbuckets, b = h & (2M - 1), and b - M when
+ * b >= nbuckets; growing from n to n + 1 buckets moves keys only from bucket n - M (to
+ * bucket n). */
+uint64_t fc_bucket_of(uint64_t key_hash, uint64_t nbuckets, int linear);
+
+/* Every image built below (insert, remove, filter) keeps only the entries that map to
+ * ``bucket`` under (``nbuckets``, ``linear``): a copy left in another bucket by a split a
+ * crash interrupted is dropped (counted as evicted), never served or carried on. */
+
 /* Hit bits (DRAM, one uint64_t per bucket, owned by the caller): bit i set = entry i of the
  * bucket as it is on flash (oldest first) was found by a lookup since the bucket was last
  * written; entries past the 64th have none. An insert gives hit entries a second chance
@@ -86,13 +98,23 @@ int64_t fc_bucket_lookup(const char *data, uint32_t size, uint32_t bucket, uint6
  * before the new entry (a second chance, as CLOCK gives, for no extra write). */
 int64_t fc_bucket_insert(const char *old, char *out, uint32_t size, uint32_t bucket, uint64_t generation,
                          double now, uint64_t key_hash, const char *key, uint32_t key_len,
-                         const char *value, uint32_t value_len, uint32_t expiry, uint64_t hits);
+                         const char *value, uint32_t value_len, uint32_t expiry, uint64_t hits,
+                         uint64_t nbuckets, int linear);
 
 /* ``hits``: NULL, or the bucket's hit bits, renumbered for the new image when an entry is
  * removed (the caller writes that image). */
 int64_t fc_bucket_remove(const char *old, char *out, uint32_t size, uint32_t bucket, uint64_t generation,
                          double now, uint64_t key_hash, const char *key, uint32_t key_len, fc_bloom *learn,
-                         uint64_t *hits);
+                         uint64_t *hits, uint64_t nbuckets, int linear);
+
+/* A split's image: ``out`` (bucket ``to``) gets the live entries of ``old`` (bucket
+ * ``from``, validated as that bucket) that map to ``to`` under (``nbuckets``, ``linear``),
+ * in their order; expired ones are dropped. Packed as fc_bucket_insert's answer: the
+ * reason for the old image, bits 4-23 the entries not kept that were live (they belong to
+ * another bucket), bits 24-43 the expired ones dropped; bits 44-63 the entries kept. */
+int64_t fc_bucket_filter(const char *old, uint32_t from, char *out, uint32_t to, uint32_t size,
+                         uint64_t generation, double now, uint64_t nbuckets, int linear);
+enum { FC_KEPT_SHIFT = 44 };
 
 /* xxh3_64 with a seed (what python-xxhash's xxh3_64_intdigest(data, seed) returns; _xxh3.h). */
 uint64_t fc_xxh3_64(const char *data, size_t len, uint64_t seed);

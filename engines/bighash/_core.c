@@ -6,7 +6,13 @@
  * filters' C view, the lock stripes, the stream and its counters.
  *
  * BucketCore(offset, bucket_size, nbuckets, generation, bloom_bits, bloom_hashes, hits, clock,
- *            unreadable, corrupt, locks, stream)
+ *            unreadable, corrupt, locks, stream, linear=False)
+ *   nbuckets    the buckets the extent holds (the capacity); bucket b sits at offset +
+ *               b * bucket_size, or with ``linear`` at offset + (nbuckets - 1 - b) *
+ *               bucket_size, from the extent's end down, so a BigHash that grows takes
+ *               room below it (README, "The split")
+ *   linear      the key -> bucket mapping (fc_bucket_of): linear hashing over ``active``
+ *               buckets (a BigHash that grows), else the range mapping
  *   bloom_bits  the filters' bytes: a writable buffer of nbuckets * bytes-per-bucket bytes
  *               (BloomFilters.bits; held), bloom_hashes their hash count
  *   hits        the buckets' hit bits (_bucket.h): a writable buffer of nbuckets uint64
@@ -18,7 +24,8 @@
  *   locks       the lock stripes (a list of threading.RLock): an insert holds
  *               locks[bucket % len(locks)], as BigHash's Python forms do
  *   stream      the placement stream passed back on each write
- * members generation and epoch (the write epoch), both read-write; methods lookup(device,
+ * members generation, epoch (the write epoch) and active (the buckets in use, at most
+ * nbuckets; BigHash.split moves it), read-write; methods lookup(device,
  * key), insert(device, key, value, expiry), may_hold(key), set_bloom(bits, hashes),
  * engine_ops() (the capsule engines/_engine.h declares), counters() and reset_counters().
  * Module constants: BUCKET_FIELDS and ENTRY_FIELDS (field name -> (offset, size), from the
@@ -59,8 +66,9 @@ enum { STACK_BUCKET = 16384 };
 
 typedef struct {
     PyObject_HEAD
-    uint64_t offset, nbuckets, generation, epoch;
+    uint64_t offset, nbuckets, generation, epoch, active;
     uint32_t size;
+    int linear;
     fc_bloom bloom;                     /* over bloom_view's bytes */
     Py_buffer bloom_view;
     uint64_t *hits;                     /* over hits_view's bytes: nbuckets words */
@@ -144,14 +152,15 @@ static int set_bloom(Core *s, PyObject *bits, int hashes)
 static int core_init(Core *s, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"offset", "bucket_size", "nbuckets", "generation", "bloom_bits", "bloom_hashes",
-                             "hits", "clock", "unreadable", "corrupt", "locks", "stream", NULL};
+                             "hits", "clock", "unreadable", "corrupt", "locks", "stream", "linear", NULL};
     unsigned long long offset, nbuckets, generation;
     unsigned int size;
     int hashes;
     PyObject *bits, *hits, *clock, *unreadable, *corrupt, *locks, *stream;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "KIKKOiOOOOO!O", kwlist, &offset, &size, &nbuckets, &generation,
+    int linear = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KIKKOiOOOOO!O|p", kwlist, &offset, &size, &nbuckets, &generation,
                                      &bits, &hashes, &hits, &clock, &unreadable, &corrupt, &PyList_Type, &locks,
-                                     &stream))
+                                     &stream, &linear))
         return -1;
     if (size < 512 || size > (1u << 20) || !nbuckets || nbuckets >= (1ull << 32) || !PyList_GET_SIZE(locks)) {
         PyErr_SetString(PyExc_ValueError, "BucketCore: bucket_size, nbuckets or locks out of range");
@@ -160,7 +169,8 @@ static int core_init(Core *s, PyObject *args, PyObject *kw)
     core_clear(s);
     s->offset = offset;
     s->size = size;
-    s->nbuckets = nbuckets;
+    s->nbuckets = s->active = nbuckets;
+    s->linear = linear;
     s->generation = generation;
     s->epoch = 0;
     memset(s->c, 0, sizeof s->c);
@@ -188,9 +198,24 @@ static inline uint64_t key_hash(const char *key, Py_ssize_t len)
     return fc_hash(key, (size_t)len, fc_key_seed);
 }
 
+/* The bucket count the mapping uses (active, kept within the capacity). */
+static inline uint64_t bucket_of_n(const Core *s)
+{
+    uint64_t n = s->active;
+    return n && n <= s->nbuckets ? n : s->nbuckets;
+}
+
+/* The key hash's bucket (fc_bucket_of, the one mapping). */
 static inline uint64_t bucket_of(const Core *s, uint64_t kh)
 {
-    return (kh >> 32) * s->nbuckets >> 32;
+    return fc_bucket_of(kh, bucket_of_n(s), s->linear);
+}
+
+/* Bucket b's device offset: from the extent's start up, or with ``linear`` (a BigHash that
+ * grows) from its end down. */
+static inline uint64_t bucket_at(const Core *s, uint64_t b)
+{
+    return s->offset + (s->linear ? s->nbuckets - 1 - b : b) * s->size;
 }
 
 /* The clock's time as a double, or -1 with an exception set. */
@@ -209,7 +234,7 @@ static double now(Core *s)
 static PyObject *read_bucket(Core *s, PyObject *read, uint64_t b, Py_buffer *view)
 {
     PyObject *args[2];
-    args[0] = PyLong_FromUnsignedLongLong(s->offset + b * s->size);
+    args[0] = PyLong_FromUnsignedLongLong(bucket_at(s, b));
     if (!args[0])
         return NULL;
     args[1] = PyLong_FromUnsignedLong(s->size);
@@ -246,7 +271,7 @@ static const char *get_bucket(Core *s, PyObject *read, uint64_t b, char *stack, 
     *data = NULL;
     if (s->size <= STACK_BUCKET) {
         struct fc_read_into *h = fc_hook_for(&s->hk, read);
-        if (h && h->fn(h->ctx, stack, s->size, s->offset + b * s->size)) {
+        if (h && h->fn(h->ctx, stack, s->size, bucket_at(s, b))) {
             s->hooked_reads++;
             s->c[C_BUCKET_READS]++;
             s->c[C_BYTES_READ] += s->size;
@@ -420,7 +445,7 @@ static int put_locked(Core *s, PyObject *device, PyObject *key, PyObject *value,
         goto release;
     int64_t r = fc_bucket_insert(img, PyBytes_AS_STRING(image), s->size, (uint32_t)b, s->generation, t, kh,
                                  PyBytes_AS_STRING(key), (uint32_t)klen, PyBytes_AS_STRING(value), (uint32_t)vlen,
-                                 (uint32_t)expiry, s->hits[b]);
+                                 (uint32_t)expiry, s->hits[b], bucket_of_n(s), s->linear);
     if (r < 0) {
         PyErr_Format(PyExc_RuntimeError, "BigHash: the C core refused an item of %zd + %zd B", klen, vlen);
         goto release;
@@ -428,7 +453,7 @@ static int put_locked(Core *s, PyObject *device, PyObject *key, PyObject *value,
     if ((r & FC_REASON_MASK) && unreadable(s, b, (int)(r & FC_REASON_MASK), img, data) < 0)
         goto release;
     drop_bucket(&data, &view);
-    PyObject *wargs[3] = {PyLong_FromUnsignedLongLong(s->offset + b * s->size), image, s->stream};
+    PyObject *wargs[3] = {PyLong_FromUnsignedLongLong(bucket_at(s, b)), image, s->stream};
     if (!wargs[0])
         goto release;
     PyObject *w = PyObject_Vectorcall(write, wargs, 3, NULL);
@@ -477,16 +502,25 @@ static int core_put(Core *s, PyObject *device, PyObject *key, PyObject *value, P
     Py_ssize_t klen = PyBytes_GET_SIZE(key), vlen = PyBytes_GET_SIZE(value);
     if (klen > MAX_KEY || FC_BE_SIZE + klen + vlen > (Py_ssize_t)s->size - FC_BH_SIZE)
         return 0;
-    uint64_t kh = key_hash(PyBytes_AS_STRING(key), klen), b = bucket_of(s, kh);
-    PyObject *lock = Py_NewRef(PyList_GET_ITEM(s->locks, (Py_ssize_t)(b % (uint64_t)PyList_GET_SIZE(s->locks))));
-    int out = -1;
-    if (fc_lock(lock) == 0) {
-        out = put_locked(s, device, key, value, expiry, kh, b, packed);
-        if (fc_unlock(lock) < 0)
-            out = -1;
+    uint64_t kh = key_hash(PyBytes_AS_STRING(key), klen);
+    for (;;) {
+        /* a split (which holds every stripe) may move the key while we wait for the lock:
+         * the bucket is chosen again under it, and the lock too if that changed it */
+        uint64_t b = bucket_of(s, kh);
+        PyObject *lock = Py_NewRef(PyList_GET_ITEM(s->locks, (Py_ssize_t)(b % (uint64_t)PyList_GET_SIZE(s->locks))));
+        int out = -1, again = 0;
+        if (fc_lock(lock) == 0) {
+            if (bucket_of(s, kh) == b)
+                out = put_locked(s, device, key, value, expiry, kh, b, packed);
+            else
+                again = 1;
+            if (fc_unlock(lock) < 0)
+                out = -1, again = 0;
+        }
+        Py_DECREF(lock);
+        if (!again)
+            return out;
     }
-    Py_DECREF(lock);
-    return out;
 }
 
 static int ops_insert(void *ctx, PyObject *device, PyObject *key, PyObject *value, PyObject *expiry)
@@ -576,7 +610,9 @@ static PyMethodDef core_methods[] = {
 static PyMemberDef core_members[] = {
     {"generation", T_ULONGLONG, offsetof(Core, generation), 0, "the buckets' generation"},
     {"epoch", T_ULONGLONG, offsetof(Core, epoch), 0, "bumped by every completed (or failed) bucket write"},
-    {"nbuckets", T_ULONGLONG, offsetof(Core, nbuckets), READONLY, "buckets"},
+    {"nbuckets", T_ULONGLONG, offsetof(Core, nbuckets), READONLY, "the buckets the extent holds"},
+    {"active", T_ULONGLONG, offsetof(Core, active), 0, "the buckets in use (1..nbuckets; BigHash.split grows it)"},
+    {"linear", T_INT, offsetof(Core, linear), READONLY, "1: linear hashing over active buckets, 0: the range mapping"},
     {"stream", T_OBJECT, offsetof(Core, stream), READONLY, "the placement stream passed back on each write"},
     {"hooked_reads", T_LONGLONG, offsetof(Core, hooked_reads), READONLY,
      "bucket reads done through the device's read-into hook (the rest went through read())"},

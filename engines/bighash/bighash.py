@@ -30,8 +30,22 @@ On-flash layout (little-endian), one bucket of ``bucket_size`` bytes::
      22  key bytes, then value bytes
 
 A never-written bucket (all zeros, e.g. after a trim) is empty and is not a failure.
-The bucket is ``(key_hash >> 32) * nbuckets >> 32`` (the high 32 bits); the bloom
-filters use the low 32 bits.
+Bucket b sits at ``offset + b * bucket_size``; in a BigHash that grows (``linear``) at
+``offset + (capacity - 1 - b) * bucket_size``, from the extent's end down, so that it
+takes the room below it (``split``). The bucket of a key is
+``fc_bucket_of`` (``_bucket.c``, the one definition, also used by ``_core.c``) on the high
+32 bits of its hash: the range mapping ``(key_hash >> 32) * nbuckets >> 32`` for a fixed
+bucket count, linear hashing (``linear``) for one that grows; the bloom filters use the
+low 32 bits.
+
+Growing (``linear`` only): ``split()`` adds bucket n to the n in use. Under linear hashing
+only bucket n - M (M the largest power of two <= n) holds keys that now map to bucket n;
+the split writes bucket n first (those entries), then bucket n - M (the rest), and only
+then counts n + 1 buckets. Every image written for a bucket (insert, remove, split) keeps
+only entries that map to it under the bucket count in use: a crash that loses the grown
+count (the router persists it only in its checkpoints) finds the moved keys in neither
+bucket (misses), and a copy left behind by an interrupted split is never served or
+carried on; bucket n is always rewritten from its parent before it is read again.
 
 The per-bucket work (validating an image, finding a key, building the image an insert or a
 remove writes, the bloom filters) runs in C: ``_bucket.c`` beside this file, built by cffi
@@ -86,6 +100,9 @@ _from_buffer = _ffi.from_buffer
 _c_lookup = _lib.fc_bucket_lookup
 _c_insert = _lib.fc_bucket_insert
 _c_remove = _lib.fc_bucket_remove
+_c_filter = _lib.fc_bucket_filter
+_c_bucket_of = _lib.fc_bucket_of
+_KEPT_SHIFT = _lib.FC_KEPT_SHIFT
 _c_bloom_image = _lib.fc_bloom_rebuild_image
 _c_may_contain = _lib.fc_bloom_may_contain
 _NULL = _ffi.NULL
@@ -118,7 +135,7 @@ LOCK_STRIPES = 64
 _COUNTERS = (
     "lookups", "hits", "misses", "bloom_rejects", "flash_misses", "expired_misses",
     "inserts", "replaced", "evictions", "expired_dropped", "inserted_bytes",
-    "removes", "removed", "checksum_failures", "stale_buckets",
+    "removes", "removed", "checksum_failures", "stale_buckets", "splits",
     "bucket_reads", "bucket_writes", "bytes_read", "bytes_written", "write_failures",
 )
 
@@ -149,7 +166,8 @@ class BigHash(Engine):
     """The small-item engine over ``[offset, offset + size)`` of a device.
 
     ``bucket_size`` bytes per bucket (a multiple of 512); ``offset`` and ``size`` multiples
-    of it. ``bloom_bytes_per_bucket`` (0 disables the filters) and ``bloom_hashes`` shape
+    of it: the extent holds ``capacity`` buckets. ``linear``: the bucket count may grow
+    (``split``), from ``active`` buckets (default: all of them). ``bloom_bytes_per_bucket`` (0 disables the filters) and ``bloom_hashes`` shape
     the DRAM filters. ``stream`` is passed back on every Write. ``clock`` gives the time
     in seconds that ``expiry`` is measured in. ``generation`` must match the one the
     buckets were written with; pass the value ``persist()`` saved (the default 0 fits an
@@ -184,6 +202,8 @@ class BigHash(Engine):
         *,
         bloom_hashes: int = 4,
         generation: int = 0,
+        linear: bool = False,
+        active: int | None = None,
     ) -> None:
         if not isinstance(bucket_size, int) or not (
             MIN_BUCKET_SIZE <= bucket_size <= MAX_BUCKET_SIZE and bucket_size % MIN_BUCKET_SIZE == 0
@@ -216,15 +236,25 @@ class BigHash(Engine):
             raise ValueError(f"BigHash: generation = {generation!r}: use an int from 0 to 2**64 - 1")
         if not callable(clock):
             raise ValueError(f"BigHash: clock = {clock!r}: use a callable returning seconds, like time.time")
+        if not isinstance(linear, bool):
+            raise ValueError(f"BigHash: linear = {linear!r}: use True (the bucket count may grow) or False")
+        capacity = size // bucket_size
+        if active is not None and (not isinstance(active, int) or isinstance(active, bool)
+                                   or not 1 <= active <= capacity or (active != capacity and not linear)):
+            raise ValueError(f"BigHash: active = {active!r}: use a bucket count from 1 to the {capacity} the extent "
+                             "holds (fewer only with linear = True)")
         self.offset = offset
         self.size = size
         self.bucket_size = bucket_size
-        self.nbuckets = size // bucket_size
+        self.capacity = capacity
+        """The buckets the extent holds; ``nbuckets`` of them are in use."""
+        self.linear = linear
         self._clock = clock
         self.max_item_size = bucket_size - _HSIZE
         """Largest key + value + entry header (22 B) that fits in one bucket."""
-        self._bloom = BloomFilters(self.nbuckets, bloom_bytes_per_bucket, bloom_hashes)
-        self.hits = np.zeros(self.nbuckets, dtype=np.uint64)
+        self._bloom = BloomFilters(capacity, bloom_bytes_per_bucket, bloom_hashes,
+                                   unknown=capacity if active is None else active)
+        self.hits = np.zeros(capacity, dtype=np.uint64)
         """Each bucket's hit bits (DRAM only, ``_bucket.h``): bit i set when a lookup found
         entry i of the bucket as it is on flash; an insert evicts entries not hit first and
         moves the hit ones after them (a second chance, CLOCK-like, at no extra write), and
@@ -236,10 +266,12 @@ class BigHash(Engine):
         # The blocking forms' C core (_core.c). It holds the state both forms share: the
         # generation, the write epoch, the bloom filters' C view, the stream (through the
         # properties below), and the counters of its own steps (merged by _counts()).
-        self._core = BucketCore(offset=offset, bucket_size=bucket_size, nbuckets=self.nbuckets,
+        self._core = BucketCore(offset=offset, bucket_size=bucket_size, nbuckets=capacity,
                                 generation=generation, bloom_bits=self._bloom.bits,
                                 bloom_hashes=self._bloom.num_hashes, hits=self.hits, clock=clock, unreadable=self._unreadable,
-                                corrupt=self._corrupt, locks=self.locks, stream=stream)
+                                corrupt=self._corrupt, locks=self.locks, stream=stream, linear=linear)
+        if active is not None:
+            self._core.active = active
         self._core_lookup = self._core.lookup
         self._core_insert = self._core.insert
         self._core_may_hold = self._core.may_hold
@@ -252,6 +284,7 @@ class BigHash(Engine):
         self._failures_at_base = 0
 
     generation = core_field("_core.generation", "The generation buckets are written with; any other reads as empty.")
+    nbuckets = core_field("_core.active", "The buckets in use (the mapping's count; ``split`` grows it).")
     # Bumped by every completed bucket write: a lookup refreshes a bucket's filter from what
     # it read only if no write landed while its Read was in flight.
     _write_epoch = core_field("_core.epoch", "The write epoch.")
@@ -283,12 +316,13 @@ class BigHash(Engine):
     # ------------------------------------------------------------------ geometry
 
     def bucket_of(self, keyhash: int) -> int:
-        """The bucket index a key hash maps to."""
-        return (keyhash >> 32) * self.nbuckets >> 32
+        """The bucket index a key hash maps to (``fc_bucket_of`` in ``_bucket.c``)."""
+        core = self._core
+        return _c_bucket_of(keyhash, core.active, core.linear)
 
     def bucket_offset(self, bucket: int) -> int:
-        """Device offset of ``bucket``."""
-        return self.offset + bucket * self.bucket_size
+        """Device offset of ``bucket`` (``linear``: from the extent's end down)."""
+        return self.offset + ((self.capacity - 1 - bucket) if self.linear else bucket) * self.bucket_size
 
     # ------------------------------------------------------------------ the Engine interface
 
@@ -302,7 +336,10 @@ class BigHash(Engine):
         return cls(offset, size, stream=stream, clock=clock, **options)
 
     def layout(self) -> dict[str, Any]:
-        return {"bucket_size": self.bucket_size, "bloom_bytes_per_bucket": self.bloom.nbytes}
+        out: dict[str, Any] = {"bucket_size": self.bucket_size, "bloom_bytes_per_bucket": self.bloom.nbytes}
+        if self.linear:     # (a fixed BigHash's layout, and so its devices, as before)
+            out.update(buckets="from the end down", mapping="linear")
+        return out
 
     def c_ops(self) -> Any:
         return self._core.engine_ops()
@@ -404,12 +441,12 @@ class BigHash(Engine):
         c = self._counters
         c["lookups"] += 1
         kh = _hash(key, KEY_SEED)
-        b = (kh >> 32) * self.nbuckets >> 32
+        b = self.bucket_of(kh)
         if not _c_may_contain(self.bloom.c, b, kh):  # always 1 with the filters off
             c["bloom_rejects"] += 1
             c["misses"] += 1
             return None
-        return (self.offset + b * self.bucket_size, b, kh, key, ckey, self._write_epoch)
+        return (self.bucket_offset(b), b, kh, key, ckey, self._write_epoch)
 
     def _lookup_read(self, plan, data, with_expiry: bool):
         """The lookup's answer from the bucket as read."""
@@ -489,13 +526,15 @@ class BigHash(Engine):
 
     def _insert(self, key, value, klen: int, vlen: int, expiry: int) -> Op[InsertResult]:
         kh = _hash(key, KEY_SEED)
-        b = (kh >> 32) * self.nbuckets >> 32
-        off = self.offset + b * self.bucket_size
-        with self.locks[b % LOCK_STRIPES]:
-            buf, cbuf, r = self._insert_image(b, (yield Read(off, self.bucket_size)), kh, key, klen, value, vlen,
-                                              expiry)
-            yield from self._write_bucket(b, buf, cbuf)
-        return self._inserted(r, klen, vlen)
+        while True:
+            b = self.bucket_of(kh)
+            with self.locks[b % LOCK_STRIPES]:
+                if self.bucket_of(kh) != b:
+                    continue            # a split moved the key while we waited: choose again
+                buf, cbuf, r = self._insert_image(b, (yield Read(self.bucket_offset(b), self.bucket_size)), kh, key,
+                                                  klen, value, vlen, expiry)
+                yield from self._write_bucket(b, buf, cbuf)
+                return self._inserted(r, klen, vlen)
 
     def _insert_image(self, b: int, data, kh: int, key, klen: int, value, vlen: int, expiry: int):
         """The bucket image an insert writes, from the bucket as read: (image, its C view,
@@ -506,7 +545,8 @@ class BigHash(Engine):
         cbuf = _from_buffer(buf)
         r = _c_insert(data if data.__class__ is bytes else _from_buffer(data), cbuf, size, b, self.generation,
                       self.clock(), kh, key if key.__class__ is bytes else _from_buffer(key), klen,
-                      value if value.__class__ is bytes else _from_buffer(value), vlen, expiry, int(self.hits[b]))
+                      value if value.__class__ is bytes else _from_buffer(value), vlen, expiry, int(self.hits[b]),
+                      self._core.active, self.linear)
         if r < 0:  # pragma: no cover - insert() checked the sizes
             raise RuntimeError(f"BigHash: the C core refused an item of {klen} + {vlen} B")
         if r & _REASON_MASK:
@@ -537,27 +577,33 @@ class BigHash(Engine):
         c = self._counters
         c["removes"] += 1
         kh = _hash(key, KEY_SEED)
-        b = (kh >> 32) * self.nbuckets >> 32
+        b = self.bucket_of(kh)
         bloom = self.bloom
         if not _c_may_contain(bloom.c, b, kh):
             c["bloom_rejects"] += 1
             return False
         size = self.bucket_size
-        with self.locks[b % LOCK_STRIPES]:
-            epoch = self._write_epoch
-            data = yield Read(self.offset + b * size, size)
-            self._bucket_read(b, data)
-            buf = bytearray(size)
-            cbuf = _from_buffer(buf)
-            hits = _ffi.new("uint64_t *", int(self.hits[b]))     # renumbered for the new image
-            r = _c_remove(data if data.__class__ is bytes else _from_buffer(data), cbuf, size, b, self.generation,
-                          self.clock(), kh, ckey, len(key), bloom.c if epoch == self._write_epoch else _NULL, hits)
-            if r & _REASON_MASK:
-                self._unreadable(b, r & _REASON_MASK, data)
-            if not r & _CHANGED:
-                return False
-            yield from self._write_bucket(b, buf, cbuf)
-            self.hits[b] = hits[0]      # the remaining entries keep their hits
+        while True:
+            with self.locks[b % LOCK_STRIPES]:
+                if self.bucket_of(kh) != b:
+                    b = self.bucket_of(kh)      # a split moved the key while we waited: choose again
+                    continue
+                epoch = self._write_epoch
+                data = yield Read(self.bucket_offset(b), size)
+                self._bucket_read(b, data)
+                buf = bytearray(size)
+                cbuf = _from_buffer(buf)
+                hits = _ffi.new("uint64_t *", int(self.hits[b]))     # renumbered for the new image
+                r = _c_remove(data if data.__class__ is bytes else _from_buffer(data), cbuf, size, b, self.generation,
+                              self.clock(), kh, ckey, len(key), bloom.c if epoch == self._write_epoch else _NULL, hits,
+                              self._core.active, self.linear)
+                if r & _REASON_MASK:
+                    self._unreadable(b, r & _REASON_MASK, data)
+                if not r & _CHANGED:
+                    return False
+                yield from self._write_bucket(b, buf, cbuf)
+                self.hits[b] = hits[0]      # the remaining entries keep their hits
+                break
         c["removed"] += 1
         return True
 
@@ -565,7 +611,7 @@ class BigHash(Engine):
         """Write the image ``buf`` (``cbuf``: its C view) to bucket ``b``; then its filter
         holds exactly the image's keys."""
         try:
-            yield Write(self.offset + b * self.bucket_size, buf, self._core.stream)
+            yield Write(self.bucket_offset(b), buf, self._core.stream)
         except BaseException:
             self._write_failed(b)
             raise
@@ -587,6 +633,63 @@ class BigHash(Engine):
         c["bytes_written"] += self.bucket_size
         if self.bloom.nbits:
             _c_bloom_image(self.bloom.c, b, cbuf, self.bucket_size)
+
+    # ------------------------------------------------------------------ growing
+
+    def split(self) -> Op[bool]:
+        """Grow by one bucket (linear hashing, see the module docstring): bucket n (n the
+        buckets in use) gets the entries of its parent n - M that now map to it, written
+        first; then the parent is written with the rest; then n + 1 buckets are in use.
+        One read and two writes, every lock stripe held. False (no I/O) when the engine
+        is not ``linear`` or its extent is full. The caller makes n + 1 durable (the
+        router's checkpoints); until then a crash comes back with fewer buckets, and the
+        moved keys are misses."""
+        n = self.nbuckets
+        if not self.linear or n >= self.capacity:
+            return False
+        size = self.bucket_size
+        with self.held():
+            n = self.nbuckets
+            if n >= self.capacity:
+                return False
+            parent = n - (1 << (n.bit_length() - 1))
+            data = yield Read(self.bucket_offset(parent), size)
+            self._bucket_read(parent, data)
+            src = data if data.__class__ is bytes else _from_buffer(data)
+            now = self.clock()
+            images = []
+            for b in (n, parent):           # the new bucket first
+                buf = bytearray(size)
+                cbuf = _from_buffer(buf)
+                r = _c_filter(src, parent, cbuf, b, size, self.generation, now, n + 1, True)
+                if r < 0:  # pragma: no cover - the sizes are the engine's own
+                    raise RuntimeError("BigHash: the C core refused a split image")
+                images.append((b, buf, cbuf, r))
+            if images[0][3] & _REASON_MASK:
+                self._unreadable(parent, images[0][3] & _REASON_MASK, data)
+            for b, buf, cbuf, _ in images:
+                yield from self._write_bucket(b, buf, cbuf)
+            self._core.active = n + 1
+            self._core.epoch += 1
+            c = self._counters
+            c["splits"] += 1
+            c["expired_dropped"] += (images[0][3] >> _EXPIRED_SHIFT) & _COUNT_MASK
+            # what the parent let go beyond what moved: copies an interrupted split left
+            c["evictions"] += max(0, (images[1][3] >> _EVICTED_SHIFT & _COUNT_MASK) - (images[0][3] >> _KEPT_SHIFT))
+        return True
+
+    def use_buckets(self, n: int) -> None:
+        """Before a recovery (the router's, from its checkpoint): ``n`` buckets in use. The
+        filters of buckets that were not in use become unknown (their contents are not
+        known yet). ValueError if out of range."""
+        if not 1 <= n <= self.capacity or (n != self.capacity and not self.linear):
+            raise ValueError(f"BigHash: {n} buckets in use: out of range 1..{self.capacity}")
+        with self.held():
+            old = self.nbuckets
+            if n > old and self.bloom.nbytes:
+                self.bloom.bits[old:n] = 0xFF
+            self.nbuckets = n
+            self._write_epoch += 1
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -675,6 +778,7 @@ class BigHash(Engine):
             "generation": self.generation,
             "counters": self._counts(),
             "bloom": self.bloom.to_bytes(),
+            "nbuckets": self.nbuckets,
             "items": self.items,
             "items_exact": self.items_exact,
         }
@@ -701,7 +805,11 @@ class BigHash(Engine):
             if not isinstance(generation, int) or not 0 <= generation <= _M64:
                 return False
             bloom = BloomFilters.from_bytes(state["bloom"])
-            if (bloom.nbuckets, bloom.nbytes, bloom.num_hashes) != (self.nbuckets, self.bloom.nbytes, self.bloom.num_hashes):
+            if (bloom.nbuckets, bloom.nbytes, bloom.num_hashes) != (self.capacity, self.bloom.nbytes, self.bloom.num_hashes):
+                return False
+            active = state.get("nbuckets", self.capacity)
+            if not isinstance(active, int) or not 1 <= active <= self.capacity or (
+                    active != self.capacity and not self.linear):
                 return False
             counters = state.get("counters") or {}
             restored = {k: int(counters.get(k, 0)) for k in _COUNTERS}
@@ -712,6 +820,7 @@ class BigHash(Engine):
             return False
         self.generation = generation
         self.bloom = bloom
+        self.nbuckets = active
         self._counters = restored
         self._core.reset_counters()
         self.hits[:] = 0
@@ -728,6 +837,7 @@ class BigHash(Engine):
             items=items,
             items_exact=exact,
             nbuckets=self.nbuckets,
+            capacity=self.capacity,
             bucket_size=self.bucket_size,
             max_item_size=self.max_item_size,
             generation=self.generation,
@@ -737,4 +847,4 @@ class BigHash(Engine):
 
     def __repr__(self) -> str:
         return (f"BigHash(offset={self.offset}, size={self.size}, bucket_size={self.bucket_size}, "
-                f"nbuckets={self.nbuckets}, bloom_bytes_per_bucket={self.bloom.nbytes})")
+                f"nbuckets={self.nbuckets} of {self.capacity}, bloom_bytes_per_bucket={self.bloom.nbytes})")

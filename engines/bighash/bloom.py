@@ -54,7 +54,7 @@ class BloomFilters:
     True
     """
 
-    def __init__(self, nbuckets: int, nbytes: int = 8, num_hashes: int = 4) -> None:
+    def __init__(self, nbuckets: int, nbytes: int = 8, num_hashes: int = 4, unknown: int | None = None) -> None:
         if not isinstance(nbuckets, int) or not 1 <= nbuckets < 1 << 32:
             raise ValueError(f"bloom filters: nbuckets = {nbuckets!r}: use an int from 1 to 2**32 - 1")
         if not isinstance(nbytes, int) or not 0 <= nbytes <= 4096:
@@ -65,7 +65,11 @@ class BloomFilters:
         self.nbytes = nbytes
         self.num_hashes = num_hashes
         self.nbits = nbytes * 8
-        self.bits = np.full((nbuckets, nbytes), 0xFF, dtype=np.uint8)
+        # Filters [0, unknown) start unknown, the rest empty (a BigHash that may grow: its
+        # buckets not yet in use; zeros, which the OS maps lazily, so they cost no DRAM
+        # until a split writes them)
+        self.bits = np.zeros((nbuckets, nbytes), dtype=np.uint8)
+        self.bits[:nbuckets if unknown is None else max(0, min(unknown, nbuckets))] = 0xFF
         # A flat byte view: single-byte indexing without creating numpy scalars.
         self._flat = memoryview(self.bits).cast("B") if nbytes else memoryview(b"")
         self._full = b"\xff" * nbytes
@@ -149,7 +153,7 @@ class BloomFilters:
             raise ValueError(f"bloom filters: bad magic {bytes(magic)!r}, expected {_MAGIC!r}")
         if version != _VERSION:
             raise ValueError(f"bloom filters: format version {version}, this code reads {_VERSION}")
-        bf = cls(nbuckets, nbytes, k)
+        bf = cls(nbuckets, nbytes, k, unknown=0)
         want = _HEADER.size + nbuckets * nbytes
         if len(data) != want:
             raise ValueError(f"bloom filters: {nbuckets} x {nbytes} B need {want} bytes, got {len(data)}")

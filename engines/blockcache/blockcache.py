@@ -38,7 +38,9 @@ entries are made so:
   rewrite of region data (a TOMBSTONE entry in the log, with the tail written, only if
   no checkpoint can be saved to empty a full journal). The journal holds the tombstones
   since the last checkpoint (its epoch, in the checkpoint, tells them from older ones);
-  replay merges them with the log's entries by seq;
+  replay merges them with the log's entries by seq. A checkpoint restarts the journal, so
+  it carries the tombstones at or above its checkpoint_seq itself (``tombstones``): one
+  may shadow an entry still in the buffer, which reaches flash, and a replay, later;
 * an insert is an entry; with ``durable`` it writes the tail before it returns. Without,
   an overwrite still in the buffer at a crash is lost and the older copy, if one is on
   flash, is what comes back: the default mode's contract ("what is on flash survives,
@@ -82,7 +84,7 @@ from ._core_c import Core
 from .entry import (FORMAT_VERSION, HEADER_SIZE, MARKER, MAX_KEY_LEN, TOMBSTONE, CorruptEntry, decode, encode_into,
                     journal_block, journal_records, key_hash, restamp)
 from .index import MAX_ADDR, SLOT_BYTES, Index
-from .regions import CLEAN, OPEN, SEALED, Regions
+from .regions import CLEAN, LENT, OPEN, SEALED, Regions
 from .reinsertion import MAX_HITS_THRESHOLD, Reinsertion
 
 log = logging.getLogger(__name__)
@@ -145,7 +147,9 @@ class BlockCache(Engine):
     reads are widened to whole blocks (default: ``alignment``). ``durable`` (write_through):
     every insert writes the buffer's new tail before it returns. ``checkpoint_regions`` and
     ``checkpoint_seconds``: how often, at a seal, to ask ``checkpoint_hook`` (set by the
-    router) for a checkpoint (0 turns either off; see the module docstring).
+    router) for a checkpoint (0 turns either off; see the module docstring). ``limit``:
+    the regions in use, ``[0, limit)`` (default: all); the router's moving split lends the
+    last ones to BigHash (``lend``), so the addresses of the rest never change.
 
     Every operation holds ``lock`` (re-entrant: one thread may drive several lookups
     together), so threads may share the engine.
@@ -181,6 +185,7 @@ class BlockCache(Engine):
         durable: bool = False,
         checkpoint_regions: int = DEFAULT_CHECKPOINT_REGIONS,
         checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
+        limit: int | None = None,
     ) -> None:
         if not isinstance(alignment, int) or not (
             MIN_ALIGNMENT <= alignment <= MAX_ALIGNMENT and alignment & (alignment - 1) == 0
@@ -265,6 +270,10 @@ class BlockCache(Engine):
                              f"({DEFAULT_CHECKPOINT_SECONDS:g} is the default)")
         if not callable(clock):
             raise ValueError(f"BlockCache: clock = {clock!r}: use a callable returning seconds, like time.time")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
+                                  or not self.min_regions(clean_regions) <= limit <= nregions):
+            raise ValueError(f"BlockCache: limit = {limit!r}: use a number of regions in use from "
+                             f"{self.min_regions(clean_regions)} to the {nregions} the extent holds")
         self.offset = offset
         self.size = size
         self.region_size = region_size
@@ -289,7 +298,7 @@ class BlockCache(Engine):
         self._core.generation = generation
         self._core_lookup = self._core.lookup
         self._core_may_hold = self._core.may_hold
-        self.regions = Regions(nregions, region_size, alignment, self._core)
+        self.regions = Regions(nregions, region_size, alignment, self._core, limit)
         self._use_index(Index())
         self._use_eviction(eviction_mod.make(eviction, nregions, ratio))
         self.reinsertion = Reinsertion(reinsertion_hits, reinsertion_percent, reinsertion_seed)
@@ -312,6 +321,11 @@ class BlockCache(Engine):
         sets it beside ``checkpoint_hook``); None: removes are index-only."""
         self._journal_epoch = 1
         self._journal_next = 0
+        # (seq, key hash) of the journal's tombstones that a checkpoint must carry: those at
+        # or above the first seq not yet on flash. A checkpoint restarts the journal, and
+        # such a tombstone may shadow an entry still in the buffer (seq above the
+        # checkpoint's), which a replay would otherwise apply once it reached flash.
+        self._pending: list[tuple[int, int]] = []
 
     generation = core_field("_core.generation", "The generation entries are written with; any other reads as "
                                                 "a stale miss.")
@@ -329,6 +343,52 @@ class BlockCache(Engine):
         return merged_counters(self._counters, self._core.counters())
 
     # ------------------------------------------------------------------ geometry
+
+    @staticmethod
+    def min_regions(clean_regions: int) -> int:
+        """The fewest regions in use ``lend`` leaves: one open, ``clean_regions`` clean,
+        two sealed."""
+        return clean_regions + 3
+
+    @property
+    def limit(self) -> int:
+        """The regions in use, ``[0, limit)``; the rest are lent (see ``lend``)."""
+        return self.regions.limit
+
+    def set_limit(self, limit: int) -> None:
+        """Before a recovery (the router's, from its checkpoint), on an engine that holds
+        nothing yet: ``limit`` regions in use (the generation stays). ValueError if out of
+        range."""
+        if not self.min_regions(self.clean_regions) <= limit <= self.nregions:
+            raise ValueError(f"BlockCache: limit {limit} out of range {self.min_regions(self.clean_regions)}.."
+                             f"{self.nregions}")
+        self.regions.limit = limit
+        self.regions.reset()
+
+    def lend(self) -> Op[bool]:
+        """Give the last region in use to another engine (the router's moving split): its
+        items are evicted (no I/O: the index forgets them) and it leaves the rotation, so
+        the other regions keep their addresses. False (nothing changed) when it is the open
+        region (try again after the next seal) or only ``min_regions`` are left. The
+        caller checkpoints (``persist()`` holds the new limit) before anything else writes
+        there: until then a crash recovers the region as BlockCache's."""
+        with self.lock:
+            regions = self.regions
+            r = regions.limit - 1
+            if regions.limit <= self.min_regions(self.clean_regions) or regions.state[r] == OPEN:
+                return False
+            if regions.state[r] == SEALED:
+                self.eviction.forget(r)
+                slots = self.index.slots_in(r * self._upr, (r + 1) * self._upr)
+                self.index.drop(slots)
+                self._counters["evicted_items"] += len(slots)
+                self._counters["evicted_regions"] += 1
+                regions.state[r] = CLEAN
+                regions.pool.append(r)
+            regions.lend()
+            while len(regions.pool) < self.clean_regions:
+                yield from self._reclaim()
+            return True
 
     def region_offset(self, region: int) -> int:
         """Device offset of ``region``."""
@@ -594,6 +654,7 @@ class BlockCache(Engine):
         self._saved_ckpt = state["checkpoint_seq"]
         self._journal_epoch = state["journal_epoch"]
         self._journal_next = 0
+        self._pending = [t for t in self._pending if t[0] >= state["checkpoint_seq"]]
 
     def _reclaim(self, reserve: int = 0) -> Op[None]:
         """Evict one sealed region: reinsert what qualifies, drop the rest, trim, release."""
@@ -707,6 +768,7 @@ class BlockCache(Engine):
                 at = self._journal_next
                 self._journal_next += 1
                 data = journal_block(bsize, self._journal_epoch, self.generation, [(self.seq, kh)])
+                self._pending.append((self.seq, kh))
                 self.seq += 1
                 yield Write(offset + at * bsize, data, None)
                 c["recovery_bytes_written"] += bsize     # off the stream: not in bytes_written
@@ -759,7 +821,7 @@ class BlockCache(Engine):
         if regions.dirty:  # entries past what flush() wrote are not on flash
             lo = regions.open * self._upr
             exclude = (lo + regions.flushed, lo + self._upr)
-        return {
+        state = {
             "engine": "blockcache",
             "format_version": FORMAT_VERSION,
             "offset": self.offset,
@@ -775,6 +837,10 @@ class BlockCache(Engine):
             "regions": regions.to_state(),
             "eviction": self.eviction.to_state(),
         }
+        carried = [[q, kh] for q, kh in self._pending if q >= self._flushed_seq]
+        if carried:                 # (only when there are some: a state without them reads as before)
+            state["tombstones"] = carried
+        return state
 
     def recover(self, state: dict | None) -> bool:
         """Restore what ``persist()`` saved. False (and nothing changed) if the state is
@@ -788,6 +854,7 @@ class BlockCache(Engine):
         assert state is not None                  # _parse_state(None) is None
         generation, index, regions, eviction, restored, seq, _ = parsed
         self._journal_epoch, self._journal_next = state["journal_epoch"], 0
+        self._pending = []
         self.regions.load_state(regions)
         self.generation = generation
         self._use_index(index)
@@ -833,6 +900,11 @@ class BlockCache(Engine):
             seq, ckpt, epoch = state["seq"], state["checkpoint_seq"], state["journal_epoch"]
             if not isinstance(epoch, int) or not 1 <= epoch <= _M64:
                 raise ValueError(f"bad journal epoch {epoch!r}")
+            tombstones = state.get("tombstones") or []
+            if not isinstance(tombstones, list) or not all(
+                    isinstance(t, list) and len(t) == 2 and all(isinstance(x, int) and 0 <= x <= _M64 for x in t)
+                    for t in tombstones):
+                raise ValueError("bad carried tombstones")
             if not (isinstance(seq, int) and isinstance(ckpt, int) and 1 <= ckpt <= seq <= _M64):
                 raise ValueError(f"bad log sequence numbers {seq!r}, {ckpt!r}")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -862,11 +934,15 @@ class BlockCache(Engine):
         nread = 0
         first: list[int | None] = []          # each region's first entry's seq (None: no valid header)
         for r in range(self.nregions):
+            if rstates[r] == LENT:             # another engine's now: never read
+                first.append(None)
+                continue
             data = yield Read(self.region_offset(r), io)
             nread += io
             first.append(_head_seq(data, generation))
         cont0 = flushed0 > 0 and (first[open0] is None or first[open0] < ckpt)  # open0 continued
-        replay = sorted((r for r in range(self.nregions) if (r == open0 and cont0) or (first[r] or 0) >= ckpt),
+        replay = sorted((r for r in range(self.nregions)
+                         if rstates[r] != LENT and ((r == open0 and cont0) or (first[r] or 0) >= ckpt)),
                         key=lambda r: -1 if r == open0 and cont0 else (first[r] or 0))
         entries = []
         dropped = 0
@@ -913,6 +989,10 @@ class BlockCache(Engine):
                     if s >= ckpt:
                         entries.append((s, TOMBSTONE, kh >> 32, 0, 0))
                         top = max(top, s + 1)
+        for s, kh in state.get("tombstones") or ():   # carried by the checkpoint (see _pending)
+            if s >= ckpt:
+                entries.append((s, TOMBSTONE, kh >> 32, 0, 0))
+                top = max(top, s + 1)
         entries.sort()
         tombs = 0
         for _, flags, tag, addr, units in entries:
@@ -936,6 +1016,7 @@ class BlockCache(Engine):
         self.generation = generation
         self.seq = self._flushed_seq = top
         self._journal_epoch, self._journal_next = state["journal_epoch"], 0
+        self._pending = []        # replayed: the checkpoint right after covers them
         self._sealed_at[:] = 0    # the router checkpoints at once after a replay
         self._use_index(index)
         while int((st == CLEAN).sum()) < self.clean_regions + 1:
@@ -978,6 +1059,7 @@ class BlockCache(Engine):
             index_load=items / self.index.capacity,
             index_slot_bytes=SLOT_BYTES,
             nregions=self.nregions,
+            limit=self.limit,
             clean=int((st == 0).sum()),
             sealed=int((st == SEALED).sum()),
             buffer_bytes=self.regions.fill * self.alignment,

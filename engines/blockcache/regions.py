@@ -11,7 +11,9 @@ buffer. After a recovery the open region stays open, and the engine reads its fl
 part back before appending.
 
 Life cycle: CLEAN (in the pool) -> OPEN (the buffer's target) -> SEALED (written, in the
-eviction order) -> reclaimed by the engine -> CLEAN again.
+eviction order) -> reclaimed by the engine -> CLEAN again. LENT: one of the last regions,
+given to another engine (the router's moving split, ``BlockCache.lend``): the regions in
+use are ``[0, limit)``, the lent ones ``[limit, nregions)``.
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ import numpy as np
 
 from ..engine import core_field
 
-CLEAN, OPEN, SEALED = 0, 1, 2
-STATE_NAMES = ("clean", "open", "sealed")
+CLEAN, OPEN, SEALED, LENT = 0, 1, 2, 3
+STATE_NAMES = ("clean", "open", "sealed", "lent")
 
 
 class Regions:
@@ -31,8 +33,10 @@ class Regions:
     part: ``buffer`` (a bytearray of ``region_size``), ``open_region``, ``fill`` and
     ``loaded`` (BlockCache's C core)."""
 
-    def __init__(self, nregions: int, region_size: int, alignment: int, cursor: Any) -> None:
+    def __init__(self, nregions: int, region_size: int, alignment: int, cursor: Any, limit: int | None = None) -> None:
         self.nregions = nregions
+        self.limit = nregions if limit is None else limit
+        """The regions in use: ``[0, limit)``; the rest are LENT."""
         self.region_size = region_size
         self.alignment = alignment
         self.units = region_size // alignment  # alignment units per region
@@ -53,9 +57,11 @@ class Regions:
                                        "until ``load_buffer``).")
 
     def reset(self) -> None:
-        """All regions clean; region 0 open with an empty buffer, the rest in the pool."""
+        """All regions in use clean; region 0 open with an empty buffer, the rest in the
+        pool (the lent ones stay lent)."""
         self.state[:] = CLEAN
-        self.pool = deque(range(1, self.nregions))
+        self.state[self.limit:] = LENT
+        self.pool = deque(range(1, self.limit))
         self.open = 0
         self.state[0] = OPEN
         self._clear_buffer()
@@ -98,6 +104,17 @@ class Regions:
         self._clear_buffer()
         return old
 
+    def lend(self) -> int:
+        """The last region in use, clean or already emptied by the engine, leaves use (LENT).
+        Returns it. ValueError if it is open, or holds items (sealed: evict it first)."""
+        r = self.limit - 1
+        if self.state[r] != CLEAN:
+            raise ValueError(f"regions: lending region {r}, which is {STATE_NAMES[self.state[r]]}")
+        self.pool.remove(r)
+        self.state[r] = LENT
+        self.limit = r
+        return r
+
     def release(self, region: int) -> None:
         """A sealed region was reclaimed: it joins the clean pool."""
         if self.state[region] != SEALED:
@@ -108,18 +125,25 @@ class Regions:
     # ------------------------------------------------------------------ persistence
 
     def to_state(self) -> dict:
-        return {"state": self.state.astype(np.int8).tobytes(), "pool": list(self.pool), "open": self.open,
-                "fill": self.fill, "flushed": self.flushed}
+        out = {"state": self.state.astype(np.int8).tobytes(), "pool": list(self.pool), "open": self.open,
+               "fill": self.fill, "flushed": self.flushed}
+        if self.limit < self.nregions:         # (a state with no region lent reads as before)
+            out["limit"] = self.limit
+        return out
 
     def parse_state(self, state: dict) -> tuple[np.ndarray, list[int], int, int]:
         """Check ``to_state()`` output without changing anything; returns what
-        ``load_state`` installs. ValueError if it is malformed."""
+        ``load_state`` installs (the regions in use: those not LENT). ValueError if it is
+        malformed, or lends other regions than ``[limit, nregions)``."""
         st = np.frombuffer(state["state"], np.int8).astype(np.int8)
         pool = state["pool"]
         opened, fill, flushed = state["open"], state["fill"], state["flushed"]
         n = self.nregions
-        if len(st) != n or st.min(initial=0) < CLEAN or st.max(initial=0) > SEALED:
+        if len(st) != n or st.min(initial=0) < CLEAN or st.max(initial=0) > LENT:
             raise ValueError(f"regions: state is not for {n} regions")
+        limit = state.get("limit", n)
+        if limit != self.limit or (st[:limit] == LENT).any() or (st[limit:] != LENT).any():
+            raise ValueError(f"regions: state lends regions from {limit}, the split says {self.limit}")
         if not isinstance(pool, list) or not all(isinstance(r, int) and 0 <= r < n for r in pool):
             raise ValueError("regions: bad clean pool")
         if len(set(pool)) != len(pool) or sorted(pool) != [int(r) for r in np.flatnonzero(st == CLEAN)]:

@@ -96,7 +96,8 @@ def test_insert_is_one_bucket_read_and_one_bucket_write_on_its_stream():
     bh, dev = make(offset=3 * BS, stream=stream)
     b = bh.bucket_of(key_hash(b"k"))
     run(bh.insert(b"k", b"v"), dev)
-    off = 3 * BS + b * BS
+    off = bh.bucket_offset(b)
+    assert off == 3 * BS + b * BS
     assert dev.log == [("read", off, BS), ("write", off, BS)]
     assert dev.streams == [stream]
     assert bh.stats()["bytes_written"] == BS
@@ -383,7 +384,8 @@ def test_a_bucket_moved_to_another_slot_fails_its_checksum():
     bh, dev = make(nbuckets=2)
     k = keys_in_bucket(bh, 0, 1)[0]
     put(bh, dev, k, b"v")
-    dev.buf[BS:2 * BS] = dev.buf[0:BS]  # bucket 0's image written to bucket 1
+    at0, at1 = bh.bucket_offset(0), bh.bucket_offset(1)
+    dev.buf[at1:at1 + BS] = dev.buf[at0:at0 + BS]  # bucket 0's image written to bucket 1
     assert get(bh, dev, keys_in_bucket(bh, 1, 1)[0]) is None
     assert bh.stats()["checksum_failures"] == 1
 

@@ -103,6 +103,25 @@ def test_deletes_and_moves_between_engines_never_bring_an_older_value_back(dev):
     assert run(n3.lookup(b"k4"), dev) == b"tiny"
 
 
+def test_a_checkpoint_keeps_a_tombstone_that_shadows_an_entry_still_in_the_buffer(dev):
+    """A delete of an item still in the buffer, then a checkpoint (here: the journal full,
+    or the moving split's lend): the checkpoint restarts the journal, the item reaches
+    flash with the next seal, a crash replays it. The checkpoint carries the tombstone
+    (``tombstones``), so the replay drops it again (before: the deleted item came back)."""
+    n = navy(dev, checkpoint_regions=0, checkpoint_seconds=0)
+    run(n.insert(b"gone", big(7)), dev)            # in the buffer only
+    run(n.remove(b"gone"), dev)                    # its tombstone: in the journal
+    with n.blockcache.held():
+        n._checkpoint(n.blockcache)                # the journal restarts
+    for i in range(6):                             # the buffer (with "gone") reaches flash
+        run(n.insert(b"p%d" % i, big(i)), dev)
+    assert n.blockcache.stats()["region_writes"] >= 1
+    n2 = navy(dev)                                 # a crash: replay from that checkpoint
+    assert n2.start.startswith("recovered after a crash")
+    assert run(n2.lookup(b"gone"), dev) is None
+    assert run(n2.lookup(b"p0"), dev) == big(0)
+
+
 def test_a_torn_newest_checkpoint_leaves_the_previous_one(dev):
     n = navy(dev, checkpoint_regions=1)
     for i in range(12):

@@ -1,15 +1,22 @@
 """bighash_fraction = "auto": the split between BigHash and BlockCache sized from the mix
-of item bytes the device has seen, kept across warm restarts and crashes, moved when the
-cache formats (README, "The split")."""
+of item bytes the device has seen, moved while the cache runs (BigHash grows by linear
+hashing into the regions BlockCache lends it), kept across warm restarts and crashes
+(README, "The split")."""
 from __future__ import annotations
+
+import random
 
 import pytest
 
 from engines import navy as navy_mod
 from engines import superblock
-from engines.device import run
-from engines.navy import AUTO_PRIOR, Navy, auto_fraction
-from tests.engines.memdevice import PidDevice
+from engines.bighash import BigHash
+from engines.bighash.bighash import _lib, key_hash
+from engines.blockcache import BlockCache
+from engines.device import Read, Write, run
+from engines.navy import AUTO_PRIOR, SPLIT_EVERY, Navy, auto_fraction
+from flashcache import config as config_mod
+from tests.engines.memdevice import MemDevice, PidDevice
 
 MIB = 1 << 20
 
@@ -73,9 +80,12 @@ def test_auto_split_across_restarts_a_crash_and_a_mix_that_shifts_halfway():
     assert n.start.startswith("formatted: layout changed")
     first = n.layout["split"]["auto"]
     assert 0.05 <= first <= 0.15 and abs(bighash_share(n) - first) < 0.04
-    # second half: the mix shifts to small items; the split holds while running...
+    # second half: the mix shifts to small items; the format's split stays in the layout,
+    # while the live one moves toward BigHash (the moving split's own tests are below)
+    grown = n.bighash.nbuckets
     feed(n, dev, small=9000, large=10, tag=b"c")
     assert n.layout["split"]["auto"] == first and n.stats()["split"]["auto_would_choose"] >= 0.5
+    assert n.bighash.nbuckets > grown and bighash_share(n) > first + 0.1
     n.close()
     n = auto(dev, region=256 << 10)
     assert n.start == "warm" and n.layout["split"]["auto"] == first
@@ -151,3 +161,263 @@ def test_a_waf_limit_needs_a_device_that_reports_its_spare_and_a_value_above_one
         Navy(PidDevice(8 * MIB, block_size=4096), bighash_fraction="auto", split_waf_limit=1.1)
     with pytest.raises(ValueError, match="use a device WAF above 1"):
         Navy(SpareDevice(8 * MIB, MIB), bighash_fraction="auto", split_waf_limit=0.9)
+
+
+# -- the split that moves while the cache runs ---------------------------------------------------
+
+def ref_bucket_of(kh: int, n: int, linear: bool) -> int:
+    """The mapping as the README states it (the reference _bucket.c's fc_bucket_of must match)."""
+    h = kh >> 32
+    if not linear:
+        return h * n >> 32
+    m = 1 << (n.bit_length() - 1)          # the largest power of two <= n
+    b = h & (2 * m - 1)
+    return b - m if b >= n else b
+
+
+def test_the_bucket_mapping_in_c_is_the_reference_and_a_split_moves_keys_only_from_its_parent():
+    rnd = random.Random(7)
+    hashes = [rnd.getrandbits(64) for _ in range(3000)]
+    for n in (1, 2, 3, 4, 5, 7, 8, 9, 100, 1000, 1024, 1025, 4095, 4096, (1 << 32) - 1):
+        for linear in (False, True):
+            assert [_lib.fc_bucket_of(h, n, linear) for h in hashes] == [ref_bucket_of(h, n, linear) for h in hashes]
+    for n in range(1, 300):                 # n -> n + 1: keys leave bucket n - M only, for bucket n
+        parent = n - (1 << (n.bit_length() - 1))
+        for h in hashes:
+            before, after = ref_bucket_of(h, n, True), ref_bucket_of(h, n + 1, True)
+            assert after == before or (before == parent and after == n)
+    # BigHash's own forms use it: the Python form, and the C core (where its insert writes)
+    dev = MemDevice(64 * 4096, block_size=4096)
+    bh = BigHash(0, 64 * 4096, 4096, linear=True, active=37)
+    for i in range(200):
+        key = b"key%d" % i
+        want = ref_bucket_of(key_hash(key), 37, True)
+        assert bh.bucket_of(key_hash(key)) == want
+        dev.log.clear()
+        bh.insert_now(dev, key, b"v")
+        assert dev.log[-1] == ("write", bh.bucket_offset(want), 4096) == ("write", (63 - want) * 4096, 4096)
+
+
+def small_engine(active: int, capacity: int = 64):
+    dev = MemDevice(capacity * 4096, block_size=4096)
+    bh = BigHash(0, capacity * 4096, 4096, linear=True, active=active)
+    bh.reset()
+    return bh, dev
+
+
+def test_bighash_splits_keep_every_item_and_its_filters_follow():
+    bh, dev = small_engine(active=5)
+    keys = [b"item%d" % i for i in range(150)]
+    for k in keys:
+        run(bh.insert(k, k * 3), dev)
+    held = {k for k in keys if run(bh.lookup(k), dev) == k * 3}
+    assert len(held) >= 100                           # 5 buckets of 4 KiB: most fit
+    for step in range(59):
+        assert run(bh.split(), dev) is True
+        assert bh.nbuckets == 6 + step
+    assert run(bh.split(), dev) is False and bh.nbuckets == 64          # the extent is full: no I/O
+    assert bh.stats()["splits"] == 59
+    for k in held:                                    # nothing lost, each where the mapping says
+        assert run(bh.lookup(k), dev) == k * 3 and bh.lookup_item_now(dev, k) == (k * 3, 0.0)
+        assert bh.may_hold(k)
+    absent = sum(bh.may_hold(b"absent%d" % i) for i in range(2000))
+    assert absent < 100                               # the filters were rebuilt, not left unknown
+    fixed = BigHash(0, 8 * 4096, 4096)
+    assert fixed.linear is False and run(fixed.split(), dev) is False
+
+
+def drive_until(op, dev, writes: int):
+    """Run ``op`` on ``dev`` but stop (a crash) after ``writes`` Writes were done."""
+    res, done = None, 0
+    try:
+        while True:
+            req = op.send(res)
+            if isinstance(req, Write):
+                if done == writes:
+                    op.close()
+                    return
+                done += 1
+            res = run_one(req, dev)
+    except StopIteration:
+        pass
+
+
+def run_one(req, dev):
+    if isinstance(req, Read):
+        return dev.read(req.offset, req.length)
+    dev.write(req.offset, req.data)
+    return None
+
+
+@pytest.mark.parametrize("writes", [0, 1, 2], ids=["before-any", "after-the-new-bucket", "after-both"])
+def test_a_split_cut_short_loses_only_moved_keys_and_never_brings_back_a_deleted_one(writes):
+    """A crash at each step of a split, with the bucket count the checkpoint held (the old
+    one): keys are found with their value or missed, a key deleted after the crash never
+    comes back when the split is done again, and a newer value wins over the stale copy."""
+    bh, dev = small_engine(active=4, capacity=8)
+    keys = [b"item%d" % i for i in range(60)]
+    for k in keys:
+        run(bh.insert(k, k + b"=1"), dev)
+    moved = [k for k in keys if ref_bucket_of(key_hash(k), 5, True) == 4]
+    assert len(moved) >= 3
+    drive_until(bh.split(), dev, writes)              # the crash
+    # the restart: the checkpoint's count (4)
+    bh2 = BigHash(0, 8 * 4096, 4096, linear=True, active=4, generation=bh.generation)
+    for k in keys:
+        got = run(bh2.lookup(k), dev)
+        assert got in (None, k + b"=1")
+        if k not in moved:
+            assert got == k + b"=1"                   # only moved keys may be lost
+    gone, newer = moved[0], moved[1]
+    run(bh2.remove(gone), dev)
+    run(bh2.insert(newer, newer + b"=2"), dev)
+    assert run(bh2.split(), dev) is True              # the split again, from the parent
+    assert run(bh2.lookup(gone), dev) is None         # the stale copy in bucket 4 is gone
+    assert run(bh2.lookup(newer), dev) == newer + b"=2"
+    for k in moved[2:]:
+        assert run(bh2.lookup(k), dev) in (None, k + b"=1")
+
+
+def moving(dev, split_every: int = SPLIT_EVERY, region: int = 256 << 10) -> Navy:
+    return Navy(dev, region_size=region, bighash_fraction="auto", small_item_max=1024, split_every=split_every)
+
+
+def hit_ratio(n: Navy, dev, keys: list[bytes], rounds: int, rnd: random.Random, size: int) -> float:
+    """Cache-aside over ``keys`` (Zipf 0.8 popularity): get; on a miss, set."""
+    cum, total = [], 0.0
+    for i in range(len(keys)):
+        total += (i + 1) ** -0.8
+        cum.append(total)
+    hits = 0
+    for k in rnd.choices(keys, cum_weights=cum, k=rounds):
+        if n.lookup_now(k) is not None:
+            hits += 1
+        else:
+            n.insert_now(dev, k, bytes([k[-1]]) * size)
+    return hits / rounds
+
+
+def test_a_mix_that_shifts_to_small_items_moves_the_split_and_beats_a_frozen_one():
+    """Large items first, then small ones: the moving split gives BigHash BlockCache's last
+    regions while the cache runs, and the hit ratio after the shift beats the same run
+    with the split frozen where it started (split_every = 0)."""
+    out = {}
+    for every in (SPLIT_EVERY, 0):
+        dev = PidDevice(8 * MIB, block_size=4096)
+        n = moving(dev, split_every=every)
+        first = n.bighash.nbuckets
+        feed(n, dev, small=0, large=100, tag=b"a")        # first half: large items only
+        assert n.bighash.nbuckets == first                # the mix asks for less: it never shrinks
+        rnd = random.Random(3)
+        keys = [b"s%d" % i for i in range(20_000)]
+        hit_ratio(n, dev, keys, 30_000, rnd, 900)         # second half: small items, warm-up
+        out[every] = (hit_ratio(n, dev, keys, 20_000, rnd, 900), n.stats()["split"], first)
+        n.close()
+    (moved, split, first), (frozen, fsplit, _) = out[SPLIT_EVERY], out[0]
+    # measured: +724 buckets, 12 regions lent, hit ratio 0.548 against 0.414 frozen
+    assert split["bighash_buckets"] >= first + 500 and split["lent_regions"] >= 8, split
+    assert fsplit["bighash_buckets"] == first and fsplit["splits"] == 0
+    assert moved >= frozen + 0.08, (moved, frozen)
+
+
+def test_the_moved_split_and_its_items_survive_a_warm_restart():
+    dev = PidDevice(8 * MIB, block_size=4096)
+    n = moving(dev, split_every=1)
+    first = n.bighash.nbuckets
+    for i in range(14_000):                 # past half a device of items: the mix is all small
+        run(n.insert(b"w%d" % i, b"%d" % i * 100), dev)
+    grown, limit = n.bighash.nbuckets, n.blockcache.limit
+    assert grown >= first + 500
+    held = {i for i in range(14_000) if run(n.lookup(b"w%d" % i), dev) is not None}
+    assert len(held) >= 2000
+    n.close()
+    n = moving(dev, split_every=1)
+    assert n.start == "warm" and n.bighash.nbuckets == grown and n.blockcache.limit == limit
+    assert all(run(n.lookup(b"w%d" % i), dev) == b"%d" % i * 100 for i in held)
+    run(n.insert(b"more", b"x" * 500), dev)
+    n.close()
+
+
+def test_a_fixed_fraction_never_moves():
+    dev = PidDevice(8 * MIB, block_size=4096)
+    n = Navy(dev, region_size=256 << 10, bighash_fraction=0.1, small_item_max=1024, split_every=1)
+    before = n.bighash.nbuckets
+    assert not n.moving and "mapping" not in n.layout["engines"]["bighash"]      # the layout as before
+    for i in range(8000):
+        run(n.insert(b"f%d" % i, b"y" * 700), dev)
+    s = n.stats()["split"]
+    assert s["auto_would_choose"] >= 0.5                    # "auto" would have moved...
+    assert n.bighash.nbuckets == before == n.bighash.capacity and s["splits"] == 0 and s["lent_regions"] == 0
+    n.close()
+
+
+def test_bad_split_settings_are_refused_with_what_to_do():
+    dev = PidDevice(8 * MIB, block_size=4096)
+    for bad in (-1, 1.5, "32", True):
+        with pytest.raises(ValueError, match=r"split_every = .*: use a whole number of inserts between two steps"):
+            Navy(dev, bighash_fraction="auto", split_every=bad)
+    with pytest.raises(ValueError, match=r"cache.flash.split_every"):
+        config_mod.from_dict({"cache": {"flash": {"split_every": -3}}})
+    with pytest.raises(ValueError, match=r"BigHash: active = 9: use a bucket count from 1 to the 8"):
+        BigHash(0, 8 * 4096, 4096, linear=True, active=9)
+    with pytest.raises(ValueError, match=r"fewer only with linear = True"):
+        BigHash(0, 8 * 4096, 4096, active=4)
+    with pytest.raises(ValueError, match=r"BlockCache: limit = 2: use a number of regions in use from 4"):
+        BlockCache(0, 16 * 65536, region_size=65536, limit=2)
+
+
+def test_splits_racing_inserts_and_lookups_in_threads_never_serve_a_wrong_value():
+    """Inserts (the C form and the generator), removes and lookups from four threads while
+    a fifth splits: an insert or remove that waited for a split's locks chooses its bucket
+    again, so every lookup finds the key's newest value or misses."""
+    import threading
+
+    bh, dev = small_engine(active=2, capacity=256)
+    lock = threading.Lock()                     # the MemDevice is not thread-safe by itself
+    read, write = dev.read, dev.write
+
+    def locked_read(o, n):
+        with lock:
+            return read(o, n)
+
+    def locked_write(o, d, s=None):
+        with lock:
+            return write(o, d, s)
+    dev.read, dev.write = locked_read, locked_write
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def worker(t: int) -> None:
+        rnd = random.Random(t)
+        newest: dict[bytes, bytes | None] = {}
+        for i in range(3000):
+            k = b"t%d-%d" % (t, rnd.randrange(150))
+            r = rnd.random()
+            if r < 0.4:
+                v = k + b"=%d" % i
+                if rnd.random() < 0.5:
+                    bh.insert_now(dev, k, v)
+                else:
+                    run(bh.insert(k, v), dev)
+                newest[k] = v
+            elif r < 0.5:
+                run(bh.remove(k), dev)
+                newest[k] = None
+            else:
+                got = bh.lookup_item_now(dev, k) if rnd.random() < 0.5 else run(bh.lookup_item(k), dev)
+                if got is not None and got[0] != newest.get(k):
+                    errors.append(f"{k!r}: {got[0]!r}, newest {newest.get(k)!r}")
+
+    def splitter() -> None:
+        while not stop.is_set() and run(bh.split(), dev):
+            pass
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    sp = threading.Thread(target=splitter)
+    for th in threads + [sp]:
+        th.start()
+    for th in threads:
+        th.join()
+    stop.set()
+    sp.join()
+    assert not errors, errors[:5]
+    assert bh.stats()["splits"] >= 50, bh.stats()["splits"]
