@@ -40,6 +40,7 @@ import inspect
 import logging
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -103,8 +104,13 @@ AUTO_MIN, AUTO_MAX, AUTO_STEP = 0.02, 0.9, 0.01
 MIX_SAMPLE, MIX_WINDOW = 0.5, 8.0
 # The split moves while the cache runs (README, "The split"): every SPLIT_EVERY inserts
 # (``split_every``) the router compares BigHash with the share auto_fraction gives the
-# mix seen so far, and grows it by at most one bucket (one read, two bucket writes).
+# mix seen so far, and grows it by at most one bucket (one read, two bucket writes) or
+# shrinks it by at most one (a merge: two reads, two bucket writes). Hysteresis: BigHash
+# grows while it has fewer buckets than that share asks for, and shrinks only while it has
+# more than the share plus SPLIT_HYSTERESIS asks for, so a mix that wobbles by less than
+# that (two AUTO_STEPs) never turns splits into merges and back.
 SPLIT_EVERY = 32
+SPLIT_HYSTERESIS = 0.02
 
 
 def auto_fraction(mix: Mapping[str, float], device_size: int, cap: float = 1.0) -> float:
@@ -243,6 +249,9 @@ class Navy:
         self._inserted_at_open = self._inserted()
         self._since_step = 0
         self.split_errors = 0
+        self._step_lock = threading.Lock()
+        self.taken_back = 0
+        """Regions BlockCache took back from BigHash since this open (``step_split``)."""
         if self.moving and split_every:
             self._router.tick = self._step_now
             self._router.tick_every = split_every
@@ -353,31 +362,77 @@ class Navy:
     # -- the moving split ------------------------------------------------------------------
     def split_target(self) -> int:
         """The BigHash buckets the mix seen so far asks for (``auto_fraction`` of the room
-        after the metadata, within BigHash's extent)."""
+        after the metadata, within BigHash's extent): it grows up to them."""
+        return self._buckets_for(auto_fraction(self.mix(), self.device.size, self.split_cap))
+
+    def merge_floor(self) -> int:
+        """The most BigHash buckets the mix seen so far lets it keep: those of its share
+        plus SPLIT_HYSTERESIS. Above them it shrinks (``step_split``), down to them."""
+        return self._buckets_for(auto_fraction(self.mix(), self.device.size, self.split_cap) + SPLIT_HYSTERESIS)
+
+    def _buckets_for(self, share: float) -> int:
         bh = self.bighash
         assert bh is not None
-        share = auto_fraction(self.mix(), self.device.size, self.split_cap)
-        return min(bh.capacity, int(share * (self.device.size - self.meta_end)) // bh.bucket_size)
+        return max(1, min(bh.capacity, int(min(share, 1.0) * (self.device.size - self.meta_end)) // bh.bucket_size))
 
     def step_split(self) -> Op[int]:
-        """One step of the moving split: while BigHash has fewer buckets than
-        ``split_target``, one split (a bucket read, two bucket writes). When the next bucket
-        reaches into a region BlockCache uses, BlockCache lends it first (its items are
-        evicted) and a checkpoint records the new boundary before BigHash writes there.
-        Returns the splits done (0 or 1). It only grows: a mix that shifts back to large
-        items is followed at the next format."""
+        """One step of the moving split, at most one bucket either way. While BigHash has
+        fewer buckets than ``split_target``: one split (a bucket read, two bucket writes);
+        when the next bucket reaches into a region BlockCache uses, BlockCache lends it
+        first (its items are evicted) and a checkpoint records the new boundary before
+        BigHash writes there. While BigHash has more than ``merge_floor``: one merge (two
+        bucket reads, two writes: ``BigHash.merge``); once its lowest bucket in use leaves
+        BlockCache's first lent region whole, a checkpoint records the count that no longer
+        uses it together with BlockCache's limit + 1 and only then may BlockCache write
+        there. Returns +1 (a split), -1 (a merge) or 0. One step at a time: a step that
+        finds another running does nothing."""
         bh, bc = self.bighash, self.blockcache
-        if not self.moving or bh is None or bc is None or bh.nbuckets >= self.split_target():
+        if not self.moving or bh is None or bc is None:
             return 0
+        if not self._step_lock.acquire(blocking=False):
+            return 0
+        try:
+            n = bh.nbuckets
+            if n < self.split_target():
+                return int((yield from self._grow(bh, bc)))
+            if n > self.merge_floor():
+                if not (yield from bh.merge()):
+                    return 0
+                yield from self._take_back(bh, bc)
+                return -1
+            yield from self._take_back(bh, bc)      # (a region a failed take-back left lent)
+            return 0
+        finally:
+            self._step_lock.release()
+
+    def _grow(self, bh: BigHash, bc: BlockCache) -> Op[bool]:
         low = bh.bucket_offset(bh.nbuckets)            # where the next bucket goes
         if low < bc.region_offset(self._durable_limit):
             if low < bc.region_offset(bc.limit) and not (yield from bc.lend()):
-                return 0                                # the open region, or BlockCache at its least
+                return False                            # the open region, or BlockCache at its least
             with bc.held():
                 self._checkpoint(bc)
             if low < bc.region_offset(self._durable_limit):
-                return 0                                # the checkpoint did not fit: no write there
-        return int((yield from bh.split()))
+                return False                            # the checkpoint did not fit: no write there
+        return bool((yield from bh.split()))
+
+    def _take_back(self, bh: BigHash, bc: BlockCache) -> Op[bool]:
+        """BlockCache's first lent region comes back when no bucket in use lies in it: in
+        one checkpoint with the bucket count that does not use it (fdatasync'd with the
+        merges' writes), before BlockCache can write there. A checkpoint that did not fit
+        lends the region again (nothing was written there)."""
+        limit = bc.limit
+        if limit >= bc.nregions or bh.bucket_offset(bh.nbuckets - 1) < bc.region_offset(limit + 1):
+            return False
+        with bc.held():
+            if not bc.take_back():
+                return False
+            self._checkpoint(bc)
+            if self._durable_limit == bc.limit:
+                self.taken_back += 1
+                return True
+            yield from bc.lend()                        # undo: the count is not durable
+        return False
 
     def _step_now(self) -> None:
         """The C Router's tick: ``step_split`` with blocking I/O; an error is logged and
@@ -897,7 +952,10 @@ class Navy:
                       "bighash_share": bh_bytes / (self.device.size - self.meta_end),
                       "bighash_buckets": bh.nbuckets if bh is not None else 0,
                       "target_buckets": self.split_target() if self.moving else None,
+                      "merge_floor": self.merge_floor() if self.moving else None,
                       "splits": bh.stats()["splits"] if bh is not None else 0,
+                      "merges": bh.merges if bh is not None else 0,
+                      "taken_back": self.taken_back,
                       "blockcache_regions": self.blockcache.limit if self.blockcache is not None else 0,
                       "lent_regions": self._limit0 - self.blockcache.limit if self.moving and self.blockcache else 0,
                       "errors": self.split_errors, "split_every": self.split_every if self.moving else None,

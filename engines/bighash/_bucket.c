@@ -4,6 +4,7 @@
  * to other Python threads, as the Python code it replaced was. */
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "_xxh3.h"
@@ -354,6 +355,108 @@ int64_t fc_bucket_filter(const char *old, uint32_t from, char *out, uint32_t to,
     finish(o, size, to, generation, kept, w - HSIZE);
     return (int64_t)why | ((int64_t)other << FC_EVICTED_SHIFT) | ((int64_t)nexpired << FC_EXPIRED_SHIFT)
            | ((int64_t)kept << FC_KEPT_SHIFT);
+}
+
+typedef struct {
+    const uint8_t *at;
+    uint32_t len;
+    uint32_t rank_num, rank_den;   /* relative age: (2i + 1) / (2n) */
+    uint8_t hit, keep;
+} merge_entry;
+
+/* Collect the live entries of ``d`` (bucket ``b``, ``n`` entries) owned by ``b`` under
+ * ``nbuckets``; counts what is dropped. */
+static uint32_t merge_collect(const uint8_t *d, uint32_t n, uint32_t b, uint64_t nbuckets, double now,
+                              uint64_t hits, merge_entry *out, uint32_t *other, uint32_t *nexpired)
+{
+    uint32_t pos = HSIZE, k = 0;
+    entry e;
+    for (uint32_t i = 0; i < n; i++) {
+        ld_entry(d + pos, &e);
+        uint32_t len = ESIZE + e.klen + e.vlen;
+        if (expired(e.expiry, now)) {
+            (*nexpired)++;
+        } else if (!owned(e.kh, b, nbuckets, 1)) {
+            (*other)++;
+        } else {
+            out[k].at = d + pos;
+            out[k].len = len;
+            out[k].rank_num = 2 * i + 1;
+            out[k].rank_den = 2 * n;
+            out[k].hit = (uint8_t)was_hit(hits, i);
+            out[k].keep = 1;
+            k++;
+        }
+        pos += len;
+    }
+    return k;
+}
+
+int64_t fc_bucket_merge(const char *pold, uint32_t parent, const char *cold, uint32_t child, char *out,
+                        uint32_t size, uint64_t generation, double now, uint64_t nbuckets,
+                        uint64_t phits, uint64_t chits, uint64_t *out_hits, uint32_t *child_why)
+{
+    const uint8_t *pd = (const uint8_t *)pold, *cd = (const uint8_t *)cold;
+    uint8_t *o = (uint8_t *)out;
+    uint32_t pn, cn, used, aux;
+    *out_hits = 0;
+    *child_why = FC_OK;
+    if (size < HSIZE || parent == child || child >= nbuckets || parent >= nbuckets)
+        return -1;
+    int why = check(pd, size, parent, generation, &pn, &used, &aux);
+    if (why != FC_OK)
+        pn = 0;
+    int cwhy = check(cd, size, child, generation, &cn, &used, &aux);
+    if (cwhy != FC_OK)
+        cn = 0;
+    *child_why = (uint32_t)cwhy;
+    /* an entry takes at least ESIZE bytes: a valid image holds at most size / ESIZE */
+    size_t cap = size / ESIZE + 1;   /* up to 1 MiB buckets: on the heap, not the stack */
+    merge_entry *pe = malloc(2 * cap * sizeof *pe), *ce = pe + cap;
+    merge_entry **all = malloc(2 * cap * sizeof *all);
+    if (!pe || !all) {
+        free(pe);
+        free(all);
+        return -1;
+    }
+    uint32_t other = 0, nexpired = 0;
+    uint32_t np = merge_collect(pd, pn, parent, nbuckets, now, phits, pe, &other, &nexpired);
+    uint32_t nc = merge_collect(cd, cn, child, nbuckets, now, chits, ce, &other, &nexpired);
+    /* interleave by relative age: the parent's entry first on a tie */
+    uint32_t i = 0, j = 0, m = 0;
+    uint64_t total = 0;
+    while (i < np || j < nc) {
+        int take_p = j >= nc || (i < np && (uint64_t)pe[i].rank_num * ce[j].rank_den
+                                               <= (uint64_t)ce[j].rank_num * pe[i].rank_den);
+        all[m] = take_p ? &pe[i++] : &ce[j++];
+        total += all[m++]->len;
+    }
+    uint64_t room = size - HSIZE;
+    uint32_t evicted = 0;
+    for (int pass = 0; pass < 2 && total > room; pass++)     /* not hit first, then hit */
+        for (uint32_t k = 0; k < m && total > room; k++)
+            if (all[k]->keep && all[k]->hit == pass) {
+                all[k]->keep = 0;
+                total -= all[k]->len;
+                evicted++;
+            }
+    uint32_t w = HSIZE, kept = 0;
+    uint64_t h = 0;
+    for (uint32_t k = 0; k < m; k++) {
+        if (!all[k]->keep)
+            continue;
+        memcpy(o + w, all[k]->at, all[k]->len);
+        w += all[k]->len;
+        if (all[k]->hit && kept < 64)
+            h |= 1ull << kept;
+        kept++;
+    }
+    free(pe);
+    free(all);
+    finish(o, size, parent, generation, kept, w - HSIZE);
+    *out_hits = h;
+    return (int64_t)why | ((int64_t)(other + evicted) << FC_EVICTED_SHIFT)
+           | ((int64_t)nexpired << FC_EXPIRED_SHIFT) | ((int64_t)kept << FC_KEPT_SHIFT);
 }
 
 /* ------------------------------------------------------------------ bloom filters */

@@ -116,6 +116,21 @@ int64_t fc_bucket_filter(const char *old, uint32_t from, char *out, uint32_t to,
                          uint64_t generation, double now, uint64_t nbuckets, int linear);
 enum { FC_KEPT_SHIFT = 44 };
 
+/* A merge's image (the inverse of a split): ``out`` (bucket ``parent``) gets the live
+ * entries of ``pold`` (bucket ``parent``) that map to ``parent`` and those of ``cold``
+ * (bucket ``child``) that map to ``child``, both under (``nbuckets``, linear hashing): the
+ * count before the merge, so a copy an interrupted split or merge left in the wrong bucket
+ * is dropped. Both are kept in their age order, interleaved by relative position (the two
+ * images' oldest entries first). When the union does not fit, entries not hit go first,
+ * oldest first, then hit ones, as an insert evicts. ``phits``/``chits``: the two images'
+ * hit bits; *out_hits gets the kept hit entries' bits renumbered for ``out``; *child_why
+ * the reason ``cold`` read as empty (FC_OK). Packed as fc_bucket_filter's answer (for the
+ * parent's image): bits 4-23 the live entries not kept (another bucket's, or evicted to
+ * fit), 24-43 the expired ones dropped, 44-63 the entries kept. -1: bad arguments. */
+int64_t fc_bucket_merge(const char *pold, uint32_t parent, const char *cold, uint32_t child, char *out,
+                        uint32_t size, uint64_t generation, double now, uint64_t nbuckets,
+                        uint64_t phits, uint64_t chits, uint64_t *out_hits, uint32_t *child_why);
+
 /* xxh3_64 with a seed (what python-xxhash's xxh3_64_intdigest(data, seed) returns; _xxh3.h). */
 uint64_t fc_xxh3_64(const char *data, size_t len, uint64_t seed);
 

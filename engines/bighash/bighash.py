@@ -101,6 +101,7 @@ _c_lookup = _lib.fc_bucket_lookup
 _c_insert = _lib.fc_bucket_insert
 _c_remove = _lib.fc_bucket_remove
 _c_filter = _lib.fc_bucket_filter
+_c_merge = _lib.fc_bucket_merge
 _c_bucket_of = _lib.fc_bucket_of
 _KEPT_SHIFT = _lib.FC_KEPT_SHIFT
 _c_bloom_image = _lib.fc_bloom_rebuild_image
@@ -261,6 +262,9 @@ class BigHash(Engine):
         every bucket write zeroes the word. Not saved: a restart begins with none."""
         self._chits = _ffi.cast("uint64_t *", _ffi.from_buffer(self.hits))
         self._counters = dict.fromkeys(_COUNTERS, 0)
+        self.merges = 0
+        """Merges done since this object was made (``merge``; kept out of the saved counters
+        so a checkpoint's bytes stay as they were)."""
         self.locks = [threading.RLock() for _ in range(LOCK_STRIPES)]
         """The lock stripes: an insert or remove holds ``locks[bucket % len(locks)]``."""
         # The blocking forms' C core (_core.c). It holds the state both forms share: the
@@ -678,6 +682,58 @@ class BigHash(Engine):
             c["evictions"] += max(0, (images[1][3] >> _EVICTED_SHIFT & _COUNT_MASK) - (images[0][3] >> _KEPT_SHIFT))
         return True
 
+    def merge(self) -> Op[bool]:
+        """Shrink by one bucket, the inverse of ``split`` (see the module docstring): the
+        last bucket n - 1 folds back into its parent n - 1 - M (M the largest power of two
+        <= n - 1), which is written first with its own entries and the child's (those that
+        do not fit go as an insert would evict them: not hit first, oldest first); then the
+        child is written empty; then n - 1 buckets are in use. Two reads and two writes,
+        every lock stripe held. Each image keeps only the entries that map to its bucket
+        under n, so copies an interrupted split or merge left behind are dropped, not
+        carried. The child is emptied so that whatever count a crash comes back with, a key
+        has at most one copy on flash (two identical ones while the merge runs): a key
+        changed or deleted after the merge is never served from the child. The hit bits of
+        the kept entries are carried; the child's filter becomes empty. False (no I/O) when
+        the engine is not ``linear`` or has one bucket. The caller makes n - 1 durable (the
+        router's checkpoints) before anything else writes where bucket n - 1 was."""
+        if not self.linear or self.nbuckets <= 1:
+            return False
+        size = self.bucket_size
+        with self.held():
+            n = self.nbuckets
+            if n <= 1:
+                return False
+            child = n - 1
+            parent = child - (1 << (child.bit_length() - 1))
+            pdata = yield Read(self.bucket_offset(parent), size)
+            self._bucket_read(parent, pdata)
+            cdata = yield Read(self.bucket_offset(child), size)
+            self._bucket_read(child, cdata)
+            buf = bytearray(size)
+            cbuf = _from_buffer(buf)
+            hits = _ffi.new("uint64_t *")
+            cwhy = _ffi.new("uint32_t *")
+            r = _c_merge(pdata if pdata.__class__ is bytes else _from_buffer(pdata), parent,
+                         cdata if cdata.__class__ is bytes else _from_buffer(cdata), child, cbuf, size,
+                         self.generation, self.clock(), n, int(self.hits[parent]), int(self.hits[child]), hits, cwhy)
+            if r < 0:  # pragma: no cover - the sizes are the engine's own
+                raise RuntimeError("BigHash: the C core refused a merge image")
+            if r & _REASON_MASK:
+                self._unreadable(parent, r & _REASON_MASK, pdata)
+            if cwhy[0]:
+                self._unreadable(child, cwhy[0], cdata)
+            yield from self._write_bucket(parent, buf, cbuf)     # the parent first: everything
+            self.hits[parent] = hits[0]
+            empty = bytearray(size)                               # all zeros: an empty bucket
+            yield from self._write_bucket(child, empty, _from_buffer(empty))
+            self._core.active = n - 1
+            self._core.epoch += 1
+            self.merges += 1
+            c = self._counters
+            c["expired_dropped"] += (r >> _EXPIRED_SHIFT) & _COUNT_MASK
+            c["evictions"] += (r >> _EVICTED_SHIFT) & _COUNT_MASK
+        return True
+
     def use_buckets(self, n: int) -> None:
         """Before a recovery (the router's, from its checkpoint): ``n`` buckets in use. The
         filters of buckets that were not in use become unknown (their contents are not
@@ -837,6 +893,7 @@ class BigHash(Engine):
             items=items,
             items_exact=exact,
             nbuckets=self.nbuckets,
+            merges=self.merges,
             capacity=self.capacity,
             bucket_size=self.bucket_size,
             max_item_size=self.max_item_size,

@@ -390,6 +390,18 @@ class BlockCache(Engine):
                 yield from self._reclaim()
             return True
 
+    def take_back(self) -> bool:
+        """The inverse of ``lend``: the first lent region comes back into use, clean, at
+        the end of the clean pool. False (nothing changed) when none is lent. The caller
+        does this only once the other engine no longer uses the region durably, and
+        checkpoints (``persist()`` holds the new limit) before this engine writes there
+        (holding ``held()`` across both); undo with ``lend``."""
+        with self.lock:
+            if self.regions.limit >= self.nregions:
+                return False
+            self.regions.unlend()
+            return True
+
     def region_offset(self, region: int) -> int:
         """Device offset of ``region``."""
         return self.offset + region * self.region_size

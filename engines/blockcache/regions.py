@@ -115,6 +115,17 @@ class Regions:
         self.limit = r
         return r
 
+    def unlend(self) -> int:
+        """The first lent region comes back into use, clean (``limit`` + 1). Returns it.
+        ValueError if none is lent."""
+        r = self.limit
+        if r >= self.nregions or self.state[r] != LENT:
+            raise ValueError(f"regions: taking back region {r}, which is not lent")
+        self.state[r] = CLEAN
+        self.pool.append(r)
+        self.limit = r + 1
+        return r
+
     def release(self, region: int) -> None:
         """A sealed region was reclaimed: it joins the clean pool."""
         if self.state[region] != SEALED:

@@ -307,7 +307,8 @@ def test_a_mix_that_shifts_to_small_items_moves_the_split_and_beats_a_frozen_one
         n = moving(dev, split_every=every)
         first = n.bighash.nbuckets
         feed(n, dev, small=0, large=100, tag=b"a")        # first half: large items only
-        assert n.bighash.nbuckets == first                # the mix asks for less: it never shrinks
+        # the mix asks for less: the moving split shrinks (merges), the frozen one stays
+        assert n.bighash.nbuckets < first if every else n.bighash.nbuckets == first
         rnd = random.Random(3)
         keys = [b"s%d" % i for i in range(20_000)]
         hit_ratio(n, dev, keys, 30_000, rnd, 900)         # second half: small items, warm-up
