@@ -217,3 +217,116 @@ def test_a_crash_at_every_write_of_the_moving_split_serves_no_wrong_or_deleted_v
     # evicted since): most of what was set while the split moved is still there
     print(f"crash points {len(points)}, keys checked {checked}, survival {survived}/{expected}")
     assert checked >= 10_000 and expected >= 5000 and survived >= 0.7 * expected, (checked, expected, survived)
+
+
+def crash_points_check(dev, base: bytes, nv: Navy, truth: dict, rnd: random.Random, open_again) -> tuple[int, int, int, int]:
+    """Reopen the device as it was just before each write of a step of the moving split
+    (and with half of each multi-block one) and check every key of ``truth`` (a sample of
+    the untouched ones) against the operations acknowledged by then. Returns (crash
+    points, keys checked, acknowledged sets expected, of them found)."""
+    points = [(i, False) for i, w in enumerate(dev.writes) if w[2] == "split"]
+    points += [(i, True) for i, w in enumerate(dev.writes) if w[2] == "split" and len(w[1]) >= 2 * 4096]
+    kinds = {"bucket" if len(dev.writes[i][1]) == 4096 and dev.writes[i][0] >= nv.bighash.offset else
+             "metadata" if dev.writes[i][0] < nv.meta_end else "region" for i, _ in points}
+    assert {"bucket", "metadata"} <= kinds, kinds
+    image = bytearray(base)
+    applied = checked = expected = survived = 0
+    for i, torn in sorted(points):
+        while applied < i:
+            off, data, _ = dev.writes[applied]
+            image[off:off + len(data)] = data
+            applied += 1
+        crashed = PidDevice(8 * MIB, block_size=4096)
+        crashed.buf[:] = image
+        if torn:
+            off, data, _ = dev.writes[i]
+            half = len(data) // 2 // 4096 * 4096
+            crashed.buf[off:off + half] = data[:half]
+        n2 = open_again(crashed)
+        assert n2.start.startswith("recovered after a crash") or n2.start == "warm" or "cold" in n2.start, n2.start
+        for k, ops in truth.items():
+            if len(ops) == 1 and rnd.random() < 0.95:
+                continue                               # untouched seed keys: a sample
+            done = [(e, v) for s, e, v in ops if e <= i]    # acknowledged before the crash
+            running = [v for s, e, v in ops if s <= i < e]
+            allowed = {None, *(v for _, v in done[-1:]), *running}
+            got = run(n2.lookup(k), crashed)
+            checked += 1
+            assert got in allowed, (i, torn, k, got[:20] if got else got, done[-1:], running)
+            if done and done[-1][0] >= 0 and done[-1][1] is not None and not running:
+                expected += 1
+                survived += got == done[-1][1]
+    return len(points), checked, expected, survived
+
+
+def test_a_crash_at_every_write_of_a_shrinking_split_serves_no_wrong_or_deleted_value():
+    """The same crash points as above while BigHash shrinks (each step a merge: the
+    parent's union, the emptied child; the checkpoints that give BlockCache its regions
+    back): the device grown by a small-item mix, then a large-item mix, then keys of the
+    merging buckets set and deleted while every insert merges. No value never set or
+    older than the newest acknowledged set or delete (a deleted key never comes back
+    from the parent or the child); misses allowed (the keys merges moved since the last
+    checkpoint)."""
+    rnd = random.Random(12)
+    dev = RecordingDevice(8 * MIB)
+
+    def open_at(d, every):
+        return Navy(d, region_size=128 << 10, bighash_fraction="auto", small_item_max=1024, split_every=every)
+    nv = open_at(dev, 1)
+    truth: dict[bytes, list[tuple[int, int, bytes | None]]] = {}
+    for i in range(60):
+        run(nv.insert(b"L%d" % i, b"L" * 60_000), dev)
+    for i in range(6000):                              # the mix turns small: BigHash grows
+        k = b"s%d" % i
+        run(nv.insert(k, k + b"|0|" + b"s" * 780), dev)
+        truth[k] = [(-1, -1, k + b"|0|" + b"s" * 780)]
+    grown = nv.bighash.nbuckets
+    nv.close()
+    nv = open_at(dev, 0)                               # then large: the split frozen meanwhile
+    i = 0
+    while nv.merge_floor() > grown - 250:
+        run(nv.insert(b"M%d" % i, b"M" * 60_000), dev)
+        i += 1
+    nv.close()
+    for k in list(truth):                              # the large ones pushed some small ones out
+        got = run(nv.lookup(k), dev)
+        if got is None:
+            truth[k] = [(-1, -1, None)]
+    base = bytes(dev.buf)
+    nv = open_at(dev, 1)
+    first, limit0, splits0 = nv.bighash.nbuckets, nv.blockcache.limit, nv.bighash.stats()["splits"]
+    assert first == grown
+    step = nv.step_split
+
+    def tagged():
+        dev.step = "split"
+        try:
+            return (yield from step())
+        finally:
+            dev.step = ""
+    nv.step_split = tagged
+    dev.recording = True
+    for op in range(1, 241):
+        k = b"s%d" % rnd.randrange(6000) if rnd.random() < 0.8 else b"new%d" % op
+        start = len(dev.writes)
+        r = rnd.random()
+        if r < 0.3:
+            run(nv.remove(k), dev)
+            value = None
+        elif r < 0.4:                                  # a large item: in BlockCache's buffer at a take-back
+            k = b"big%d" % op
+            value = k + b"|%d|" % op + b"b" * 3000
+            run(nv.insert(k, value), dev)
+        else:
+            value = k + b"|%d|" % op + b"n" * rnd.choice((100, 500, 900))
+            run(nv.insert(k, value), dev)
+        truth.setdefault(k, []).append((start, len(dev.writes), value))
+    dev.recording = False
+    s = nv.stats()["split"]
+    assert first - nv.bighash.nbuckets >= 150 and s["merges"] >= 150 and s["splits"] == splits0, s
+    assert s["taken_back"] >= 3 and nv.blockcache.limit >= limit0 + 3, s
+    npoints, checked, expected, survived = crash_points_check(dev, base, nv, truth, rnd, lambda d: open_at(d, 0))
+    print(f"merge crash points {npoints}, keys checked {checked}, survival {survived}/{expected}")
+    # measured: see the note; what is lost is the keys merges moved since the last checkpoint
+    assert npoints >= 300 and checked >= 10_000 and expected >= 3000 and survived >= 0.6 * expected, (
+        npoints, checked, expected, survived)
