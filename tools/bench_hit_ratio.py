@@ -250,7 +250,7 @@ def one(name: str, spec: WorkloadSpec, args: argparse.Namespace) -> dict[str, An
                          if navy.bighash is not None else 0,
                          "blockcache_bytes": navy.blockcache.limit * navy.blockcache.region_size
                          if navy.blockcache is not None else 0,
-                         **{k: navy.stats()["split"][k] for k in ("splits", "lent_regions")}}
+                         **{k: navy.stats()["split"][k] for k in ("splits", "merges", "lent_regions")}}
                 counters = cache.core.counts()
             finally:
                 cache.close()
@@ -297,7 +297,7 @@ def main() -> int:
         waf = f"{fc['waf']:.3f}" if fc.get("waf") else "  -  "
         print(f"{name:13} {'flashcache':11} {pct(fc['hit_ratio'])} {pct(fc['small'])} {pct(fc['large'])} "
               f"{r['ratio']:6.3f} {waf:>6}  BigHash {fc['bighash_bytes'] / MIB:.1f} MiB, BlockCache "
-              f"{fc['blockcache_bytes'] / MIB:.1f} MiB at the end ({fc['splits']} splits); "
+              f"{fc['blockcache_bytes'] / MIB:.1f} MiB at the end ({fc['splits']} splits, {fc['merges']} merges); "
               f"{fc['ops_per_s']:,} ops/s")
         print(f"{'':13} {'LRU':11} {pct(lru['hit_ratio'])} {pct(lru['small'])} {pct(lru['large'])} "
               f"{1:6.3f} {'':>6}  {sum(r['usable_mib'].values()):.1f} MiB usable {r['usable_mib']}; "

@@ -422,3 +422,124 @@ def test_splits_racing_inserts_and_lookups_in_threads_never_serve_a_wrong_value(
     sp.join()
     assert not errors, errors[:5]
     assert bh.stats()["splits"] >= 50, bh.stats()["splits"]
+
+
+# -- shrinking: merges, and BlockCache taking its regions back -------------------------------
+
+def grown_then(dev, every: int) -> tuple[Navy, int, int]:
+    """A device whose small-item mix grew BigHash (a step per insert), reopened warm with
+    ``split_every`` = ``every``: (the Navy, the grown bucket count, BlockCache's limit)."""
+    n = moving(dev, split_every=1)
+    hit_ratio(n, dev, [b"s%d" % i for i in range(20_000)], 30_000, random.Random(3), 900)
+    grown, limit = n.bighash.nbuckets, n.blockcache.limit
+    n.close()
+    n = moving(dev, split_every=every)
+    assert n.start == "warm" and n.bighash.nbuckets == grown and n.blockcache.limit == limit
+    return n, grown, limit
+
+
+def test_a_mix_that_shifts_to_large_items_shrinks_bighash_and_beats_a_frozen_split():
+    """Small items first (BigHash grows), then large ones: BigHash merges its buckets back
+    and BlockCache takes its regions back while the cache runs, and the large items' hit
+    ratio after the shift beats the same run with the split frozen at its grown size."""
+    out = {}
+    for every in (4, 0):
+        dev = PidDevice(8 * MIB, block_size=4096)
+        n, grown, limit = grown_then(dev, every)
+        rnd = random.Random(4)
+        keys = [b"L%d" % i for i in range(600)]
+        hit_ratio(n, dev, keys, 3000, rnd, 20_000)               # the shift, warm-up
+        out[every] = (hit_ratio(n, dev, keys, 3000, rnd, 20_000), n.stats()["split"], grown, limit,
+                      n.blockcache.limit)
+        n.close()
+    (moved, split, grown, limit, now), (frozen, fsplit, fgrown, _, fnow) = out[4], out[0]
+    # measured: 843 merges (1472 -> 629 buckets), 13 regions taken back, 0.50 against 0.21 frozen
+    assert grown >= 1000 and split["bighash_buckets"] <= grown - 600 and split["merges"] >= 600, split
+    assert split["taken_back"] >= 8 and now >= limit + 8, (split, limit, now)
+    assert split["bighash_buckets"] >= split["target_buckets"]            # never below what the mix asks
+    assert fsplit["bighash_buckets"] == fgrown and fsplit["merges"] == 0 and fnow == limit
+    assert moved >= frozen + 0.15, (moved, frozen)
+
+
+def test_the_shrunk_split_and_its_items_survive_a_warm_restart():
+    dev = PidDevice(8 * MIB, block_size=4096)
+    n, grown, limit = grown_then(dev, 1)
+    for i in range(400):                               # large items: the mix asks for less
+        run(n.insert(b"big%d" % i, bytes([i % 251]) * 30_000), dev)
+    shrunk, limit2 = n.bighash.nbuckets, n.blockcache.limit
+    assert shrunk <= grown - 300 and limit2 >= limit + 4 and n.stats()["split"]["merges"] >= 300
+    held = {k: v for k, v in ((b"s%d" % i, None) for i in range(20_000))}
+    held = {k: got for k in held if (got := run(n.lookup(k), dev)) is not None}
+    big = {i for i in range(400) if run(n.lookup(b"big%d" % i), dev) is not None}
+    assert len(held) >= 1000 and len(big) >= 50, (len(held), len(big))
+    n.close()
+    n = moving(dev, split_every=1)
+    assert n.start == "warm" and n.bighash.nbuckets == shrunk and n.blockcache.limit == limit2
+    assert all(run(n.lookup(k), dev) == v for k, v in held.items())
+    assert all(run(n.lookup(b"big%d" % i), dev) == bytes([i % 251]) * 30_000 for i in big)
+    n.close()
+
+
+def test_a_steady_mix_does_not_flap_between_splits_and_merges():
+    """Once BigHash holds what a steady mix asks for, the hysteresis (SPLIT_HYSTERESIS)
+    keeps it there: the mix's noise moves neither way. (Measured: 0 splits, 0 merges in the
+    steady phase; with no hysteresis, ~500 of each.)"""
+    dev = PidDevice(8 * MIB, block_size=4096)
+    n = moving(dev, split_every=1)
+    rnd = random.Random(5)
+
+    def phase(ops: int) -> None:
+        for _ in range(ops):
+            if rnd.random() < 0.97:
+                n.insert_now(dev, b"s%d" % rnd.randrange(30_000), b"x" * rnd.choice((300, 900)))
+            else:
+                n.insert_now(dev, b"L%d" % rnd.randrange(2000), b"y" * 20_000)
+    phase(20_000)
+    s0 = n.stats()["split"]
+    assert s0["splits"] >= 300 and s0["target_buckets"] <= s0["bighash_buckets"] <= s0["merge_floor"], s0
+    phase(40_000)
+    s = n.stats()["split"]
+    assert s["splits"] - s0["splits"] + s["merges"] - s0["merges"] <= 40, (s0, s)
+    assert s["target_buckets"] <= s["bighash_buckets"] <= s["merge_floor"], s
+    n.close()
+
+
+def test_a_fixed_fraction_never_shrinks_either():
+    dev = PidDevice(8 * MIB, block_size=4096)
+    n = Navy(dev, region_size=256 << 10, bighash_fraction=0.5, small_item_max=1024, split_every=1)
+    before, limit = n.bighash.nbuckets, n.blockcache.limit
+    for i in range(600):
+        run(n.insert(b"F%d" % i, b"z" * 30_000), dev)
+    s = n.stats()["split"]
+    assert s["auto_would_choose"] <= 0.1                    # "auto" would have shrunk BigHash...
+    assert n.bighash.nbuckets == before and n.blockcache.limit == limit and s["merges"] == 0
+    assert run(n.step_split(), dev) == 0
+    n.close()
+
+
+def test_merge_keeps_every_item_carries_hits_and_refuses_what_it_cannot_do():
+    bh, dev = small_engine(active=5, capacity=16)
+    keys = [b"item%d" % i for i in range(100)]
+    for k in keys:
+        run(bh.insert(k, k * 3), dev)
+    held = {k for k in keys if run(bh.lookup(k), dev) == k * 3}
+    for _ in range(11):
+        assert run(bh.split(), dev) is True
+    for _ in range(14):
+        assert run(bh.merge(), dev) is True
+    assert bh.nbuckets == 2 and all(run(bh.lookup(k), dev) == k * 3 for k in held)   # nothing lost yet
+    assert bh.hits[1] != 0
+    bh.hits[0] = 0
+    assert run(bh.merge(), dev) is True
+    assert bh.hits[0] != 0 and bh.hits[1] == 0                       # the child's hit bits, carried
+    assert bh.nbuckets == 1 and bh.merges == 15 and run(bh.merge(), dev) is False     # one bucket: no I/O
+    kept = {k for k in held if run(bh.lookup(k), dev) == k * 3}
+    assert 40 <= len(kept) < len(held)                   # one bucket holds what fits, the rest evicted
+    assert bh.stats()["evictions"] >= len(held) - len(kept)
+    assert all(bh.may_hold(k) for k in kept) and not bh.bloom.bits[1:].any()   # the freed filters: empty
+    fixed = BigHash(0, 8 * 4096, 4096)
+    assert fixed.linear is False and run(fixed.merge(), dev) is False
+    bc = BlockCache(0, 16 * 65536, region_size=65536)
+    assert bc.take_back() is False                                   # nothing lent
+    with pytest.raises(ValueError, match=r"regions: taking back region 16, which is not lent"):
+        bc.regions.unlend()
