@@ -113,6 +113,40 @@ def test_sigkill_while_the_split_moves_serves_no_wrong_or_deleted_value(tmp_path
     assert split["blockcache_regions"] <= nv.blockcache.nregions - 5, split
 
 
+def test_sigkill_while_the_split_shrinks_serves_no_wrong_or_deleted_value(tmp_path):
+    """The split shrinking under the kills: a device grown by small items, then shown
+    large ones (split frozen) so the mix asks for a much smaller BigHash; the kills then
+    land in merges (the parent's union, the emptied child) and the checkpoints that give
+    BlockCache its regions back. No wrong value and no resurrection; misses allowed."""
+    t = Target("navy-shrinking", MovingHandle, 16 * MIB, small=1024, durable=False,
+               sizes=(40, 300, 900, 900, 900, 3000, 20_000), keys=1500)
+    dev = FileDevice(str(tmp_path / f"{t.name}.img"), t.device_size)
+    nv = open_moving(dev, split_every=1)
+    for i in range(14_000):             # small items: BigHash grows
+        run(nv.insert(b"seed%d" % i, b"s" * 800), dev)
+    nv.close()
+    nv = open_moving(dev, split_every=0)
+    grown, limit = nv.bighash.nbuckets, nv.blockcache.limit
+    i = 0
+    while nv.merge_floor() > grown - 800:   # then large ones: the mix asks for much less
+        run(nv.insert(b"big%d" % i, b"b" * 60_000), dev)
+        i += 1
+    assert nv.bighash.nbuckets == grown
+    nv.close()
+    dev.close()
+    fig = run_kills(t, tmp_path, 30, 5678, MovingHandle)
+    REPORT.append(fig.line(t.name))
+    assert fig.kills == 30 and fig.wrong == 0 and fig.resurrections == 0, fig.failures[:5]
+    assert fig.expected >= 30 and fig.survival >= 0.6, fig.line(t.name)
+    dev = FileDevice(str(tmp_path / f"{t.name}.img"), t.device_size)
+    nv = open_moving(dev)
+    split = nv.stats()["split"]
+    dev.close()
+    # the boundary moved back during the kills (what a checkpoint recorded), regions came back
+    assert nv.bighash.nbuckets <= grown - 300, (grown, split)
+    assert split["blockcache_regions"] >= limit + 5, (limit, split)
+
+
 class RecordingDevice(PidDevice):
     """A PidDevice that records every write (offset, bytes) once ``recording`` is set,
     with what was running: ``step`` is "split" inside a step of the moving split."""
