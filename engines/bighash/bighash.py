@@ -46,6 +46,9 @@ only entries that map to it under the bucket count in use: a crash that loses th
 count (the router persists it only in its checkpoints) finds the moved keys in neither
 bucket (misses), and a copy left behind by an interrupted split is never served or
 carried on; bucket n is always rewritten from its parent before it is read again.
+Shrinking: ``merge()`` folds the last bucket n - 1 back into its parent (the parent's
+union written first, then the child emptied, then n - 1 counted), so whatever count a
+crash comes back with a key has at most one copy on flash.
 
 The per-bucket work (validating an image, finding a key, building the image an insert or a
 remove writes, the bloom filters) runs in C: ``_bucket.c`` beside this file, built by cffi
