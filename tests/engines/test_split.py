@@ -367,13 +367,15 @@ def test_bad_split_settings_are_refused_with_what_to_do():
         BlockCache(0, 16 * 65536, region_size=65536, limit=2)
 
 
-def test_splits_racing_inserts_and_lookups_in_threads_never_serve_a_wrong_value():
+@pytest.mark.parametrize("moves", ["splits", "splits-and-merges"])
+def test_splits_racing_inserts_and_lookups_in_threads_never_serve_a_wrong_value(moves):
     """Inserts (the C form and the generator), removes and lookups from four threads while
-    a fifth splits: an insert or remove that waited for a split's locks chooses its bucket
-    again, so every lookup finds the key's newest value or misses."""
+    a fifth splits (or splits and merges, at random): an insert or remove that waited for
+    a split's or merge's locks chooses its bucket again, so every lookup finds the key's
+    newest value or misses."""
     import threading
 
-    bh, dev = small_engine(active=2, capacity=256)
+    bh, dev = small_engine(active=2 if moves == "splits" else 128, capacity=256)
     lock = threading.Lock()                     # the MemDevice is not thread-safe by itself
     read, write = dev.read, dev.write
 
@@ -410,18 +412,30 @@ def test_splits_racing_inserts_and_lookups_in_threads_never_serve_a_wrong_value(
                     errors.append(f"{k!r}: {got[0]!r}, newest {newest.get(k)!r}")
 
     def splitter() -> None:
-        while not stop.is_set() and run(bh.split(), dev):
-            pass
+        rnd = random.Random(99)
+        while not stop.is_set():
+            if moves == "splits" or rnd.random() < 0.5:
+                if not run(bh.split(), dev):
+                    break
+            else:
+                run(bh.merge(), dev)
+    import sys
     threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
     sp = threading.Thread(target=splitter)
-    for th in threads + [sp]:
-        th.start()
-    for th in threads:
-        th.join()
-    stop.set()
-    sp.join()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)                 # switch threads often: inside the steps too
+    try:
+        for th in threads + [sp]:
+            th.start()
+        for th in threads:
+            th.join()
+        stop.set()
+        sp.join()
+    finally:
+        sys.setswitchinterval(interval)
     assert not errors, errors[:5]
     assert bh.stats()["splits"] >= 50, bh.stats()["splits"]
+    assert moves == "splits" or bh.merges >= 50, bh.merges
 
 
 # -- shrinking: merges, and BlockCache taking its regions back -------------------------------
