@@ -59,6 +59,20 @@ def crash_run(tmp_path, durable: bool, kills: int, seed: int):
     return fig
 
 
+def tag_split_steps(nv, dev) -> None:
+    """Mark the device's writes made inside a step of the moving split (dev.step = "split"),
+    so the crash points can be chosen among them."""
+    step = nv.step_split
+
+    def tagged():
+        dev.step = "split"
+        try:
+            return (yield from step())
+        finally:
+            dev.step = ""
+    nv.step_split = tagged
+
+
 @pytest.mark.parametrize("durable", [False, True], ids=["default", "durable"])
 def test_sigkill_at_random_points_loses_little_and_never_serves_an_older_value(tmp_path, durable):
     crash_run(tmp_path, durable, kills=25, seed=1234 + durable)
@@ -185,15 +199,7 @@ def test_a_crash_at_every_write_of_the_moving_split_serves_no_wrong_or_deleted_v
     base = bytes(dev.buf)
     nv = Navy(dev, region_size=128 << 10, bighash_fraction="auto", small_item_max=1024, split_every=1)
     first, limit0 = nv.bighash.nbuckets, nv.blockcache.limit
-    step = nv.step_split
-
-    def tagged():
-        dev.step = "split"
-        try:
-            return (yield from step())
-        finally:
-            dev.step = ""
-    nv.step_split = tagged
+    tag_split_steps(nv, dev)
     dev.recording = True
     for op in range(1, 161):
         k = b"s%d" % rnd.randrange(6000) if rnd.random() < 0.8 else b"new%d" % op
@@ -330,15 +336,7 @@ def test_a_crash_at_every_write_of_a_shrinking_split_serves_no_wrong_or_deleted_
     nv = open_at(dev, 1)
     first, limit0, splits0 = nv.bighash.nbuckets, nv.blockcache.limit, nv.bighash.stats()["splits"]
     assert first == grown
-    step = nv.step_split
-
-    def tagged():
-        dev.step = "split"
-        try:
-            return (yield from step())
-        finally:
-            dev.step = ""
-    nv.step_split = tagged
+    tag_split_steps(nv, dev)
     dev.recording = True
     for op in range(1, 241):
         k = b"s%d" % rnd.randrange(6000) if rnd.random() < 0.8 else b"new%d" % op
